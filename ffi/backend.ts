@@ -1,0 +1,467 @@
+/**
+ * The one TypeScript binding of the backend ABI (ffi/rabbitllm.h): library lookup, the symbol
+ * table, status → typed errors. The engine talks to a {@link Backend}; it never branches on the
+ * device.
+ *
+ * Only buffers and library-returned pointers cross the boundary, so `--allow-ffi=<library path>`
+ * is enough.
+ *
+ * @module
+ */
+import { BackendError } from "../lib/errors.ts";
+
+/** The ABI version this binding speaks; must equal the library's `rl_abi_version()`. */
+export const ABI_VERSION = 1;
+
+/** Weight dtypes the backend understands (rl_dtype). */
+export type WeightDType = "F32" | "F16" | "BF16";
+const DTYPE_CODE: Record<WeightDType, number> = { F32: 0, F16: 1, BF16: 2 };
+
+/** Gated-MLP activations (rl_act). */
+export type Activation = "silu" | "gelu_tanh" | "gelu";
+const ACT_CODE: Record<Activation, number> = { silu: 0, gelu_tanh: 1, gelu: 2 };
+
+/** A device pointer returned by the library (opaque). */
+export type DevPtr = Deno.PointerObject;
+
+/** The symbol table; tests check it against ffi/rabbitllm.h. */
+export const SYMBOLS = {
+  rl_abi_version: { parameters: [], result: "u32" },
+  rl_backend_info: { parameters: ["buffer", "i64"], result: "i64" },
+  rl_create: { parameters: ["i32", "i32"], result: "pointer" },
+  rl_destroy: { parameters: ["pointer"], result: "void" },
+  rl_last_error: { parameters: ["pointer", "buffer", "i64"], result: "i64" },
+  rl_stats: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
+  rl_sync: { parameters: ["pointer"], result: "i32" },
+  rl_alloc: { parameters: ["pointer", "u64"], result: "pointer" },
+  rl_free: { parameters: ["pointer", "pointer"], result: "i32" },
+  rl_view: { parameters: ["pointer", "u64"], result: "pointer" },
+  rl_upload: { parameters: ["pointer", "pointer", "buffer", "u64"], result: "i32" },
+  rl_download: { parameters: ["pointer", "buffer", "pointer", "u64"], result: "i32" },
+  rl_copy: { parameters: ["pointer", "pointer", "pointer", "u64"], result: "i32" },
+  rl_embedding: {
+    parameters: ["pointer", "pointer", "pointer", "i32", "buffer", "i32", "i32", "i32"],
+    result: "i32",
+  },
+  rl_rmsnorm: {
+    parameters: ["pointer", "pointer", "pointer", "pointer", "i32", "i32", "i32", "f32", "f32"],
+    result: "i32",
+  },
+  rl_matmul: {
+    parameters: [
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "i32",
+      "pointer",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+    ],
+    result: "i32",
+  },
+  rl_rope: {
+    parameters: ["pointer", "pointer", "i32", "i32", "i32", "i32", "i32", "buffer", "buffer", "f32"],
+    result: "i32",
+  },
+  rl_attention: {
+    parameters: [
+      "pointer", // ctx
+      "pointer", // out
+      "pointer", // q
+      "i32", // q_stride
+      "pointer", // k
+      "pointer", // v
+      "i32", // kv_stride
+      "i32", // n_q
+      "i32", // q_start
+      "i32", // kv_len
+      "i32", // n_heads
+      "i32", // n_kv_heads
+      "i32", // head_dim
+      "f32", // scale
+      "i32", // window
+      "f32", // softcap
+      "buffer", // kv_valid
+    ],
+    result: "i32",
+  },
+  rl_act_mul: {
+    parameters: ["pointer", "pointer", "pointer", "pointer", "i32", "i32", "i32", "i32"],
+    result: "i32",
+  },
+  rl_add: { parameters: ["pointer", "pointer", "pointer", "pointer", "i64"], result: "i32" },
+  rl_scale: { parameters: ["pointer", "pointer", "pointer", "f32", "i64"], result: "i32" },
+  rl_argmax: { parameters: ["pointer", "buffer", "pointer", "i32", "i32"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+type Lib = Deno.DynamicLibrary<typeof SYMBOLS>;
+
+/** Backend statistics (rl_stats). */
+export interface BackendStats {
+  liveBytes: number;
+  peakBytes: number;
+  allocs: number;
+  frees: number;
+  h2dBytes: number;
+  d2hBytes: number;
+  liveAllocs: number;
+}
+
+/** Which backend library to load. */
+export type DeviceKind = "cpu" | "cuda";
+
+const LIB_FILE: Record<DeviceKind, string> = {
+  cpu: "librabbitllm_cpu.so",
+  cuda: "librabbitllm_cuda.so",
+};
+const LIB_ENV: Record<DeviceKind, string> = { cpu: "RABBITLLM_LIB", cuda: "RABBITLLM_CUDA_LIB" };
+const BUILD_TASK: Record<DeviceKind, string> = { cpu: "deno task build", cuda: "deno task build:cuda" };
+
+function envVar(name: string): string | undefined {
+  if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") return;
+  return Deno.env.get(name) || undefined;
+}
+
+function exists(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Where the backend library for `kind` is: `$RABBITLLM_LIB` / `$RABBITLLM_CUDA_LIB`, else the
+ * local build (`build/` beside this package). Returns an absolute path; throws a BackendError
+ * saying how to build or point to it.
+ */
+export function findLibrary(kind: DeviceKind): string {
+  const fromEnv = envVar(LIB_ENV[kind]);
+  if (fromEnv) {
+    const abs = fromEnv.startsWith("/") ? fromEnv : `${Deno.cwd()}/${fromEnv}`;
+    if (!exists(abs)) {
+      throw new BackendError("load", `${LIB_ENV[kind]}=${fromEnv}: no such file`);
+    }
+    return abs;
+  }
+  const local = new URL(`../build/${LIB_FILE[kind]}`, import.meta.url);
+  if (local.protocol === "file:" && exists(local.pathname)) return local.pathname;
+  throw new BackendError(
+    "load",
+    `the ${kind} backend library ${LIB_FILE[kind]} was not found; build it with \`${
+      BUILD_TASK[kind]
+    }\` or set ${LIB_ENV[kind]} to its path`,
+  );
+}
+
+/** Options of {@link Backend.open}. */
+export interface BackendOptions {
+  device?: DeviceKind;
+  /** GPU ordinal (CUDA only). */
+  ordinal?: number;
+  /** Worker threads (CPU); 0 = all cores. */
+  threads?: number;
+  /** Explicit library path (overrides the lookup). */
+  libraryPath?: string;
+}
+
+const errBuf = new Uint8Array(1024);
+const decoder = new TextDecoder();
+
+/** One backend context: memory, copies and ops, each checked. */
+export class Backend {
+  readonly info: string;
+  readonly libraryPath: string;
+  readonly device: DeviceKind;
+  #lib: Lib;
+  #ctx: DevPtr | null;
+
+  private constructor(lib: Lib, ctx: DevPtr, path: string, device: DeviceKind) {
+    this.#lib = lib;
+    this.#ctx = ctx;
+    this.libraryPath = path;
+    this.device = device;
+    const buf = new Uint8Array(256);
+    const n = Number(lib.symbols.rl_backend_info(buf, BigInt(buf.length)));
+    this.info = decoder.decode(buf.subarray(0, Math.min(n, buf.length - 1)));
+  }
+
+  /** Loads the library, checks its ABI version and creates a context. */
+  static open(opts: BackendOptions = {}): Backend {
+    const device = opts.device ?? "cpu";
+    const path = opts.libraryPath ?? findLibrary(device);
+    let lib: Lib;
+    try {
+      lib = Deno.dlopen(path, SYMBOLS);
+    } catch (e) {
+      throw new BackendError("load", `cannot load ${path}: ${(e as Error).message}`, { cause: e });
+    }
+    const version = lib.symbols.rl_abi_version();
+    if (version !== ABI_VERSION) {
+      lib.close();
+      throw new BackendError(
+        "load",
+        `${path} speaks backend ABI ${version}, this package needs ${ABI_VERSION}; rebuild it with \`${
+          BUILD_TASK[device]
+        }\``,
+      );
+    }
+    const ctx = lib.symbols.rl_create(opts.threads ?? 0, opts.ordinal ?? 0);
+    if (ctx === null) {
+      const msg = lastError(lib, null);
+      lib.close();
+      throw new BackendError("rl_create", msg);
+    }
+    return new Backend(lib, ctx, path, device);
+  }
+
+  get #c(): DevPtr {
+    if (this.#ctx === null) throw new BackendError("use", "the backend was closed");
+    return this.#ctx;
+  }
+
+  #check(status: number, op: string): void {
+    if (status !== 0) throw new BackendError(op, lastError(this.#lib, this.#ctx), undefined, status);
+  }
+
+  /** Device memory of `bytes` (64-byte aligned). */
+  alloc(bytes: number): DevPtr {
+    const p = this.#lib.symbols.rl_alloc(this.#c, BigInt(bytes));
+    if (p === null) throw new BackendError("rl_alloc", lastError(this.#lib, this.#ctx));
+    return p;
+  }
+
+  free(p: DevPtr): void {
+    this.#check(this.#lib.symbols.rl_free(this.#c, p), "rl_free");
+  }
+
+  /** `base + byteOffset`, computed by the library. */
+  view(base: DevPtr, byteOffset: number): DevPtr {
+    if (byteOffset === 0) return base;
+    return this.#lib.symbols.rl_view(base, BigInt(byteOffset))!;
+  }
+
+  upload(dst: DevPtr, src: ArrayBufferView): void {
+    this.#check(
+      this.#lib.symbols.rl_upload(this.#c, dst, src as BufferSource, BigInt(src.byteLength)),
+      "rl_upload",
+    );
+  }
+
+  download(dst: ArrayBufferView, src: DevPtr): void {
+    this.#check(
+      this.#lib.symbols.rl_download(this.#c, dst as BufferSource, src, BigInt(dst.byteLength)),
+      "rl_download",
+    );
+  }
+
+  copy(dst: DevPtr, src: DevPtr, bytes: number): void {
+    this.#check(this.#lib.symbols.rl_copy(this.#c, dst, src, BigInt(bytes)), "rl_copy");
+  }
+
+  sync(): void {
+    this.#check(this.#lib.symbols.rl_sync(this.#c), "rl_sync");
+  }
+
+  stats(): BackendStats {
+    const out = new BigUint64Array(7);
+    this.#check(this.#lib.symbols.rl_stats(this.#c, out, out.length), "rl_stats");
+    const n = (i: number) => Number(out[i]);
+    return {
+      liveBytes: n(0),
+      peakBytes: n(1),
+      allocs: n(2),
+      frees: n(3),
+      h2dBytes: n(4),
+      d2hBytes: n(5),
+      liveAllocs: n(6),
+    };
+  }
+
+  embedding(
+    out: DevPtr,
+    table: DevPtr,
+    dtype: WeightDType,
+    ids: Int32Array,
+    dim: number,
+    vocab: number,
+  ): void {
+    this.#check(
+      this.#lib.symbols.rl_embedding(
+        this.#c,
+        out,
+        table,
+        DTYPE_CODE[dtype],
+        ids,
+        ids.length,
+        dim,
+        vocab,
+      ),
+      "rl_embedding",
+    );
+  }
+
+  rmsnorm(
+    out: DevPtr,
+    x: DevPtr,
+    w: DevPtr,
+    wdtype: WeightDType,
+    rows: number,
+    dim: number,
+    eps: number,
+    weightOffset = 0,
+  ): void {
+    this.#check(
+      this.#lib.symbols.rl_rmsnorm(
+        this.#c,
+        out,
+        x,
+        w,
+        DTYPE_CODE[wdtype],
+        rows,
+        dim,
+        eps,
+        weightOffset,
+      ),
+      "rl_rmsnorm",
+    );
+  }
+
+  /** out[M,N] = x[M,K] · W[N,K]ᵀ (+ bias). */
+  matmul(
+    out: DevPtr,
+    x: DevPtr,
+    w: DevPtr,
+    wdtype: WeightDType,
+    bias: DevPtr | null,
+    M: number,
+    N: number,
+    K: number,
+  ): void {
+    const code = DTYPE_CODE[wdtype];
+    this.#check(
+      this.#lib.symbols.rl_matmul(this.#c, out, x, w, code, bias, code, M, N, K),
+      "rl_matmul",
+    );
+  }
+
+  rope(
+    x: DevPtr,
+    nTokens: number,
+    rowStride: number,
+    nHeads: number,
+    headDim: number,
+    rotDim: number,
+    positions: Int32Array,
+    invFreq: Float32Array,
+    mscale: number,
+  ): void {
+    this.#check(
+      this.#lib.symbols.rl_rope(
+        this.#c,
+        x,
+        nTokens,
+        rowStride,
+        nHeads,
+        headDim,
+        rotDim,
+        positions,
+        invFreq,
+        mscale,
+      ),
+      "rl_rope",
+    );
+  }
+
+  attention(a: AttentionArgs): void {
+    this.#check(
+      this.#lib.symbols.rl_attention(
+        this.#c,
+        a.out,
+        a.q,
+        a.qStride,
+        a.k,
+        a.v,
+        a.kvStride,
+        a.nQ,
+        a.qStart,
+        a.kvLen,
+        a.nHeads,
+        a.nKvHeads,
+        a.headDim,
+        a.scale,
+        a.window ?? 0,
+        a.softcap ?? 0,
+        a.kvValid ?? null,
+      ),
+      "rl_attention",
+    );
+  }
+
+  actMul(
+    out: DevPtr,
+    gate: DevPtr,
+    up: DevPtr,
+    rows: number,
+    cols: number,
+    inStride: number,
+    act: Activation,
+  ): void {
+    this.#check(
+      this.#lib.symbols.rl_act_mul(this.#c, out, gate, up, rows, cols, inStride, ACT_CODE[act]),
+      "rl_act_mul",
+    );
+  }
+
+  add(out: DevPtr, a: DevPtr, b: DevPtr, n: number): void {
+    this.#check(this.#lib.symbols.rl_add(this.#c, out, a, b, BigInt(n)), "rl_add");
+  }
+
+  scale(out: DevPtr, x: DevPtr, s: number, n: number): void {
+    this.#check(this.#lib.symbols.rl_scale(this.#c, out, x, s, BigInt(n)), "rl_scale");
+  }
+
+  argmax(out: Int32Array, x: DevPtr, rows: number, cols: number): void {
+    this.#check(this.#lib.symbols.rl_argmax(this.#c, out, x, rows, cols), "rl_argmax");
+  }
+
+  /** Frees everything the context owns and unloads the library. Idempotent. */
+  close(): void {
+    if (this.#ctx === null) return;
+    this.#lib.symbols.rl_destroy(this.#ctx);
+    this.#ctx = null;
+    this.#lib.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Arguments of {@link Backend.attention}; see rl_attention in ffi/rabbitllm.h. */
+export interface AttentionArgs {
+  out: DevPtr;
+  q: DevPtr;
+  qStride: number;
+  k: DevPtr;
+  v: DevPtr;
+  kvStride: number;
+  nQ: number;
+  qStart: number;
+  kvLen: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  scale: number;
+  window?: number;
+  softcap?: number;
+  kvValid?: Uint8Array | null;
+}
+
+function lastError(lib: Lib, ctx: DevPtr | null): string {
+  const n = Number(lib.symbols.rl_last_error(ctx, errBuf, BigInt(errBuf.length)));
+  return decoder.decode(errBuf.subarray(0, Math.min(n, errBuf.length - 1))) || "unknown error";
+}

@@ -1,0 +1,163 @@
+/*
+ * rabbitllm backend ABI — the one contract between the TypeScript engine and a compute device.
+ *
+ * Implemented by cpu/ (C, threads + SIMD) and cuda/ (CUDA). Bound once in ffi/backend.ts with
+ * Deno.dlopen; ffi/backend.ts keeps a symbol table that must match this header (tests check it).
+ *
+ * Conventions
+ *  - Only buffers and opaque handles cross the boundary, so `--allow-ffi=<lib>` is enough:
+ *    `rl_ctx*` and device pointers are returned by the library and passed back unchanged.
+ *    Host data is passed as a buffer (a TypedArray on the Deno side, zero-copy).
+ *  - Pointer arithmetic on device memory is done by the library: rl_view(base, byte_offset).
+ *  - Every entry that can fail returns int32 status (RL_OK = 0). On failure the context keeps a
+ *    message naming the op and the bad argument; rl_last_error copies it out. Nothing calls exit().
+ *  - Activations, KV cache and outputs are fp32. Weights may be f32, f16 or bf16 (enum rl_dtype);
+ *    all accumulation is fp32.
+ *  - Shapes are row-major. A matrix "W[N,K]" is N rows of K elements (the nn.Linear layout).
+ *  - Ops on one context are ordered: each op sees the results of the ops issued before it.
+ *    rl_sync waits until all issued work is done (a no-op on the CPU backend).
+ */
+#ifndef RABBITLLM_H
+#define RABBITLLM_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RL_ABI_VERSION 1
+
+#if defined(_WIN32)
+#define RL_API __declspec(dllexport)
+#else
+#define RL_API __attribute__((visibility("default")))
+#endif
+
+typedef struct rl_ctx rl_ctx;
+
+enum rl_status {
+  RL_OK = 0,
+  RL_ERR_INVALID = 1,     /* bad argument: null pointer, zero/negative size, unknown enum */
+  RL_ERR_OOM = 2,         /* allocation failed */
+  RL_ERR_UNSUPPORTED = 3, /* op/dtype combination not implemented by this backend */
+  RL_ERR_DEVICE = 4,      /* device/runtime failure (driver, launch) */
+};
+
+enum rl_dtype { RL_F32 = 0, RL_F16 = 1, RL_BF16 = 2 };
+
+enum rl_act {
+  RL_ACT_SILU = 0,      /* x * sigmoid(x) */
+  RL_ACT_GELU_TANH = 1, /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+  RL_ACT_GELU = 2,      /* 0.5 x (1 + erf(x / sqrt(2))) */
+};
+
+/* Statistics returned by rl_stats, in this order (uint64 each). */
+enum rl_stat {
+  RL_STAT_LIVE_BYTES = 0,  /* device bytes currently allocated by rl_alloc */
+  RL_STAT_PEAK_BYTES = 1,  /* high-water mark of LIVE_BYTES */
+  RL_STAT_ALLOCS = 2,      /* number of successful rl_alloc calls */
+  RL_STAT_FREES = 3,       /* number of successful rl_free calls */
+  RL_STAT_H2D_BYTES = 4,   /* bytes copied host -> device by rl_upload */
+  RL_STAT_D2H_BYTES = 5,   /* bytes copied device -> host by rl_download */
+  RL_STAT_LIVE_ALLOCS = 6, /* allocations not yet freed */
+  RL_STAT_COUNT = 7,
+};
+
+/* ---- library and context ---------------------------------------------------------------- */
+
+/* RL_ABI_VERSION of the built library; the binding refuses a library with another version. */
+RL_API uint32_t rl_abi_version(void);
+/* Writes a NUL-terminated backend name ("cpu", "cuda") and build info into buf; returns the
+ * length that the full string needs (excluding NUL). */
+RL_API int64_t rl_backend_info(uint8_t *buf, int64_t cap);
+
+/* Creates a context. n_threads <= 0 means "all cores". device selects the GPU ordinal (ignored on
+ * CPU). Returns NULL on failure; then rl_last_error(NULL, ...) holds the reason. */
+RL_API rl_ctx *rl_create(int32_t n_threads, int32_t device);
+/* Frees everything the context still owns (including live allocations). NULL is a no-op. */
+RL_API void rl_destroy(rl_ctx *ctx);
+/* Copies the last error message of ctx (or the global one when ctx is NULL) into buf,
+ * NUL-terminated; returns the message length (excluding NUL). */
+RL_API int64_t rl_last_error(rl_ctx *ctx, uint8_t *buf, int64_t cap);
+/* Copies min(n, RL_STAT_COUNT) statistics into out. */
+RL_API int32_t rl_stats(rl_ctx *ctx, uint64_t *out, int32_t n);
+/* Waits for all work issued on ctx. */
+RL_API int32_t rl_sync(rl_ctx *ctx);
+
+/* ---- memory ----------------------------------------------------------------------------- */
+
+/* Allocates `bytes` of device memory (64-byte aligned). NULL on failure (see rl_last_error). */
+RL_API void *rl_alloc(rl_ctx *ctx, uint64_t bytes);
+/* Frees a pointer returned by rl_alloc (not a view). */
+RL_API int32_t rl_free(rl_ctx *ctx, void *p);
+/* Returns base + byte_offset as a device pointer (no allocation, no check of bounds). */
+RL_API void *rl_view(void *base, uint64_t byte_offset);
+/* host buffer -> device */
+RL_API int32_t rl_upload(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes);
+/* device -> host buffer */
+RL_API int32_t rl_download(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes);
+/* device -> device */
+RL_API int32_t rl_copy(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes);
+
+/* ---- ops (all tensors are device pointers unless said otherwise) ------------------------ */
+
+/* out[n, dim] (f32) = table[ids[i], :] converted to f32. ids is a host buffer of n int32;
+ * every id must be in [0, vocab). */
+RL_API int32_t rl_embedding(rl_ctx *ctx, float *out, const void *table, int32_t dtype,
+                            const int32_t *ids, int32_t n, int32_t dim, int32_t vocab);
+
+/* out[r,:] = x[r,:] / sqrt(mean(x[r,:]^2) + eps) * (w + weight_offset), r < rows.
+ * weight_offset is 0 for Llama, 1 for Gemma's (1 + w) norm. out may equal x. */
+RL_API int32_t rl_rmsnorm(rl_ctx *ctx, float *out, const float *x, const void *w, int32_t wdtype,
+                          int32_t rows, int32_t dim, float eps, float weight_offset);
+
+/* out[M,N] = x[M,K] . W[N,K]^T (+ bias[N] when bias != NULL). fp32 accumulation.
+ * out must not alias x. */
+RL_API int32_t rl_matmul(rl_ctx *ctx, float *out, const float *x, const void *w, int32_t wdtype,
+                         const void *bias, int32_t bias_dtype, int32_t M, int32_t N, int32_t K);
+
+/* Rotary embedding, Hugging Face "rotate half" layout, in place.
+ * x: n_tokens rows with stride row_stride (elements); each row holds n_heads heads of head_dim
+ * starting at element 0. The first rot_dim (even, <= head_dim) dims of each head rotate:
+ * for i < h = rot_dim/2: angle = (float)positions[t] * inv_freq[i] (fp32), c = cos(angle) * mscale,
+ * s = sin(angle) * mscale, (x[i], x[i+h]) <- (x[i]*c - x[i+h]*s, x[i+h]*c + x[i]*s).
+ * mscale is the rope "attention scaling" (1 for default rope, yarn/longrope change it).
+ * positions (n_tokens int32) and inv_freq (rot_dim/2 float) are host buffers. */
+RL_API int32_t rl_rope(rl_ctx *ctx, float *x, int32_t n_tokens, int32_t row_stride,
+                       int32_t n_heads, int32_t head_dim, int32_t rot_dim,
+                       const int32_t *positions, const float *inv_freq, float mscale);
+
+/* Causal attention with GQA for one sequence, reading its KV cache.
+ * q:   [n_q, q_stride]; head h occupies q[t, h*head_dim : (h+1)*head_dim]
+ * k,v: [kv_len, kv_stride] cache rows; kv head g at [j, g*head_dim ...]; query head h reads kv
+ *      head h / (n_heads / n_kv_heads)
+ * out: [n_q, n_heads*head_dim]
+ * Query t sits at cache index q_start + t and sees key j iff
+ *   j <= q_start + t, (window <= 0 || q_start + t - j < window), and (kv_valid == NULL || kv_valid[j]).
+ * kv_valid is an optional host buffer of kv_len uint8 (0 = padding key). A query that sees no
+ * key yields zeros. score = (q.k) * scale; if softcap > 0: score = softcap * tanh(score / softcap). */
+RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
+                            const float *k, const float *v, int32_t kv_stride, int32_t n_q,
+                            int32_t q_start, int32_t kv_len, int32_t n_heads, int32_t n_kv_heads,
+                            int32_t head_dim, float scale, int32_t window, float softcap,
+                            const uint8_t *kv_valid);
+
+/* out[r, c] = act(gate[r*in_stride + c]) * up[r*in_stride + c] for r < rows, c < cols.
+ * out is [rows, cols] contiguous. */
+RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const float *up,
+                          int32_t rows, int32_t cols, int32_t in_stride, int32_t act);
+
+/* out[i] = a[i] + b[i], i < n. out may alias a or b. */
+RL_API int32_t rl_add(rl_ctx *ctx, float *out, const float *a, const float *b, int64_t n);
+
+/* out[i] = x[i] * s, in place allowed. */
+RL_API int32_t rl_scale(rl_ctx *ctx, float *out, const float *x, float s, int64_t n);
+
+/* out[r] = argmax_c x[r, c] (first index on ties); out is a host buffer of rows int32. */
+RL_API int32_t rl_argmax(rl_ctx *ctx, int32_t *out, const float *x, int32_t rows, int32_t cols);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RABBITLLM_H */

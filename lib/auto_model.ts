@@ -1,0 +1,143 @@
+/**
+ * `AutoModel.fromPretrained`: checkpoint → config → family → split → backend → streaming model.
+ *
+ * @module
+ */
+import { Backend } from "../ffi/backend.ts";
+import { findCheckpoint, type Manifest, splitCheckpoint } from "./checkpoint.ts";
+import { architectureOf, readConfigJson, type StorageDType } from "./config.ts";
+import { CheckpointError, InputError } from "./errors.ts";
+import { CausalLM } from "./engine/causal_lm.ts";
+import { LayerStore, type TraceEvent } from "./engine/store.ts";
+import type { Family } from "./models/family.ts";
+import type { ModelConfig } from "./config.ts";
+import { familyFor } from "./models/registry.ts";
+
+/** Options of {@link AutoModel.fromPretrained}. */
+export interface FromPretrainedOptions {
+  /** "cpu" (default), "cuda", "cuda:N", or "auto" (CUDA when its library loads, else CPU). */
+  device?: "cpu" | "cuda" | `cuda:${number}` | "auto";
+  /** "auto" (default) keeps the config's dtype (float16 when it names none). */
+  dtype?: "auto" | StorageDType;
+  /** Read the next layers while the current one computes (default true). */
+  prefetching?: boolean;
+  /** Layers read ahead when prefetching (default 2). */
+  prefetchDepth?: number;
+  /** Where the per-layer split is written; default `<checkpoint>/rabbitllm_split_<dtype>`. */
+  layerShardsSavingPath?: string;
+  /** Longest sequence (prompt + new tokens) the KV cache holds; default min(context, 4096). */
+  maxSeqLen?: number;
+  /**
+   * Device bytes decoder layers may keep resident between steps (the rest stream from disk each
+   * step). Default: half the available memory when `--allow-sys` grants it, else 0.
+   */
+  maxResidentBytes?: number;
+  /** CPU worker threads; 0 = all cores. */
+  threads?: number;
+  /** Hub revision (branch, tag or commit) when reading from the Hugging Face cache. */
+  revision?: string;
+  /** Record read/upload/compute events in order (for tests and profiling). */
+  trace?: TraceEvent[];
+}
+
+const DTYPE_ALIASES: Record<string, StorageDType> = {
+  float32: "float32",
+  fp32: "float32",
+  float16: "float16",
+  fp16: "float16",
+  bfloat16: "bfloat16",
+  bf16: "bfloat16",
+};
+
+const logged = new Set<string>();
+/** A fallback that costs something is said once per process. */
+function logOnce(msg: string): void {
+  if (logged.has(msg)) return;
+  logged.add(msg);
+  console.error(`rabbitllm: ${msg}`);
+}
+
+function defaultResidentBytes(): number {
+  if (Deno.permissions.querySync({ name: "sys", kind: "systemMemoryInfo" }).state === "granted") {
+    return Math.floor(Deno.systemMemoryInfo().available / 2);
+  }
+  logOnce("--allow-sys=systemMemoryInfo not granted: streaming every layer from disk each step");
+  return 0;
+}
+
+function openBackend(device: string, threads: number | undefined): Backend {
+  const m = /^cuda(?::(\d+))?$/.exec(device);
+  if (device === "cpu") return Backend.open({ device: "cpu", threads });
+  if (m) return Backend.open({ device: "cuda", ordinal: Number(m[1] ?? 0) });
+  if (device === "auto") {
+    try {
+      return Backend.open({ device: "cuda" });
+    } catch (e) {
+      logOnce(`device "auto": CUDA unavailable (${(e as Error).message}); using the CPU`);
+      return Backend.open({ device: "cpu", threads });
+    }
+  }
+  throw new InputError(`device: expected "cpu", "cuda", "cuda:N" or "auto", got ${JSON.stringify(device)}`);
+}
+
+/** Checks a split's parts against what the family expects, so a stale split never loads. */
+function checkManifest(m: Manifest, family: Family, cfg: ModelConfig, dir: string): void {
+  const byId = new Map(m.parts.map((p) => [p.id, p]));
+  const want = [
+    { kind: "embed" as const },
+    ...Array.from({ length: cfg.numLayers }, (_, index) => ({ kind: "layer" as const, index })),
+    { kind: "norm" as const },
+    ...(cfg.tieWordEmbeddings ? [] : [{ kind: "lm_head" as const }]),
+  ];
+  for (const part of want) {
+    const id = part.kind === "layer" ? `layer.${part.index}` : part.kind;
+    const p = byId.get(id);
+    if (!p) throw new CheckpointError(`${dir}/manifest.json`, `part ${id} is missing`);
+    const have = new Map(p.tensors.map((t) => [t.name, t.shape.join(",")]));
+    for (const e of family.expected(part, cfg)) {
+      if (have.get(e.local) !== e.shape.join(",")) {
+        throw new CheckpointError(`${dir}/${p.file}`, `tensor ${e.local}: expected shape [${e.shape}]`);
+      }
+    }
+  }
+}
+
+/** Entry point: loads any supported checkpoint as a streaming {@link CausalLM}. */
+export class AutoModel {
+  /**
+   * Opens a checkpoint directory (or an `org/name` already in the Hugging Face cache), splits it
+   * into per-layer files once, and returns a model ready for `forward` / `generate`.
+   */
+  static async fromPretrained(pathOrRepoId: string, opts: FromPretrainedOptions = {}): Promise<CausalLM> {
+    const dir = findCheckpoint(pathOrRepoId, opts.revision);
+    const raw = await readConfigJson(dir);
+    const source = `${dir}/config.json`;
+    const family = familyFor(architectureOf(raw, source), source);
+    const config = family.parseConfig(raw, source);
+    const wanted = opts.dtype ?? "auto";
+    const dtype = wanted === "auto" ? config.dtype : DTYPE_ALIASES[wanted];
+    if (!dtype) throw new InputError(`dtype: expected "auto", float32, float16 or bfloat16, got ${wanted}`);
+    const maxSeqLen = opts.maxSeqLen ?? Math.min(config.maxPositionEmbeddings, 4096);
+    if (!Number.isInteger(maxSeqLen) || maxSeqLen <= 0) {
+      throw new InputError(`maxSeqLen: expected a positive integer, got ${maxSeqLen}`);
+    }
+    const split = await splitCheckpoint(dir, family, config, {
+      dtype,
+      layerShardsSavingPath: opts.layerShardsSavingPath,
+    });
+    checkManifest(split.manifest, family, config, split.dir);
+    const backend = openBackend(opts.device ?? "cpu", opts.threads);
+    try {
+      const store = await LayerStore.open(backend, split.dir, split.manifest, {
+        prefetching: opts.prefetching ?? true,
+        prefetchDepth: opts.prefetchDepth ?? 2,
+        maxResidentBytes: opts.maxResidentBytes ?? defaultResidentBytes(),
+        trace: opts.trace,
+      });
+      return new CausalLM({ config, family, backend, store, maxSeqLen, source: dir, trace: opts.trace });
+    } catch (e) {
+      backend.close();
+      throw e;
+    }
+  }
+}

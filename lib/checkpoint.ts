@@ -1,0 +1,391 @@
+/**
+ * Find a checkpoint (local directory or Hugging Face cache snapshot) and split it into one
+ * safetensors file per part (embed, each decoder layer, final norm, lm_head) plus a manifest.
+ *
+ * Every tensor of the checkpoint is accounted for: it goes into a part, is a known unused tensor
+ * (a tied duplicate head, a stored rotary table), or is an error naming it. Writes are atomic
+ * (temp name → rename) and the manifest is written last, so a split whose manifest matches its
+ * source is complete and is reused; anything else is redone. Peak extra memory is one tensor.
+ *
+ * @module
+ */
+import { createHash } from "node:crypto";
+import type { ModelConfig, StorageDType } from "./config.ts";
+import { bf16ToF32, type DType, f16ToF32, f32ToBf16, f32ToF16 } from "./dtype.ts";
+import { CheckpointError } from "./errors.ts";
+import type { Family, Part } from "./models/family.ts";
+import { SafetensorsFile, SafetensorsWriter } from "./safetensors.ts";
+
+/** Format tag of manifest.json; a different tag means "redo the split". */
+export const MANIFEST_FORMAT = "rabbitllm-split/1";
+
+/** One tensor inside a part file. `offset` is relative to the part's data section. */
+export interface ManifestTensor {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  offset: number;
+  nbytes: number;
+}
+
+/** One part file of a split. */
+export interface ManifestPart {
+  /** "embed", "layer.N", "norm" or "lm_head". */
+  id: string;
+  file: string;
+  /** Size of the whole file. */
+  bytes: number;
+  /** Where tensor data starts in the file (after the safetensors header). */
+  dataOffset: number;
+  dataBytes: number;
+  /** sha256 of the data section. */
+  sha256: string;
+  tensors: ManifestTensor[];
+}
+
+/** manifest.json of a split directory. */
+export interface Manifest {
+  format: string;
+  architecture: string;
+  dtype: StorageDType;
+  /** Identity of the source files: a changed checkpoint invalidates the split. */
+  source: { file: string; size: number; mtimeMs: number }[];
+  parts: ManifestPart[];
+}
+
+/** The part id used in manifests and file names. */
+export function partId(part: Part): string {
+  return part.kind === "layer" ? `layer.${part.index}` : part.kind;
+}
+
+const STORAGE_TO_DTYPE: Record<StorageDType, DType> = {
+  float32: "F32",
+  float16: "F16",
+  bfloat16: "BF16",
+};
+
+function isDir(path: string): boolean {
+  try {
+    return Deno.statSync(path).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+function env(name: string): string | undefined {
+  if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") return;
+  return Deno.env.get(name) || undefined;
+}
+
+/** The Hugging Face hub cache directory (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache). */
+export function hfHubCache(): string | undefined {
+  const hub = env("HF_HUB_CACHE");
+  if (hub) return hub;
+  const home = env("HF_HOME");
+  if (home) return `${home}/hub`;
+  const xdg = env("XDG_CACHE_HOME");
+  if (xdg) return `${xdg}/huggingface/hub`;
+  const user = env("HOME");
+  return user ? `${user}/.cache/huggingface/hub` : undefined;
+}
+
+/**
+ * A local directory holding config.json and the weights: `pathOrRepoId` itself when it is a
+ * directory, else the snapshot of `org/name` at `revision` in the Hugging Face cache.
+ */
+export function findCheckpoint(pathOrRepoId: string, revision = "main"): string {
+  if (isDir(pathOrRepoId)) {
+    return pathOrRepoId.startsWith("/") ? pathOrRepoId : `${Deno.cwd()}/${pathOrRepoId}`;
+  }
+  const cache = hfHubCache();
+  if (/^[\w.-]+\/[\w.-]+$/.test(pathOrRepoId) && cache) {
+    const repo = `${cache}/models--${pathOrRepoId.replace("/", "--")}`;
+    let commit = revision;
+    if (isFile(`${repo}/refs/${revision}`)) commit = Deno.readTextFileSync(`${repo}/refs/${revision}`).trim();
+    const snap = `${repo}/snapshots/${commit}`;
+    if (isDir(snap)) return snap;
+    throw new CheckpointError(
+      pathOrRepoId,
+      `not a local directory and not in the Hugging Face cache (${repo}, revision ${revision})`,
+    );
+  }
+  throw new CheckpointError(pathOrRepoId, "no such directory");
+}
+
+/** The safetensors files of a checkpoint directory, with the tensor → file map. */
+export async function listShards(dir: string): Promise<{ files: string[]; weightMap: Map<string, string> | null }> {
+  const index = `${dir}/model.safetensors.index.json`;
+  if (isFile(index)) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(await Deno.readTextFile(index));
+    } catch (e) {
+      throw new CheckpointError(index, `invalid JSON: ${(e as Error).message}`, { cause: e });
+    }
+    const map = (parsed as { weight_map?: unknown })?.weight_map;
+    if (typeof map !== "object" || map === null || Array.isArray(map)) {
+      throw new CheckpointError(index, "weight_map: expected an object of tensor name → file");
+    }
+    const weightMap = new Map<string, string>();
+    for (const [name, file] of Object.entries(map)) {
+      if (typeof file !== "string" || file.includes("/") || file.includes("\\")) {
+        throw new CheckpointError(index, `weight_map.${name}: expected a file name, got ${JSON.stringify(file)}`);
+      }
+      weightMap.set(name, file);
+    }
+    const files = [...new Set(weightMap.values())].sort();
+    for (const f of files) {
+      if (!isFile(`${dir}/${f}`)) throw new CheckpointError(`${dir}/${f}`, `shard named by ${index} is missing`);
+    }
+    return { files, weightMap };
+  }
+  if (isFile(`${dir}/model.safetensors`)) return { files: ["model.safetensors"], weightMap: null };
+  throw new CheckpointError(
+    dir,
+    "no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)",
+  );
+}
+
+/** Options of {@link splitCheckpoint}. */
+export interface SplitOptions {
+  /** Where to write the split; default `<checkpoint>/rabbitllm_split_<dtype>`. */
+  layerShardsSavingPath?: string;
+  /** Storage dtype of the split. */
+  dtype: StorageDType;
+  /** Called with (bytesDone, bytesTotal) while writing. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Result of {@link splitCheckpoint}. */
+export interface Split {
+  dir: string;
+  manifest: Manifest;
+  /** True when an existing complete split was reused. */
+  reused: boolean;
+}
+
+interface SourceTensor {
+  shard: SafetensorsFile;
+  name: string;
+  local: string;
+}
+
+async function readManifest(path: string): Promise<Manifest | null> {
+  try {
+    return JSON.parse(await Deno.readTextFile(path)) as Manifest;
+  } catch {
+    return null;
+  }
+}
+
+function sameSource(a: Manifest["source"], b: Manifest["source"]): boolean {
+  return a.length === b.length &&
+    a.every((s, i) => s.file === b[i].file && s.size === b[i].size && s.mtimeMs === b[i].mtimeMs);
+}
+
+function splitIsComplete(dir: string, m: Manifest): boolean {
+  return m.parts.every((p) => {
+    try {
+      return Deno.statSync(`${dir}/${p.file}`).size === p.bytes;
+    } catch {
+      return false;
+    }
+  });
+}
+
+function convert(data: Uint8Array, from: DType, to: DType, where: string): Uint8Array {
+  if (from === to) return data;
+  const u16 = () => new Uint16Array(data.buffer, data.byteOffset, data.byteLength / 2);
+  let f32: Float32Array;
+  if (from === "F32") f32 = new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4);
+  else if (from === "F16") f32 = f16ToF32(u16());
+  else if (from === "BF16") f32 = bf16ToF32(u16());
+  else throw new CheckpointError(where, `dtype ${from}; expected a float tensor (F32, F16, BF16)`);
+  const out = to === "F32" ? f32 : to === "F16" ? f32ToF16(f32) : f32ToBf16(f32);
+  return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+}
+
+/**
+ * Splits the checkpoint in `dir` into per-part files, or reuses a complete split of the same
+ * source. Validates every tensor against the family's expected names and shapes.
+ */
+export async function splitCheckpoint(
+  dir: string,
+  family: Family,
+  cfg: ModelConfig,
+  opts: SplitOptions,
+): Promise<Split> {
+  const out = opts.layerShardsSavingPath ?? `${dir}/rabbitllm_split_${opts.dtype}`;
+  const { files, weightMap } = await listShards(dir);
+  const source = files.map((f) => {
+    const st = Deno.statSync(`${dir}/${f}`);
+    return { file: f, size: st.size, mtimeMs: st.mtime?.getTime() ?? 0 };
+  });
+  const manifestPath = `${out}/manifest.json`;
+  const old = await readManifest(manifestPath);
+  if (
+    old && old.format === MANIFEST_FORMAT && old.dtype === opts.dtype &&
+    old.architecture === cfg.architecture && sameSource(old.source, source) &&
+    splitIsComplete(out, old)
+  ) {
+    return { dir: out, manifest: old, reused: true };
+  }
+
+  const shards: SafetensorsFile[] = [];
+  try {
+    for (const f of files) shards.push(await SafetensorsFile.open(`${dir}/${f}`));
+    const parts = assignTensors(dir, shards, weightMap, family, cfg);
+    await Deno.mkdir(out, { recursive: true });
+    await Deno.remove(manifestPath).catch(() => {});
+    const target = STORAGE_TO_DTYPE[opts.dtype];
+    const total = [...parts.values()].flat().reduce(
+      (s, t) => s + t.shard.tensors.get(t.name)!.nbytes,
+      0,
+    );
+    let done = 0;
+    const manifestParts: ManifestPart[] = [];
+    for (const [id, tensors] of parts) {
+      manifestParts.push(
+        await writePart(out, id, tensors, target, (n) => {
+          done += n;
+          opts.onProgress?.(done, total);
+        }),
+      );
+    }
+    const manifest: Manifest = {
+      format: MANIFEST_FORMAT,
+      architecture: cfg.architecture,
+      dtype: opts.dtype,
+      source,
+      parts: manifestParts,
+    };
+    const tmp = `${manifestPath}.tmp-${crypto.randomUUID()}`;
+    await Deno.writeTextFile(tmp, JSON.stringify(manifest, null, 1));
+    await Deno.rename(tmp, manifestPath);
+    return { dir: out, manifest, reused: false };
+  } finally {
+    for (const s of shards) s.close();
+  }
+}
+
+/** Places every tensor of the shards into parts (in model order) and validates names/shapes. */
+function assignTensors(
+  dir: string,
+  shards: SafetensorsFile[],
+  weightMap: Map<string, string> | null,
+  family: Family,
+  cfg: ModelConfig,
+): Map<string, SourceTensor[]> {
+  const order: Part[] = [
+    { kind: "embed" },
+    ...Array.from({ length: cfg.numLayers }, (_, index) => ({ kind: "layer" as const, index })),
+    { kind: "norm" },
+    ...(cfg.tieWordEmbeddings ? [] : [{ kind: "lm_head" as const }]),
+  ];
+  const parts = new Map<string, SourceTensor[]>(order.map((p) => [partId(p), []]));
+  const seen = new Set<string>();
+  for (const shard of shards) {
+    const shardName = shard.path.slice(shard.path.lastIndexOf("/") + 1);
+    for (const name of shard.tensors.keys()) {
+      if (weightMap && weightMap.get(name) !== shardName) {
+        throw new CheckpointError(
+          shard.path,
+          `tensor ${name} is not mapped to this shard by model.safetensors.index.json`,
+        );
+      }
+      if (seen.has(name)) throw new CheckpointError(shard.path, `tensor ${name} appears twice`);
+      seen.add(name);
+      const placed = family.place(name, cfg);
+      if (!placed) {
+        throw new CheckpointError(
+          shard.path,
+          `unknown tensor ${name} for ${cfg.architecture} with ${cfg.numLayers} layers`,
+        );
+      }
+      if (placed.part) parts.get(partId(placed.part))!.push({ shard, name, local: placed.local });
+    }
+  }
+  if (weightMap) {
+    for (const name of weightMap.keys()) {
+      if (!seen.has(name)) {
+        throw new CheckpointError(`${dir}/${weightMap.get(name)}`, `tensor ${name} listed in the index is missing`);
+      }
+    }
+  }
+  for (const part of order) {
+    const have = parts.get(partId(part))!;
+    const byLocal = new Map(have.map((t) => [t.local, t]));
+    const expected = family.expected(part, cfg);
+    for (const e of expected) {
+      const t = byLocal.get(e.local);
+      if (!t) {
+        throw new CheckpointError(dir, `missing tensor ${e.local} of part ${partId(part)} (${cfg.architecture})`);
+      }
+      const info = t.shard.tensors.get(t.name)!;
+      if (info.shape.join(",") !== e.shape.join(",")) {
+        throw new CheckpointError(
+          t.shard.path,
+          `tensor ${t.name} has shape [${info.shape}], expected [${e.shape}] from config.json`,
+        );
+      }
+    }
+    const names = new Set(expected.map((e) => e.local));
+    for (const t of have) {
+      if (!names.has(t.local)) {
+        throw new CheckpointError(t.shard.path, `unexpected tensor ${t.name} for ${cfg.architecture}`);
+      }
+    }
+  }
+  return parts;
+}
+
+async function writePart(
+  out: string,
+  id: string,
+  tensors: SourceTensor[],
+  target: DType,
+  progress: (bytes: number) => void,
+): Promise<ManifestPart> {
+  const file = `${id}.safetensors`;
+  const specs = tensors.map((t) => {
+    const info = t.shard.tensors.get(t.name)!;
+    return { name: t.local, dtype: target, shape: info.shape };
+  });
+  const writer = await SafetensorsWriter.create(`${out}/${file}`, specs);
+  const hash = createHash("sha256");
+  const manifestTensors: ManifestTensor[] = [];
+  let offset = 0;
+  try {
+    for (const t of tensors) {
+      const info = t.shard.tensors.get(t.name)!;
+      const data = convert(await t.shard.read(t.name), info.dtype, target, `${t.shard.path}: ${t.name}`);
+      await writer.write(t.local, data);
+      hash.update(data);
+      manifestTensors.push({ name: t.local, dtype: target, shape: info.shape, offset, nbytes: data.byteLength });
+      offset += data.byteLength;
+      progress(info.nbytes);
+    }
+    await writer.commit();
+  } catch (e) {
+    await writer.abort();
+    throw e;
+  }
+  const bytes = Deno.statSync(`${out}/${file}`).size;
+  return {
+    id,
+    file,
+    bytes,
+    dataOffset: bytes - offset,
+    dataBytes: offset,
+    sha256: hash.digest("hex"),
+    tensors: manifestTensors,
+  };
+}

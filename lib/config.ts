@@ -1,0 +1,264 @@
+/**
+ * config.json → a normalized, validated {@link ModelConfig}.
+ *
+ * Reads both forms found in the wild: transformers 5 writes `rope_parameters` and `dtype`; most hub
+ * checkpoints carry `rope_theta` + `rope_scaling`, `torch_dtype` and often no `head_dim`.
+ * Family files (lib/models/) call {@link parseCommonConfig} with their defaults and add variants.
+ *
+ * @module
+ */
+import { ConfigError } from "./errors.ts";
+
+/** Storage dtype of the weights as the engine keeps them. */
+export type StorageDType = "float32" | "float16" | "bfloat16";
+
+/** Rotary embedding parameters, normalized from `rope_parameters` or `rope_theta`/`rope_scaling`. */
+export interface RopeConfig {
+  /** "default" | "linear" | "dynamic" | "llama3" | "yarn" | "longrope" ... */
+  type: string;
+  theta: number;
+  /** Fraction of head_dim that rotates (Phi uses < 1). */
+  partialRotaryFactor: number;
+  /** The remaining scaling keys as found (factor, low_freq_factor, ...). */
+  params: Readonly<Record<string, unknown>>;
+}
+
+/** A normalized model configuration. Field names are the engine's, not the checkpoint's. */
+export interface ModelConfig {
+  /** `architectures[0]` of config.json. */
+  architecture: string;
+  modelType: string;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  /** From config.json when present; else hiddenSize / numHeads. Never forced. */
+  headDim: number;
+  vocabSize: number;
+  maxPositionEmbeddings: number;
+  rmsNormEps: number;
+  rope: RopeConfig;
+  tieWordEmbeddings: boolean;
+  /** q/k/v projections carry a bias (Qwen2). */
+  attentionBias: boolean;
+  /** Per layer: attention window in tokens, 0 for full attention. */
+  layerWindows: number[];
+  /** Activation of the gated MLP (`hidden_act`). */
+  hiddenAct: string;
+  /** Storage dtype from `dtype`/`torch_dtype`; float16 when the config names none. */
+  dtype: StorageDType;
+  bosTokenId: number | null;
+  eosTokenIds: number[];
+  /** The parsed config.json, for family files that need more. */
+  raw: Readonly<Record<string, unknown>>;
+}
+
+/** Defaults a family supplies for keys its transformers config class defaults. */
+export interface ConfigDefaults {
+  rmsNormEps: number;
+  maxPositionEmbeddings: number;
+  ropeTheta: number;
+  hiddenAct: string;
+  tieWordEmbeddings: boolean;
+}
+
+type Raw = Record<string, unknown>;
+
+/** Reads and parses config.json from a model directory. */
+export async function readConfigJson(dir: string): Promise<Raw> {
+  const path = `${dir}/config.json`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new ConfigError(path, null, `cannot read: ${(e as Error).message}`, { cause: e });
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(path, null, `invalid JSON: ${(e as Error).message}`, { cause: e });
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new ConfigError(path, null, "expected a JSON object");
+  }
+  return raw as Raw;
+}
+
+/** The `architectures[0]` entry, or an error naming the file. */
+export function architectureOf(raw: Raw, source: string): string {
+  const archs = raw.architectures;
+  if (!Array.isArray(archs) || typeof archs[0] !== "string") {
+    throw new ConfigError(source, "architectures", "expected a non-empty list of strings");
+  }
+  return archs[0];
+}
+
+class Reader {
+  constructor(readonly raw: Raw, readonly source: string, readonly model: string) {}
+
+  private fail(key: string, what: string): never {
+    throw new ConfigError(this.source, key, `${what} (model type ${this.model})`);
+  }
+
+  has(key: string): boolean {
+    return this.raw[key] !== undefined && this.raw[key] !== null;
+  }
+
+  int(key: string, fallback?: number): number {
+    const v = this.raw[key];
+    if (v === undefined || v === null) {
+      if (fallback !== undefined) return fallback;
+      this.fail(key, "required key is missing");
+    }
+    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
+      this.fail(key, `expected a positive integer, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  }
+
+  num(key: string, fallback: number): number {
+    const v = this.raw[key];
+    if (v === undefined || v === null) return fallback;
+    if (typeof v !== "number" || !Number.isFinite(v)) {
+      this.fail(key, `expected a number, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  }
+
+  bool(key: string, fallback: boolean): boolean {
+    const v = this.raw[key];
+    if (v === undefined || v === null) return fallback;
+    if (typeof v !== "boolean") this.fail(key, `expected true or false, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  str(key: string, fallback: string): string {
+    const v = this.raw[key];
+    if (v === undefined || v === null) return fallback;
+    if (typeof v !== "string") this.fail(key, `expected a string, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  ids(key: string): number[] {
+    const v = this.raw[key];
+    if (v === undefined || v === null) return [];
+    const list = Array.isArray(v) ? v : [v];
+    for (const id of list) {
+      if (typeof id !== "number" || !Number.isInteger(id) || id < 0) {
+        this.fail(key, `expected a token id or a list of them, got ${JSON.stringify(v)}`);
+      }
+    }
+    return list as number[];
+  }
+}
+
+const DTYPES: Record<string, StorageDType> = {
+  float32: "float32",
+  float: "float32",
+  float16: "float16",
+  half: "float16",
+  bfloat16: "bfloat16",
+};
+
+function parseDType(r: Reader): StorageDType {
+  const key = r.has("dtype") ? "dtype" : "torch_dtype";
+  const v = r.raw[key];
+  if (v === undefined || v === null) return "float16";
+  const name = typeof v === "string" ? v.replace(/^torch\./, "") : "";
+  const dtype = DTYPES[name];
+  if (!dtype) {
+    throw new ConfigError(
+      r.source,
+      key,
+      `unsupported dtype ${JSON.stringify(v)}; expected one of float32, float16, bfloat16`,
+    );
+  }
+  return dtype;
+}
+
+/** Keys of a rope dict that are not scaling parameters. */
+const ROPE_META = new Set(["rope_type", "type", "rope_theta", "partial_rotary_factor"]);
+
+function parseRope(r: Reader, defaultTheta: number): RopeConfig {
+  const params = r.raw.rope_parameters ?? r.raw.rope_scaling;
+  if (params !== undefined && params !== null && (typeof params !== "object" || Array.isArray(params))) {
+    const key = r.raw.rope_parameters !== undefined ? "rope_parameters" : "rope_scaling";
+    throw new ConfigError(r.source, key, `expected an object, got ${JSON.stringify(params)}`);
+  }
+  const p = (params ?? {}) as Raw;
+  const type = (p.rope_type ?? p.type ?? "default") as string;
+  const theta = typeof p.rope_theta === "number" ? p.rope_theta : r.num("rope_theta", defaultTheta);
+  const partial = typeof p.partial_rotary_factor === "number"
+    ? p.partial_rotary_factor
+    : r.num("partial_rotary_factor", 1);
+  const rest: Raw = {};
+  for (const [k, v] of Object.entries(p)) if (!ROPE_META.has(k)) rest[k] = v;
+  return { type, theta, partialRotaryFactor: partial, params: rest };
+}
+
+/**
+ * The keys every decoder-only family shares. `source` names the file in errors.
+ * Families add their own variants on top (see lib/models/).
+ */
+export function parseCommonConfig(raw: Raw, source: string, d: ConfigDefaults): ModelConfig {
+  const modelType = typeof raw.model_type === "string" ? raw.model_type : "unknown";
+  const r = new Reader(raw, source, modelType);
+  const architecture = architectureOf(raw, source);
+  const hiddenSize = r.int("hidden_size");
+  const numHeads = r.int("num_attention_heads");
+  const numKvHeads = r.int("num_key_value_heads", numHeads);
+  const numLayers = r.int("num_hidden_layers");
+  if (numHeads % numKvHeads !== 0) {
+    throw new ConfigError(
+      source,
+      "num_key_value_heads",
+      `${numKvHeads} does not divide num_attention_heads ${numHeads} (model type ${modelType})`,
+    );
+  }
+  let headDim: number;
+  if (r.has("head_dim")) headDim = r.int("head_dim");
+  else {
+    if (hiddenSize % numHeads !== 0) {
+      throw new ConfigError(
+        source,
+        "head_dim",
+        `missing, and hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numHeads}`,
+      );
+    }
+    headDim = hiddenSize / numHeads;
+  }
+  return {
+    architecture,
+    modelType,
+    hiddenSize,
+    intermediateSize: r.int("intermediate_size"),
+    numLayers,
+    numHeads,
+    numKvHeads,
+    headDim,
+    vocabSize: r.int("vocab_size"),
+    maxPositionEmbeddings: r.int("max_position_embeddings", d.maxPositionEmbeddings),
+    rmsNormEps: r.num("rms_norm_eps", d.rmsNormEps),
+    rope: parseRope(r, d.ropeTheta),
+    tieWordEmbeddings: r.bool("tie_word_embeddings", d.tieWordEmbeddings),
+    attentionBias: r.bool("attention_bias", false),
+    layerWindows: new Array(numLayers).fill(0),
+    hiddenAct: r.str("hidden_act", d.hiddenAct),
+    dtype: parseDType(r),
+    bosTokenId: r.has("bos_token_id") ? r.ids("bos_token_id")[0] : null,
+    eosTokenIds: r.ids("eos_token_id"),
+    raw,
+  };
+}
+
+/** Reads an optional positive integer of a family-specific key (e.g. `sliding_window`). */
+export function optionalInt(raw: Raw, source: string, key: string): number | null {
+  const v = raw[key];
+  if (v === undefined || v === null) return null;
+  if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
+    throw new ConfigError(source, key, `expected a positive integer or null, got ${JSON.stringify(v)}`);
+  }
+  return v;
+}

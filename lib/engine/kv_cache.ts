@@ -1,0 +1,54 @@
+/**
+ * Per-layer K/V on the device, kept between steps. Layout per layer: K and V each
+ * [batch, capacity, numKvHeads * headDim] fp32, allocated on first use of the layer.
+ *
+ * @module
+ */
+import type { Backend, DevPtr } from "../../ffi/backend.ts";
+import type { ModelConfig } from "../config.ts";
+
+export class KVCache {
+  /** Tokens cached per sequence. */
+  length = 0;
+  readonly #be: Backend;
+  readonly #layers: ({ k: DevPtr; v: DevPtr } | null)[];
+  /** Floats per cached token: numKvHeads * headDim. */
+  readonly kvDim: number;
+
+  constructor(be: Backend, cfg: ModelConfig, readonly batch: number, readonly capacity: number) {
+    this.#be = be;
+    this.kvDim = cfg.numKvHeads * cfg.headDim;
+    this.#layers = new Array(cfg.numLayers).fill(null);
+  }
+
+  /** Device bytes of one layer's K (or V). */
+  get layerBytes(): number {
+    return this.batch * this.capacity * this.kvDim * 4;
+  }
+
+  /** K and V of `layer`, allocated on first use. */
+  layer(layer: number): { k: DevPtr; v: DevPtr } {
+    let kv = this.#layers[layer];
+    if (!kv) {
+      kv = { k: this.#be.alloc(this.layerBytes), v: this.#be.alloc(this.layerBytes) };
+      this.#layers[layer] = kv;
+    }
+    return kv;
+  }
+
+  /** Byte offset of token `pos` of sequence `row` inside a layer's K or V. */
+  offset(row: number, pos: number): number {
+    return (row * this.capacity + pos) * this.kvDim * 4;
+  }
+
+  /** Frees the device memory. Idempotent. */
+  free(): void {
+    for (const [i, kv] of this.#layers.entries()) {
+      if (!kv) continue;
+      this.#be.free(kv.k);
+      this.#be.free(kv.v);
+      this.#layers[i] = null;
+    }
+    this.length = 0;
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * What a model family file provides. One small file per family (llama.ts, mistral.ts, ...);
+ * variants compose by reusing another family's pieces, not by flags in a base class.
+ *
+ * @module
+ */
+import type { ModelConfig } from "../config.ts";
+import type { Backend, DevPtr, WeightDType } from "../../ffi/backend.ts";
+import type { RopeTable } from "../rope.ts";
+
+/** Which split part a checkpoint tensor belongs to. */
+export type Part =
+  | { kind: "embed" }
+  | { kind: "norm" }
+  | { kind: "lm_head" }
+  | { kind: "layer"; index: number };
+
+/** Where a checkpoint tensor goes, under which local name; `null` part = known and unused. */
+export interface Placement {
+  part: Part | null;
+  /** Name inside the part file (layer tensors drop the `model.layers.N.` prefix). */
+  local: string;
+}
+
+/** A tensor a part must contain, with its shape. */
+export interface ExpectedTensor {
+  local: string;
+  shape: number[];
+}
+
+/** A weight as the engine hands it to a family's forward. */
+export interface Weight {
+  ptr: DevPtr;
+  dtype: WeightDType;
+  shape: readonly number[];
+}
+
+/** The tensors of one loaded part, by local name. */
+export interface PartWeights {
+  get(local: string): Weight;
+  /** The weight, or null when the part does not carry it (optional biases). */
+  opt(local: string): Weight | null;
+}
+
+/** Arguments of {@link LayerContext.attention}. */
+export interface AttentionCall {
+  /** Rotated queries [T, qStride]; keys/values [T, kvStride] of the new tokens. */
+  q: DevPtr;
+  qStride: number;
+  k: DevPtr;
+  v: DevPtr;
+  kvStride: number;
+  /** Output [T, numHeads * headDim]. */
+  out: DevPtr;
+  scale: number;
+  softcap?: number;
+}
+
+/**
+ * What the engine gives a family's layer forward: the backend, the step's shape, scratch buffers
+ * and the attention mechanism (KV cache append + attention per sequence, handled by the engine).
+ */
+export interface LayerContext {
+  be: Backend;
+  cfg: ModelConfig;
+  /** Index of the layer being run. */
+  layer: number;
+  /** Tokens in this step (batch × new tokens per row). */
+  T: number;
+  /** Residual stream [T, hiddenSize], updated in place. */
+  x: DevPtr;
+  /** Absolute position of each of the T tokens. */
+  positions: Int32Array;
+  rope: RopeTable;
+  /** A scratch buffer of at least `floats` fp32, reused across layers and steps. */
+  buf(name: string, floats: number): DevPtr;
+  /** Appends k/v of this step to the layer's cache and writes attention output. */
+  attention(call: AttentionCall): void;
+}
+
+/** One architecture family. */
+export interface Family {
+  /** `architectures[0]` values this file implements, exactly. */
+  architectures: readonly string[];
+  /** Parses config.json (already JSON) into a ModelConfig; `source` names the file in errors. */
+  parseConfig(raw: Record<string, unknown>, source: string): ModelConfig;
+  /** Where a checkpoint tensor goes; `undefined` when the name is unknown to the family. */
+  place(name: string, cfg: ModelConfig): Placement | undefined;
+  /** Tensors a part must carry (used to validate at split and load time). */
+  expected(part: Part, cfg: ModelConfig): ExpectedTensor[];
+  /** One decoder layer, in place on ctx.x. */
+  forwardLayer(ctx: LayerContext, w: PartWeights): void;
+}

@@ -1,0 +1,23 @@
+/**
+ * Mistral: Llama's layer with a sliding attention window on every layer (`sliding_window`).
+ *
+ * @module
+ */
+import { optionalInt } from "../config.ts";
+import { type Family } from "./family.ts";
+import { LLAMA_DEFAULTS, llama, parseLlamaLike } from "./llama.ts";
+
+export const mistral: Family = {
+  ...llama,
+  architectures: ["MistralForCausalLM"],
+  parseConfig(raw, source) {
+    const cfg = parseLlamaLike(raw, source, {
+      ...LLAMA_DEFAULTS,
+      maxPositionEmbeddings: 4096 * 32,
+    });
+    // MistralConfig defaults sliding_window to 4096 only when the key is absent; null turns it off.
+    const window = "sliding_window" in raw ? optionalInt(raw, source, "sliding_window") : 4096;
+    cfg.layerWindows.fill(window ?? 0);
+    return cfg;
+  },
+};

@@ -1,0 +1,146 @@
+/**
+ * Rotary embedding frequencies for every rope variant, as transformers computes them
+ * (modeling_rope_utils.py). The backend only ever sees `inv_freq` and a scale (`mscale`), so a new
+ * variant is a function here, not a kernel.
+ *
+ * @module
+ */
+import type { RopeConfig } from "./config.ts";
+import { ConfigError } from "./errors.ts";
+
+/** What the backend's rope op needs for one forward pass. */
+export interface RopeTable {
+  /** Number of leading dims of each head that rotate (even). */
+  rotDim: number;
+  /** rotDim / 2 inverse frequencies. */
+  invFreq: Float32Array;
+  /** The "attention scaling" multiplied into cos and sin (1 except yarn/longrope). */
+  mscale: number;
+}
+
+/** Shape facts the variants need besides the rope dict. */
+export interface RopeShape {
+  headDim: number;
+  maxPositionEmbeddings: number;
+}
+
+const f32 = Math.fround;
+
+/** 1 / base^(2i/dim) in float32 steps, as torch does it. */
+function baseInvFreq(base: number, dim: number): Float32Array {
+  const out = new Float32Array(dim / 2);
+  for (let i = 0; i < dim / 2; i++) out[i] = f32(1 / f32(Math.pow(base, f32(f32(2 * i) / dim))));
+  return out;
+}
+
+function num(rope: RopeConfig, key: string, source: string): number {
+  const v = rope.params[key];
+  if (typeof v !== "number" || !Number.isFinite(v)) {
+    throw new ConfigError(source, `rope_scaling.${key}`, `rope type ${rope.type} needs a number`);
+  }
+  return v;
+}
+
+function optNum(rope: RopeConfig, key: string): number | undefined {
+  const v = rope.params[key];
+  return typeof v === "number" ? v : undefined;
+}
+
+/** The rope types {@link ropeTable} implements. */
+export const ROPE_TYPES = ["default", "linear", "dynamic", "llama3", "yarn"] as const;
+
+/** Fails early (at load) for a rope type we do not implement, naming the key. */
+export function checkRopeType(rope: RopeConfig, source: string): void {
+  if (!(ROPE_TYPES as readonly string[]).includes(rope.type)) {
+    throw new ConfigError(
+      source,
+      "rope_scaling.rope_type",
+      `unsupported rope type "${rope.type}"; supported: ${ROPE_TYPES.join(", ")}`,
+    );
+  }
+}
+
+/**
+ * The rope table for a forward pass whose largest position is `seqLen - 1`
+ * (only "dynamic" depends on it).
+ */
+export function ropeTable(rope: RopeConfig, shape: RopeShape, seqLen: number, source: string): RopeTable {
+  const dim = Math.trunc(shape.headDim * rope.partialRotaryFactor);
+  const base = rope.theta;
+  switch (rope.type) {
+    case "default":
+      return { rotDim: dim, invFreq: baseInvFreq(base, dim), mscale: 1 };
+    case "linear": {
+      const factor = num(rope, "factor", source);
+      return { rotDim: dim, invFreq: baseInvFreq(base, dim).map((x) => x / factor), mscale: 1 };
+    }
+    case "dynamic": {
+      const factor = num(rope, "factor", source);
+      const maxPos = shape.maxPositionEmbeddings;
+      const len = Math.max(seqLen, maxPos);
+      const scaled = base * Math.pow(factor * len / maxPos - (factor - 1), dim / (dim - 2));
+      return { rotDim: dim, invFreq: baseInvFreq(scaled, dim), mscale: 1 };
+    }
+    case "llama3": {
+      const factor = num(rope, "factor", source);
+      const low = num(rope, "low_freq_factor", source);
+      const high = num(rope, "high_freq_factor", source);
+      const oldLen = num(rope, "original_max_position_embeddings", source);
+      const lowWavelen = oldLen / low;
+      const highWavelen = oldLen / high;
+      const inv = baseInvFreq(base, dim);
+      const out = new Float32Array(inv.length);
+      for (let i = 0; i < inv.length; i++) {
+        const wavelen = f32(2 * Math.PI / inv[i]);
+        const scaled = wavelen > lowWavelen ? f32(inv[i] / factor) : inv[i];
+        if (wavelen < highWavelen || wavelen > lowWavelen) out[i] = scaled;
+        else {
+          const smooth = f32(f32(oldLen / wavelen - low) / (high - low));
+          out[i] = f32(f32(f32(1 - smooth) * scaled) / factor + f32(smooth * scaled));
+        }
+      }
+      return { rotDim: dim, invFreq: out, mscale: 1 };
+    }
+    case "yarn":
+      return yarn(rope, shape, dim, source);
+  }
+  checkRopeType(rope, source);
+  throw new Error("unreachable");
+}
+
+function yarn(rope: RopeConfig, shape: RopeShape, dim: number, source: string): RopeTable {
+  const base = rope.theta;
+  const origMax = num(rope, "original_max_position_embeddings", source);
+  const factor = optNum(rope, "factor") ?? shape.maxPositionEmbeddings / origMax;
+  const mscaleOf = (scale: number, m = 1) => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1);
+  let attention = optNum(rope, "attention_factor");
+  if (attention === undefined) {
+    const m = optNum(rope, "mscale");
+    const mAll = optNum(rope, "mscale_all_dim");
+    attention = m && mAll ? mscaleOf(factor, m) / mscaleOf(factor, mAll) : mscaleOf(factor);
+  }
+  const betaFast = optNum(rope, "beta_fast") || 32;
+  const betaSlow = optNum(rope, "beta_slow") || 1;
+  const corr = (rot: number) =>
+    (dim * Math.log(origMax / (rot * 2 * Math.PI))) / (2 * Math.log(base));
+  const truncate = rope.params.truncate !== false;
+  let lo = corr(betaFast);
+  let hi = corr(betaSlow);
+  if (truncate) {
+    lo = Math.floor(lo);
+    hi = Math.ceil(hi);
+  }
+  lo = Math.max(lo, 0);
+  hi = Math.min(hi, dim - 1);
+  if (lo === hi) hi += 0.001;
+  const inv = new Float32Array(dim / 2);
+  for (let i = 0; i < dim / 2; i++) {
+    const posFreq = f32(Math.pow(base, f32(f32(2 * i) / dim)));
+    const extrapolation = f32(1 / posFreq);
+    const interpolation = f32(1 / f32(factor * posFreq));
+    const ramp = Math.min(1, Math.max(0, f32(f32(i - lo) / f32(hi - lo))));
+    const extraFactor = f32(1 - ramp);
+    inv[i] = f32(f32(interpolation * f32(1 - extraFactor)) + f32(extrapolation * extraFactor));
+  }
+  return { rotDim: dim, invFreq: inv, mscale: attention };
+}

@@ -1,0 +1,28 @@
+/**
+ * rabbitllm — run Hugging Face causal LMs larger than device memory by streaming decoder layers
+ * through a native backend, one layer at a time.
+ *
+ * @example
+ * ```ts ignore
+ * import { AutoModel } from "jsr:@rabbitllm/rabbitllm";
+ * await using model = await AutoModel.fromPretrained("models/stories260k", { device: "cpu" });
+ * const ids = await model.generate([[1]], { maxNewTokens: 32 });
+ * ```
+ *
+ * @module
+ */
+export { AutoModel, type FromPretrainedOptions } from "./lib/auto_model.ts";
+export { CausalLM, type ForwardOptions, type GenerateOptions, type Logits } from "./lib/engine/causal_lm.ts";
+export type { TraceEvent } from "./lib/engine/store.ts";
+export type { ModelConfig, RopeConfig, StorageDType } from "./lib/config.ts";
+export { SUPPORTED_ARCHITECTURES } from "./lib/models/registry.ts";
+export { Backend, type BackendStats } from "./ffi/backend.ts";
+export {
+  BackendError,
+  CheckpointError,
+  ConfigError,
+  InputError,
+  RabbitError,
+  SafetensorsError,
+  UnsupportedArchitectureError,
+} from "./lib/errors.ts";
