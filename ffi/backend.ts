@@ -193,15 +193,9 @@ export class Backend {
   static open(opts: BackendOptions = {}): Backend {
     const device = opts.device ?? "cpu";
     const path = opts.libraryPath ?? findLibrary(device);
-    let lib: Lib;
-    try {
-      lib = Deno.dlopen(path, SYMBOLS);
-    } catch (e) {
-      throw new BackendError("load", `cannot load ${path}: ${(e as Error).message}`, { cause: e });
-    }
+    const lib = loadLibrary(path);
     const version = lib.symbols.rl_abi_version();
     if (version !== ABI_VERSION) {
-      lib.close();
       throw new BackendError(
         "load",
         `${path} speaks backend ABI ${version}, this package needs ${ABI_VERSION}; rebuild it with \`${
@@ -211,9 +205,7 @@ export class Backend {
     }
     const ctx = lib.symbols.rl_create(opts.threads ?? 0, opts.ordinal ?? 0);
     if (ctx === null) {
-      const msg = lastError(lib, null);
-      lib.close();
-      throw new BackendError("rl_create", msg);
+      throw new BackendError("rl_create", lastError(lib, null));
     }
     return new Backend(lib, ctx, path, device);
   }
@@ -395,7 +387,7 @@ export class Backend {
         a.scale,
         a.window ?? 0,
         a.softcap ?? 0,
-        a.kvValid ?? null,
+        a.kvValid ?? allValid(a.kvLen),
       ),
       "rl_attention",
     );
@@ -428,12 +420,11 @@ export class Backend {
     this.#check(this.#lib.symbols.rl_argmax(this.#c, out, x, rows, cols), "rl_argmax");
   }
 
-  /** Frees everything the context owns and unloads the library. Idempotent. */
+  /** Frees everything the context owns. Idempotent. The library stays loaded (see loadLibrary). */
   close(): void {
     if (this.#ctx === null) return;
     this.#lib.symbols.rl_destroy(this.#ctx);
     this.#ctx = null;
-    this.#lib.close();
   }
 
   [Symbol.dispose](): void {
@@ -461,7 +452,35 @@ export interface AttentionArgs {
   kvValid?: Uint8Array | null;
 }
 
+const libraries = new Map<string, Lib>();
+/**
+ * Opens a library once per process and never unloads it: its worker threads (OpenMP, CUDA)
+ * outlive any one context, and unloading code they may still run would crash the process.
+ */
+function loadLibrary(path: string): Lib {
+  let lib = libraries.get(path);
+  if (!lib) {
+    try {
+      lib = Deno.dlopen(path, SYMBOLS);
+    } catch (e) {
+      throw new BackendError("load", `cannot load ${path}: ${(e as Error).message}`, { cause: e });
+    }
+    libraries.set(path, lib);
+  }
+  return lib;
+}
+
 function lastError(lib: Lib, ctx: DevPtr | null): string {
   const n = Number(lib.symbols.rl_last_error(ctx, errBuf, BigInt(errBuf.length)));
   return decoder.decode(errBuf.subarray(0, Math.min(n, errBuf.length - 1))) || "unknown error";
+}
+
+let ones = new Uint8Array(0);
+/**
+ * A mask with every key valid. Deno's fast FFI path does not accept null for a "buffer"
+ * parameter once the call is optimized, so "no mask" is passed as a mask of ones.
+ */
+function allValid(n: number): Uint8Array {
+  if (ones.length < n) ones = new Uint8Array(Math.max(n, ones.length * 2)).fill(1);
+  return ones.subarray(0, n);
 }

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Builds the CPU backend: every cpu/*.c except tests and benchmarks -> build/librabbitllm_cpu.so.
+# Run from the repository root. Writes a temporary file and renames it, so a failed build never
+# replaces a working library. -z nodelete: Deno unloads libraries at exit while OpenMP worker
+# threads still exist; keeping the library (and so libgomp) mapped avoids a crash at exit.
+set -eu
+
+out=build/librabbitllm_cpu.so
+tmp="$out.tmp.$$"
+srcs=$(ls cpu/*.c | grep -v -e '^cpu/test_' -e '^cpu/bench_')
+
+mkdir -p build
+trap 'rm -f "$tmp"' EXIT
+# shellcheck disable=SC2086 # srcs is a list of file names without spaces
+if ! gcc -std=c11 -O3 -march=native -fopenmp -fPIC -shared -fvisibility=hidden -Wall -Wextra \
+  -Wl,-z,nodelete -Iffi -o "$tmp" $srcs -lm; then
+  echo "cpu/build.sh: compiling $out failed" >&2
+  exit 1
+fi
+mv "$tmp" "$out"
+trap - EXIT
+echo "$out"
