@@ -17,10 +17,20 @@ export const qwen2: Family = {
       maxPositionEmbeddings: 32768,
     });
     cfg.attentionBias = true;
-    if (raw.use_sliding_window === true) {
-      const window = optionalInt(raw, source, "sliding_window") ?? 4096;
+    // Qwen2Config: the window exists only with use_sliding_window (4096 when the key is absent);
+    // layers are "sliding_attention" per layer_types, else from max_window_layers on.
+    const window = raw.use_sliding_window !== true
+      ? null
+      : "sliding_window" in raw
+      ? optionalInt(raw, source, "sliding_window")
+      : 4096;
+    if (window !== null) {
+      const types = raw.layer_types;
       const from = optionalInt(raw, source, "max_window_layers") ?? 28;
-      cfg.layerWindows.forEach((_, i) => cfg.layerWindows[i] = i >= from ? window : 0);
+      cfg.layerWindows.forEach((_, i) => {
+        const sliding = Array.isArray(types) ? types[i] === "sliding_attention" : i >= from;
+        cfg.layerWindows[i] = sliding ? window : 0;
+      });
     }
     return cfg;
   },
