@@ -312,7 +312,9 @@ export class CausalLM {
     this.#cache?.free();
     this.#scratch.free();
     this.#store.close();
+    const leaked = this.backend.stats().liveAllocs;
     this.backend.close();
+    if (leaked !== 0) throw new Error(`internal: ${leaked} device allocations leaked at close`);
   }
 
   [Symbol.dispose](): void {

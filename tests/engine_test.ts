@@ -1,0 +1,145 @@
+import assert from "node:assert/strict";
+import { AutoModel, InputError, type TraceEvent } from "../mod.ts";
+import type { Manifest } from "../lib/checkpoint.ts";
+
+const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url).pathname;
+const splitDir = (name: string) => new URL(`./.tmp/split/engine-${name}`, import.meta.url).pathname;
+
+async function manifestOf(name: string): Promise<Manifest> {
+  return JSON.parse(await Deno.readTextFile(`${splitDir(name)}/manifest.json`));
+}
+
+function open(name: string, opts: Parameters<typeof AutoModel.fromPretrained>[1] = {}) {
+  return AutoModel.fromPretrained(fixture(name), {
+    layerShardsSavingPath: splitDir(name),
+    maxResidentBytes: 0,
+    ...opts,
+  });
+}
+
+const PROMPT = [[3, 14, 15, 92, 65]];
+
+function at(trace: TraceEvent[], kind: TraceEvent["kind"], part: string, from = 0): number {
+  const i = trace.findIndex((e, j) => j >= from && e.kind === kind && e.part === part);
+  assert.ok(i >= 0, `no ${kind} ${part} in the trace`);
+  return i;
+}
+
+Deno.test("engine: with prefetching, the read of layer i+1 starts before layer i's compute ends", async () => {
+  const trace: TraceEvent[] = [];
+  await using model = await open("llama3_rope", { prefetching: true, trace });
+  const n = model.config.numLayers;
+  assert.ok(n >= 2);
+  trace.length = 0;
+  await model.forward(PROMPT);
+  for (let i = 0; i + 1 < n; i++) {
+    const readNext = at(trace, "read-start", `layer.${i + 1}`);
+    const computeEnd = at(trace, "compute-end", `layer.${i}`);
+    const computeStart = at(trace, "compute-start", `layer.${i}`);
+    assert.ok(readNext < computeEnd, `read of layer ${i + 1} started after layer ${i} finished`);
+    assert.ok(readNext < computeStart, `read of layer ${i + 1} started after layer ${i} began`);
+  }
+});
+
+Deno.test("engine: without prefetching, each layer is read only after the previous one computed", async () => {
+  const trace: TraceEvent[] = [];
+  await using model = await open("llama3_rope", { prefetching: false, trace });
+  trace.length = 0;
+  await model.forward(PROMPT);
+  for (let i = 0; i + 1 < model.config.numLayers; i++) {
+    assert.ok(at(trace, "read-start", `layer.${i + 1}`) > at(trace, "compute-end", `layer.${i}`));
+  }
+});
+
+Deno.test("engine: streamed layers are read every step, resident layers once", async () => {
+  const trace: TraceEvent[] = [];
+  const countReads = () => trace.filter((e) => e.kind === "read-start" && e.part.startsWith("layer.")).length;
+  {
+    await using model = await open("llama_tied", { prefetching: false, trace });
+    await model.forward(PROMPT);
+    await model.forward(PROMPT);
+    assert.equal(model.residentLayers, 0);
+    assert.equal(countReads(), 2 * model.config.numLayers);
+  }
+  trace.length = 0;
+  {
+    await using model = await open("llama_tied", { prefetching: true, trace, maxResidentBytes: 1e12 });
+    await model.forward(PROMPT);
+    await model.forward(PROMPT);
+    await model.generate(PROMPT, { maxNewTokens: 3 });
+    assert.equal(model.residentLayers, model.config.numLayers);
+    assert.equal(countReads(), model.config.numLayers);
+  }
+});
+
+Deno.test("engine: a tied lm_head is the embedding, held once on the device", async () => {
+  await using model = await open("llama_tied", { prefetching: false });
+  assert.equal(model.config.tieWordEmbeddings, true);
+  const m = await manifestOf("llama_tied");
+  const bytes = (id: string) => m.parts.find((p) => p.id === id)?.dataBytes ?? 0;
+  assert.equal(m.parts.some((p) => p.id === "lm_head"), false, "a tied split has no lm_head part");
+  const layerMax = Math.max(...m.parts.filter((p) => p.id.startsWith("layer.")).map((p) => p.dataBytes));
+  const s = model.backend.stats();
+  // Loaded once: embed + norm uploaded, nothing else; one streaming slot (prefetch off).
+  assert.equal(s.h2dBytes, bytes("embed") + bytes("norm"));
+  assert.equal(s.liveBytes, bytes("embed") + bytes("norm") + layerMax);
+  assert.equal(s.liveAllocs, 3);
+});
+
+Deno.test("engine: an untied lm_head is its own part", async () => {
+  await using model = await open("llama_untied_sharded", { prefetching: false });
+  const m = await manifestOf("llama_untied_sharded");
+  const bytes = (id: string) => m.parts.find((p) => p.id === id)!.dataBytes;
+  assert.equal(model.backend.stats().h2dBytes, bytes("embed") + bytes("norm") + bytes("lm_head"));
+});
+
+Deno.test("engine: useCache false gives the same logits as the cached path", async () => {
+  await using model = await open("qwen2");
+  const ids = [[5, 6, 7, 8, 9, 10, 11, 12]];
+  const full = await model.forward(ids);
+  model.resetCache();
+  const a = await model.forward([ids[0].slice(0, 5)], { useCache: true });
+  const b = await model.forward([ids[0].slice(5)], { useCache: true });
+  const V = model.config.vocabSize;
+  assert.equal(model.cacheLength, 8);
+  const cached = new Float32Array(full.length);
+  cached.set(a, 0);
+  cached.set(b, 5 * V);
+  let max = 0;
+  for (let i = 0; i < full.length; i++) max = Math.max(max, Math.abs(full[i] - cached[i]));
+  assert.ok(max < 1e-5, `cached vs uncached max |Δ| ${max}`);
+  assert.deepEqual(full.dims, [1, 8, V]);
+  const g1 = await model.generate(ids, { maxNewTokens: 8 });
+  const g2 = await model.generate(ids, { maxNewTokens: 8, useCache: false });
+  assert.deepEqual(g1, g2);
+});
+
+Deno.test("engine: batch rows equal running each row alone", async () => {
+  await using model = await open("mistral");
+  const rows = [[5, 6, 7, 8, 9, 10, 11], [40, 41, 42, 43, 44, 45, 46]];
+  const both = await model.generate(rows, { maxNewTokens: 6 });
+  for (const [i, r] of rows.entries()) assert.deepEqual((await model.generate([r], { maxNewTokens: 6 }))[0], both[i]);
+});
+
+Deno.test("engine: bad input is a typed error before any work", async () => {
+  await using model = await open("llama_tied", { maxSeqLen: 16 });
+  await assert.rejects(model.forward([[1, 2], [3]]), InputError);
+  await assert.rejects(model.forward([[1, 9999]]), /inputIds\[0\]\[1\] = 9999 is not a token id in \[0, 256\)/);
+  await assert.rejects(model.forward([]), InputError);
+  await assert.rejects(model.generate([[1, 2, 3]], { maxNewTokens: 20 }), /exceeds maxSeqLen 16/);
+  await assert.rejects(model.generate([[1]], { doSample: true }), /doSample/);
+  model.resetCache();
+  await model.forward([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]], { useCache: true });
+  await assert.rejects(model.forward([[1, 2, 3, 4, 5, 6, 7]], { useCache: true }), /10 cached \+ 7 new tokens exceed maxSeqLen 16/);
+  await assert.rejects(model.forward([[1], [2]], { useCache: true }), /call resetCache\(\) first/);
+});
+
+Deno.test("engine: close frees every device allocation and later calls fail", async () => {
+  const model = await open("llama_tied");
+  await model.generate(PROMPT, { maxNewTokens: 2 });
+  const be = model.backend;
+  model.close();
+  model.close();
+  await assert.rejects(model.forward(PROMPT), /closed/);
+  assert.throws(() => be.stats(), /closed/);
+});
