@@ -12,7 +12,12 @@
  * @module
  */
 export { AutoModel, type FromPretrainedOptions } from "./lib/auto_model.ts";
-export { CausalLM, type ForwardOptions, type GenerateOptions, type Logits } from "./lib/engine/causal_lm.ts";
+export {
+  CausalLM,
+  type ForwardOptions,
+  type GenerateOptions,
+  type Logits,
+} from "./lib/engine/causal_lm.ts";
 export type { TraceEvent } from "./lib/engine/store.ts";
 export type { ModelConfig, RopeConfig, StorageDType } from "./lib/config.ts";
 export { SUPPORTED_ARCHITECTURES } from "./lib/models/registry.ts";

@@ -63,7 +63,18 @@ export const SYMBOLS = {
     result: "i32",
   },
   rl_rope: {
-    parameters: ["pointer", "pointer", "i32", "i32", "i32", "i32", "i32", "buffer", "buffer", "f32"],
+    parameters: [
+      "pointer",
+      "pointer",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "buffer",
+      "buffer",
+      "f32",
+    ],
     result: "i32",
   },
   rl_attention: {
@@ -118,7 +129,10 @@ const LIB_FILE: Record<DeviceKind, string> = {
   cuda: "librabbitllm_cuda.so",
 };
 const LIB_ENV: Record<DeviceKind, string> = { cpu: "RABBITLLM_LIB", cuda: "RABBITLLM_CUDA_LIB" };
-const BUILD_TASK: Record<DeviceKind, string> = { cpu: "deno task build", cuda: "deno task build:cuda" };
+const BUILD_TASK: Record<DeviceKind, string> = {
+  cpu: "deno task build",
+  cuda: "deno task build:cuda",
+};
 
 function envVar(name: string): string | undefined {
   if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") return;
@@ -216,7 +230,9 @@ export class Backend {
   }
 
   #check(status: number, op: string): void {
-    if (status !== 0) throw new BackendError(op, lastError(this.#lib, this.#ctx), undefined, status);
+    if (status !== 0) {
+      throw new BackendError(op, lastError(this.#lib, this.#ctx), undefined, status);
+    }
   }
 
   /** Device memory of `bytes` (64-byte aligned). */

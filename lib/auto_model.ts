@@ -77,7 +77,9 @@ function openBackend(device: string, threads: number | undefined): Backend {
       return Backend.open({ device: "cpu", threads });
     }
   }
-  throw new InputError(`device: expected "cpu", "cuda", "cuda:N" or "auto", got ${JSON.stringify(device)}`);
+  throw new InputError(
+    `device: expected "cpu", "cuda", "cuda:N" or "auto", got ${JSON.stringify(device)}`,
+  );
 }
 
 /** Checks a split's parts against what the family expects, so a stale split never loads. */
@@ -96,7 +98,10 @@ function checkManifest(m: Manifest, family: Family, cfg: ModelConfig, dir: strin
     const have = new Map(p.tensors.map((t) => [t.name, t.shape.join(",")]));
     for (const e of family.expected(part, cfg)) {
       if (have.get(e.local) !== e.shape.join(",")) {
-        throw new CheckpointError(`${dir}/${p.file}`, `tensor ${e.local}: expected shape [${e.shape}]`);
+        throw new CheckpointError(
+          `${dir}/${p.file}`,
+          `tensor ${e.local}: expected shape [${e.shape}]`,
+        );
       }
     }
   }
@@ -108,7 +113,10 @@ export class AutoModel {
    * Opens a checkpoint directory (or an `org/name` already in the Hugging Face cache), splits it
    * into per-layer files once, and returns a model ready for `forward` / `generate`.
    */
-  static async fromPretrained(pathOrRepoId: string, opts: FromPretrainedOptions = {}): Promise<CausalLM> {
+  static async fromPretrained(
+    pathOrRepoId: string,
+    opts: FromPretrainedOptions = {},
+  ): Promise<CausalLM> {
     const dir = findCheckpoint(pathOrRepoId, opts.revision);
     const raw = await readConfigJson(dir);
     const source = `${dir}/config.json`;
@@ -116,7 +124,9 @@ export class AutoModel {
     const config = family.parseConfig(raw, source);
     const wanted = opts.dtype ?? "auto";
     const dtype = wanted === "auto" ? config.dtype : DTYPE_ALIASES[wanted];
-    if (!dtype) throw new InputError(`dtype: expected "auto", float32, float16 or bfloat16, got ${wanted}`);
+    if (!dtype) {
+      throw new InputError(`dtype: expected "auto", float32, float16 or bfloat16, got ${wanted}`);
+    }
     const maxSeqLen = opts.maxSeqLen ?? Math.min(config.maxPositionEmbeddings, 4096);
     if (!Number.isInteger(maxSeqLen) || maxSeqLen <= 0) {
       throw new InputError(`maxSeqLen: expected a positive integer, got ${maxSeqLen}`);
@@ -134,7 +144,15 @@ export class AutoModel {
         maxResidentBytes: opts.maxResidentBytes ?? defaultResidentBytes(),
         trace: opts.trace,
       });
-      return new CausalLM({ config, family, backend, store, maxSeqLen, source: dir, trace: opts.trace });
+      return new CausalLM({
+        config,
+        family,
+        backend,
+        store,
+        maxSeqLen,
+        source: dir,
+        trace: opts.trace,
+      });
     } catch (e) {
       backend.close();
       throw e;

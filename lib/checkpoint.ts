@@ -109,7 +109,9 @@ export function findCheckpoint(pathOrRepoId: string, revision = "main"): string 
   if (/^[\w.-]+\/[\w.-]+$/.test(pathOrRepoId) && cache) {
     const repo = `${cache}/models--${pathOrRepoId.replace("/", "--")}`;
     let commit = revision;
-    if (isFile(`${repo}/refs/${revision}`)) commit = Deno.readTextFileSync(`${repo}/refs/${revision}`).trim();
+    if (isFile(`${repo}/refs/${revision}`)) {
+      commit = Deno.readTextFileSync(`${repo}/refs/${revision}`).trim();
+    }
     const snap = `${repo}/snapshots/${commit}`;
     if (isDir(snap)) return snap;
     throw new CheckpointError(
@@ -121,7 +123,9 @@ export function findCheckpoint(pathOrRepoId: string, revision = "main"): string 
 }
 
 /** The safetensors files of a checkpoint directory, with the tensor → file map. */
-export async function listShards(dir: string): Promise<{ files: string[]; weightMap: Map<string, string> | null }> {
+export async function listShards(
+  dir: string,
+): Promise<{ files: string[]; weightMap: Map<string, string> | null }> {
   const index = `${dir}/model.safetensors.index.json`;
   if (isFile(index)) {
     let parsed: unknown;
@@ -137,13 +141,18 @@ export async function listShards(dir: string): Promise<{ files: string[]; weight
     const weightMap = new Map<string, string>();
     for (const [name, file] of Object.entries(map)) {
       if (typeof file !== "string" || file.includes("/") || file.includes("\\")) {
-        throw new CheckpointError(index, `weight_map.${name}: expected a file name, got ${JSON.stringify(file)}`);
+        throw new CheckpointError(
+          index,
+          `weight_map.${name}: expected a file name, got ${JSON.stringify(file)}`,
+        );
       }
       weightMap.set(name, file);
     }
     const files = [...new Set(weightMap.values())].sort();
     for (const f of files) {
-      if (!isFile(`${dir}/${f}`)) throw new CheckpointError(`${dir}/${f}`, `shard named by ${index} is missing`);
+      if (!isFile(`${dir}/${f}`)) {
+        throw new CheckpointError(`${dir}/${f}`, `shard named by ${index} is missing`);
+      }
     }
     return { files, weightMap };
   }
@@ -316,7 +325,10 @@ function assignTensors(
   if (weightMap) {
     for (const name of weightMap.keys()) {
       if (!seen.has(name)) {
-        throw new CheckpointError(`${dir}/${weightMap.get(name)}`, `tensor ${name} listed in the index is missing`);
+        throw new CheckpointError(
+          `${dir}/${weightMap.get(name)}`,
+          `tensor ${name} listed in the index is missing`,
+        );
       }
     }
   }
@@ -327,7 +339,10 @@ function assignTensors(
     for (const e of expected) {
       const t = byLocal.get(e.local);
       if (!t) {
-        throw new CheckpointError(dir, `missing tensor ${e.local} of part ${partId(part)} (${cfg.architecture})`);
+        throw new CheckpointError(
+          dir,
+          `missing tensor ${e.local} of part ${partId(part)} (${cfg.architecture})`,
+        );
       }
       const info = t.shard.tensors.get(t.name)!;
       if (info.shape.join(",") !== e.shape.join(",")) {
@@ -340,7 +355,10 @@ function assignTensors(
     const names = new Set(expected.map((e) => e.local));
     for (const t of have) {
       if (!names.has(t.local)) {
-        throw new CheckpointError(t.shard.path, `unexpected tensor ${t.name} for ${cfg.architecture}`);
+        throw new CheckpointError(
+          t.shard.path,
+          `unexpected tensor ${t.name} for ${cfg.architecture}`,
+        );
       }
     }
   }
@@ -366,10 +384,21 @@ async function writePart(
   try {
     for (const t of tensors) {
       const info = t.shard.tensors.get(t.name)!;
-      const data = convert(await t.shard.read(t.name), info.dtype, target, `${t.shard.path}: ${t.name}`);
+      const data = convert(
+        await t.shard.read(t.name),
+        info.dtype,
+        target,
+        `${t.shard.path}: ${t.name}`,
+      );
       await writer.write(t.local, data);
       hash.update(data);
-      manifestTensors.push({ name: t.local, dtype: target, shape: info.shape, offset, nbytes: data.byteLength });
+      manifestTensors.push({
+        name: t.local,
+        dtype: target,
+        shape: info.shape,
+        offset,
+        nbytes: data.byteLength,
+      });
       offset += data.byteLength;
       progress(info.nbytes);
     }

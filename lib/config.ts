@@ -183,7 +183,9 @@ const ROPE_META = new Set(["rope_type", "type", "rope_theta", "partial_rotary_fa
 
 function parseRope(r: Reader, defaultTheta: number): RopeConfig {
   const params = r.raw.rope_parameters ?? r.raw.rope_scaling;
-  if (params !== undefined && params !== null && (typeof params !== "object" || Array.isArray(params))) {
+  if (
+    params !== undefined && params !== null && (typeof params !== "object" || Array.isArray(params))
+  ) {
     const key = r.raw.rope_parameters !== undefined ? "rope_parameters" : "rope_scaling";
     throw new ConfigError(r.source, key, `expected an object, got ${JSON.stringify(params)}`);
   }
@@ -258,7 +260,11 @@ export function optionalInt(raw: Raw, source: string, key: string): number | nul
   const v = raw[key];
   if (v === undefined || v === null) return null;
   if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
-    throw new ConfigError(source, key, `expected a positive integer or null, got ${JSON.stringify(v)}`);
+    throw new ConfigError(
+      source,
+      key,
+      `expected a positive integer or null, got ${JSON.stringify(v)}`,
+    );
   }
   return v;
 }

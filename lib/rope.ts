@@ -64,7 +64,12 @@ export function checkRopeType(rope: RopeConfig, source: string): void {
  * The rope table for a forward pass whose largest position is `seqLen - 1`
  * (only "dynamic" depends on it).
  */
-export function ropeTable(rope: RopeConfig, shape: RopeShape, seqLen: number, source: string): RopeTable {
+export function ropeTable(
+  rope: RopeConfig,
+  shape: RopeShape,
+  seqLen: number,
+  source: string,
+): RopeTable {
   const dim = Math.trunc(shape.headDim * rope.partialRotaryFactor);
   const base = rope.theta;
   switch (rope.type) {

@@ -2,7 +2,13 @@
  * `deno task parity`: every fixture × (prefetch on/off) × (cache on/off) against the stored
  * transformers outputs. Prints a table; exits 1 when any row fails.
  */
-import { formatTable, loadFixtures, MODES, type ParityResult, runParity } from "../tests/parity_lib.ts";
+import {
+  formatTable,
+  loadFixtures,
+  MODES,
+  type ParityResult,
+  runParity,
+} from "../tests/parity_lib.ts";
 
 const rows: ParityResult[] = [];
 for (const f of await loadFixtures()) {

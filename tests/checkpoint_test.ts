@@ -35,7 +35,13 @@ Deno.test("split: a sharded checkpoint becomes one file per part, tensors byte-i
   assert.ok(weightMap);
   const s = await split(dir);
   assert.equal(s.reused, false);
-  assert.deepEqual(s.manifest.parts.map((p) => p.id), ["embed", "layer.0", "layer.1", "norm", "lm_head"]);
+  assert.deepEqual(s.manifest.parts.map((p) => p.id), [
+    "embed",
+    "layer.0",
+    "layer.1",
+    "norm",
+    "lm_head",
+  ]);
   // Every source tensor lands in exactly one part, with the same bytes.
   let count = 0;
   for (const f of files) {
@@ -58,7 +64,11 @@ Deno.test("split: a sharded checkpoint becomes one file per part, tensors byte-i
   }
   assert.equal(count, s.manifest.parts.reduce((n, p) => n + p.tensors.length, 0));
   const names = [...Deno.readDirSync(s.dir)].map((e) => e.name).sort();
-  assert.deepEqual(names, [...s.manifest.parts.map((p) => p.file), "manifest.json"].sort(), "no temp files left");
+  assert.deepEqual(
+    names,
+    [...s.manifest.parts.map((p) => p.file), "manifest.json"].sort(),
+    "no temp files left",
+  );
 });
 
 Deno.test("split: a complete split is reused; a changed source or a missing part redoes it", async () => {
@@ -89,20 +99,39 @@ Deno.test("split: dtype conversion rounds like torch (float32 → float16)", asy
   assert.deepEqual(f16, f32ToF16(f32));
 });
 
-async function rewriteWith(dir: string, edit: (t: Map<string, { dtype: "F32"; shape: number[]; data: Uint8Array }>) => void) {
+async function rewriteWith(
+  dir: string,
+  edit: (t: Map<string, { dtype: "F32"; shape: number[]; data: Uint8Array }>) => void,
+) {
   using src = await SafetensorsFile.open(`${dir}/model.safetensors`);
   const tensors = new Map<string, { dtype: "F32"; shape: number[]; data: Uint8Array }>();
   for (const [name, info] of src.tensors) {
     tensors.set(name, { dtype: "F32", shape: info.shape, data: await src.read(name) });
   }
   edit(tensors);
-  await writeSafetensors(`${dir}/model.safetensors`, [...tensors].map(([name, t]) => ({ name, ...t })));
+  await writeSafetensors(
+    `${dir}/model.safetensors`,
+    [...tensors].map(([name, t]) => ({ name, ...t })),
+  );
 }
 
 Deno.test("split: an unknown tensor is an error naming it, never dropped", async () => {
   const dir = await copyFixture("llama_tied");
-  await rewriteWith(dir, (t) => t.set("model.layers.0.mlp.extra.weight", { dtype: "F32", shape: [2], data: new Uint8Array(8) }));
-  await assert.rejects(split(dir), (e: unknown) => e instanceof CheckpointError && /unexpected tensor model.layers.0.mlp.extra.weight/.test(e.message));
+  await rewriteWith(
+    dir,
+    (t) =>
+      t.set("model.layers.0.mlp.extra.weight", {
+        dtype: "F32",
+        shape: [2],
+        data: new Uint8Array(8),
+      }),
+  );
+  await assert.rejects(
+    split(dir),
+    (e: unknown) =>
+      e instanceof CheckpointError &&
+      /unexpected tensor model.layers.0.mlp.extra.weight/.test(e.message),
+  );
   await rewriteWith(dir, (t) => {
     t.delete("model.layers.0.mlp.extra.weight");
     t.set("model.vision_tower.weight", { dtype: "F32", shape: [2], data: new Uint8Array(8) });
@@ -110,9 +139,16 @@ Deno.test("split: an unknown tensor is an error naming it, never dropped", async
   await assert.rejects(split(dir), /unknown tensor model.vision_tower.weight for LlamaForCausalLM/);
   await rewriteWith(dir, (t) => {
     t.delete("model.vision_tower.weight");
-    t.set("model.layers.7.mlp.up_proj.weight", { dtype: "F32", shape: [2], data: new Uint8Array(8) });
+    t.set("model.layers.7.mlp.up_proj.weight", {
+      dtype: "F32",
+      shape: [2],
+      data: new Uint8Array(8),
+    });
   });
-  await assert.rejects(split(dir), /unknown tensor model.layers.7.mlp.up_proj.weight for LlamaForCausalLM with 2 layers/);
+  await assert.rejects(
+    split(dir),
+    /unknown tensor model.layers.7.mlp.up_proj.weight for LlamaForCausalLM with 2 layers/,
+  );
 });
 
 Deno.test("split: a missing tensor or a wrong shape is an error naming the tensor", async () => {
@@ -120,9 +156,20 @@ Deno.test("split: a missing tensor or a wrong shape is an error naming the tenso
   await rewriteWith(dir, (t) => t.delete("model.layers.1.self_attn.k_proj.weight"));
   await assert.rejects(split(dir), /missing tensor self_attn.k_proj.weight of part layer.1/);
   const dir2 = await copyFixture("llama_tied");
-  await rewriteWith(dir2, (t) => t.set("model.norm.weight", { dtype: "F32", shape: [32], data: new Uint8Array(128) }));
-  await assert.rejects(split(dir2), /tensor model.norm.weight has shape \[32\], expected \[64\] from config.json/);
-  assert.equal([...Deno.readDirSync(dir2)].some((e) => e.name === "split" && Deno.statSync(`${dir2}/split/manifest.json`).isFile), false);
+  await rewriteWith(
+    dir2,
+    (t) => t.set("model.norm.weight", { dtype: "F32", shape: [32], data: new Uint8Array(128) }),
+  );
+  await assert.rejects(
+    split(dir2),
+    /tensor model.norm.weight has shape \[32\], expected \[64\] from config.json/,
+  );
+  assert.equal(
+    [...Deno.readDirSync(dir2)].some((e) =>
+      e.name === "split" && Deno.statSync(`${dir2}/split/manifest.json`).isFile
+    ),
+    false,
+  );
 });
 
 Deno.test("split: the index names the shards; a missing shard or tensor is an error", async () => {
@@ -134,7 +181,10 @@ Deno.test("split: the index names the shards; a missing shard or tensor is an er
   await Deno.rename(`${dir}/${shard}.moved`, `${dir}/${shard}`);
   index.weight_map["model.layers.9.ghost.weight"] = shard;
   await Deno.writeTextFile(`${dir}/model.safetensors.index.json`, JSON.stringify(index));
-  await assert.rejects(split(dir), /tensor model.layers.9.ghost.weight listed in the index is missing/);
+  await assert.rejects(
+    split(dir),
+    /tensor model.layers.9.ghost.weight listed in the index is missing/,
+  );
   const empty = await Deno.makeTempDir();
   await assert.rejects(listShards(empty), /no model.safetensors or model.safetensors.index.json/);
 });
@@ -150,7 +200,10 @@ Deno.test("findCheckpoint: resolves org/name from the Hugging Face cache layout"
   try {
     assert.equal(findCheckpoint("org/tiny"), `${repo}/snapshots/abc123`);
     assert.equal(findCheckpoint("org/tiny", "abc123"), `${repo}/snapshots/abc123`);
-    assert.throws(() => findCheckpoint("org/other"), /not a local directory and not in the Hugging Face cache/);
+    assert.throws(
+      () => findCheckpoint("org/other"),
+      /not a local directory and not in the Hugging Face cache/,
+    );
   } finally {
     if (old === undefined) Deno.env.delete("HF_HUB_CACHE");
     else Deno.env.set("HF_HUB_CACHE", old);

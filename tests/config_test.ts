@@ -24,11 +24,24 @@ Deno.test("config: transformers 5 rope_parameters and legacy rope_theta + rope_s
     high_freq_factor: 4,
     original_max_position_embeddings: 32,
   };
-  const v5 = parse({ ...base, rope_parameters: { rope_type: "llama3", rope_theta: 5e5, ...scaling } });
+  const v5 = parse({
+    ...base,
+    rope_parameters: { rope_type: "llama3", rope_theta: 5e5, ...scaling },
+  });
   const legacy = parse({ ...base, rope_theta: 5e5, rope_scaling: { type: "llama3", ...scaling } });
   assert.deepEqual(v5.rope, legacy.rope);
-  assert.deepEqual(v5.rope, { type: "llama3", theta: 5e5, partialRotaryFactor: 1, params: scaling });
-  assert.deepEqual(parse(base).rope, { type: "default", theta: 10000, partialRotaryFactor: 1, params: {} });
+  assert.deepEqual(v5.rope, {
+    type: "llama3",
+    theta: 5e5,
+    partialRotaryFactor: 1,
+    params: scaling,
+  });
+  assert.deepEqual(parse(base).rope, {
+    type: "default",
+    theta: 10000,
+    partialRotaryFactor: 1,
+    params: {},
+  });
 });
 
 Deno.test("config: head_dim comes from the config when present, else hidden / heads", () => {
@@ -41,7 +54,10 @@ Deno.test("config: dtype from dtype or torch_dtype, float16 when none", () => {
   assert.equal(parse({ ...base, dtype: "bfloat16" }).dtype, "bfloat16");
   assert.equal(parse({ ...base, torch_dtype: "float32" }).dtype, "float32");
   assert.equal(parse(base).dtype, "float16");
-  assert.throws(() => parse({ ...base, torch_dtype: "int8" }), /m\/config.json: torch_dtype: unsupported dtype "int8"/);
+  assert.throws(
+    () => parse({ ...base, torch_dtype: "int8" }),
+    /m\/config.json: torch_dtype: unsupported dtype "int8"/,
+  );
 });
 
 Deno.test("config: GQA, eps, tie and eos ids are read", () => {
@@ -70,8 +86,14 @@ Deno.test("config: a missing required key names the key and the model type", () 
       e instanceof ConfigError && e.key === "hidden_size" &&
       /m\/config.json: hidden_size: required key is missing \(model type llama\)/.test(e.message),
   );
-  assert.throws(() => parse({ ...base, num_key_value_heads: 3 }), /num_key_value_heads: 3 does not divide/);
-  assert.throws(() => parse({ ...base, vocab_size: "x" }), /vocab_size: expected a positive integer/);
+  assert.throws(
+    () => parse({ ...base, num_key_value_heads: 3 }),
+    /num_key_value_heads: 3 does not divide/,
+  );
+  assert.throws(
+    () => parse({ ...base, vocab_size: "x" }),
+    /vocab_size: expected a positive integer/,
+  );
 });
 
 Deno.test("config: an unsupported architecture names it and lists the supported ones", () => {
@@ -97,12 +119,21 @@ Deno.test("config: Mistral's sliding window defaults to 4096, null turns it off"
 });
 
 Deno.test("config: Qwen2 has qkv bias; sliding window only with use_sliding_window", () => {
-  const q = { ...base, architectures: ["Qwen2ForCausalLM"], model_type: "qwen2", sliding_window: 8 };
+  const q = {
+    ...base,
+    architectures: ["Qwen2ForCausalLM"],
+    model_type: "qwen2",
+    sliding_window: 8,
+  };
   assert.equal(parse(q).attentionBias, true);
   assert.deepEqual(parse(q).layerWindows, [0, 0]);
-  assert.deepEqual(parse({ ...q, use_sliding_window: true, max_window_layers: 1 }).layerWindows, [0, 8]);
+  assert.deepEqual(parse({ ...q, use_sliding_window: true, max_window_layers: 1 }).layerWindows, [
+    0,
+    8,
+  ]);
   assert.deepEqual(
-    parse({ ...q, layer_types: ["full_attention", "sliding_attention"], use_sliding_window: true }).layerWindows,
+    parse({ ...q, layer_types: ["full_attention", "sliding_attention"], use_sliding_window: true })
+      .layerWindows,
     [0, 8],
   );
 });

@@ -53,7 +53,8 @@ Deno.test("engine: without prefetching, each layer is read only after the previo
 
 Deno.test("engine: streamed layers are read every step, resident layers once", async () => {
   const trace: TraceEvent[] = [];
-  const countReads = () => trace.filter((e) => e.kind === "read-start" && e.part.startsWith("layer.")).length;
+  const countReads = () =>
+    trace.filter((e) => e.kind === "read-start" && e.part.startsWith("layer.")).length;
   {
     await using model = await open("llama_tied", { prefetching: false, trace });
     await model.forward(PROMPT);
@@ -63,7 +64,11 @@ Deno.test("engine: streamed layers are read every step, resident layers once", a
   }
   trace.length = 0;
   {
-    await using model = await open("llama_tied", { prefetching: true, trace, maxResidentBytes: 1e12 });
+    await using model = await open("llama_tied", {
+      prefetching: true,
+      trace,
+      maxResidentBytes: 1e12,
+    });
     await model.forward(PROMPT);
     await model.forward(PROMPT);
     await model.generate(PROMPT, { maxNewTokens: 3 });
@@ -78,7 +83,9 @@ Deno.test("engine: a tied lm_head is the embedding, held once on the device", as
   const m = await manifestOf("llama_tied");
   const bytes = (id: string) => m.parts.find((p) => p.id === id)?.dataBytes ?? 0;
   assert.equal(m.parts.some((p) => p.id === "lm_head"), false, "a tied split has no lm_head part");
-  const layerMax = Math.max(...m.parts.filter((p) => p.id.startsWith("layer.")).map((p) => p.dataBytes));
+  const layerMax = Math.max(
+    ...m.parts.filter((p) => p.id.startsWith("layer.")).map((p) => p.dataBytes),
+  );
   const s = model.backend.stats();
   // Loaded once: embed + norm uploaded, nothing else; one streaming slot (prefetch off).
   assert.equal(s.h2dBytes, bytes("embed") + bytes("norm"));
@@ -118,19 +125,27 @@ Deno.test("engine: batch rows equal running each row alone", async () => {
   await using model = await open("mistral");
   const rows = [[5, 6, 7, 8, 9, 10, 11], [40, 41, 42, 43, 44, 45, 46]];
   const both = await model.generate(rows, { maxNewTokens: 6 });
-  for (const [i, r] of rows.entries()) assert.deepEqual((await model.generate([r], { maxNewTokens: 6 }))[0], both[i]);
+  for (const [i, r] of rows.entries()) {
+    assert.deepEqual((await model.generate([r], { maxNewTokens: 6 }))[0], both[i]);
+  }
 });
 
 Deno.test("engine: bad input is a typed error before any work", async () => {
   await using model = await open("llama_tied", { maxSeqLen: 16 });
   await assert.rejects(model.forward([[1, 2], [3]]), InputError);
-  await assert.rejects(model.forward([[1, 9999]]), /inputIds\[0\]\[1\] = 9999 is not a token id in \[0, 256\)/);
+  await assert.rejects(
+    model.forward([[1, 9999]]),
+    /inputIds\[0\]\[1\] = 9999 is not a token id in \[0, 256\)/,
+  );
   await assert.rejects(model.forward([]), InputError);
   await assert.rejects(model.generate([[1, 2, 3]], { maxNewTokens: 20 }), /exceeds maxSeqLen 16/);
   await assert.rejects(model.generate([[1]], { doSample: true }), /doSample/);
   model.resetCache();
   await model.forward([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]], { useCache: true });
-  await assert.rejects(model.forward([[1, 2, 3, 4, 5, 6, 7]], { useCache: true }), /10 cached \+ 7 new tokens exceed maxSeqLen 16/);
+  await assert.rejects(
+    model.forward([[1, 2, 3, 4, 5, 6, 7]], { useCache: true }),
+    /10 cached \+ 7 new tokens exceed maxSeqLen 16/,
+  );
   await assert.rejects(model.forward([[1], [2]], { useCache: true }), /call resetCache\(\) first/);
 });
 

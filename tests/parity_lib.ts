@@ -121,7 +121,10 @@ export async function runParity(f: Fixture, mode: Mode): Promise<ParityResult> {
   }
   const prompt = f.ref.greedy.input_ids;
   const expected = f.ref.greedy.new_tokens;
-  const out = await model.generate(prompt, { maxNewTokens: expected.length, useCache: mode.useCache });
+  const out = await model.generate(prompt, {
+    maxNewTokens: expected.length,
+    useCache: mode.useCache,
+  });
   const got = out[0].slice(prompt[0].length);
   const tolerance = 1e-4 * maxAbsLogit;
   const greedyEqual = got.length === expected.length && got.every((t, i) => t === expected[i]);
@@ -142,7 +145,17 @@ export async function runParity(f: Fixture, mode: Mode): Promise<ParityResult> {
 
 /** A fixed-width table of results. */
 export function formatTable(rows: ParityResult[]): string {
-  const head = ["fixture", "dtype", "prefetch", "cache", "max|Δlogit|", "tolerance", "cosine", "greedy", "ok"];
+  const head = [
+    "fixture",
+    "dtype",
+    "prefetch",
+    "cache",
+    "max|Δlogit|",
+    "tolerance",
+    "cosine",
+    "greedy",
+    "ok",
+  ];
   const body = rows.map((r) => [
     r.fixture,
     r.dtype,

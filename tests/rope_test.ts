@@ -30,7 +30,10 @@ for (const c of tables.cases) {
       const err = Math.abs(t.invFreq[i] - want) / Math.abs(want);
       assert.ok(err <= 4e-7, `inv_freq[${i}] = ${t.invFreq[i]}, transformers ${want} (rel ${err})`);
     }
-    assert.ok(Math.abs(t.mscale - c.attention_scaling) < 1e-12, `mscale ${t.mscale} vs ${c.attention_scaling}`);
+    assert.ok(
+      Math.abs(t.mscale - c.attention_scaling) < 1e-12,
+      `mscale ${t.mscale} vs ${c.attention_scaling}`,
+    );
   });
 }
 

@@ -7,7 +7,7 @@ import type { Backend, DevPtr } from "../../ffi/backend.ts";
 import type { ModelConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
 import type { AttentionCall, Family, LayerContext, PartWeights } from "../models/family.ts";
-import { ropeTable, type RopeTable } from "../rope.ts";
+import { type RopeTable, ropeTable } from "../rope.ts";
 import { KVCache } from "./kv_cache.ts";
 import type { LayerStore, TraceEvent } from "./store.ts";
 
@@ -109,7 +109,9 @@ export class CausalLM {
 
   /** Runs `fn` after every earlier call finished: calls share scratch buffers and the cache. */
   #exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.#closed) return Promise.reject(new InputError(`${this.#source}: the model was closed`));
+    if (this.#closed) {
+      return Promise.reject(new InputError(`${this.#source}: the model was closed`));
+    }
     const run = this.#busy.then(fn, fn);
     this.#busy = run.catch(() => {});
     return run;
@@ -119,12 +121,16 @@ export class CausalLM {
   forward(inputIds: number[][], opts: ForwardOptions = {}): Promise<Logits> {
     return this.#exclusive(async () => {
       const { batch, seq } = this.#checkIds(inputIds);
-      const cache = opts.useCache ? this.#sessionCache(batch) : new KVCache(this.backend, this.config, batch, seq);
+      const cache = opts.useCache
+        ? this.#sessionCache(batch)
+        : new KVCache(this.backend, this.config, batch, seq);
       try {
         const logits = await this.#step(inputIds, cache, false);
         const out = new Float32Array(batch * seq * this.config.vocabSize);
         this.backend.download(out, logits);
-        return Object.assign(out, { dims: [batch, seq, this.config.vocabSize] as [number, number, number] });
+        return Object.assign(out, {
+          dims: [batch, seq, this.config.vocabSize] as [number, number, number],
+        });
       } finally {
         if (!opts.useCache) cache.free();
       }
@@ -150,7 +156,9 @@ export class CausalLM {
       this.resetCache();
       let feed = seqs;
       for (let i = 0; i < maxNew; i++) {
-        const cache = useCache ? this.#sessionCache(batch) : new KVCache(this.backend, this.config, batch, feed[0].length);
+        const cache = useCache
+          ? this.#sessionCache(batch)
+          : new KVCache(this.backend, this.config, batch, feed[0].length);
         try {
           const logits = await this.#step(feed, cache, true);
           this.backend.argmax(next, logits, batch, this.config.vocabSize);
@@ -171,7 +179,9 @@ export class CausalLM {
     const seq = ids[0].length, V = this.config.vocabSize;
     for (const [b, row] of ids.entries()) {
       if (row.length !== seq) {
-        throw new InputError(`inputIds: row ${b} has ${row.length} tokens, row 0 has ${seq}; rows must be equal`);
+        throw new InputError(
+          `inputIds: row ${b} has ${row.length} tokens, row 0 has ${seq}; rows must be equal`,
+        );
       }
       for (const [j, id] of row.entries()) {
         if (!Number.isInteger(id) || id < 0 || id >= V) {
@@ -198,7 +208,10 @@ export class CausalLM {
   #ropeFor(seqLen: number): RopeTable {
     const dynamic = this.config.rope.type === "dynamic";
     if (!this.#rope || (dynamic && this.#rope.seqLen !== seqLen)) {
-      const shape = { headDim: this.config.headDim, maxPositionEmbeddings: this.config.maxPositionEmbeddings };
+      const shape = {
+        headDim: this.config.headDim,
+        maxPositionEmbeddings: this.config.maxPositionEmbeddings,
+      };
       this.#rope = { seqLen, table: ropeTable(this.config.rope, shape, seqLen, this.#source) };
     }
     return this.#rope.table;

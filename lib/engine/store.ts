@@ -48,7 +48,11 @@ interface Slot {
 function weightsOf(be: Backend, base: DevPtr, part: ManifestPart): PartWeights {
   const map = new Map<string, Weight>();
   for (const t of part.tensors) {
-    map.set(t.name, { ptr: be.view(base, t.offset), dtype: t.dtype as WeightDType, shape: t.shape });
+    map.set(t.name, {
+      ptr: be.view(base, t.offset),
+      dtype: t.dtype as WeightDType,
+      shape: t.shape,
+    });
   }
   return {
     get(local) {
@@ -66,14 +70,19 @@ async function readPart(dir: string, part: ManifestPart, into: Uint8Array): Prom
   using file = await Deno.open(path, { read: true });
   const size = (await file.stat()).size;
   if (size !== part.bytes) {
-    throw new CheckpointError(path, `file is ${size} bytes, the manifest says ${part.bytes}; re-split`);
+    throw new CheckpointError(
+      path,
+      `file is ${size} bytes, the manifest says ${part.bytes}; re-split`,
+    );
   }
   await file.seek(part.dataOffset, Deno.SeekMode.Start);
   const dst = into.subarray(0, part.dataBytes);
   let n = 0;
   while (n < dst.length) {
     const got = await file.read(dst.subarray(n));
-    if (got === null) throw new CheckpointError(path, `unexpected end of file at byte ${part.dataOffset + n}`);
+    if (got === null) {
+      throw new CheckpointError(path, `unexpected end of file at byte ${part.dataOffset + n}`);
+    }
     n += got;
   }
   return dst;
@@ -114,7 +123,12 @@ export class LayerStore {
   }
 
   /** Loads the small parts and sets up the layer slots. */
-  static async open(be: Backend, dir: string, manifest: Manifest, opts: StoreOptions): Promise<LayerStore> {
+  static async open(
+    be: Backend,
+    dir: string,
+    manifest: Manifest,
+    opts: StoreOptions,
+  ): Promise<LayerStore> {
     const store = new LayerStore(be, dir, manifest, opts);
     try {
       for (const p of manifest.parts) {
@@ -189,10 +203,12 @@ export class LayerStore {
     slot.reading = true;
     this.#trace("read-start", part.id);
     const target = slot;
-    slot.read = readPart(this.#dir, part, slot.host ?? new Uint8Array(part.dataBytes)).finally(() => {
-      target.reading = false;
-      this.#trace("read-end", part.id);
-    });
+    slot.read = readPart(this.#dir, part, slot.host ?? new Uint8Array(part.dataBytes)).finally(
+      () => {
+        target.reading = false;
+        this.#trace("read-end", part.id);
+      },
+    );
     // A read nobody awaits yet must not surface as an unhandled rejection; acquire rethrows it.
     slot.read.catch(() => {});
   }

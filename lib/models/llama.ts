@@ -8,7 +8,14 @@ import { type ConfigDefaults, type ModelConfig, parseCommonConfig } from "../con
 import type { Activation } from "../../ffi/backend.ts";
 import { ConfigError } from "../errors.ts";
 import { checkRopeType } from "../rope.ts";
-import type { ExpectedTensor, Family, LayerContext, Part, PartWeights, Placement } from "./family.ts";
+import type {
+  ExpectedTensor,
+  Family,
+  LayerContext,
+  Part,
+  PartWeights,
+  Placement,
+} from "./family.ts";
 
 /** LlamaConfig's defaults for keys a checkpoint may omit. */
 export const LLAMA_DEFAULTS: ConfigDefaults = {
@@ -39,7 +46,9 @@ export function parseLlamaLike(
     throw new ConfigError(
       source,
       "hidden_act",
-      `unsupported activation "${cfg.hiddenAct}"; supported: ${Object.keys(ACTIVATIONS).join(", ")}`,
+      `unsupported activation "${cfg.hiddenAct}"; supported: ${
+        Object.keys(ACTIVATIONS).join(", ")
+      }`,
     );
   }
   if (raw.mlp_bias === true) {

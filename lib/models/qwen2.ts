@@ -6,7 +6,7 @@
  */
 import { optionalInt } from "../config.ts";
 import { type Family } from "./family.ts";
-import { LLAMA_DEFAULTS, llama, parseLlamaLike } from "./llama.ts";
+import { llama, LLAMA_DEFAULTS, parseLlamaLike } from "./llama.ts";
 
 export const qwen2: Family = {
   ...llama,
