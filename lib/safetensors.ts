@@ -96,14 +96,14 @@ function parseHeader(file: string, header: unknown, dataBytes: number) {
   if (!isRecord(header)) {
     throw new SafetensorsError(file, undefined, "header is not a JSON object");
   }
-  const metadata: Record<string, string> = {};
+  let metadata: Record<string, string> = {};
   const tensors: TensorInfo[] = [];
   for (const [name, entry] of Object.entries(header)) {
     if (name === METADATA_KEY) {
       if (!isRecord(entry) || !Object.values(entry).every((v) => typeof v === "string")) {
         throw new SafetensorsError(file, name, "must be an object of string values");
       }
-      Object.assign(metadata, entry);
+      metadata = Object.fromEntries(Object.entries(entry)) as Record<string, string>;
       continue;
     }
     if (!isRecord(entry)) {
@@ -305,12 +305,19 @@ export class SafetensorsFile {
   read(name: string): Promise<Uint8Array<ArrayBuffer>>;
   read<B extends ArrayBufferLike>(name: string, into: Uint8Array<B>): Promise<Uint8Array<B>>;
   read(name: string, into?: Uint8Array): Promise<Uint8Array> {
-    const t = this.info(name);
+    let t: TensorInfo;
+    try {
+      t = this.info(name);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     if (into !== undefined && into.length < t.nbytes) {
-      throw new SafetensorsError(
-        this.path,
-        name,
-        `buffer holds ${into.length} bytes, the tensor needs ${t.nbytes}`,
+      return Promise.reject(
+        new SafetensorsError(
+          this.path,
+          name,
+          `buffer holds ${into.length} bytes, the tensor needs ${t.nbytes}`,
+        ),
       );
     }
     const buf = into === undefined ? new Uint8Array(t.nbytes) : into.subarray(0, t.nbytes);

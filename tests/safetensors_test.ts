@@ -112,8 +112,8 @@ Deno.test("SafetensorsFile.read fills a given buffer and serialises concurrent r
   assert.equal(into[10], 0xee, "nothing past the tensor is touched");
   const all = await Promise.all([...SAMPLE, ...SAMPLE].map((t) => f.read(t.name)));
   all.forEach((b, i) => assert.deepEqual(b, SAMPLE[i % SAMPLE.length].data));
-  assert.throws(() => f.read("nope"), (e: SafetensorsError) => e.tensor === "nope");
-  assert.throws(
+  await assert.rejects(() => f.read("nope"), (e: SafetensorsError) => e.tensor === "nope");
+  await assert.rejects(
     () => f.read("brain", new Uint8Array(11)),
     /: brain: buffer holds 11 bytes, the tensor needs 12$/,
   );
@@ -339,9 +339,11 @@ Deno.test("SafetensorsFile.open rejects malformed files naming the file and tens
   }, 9);
   using fine = await SafetensorsFile.open(p("fine"));
   assert.deepEqual([...fine.tensors.keys()], ["a", "e", "z", "b"]);
-  await craft(p("empty"), "{}", 0);
+  await craft(p("empty"), '{"__metadata__": {"__proto__": "x"}}', 0);
   using empty = await SafetensorsFile.open(p("empty"));
   assert.equal(empty.tensors.size, 0);
+  assert.deepEqual(Object.entries(empty.metadata), [["__proto__", "x"]]);
+  assert.equal(Object.getPrototypeOf(empty.metadata), Object.prototype);
   await Deno.remove(dir, { recursive: true });
 });
 
