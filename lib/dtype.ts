@@ -10,7 +10,8 @@
  *   contiguous tensors writes `0xffff` instead; both are quiet NaNs.)
  * - bf16 → f32: the 16 bits shifted up, nothing else.
  *
- * Typed-array views are host-endian; safetensors data is little-endian, as are all supported hosts.
+ * `out` must not overlap `src`. Typed-array views are host-endian; safetensors data is
+ * little-endian, as are all supported hosts.
  *
  * @module
  */
@@ -99,33 +100,33 @@ export function f32BitsToBf16Bits(x: number): number {
   return ((x >>> 0) + 0x7fff + ((x >>> 16) & 1)) >>> 16;
 }
 
-let f16Table: Uint32Array | undefined;
-
-/** All 65536 f16 → f32 bit patterns, built on first use (256 KiB). */
-function f16ToF32Table(): Uint32Array {
-  if (f16Table === undefined) {
-    f16Table = new Uint32Array(65536);
-    for (let h = 0; h < 65536; h++) f16Table[h] = f16BitsToF32Bits(h);
-  }
-  return f16Table;
-}
-
-/** Converts f32 values to f16 bits (round to nearest even). Writes into `out` when given. */
+/**
+ * Converts f32 values to f16 bits (round to nearest even). Writes into `out` when given.
+ * The platform's Float16Array rounds the same way and is faster; only its NaNs are redone.
+ */
 export function f32ToF16(src: Float32Array, out?: Uint16Array): Uint16Array {
   const n = src.length;
   const dst = out ? checkOut(out, n, "f32ToF16") : new Uint16Array(n);
+  new Float16Array(dst.buffer, dst.byteOffset, n).set(src);
   const bits = f32Bits(src);
-  for (let i = 0; i < n; i++) dst[i] = f32BitsToF16Bits(bits[i]);
+  for (let i = 0; i < n; i++) {
+    if ((bits[i] & 0x7fffffff) > 0x7f800000) dst[i] = f32BitsToF16Bits(bits[i]);
+  }
   return dst;
 }
+
+let f16Table: Uint32Array | undefined;
 
 /** Converts f16 bits to f32 values (exact). Writes into `out` when given. */
 export function f16ToF32(src: Uint16Array, out?: Float32Array): Float32Array {
   const n = src.length;
   const dst = out ? checkOut(out, n, "f16ToF32") : new Float32Array(n);
+  if (f16Table === undefined) { // all 65536 f16 → f32 bit patterns, 256 KiB
+    f16Table = new Uint32Array(65536);
+    for (let h = 0; h < 65536; h++) f16Table[h] = f16BitsToF32Bits(h);
+  }
   const bits = f32Bits(dst);
-  const table = f16ToF32Table();
-  for (let i = 0; i < n; i++) bits[i] = table[src[i]];
+  for (let i = 0; i < n; i++) bits[i] = f16Table[src[i]];
   return dst;
 }
 

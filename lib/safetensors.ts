@@ -3,9 +3,9 @@
  * to `{dtype, shape, data_offsets}` (offsets relative to the data section) plus an optional
  * `__metadata__` string map, then the raw little-endian tensor bytes.
  *
- * Reading opens the file and parses only the header; each tensor is read on demand from its own byte
- * range, so a shard is never loaded whole. Writing goes to a temporary file that is renamed into
- * place, so a half-written file never appears under the final name.
+ * Reading opens the file and parses only the header; each tensor is read on demand from its own
+ * byte range, so a shard is never loaded whole. Writing goes to a temporary file that is renamed
+ * into place, so a half-written file never appears under the final name.
  *
  * @example Round trip
  * ```ts
