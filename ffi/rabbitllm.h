@@ -16,6 +16,9 @@
  *  - Shapes are row-major. A matrix "W[N,K]" is N rows of K elements (the nn.Linear layout).
  *  - Ops on one context are ordered: each op sees the results of the ops issued before it.
  *    rl_sync waits until all issued work is done (a no-op on the CPU backend).
+ *  - Sizes are positive: a zero-byte alloc/copy or n == 0 is RL_ERR_INVALID (callers skip empty
+ *    work). rl_free(NULL) is RL_ERR_INVALID. Copies must not overlap (the CPU allows it; CUDA
+ *    need not).
  */
 #ifndef RABBITLLM_H
 #define RABBITLLM_H
@@ -135,6 +138,7 @@ RL_API int32_t rl_rope(rl_ctx *ctx, float *x, int32_t n_tokens, int32_t row_stri
  * out: [n_q, n_heads*head_dim]
  * Query t sits at cache index q_start + t and sees key j iff
  *   j <= q_start + t, (window <= 0 || q_start + t - j < window), and (kv_valid == NULL || kv_valid[j]).
+ * Requires q_start + n_q <= kv_len: the new tokens' keys are already in the cache.
  * kv_valid is an optional host buffer of kv_len uint8 (0 = padding key). A query that sees no
  * key yields zeros. score = (q.k) * scale; if softcap > 0: score = softcap * tanh(score / softcap). */
 RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,

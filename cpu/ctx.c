@@ -1,0 +1,208 @@
+/*
+ * CPU backend: library info, contexts, errors, statistics and memory.
+ * "Device memory" is host memory here: 64-byte aligned blocks, tracked per context so rl_free
+ * can reject pointers it never returned and rl_destroy can release what is still live.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <omp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "internal.h"
+#include "simd.h"
+
+/* ----------------------------------------------------------------------------------------------
+ * Errors */
+
+/* The error of calls made without a context (rl_create failure, NULL ctx); one for all threads. */
+static char g_err[512];
+static pthread_mutex_t g_err_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int32_t cpu_fail(rl_ctx *ctx, int32_t status, const char *op, const char *fmt, ...) {
+  char *dst = ctx ? ctx->err : g_err;
+  size_t cap = ctx ? sizeof ctx->err : sizeof g_err;
+  if (!ctx) pthread_mutex_lock(&g_err_lock);
+  int n = snprintf(dst, cap, "%s: ", op);
+  va_list ap;
+  va_start(ap, fmt);
+  if (n >= 0 && (size_t)n < cap) vsnprintf(dst + n, cap - (size_t)n, fmt, ap);
+  va_end(ap);
+  if (!ctx) pthread_mutex_unlock(&g_err_lock);
+  return status;
+}
+
+/* Copies src into buf (cap bytes, NUL-terminated, truncated to fit); returns strlen(src). */
+static int64_t copy_string(const char *src, uint8_t *buf, int64_t cap) {
+  size_t len = strlen(src);
+  if (buf && cap > 0) {
+    size_t n = len < (size_t)cap - 1 ? len : (size_t)cap - 1;
+    memcpy(buf, src, n);
+    buf[n] = 0;
+  }
+  return (int64_t)len;
+}
+
+RL_API int64_t rl_last_error(rl_ctx *ctx, uint8_t *buf, int64_t cap) {
+  if (ctx) return copy_string(ctx->err, buf, cap);
+  pthread_mutex_lock(&g_err_lock);
+  int64_t len = copy_string(g_err, buf, cap);
+  pthread_mutex_unlock(&g_err_lock);
+  return len;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Library and context */
+
+RL_API uint32_t rl_abi_version(void) { return RL_ABI_VERSION; }
+
+RL_API int64_t rl_backend_info(uint8_t *buf, int64_t cap) {
+  char info[128];
+  snprintf(info, sizeof info, "cpu %s openmp procs=%d gcc %d.%d", RL_SIMD_NAME,
+           omp_get_num_procs(), __GNUC__, __GNUC_MINOR__);
+  return copy_string(info, buf, cap);
+}
+
+RL_API rl_ctx *rl_create(int32_t n_threads, int32_t device) {
+  (void)device; /* one CPU device */
+  rl_ctx *ctx = calloc(1, sizeof *ctx);
+  if (!ctx) {
+    cpu_fail(NULL, RL_ERR_OOM, __func__, "out of memory for the context (%zu bytes)", sizeof *ctx);
+    return NULL;
+  }
+  ctx->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
+  return ctx;
+}
+
+RL_API void rl_destroy(rl_ctx *ctx) {
+  if (!ctx) return;
+  for (uint64_t i = 0; i < ctx->allocs.cap; i++) free(ctx->allocs.slots[i].p);
+  free(ctx->allocs.slots);
+  free(ctx);
+}
+
+RL_API int32_t rl_stats(rl_ctx *ctx, uint64_t *out, int32_t n) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(out);
+  REQUIRE_POS(n);
+  memcpy(out, ctx->stats, (size_t)(n < RL_STAT_COUNT ? n : RL_STAT_COUNT) * sizeof *out);
+  return RL_OK;
+}
+
+RL_API int32_t rl_sync(rl_ctx *ctx) {
+  REQUIRE_CTX();
+  return RL_OK; /* every op has finished when it returns */
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Allocation table: block address -> size (open addressing, linear probing) */
+
+static uint64_t slot_of(const alloc_table *t, const void *p) {
+  uint64_t h = (uint64_t)(uintptr_t)p >> 6; /* blocks are 64-byte aligned */
+  return ((h * 0x9e3779b97f4a7c15ull) >> 17) & (t->cap - 1); /* Fibonacci hashing */
+}
+
+/* Index of p's slot, or of the empty slot where it would go. The table is never full. */
+static uint64_t table_find(const alloc_table *t, const void *p) {
+  uint64_t i = slot_of(t, p);
+  while (t->slots[i].p && t->slots[i].p != p) i = (i + 1) & (t->cap - 1);
+  return i;
+}
+
+/* Makes room for one more entry (load factor <= 1/2). Returns 0 when out of memory. */
+static int table_reserve(alloc_table *t) {
+  if (2 * (t->count + 1) <= t->cap) return 1;
+  const uint64_t cap = t->cap ? 2 * t->cap : 64;
+  alloc_table grown = {calloc(cap, sizeof(alloc_entry)), cap, t->count};
+  if (!grown.slots) return 0;
+  for (uint64_t i = 0; i < t->cap; i++)
+    if (t->slots[i].p) grown.slots[table_find(&grown, t->slots[i].p)] = t->slots[i];
+  free(t->slots);
+  *t = grown;
+  return 1;
+}
+
+/* Empties slot i, shifting later entries of the same probe run back so lookups stay correct. */
+static void table_remove(alloc_table *t, uint64_t i) {
+  uint64_t mask = t->cap - 1;
+  for (uint64_t j = (i + 1) & mask; t->slots[j].p; j = (j + 1) & mask) {
+    uint64_t home = slot_of(t, t->slots[j].p);
+    /* Entry j may move to the hole i unless its home lies cyclically in (i, j]. */
+    if (((j - home) & mask) >= ((j - i) & mask)) {
+      t->slots[i] = t->slots[j];
+      i = j;
+    }
+  }
+  t->slots[i] = (alloc_entry){0};
+  t->count--;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Memory */
+
+RL_API void *rl_alloc(rl_ctx *ctx, uint64_t bytes) {
+  if (!ctx) {
+    cpu_fail(NULL, RL_ERR_INVALID, __func__, "ctx is NULL");
+    return NULL;
+  }
+  if (bytes == 0) {
+    cpu_fail(ctx, RL_ERR_INVALID, __func__, "bytes must be > 0, got 0");
+    return NULL;
+  }
+  void *p = NULL;
+  if (posix_memalign(&p, 64, bytes) != 0 || !table_reserve(&ctx->allocs)) {
+    free(p);
+    cpu_fail(ctx, RL_ERR_OOM, __func__, "out of memory allocating %llu bytes (%llu live)",
+             (unsigned long long)bytes, (unsigned long long)ctx->stats[RL_STAT_LIVE_BYTES]);
+    return NULL;
+  }
+  ctx->allocs.slots[table_find(&ctx->allocs, p)] = (alloc_entry){p, bytes};
+  ctx->allocs.count++;
+  uint64_t *s = ctx->stats;
+  s[RL_STAT_LIVE_BYTES] += bytes;
+  if (s[RL_STAT_LIVE_BYTES] > s[RL_STAT_PEAK_BYTES]) s[RL_STAT_PEAK_BYTES] = s[RL_STAT_LIVE_BYTES];
+  s[RL_STAT_ALLOCS]++;
+  s[RL_STAT_LIVE_ALLOCS]++;
+  return p;
+}
+
+RL_API int32_t rl_free(rl_ctx *ctx, void *p) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(p);
+  uint64_t i = ctx->allocs.cap ? table_find(&ctx->allocs, p) : 0;
+  REQUIRE(ctx->allocs.cap && ctx->allocs.slots[i].p,
+          "%p was not returned by rl_alloc on this context (a view, or already freed)", p);
+  ctx->stats[RL_STAT_LIVE_BYTES] -= ctx->allocs.slots[i].bytes;
+  ctx->stats[RL_STAT_FREES]++;
+  ctx->stats[RL_STAT_LIVE_ALLOCS]--;
+  table_remove(&ctx->allocs, i);
+  free(p);
+  return RL_OK;
+}
+
+RL_API void *rl_view(void *base, uint64_t byte_offset) { return (uint8_t *)base + byte_offset; }
+
+/* The three copies differ only in which statistic they count. */
+static int32_t copy_bytes(rl_ctx *ctx, const char *op, void *dst, const void *src, uint64_t bytes,
+                          int stat) {
+  if (!ctx) return cpu_fail(NULL, RL_ERR_INVALID, op, "ctx is NULL");
+  if (!dst) return cpu_fail(ctx, RL_ERR_INVALID, op, "dst is NULL");
+  if (!src) return cpu_fail(ctx, RL_ERR_INVALID, op, "src is NULL");
+  if (bytes == 0) return cpu_fail(ctx, RL_ERR_INVALID, op, "bytes must be > 0, got 0");
+  memmove(dst, src, (size_t)bytes);
+  if (stat >= 0) ctx->stats[stat] += bytes;
+  return RL_OK;
+}
+
+RL_API int32_t rl_upload(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) {
+  return copy_bytes(ctx, __func__, dst, src, bytes, RL_STAT_H2D_BYTES);
+}
+
+RL_API int32_t rl_download(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) {
+  return copy_bytes(ctx, __func__, dst, src, bytes, RL_STAT_D2H_BYTES);
+}
+
+RL_API int32_t rl_copy(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) {
+  return copy_bytes(ctx, __func__, dst, src, bytes, -1);
+}

@@ -1,0 +1,96 @@
+/*
+ * Shared by the CPU backend's translation units: the context, error reporting, argument checks
+ * and scalar dtype conversion. Nothing here is exported (the library builds with
+ * -fvisibility=hidden; only RL_API entries of ffi/rabbitllm.h are visible).
+ */
+#ifndef RL_CPU_INTERNAL_H
+#define RL_CPU_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "rabbitllm.h"
+
+/* ----------------------------------------------------------------------------------------------
+ * The context */
+
+/* One live rl_alloc block; the table maps block address -> size so rl_free can account for it
+ * and reject pointers it never handed out (views, double frees). */
+typedef struct {
+  void *p;
+  uint64_t bytes;
+} alloc_entry;
+
+typedef struct {
+  alloc_entry *slots; /* open addressing, linear probing; p == NULL marks an empty slot */
+  uint64_t cap;       /* power of two, or 0 before the first allocation */
+  uint64_t count;
+} alloc_table;
+
+struct rl_ctx {
+  int n_threads;                 /* OpenMP team size for every parallel op */
+  uint64_t stats[RL_STAT_COUNT]; /* indexed by enum rl_stat */
+  alloc_table allocs;
+  char err[512]; /* last error message, NUL-terminated */
+};
+
+/* ----------------------------------------------------------------------------------------------
+ * Errors and argument checks */
+
+/* Writes "op: <message>" into ctx's error (the global one when ctx is NULL); returns status. */
+int32_t cpu_fail(rl_ctx *ctx, int32_t status, const char *op, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* The checks below return RL_ERR_INVALID from the calling entry, naming it via __func__.
+ * They expect a variable named ctx in scope. */
+#define REQUIRE(cond, ...)                                                                        \
+  do {                                                                                            \
+    if (!(cond)) return cpu_fail(ctx, RL_ERR_INVALID, __func__, __VA_ARGS__);                     \
+  } while (0)
+#define REQUIRE_CTX() REQUIRE(ctx != NULL, "ctx is NULL")
+#define REQUIRE_PTR(p) REQUIRE((p) != NULL, "%s is NULL", #p)
+#define REQUIRE_POS(n) REQUIRE((n) > 0, "%s must be > 0, got %lld", #n, (long long)(n))
+#define REQUIRE_DTYPE(dt)                                                                         \
+  REQUIRE((dt) == RL_F32 || (dt) == RL_F16 || (dt) == RL_BF16,                                     \
+          "%s %d is not a dtype (0=f32, 1=f16, 2=bf16)", #dt, (int)(dt))
+
+/* ----------------------------------------------------------------------------------------------
+ * Exact scalar conversion to f32 */
+
+static inline float bits_to_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* bf16 is the top half of an f32. */
+static inline float bf16_to_f32(uint16_t h) { return bits_to_f32((uint32_t)h << 16); }
+
+/* IEEE binary16 -> binary32, exact for every input: normals, subnormals, +-0, +-inf, NaN
+ * (payload kept, as F16C does). */
+static inline float f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t man = h & 0x3ffu;
+  if (exp == 0) { /* zero or subnormal: man * 2^-24, exact in f32 */
+    float f = (float)man * 0x1p-24f;
+    return sign ? -f : f;
+  }
+  if (exp == 0x1f) return bits_to_f32(sign | 0x7f800000u | (man << 13)); /* inf, NaN */
+  return bits_to_f32(sign | ((exp + 112u) << 23) | (man << 13)); /* rebias 15 -> 127 */
+}
+
+/* Element i of a tensor of dtype dt, as f32. */
+static inline float load_f32(const void *p, int dt, int64_t i) {
+  switch (dt) {
+  case RL_F16: return f16_to_f32(((const uint16_t *)p)[i]);
+  case RL_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
+  default: return ((const float *)p)[i];
+  }
+}
+
+/* Run an OpenMP loop in parallel only when it has enough work to pay for waking the team. */
+#define PAR_MIN_WORK 32768
+
+#endif /* RL_CPU_INTERNAL_H */

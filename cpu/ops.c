@@ -1,0 +1,182 @@
+/*
+ * CPU backend: the elementwise and row-wise ops (embedding, rmsnorm, rope, activations, add,
+ * scale, argmax). Plain loops that gcc vectorizes; OpenMP over rows once there is enough work.
+ */
+#include <math.h>
+
+#include "internal.h"
+#include "simd.h"
+
+/* ----------------------------------------------------------------------------------------------
+ * Embedding */
+
+RL_API int32_t rl_embedding(rl_ctx *ctx, float *out, const void *table, int32_t dtype,
+                            const int32_t *ids, int32_t n, int32_t dim, int32_t vocab) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(out);
+  REQUIRE_PTR(table);
+  REQUIRE_PTR(ids);
+  REQUIRE_DTYPE(dtype);
+  REQUIRE_POS(n);
+  REQUIRE_POS(dim);
+  REQUIRE_POS(vocab);
+  for (int32_t i = 0; i < n; i++)
+    REQUIRE(ids[i] >= 0 && ids[i] < vocab, "id %d at position %d out of range [0, %d)", ids[i], i,
+            vocab);
+#pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
+    if ((int64_t)n * dim >= PAR_MIN_WORK)
+  for (int32_t i = 0; i < n; i++) {
+    const int64_t row = (int64_t)ids[i] * dim;
+    float *o = out + (int64_t)i * dim; /* (dim) */
+    for (int32_t c = 0; c < dim; c++) o[c] = load_f32(table, dtype, row + c);
+  }
+  return RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * RMSNorm (Hugging Face LlamaRMSNorm, fp32; Gemma's (1 + w) via weight_offset) */
+
+RL_API int32_t rl_rmsnorm(rl_ctx *ctx, float *out, const float *x, const void *w, int32_t wdtype,
+                          int32_t rows, int32_t dim, float eps, float weight_offset) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(out);
+  REQUIRE_PTR(x);
+  REQUIRE_PTR(w);
+  REQUIRE_DTYPE(wdtype);
+  REQUIRE_POS(rows);
+  REQUIRE_POS(dim);
+  REQUIRE(eps >= 0.0f, "eps must be >= 0, got %g", (double)eps);
+#pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
+    if ((int64_t)rows * dim >= PAR_MIN_WORK)
+  for (int32_t r = 0; r < rows; r++) {
+    const float *xr = x + (int64_t)r * dim; /* (dim) */
+    float *o = out + (int64_t)r * dim;      /* (dim) */
+    const float inv = 1.0f / sqrtf(dot_f32(xr, xr, dim) / (float)dim + eps);
+    for (int32_t c = 0; c < dim; c++) o[c] = xr[c] * inv * (load_f32(w, wdtype, c) + weight_offset);
+  }
+  return RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Rotary embedding (rotate_half layout, in place) */
+
+RL_API int32_t rl_rope(rl_ctx *ctx, float *x, int32_t n_tokens, int32_t row_stride,
+                       int32_t n_heads, int32_t head_dim, int32_t rot_dim,
+                       const int32_t *positions, const float *inv_freq, float mscale) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(x);
+  REQUIRE_PTR(positions);
+  REQUIRE_PTR(inv_freq);
+  REQUIRE_POS(n_tokens);
+  REQUIRE_POS(n_heads);
+  REQUIRE_POS(head_dim);
+  REQUIRE_POS(rot_dim);
+  REQUIRE(rot_dim % 2 == 0, "rot_dim %d must be even", rot_dim);
+  REQUIRE(rot_dim <= head_dim, "rot_dim %d must be <= head_dim %d", rot_dim, head_dim);
+  REQUIRE((int64_t)n_heads * head_dim <= row_stride,
+          "row_stride %d is less than n_heads * head_dim = %d * %d", row_stride, n_heads, head_dim);
+  const int32_t half = rot_dim / 2;
+#pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
+    if ((int64_t)n_tokens * n_heads * rot_dim >= PAR_MIN_WORK)
+  for (int32_t t = 0; t < n_tokens; t++) {
+    float *row = x + (int64_t)t * row_stride; /* (n_heads, head_dim) at the start of the row */
+    for (int32_t i = 0; i < half; i++) {
+      const float angle = (float)positions[t] * inv_freq[i];
+      const float c = cosf(angle) * mscale, s = sinf(angle) * mscale;
+      for (int32_t h = 0; h < n_heads; h++) {
+        float *xh = row + (int64_t)h * head_dim;
+        const float x0 = xh[i], x1 = xh[i + half];
+        xh[i] = x0 * c - x1 * s;
+        xh[i + half] = x1 * c + x0 * s;
+      }
+    }
+  }
+  return RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Gated activation: out = act(gate) * up */
+
+static inline float silu(float x) { return x / (1.0f + expf(-x)); }
+static inline float gelu_tanh(float x) {
+  const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+  return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+static inline float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f)); }
+
+/* One loop per activation so each inner loop is branch-free. */
+#define ACT_MUL_LOOP(fn)                                                                          \
+  _Pragma("omp parallel for schedule(static) num_threads(ctx->n_threads) if (parallel)")         \
+  for (int32_t r = 0; r < rows; r++) {                                                            \
+    const float *g = gate + (int64_t)r * in_stride, *u = up + (int64_t)r * in_stride;            \
+    float *o = out + (int64_t)r * cols;                                                           \
+    for (int32_t c = 0; c < cols; c++) o[c] = fn(g[c]) * u[c];                                    \
+  }
+
+RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const float *up,
+                          int32_t rows, int32_t cols, int32_t in_stride, int32_t act) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(out);
+  REQUIRE_PTR(gate);
+  REQUIRE_PTR(up);
+  REQUIRE_POS(rows);
+  REQUIRE_POS(cols);
+  REQUIRE(in_stride >= cols, "in_stride %d is less than cols %d", in_stride, cols);
+  const int parallel = (int64_t)rows * cols * 8 >= PAR_MIN_WORK; /* 8: exp/tanh/erf cost more */
+  switch (act) {
+  case RL_ACT_SILU: ACT_MUL_LOOP(silu) break;
+  case RL_ACT_GELU_TANH: ACT_MUL_LOOP(gelu_tanh) break;
+  case RL_ACT_GELU: ACT_MUL_LOOP(gelu) break;
+  default:
+    return cpu_fail(ctx, RL_ERR_INVALID, __func__,
+                    "act %d is not an activation (0=silu, 1=gelu_tanh, 2=gelu)", act);
+  }
+  return RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Elementwise and reductions */
+
+RL_API int32_t rl_add(rl_ctx *ctx, float *out, const float *a, const float *b, int64_t n) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(out);
+  REQUIRE_PTR(a);
+  REQUIRE_PTR(b);
+  REQUIRE_POS(n);
+#pragma omp parallel for schedule(static) num_threads(ctx->n_threads) if (n >= 8 * PAR_MIN_WORK)
+  for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+  return RL_OK;
+}
+
+RL_API int32_t rl_scale(rl_ctx *ctx, float *out, const float *x, float s, int64_t n) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(out);
+  REQUIRE_PTR(x);
+  REQUIRE_POS(n);
+#pragma omp parallel for schedule(static) num_threads(ctx->n_threads) if (n >= 8 * PAR_MIN_WORK)
+  for (int64_t i = 0; i < n; i++) out[i] = x[i] * s;
+  return RL_OK;
+}
+
+/* First index of the largest value; NaN never wins (a row of NaN gives 0). */
+RL_API int32_t rl_argmax(rl_ctx *ctx, int32_t *out, const float *x, int32_t rows, int32_t cols) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(out);
+  REQUIRE_PTR(x);
+  REQUIRE_POS(rows);
+  REQUIRE_POS(cols);
+#pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
+    if ((int64_t)rows * cols >= PAR_MIN_WORK)
+  for (int32_t r = 0; r < rows; r++) {
+    const float *xr = x + (int64_t)r * cols;
+    int32_t best = 0;
+    float best_v = -INFINITY;
+    for (int32_t c = 0; c < cols; c++)
+      if (xr[c] > best_v) {
+        best_v = xr[c];
+        best = c;
+      }
+    out[r] = best;
+  }
+  return RL_OK;
+}

@@ -1,0 +1,820 @@
+/*
+ * Tests for the CPU backend: every op of ffi/rabbitllm.h against a plain double-precision
+ * reference written here, on odd shapes and every weight dtype; exact dtype conversions; the
+ * error paths; memory statistics. Build and run: sh cpu/test.sh
+ *
+ * Prints one line per failing check, then "N passed, N failed"; exits 1 on any failure.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rabbitllm.h"
+
+#define TOL 1e-5 /* max abs error / max abs reference value, for fp32 results */
+
+/* ----------------------------------------------------------------------------------------------
+ * Checks */
+
+static int n_passed, n_failed;
+
+static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void check(int ok, const char *fmt, ...) {
+  if (ok) {
+    n_passed++;
+    return;
+  }
+  n_failed++;
+  va_list ap;
+  va_start(ap, fmt);
+  printf("FAIL: ");
+  vprintf(fmt, ap);
+  printf("\n");
+  va_end(ap);
+}
+
+/* Relative error max|got - ref| / max|ref| within tol, and got finite wherever ref is. */
+static void check_close(const float *got, const double *ref, int64_t n, double tol,
+                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void check_close(const float *got, const double *ref, int64_t n, double tol,
+                        const char *fmt, ...) {
+  double max_err = 0.0, max_ref = 0.0;
+  int64_t non_finite = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (!isfinite(got[i]) && isfinite(ref[i])) non_finite++;
+    if (fabs(ref[i]) > max_ref) max_ref = fabs(ref[i]);
+    if (fabs(got[i] - ref[i]) > max_err) max_err = fabs(got[i] - ref[i]);
+  }
+  const double rel = max_err / (max_ref > 0.0 ? max_ref : 1.0);
+  char what[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  check(non_finite == 0 && rel <= tol, "%s: rel err %.3g (tol %.1g), %lld non-finite", what, rel,
+        tol, (long long)non_finite);
+}
+
+/* got is ref exactly: same value and sign, or both NaN. */
+static int same_value(float got, double ref) {
+  if (isnan(ref)) return isnan(got);
+  return got == ref && !signbit(got) == !signbit(ref);
+}
+
+/* ctx's last message (the global one for NULL) starts with "op: " and names `arg`. */
+static int message_names(rl_ctx *ctx, const char *op, const char *arg, char msg[512]) {
+  rl_last_error(ctx, (uint8_t *)msg, 512);
+  const size_t op_len = strlen(op);
+  return strncmp(msg, op, op_len) == 0 && msg[op_len] == ':' && strstr(msg, arg) != NULL;
+}
+
+/* The call failed with `status`, and the message names the op and `arg`. */
+static void check_error(rl_ctx *ctx, int32_t got, int32_t status, const char *op, const char *arg) {
+  char msg[512];
+  const int named = message_names(ctx, op, arg, msg);
+  check(got == status && named, "%s with bad %s: status %d (want %d), message \"%s\"", op, arg,
+        got, status, msg);
+}
+
+/* An allocation that must fail with a message naming `arg`. */
+static void check_alloc_fails(rl_ctx *ctx, uint64_t bytes, const char *arg) {
+  char msg[512];
+  void *p = rl_alloc(ctx, bytes);
+  check(p == NULL && message_names(ctx, "rl_alloc", arg, msg),
+        "rl_alloc(%llu) gives %p, message \"%s\"", (unsigned long long)bytes, p, msg);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Data */
+
+static uint64_t rng = 0x243f6a8885a308d3ull;
+
+static uint32_t rand_u32(void) { /* xorshift64* */
+  rng ^= rng >> 12;
+  rng ^= rng << 25;
+  rng ^= rng >> 27;
+  return (uint32_t)((rng * 0x2545f4914f6cdd1dull) >> 32);
+}
+
+static float rand_float(float lo, float hi) {
+  return lo + (hi - lo) * (float)(rand_u32() >> 8) * 0x1p-24f;
+}
+
+static float *rand_floats(int64_t n, float lo, float hi) {
+  float *p = malloc(sizeof(float) * (size_t)n);
+  for (int64_t i = 0; i < n; i++) p[i] = rand_float(lo, hi);
+  return p;
+}
+
+static double *doubles(int64_t n) { return calloc((size_t)n, sizeof(double)); }
+
+/* Reference decoders, written from the formats' definitions (not from bit tricks). */
+static double ref_f16(uint16_t h) {
+  const int sign = h >> 15, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  double v = exp == 31 ? (man ? NAN : INFINITY)
+             : exp == 0 ? ldexp(man, -24)
+                        : ldexp(1024 + man, exp - 25);
+  return sign ? -v : v;
+}
+
+static double ref_bf16(uint16_t h) {
+  const int sign = h >> 15, exp = (h >> 7) & 0xff, man = h & 0x7f;
+  double v = exp == 255 ? (man ? NAN : INFINITY)
+             : exp == 0 ? ldexp(man, -133)
+                        : ldexp(128 + man, exp - 134);
+  return sign ? -v : v;
+}
+
+static const char *dtype_name[] = {"f32", "f16", "bf16"};
+static int64_t dtype_size(int dt) { return dt == RL_F32 ? 4 : 2; }
+
+/* A random host tensor in dtype dt with values in (-1, 1), and its exact values. f16 values
+ * include subnormals. */
+typedef struct {
+  void *data;
+  double *val;
+} tensor;
+
+static tensor rand_tensor(int dt, int64_t n) {
+  tensor t = {malloc((size_t)(n * dtype_size(dt))), doubles(n)};
+  for (int64_t i = 0; i < n; i++) {
+    const float f = rand_float(-1.0f, 1.0f);
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    const uint16_t h = dt == RL_BF16 ? (uint16_t)(u >> 16) /* truncated */
+                                     : (uint16_t)(rand_u32() % 0x3c00 | (u >> 16 & 0x8000));
+    if (dt == RL_F32) ((float *)t.data)[i] = f;
+    else ((uint16_t *)t.data)[i] = h;
+    t.val[i] = dt == RL_F32 ? f : dt == RL_F16 ? ref_f16(h) : ref_bf16(h);
+  }
+  return t;
+}
+
+static void free_tensor(tensor t) {
+  free(t.data);
+  free(t.val);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Device helpers */
+
+static void *to_device(rl_ctx *ctx, const void *host, int64_t bytes) {
+  void *d = rl_alloc(ctx, (uint64_t)bytes);
+  if (!d || rl_upload(ctx, d, host, (uint64_t)bytes) != RL_OK) {
+    printf("FATAL: rl_alloc/rl_upload of %lld bytes failed\n", (long long)bytes);
+    exit(1);
+  }
+  return d;
+}
+
+static float *device_floats(rl_ctx *ctx, int64_t n) {
+  float *d = rl_alloc(ctx, sizeof(float) * (uint64_t)n);
+  if (!d) {
+    printf("FATAL: rl_alloc of %lld floats failed\n", (long long)n);
+    exit(1);
+  }
+  return d;
+}
+
+/* Downloads n floats and frees the device buffer. */
+static float *download_free(rl_ctx *ctx, float *d, int64_t n) {
+  float *h = malloc(sizeof(float) * (size_t)n);
+  rl_download(ctx, h, d, sizeof(float) * (uint64_t)n);
+  rl_free(ctx, d);
+  return h;
+}
+
+static uint64_t stat_of(rl_ctx *ctx, int which) {
+  uint64_t s[RL_STAT_COUNT];
+  rl_stats(ctx, s, RL_STAT_COUNT);
+  return s[which];
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Library, context, memory */
+
+static void test_library(void) {
+  check(rl_abi_version() == RL_ABI_VERSION, "rl_abi_version %u", rl_abi_version());
+  char info[256], small[4];
+  const int64_t len = rl_backend_info((uint8_t *)info, sizeof info);
+  check(len > 3 && (size_t)len == strlen(info) && strncmp(info, "cpu ", 4) == 0,
+        "rl_backend_info \"%s\" (%lld)", info, (long long)len);
+  check(rl_backend_info((uint8_t *)small, sizeof small) == len && strcmp(small, "cpu") == 0,
+        "rl_backend_info truncates to \"%s\"", small);
+  check(rl_backend_info(NULL, 0) == len, "rl_backend_info(NULL, 0) returns the length");
+  char msg[512];
+  check_error(NULL, rl_matmul(NULL, NULL, NULL, NULL, 0, NULL, 0, 1, 1, 1), RL_ERR_INVALID,
+              "rl_matmul", "ctx");
+  check(rl_last_error(NULL, (uint8_t *)msg, sizeof msg) == (int64_t)strlen(msg),
+        "rl_last_error returns the message length");
+  printf("backend: %s\n", info);
+}
+
+static void test_memory(void) {
+  rl_ctx *ctx = rl_create(1, 0);
+  uint64_t s[RL_STAT_COUNT + 1];
+  memset(s, 0xff, sizeof s);
+  check(rl_stats(ctx, s, RL_STAT_COUNT + 1) == RL_OK && s[RL_STAT_COUNT] == UINT64_MAX &&
+            s[RL_STAT_LIVE_BYTES] == 0 && s[RL_STAT_ALLOCS] == 0,
+        "rl_stats of a new context copies RL_STAT_COUNT zeros");
+
+  uint8_t *a = rl_alloc(ctx, 100), *b = rl_alloc(ctx, 200);
+  check(a && b && (uintptr_t)a % 64 == 0 && (uintptr_t)b % 64 == 0, "rl_alloc is 64-byte aligned");
+  rl_stats(ctx, s, RL_STAT_COUNT);
+  check(s[RL_STAT_LIVE_BYTES] == 300 && s[RL_STAT_PEAK_BYTES] == 300 && s[RL_STAT_ALLOCS] == 2 &&
+            s[RL_STAT_LIVE_ALLOCS] == 2 && s[RL_STAT_FREES] == 0,
+        "stats after alloc 100 + 200: live %llu peak %llu allocs %llu",
+        (unsigned long long)s[0], (unsigned long long)s[1], (unsigned long long)s[2]);
+  check(rl_free(ctx, a) == RL_OK, "rl_free of a live block");
+  rl_stats(ctx, s, RL_STAT_COUNT);
+  check(s[RL_STAT_LIVE_BYTES] == 200 && s[RL_STAT_PEAK_BYTES] == 300 && s[RL_STAT_FREES] == 1 &&
+            s[RL_STAT_LIVE_ALLOCS] == 1,
+        "stats after freeing 100: live %llu peak %llu frees %llu", (unsigned long long)s[0],
+        (unsigned long long)s[1], (unsigned long long)s[3]);
+  check_error(ctx, rl_free(ctx, a), RL_ERR_INVALID, "rl_free", "already freed");
+  check_error(ctx, rl_free(ctx, rl_view(b, 64)), RL_ERR_INVALID, "rl_free", "view");
+  check_error(ctx, rl_free(ctx, NULL), RL_ERR_INVALID, "rl_free", "p");
+  check(stat_of(ctx, RL_STAT_LIVE_BYTES) == 200 && stat_of(ctx, RL_STAT_FREES) == 1,
+        "failed rl_free changes no statistic");
+  check(rl_view(b, 64) == b + 64, "rl_view is base + offset");
+
+  check_alloc_fails(ctx, 0, "bytes");
+  check_alloc_fails(ctx, 1ull << 62, "out of memory");
+  check(stat_of(ctx, RL_STAT_ALLOCS) == 2, "failed rl_alloc is not counted");
+
+  /* copies: upload and download are counted, device-to-device is not */
+  uint8_t host[200], back[200];
+  for (int i = 0; i < 200; i++) host[i] = (uint8_t)(i * 7);
+  uint8_t *c = rl_alloc(ctx, 200);
+  check(rl_upload(ctx, b, host, 200) == RL_OK && rl_copy(ctx, c, b, 200) == RL_OK &&
+            rl_download(ctx, back, c, 150) == RL_OK && memcmp(host, back, 150) == 0,
+        "upload, copy, download round trip");
+  check(stat_of(ctx, RL_STAT_H2D_BYTES) == 200 && stat_of(ctx, RL_STAT_D2H_BYTES) == 150,
+        "copy statistics h2d %llu d2h %llu", (unsigned long long)stat_of(ctx, RL_STAT_H2D_BYTES),
+        (unsigned long long)stat_of(ctx, RL_STAT_D2H_BYTES));
+  check_error(ctx, rl_upload(ctx, b, host, 0), RL_ERR_INVALID, "rl_upload", "bytes");
+  check_error(ctx, rl_download(ctx, NULL, b, 8), RL_ERR_INVALID, "rl_download", "dst");
+  check_error(ctx, rl_copy(ctx, c, NULL, 8), RL_ERR_INVALID, "rl_copy", "src");
+  check_error(ctx, rl_stats(ctx, s, 0), RL_ERR_INVALID, "rl_stats", "n");
+  check_error(ctx, rl_stats(ctx, NULL, 3), RL_ERR_INVALID, "rl_stats", "out");
+  check(rl_sync(ctx) == RL_OK, "rl_sync");
+  check_error(NULL, rl_sync(NULL), RL_ERR_INVALID, "rl_sync", "ctx");
+
+  /* many blocks, freed in a scrambled order: the table and the statistics stay consistent */
+  enum { N_BLOCKS = 2000 };
+  static void *blocks[N_BLOCKS];
+  uint64_t live = stat_of(ctx, RL_STAT_LIVE_BYTES), ok = 1;
+  for (int i = 0; i < N_BLOCKS; i++) {
+    blocks[i] = rl_alloc(ctx, (uint64_t)(1 + i % 97));
+    live += (uint64_t)(1 + i % 97);
+  }
+  for (int i = 0; i < N_BLOCKS; i += 2) {
+    const int j = (i * 7919) % N_BLOCKS & ~1; /* every even index once: 7919 is odd and prime */
+    ok &= rl_free(ctx, blocks[j]) == RL_OK;
+    live -= (uint64_t)(1 + j % 97);
+  }
+  check(ok && stat_of(ctx, RL_STAT_LIVE_BYTES) == live &&
+            stat_of(ctx, RL_STAT_LIVE_ALLOCS) == 2 + N_BLOCKS / 2,
+        "2000 allocs, 1000 scrambled frees: live %llu (want %llu)",
+        (unsigned long long)stat_of(ctx, RL_STAT_LIVE_BYTES), (unsigned long long)live);
+  ok = 1;
+  for (int i = 1; i < N_BLOCKS; i += 2) ok &= rl_free(ctx, blocks[i]) == RL_OK;
+  check(ok && stat_of(ctx, RL_STAT_LIVE_BYTES) == 400 &&
+            stat_of(ctx, RL_STAT_ALLOCS) == stat_of(ctx, RL_STAT_FREES) + 2,
+        "every remaining block frees");
+  rl_destroy(ctx); /* b and c are still live: rl_destroy releases them */
+  rl_destroy(NULL);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Exact dtype conversion: every 16-bit pattern through rl_embedding (scalar path) and rl_matmul
+ * with one-hot x (vector path and its scalar tail) */
+
+static void test_conversions(rl_ctx *ctx) {
+  enum { VOCAB = 65536 / 16, DIM = 16 };
+  uint16_t *bits = malloc(sizeof(uint16_t) * 65536);
+  for (int i = 0; i < 65536; i++) bits[i] = (uint16_t)i;
+  int32_t *ids = malloc(sizeof(int32_t) * VOCAB);
+  for (int i = 0; i < VOCAB; i++) ids[i] = i;
+
+  for (int dt = RL_F16; dt <= RL_BF16; dt++) {
+    double (*ref)(uint16_t) = dt == RL_F16 ? ref_f16 : ref_bf16;
+    void *table = to_device(ctx, bits, 65536 * 2);
+    float *out = device_floats(ctx, 65536);
+    check(rl_embedding(ctx, out, table, dt, ids, VOCAB, DIM, VOCAB) == RL_OK, "rl_embedding %s",
+          dtype_name[dt]);
+    float *got = download_free(ctx, out, 65536);
+    int bad = -1;
+    for (int i = 0; i < 65536 && bad < 0; i++)
+      if (!same_value(got[i], ref((uint16_t)i))) bad = i;
+    check(bad < 0, "%s 0x%04x converts to %a in rl_embedding, want %a", dtype_name[dt], bad,
+          bad < 0 ? 0.0 : (double)got[bad], bad < 0 ? 0.0 : ref((uint16_t)bad));
+    free(got);
+    rl_free(ctx, table);
+
+    /* x = identity (K x K) so out[m, n] = W[n, m]: W rows hold every finite pattern */
+    static const int ks[] = {24, 19}; /* vector-only and vector + scalar tail */
+    for (int ki = 0; ki < 2; ki++) {
+      const int K = ks[ki], N = 65536 / K + 1;
+      uint16_t *w = calloc((size_t)N * K, 2);
+      float *x = calloc((size_t)K * K, sizeof(float));
+      for (int i = 0; i < 65536; i++) w[i] = isfinite(ref((uint16_t)i)) ? (uint16_t)i : 0;
+      for (int m = 0; m < K; m++) x[m * K + m] = 1.0f;
+      void *dw = to_device(ctx, w, (int64_t)N * K * 2);
+      float *dx = to_device(ctx, x, (int64_t)K * K * 4), *dout = device_floats(ctx, (int64_t)K * N);
+      check(rl_matmul(ctx, dout, dx, dw, dt, NULL, 0, K, N, K) == RL_OK, "rl_matmul one-hot");
+      got = download_free(ctx, dout, (int64_t)K * N);
+      bad = -1;
+      for (int n = 0; n < N && bad < 0; n++)
+        for (int m = 0; m < K; m++)
+          if (got[(int64_t)m * N + n] != ref(w[n * K + m])) bad = n * K + m;
+      check(bad < 0, "%s 0x%04x converts to %a in rl_matmul K=%d", dtype_name[dt],
+            bad < 0 ? 0 : w[bad], bad < 0 ? 0.0 : (double)got[(bad % K) * N + bad / K], K);
+      free(got);
+      free(w);
+      free(x);
+      rl_free(ctx, dw);
+      rl_free(ctx, dx);
+    }
+  }
+  free(bits);
+  free(ids);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Ops against double-precision references */
+
+static void test_matmul_case(rl_ctx *ctx, int M, int N, int K, int dt, int bias_dt) {
+  float *x = rand_floats((int64_t)M * K, -1.0f, 1.0f);
+  tensor w = rand_tensor(dt, (int64_t)N * K);
+  tensor b = rand_tensor(bias_dt < 0 ? RL_F32 : bias_dt, N);
+  double *ref = doubles((int64_t)M * N);
+  for (int m = 0; m < M; m++)
+    for (int n = 0; n < N; n++) {
+      double s = bias_dt < 0 ? 0.0 : b.val[n];
+      for (int k = 0; k < K; k++) s += (double)x[m * K + k] * w.val[(int64_t)n * K + k];
+      ref[m * N + n] = s;
+    }
+  float *dx = to_device(ctx, x, (int64_t)M * K * 4), *dout = device_floats(ctx, (int64_t)M * N);
+  void *dw = to_device(ctx, w.data, (int64_t)N * K * dtype_size(dt));
+  void *db = bias_dt < 0 ? NULL : to_device(ctx, b.data, N * dtype_size(bias_dt));
+  const int32_t st = rl_matmul(ctx, dout, dx, dw, dt, db, bias_dt < 0 ? 0 : bias_dt, M, N, K);
+  float *got = download_free(ctx, dout, (int64_t)M * N);
+  check_close(got, ref, (int64_t)M * N, st == RL_OK ? TOL : -1.0,
+              "rl_matmul M=%d N=%d K=%d w %s bias %s", M, N, K, dtype_name[dt],
+              bias_dt < 0 ? "none" : dtype_name[bias_dt]);
+  rl_free(ctx, dx);
+  rl_free(ctx, dw);
+  if (db) rl_free(ctx, db);
+  free(x);
+  free(got);
+  free(ref);
+  free_tensor(w);
+  free_tensor(b);
+}
+
+static void test_matmul(rl_ctx *ctx) {
+  static const int ms[] = {1, 3, 5, 8, 17};
+  static const int nk[][2] = {{13, 67}, {1, 1}, {8, 16}, {37, 130}, {70, 200}};
+  for (int dt = RL_F32; dt <= RL_BF16; dt++)
+    for (int i = 0; i < 5; i++)
+      for (int j = 0; j < 5; j++)
+        for (int bias = -1; bias <= 1; bias++) /* none, same dtype, the next dtype */
+          test_matmul_case(ctx, ms[i], nk[j][0], nk[j][1], dt, bias < 0 ? -1 : (dt + bias) % 3);
+  /* enough work for every thread, and blocks with tails */
+  test_matmul_case(ctx, 1, 1003, 515, RL_F32, -1);
+  test_matmul_case(ctx, 1, 1003, 515, RL_BF16, RL_F16);
+  test_matmul_case(ctx, 70, 101, 300, RL_F16, RL_F32);
+  test_matmul_case(ctx, 130, 33, 64, RL_F32, RL_F32);
+}
+
+static void test_rmsnorm(rl_ctx *ctx) {
+  static const int shapes[][2] = {{1, 67}, {3, 67}, {5, 576}, {64, 600}};
+  for (int dt = RL_F32; dt <= RL_BF16; dt++)
+    for (int si = 0; si < 4; si++)
+      for (int variant = 0; variant < 4; variant++) { /* bit 0: Gemma offset, bit 1: in place */
+        const int rows = shapes[si][0], dim = shapes[si][1];
+        const float eps = 1e-6f, offset = variant & 1 ? 1.0f : 0.0f;
+        float *x = rand_floats((int64_t)rows * dim, -3.0f, 3.0f);
+        tensor w = rand_tensor(dt, dim);
+        double *ref = doubles((int64_t)rows * dim);
+        for (int r = 0; r < rows; r++) {
+          double ss = 0.0;
+          for (int c = 0; c < dim; c++) ss += (double)x[r * dim + c] * x[r * dim + c];
+          const double inv = 1.0 / sqrt(ss / dim + eps);
+          for (int c = 0; c < dim; c++)
+            ref[r * dim + c] = x[r * dim + c] * inv * (w.val[c] + offset);
+        }
+        float *dx = to_device(ctx, x, (int64_t)rows * dim * 4);
+        float *dout = variant & 2 ? dx : device_floats(ctx, (int64_t)rows * dim);
+        void *dw = to_device(ctx, w.data, dim * dtype_size(dt));
+        const int32_t st = rl_rmsnorm(ctx, dout, dx, dw, dt, rows, dim, eps, offset);
+        float *got = download_free(ctx, dout, (int64_t)rows * dim);
+        check_close(got, ref, (int64_t)rows * dim, st == RL_OK ? TOL : -1.0,
+                    "rl_rmsnorm rows=%d dim=%d w %s offset %g%s", rows, dim, dtype_name[dt],
+                    (double)offset, variant & 2 ? " in place" : "");
+        if (!(variant & 2)) rl_free(ctx, dx);
+        rl_free(ctx, dw);
+        free(x);
+        free(got);
+        free(ref);
+        free_tensor(w);
+      }
+}
+
+static void test_rope(rl_ctx *ctx) {
+  /* n_tokens, n_heads, head_dim, rot_dim, row_stride */
+  static const int cases[][5] = {{3, 2, 8, 8, 16},   {1, 4, 16, 16, 64}, {4, 3, 16, 8, 50},
+                                 {5, 2, 64, 64, 128}, {2, 9, 64, 32, 600}, {3, 1, 8, 2, 8}};
+  static const int32_t positions[] = {0, 5, 4097, 31, 1};
+  for (int ci = 0; ci < 6; ci++)
+    for (int scaled = 0; scaled < 2; scaled++) {
+      const int T = cases[ci][0], H = cases[ci][1], D = cases[ci][2], R = cases[ci][3];
+      const int stride = cases[ci][4], half = R / 2;
+      const float mscale = scaled ? 1.25f : 1.0f;
+      float inv_freq[32];
+      for (int i = 0; i < half; i++) inv_freq[i] = (float)pow(10000.0, -2.0 * i / R);
+      float *x = rand_floats((int64_t)T * stride, -2.0f, 2.0f);
+      double *ref = doubles((int64_t)T * stride);
+      for (int i = 0; i < T * stride; i++) ref[i] = x[i];
+      for (int t = 0; t < T; t++)
+        for (int h = 0; h < H; h++)
+          for (int i = 0; i < half; i++) {
+            const float angle = (float)positions[t] * inv_freq[i]; /* fp32, as specified */
+            const double c = cos(angle) * mscale, s = sin(angle) * mscale;
+            const int64_t a = (int64_t)t * stride + h * D + i, b = a + half;
+            ref[a] = x[a] * c - x[b] * s;
+            ref[b] = x[b] * c + x[a] * s;
+          }
+      float *dx = to_device(ctx, x, (int64_t)T * stride * 4);
+      const int32_t st = rl_rope(ctx, dx, T, stride, H, D, R, positions, inv_freq, mscale);
+      float *got = download_free(ctx, dx, (int64_t)T * stride);
+      check_close(got, ref, (int64_t)T * stride, st == RL_OK ? TOL : -1.0,
+                  "rl_rope tokens=%d heads=%d head_dim=%d rot_dim=%d stride=%d mscale=%g", T, H,
+                  D, R, stride, (double)mscale);
+      int untouched = 1; /* dims past rot_dim and the row padding are bit-identical */
+      for (int t = 0; t < T; t++)
+        for (int c = 0; c < stride; c++)
+          if ((c >= H * D || c % D >= R) && memcmp(&got[t * stride + c], &x[t * stride + c], 4))
+            untouched = 0;
+      check(untouched, "rl_rope rot_dim=%d stride=%d leaves other elements alone", R, stride);
+      free(x);
+      free(got);
+      free(ref);
+    }
+}
+
+typedef struct {
+  int head_dim, n_heads, n_kv_heads, n_q, q_start, window;
+  float softcap;
+  int mask; /* 0: no kv_valid, 1: kv_valid with holes, 2: kv_valid hides query 0's only key */
+} attn_case;
+
+static void test_attention_case(rl_ctx *ctx, attn_case c) {
+  const int D = c.head_dim, H = c.n_heads, G = c.n_kv_heads;
+  const int kv_len = c.q_start + c.n_q + 2; /* two later cache rows the queries must not see */
+  const int q_stride = H * D + 3, kv_stride = G * D + 5;
+  const float scale = 1.0f / sqrtf((float)D);
+  float *q = rand_floats((int64_t)c.n_q * q_stride, -3.0f, 3.0f);
+  float *k = rand_floats((int64_t)kv_len * kv_stride, -1.0f, 1.0f);
+  float *v = rand_floats((int64_t)kv_len * kv_stride, -1.0f, 1.0f);
+  uint8_t valid[64];
+  for (int j = 0; j < kv_len; j++) valid[j] = c.mask == 1 ? j % 3 != 1 : c.mask != 2 || j != 0;
+  const uint8_t *kv_valid = c.mask ? valid : NULL;
+
+  double *ref = doubles((int64_t)c.n_q * H * D), *p = doubles(kv_len);
+  for (int t = 0; t < c.n_q; t++)
+    for (int h = 0; h < H; h++) {
+      const int pos = c.q_start + t, g = h / (H / G);
+      double max = -INFINITY, sum = 0.0;
+      for (int j = 0; j < kv_len; j++) {
+        p[j] = NAN;
+        if (j > pos || (c.window > 0 && pos - j >= c.window) || (kv_valid && !kv_valid[j]))
+          continue;
+        double s = 0.0;
+        for (int d = 0; d < D; d++)
+          s += (double)q[t * q_stride + h * D + d] * k[j * kv_stride + g * D + d];
+        s *= scale;
+        if (c.softcap > 0) s = c.softcap * tanh(s / c.softcap);
+        p[j] = s;
+        if (s > max) max = s;
+      }
+      for (int j = 0; j < kv_len; j++)
+        if (!isnan(p[j])) sum += p[j] = exp(p[j] - max);
+      for (int d = 0; d < D; d++) {
+        double o = 0.0;
+        for (int j = 0; j < kv_len; j++)
+          if (!isnan(p[j])) o += p[j] / sum * v[j * kv_stride + g * D + d];
+        ref[(t * H + h) * D + d] = o;
+      }
+    }
+
+  float *dq = to_device(ctx, q, (int64_t)c.n_q * q_stride * 4);
+  float *dk = to_device(ctx, k, (int64_t)kv_len * kv_stride * 4);
+  float *dv = to_device(ctx, v, (int64_t)kv_len * kv_stride * 4);
+  float *dout = device_floats(ctx, (int64_t)c.n_q * H * D);
+  const int32_t st = rl_attention(ctx, dout, dq, q_stride, dk, dv, kv_stride, c.n_q, c.q_start,
+                                  kv_len, H, G, D, scale, c.window, c.softcap, kv_valid);
+  float *got = download_free(ctx, dout, (int64_t)c.n_q * H * D);
+  check_close(got, ref, (int64_t)c.n_q * H * D, st == RL_OK ? TOL : -1.0,
+              "rl_attention head_dim=%d heads=%d/%d n_q=%d q_start=%d window=%d softcap=%g mask=%d",
+              D, H, G, c.n_q, c.q_start, c.window, (double)c.softcap, c.mask);
+  if (c.mask == 2 && c.q_start == 0) { /* query 0 sees only key 0, which is masked */
+    int zeros = 1;
+    for (int i = 0; i < H * D; i++) zeros &= got[i] == 0.0f;
+    check(zeros, "rl_attention: a query that sees no key yields zeros");
+  }
+  rl_free(ctx, dq);
+  rl_free(ctx, dk);
+  rl_free(ctx, dv);
+  free(q);
+  free(k);
+  free(v);
+  free(got);
+  free(ref);
+  free(p);
+}
+
+static void test_attention(rl_ctx *ctx) {
+  static const int dims[] = {8, 16, 64};
+  static const int gqa[] = {1, 2, 4};
+  static const int qs[][2] = {{1, 9}, {5, 0}, {4, 6}}; /* n_q, q_start */
+  static const int windows[] = {0, 3, 1};
+  for (int di = 0; di < 3; di++)
+    for (int gi = 0; gi < 3; gi++)
+      for (int qi = 0; qi < 3; qi++)
+        for (int wi = 0; wi < 3; wi++)
+          for (int cap = 0; cap < 2; cap++)
+            for (int mask = 0; mask < 3; mask++)
+              test_attention_case(ctx, (attn_case){dims[di], 2 * gqa[gi], 2, qs[qi][0], qs[qi][1],
+                                                   windows[wi], cap ? 5.0f : 0.0f, mask});
+  /* one long prefill with many (query, head) pairs across threads */
+  test_attention_case(ctx, (attn_case){64, 9, 3, 40, 20, 0, 0.0f, 1});
+}
+
+static double ref_act(int act, double x) {
+  switch (act) {
+  case RL_ACT_SILU: return x / (1.0 + exp(-x));
+  case RL_ACT_GELU_TANH:
+    return 0.5 * x * (1.0 + tanh(sqrt(2.0 / acos(-1.0)) * (x + 0.044715 * x * x * x)));
+  default: return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+  }
+}
+
+static void test_act_mul(rl_ctx *ctx) {
+  static const char *names[] = {"silu", "gelu_tanh", "gelu"};
+  static const int shapes[][2] = {{3, 67}, {1, 1536}, {40, 1000}};
+  for (int act = RL_ACT_SILU; act <= RL_ACT_GELU; act++)
+    for (int si = 0; si < 3; si++) {
+      const int rows = shapes[si][0], cols = shapes[si][1], stride = 2 * cols + 1;
+      float *in = rand_floats((int64_t)rows * stride, -8.0f, 8.0f); /* [gate | up | pad] rows */
+      in[0] = -100.0f; /* saturated and zero gates */
+      in[1] = 100.0f;
+      in[2] = 0.0f;
+      double *ref = doubles((int64_t)rows * cols);
+      for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+          ref[r * cols + c] = ref_act(act, in[r * stride + c]) * in[r * stride + cols + c];
+      float *din = to_device(ctx, in, (int64_t)rows * stride * 4);
+      float *dout = device_floats(ctx, (int64_t)rows * cols);
+      const int32_t st = rl_act_mul(ctx, dout, din, din + cols, rows, cols, stride, act);
+      float *got = download_free(ctx, dout, (int64_t)rows * cols);
+      check_close(got, ref, (int64_t)rows * cols, st == RL_OK ? TOL : -1.0,
+                  "rl_act_mul %s rows=%d cols=%d", names[act], rows, cols);
+      rl_free(ctx, din);
+      free(in);
+      free(got);
+      free(ref);
+    }
+}
+
+/* rl_add and rl_scale are exact: a float add or multiply is the double result rounded.
+ * alias 0: out is a separate buffer; 1: out == first input; 2: out == second input (rl_add). */
+static void check_elementwise(rl_ctx *ctx, const char *op, int64_t n, int alias) {
+  float *a = rand_floats(n, -5.0f, 5.0f), *b = rand_floats(n, -5.0f, 5.0f);
+  float *da = to_device(ctx, a, n * 4), *db = to_device(ctx, b, n * 4);
+  float *dout = alias == 1 ? da : alias == 2 ? db : device_floats(ctx, n);
+  const int is_add = strcmp(op, "rl_add") == 0;
+  const int32_t st = is_add ? rl_add(ctx, dout, da, db, n) : rl_scale(ctx, dout, da, -1.5f, n);
+  float *got = malloc(sizeof(float) * (size_t)n);
+  rl_download(ctx, got, dout, (uint64_t)n * 4);
+  int64_t bad = st == RL_OK ? -1 : 0;
+  for (int64_t i = 0; i < n && bad < 0; i++)
+    if (got[i] != (float)(is_add ? (double)a[i] + b[i] : -1.5 * a[i])) bad = i;
+  check(bad < 0, "%s n=%lld alias=%d: wrong at element %lld", op, (long long)n, alias,
+        (long long)bad);
+  if (alias == 0) rl_free(ctx, dout);
+  rl_free(ctx, da);
+  rl_free(ctx, db);
+  free(a);
+  free(b);
+  free(got);
+}
+
+static void test_add_scale(rl_ctx *ctx) {
+  static const int64_t ns[] = {1, 1003, 300001}; /* the largest runs on every thread */
+  for (int ni = 0; ni < 3; ni++)
+    for (int alias = 0; alias < 3; alias++) {
+      check_elementwise(ctx, "rl_add", ns[ni], alias);
+      if (alias < 2) check_elementwise(ctx, "rl_scale", ns[ni], alias);
+    }
+}
+
+static void test_argmax(rl_ctx *ctx) {
+  const float nan = NAN, inf = INFINITY;
+  enum { COLS = 5 };
+  static const float rows[][COLS] = {
+      {1, 3, 3, 2, 0},          /* tie: first index */
+      {nan, 1, 2, nan, -1},     /* NaN never wins */
+      {-inf, -inf, -inf, -inf, -inf},
+      {nan, nan, nan, nan, nan}, /* nothing wins: index 0 */
+      {5, nan, 7, 7, inf},
+      {-3, -2, -2.5f, -9, -2},
+  };
+  static const int32_t want[] = {1, 2, 0, 0, 4, 1};
+  const int R = sizeof rows / sizeof rows[0];
+  float *dx = to_device(ctx, rows, sizeof rows);
+  int32_t got[sizeof rows / sizeof rows[0]];
+  check(rl_argmax(ctx, got, dx, R, COLS) == RL_OK, "rl_argmax");
+  for (int r = 0; r < R; r++)
+    check(got[r] == want[r], "rl_argmax row %d: %d, want %d", r, got[r], want[r]);
+  rl_free(ctx, dx);
+
+  enum { BIG_ROWS = 4, VOCAB = 49152 };
+  float *x = rand_floats(BIG_ROWS * VOCAB, -10.0f, 10.0f);
+  int32_t big_want[BIG_ROWS], big_got[BIG_ROWS];
+  for (int r = 0; r < BIG_ROWS; r++) {
+    big_want[r] = (int32_t)(rand_u32() % VOCAB);
+    x[r * VOCAB + big_want[r]] = 11.0f;
+  }
+  dx = to_device(ctx, x, BIG_ROWS * VOCAB * 4);
+  rl_argmax(ctx, big_got, dx, BIG_ROWS, VOCAB);
+  for (int r = 0; r < BIG_ROWS; r++)
+    check(big_got[r] == big_want[r], "rl_argmax vocab row %d: %d, want %d", r, big_got[r],
+          big_want[r]);
+  rl_free(ctx, dx);
+  free(x);
+}
+
+static void test_embedding(rl_ctx *ctx) {
+  const int vocab = 50, dim = 67, n = 6;
+  const int32_t ids[] = {0, 49, 7, 7, 13, 1};
+  for (int dt = RL_F32; dt <= RL_BF16; dt++) {
+    tensor table = rand_tensor(dt, vocab * dim);
+    double *ref = doubles(n * dim);
+    for (int i = 0; i < n; i++)
+      for (int c = 0; c < dim; c++) ref[i * dim + c] = table.val[ids[i] * dim + c];
+    void *dt_table = to_device(ctx, table.data, vocab * dim * dtype_size(dt));
+    float *dout = device_floats(ctx, n * dim);
+    const int32_t st = rl_embedding(ctx, dout, dt_table, dt, ids, n, dim, vocab);
+    float *got = download_free(ctx, dout, n * dim);
+    check_close(got, ref, n * dim, st == RL_OK ? 0.0 : -1.0, "rl_embedding %s is exact",
+                dtype_name[dt]);
+    rl_free(ctx, dt_table);
+    free(got);
+    free(ref);
+    free_tensor(table);
+  }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * One context used from several OS threads in turn (Deno runs nonblocking calls on a pool) */
+
+typedef struct {
+  rl_ctx *ctx;
+  int32_t status;
+} thread_job;
+
+/* A GEMV on a fresh buffer, then a call without a context that sets the global error. */
+static void *thread_ops(void *arg) {
+  thread_job *job = arg;
+  float *x = to_device(job->ctx, (float[4]){1, 2, 3, 4}, 16);
+  float *out = device_floats(job->ctx, 1);
+  job->status = rl_matmul(job->ctx, out, x, x, RL_F32, NULL, 0, 1, 1, 4);
+  float *got = download_free(job->ctx, out, 1);
+  if (job->status == RL_OK && got[0] != 30.0f) job->status = -1;
+  free(got);
+  rl_free(job->ctx, x);
+  rl_scale(NULL, NULL, NULL, 1.0f, 1);
+  return NULL;
+}
+
+static void test_threads(rl_ctx *ctx) {
+  for (int i = 0; i < 3; i++) {
+    thread_job job = {ctx, -2};
+    pthread_t t;
+    pthread_create(&t, NULL, thread_ops, &job);
+    pthread_join(t, NULL);
+    check(job.status == RL_OK, "ops from OS thread %d: status %d", i, job.status);
+  }
+  char msg[512];
+  check(message_names(NULL, "rl_scale", "ctx", msg), "global error set by another thread: \"%s\"",
+        msg);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Argument validation: status RL_ERR_INVALID and a message naming the op and the argument */
+
+static void test_errors(rl_ctx *ctx) {
+  float *f = device_floats(ctx, 4096);
+  const int32_t ids[] = {1, 2, 3, 600};
+  const int32_t pos[] = {0, 1};
+  const float freq[] = {1.0f, 0.5f};
+  int32_t out_ids[4];
+  char msg[512];
+
+  check_error(ctx, rl_embedding(ctx, f, f, RL_F32, ids, 4, 8, 512), RL_ERR_INVALID,
+              "rl_embedding", "id 600");
+  rl_last_error(ctx, (uint8_t *)msg, sizeof msg);
+  check(strcmp(msg, "rl_embedding: id 600 at position 3 out of range [0, 512)") == 0,
+        "rl_embedding message \"%s\"", msg);
+  check_error(ctx, rl_embedding(ctx, f, f, 3, ids, 3, 8, 512), RL_ERR_INVALID, "rl_embedding",
+              "dtype");
+  check_error(ctx, rl_embedding(ctx, f, f, RL_F32, NULL, 3, 8, 512), RL_ERR_INVALID,
+              "rl_embedding", "ids");
+  check_error(ctx, rl_embedding(ctx, f, f, RL_F32, ids, 0, 8, 512), RL_ERR_INVALID,
+              "rl_embedding", "n must be > 0");
+
+  check_error(ctx, rl_rmsnorm(ctx, f, f, f, RL_F32, 0, 8, 1e-5f, 0.0f), RL_ERR_INVALID,
+              "rl_rmsnorm", "rows");
+  check_error(ctx, rl_rmsnorm(ctx, f, NULL, f, RL_F32, 1, 8, 1e-5f, 0.0f), RL_ERR_INVALID,
+              "rl_rmsnorm", "x");
+  check_error(ctx, rl_rmsnorm(ctx, f, f, f, -1, 1, 8, 1e-5f, 0.0f), RL_ERR_INVALID, "rl_rmsnorm",
+              "wdtype");
+
+  check_error(ctx, rl_matmul(ctx, f, f + 64, NULL, RL_F32, NULL, 0, 1, 8, 8), RL_ERR_INVALID,
+              "rl_matmul", "w");
+  check_error(ctx, rl_matmul(ctx, f, f + 64, f, 7, NULL, 0, 1, 8, 8), RL_ERR_INVALID, "rl_matmul",
+              "wdtype");
+  check_error(ctx, rl_matmul(ctx, f, f + 64, f, RL_F32, f, 9, 1, 8, 8), RL_ERR_INVALID,
+              "rl_matmul", "bias_dtype");
+  check_error(ctx, rl_matmul(ctx, f, f + 64, f, RL_F32, NULL, 0, 0, 8, 8), RL_ERR_INVALID,
+              "rl_matmul", "M");
+  check_error(ctx, rl_matmul(ctx, f, f + 64, f, RL_F32, NULL, 0, 1, 8, -1), RL_ERR_INVALID,
+              "rl_matmul", "K");
+  check_error(ctx, rl_matmul(ctx, f, f + 4, f, RL_F32, NULL, 0, 1, 8, 8), RL_ERR_INVALID,
+              "rl_matmul", "overlaps");
+
+  check_error(ctx, rl_rope(ctx, f, 2, 64, 2, 32, 7, pos, freq, 1.0f), RL_ERR_INVALID, "rl_rope",
+              "rot_dim 7 must be even");
+  check_error(ctx, rl_rope(ctx, f, 2, 64, 2, 16, 32, pos, freq, 1.0f), RL_ERR_INVALID, "rl_rope",
+              "head_dim");
+  check_error(ctx, rl_rope(ctx, f, 2, 60, 2, 32, 4, pos, freq, 1.0f), RL_ERR_INVALID, "rl_rope",
+              "row_stride");
+  check_error(ctx, rl_rope(ctx, f, 2, 64, 2, 32, 4, NULL, freq, 1.0f), RL_ERR_INVALID, "rl_rope",
+              "positions");
+
+  check_error(ctx, rl_attention(ctx, f, f, 64, f, f, 64, 1, 0, 4, 6, 4, 8, 1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "n_kv_heads");
+  check_error(ctx, rl_attention(ctx, f, f, 64, f, f, 64, 2, 3, 4, 4, 2, 8, 1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "kv_len");
+  check_error(ctx, rl_attention(ctx, f, f, 16, f, f, 64, 1, 0, 4, 4, 2, 8, 1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "q_stride");
+  check_error(ctx, rl_attention(ctx, f, f, 64, f, f, 8, 1, 0, 4, 4, 2, 8, 1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "kv_stride");
+  check_error(ctx, rl_attention(ctx, f, f, 64, f, f, 64, 1, 0, 4, 4, 2, 0, 1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "head_dim");
+  check_error(ctx, rl_attention(ctx, f, f, 64, NULL, f, 64, 1, 0, 4, 4, 2, 8, 1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "k");
+
+  check_error(ctx, rl_act_mul(ctx, f, f, f, 2, 8, 16, 5), RL_ERR_INVALID, "rl_act_mul", "act 5");
+  check_error(ctx, rl_act_mul(ctx, f, f, f, 2, 8, 4, RL_ACT_SILU), RL_ERR_INVALID, "rl_act_mul",
+              "in_stride");
+  check_error(ctx, rl_add(ctx, f, f, f, 0), RL_ERR_INVALID, "rl_add", "n");
+  check_error(ctx, rl_scale(ctx, f, NULL, 2.0f, 4), RL_ERR_INVALID, "rl_scale", "x");
+  check_error(ctx, rl_argmax(ctx, out_ids, f, 1, 0), RL_ERR_INVALID, "rl_argmax", "cols");
+  check_error(ctx, rl_argmax(ctx, NULL, f, 1, 4), RL_ERR_INVALID, "rl_argmax", "out");
+  check_error(NULL, rl_add(NULL, f, f, f, 4), RL_ERR_INVALID, "rl_add", "ctx");
+  rl_free(ctx, f);
+}
+
+int main(void) {
+  test_library();
+  test_memory();
+  rl_ctx *ctx = rl_create(0, 0);
+  if (!ctx) {
+    printf("FATAL: rl_create failed\n");
+    return 1;
+  }
+  test_conversions(ctx);
+  test_matmul(ctx);
+  test_rmsnorm(ctx);
+  test_rope(ctx);
+  test_attention(ctx);
+  test_act_mul(ctx);
+  test_add_scale(ctx);
+  test_argmax(ctx);
+  test_embedding(ctx);
+  test_threads(ctx);
+  test_errors(ctx);
+  check(stat_of(ctx, RL_STAT_LIVE_ALLOCS) == 0 && stat_of(ctx, RL_STAT_LIVE_BYTES) == 0,
+        "every test freed its device buffers (%llu live)",
+        (unsigned long long)stat_of(ctx, RL_STAT_LIVE_ALLOCS));
+  rl_destroy(ctx);
+  printf("%d passed, %d failed\n", n_passed, n_failed);
+  return n_failed ? 1 : 0;
+}
