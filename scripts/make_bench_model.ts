@@ -1,0 +1,103 @@
+/**
+ * Writes a synthetic checkpoint of a real model's shape with seeded random weights, for
+ * `deno task bench`. Shapes are data: add one to SHAPES.
+ *
+ *   deno run --allow-read --allow-write scripts/make_bench_model.ts smollm2-135m <out_dir> [dtype]
+ */
+import { writeSafetensors } from "../lib/safetensors.ts";
+import { f32ToBf16, f32ToF16 } from "../lib/dtype.ts";
+
+/** config.json fields of each benchmark shape (transformers 5 form). */
+export const SHAPES: Record<string, Record<string, unknown>> = {
+  "smollm2-135m": {
+    architectures: ["LlamaForCausalLM"],
+    model_type: "llama",
+    hidden_size: 576,
+    intermediate_size: 1536,
+    num_hidden_layers: 30,
+    num_attention_heads: 9,
+    num_key_value_heads: 3,
+    head_dim: 64,
+    vocab_size: 49152,
+    max_position_embeddings: 8192,
+    rms_norm_eps: 1e-5,
+    rope_parameters: { rope_type: "default", rope_theta: 100000 },
+    tie_word_embeddings: true,
+    hidden_act: "silu",
+    bos_token_id: 1,
+    eos_token_id: 2,
+  },
+};
+
+/** A small fast seeded generator (mulberry32) → roughly normal values via a sum of uniforms. */
+function filler(seed: number): (out: Float32Array, std: number) => void {
+  let s = seed >>> 0;
+  const u = () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return (out, std) => {
+    for (let i = 0; i < out.length; i++) out[i] = (u() + u() + u() - 1.5) * 2 * std;
+  };
+}
+
+/** Writes config.json + model.safetensors (storage `dtype`) for `shape` into `dir`. */
+export async function makeBenchModel(
+  shape: string,
+  dir: string,
+  dtype: "F32" | "F16" | "BF16" = "F32",
+): Promise<void> {
+  const c = SHAPES[shape];
+  if (!c) throw new Error(`unknown shape ${shape}; known: ${Object.keys(SHAPES).join(", ")}`);
+  const D = c.hidden_size as number, I = c.intermediate_size as number;
+  const hd = c.head_dim as number, H = c.num_attention_heads as number;
+  const KV = c.num_key_value_heads as number, V = c.vocab_size as number;
+  const fill = filler(1234);
+  const tensors: {
+    name: string;
+    dtype: "F32" | "F16" | "BF16";
+    shape: number[];
+    data: Uint8Array;
+  }[] = [];
+  const add = (name: string, shape: number[], std: number, ones = false) => {
+    const f = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    if (ones) f.fill(1);
+    else fill(f, std);
+    const out = dtype === "F32" ? f : dtype === "F16" ? f32ToF16(f) : f32ToBf16(f);
+    tensors.push({ name, dtype, shape, data: new Uint8Array(out.buffer) });
+  };
+  add("model.embed_tokens.weight", [V, D], 0.5);
+  for (let l = 0; l < (c.num_hidden_layers as number); l++) {
+    const p = `model.layers.${l}.`;
+    add(`${p}input_layernorm.weight`, [D], 0, true);
+    add(`${p}self_attn.q_proj.weight`, [H * hd, D], 1 / Math.sqrt(D));
+    add(`${p}self_attn.k_proj.weight`, [KV * hd, D], 1 / Math.sqrt(D));
+    add(`${p}self_attn.v_proj.weight`, [KV * hd, D], 1 / Math.sqrt(D));
+    add(`${p}self_attn.o_proj.weight`, [D, H * hd], 1 / Math.sqrt(H * hd));
+    add(`${p}post_attention_layernorm.weight`, [D], 0, true);
+    add(`${p}mlp.gate_proj.weight`, [I, D], 1 / Math.sqrt(D));
+    add(`${p}mlp.up_proj.weight`, [I, D], 1 / Math.sqrt(D));
+    add(`${p}mlp.down_proj.weight`, [D, I], 1 / Math.sqrt(I));
+  }
+  add("model.norm.weight", [D], 0, true);
+  await Deno.mkdir(dir, { recursive: true });
+  const torchDtype = { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype];
+  await writeSafetensors(`${dir}/model.safetensors`, tensors, { format: "pt" });
+  await Deno.writeTextFile(
+    `${dir}/config.json`,
+    JSON.stringify({ ...c, dtype: torchDtype }, null, 2),
+  );
+}
+
+if (import.meta.main) {
+  const [shape, dir, dtype] = Deno.args;
+  if (!shape || !dir) {
+    console.error("usage: make_bench_model.ts <shape> <out_dir> [F32|F16|BF16]");
+    Deno.exit(2);
+  }
+  await makeBenchModel(shape, dir, (dtype ?? "F32") as "F32" | "F16" | "BF16");
+  console.log(`wrote ${dir}`);
+}
