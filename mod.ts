@@ -15,9 +15,16 @@ export { AutoModel, type FromPretrainedOptions } from "./lib/auto_model.ts";
 export {
   CausalLM,
   type ForwardOptions,
-  type GenerateOptions,
   type Logits,
+  type StreamChunk,
 } from "./lib/engine/causal_lm.ts";
+export type {
+  ChatMessage,
+  GenerateInput,
+  GenerateOptions,
+  GenerationDefaults,
+} from "./lib/engine/generate.ts";
+export { type ProfileCategory, type ProfileEntry, Profiler } from "./lib/profiler.ts";
 export type { TraceEvent } from "./lib/engine/store.ts";
 export type { ModelConfig, RopeConfig, StorageDType } from "./lib/config.ts";
 export { SUPPORTED_ARCHITECTURES } from "./lib/models/registry.ts";
@@ -27,6 +34,7 @@ export {
   CheckpointError,
   ConfigError,
   InputError,
+  NonFiniteError,
   RabbitError,
   SafetensorsError,
   UnsupportedArchitectureError,

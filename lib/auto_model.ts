@@ -8,6 +8,8 @@ import { findCheckpoint, type Manifest, splitCheckpoint } from "./checkpoint.ts"
 import { architectureOf, readConfigJson, type StorageDType } from "./config.ts";
 import { CheckpointError, InputError } from "./errors.ts";
 import { CausalLM } from "./engine/causal_lm.ts";
+import { readGenerationDefaults } from "./engine/generate.ts";
+import { Profiler } from "./profiler.ts";
 import { LayerStore, type TraceEvent } from "./engine/store.ts";
 import type { Family } from "./models/family.ts";
 import type { ModelConfig } from "./config.ts";
@@ -136,6 +138,9 @@ export class AutoModel {
       layerShardsSavingPath: opts.layerShardsSavingPath,
     });
     checkManifest(split.manifest, family, config, split.dir);
+    const generationDefaults = await readGenerationDefaults(dir, config.eosTokenIds);
+    const tokenizer = null;
+    const profiler = new Profiler();
     const backend = openBackend(opts.device ?? "cpu", opts.threads);
     try {
       const store = await LayerStore.open(backend, split.dir, split.manifest, {
@@ -143,6 +148,7 @@ export class AutoModel {
         prefetchDepth: opts.prefetchDepth ?? 2,
         maxResidentBytes: opts.maxResidentBytes ?? defaultResidentBytes(),
         trace: opts.trace,
+        profiler,
       });
       return new CausalLM({
         config,
@@ -151,6 +157,9 @@ export class AutoModel {
         store,
         maxSeqLen,
         source: dir,
+        tokenizer,
+        generationDefaults,
+        profiler,
         trace: opts.trace,
       });
     } catch (e) {

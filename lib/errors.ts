@@ -75,3 +75,57 @@ export class BackendError extends RabbitError {
 
 /** A request the engine cannot serve: bad input ids, sequence past maxSeqLen, closed model. */
 export class InputError extends RabbitError {}
+
+/** A forward pass produced NaN or ±Inf; names the first stage whose output went non-finite. */
+export class NonFiniteError extends RabbitError {
+  constructor(
+    /** "embedding", "layer N", "final norm" or "lm_head". */
+    readonly stage: string,
+    /** The decoder layer index when the stage is a layer, else null. */
+    readonly layer: number | null,
+    source: string,
+  ) {
+    super(
+      `${source}: the output of ${stage} is not finite (NaN or Inf); no tokens were produced from it`,
+    );
+  }
+}
+
+/** Why a Hugging Face hub download failed; see {@link HubError}. */
+export type HubErrorKind =
+  /** 401/403: the repo is gated or private and the token is missing or lacks access. */
+  | "auth"
+  /** 404, or a file the checkpoint needs is not in the repo. */
+  | "not_found"
+  /** The hub could not be reached, or a download kept failing after its retries. */
+  | "network"
+  /** The hub answered with another HTTP error. */
+  | "http"
+  /** A downloaded file does not have the size or hash the hub announced. */
+  | "integrity"
+  /** Offline mode is on and the cache lacks the revision or a file. */
+  | "offline"
+  /** The request itself is unusable: a malformed repo id or token, no cache directory. */
+  | "invalid";
+
+/**
+ * A Hugging Face hub download failed. Names the repo, the revision and, when there is one, the
+ * file; never contains the access token.
+ */
+export class HubError extends RabbitError {
+  /** The file the problem is about, when there is one. */
+  readonly file?: string;
+
+  /** Message: `"<repo>@<revision>: <file>: <what>"`, or without the file. */
+  constructor(
+    readonly kind: HubErrorKind,
+    readonly repoId: string,
+    readonly revision: string,
+    what: string,
+    options?: { file?: string; cause?: unknown },
+  ) {
+    const file = options?.file;
+    super(`${repoId}@${revision}: ${file === undefined ? "" : `${file}: `}${what}`, options);
+    if (file !== undefined) this.file = file;
+  }
+}

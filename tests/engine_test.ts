@@ -139,7 +139,12 @@ Deno.test("engine: bad input is a typed error before any work", async () => {
   );
   await assert.rejects(model.forward([]), InputError);
   await assert.rejects(model.generate([[1, 2, 3]], { maxNewTokens: 20 }), /exceeds maxSeqLen 16/);
-  await assert.rejects(model.generate([[1]], { doSample: true }), /doSample/);
+  await assert.rejects(
+    model.generate([[1]], { doSample: true, temperature: 0 }),
+    /temperature must be > 0/,
+  );
+  await assert.rejects(model.generate([[1]], { topP: 1.5 }), /topP must be in \(0, 1\]/);
+  await assert.rejects(model.generate("hello"), /needs a tokenizer/);
   model.resetCache();
   await model.forward([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]], { useCache: true });
   await assert.rejects(

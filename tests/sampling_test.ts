@@ -39,7 +39,10 @@ for (const c of ref.cases) {
     applyWarpers(row, o);
     c.processed.forEach((want, i) => {
       if (want === null) assert.equal(row[i], -Infinity, `token ${i} should be removed`);
-      else assert.ok(Math.abs(row[i] - want) <= 1e-5 * Math.abs(want) + 1e-6, `token ${i}: ${row[i]} vs ${want}`);
+      else {assert.ok(
+          Math.abs(row[i] - want) <= 1e-5 * Math.abs(want) + 1e-6,
+          `token ${i}: ${row[i]} vs ${want}`,
+        );}
     });
   });
 }
@@ -60,14 +63,22 @@ Deno.test("sampling: draws follow the softmax distribution", () => {
   const counts = [0, 0, 0, 0];
   const n = 20000;
   for (let i = 0; i < n; i++) counts[nextToken(logits.slice(), [], options({}), rng)]++;
-  [0.1, 0.3, 0, 0.6].forEach((p, i) => assert.ok(Math.abs(counts[i] / n - p) < 0.015, `token ${i}: ${counts[i] / n}`));
+  [0.1, 0.3, 0, 0.6].forEach((p, i) =>
+    assert.ok(Math.abs(counts[i] / n - p) < 0.015, `token ${i}: ${counts[i] / n}`)
+  );
 });
 
 Deno.test("sampling: top-k 1 and greedy pick the argmax; greedy applies the repetition penalty", () => {
   const rng = new Rng(0);
   const best = ref.logits.indexOf(Math.max(...ref.logits));
-  assert.equal(nextToken(Float32Array.from(ref.logits), [], { ...options({ top_k: 1 }) }, rng), best);
-  assert.equal(nextToken(Float32Array.from(ref.logits), [], { ...options({}), doSample: false }, rng), best);
+  assert.equal(
+    nextToken(Float32Array.from(ref.logits), [], { ...options({ top_k: 1 }) }, rng),
+    best,
+  );
+  assert.equal(
+    nextToken(Float32Array.from(ref.logits), [], { ...options({}), doSample: false }, rng),
+    best,
+  );
   const penalized = nextToken(Float32Array.from(ref.logits), [best], {
     ...options({ repetition_penalty: 1e6 }),
     doSample: false,

@@ -1,14 +1,26 @@
 /**
- * The streaming loop (DESIGN.md "one forward pass"), forward() and greedy generate().
+ * The streaming loop (DESIGN.md "one forward pass"), forward(), generate() and stream().
  *
  * @module
  */
 import type { Backend, DevPtr } from "../../ffi/backend.ts";
 import type { ModelConfig } from "../config.ts";
-import { InputError } from "../errors.ts";
+import { InputError, NonFiniteError } from "../errors.ts";
 import type { AttentionCall, Family, LayerContext, PartWeights } from "../models/family.ts";
+import { Profiler } from "../profiler.ts";
 import { type RopeTable, ropeTable } from "../rope.ts";
+import {
+  type GenerateInput,
+  type GenerateOptions,
+  type GenerationDefaults,
+  leftPad,
+  promptRows,
+  type ResolvedGenerate,
+  resolveGenerate,
+  type TextCodec,
+} from "./generate.ts";
 import { KVCache } from "./kv_cache.ts";
+import { nextToken, Rng } from "./sampling.ts";
 import type { LayerStore, TraceEvent } from "./store.ts";
 
 /** Logits of a forward pass: [batch, seq, vocab] row-major, with their dims. */
@@ -21,15 +33,20 @@ export interface ForwardOptions {
    * false (default): a stateless pass over exactly these tokens.
    */
   useCache?: boolean;
+  /** [batch][seq] of 1 (token) / 0 (padding), as transformers takes it; default all ones. */
+  attentionMask?: number[][];
 }
 
-/** Options of {@link CausalLM.generate}. */
-export interface GenerateOptions {
-  maxNewTokens?: number;
-  /** Only greedy decoding is implemented so far. */
-  doSample?: boolean;
-  /** false: every step recomputes the whole sequence (same tokens, slower). Default true. */
-  useCache?: boolean;
+/** What stream() yields after each generated token of a row. */
+export interface StreamChunk {
+  /** The prompt (batch row) this token belongs to. */
+  row: number;
+  /** The new token. */
+  tokenId: number;
+  /** New text since the previous chunk of this row ("" while a character is incomplete). */
+  text: string;
+  /** Set on the row's last chunk: why it ended. */
+  finishReason?: "eos" | "stop string" | "length";
 }
 
 /** Device scratch buffers by name, grown only when a step needs more. */
@@ -62,8 +79,14 @@ export interface CausalLMParts {
   maxSeqLen: number;
   /** Names the model in messages. */
   source: string;
+  tokenizer: TextCodec | null;
+  generationDefaults: GenerationDefaults;
+  profiler: Profiler;
   trace?: TraceEvent[];
 }
+
+/** Checks a stage's output on the host; used only to find where a non-finite value came from. */
+type Probe = (stage: string, layer: number | null, x: DevPtr, floats: number) => void;
 
 /** A decoder-only causal LM whose layers stream through a backend. */
 export class CausalLM {
@@ -71,6 +94,12 @@ export class CausalLM {
   readonly family: Family;
   readonly backend: Backend;
   readonly maxSeqLen: number;
+  /** The checkpoint's tokenizer (null when it ships none). */
+  readonly tokenizer: TextCodec | null;
+  /** generation_config.json over transformers' defaults. */
+  readonly generationDefaults: GenerationDefaults;
+  /** Where the time went, per category (see {@link Profiler.summary}). */
+  readonly profiler: Profiler;
   readonly #store: LayerStore;
   readonly #scratch: Scratch;
   readonly #source: string;
@@ -85,6 +114,9 @@ export class CausalLM {
     this.family = p.family;
     this.backend = p.backend;
     this.maxSeqLen = p.maxSeqLen;
+    this.tokenizer = p.tokenizer;
+    this.generationDefaults = p.generationDefaults;
+    this.profiler = p.profiler;
     this.#store = p.store;
     this.#source = p.source;
     this.#trace = p.trace;
@@ -96,7 +128,7 @@ export class CausalLM {
     return this.#store.residentLayers;
   }
 
-  /** Tokens in the model's KV cache (per sequence). */
+  /** Slots used in the model's KV cache (per sequence). */
   get cacheLength(): number {
     return this.#cache?.length ?? 0;
   }
@@ -107,28 +139,33 @@ export class CausalLM {
     this.#cache = null;
   }
 
-  /** Runs `fn` after every earlier call finished: calls share scratch buffers and the cache. */
-  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.#closed) {
-      return Promise.reject(new InputError(`${this.#source}: the model was closed`));
+  /** Waits for every earlier call: calls share scratch buffers and the cache. */
+  async #lock(): Promise<() => void> {
+    if (this.#closed) throw new InputError(`${this.#source}: the model was closed`);
+    const prev = this.#busy;
+    let release!: () => void;
+    this.#busy = new Promise<void>((r) => release = r);
+    await prev;
+    return release;
+  }
+
+  async #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const release = await this.#lock();
+    try {
+      return await fn();
+    } finally {
+      release();
     }
-    const run = this.#busy.then(fn, fn);
-    this.#busy = run.catch(() => {});
-    return run;
   }
 
   /** Logits for every position of `inputIds` ([batch][seq], equal lengths). */
   forward(inputIds: number[][], opts: ForwardOptions = {}): Promise<Logits> {
     return this.#exclusive(async () => {
-      const { batch, seq } = this.#checkIds(inputIds);
-      const cache = opts.useCache
-        ? this.#sessionCache(batch)
-        : new KVCache(this.backend, this.config, batch, seq);
+      const { batch, seq } = this.#checkIds(inputIds, opts.attentionMask);
+      const cache = opts.useCache ? this.#sessionCache(batch) : this.#tempCache(batch, seq);
       try {
-        const logits = await this.#step(inputIds, cache, false);
-        const out = new Float32Array(batch * seq * this.config.vocabSize);
-        this.backend.download(out, logits);
-        return Object.assign(out, {
+        const logits = await this.#checkedStep(inputIds, opts.attentionMask ?? null, cache, false);
+        return Object.assign(logits, {
           dims: [batch, seq, this.config.vocabSize] as [number, number, number],
         });
       } finally {
@@ -137,57 +174,132 @@ export class CausalLM {
     });
   }
 
-  /** Greedy continuation: returns each row's prompt followed by its new tokens. */
-  generate(inputIds: number[][], opts: GenerateOptions = {}): Promise<number[][]> {
+  /**
+   * Continues each prompt until EOS, a stop string or `maxNewTokens`; returns each row's prompt
+   * followed by its new tokens. Prompts may differ in length (left-padded with an attention mask;
+   * every row equals running it alone).
+   */
+  generate(input: GenerateInput, opts: GenerateOptions = {}): Promise<number[][]> {
     return this.#exclusive(async () => {
-      if (opts.doSample) {
-        throw new InputError("doSample: true is not implemented yet; only greedy decoding is");
+      const rows = promptRows(input, this.tokenizer);
+      const out = rows.map((r) => [...r]);
+      for await (const c of this.#decode(rows, resolveGenerate(opts, this.generationDefaults))) {
+        out[c.row].push(c.tokenId);
       }
-      const maxNew = opts.maxNewTokens ?? 20;
-      const { batch, seq } = this.#checkIds(inputIds);
-      if (seq + maxNew > this.maxSeqLen) {
-        throw new InputError(
-          `${this.#source}: prompt of ${seq} tokens + maxNewTokens ${maxNew} exceeds maxSeqLen ${this.maxSeqLen}`,
-        );
-      }
-      const seqs = inputIds.map((r) => [...r]);
-      const next = new Int32Array(batch);
-      const useCache = opts.useCache ?? true;
-      this.resetCache();
-      let feed = seqs;
-      for (let i = 0; i < maxNew; i++) {
-        const cache = useCache
-          ? this.#sessionCache(batch)
-          : new KVCache(this.backend, this.config, batch, feed[0].length);
-        try {
-          const logits = await this.#step(feed, cache, true);
-          this.backend.argmax(next, logits, batch, this.config.vocabSize);
-        } finally {
-          if (!useCache) cache.free();
-        }
-        seqs.forEach((s, b) => s.push(next[b]));
-        feed = useCache ? seqs.map((s) => s.slice(-1)) : seqs;
-      }
-      return seqs;
+      return out;
     });
   }
 
-  #checkIds(ids: number[][]): { batch: number; seq: number } {
+  /**
+   * Like generate(), yielding each new token with its text delta as soon as it exists
+   * (`for await (const chunk of model.stream("Once upon a time"))`).
+   */
+  async *stream(input: GenerateInput, opts: GenerateOptions = {}): AsyncGenerator<StreamChunk> {
+    const r = resolveGenerate(opts, this.generationDefaults);
+    const rows = promptRows(input, this.tokenizer);
+    const release = await this.#lock(); // held while the caller iterates; freed if it stops early
+    try {
+      yield* this.#decode(rows, r);
+    } finally {
+      release();
+    }
+  }
+
+  /** The generation loop shared by generate() and stream(). */
+  async *#decode(rows: number[][], o: ResolvedGenerate): AsyncGenerator<StreamChunk> {
+    const B = rows.length, V = this.config.vocabSize;
+    const longest = Math.max(...rows.map((r) => r.length));
+    const limit = Math.min(this.maxSeqLen, this.config.maxPositionEmbeddings);
+    if (longest + o.maxNewTokens > limit) {
+      const which = limit === this.maxSeqLen
+        ? "maxSeqLen"
+        : "the model's context (max_position_embeddings)";
+      throw new InputError(
+        `${this.#source}: prompt of ${longest} tokens + maxNewTokens ${o.maxNewTokens} exceeds ${which} ${limit}`,
+      );
+    }
+    for (const [b, r] of rows.entries()) this.#checkIds([r], undefined, `prompt ${b}`);
+    if (o.stopStrings.length > 0 && !this.tokenizer) {
+      throw new InputError("generate: stopStrings need a tokenizer, and this model has none");
+    }
+    const pad = this.tokenizer?.padTokenId ?? [...o.eos][0] ?? 0;
+    const rng = new Rng(o.seed);
+    const seqs = rows.map((r) => [...r]);
+    const generated: number[][] = rows.map(() => []);
+    const emitted = rows.map(() => "");
+    const finished = new Array<boolean>(B).fill(false);
+    const host = new Float32Array(B * V);
+    this.resetCache();
+    for (let step = 0; step < o.maxNewTokens; step++) {
+      // Feed: the padded prompt first, then one token per row (finished rows get the pad id).
+      const full = !o.useCache || step === 0;
+      const { ids, mask } = full
+        ? leftPad(seqs, pad)
+        : { ids: seqs.map((s) => [s.at(-1)!]), mask: null };
+      const cache = o.useCache ? this.#sessionCache(B) : this.#tempCache(B, ids[0].length);
+      try {
+        host.set(await this.#checkedStep(ids, mask, cache, true));
+      } finally {
+        if (!o.useCache) cache.free();
+      }
+      const t0 = performance.now();
+      const chunks: StreamChunk[] = [];
+      for (let b = 0; b < B; b++) {
+        if (finished[b]) {
+          seqs[b].push(pad);
+          continue;
+        }
+        const token = nextToken(host.subarray(b * V, (b + 1) * V), seqs[b], o, rng);
+        seqs[b].push(token);
+        generated[b].push(token);
+        const chunk: StreamChunk = { row: b, tokenId: token, text: "" };
+        if (this.tokenizer) {
+          // Full decode of the new tokens: the text never splits a multi-byte character, since a
+          // trailing U+FFFD (an incomplete sequence) is held back until it completes.
+          let text = this.tokenizer.decode(generated[b], { skipSpecialTokens: true });
+          if (text.endsWith("\uFFFD") && !o.eos.has(token)) {
+            text = text.slice(0, text.lastIndexOf("\uFFFD"));
+          }
+          if (text.startsWith(emitted[b])) {
+            chunk.text = text.slice(emitted[b].length);
+            emitted[b] = text;
+          }
+        }
+        if (o.eos.has(token)) chunk.finishReason = "eos";
+        else if (o.stopStrings.some((s) => emitted[b].includes(s))) {
+          chunk.finishReason = "stop string";
+        } else if (generated[b].length === o.maxNewTokens) chunk.finishReason = "length";
+        if (chunk.finishReason) finished[b] = true;
+        chunks.push(chunk);
+      }
+      this.profiler.add("sampling", performance.now() - t0);
+      yield* chunks;
+      if (finished.every(Boolean)) break;
+    }
+  }
+
+  #checkIds(ids: number[][], mask?: number[][], what = "inputIds"): { batch: number; seq: number } {
     if (!Array.isArray(ids) || ids.length === 0 || !Array.isArray(ids[0]) || ids[0].length === 0) {
-      throw new InputError("inputIds: expected a non-empty [batch][seq] array of token ids");
+      throw new InputError(`${what}: expected a non-empty [batch][seq] array of token ids`);
     }
     const seq = ids[0].length, V = this.config.vocabSize;
     for (const [b, row] of ids.entries()) {
       if (row.length !== seq) {
         throw new InputError(
-          `inputIds: row ${b} has ${row.length} tokens, row 0 has ${seq}; rows must be equal`,
+          `${what}: row ${b} has ${row.length} tokens, row 0 has ${seq}; rows must be equal`,
         );
       }
       for (const [j, id] of row.entries()) {
         if (!Number.isInteger(id) || id < 0 || id >= V) {
-          throw new InputError(`inputIds[${b}][${j}] = ${id} is not a token id in [0, ${V})`);
+          throw new InputError(`${what}[${b}][${j}] = ${id} is not a token id in [0, ${V})`);
         }
       }
+      if (mask && (mask[b]?.length !== seq || mask[b].some((m) => m !== 0 && m !== 1))) {
+        throw new InputError(`attentionMask: row ${b} must be ${seq} values of 0 or 1`);
+      }
+    }
+    if (mask && mask.length !== ids.length) {
+      throw new InputError(`attentionMask: ${mask.length} rows for ${ids.length} sequences`);
     }
     return { batch: ids.length, seq };
   }
@@ -205,6 +317,13 @@ export class CausalLM {
     return this.#cache;
   }
 
+  #tempCache(batch: number, seq: number): KVCache {
+    if (seq > this.maxSeqLen) {
+      throw new InputError(`${this.#source}: ${seq} tokens exceed maxSeqLen ${this.maxSeqLen}`);
+    }
+    return new KVCache(this.backend, this.config, batch, seq);
+  }
+
   #ropeFor(seqLen: number): RopeTable {
     const dynamic = this.config.rope.type === "dynamic";
     if (!this.#rope || (dynamic && this.#rope.seqLen !== seqLen)) {
@@ -218,11 +337,48 @@ export class CausalLM {
   }
 
   /**
+   * One step, its logits on the host ([batch, seq, vocab] or [batch, vocab] when lastOnly),
+   * checked for NaN/Inf; a non-finite result is replayed stage by stage to name where it began.
+   */
+  async #checkedStep(
+    ids: number[][],
+    mask: number[][] | null,
+    cache: KVCache,
+    lastOnly: boolean,
+  ): Promise<Float32Array> {
+    const past = cache.length, pos = cache.nextPosition.slice();
+    const rows = lastOnly ? ids.length : ids.length * ids[0].length;
+    const logits = await this.#step(ids, mask, cache, lastOnly);
+    const t0 = performance.now();
+    const host = new Float32Array(rows * this.config.vocabSize);
+    this.backend.download(host, logits);
+    this.profiler.add("logits download", performance.now() - t0);
+    this.profiler.step(ids.length * ids[0].length);
+    if (host.every(Number.isFinite)) return host;
+    cache.length = past;
+    cache.nextPosition.set(pos);
+    let found: NonFiniteError | null = null;
+    await this.#step(ids, mask, cache, lastOnly, (stage, layer, x, floats) => {
+      if (found) return;
+      const v = new Float32Array(floats);
+      this.backend.download(v, x);
+      if (!v.every(Number.isFinite)) found = new NonFiniteError(stage, layer, this.#source);
+    });
+    throw found ?? new NonFiniteError("lm_head", null, this.#source);
+  }
+
+  /**
    * One pass of the streaming loop over `ids` appended to `cache`. Returns device logits:
    * [batch, seq, vocab], or [batch, vocab] for the last position only.
    */
-  async #step(ids: number[][], cache: KVCache, lastOnly: boolean): Promise<DevPtr> {
-    const be = this.backend, cfg = this.config;
+  async #step(
+    ids: number[][],
+    mask: number[][] | null,
+    cache: KVCache,
+    lastOnly: boolean,
+    probe?: Probe,
+  ): Promise<DevPtr> {
+    const be = this.backend, cfg = this.config, prof = this.profiler;
     const B = ids.length, S = ids[0].length, T = B * S, D = cfg.hiddenSize, V = cfg.vocabSize;
     const past = cache.length;
     if (past + S > cache.capacity) {
@@ -230,13 +386,23 @@ export class CausalLM {
         `${this.#source}: ${past} cached + ${S} new tokens exceed maxSeqLen ${cache.capacity}`,
       );
     }
+    // Positions count real tokens only (left padding does not shift them), as transformers does.
     const positions = new Int32Array(T);
-    for (let t = 0; t < T; t++) positions[t] = past + (t % S);
-    const rope = this.#ropeFor(past + S);
+    for (let b = 0; b < B; b++) {
+      for (let j = 0; j < S; j++) {
+        const real = mask ? mask[b][j] === 1 : true;
+        cache.valid[b][past + j] = real ? 1 : 0;
+        positions[b * S + j] = real ? cache.nextPosition[b]++ : 0;
+      }
+    }
+    const rope = this.#ropeFor(Math.max(...cache.nextPosition));
 
+    let t0 = performance.now();
     const x = this.#scratch.get("x", T * D);
     const embed = this.#store.part("embed").get("weight");
     be.embedding(x, embed.ptr, embed.dtype, Int32Array.from(ids.flat()), D, V);
+    probe?.("embedding", null, x, T * D);
+    prof.add("embed + head", performance.now() - t0);
 
     const ctx: LayerContext = {
       be,
@@ -255,13 +421,17 @@ export class CausalLM {
       this.#store.prefetchAfter(layer);
       const id = `layer.${layer}`;
       this.#trace?.push({ kind: "compute-start", part: id });
+      t0 = performance.now();
       ctx.layer = layer;
       this.family.forwardLayer(ctx, w);
+      prof.add("layers", performance.now() - t0);
       this.#trace?.push({ kind: "compute-end", part: id });
       this.#store.release(layer);
+      probe?.(`layer ${layer}`, layer, x, T * D);
     }
     cache.length = past + S;
 
+    t0 = performance.now();
     let rows = T, h = x;
     if (lastOnly && S > 1) {
       rows = B;
@@ -273,9 +443,11 @@ export class CausalLM {
     const normed = this.#scratch.get("h", rows * D);
     const norm = this.#store.part("norm").get("weight");
     be.rmsnorm(normed, h, norm.ptr, norm.dtype, rows, D, cfg.rmsNormEps);
+    probe?.("final norm", null, normed, rows * D);
     const head = this.#head().get("weight");
     const logits = this.#scratch.get("logits", rows * V);
     be.matmul(logits, normed, head.ptr, head.dtype, null, rows, V, D);
+    prof.add("embed + head", performance.now() - t0);
     return logits;
   }
 
@@ -314,6 +486,7 @@ export class CausalLM {
         scale: c.scale,
         window: cfg.layerWindows[layer],
         softcap: c.softcap,
+        kvValid: cache.valid[b].subarray(0, past + S),
       });
     }
   }
@@ -335,7 +508,8 @@ export class CausalLM {
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.#busy;
+    if (this.#closed) return;
+    (await this.#lock())();
     this.close();
   }
 }

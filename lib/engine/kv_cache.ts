@@ -8,8 +8,12 @@ import type { Backend, DevPtr } from "../../ffi/backend.ts";
 import type { ModelConfig } from "../config.ts";
 
 export class KVCache {
-  /** Tokens cached per sequence. */
+  /** Slots used per sequence (real tokens and left padding). */
   length = 0;
+  /** Per sequence: 1 where the slot holds a real token, 0 for padding. */
+  readonly valid: Uint8Array[];
+  /** Per sequence: the position (rope) of its next real token. */
+  readonly nextPosition: Int32Array;
   readonly #be: Backend;
   readonly #layers: ({ k: DevPtr; v: DevPtr } | null)[];
   /** Floats per cached token: numKvHeads * headDim. */
@@ -19,6 +23,8 @@ export class KVCache {
     this.#be = be;
     this.kvDim = cfg.numKvHeads * cfg.headDim;
     this.#layers = new Array(cfg.numLayers).fill(null);
+    this.valid = Array.from({ length: batch }, () => new Uint8Array(capacity));
+    this.nextPosition = new Int32Array(batch);
   }
 
   /** Device bytes of one layer's K (or V). */
@@ -50,5 +56,6 @@ export class KVCache {
       this.#layers[i] = null;
     }
     this.length = 0;
+    this.nextPosition.fill(0);
   }
 }

@@ -49,7 +49,11 @@ export class Rng {
 }
 
 /** RepetitionPenaltyLogitsProcessor: each token seen in `seen` is penalized once. */
-export function applyRepetitionPenalty(logits: Float32Array, seen: Iterable<number>, penalty: number): void {
+export function applyRepetitionPenalty(
+  logits: Float32Array,
+  seen: Iterable<number>,
+  penalty: number,
+): void {
   if (penalty === 1) return;
   for (const id of new Set(seen)) {
     const v = logits[id];
@@ -63,7 +67,7 @@ export function applyRepetitionPenalty(logits: Float32Array, seen: Iterable<numb
  */
 export function applyWarpers(logits: Float32Array, o: SamplingOptions): void {
   const V = logits.length;
-  if (o.temperature !== 1) for (let i = 0; i < V; i++) logits[i] = logits[i] / o.temperature;
+  if (o.temperature !== 1) { for (let i = 0; i < V; i++) logits[i] = logits[i] / o.temperature; }
   if (o.topK > 0 && o.topK < V) {
     const kth = [...logits].sort((a, b) => b - a)[o.topK - 1];
     for (let i = 0; i < V; i++) if (logits[i] < kth) logits[i] = -Infinity;
@@ -112,7 +116,12 @@ export function argmax(row: Float32Array): number {
  * The next token for one row. `row` is consumed (processed in place); `seen` are the ids of the
  * sequence so far (prompt + generated) for the repetition penalty.
  */
-export function nextToken(row: Float32Array, seen: Iterable<number>, o: SamplingOptions, rng: Rng): number {
+export function nextToken(
+  row: Float32Array,
+  seen: Iterable<number>,
+  o: SamplingOptions,
+  rng: Rng,
+): number {
   applyRepetitionPenalty(row, seen, o.repetitionPenalty);
   if (!o.doSample) return argmax(row);
   applyWarpers(row, o);

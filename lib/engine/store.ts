@@ -12,6 +12,7 @@ import type { Backend, DevPtr, WeightDType } from "../../ffi/backend.ts";
 import type { Manifest, ManifestPart } from "../checkpoint.ts";
 import { CheckpointError } from "../errors.ts";
 import type { PartWeights, Weight } from "../models/family.ts";
+import type { Profiler } from "../profiler.ts";
 
 /** One step of the streaming loop, recorded when tracing is on. */
 export interface TraceEvent {
@@ -30,6 +31,8 @@ export interface StoreOptions {
   maxResidentBytes: number;
   /** When given, every read/upload/compute is appended here in order. */
   trace?: TraceEvent[];
+  /** Receives "disk read", "read wait" and "upload" times. */
+  profiler?: Profiler;
 }
 
 interface Slot {
@@ -202,10 +205,11 @@ export class LayerStore {
     slot.weights = null;
     slot.reading = true;
     this.#trace("read-start", part.id);
-    const target = slot;
+    const target = slot, t0 = performance.now();
     slot.read = readPart(this.#dir, part, slot.host ?? new Uint8Array(part.dataBytes)).finally(
       () => {
         target.reading = false;
+        this.#opts.profiler?.add("disk read", performance.now() - t0);
         this.#trace("read-end", part.id);
       },
     );
@@ -222,6 +226,7 @@ export class LayerStore {
     slot.inUse = true;
     if (!slot.uploaded) {
       let host: Uint8Array;
+      const t0 = performance.now();
       try {
         host = await slot.read!;
       } catch (e) {
@@ -229,7 +234,10 @@ export class LayerStore {
         slot.inUse = false;
         throw e;
       }
+      const t1 = performance.now();
       this.#be.upload(slot.dev, host);
+      this.#opts.profiler?.add("read wait", t1 - t0);
+      this.#opts.profiler?.add("upload", performance.now() - t1);
       this.#trace("upload", this.#layers[layer].id);
       slot.uploaded = true;
       slot.read = null;
