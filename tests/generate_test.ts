@@ -158,3 +158,20 @@ Deno.test("profiler: the loop's time is accounted per category", async () => {
   assert.equal(p.entries.find((e) => e.category === "layers")!.count, 4 * model.config.numLayers);
   assert.match(model.profiler.summary(), /layers/);
 });
+
+Deno.test("generate: reuseCache continues a conversation without recomputing its prefix", async () => {
+  await using model = await open("llama_tied");
+  const o = { maxNewTokens: 5, eosTokenId: [] };
+  const turn1 = (await model.generate([[7, 8, 9, 10]], { ...o, reuseCache: true }))[0];
+  const turn2Prompt = [...turn1, 33, 34, 35];
+  model.profiler.reset();
+  const reused = (await model.generate([turn2Prompt], { ...o, reuseCache: true }))[0];
+  // Only what the cache lacks is fed: turn 1's last token and the 3 new ones, then 4 single steps.
+  assert.equal(model.profiler.toJSON().tokens, 4 + 4);
+  const fresh = (await model.generate([turn2Prompt], o))[0];
+  assert.deepEqual(reused, fresh);
+  // A prompt that does not extend the cached ids starts over.
+  model.profiler.reset();
+  await model.generate([[1, 2, 3]], { ...o, reuseCache: true });
+  assert.equal(model.profiler.toJSON().tokens, 3 + 4);
+});

@@ -105,6 +105,8 @@ export class CausalLM {
   readonly #source: string;
   readonly #trace?: TraceEvent[];
   #cache: KVCache | null = null;
+  /** The token ids whose K/V the session cache holds (one sequence), for prefix reuse. */
+  #cachedIds: number[] = [];
   #rope: { seqLen: number; table: RopeTable } | null = null;
   #busy: Promise<unknown> = Promise.resolve();
   #closed = false;
@@ -137,6 +139,7 @@ export class CausalLM {
   resetCache(): void {
     this.#cache?.free();
     this.#cache = null;
+    this.#cachedIds = [];
   }
 
   /** Waits for every earlier call: calls share scratch buffers and the cache. */
@@ -163,6 +166,7 @@ export class CausalLM {
     return this.#exclusive(async () => {
       const { batch, seq } = this.#checkIds(inputIds, opts.attentionMask);
       const cache = opts.useCache ? this.#sessionCache(batch) : this.#tempCache(batch, seq);
+      if (opts.useCache) this.#cachedIds = []; // ids fed by hand are not tracked
       try {
         const logits = await this.#checkedStep(inputIds, opts.attentionMask ?? null, cache, false);
         return Object.assign(logits, {
@@ -229,19 +233,31 @@ export class CausalLM {
     const emitted = rows.map(() => "");
     const finished = new Array<boolean>(B).fill(false);
     const host = new Float32Array(B * V);
-    this.resetCache();
+    // Prefix reuse: one prompt extending the ids already cached (a chat's earlier turns) feeds
+    // only its new tokens.
+    const cached = this.#cachedIds;
+    const reuse = o.reuseCache && o.useCache && B === 1 && this.#cache?.batch === 1 &&
+      cached.length > 0 && cached.length < rows[0].length &&
+      cached.every((t, i) => rows[0][i] === t);
+    if (!reuse) this.resetCache();
     for (let step = 0; step < o.maxNewTokens; step++) {
       // Feed: the padded prompt first, then one token per row (finished rows get the pad id).
       const full = !o.useCache || step === 0;
-      const { ids, mask } = full
+      const { ids, mask } = reuse && step === 0
+        ? { ids: [seqs[0].slice(cached.length)], mask: null }
+        : full
         ? leftPad(seqs, pad)
         : { ids: seqs.map((s) => [s.at(-1)!]), mask: null };
       const cache = o.useCache ? this.#sessionCache(B) : this.#tempCache(B, ids[0].length);
       try {
         host.set(await this.#checkedStep(ids, mask, cache, true));
+      } catch (e) {
+        this.resetCache(); // a step that failed half-way leaves the cache unusable
+        throw e;
       } finally {
         if (!o.useCache) cache.free();
       }
+      this.#cachedIds = o.useCache && B === 1 ? [...seqs[0]] : [];
       const t0 = performance.now();
       const chunks: StreamChunk[] = [];
       for (let b = 0; b < B; b++) {

@@ -43,6 +43,11 @@ export interface GenerateOptions extends Partial<SamplingOptions> {
   eosTokenId?: number | number[];
   /** false: every step recomputes the whole sequence (same tokens, slower). Default true. */
   useCache?: boolean;
+  /**
+   * Keep the KV cache of the previous call when this (single) prompt extends its tokens — a chat's
+   * earlier turns are not recomputed. Default false (every call starts from an empty cache).
+   */
+  reuseCache?: boolean;
 }
 
 /** Defaults from generation_config.json, over transformers' GenerationConfig defaults. */
@@ -98,6 +103,7 @@ export interface ResolvedGenerate extends SamplingOptions {
   seed: number;
   stopStrings: string[];
   useCache: boolean;
+  reuseCache: boolean;
 }
 
 /** Merges call options over the checkpoint's defaults and validates them. */
@@ -114,6 +120,7 @@ export function resolveGenerate(o: GenerateOptions, d: GenerationDefaults): Reso
     seed: o.seed ?? Math.floor(Math.random() * 2 ** 32),
     stopStrings: o.stopStrings ?? [],
     useCache: o.useCache ?? true,
+    reuseCache: o.reuseCache ?? false,
   };
   const check = (ok: boolean, what: string) => {
     if (!ok) throw new InputError(`generate: ${what}`);
