@@ -4,7 +4,8 @@
  * @module
  */
 import { Backend } from "../ffi/backend.ts";
-import { findCheckpoint, type Manifest, splitCheckpoint } from "./checkpoint.ts";
+import { findCheckpoint, type Manifest, type Split, splitCheckpoint } from "./checkpoint.ts";
+import { type Progress, progress } from "./progress.ts";
 import { architectureOf, readConfigJson, type StorageDType } from "./config.ts";
 import { CheckpointError, InputError } from "./errors.ts";
 import { CausalLM } from "./engine/causal_lm.ts";
@@ -40,6 +41,8 @@ export interface FromPretrainedOptions {
   revision?: string;
   /** Record read/upload/compute events in order (for tests and profiling). */
   trace?: TraceEvent[];
+  /** No progress bars (they are drawn only on a terminal anyway). */
+  quiet?: boolean;
 }
 
 const DTYPE_ALIASES: Record<string, StorageDType> = {
@@ -109,6 +112,51 @@ function checkManifest(m: Manifest, family: Family, cfg: ModelConfig, dir: strin
   }
 }
 
+/** A checkpoint resolved to a local directory, with its family, config and storage dtype. */
+export interface Checkpoint {
+  dir: string;
+  family: Family;
+  config: ModelConfig;
+  /** The dtype the split stores (the config's, or the one asked for). */
+  dtype: StorageDType;
+}
+
+/** Finds the checkpoint directory and reads its config (no weights are touched). */
+export async function openCheckpoint(
+  pathOrRepoId: string,
+  opts: Pick<FromPretrainedOptions, "revision" | "dtype"> = {},
+): Promise<Checkpoint> {
+  const dir = findCheckpoint(pathOrRepoId, opts.revision);
+  const raw = await readConfigJson(dir);
+  const source = `${dir}/config.json`;
+  const family = familyFor(architectureOf(raw, source), source);
+  const config = family.parseConfig(raw, source);
+  const wanted = opts.dtype ?? "auto";
+  const dtype = wanted === "auto" ? config.dtype : DTYPE_ALIASES[wanted];
+  if (!dtype) {
+    throw new InputError(`dtype: expected "auto", float32, float16 or bfloat16, got ${wanted}`);
+  }
+  return { dir, family, config, dtype };
+}
+
+/** Splits (or reuses the split of) a checkpoint, with a progress bar on a terminal. */
+export async function splitWithProgress(
+  ck: Checkpoint,
+  opts: Pick<FromPretrainedOptions, "layerShardsSavingPath" | "quiet"> = {},
+): Promise<Split> {
+  let bar: Progress | null = null;
+  const split = await splitCheckpoint(ck.dir, ck.family, ck.config, {
+    dtype: ck.dtype,
+    layerShardsSavingPath: opts.layerShardsSavingPath,
+    onProgress: (done, total) => {
+      bar ??= progress(`split ${ck.dir}`, total, { quiet: opts.quiet });
+      bar.update(done);
+    },
+  });
+  (bar as Progress | null)?.done();
+  return split;
+}
+
 /** Entry point: loads any supported checkpoint as a streaming {@link CausalLM}. */
 export class AutoModel {
   /**
@@ -119,24 +167,13 @@ export class AutoModel {
     pathOrRepoId: string,
     opts: FromPretrainedOptions = {},
   ): Promise<CausalLM> {
-    const dir = findCheckpoint(pathOrRepoId, opts.revision);
-    const raw = await readConfigJson(dir);
-    const source = `${dir}/config.json`;
-    const family = familyFor(architectureOf(raw, source), source);
-    const config = family.parseConfig(raw, source);
-    const wanted = opts.dtype ?? "auto";
-    const dtype = wanted === "auto" ? config.dtype : DTYPE_ALIASES[wanted];
-    if (!dtype) {
-      throw new InputError(`dtype: expected "auto", float32, float16 or bfloat16, got ${wanted}`);
-    }
+    const ck = await openCheckpoint(pathOrRepoId, opts);
+    const { dir, family, config } = ck;
     const maxSeqLen = opts.maxSeqLen ?? Math.min(config.maxPositionEmbeddings, 4096);
     if (!Number.isInteger(maxSeqLen) || maxSeqLen <= 0) {
       throw new InputError(`maxSeqLen: expected a positive integer, got ${maxSeqLen}`);
     }
-    const split = await splitCheckpoint(dir, family, config, {
-      dtype,
-      layerShardsSavingPath: opts.layerShardsSavingPath,
-    });
+    const split = await splitWithProgress(ck, opts);
     checkManifest(split.manifest, family, config, split.dir);
     const generationDefaults = await readGenerationDefaults(dir, config.eosTokenIds);
     const tokenizer = null;

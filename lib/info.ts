@@ -1,0 +1,103 @@
+/**
+ * What running a checkpoint costs, read from its config and safetensors headers alone: bytes per
+ * part, bytes streamed per token, and the memory the engine will hold.
+ *
+ * @module
+ */
+import type { Checkpoint } from "./auto_model.ts";
+import { listShards, partId } from "./checkpoint.ts";
+import { SafetensorsFile } from "./safetensors.ts";
+
+const BYTES: Record<string, number> = { float32: 4, float16: 2, bfloat16: 2 };
+
+/** The summary `rabbit info` prints. */
+export interface ModelInfo {
+  dir: string;
+  architecture: string;
+  dtype: string;
+  parameters: number;
+  layers: number;
+  hiddenSize: number;
+  heads: string;
+  headDim: number;
+  vocabSize: number;
+  context: number;
+  rope: string;
+  tiedEmbeddings: boolean;
+  /** Bytes of each part in the storage dtype. */
+  partBytes: Record<string, number>;
+  /** Decoder layer bytes: largest and total. */
+  layerBytes: { max: number; total: number };
+  /** Weight bytes a decode step reads when every layer streams (layers + head). */
+  streamedPerToken: number;
+  /** Device memory with every layer streamed: small parts + slots + KV cache + activations. */
+  minDeviceBytes: number;
+  /** Device memory with every layer resident. */
+  allResidentBytes: number;
+  /** KV cache bytes at maxSeqLen for one sequence. */
+  kvCacheBytes: number;
+  maxSeqLen: number;
+}
+
+/** Sizes from the headers; `maxSeqLen` and `prefetchDepth` as fromPretrained would use them. */
+export async function modelInfo(
+  ck: Checkpoint,
+  opts: { maxSeqLen?: number; prefetchDepth?: number } = {},
+): Promise<ModelInfo> {
+  const c = ck.config;
+  const size = BYTES[ck.dtype];
+  const partBytes: Record<string, number> = {};
+  let parameters = 0;
+  const { files } = await listShards(ck.dir);
+  for (const f of files) {
+    using shard = await SafetensorsFile.open(`${ck.dir}/${f}`);
+    for (const [name, t] of shard.tensors) {
+      const placed = ck.family.place(name, c);
+      if (!placed?.part) continue;
+      const n = t.shape.reduce((a, b) => a * b, 1);
+      parameters += n;
+      const id = partId(placed.part);
+      partBytes[id] = (partBytes[id] ?? 0) + n * size;
+    }
+  }
+  const layers = Object.entries(partBytes).filter(([id]) => id.startsWith("layer."));
+  const max = Math.max(...layers.map(([, b]) => b));
+  const total = layers.reduce((s, [, b]) => s + b, 0);
+  const head = partBytes.lm_head ?? partBytes.embed;
+  const small = (partBytes.embed ?? 0) + (partBytes.norm ?? 0) + (partBytes.lm_head ?? 0);
+  const maxSeqLen = opts.maxSeqLen ?? Math.min(c.maxPositionEmbeddings, 4096);
+  const kvCacheBytes = 2 * c.numLayers * c.numKvHeads * c.headDim * maxSeqLen * 4;
+  // One decode step's activations (fp32): residual, q/k/v/attn, MLP, logits.
+  const act = 4 *
+    (4 * c.hiddenSize + 2 * c.numHeads * c.headDim + 3 * c.intermediateSize + c.vocabSize);
+  const slots = Math.min(c.numLayers, (opts.prefetchDepth ?? 2) + 1);
+  return {
+    dir: ck.dir,
+    architecture: c.architecture,
+    dtype: ck.dtype,
+    parameters,
+    layers: c.numLayers,
+    hiddenSize: c.hiddenSize,
+    heads: `${c.numHeads} q / ${c.numKvHeads} kv`,
+    headDim: c.headDim,
+    vocabSize: c.vocabSize,
+    context: c.maxPositionEmbeddings,
+    rope: `${c.rope.type}, theta ${c.rope.theta}`,
+    tiedEmbeddings: c.tieWordEmbeddings,
+    partBytes,
+    layerBytes: { max, total },
+    streamedPerToken: total + head,
+    minDeviceBytes: small + slots * max + kvCacheBytes + act,
+    allResidentBytes: small + total + kvCacheBytes + act,
+    kvCacheBytes,
+    maxSeqLen,
+  };
+}
+
+/** Bytes for people: "1.23 GB". */
+export function formatBytes(n: number): string {
+  if (n < 1e3) return `${n} B`;
+  if (n < 1e6) return `${(n / 1e3).toFixed(1)} kB`;
+  if (n < 1e9) return `${(n / 1e6).toFixed(1)} MB`;
+  return `${(n / 1e9).toFixed(2)} GB`;
+}
