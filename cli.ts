@@ -101,11 +101,12 @@ function num(v: Values, key: string): number | undefined {
   return n;
 }
 
-function loadOptions(v: Values): FromPretrainedOptions & { token?: string } {
+function loadOptions(v: Values): FromPretrainedOptions {
   return {
     device: v.device as FromPretrainedOptions["device"],
     dtype: v.dtype as FromPretrainedOptions["dtype"],
     revision: v.revision as string | undefined,
+    token: v.token as string | undefined,
     maxSeqLen: num(v, "max-seq-len"),
     layerShardsSavingPath: v["split-dir"] as string | undefined,
     quiet: v.quiet as boolean,

@@ -33,9 +33,11 @@ export {
   BackendError,
   CheckpointError,
   ConfigError,
+  HubError,
   InputError,
   NonFiniteError,
   RabbitError,
   SafetensorsError,
+  TokenizerError,
   UnsupportedArchitectureError,
 } from "./lib/errors.ts";

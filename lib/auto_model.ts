@@ -6,8 +6,10 @@
 import { Backend } from "../ffi/backend.ts";
 import { findCheckpoint, type Manifest, type Split, splitCheckpoint } from "./checkpoint.ts";
 import { type Progress, progress } from "./progress.ts";
+import { snapshotDownload } from "./hub.ts";
+import { Tokenizer } from "./tokenizer.ts";
 import { architectureOf, readConfigJson, type StorageDType } from "./config.ts";
-import { CheckpointError, InputError } from "./errors.ts";
+import { CheckpointError, HubError, InputError } from "./errors.ts";
 import { CausalLM } from "./engine/causal_lm.ts";
 import { readGenerationDefaults } from "./engine/generate.ts";
 import { Profiler } from "./profiler.ts";
@@ -37,8 +39,14 @@ export interface FromPretrainedOptions {
   maxResidentBytes?: number;
   /** CPU worker threads; 0 = all cores. */
   threads?: number;
-  /** Hub revision (branch, tag or commit) when reading from the Hugging Face cache. */
+  /** Hub revision (branch, tag or commit) for an `org/name` id. */
   revision?: string;
+  /** Hub access token for gated/private repos (default `HF_TOKEN`); never printed. */
+  token?: string;
+  /** Hub endpoint (default `HF_ENDPOINT`, else https://huggingface.co). */
+  hubUrl?: string;
+  /** Use only the local cache (also `HF_HUB_OFFLINE=1`). */
+  offline?: boolean;
   /** Record read/upload/compute events in order (for tests and profiling). */
   trace?: TraceEvent[];
   /** No progress bars (they are drawn only on a terminal anyway). */
@@ -124,9 +132,12 @@ export interface Checkpoint {
 /** Finds the checkpoint directory and reads its config (no weights are touched). */
 export async function openCheckpoint(
   pathOrRepoId: string,
-  opts: Pick<FromPretrainedOptions, "revision" | "dtype"> = {},
+  opts: Pick<
+    FromPretrainedOptions,
+    "revision" | "dtype" | "token" | "hubUrl" | "offline" | "quiet"
+  > = {},
 ): Promise<Checkpoint> {
-  const dir = findCheckpoint(pathOrRepoId, opts.revision);
+  const dir = await locate(pathOrRepoId, opts);
   const raw = await readConfigJson(dir);
   const source = `${dir}/config.json`;
   const family = familyFor(architectureOf(raw, source), source);
@@ -137,6 +148,50 @@ export async function openCheckpoint(
     throw new InputError(`dtype: expected "auto", float32, float16 or bfloat16, got ${wanted}`);
   }
   return { dir, family, config, dtype };
+}
+
+const stat = (p: string) => {
+  try {
+    return Deno.statSync(p);
+  } catch {
+    return null;
+  }
+};
+const isDir = (p: string) => stat(p)?.isDirectory ?? false;
+const isFile = (p: string) => stat(p)?.isFile ?? false;
+
+/**
+ * A local directory as is; a hub repo id through the Hugging Face cache (downloading what is
+ * missing). When the hub cannot be reached, a cached snapshot is used and that is said once.
+ */
+async function locate(
+  pathOrRepoId: string,
+  opts: Pick<FromPretrainedOptions, "revision" | "token" | "hubUrl" | "offline" | "quiet">,
+): Promise<string> {
+  if (isDir(pathOrRepoId) || !/^[\w.-]+\/[\w.-]+$/.test(pathOrRepoId)) {
+    return findCheckpoint(pathOrRepoId, opts.revision);
+  }
+  try {
+    return await snapshotDownload(pathOrRepoId, {
+      revision: opts.revision,
+      token: opts.token,
+      hubUrl: opts.hubUrl,
+      offline: opts.offline,
+      quiet: opts.quiet,
+    });
+  } catch (e) {
+    if (!(e instanceof HubError && e.kind === "network")) throw e;
+    const cached = (() => {
+      try {
+        return findCheckpoint(pathOrRepoId, opts.revision);
+      } catch {
+        return null;
+      }
+    })();
+    if (!cached) throw e;
+    logOnce(`${e.message}; using the cached snapshot ${cached}`);
+    return cached;
+  }
 }
 
 /** Splits (or reuses the split of) a checkpoint, with a progress bar on a terminal. */
@@ -176,7 +231,8 @@ export class AutoModel {
     const split = await splitWithProgress(ck, opts);
     checkManifest(split.manifest, family, config, split.dir);
     const generationDefaults = await readGenerationDefaults(dir, config.eosTokenIds);
-    const tokenizer = null;
+    // A checkpoint without tokenizer.json still runs on token ids.
+    const tokenizer = isFile(`${dir}/tokenizer.json`) ? await Tokenizer.fromDir(dir) : null;
     const profiler = new Profiler();
     const backend = openBackend(opts.device ?? "cpu", opts.threads);
     try {

@@ -129,3 +129,21 @@ export class HubError extends RabbitError {
     if (file !== undefined) this.file = file;
   }
 }
+
+/**
+ * A tokenizer file (tokenizer.json, tokenizer_config.json, a chat template) is missing or unusable,
+ * a chat template failed to render, or token ids are invalid.
+ */
+export class TokenizerError extends RabbitError {
+  /** The file (or option) the problem is in. */
+  readonly file: string;
+  /** The key the problem is about, when there is one. */
+  readonly key: string | null;
+
+  /** Message: `"<file>: <key>: <what>"`, or `"<file>: <what>"` without a key. */
+  constructor(file: string, key: string | null, what: string, options?: { cause?: unknown }) {
+    super(key === null ? `${file}: ${what}` : `${file}: ${key}: ${what}`, options);
+    this.file = file;
+    this.key = key;
+  }
+}

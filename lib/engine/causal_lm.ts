@@ -230,6 +230,7 @@ export class CausalLM {
     const rng = new Rng(o.seed);
     const seqs = rows.map((r) => [...r]);
     const generated: number[][] = rows.map(() => []);
+    const decoders = rows.map(() => this.tokenizer?.decodeStream({ skipSpecialTokens: true }));
     const emitted = rows.map(() => "");
     const finished = new Array<boolean>(B).fill(false);
     const host = new Float32Array(B * V);
@@ -268,23 +269,13 @@ export class CausalLM {
         const token = nextToken(host.subarray(b * V, (b + 1) * V), seqs[b], o, rng);
         seqs[b].push(token);
         generated[b].push(token);
-        const chunk: StreamChunk = { row: b, tokenId: token, text: "" };
-        if (this.tokenizer) {
-          // Full decode of the new tokens: the text never splits a multi-byte character, since a
-          // trailing U+FFFD (an incomplete sequence) is held back until it completes.
-          let text = this.tokenizer.decode(generated[b], { skipSpecialTokens: true });
-          if (text.endsWith("\uFFFD") && !o.eos.has(token)) {
-            text = text.slice(0, text.lastIndexOf("\uFFFD"));
-          }
-          if (text.startsWith(emitted[b])) {
-            chunk.text = text.slice(emitted[b].length);
-            emitted[b] = text;
-          }
-        }
+        const chunk: StreamChunk = { row: b, tokenId: token, text: decoders[b]?.push(token) ?? "" };
+        emitted[b] += chunk.text;
         if (o.eos.has(token)) chunk.finishReason = "eos";
         else if (o.stopStrings.some((s) => emitted[b].includes(s))) {
           chunk.finishReason = "stop string";
         } else if (generated[b].length === o.maxNewTokens) chunk.finishReason = "length";
+        if (chunk.finishReason) chunk.text += decoders[b]?.flush() ?? "";
         if (chunk.finishReason) finished[b] = true;
         chunks.push(chunk);
       }

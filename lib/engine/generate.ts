@@ -6,14 +6,10 @@
  * @module
  */
 import { InputError } from "../errors.ts";
+import type { ChatMessage } from "../tokenizer.ts";
 import type { SamplingOptions } from "./sampling.ts";
 
-/** One chat turn, as chat templates expect it. */
-export interface ChatMessage {
-  role: string;
-  content: string;
-  [key: string]: unknown;
-}
+export type { ChatMessage };
 
 /** What generate() accepts: token ids, text, or chat messages — one prompt or a batch. */
 export type GenerateInput =
@@ -27,8 +23,15 @@ export type GenerateInput =
 /** The part of the tokenizer generate() uses (lib/tokenizer.ts implements it). */
 export interface TextCodec {
   encode(text: string, opts?: { addSpecialTokens?: boolean }): number[];
-  decode(ids: number[], opts?: { skipSpecialTokens?: boolean }): string;
-  applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): string;
+  decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean }): string;
+  /** Text deltas of ids fed one at a time, never splitting a character. */
+  decodeStream(
+    opts?: { skipSpecialTokens?: boolean },
+  ): { push(id: number): string; flush(): string };
+  applyChatTemplate(
+    messages: readonly ChatMessage[],
+    opts?: { addGenerationPrompt?: boolean },
+  ): string;
   readonly padTokenId: number | null;
 }
 

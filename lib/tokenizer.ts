@@ -1,0 +1,782 @@
+/**
+ * Tokenizers and chat templates, matching transformers 5 on the same files.
+ *
+ * {@link Tokenizer.fromDir} reads `tokenizer.json` (run by npm:@huggingface/tokenizers),
+ * `tokenizer_config.json` (special tokens, chat templates) and the chat template files transformers
+ * 5 writes (`chat_template.jinja`, `additional_chat_templates/*.jinja`). Templates render with
+ * npm:@huggingface/jinja and the variables transformers passes. {@link IncrementalDecoder} turns
+ * generated ids into text deltas that never split a character.
+ *
+ * Where transformers 5 does not run tokenizer.json as written, this module follows transformers:
+ * - `tokenizer_class: LlamaTokenizer(Fast)` with a non-ByteLevel tokenizer.json: transformers builds
+ *   the normalizer, pre-tokenizer and decoder from the class (Metaspace, prepend scheme from
+ *   `add_prefix_space` and `legacy`) and keeps only the model (vocabulary, merges) and the
+ *   post-processor of tokenizer.json.
+ * - `add_bos_token` / `add_eos_token` in tokenizer_config.json are ignored when tokenizer.json
+ *   exists: its post-processor alone decides what encode adds.
+ * - `clean_up_tokenization_spaces` applies only to non-BPE models (transformers skips it for BPE).
+ * - Special tokens named in tokenizer_config.json that tokenizer.json lacks are added as special.
+ * - decode drops ids the vocabulary does not have (the Rust tokenizer does the same), and a
+ *   byte-fallback run that is not valid UTF-8 decodes to one U+FFFD per byte (as in Rust).
+ *
+ * @example
+ * ```ts
+ * import { Tokenizer } from "./tokenizer.ts";
+ *
+ * const tok = await Tokenizer.fromDir("models/stories260k");
+ * const ids = tok.encode("Once upon a time");
+ * console.assert(ids[0] === tok.bosTokenId); // the post-processor adds BOS, as in transformers
+ * console.assert(tok.decode(ids, { skipSpecialTokens: true }) === "Once upon a time");
+ * ```
+ *
+ * @module
+ */
+import { Environment, Interpreter, Template } from "@huggingface/jinja";
+import {
+  ByteFallbackDecoder,
+  SequenceDecoder,
+  Tokenizer as HfTokenizer,
+} from "@huggingface/tokenizers";
+import { TokenizerError } from "./errors.ts";
+
+/** One chat message. Keys other than role and content (tool_calls, reasoning_content...) reach the template. */
+export interface ChatMessage {
+  /** "system", "user", "assistant", "tool"... as the template expects. */
+  role: string;
+  /** Usually a string; a list of content blocks for templates that take them. */
+  content?: unknown;
+  /** Anything else the template reads (tool_calls, reasoning_content, name...). */
+  [key: string]: unknown;
+}
+
+/** Options of {@link Tokenizer.encode}. */
+export interface EncodeOptions {
+  /** Add what the tokenizer's post-processor adds (BOS for Llama); default true, like transformers. */
+  addSpecialTokens?: boolean;
+}
+
+/** Options of {@link Tokenizer.decode} and {@link IncrementalDecoder}. */
+export interface DecodeOptions {
+  /** Leave out special tokens; default false, like transformers. */
+  skipSpecialTokens?: boolean;
+}
+
+/** Options of {@link Tokenizer.applyChatTemplate}. */
+export interface ChatTemplateOptions {
+  /** End with the header of an assistant turn (`add_generation_prompt`); default false. */
+  addGenerationPrompt?: boolean;
+  /** A named template of the model (e.g. "tool_use"); default: "default", or "tool_use" with tools. */
+  templateName?: string;
+  /** A Jinja template to use instead of the model's (required when the model has none). */
+  chatTemplate?: string;
+  /** Tool JSON schemas (`tools`). */
+  tools?: unknown[];
+  /** Documents for retrieval-augmented templates (`documents`). */
+  documents?: unknown[];
+  /** More template variables (e.g. `enable_thinking`); they override the special tokens. */
+  extra?: Record<string, unknown>;
+}
+
+type Json = Record<string, unknown>;
+
+/** One entry of tokenizer.json's `added_tokens`. */
+interface AddedTokenJson {
+  id: number;
+  content: string;
+  single_word: boolean;
+  lstrip: boolean;
+  rstrip: boolean;
+  normalized: boolean;
+  special: boolean;
+}
+
+/** transformers' `SPECIAL_TOKENS_ATTRIBUTES`: the named special tokens templates see. */
+const NAMED_SPECIAL_TOKENS = [
+  "bos_token",
+  "eos_token",
+  "unk_token",
+  "sep_token",
+  "pad_token",
+  "cls_token",
+  "mask_token",
+] as const;
+
+/** Where a chat template came from, for error messages. */
+interface ChatTemplateSource {
+  template: string;
+  file: string;
+}
+
+/** A Hugging Face tokenizer: encode, decode, chat templates. Build one with {@link Tokenizer.fromDir}. */
+export class Tokenizer {
+  /** Id of `bos_token`, null when the tokenizer files name none. */
+  readonly bosTokenId: number | null;
+  /** Id of `eos_token`, null when the tokenizer files name none. */
+  readonly eosTokenId: number | null;
+  /** Id of `pad_token`, null when the tokenizer files name none. */
+  readonly padTokenId: number | null;
+  /** Id of `unk_token`, null when the tokenizer files name none. */
+  readonly unkTokenId: number | null;
+  /** Number of distinct tokens, added tokens included (transformers' `len(tokenizer)`). */
+  readonly vocabSize: number;
+  /** Ids of the special tokens: what `skipSpecialTokens` leaves out. */
+  readonly specialIds: Set<number>;
+  /**
+   * Ids of the `<0xNN>` byte pieces when the decoder does byte fallback (SentencePiece-style
+   * tokenizers), else empty. A run of them decodes as one byte string: as a whole, to text when it
+   * is valid UTF-8, else to one U+FFFD per byte.
+   */
+  readonly byteFallbackIds: ReadonlySet<number>;
+  /** The model's chat templates by name; a single template is named "default". */
+  readonly chatTemplates: ReadonlyMap<string, string>;
+
+  readonly #dir: string;
+  readonly #hf: HfTokenizer;
+  readonly #cleanUp: boolean;
+  /** Named special tokens as strings (`bos_token` → "<s>"), passed to chat templates. */
+  readonly #specialTokens: Record<string, string>;
+  readonly #templateFiles: ReadonlyMap<string, string>;
+  readonly #compiled = new Map<string, Template>();
+
+  private constructor(
+    dir: string,
+    tokenizerJson: Json,
+    config: Json,
+    templates: Map<string, ChatTemplateSource>,
+  ) {
+    this.#dir = dir;
+    const configFile = `${dir}/tokenizer_config.json`;
+    const specialTokens: Record<string, string> = {};
+    for (const key of NAMED_SPECIAL_TOKENS) {
+      const token = tokenContent(config[key], configFile, key);
+      if (token !== null) specialTokens[key] = token;
+    }
+    this.#specialTokens = specialTokens;
+
+    const jsonFile = `${dir}/tokenizer.json`;
+    const json = tokenizerJson; // freshly parsed by fromDir: adjusted in place
+    applyClassPipeline(json, config);
+    const vocab = modelVocab(json, jsonFile);
+    const added = mergeAddedTokens(json, vocab, config, specialTokens, configFile);
+    this.specialIds = new Set(added.filter((t) => t.special).map((t) => t.id));
+    for (const t of added) vocab.set(t.content, t.id);
+    this.vocabSize = vocab.size;
+    this.byteFallbackIds = new Set(
+      JSON.stringify(json.decoder ?? null).includes('"ByteFallback"')
+        ? [...vocab].filter(([token]) => /^<0x[0-9A-Fa-f]{2}>$/.test(token)).map(([, id]) => id)
+        : [],
+    );
+    const idOf = (key: string) => {
+      const token = specialTokens[key];
+      return token === undefined ? null : vocab.get(token) ?? null;
+    };
+    this.bosTokenId = idOf("bos_token");
+    this.eosTokenId = idOf("eos_token");
+    this.padTokenId = idOf("pad_token");
+    this.unkTokenId = idOf("unk_token");
+
+    const modelType = (json.model as Json).type;
+    this.#cleanUp = config.clean_up_tokenization_spaces === true &&
+      (modelType !== "BPE" ||
+        config.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output === true);
+    try {
+      this.#hf = new HfTokenizer(json, {
+        ...config,
+        ...specialTokens,
+        clean_up_tokenization_spaces: this.#cleanUp,
+      });
+    } catch (e) {
+      throw new TokenizerError(jsonFile, null, `unsupported: ${errorText(e)}`, {
+        cause: e,
+      });
+    }
+    useRustByteFallback(this.#hf.decoder);
+
+    this.chatTemplates = new Map([...templates].map(([name, t]) => [name, t.template]));
+    this.#templateFiles = new Map([...templates].map(([name, t]) => [name, t.file]));
+  }
+
+  /**
+   * Loads the tokenizer of a model directory: `tokenizer.json` (required), `tokenizer_config.json`,
+   * `chat_template.jinja` and `additional_chat_templates/*.jinja` (each optional).
+   *
+   * @param dir a model directory (a local checkpoint or a Hugging Face cache snapshot)
+   * @returns the tokenizer
+   * @throws {TokenizerError} a file is missing, is not valid JSON, or holds an unusable value
+   */
+  static async fromDir(dir: string): Promise<Tokenizer> {
+    const tokenizerJson = await readJson(`${dir}/tokenizer.json`, true);
+    const config = await readJson(`${dir}/tokenizer_config.json`, false) ?? {};
+    const templates = await readChatTemplates(dir, config);
+    return new Tokenizer(dir, tokenizerJson!, config, templates);
+  }
+
+  /**
+   * Text → token ids, as transformers' `tokenizer(text)["input_ids"]`.
+   *
+   * @param text the text; special-token strings in it (e.g. "<s>") become their ids
+   * @param opts `addSpecialTokens` (default true): what the post-processor adds (BOS for Llama)
+   * @returns the token ids
+   */
+  encode(text: string, opts: EncodeOptions = {}): number[] {
+    return this.#hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
+  }
+
+  /**
+   * Token ids → text, as transformers' `tokenizer.decode(ids)`. Ids the vocabulary does not have
+   * are dropped, as transformers does.
+   *
+   * @param ids token ids
+   * @param opts `skipSpecialTokens` (default false): leave out the ids in {@link specialIds}
+   * @returns the text
+   * @throws {TokenizerError} an id is not a non-negative integer
+   */
+  decode(ids: readonly number[], opts: DecodeOptions = {}): string {
+    const kept: number[] = [];
+    for (const [i, id] of ids.entries()) {
+      if (!Number.isInteger(id) || id < 0) {
+        throw new TokenizerError(this.#dir, null, `decode: ids[${i}] = ${id} is not a token id`);
+      }
+      if (opts.skipSpecialTokens && this.specialIds.has(id)) continue;
+      if (this.#hf.id_to_token(id) !== undefined) kept.push(id);
+    }
+    // The npm decoder rejects an empty list; transformers returns "".
+    return kept.length === 0 ? "" : this.#hf.decode(kept, {
+      skip_special_tokens: false,
+      clean_up_tokenization_spaces: this.#cleanUp,
+    });
+  }
+
+  /**
+   * A decoder for generated ids, one at a time: see {@link IncrementalDecoder}.
+   *
+   * @param opts `skipSpecialTokens` (default false)
+   * @returns a fresh decoder
+   */
+  decodeStream(opts: DecodeOptions = {}): IncrementalDecoder {
+    return new IncrementalDecoder(this, opts);
+  }
+
+  /**
+   * Renders a conversation with the model's chat template, as transformers'
+   * `apply_chat_template(messages, tokenize=False, ...)`. The template sees `messages`, `tools`,
+   * `documents`, `add_generation_prompt`, the named special tokens (`bos_token`, `eos_token`, ...),
+   * `raise_exception`, `strftime_now` and the `extra` variables. Keys whose value is null or
+   * undefined are dropped from messages first; `reasoning_content` / `thinking` / `reasoning` are
+   * aliased as transformers does. Encode the result with `addSpecialTokens: false`: the template
+   * already holds BOS where the model wants one.
+   *
+   * @param messages the conversation, at least one message
+   * @param opts generation prompt, template choice or override, tools, extra variables
+   * @returns the prompt text
+   * @throws {TokenizerError} the model has no (such) template, or the template fails or raises
+   */
+  applyChatTemplate(messages: readonly ChatMessage[], opts: ChatTemplateOptions = {}): string {
+    const { template, file } = this.#chatTemplate(opts);
+    if (messages.length === 0) {
+      throw new TokenizerError(file, "chat_template", "cannot render an empty conversation");
+    }
+    let compiled = this.#compiled.get(template);
+    if (compiled === undefined) {
+      try {
+        compiled = new Template(template);
+      } catch (e) {
+        throw new TokenizerError(file, "chat_template", `cannot parse: ${errorText(e)}`, {
+          cause: e,
+        });
+      }
+      this.#compiled.set(template, compiled);
+    }
+    const env = new Environment(templateGlobals());
+    const variables = {
+      ...this.#specialTokens,
+      ...opts.extra,
+      messages: messages.map(templateMessage),
+      tools: opts.tools ?? null,
+      documents: opts.documents ?? null,
+      add_generation_prompt: opts.addGenerationPrompt ?? false,
+    };
+    try {
+      for (const [name, value] of Object.entries(variables)) env.set(name, value);
+      return (new Interpreter(env).run(compiled.parsed) as { value: string }).value;
+    } catch (e) {
+      const what = e instanceof TemplateRaised
+        ? `the template raised: ${e.message}`
+        : `cannot render: ${errorText(e)}`;
+      throw new TokenizerError(file, "chat_template", what, { cause: e });
+    }
+  }
+
+  /** The template to render and where it came from (transformers' `get_chat_template`). */
+  #chatTemplate(opts: ChatTemplateOptions): ChatTemplateSource {
+    if (opts.chatTemplate !== undefined) {
+      return { template: opts.chatTemplate, file: "options.chatTemplate" };
+    }
+    const names = [...this.chatTemplates.keys()];
+    let name = opts.templateName;
+    if (name === undefined) {
+      if (names.length === 0) {
+        throw new TokenizerError(
+          this.#dir,
+          null,
+          "the model has no chat template (no chat_template in tokenizer_config.json, no " +
+            "chat_template.jinja); pass one: applyChatTemplate(messages, { chatTemplate: " +
+            '"{% for m in messages %}...{% endfor %}" })',
+        );
+      }
+      name = opts.tools !== undefined && this.chatTemplates.has("tool_use")
+        ? "tool_use"
+        : this.chatTemplates.has("default")
+        ? "default"
+        : undefined;
+      if (name === undefined) {
+        throw new TokenizerError(
+          this.#dir,
+          "chat_template",
+          `several templates and none is "default"; choose one with templateName: ${
+            names.join(", ")
+          }`,
+        );
+      }
+    }
+    const template = this.chatTemplates.get(name);
+    if (template === undefined) {
+      throw new TokenizerError(
+        this.#dir,
+        "chat_template",
+        `no template named "${name}"; the model has: ${names.join(", ") || "none"}`,
+      );
+    }
+    return { template, file: this.#templateFiles.get(name)! };
+  }
+}
+
+/**
+ * Turns generated token ids into text deltas, one id at a time, the way transformers' TextStreamer
+ * and text-generation-inference do: it decodes a short window of recent ids with and without the
+ * new one and emits the difference. The window keeps the context that decoding needs (SentencePiece
+ * drops the leading space of the first token it decodes, so ids decoded one by one and joined
+ * differ from ids decoded together). Nothing is emitted while the window's text ends in U+FFFD (a
+ * multi-byte character split across byte-level tokens) or while it ends in a run of byte-fallback
+ * tokens (a later byte can still make the whole run invalid UTF-8, which decodes to one U+FFFD per
+ * byte). After {@link flush}, the concatenated deltas equal `tokenizer.decode(allIds, opts)`.
+ *
+ * @example
+ * ```ts
+ * import { Tokenizer } from "./tokenizer.ts";
+ *
+ * const tok = await Tokenizer.fromDir("models/stories260k");
+ * const stream = tok.decodeStream({ skipSpecialTokens: true });
+ * let text = "";
+ * for (const id of tok.encode("Lily's café 🙂")) text += stream.push(id);
+ * text += stream.flush();
+ * console.assert(text === "Lily's café 🙂");
+ * ```
+ */
+export class IncrementalDecoder {
+  readonly #tokenizer: Tokenizer;
+  readonly #skipSpecial: boolean;
+  #ids: number[] = [];
+  /** Start of the context window: ids before it have been emitted and are not needed again. */
+  #prefix = 0;
+  /** Ids before this index have been emitted. */
+  #read = 0;
+
+  /**
+   * A decoder with nothing pushed yet ({@link Tokenizer.decodeStream} makes one too).
+   *
+   * @param tokenizer the tokenizer that decodes
+   * @param opts `skipSpecialTokens` (default false)
+   */
+  constructor(tokenizer: Tokenizer, opts: DecodeOptions = {}) {
+    this.#tokenizer = tokenizer;
+    this.#skipSpecial = opts.skipSpecialTokens ?? false;
+  }
+
+  /**
+   * Adds one generated id.
+   *
+   * @param id a token id
+   * @returns the text it completes ("" while a character or byte run is still open)
+   */
+  push(id: number): string {
+    if (this.#skipSpecial && this.#tokenizer.specialIds.has(id)) return "";
+    this.#ids.push(id);
+    if (this.#tokenizer.byteFallbackIds.has(id)) return "";
+    const { before, after } = this.#window();
+    if (after.length <= before.length || after.endsWith("\uFFFD")) return "";
+    this.#prefix = this.#read;
+    this.#read = this.#ids.length;
+    this.#compact();
+    return after.slice(before.length);
+  }
+
+  /**
+   * Emits what is still held back (an incomplete character at the end of the output decodes to
+   * U+FFFD, as in `decode`) and starts over.
+   *
+   * @returns the remaining text
+   */
+  flush(): string {
+    const { before, after } = this.#window();
+    this.#ids = [];
+    this.#prefix = 0;
+    this.#read = 0;
+    return after.slice(before.length);
+  }
+
+  /** The window's text without and with the ids not emitted yet. */
+  #window(): { before: string; after: string } {
+    const tok = this.#tokenizer;
+    return {
+      before: tok.decode(this.#ids.slice(this.#prefix, this.#read)),
+      after: tok.decode(this.#ids.slice(this.#prefix)),
+    };
+  }
+
+  /** Drops ids before the window, so memory stays bounded over long generations. */
+  #compact(): void {
+    if (this.#prefix === 0) return;
+    this.#ids = this.#ids.slice(this.#prefix);
+    this.#read -= this.#prefix;
+    this.#prefix = 0;
+  }
+}
+
+/**
+ * The Rust ByteFallback decoder turns a run of byte tokens that is not valid UTF-8 into one U+FFFD
+ * per byte (valid bytes in the run included) and keeps a leading U+FEFF; the npm one decodes the
+ * run with a lenient TextDecoder (one U+FFFD per invalid subsequence, BOM dropped). Model output
+ * can hold such runs, so the npm decoder gets the Rust behaviour.
+ */
+class RustByteFallbackText extends TextDecoder {
+  readonly #strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+  override decode(input: Uint8Array): string {
+    try {
+      return this.#strict.decode(input);
+    } catch {
+      return "\uFFFD".repeat(input.byteLength);
+    }
+  }
+}
+
+function useRustByteFallback(decoder: unknown): void {
+  if (decoder instanceof ByteFallbackDecoder) decoder.text_decoder = new RustByteFallbackText();
+  if (decoder instanceof SequenceDecoder) decoder.decoders.forEach(useRustByteFallback);
+}
+
+/** Thrown by a template's `raise_exception(message)`. */
+class TemplateRaised extends Error {}
+
+/**
+ * The globals of transformers' template environment. npm:@huggingface/jinja's own set (which
+ * `Template.render` will not let variables replace) has a `raise_exception` whose error cannot be
+ * told from a rendering bug and a locale-dependent `strftime_now`, so templates run under this one.
+ */
+function templateGlobals(): Environment {
+  const env = new Environment();
+  for (const [name, value] of [["true", true], ["false", false], ["none", null]] as const) {
+    env.set(name, value);
+    env.set(name[0].toUpperCase() + name.slice(1), value);
+  }
+  env.set("range", (start: number, stop?: number, step = 1) => {
+    if (stop === undefined) [start, stop] = [0, start];
+    if (step === 0) throw new Error("range() arg 3 must not be zero");
+    const out: number[] = [];
+    for (let i = start; step > 0 ? i < stop : i > stop; i += step) out.push(i);
+    return out;
+  });
+  env.set("raise_exception", (message: unknown) => {
+    throw new TemplateRaised(String(message));
+  });
+  env.set("strftime_now", (format: string) => strftime(new Date(), format));
+  return env;
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** Reads and parses a JSON object; null when the file is absent and not required. */
+async function readJson(path: string, required: boolean): Promise<Json | null> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (!required && e instanceof Deno.errors.NotFound) return null;
+    throw new TokenizerError(path, null, `cannot read: ${errorText(e)}`, { cause: e });
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new TokenizerError(path, null, `not valid JSON: ${errorText(e)}`, { cause: e });
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new TokenizerError(path, null, "expected a JSON object");
+  }
+  return value as Json;
+}
+
+async function readTextIfExists(path: string): Promise<string | null> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw new TokenizerError(path, null, `cannot read: ${errorText(e)}`, { cause: e });
+  }
+}
+
+/**
+ * The model's chat templates, as transformers 5 loads them: `chat_template.jinja` ("default") and
+ * `additional_chat_templates/<name>.jinja` take priority; otherwise tokenizer_config.json's
+ * `chat_template`, a string ("default") or a list of `{name, template}`.
+ */
+async function readChatTemplates(
+  dir: string,
+  config: Json,
+): Promise<Map<string, ChatTemplateSource>> {
+  const templates = new Map<string, ChatTemplateSource>();
+  const defaultFile = `${dir}/chat_template.jinja`;
+  const defaultTemplate = await readTextIfExists(defaultFile);
+  if (defaultTemplate !== null) {
+    templates.set("default", { template: defaultTemplate, file: defaultFile });
+  }
+  const extraDir = `${dir}/additional_chat_templates`;
+  const extraNames: string[] = [];
+  try {
+    for await (const entry of Deno.readDir(extraDir)) {
+      if (entry.isFile && entry.name.endsWith(".jinja")) extraNames.push(entry.name);
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      throw new TokenizerError(extraDir, null, `cannot read: ${errorText(e)}`, { cause: e });
+    }
+  }
+  for (const fileName of extraNames.sort()) {
+    const file = `${extraDir}/${fileName}`;
+    templates.set(fileName.slice(0, -".jinja".length), {
+      template: await Deno.readTextFile(file),
+      file,
+    });
+  }
+  if (templates.size > 0) return templates;
+
+  const file = `${dir}/tokenizer_config.json`;
+  const value = config.chat_template;
+  if (value === undefined || value === null) return templates;
+  if (typeof value === "string") return templates.set("default", { template: value, file });
+  if (!Array.isArray(value)) {
+    throw new TokenizerError(
+      file,
+      "chat_template",
+      "expected a string or a list of {name, template}",
+    );
+  }
+  for (const [i, entry] of value.entries()) {
+    const { name, template } = (entry ?? {}) as Json;
+    if (typeof name !== "string" || typeof template !== "string") {
+      throw new TokenizerError(
+        file,
+        `chat_template[${i}]`,
+        "expected {name: string, template: string}",
+      );
+    }
+    templates.set(name, { template, file });
+  }
+  // "default" first, as the documented order of names.
+  const def = templates.get("default");
+  if (def === undefined) return templates;
+  templates.delete("default");
+  return new Map([["default", def], ...templates]);
+}
+
+/** A special token as tokenizer_config.json writes it: a string, an AddedToken object or null. */
+function tokenContent(value: unknown, file: string, key: string): string | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value === "string") return value;
+  if (typeof value === "object" && typeof (value as Json).content === "string") {
+    return (value as Json).content as string;
+  }
+  throw new TokenizerError(file, key, "expected a token string or {content: string, ...}");
+}
+
+/** The model's own vocabulary (token → id) from tokenizer.json. */
+function modelVocab(json: Json, file: string): Map<string, number> {
+  const model = json.model;
+  const vocab = typeof model === "object" && model !== null ? (model as Json).vocab : undefined;
+  if (Array.isArray(vocab)) { // Unigram: [[piece, score], ...], id = index
+    return new Map(vocab.map((entry, id) => [String((entry as unknown[])[0]), id]));
+  }
+  if (typeof vocab === "object" && vocab !== null) {
+    return new Map(Object.entries(vocab as Record<string, number>));
+  }
+  throw new TokenizerError(file, "model.vocab", "expected an object or a list");
+}
+
+/**
+ * tokenizer.json's `added_tokens`, completed the way transformers 5 completes them: entries of
+ * `added_tokens_decoder`, the named special tokens and `additional_special_tokens` /
+ * `extra_special_tokens` of tokenizer_config.json that tokenizer.json lacks are added (special,
+ * not normalized), with their vocabulary id or the next free one. Named special tokens are special.
+ * Writes the result back into `json.added_tokens` and returns it.
+ */
+function mergeAddedTokens(
+  json: Json,
+  vocab: ReadonlyMap<string, number>,
+  config: Json,
+  specialTokens: Record<string, string>,
+  configFile: string,
+): AddedTokenJson[] {
+  const added = ((json.added_tokens ?? []) as AddedTokenJson[]).map((t) => ({ ...t }));
+  const byContent = new Map(added.map((t) => [t.content, t]));
+  let nextId = 0;
+  for (const id of [...vocab.values(), ...added.map((t) => t.id)]) {
+    nextId = Math.max(nextId, id + 1);
+  }
+  const add = (content: string, id: number | undefined, props: Partial<AddedTokenJson>) => {
+    const existing = byContent.get(content);
+    if (existing !== undefined) {
+      if (props.special) existing.special = true;
+      return;
+    }
+    const token: AddedTokenJson = {
+      id: id ?? vocab.get(content) ?? nextId++,
+      content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+      ...props,
+    };
+    added.push(token);
+    byContent.set(content, token);
+  };
+
+  const decoder = config.added_tokens_decoder;
+  if (decoder !== undefined && decoder !== null) {
+    if (typeof decoder !== "object" || Array.isArray(decoder)) {
+      throw new TokenizerError(configFile, "added_tokens_decoder", "expected {id: token}");
+    }
+    for (const [id, value] of Object.entries(decoder as Record<string, Json>)) {
+      const key = `added_tokens_decoder.${id}`;
+      const content = tokenContent(value, configFile, key);
+      if (content === null || !/^\d+$/.test(id)) {
+        throw new TokenizerError(
+          configFile,
+          key,
+          "expected {content: string, ...} under an integer id",
+        );
+      }
+      const flags: Partial<AddedTokenJson> = {};
+      for (const flag of ["single_word", "lstrip", "rstrip", "normalized", "special"] as const) {
+        if (typeof value[flag] === "boolean") flags[flag] = value[flag] as boolean;
+      }
+      add(content, Number(id), flags);
+    }
+  }
+  for (const content of Object.values(specialTokens)) add(content, undefined, { special: true });
+  for (const key of ["additional_special_tokens", "extra_special_tokens"]) {
+    const list = config[key];
+    if (list === undefined || list === null) continue;
+    const values = Array.isArray(list)
+      ? list
+      : typeof list === "object"
+      ? Object.values(list)
+      : null;
+    if (values === null) throw new TokenizerError(configFile, key, "expected a list of tokens");
+    for (const [i, value] of values.entries()) {
+      add(tokenContent(value, configFile, `${key}[${i}]`)!, undefined, { special: true });
+    }
+  }
+  json.added_tokens = added;
+  return added;
+}
+
+/**
+ * transformers 5 builds some tokenizer classes' pipelines in code and takes only the model
+ * (vocabulary, merges) and the post-processor from tokenizer.json. LlamaTokenizer (SentencePiece BPE) is the one
+ * whose hub files often disagree with its class: Llama-2 era tokenizer.json files carry a
+ * Prepend/Replace normalizer. transformers loads ByteLevel files declared LlamaTokenizer (Llama 3
+ * conversions) as written, and so does this.
+ */
+function applyClassPipeline(json: Json, config: Json): void {
+  const cls = typeof config.tokenizer_class === "string" ? config.tokenizer_class : "";
+  if (cls.replace(/Fast$/, "") !== "LlamaTokenizer") return;
+  const pipeline = [json.normalizer, json.pre_tokenizer, json.decoder, json.post_processor];
+  if (JSON.stringify(pipeline).includes('"ByteLevel"')) return;
+  const addPrefixSpace = config.add_prefix_space ?? true;
+  const legacy = config.legacy ?? false;
+  json.normalizer = null;
+  json.pre_tokenizer = {
+    type: "Metaspace",
+    replacement: "▁",
+    prepend_scheme: addPrefixSpace ? (legacy ? "always" : "first") : "never",
+    split: false,
+  };
+  json.decoder = {
+    type: "Sequence",
+    decoders: [
+      { type: "Replace", pattern: { String: "▁" }, content: " " },
+      { type: "ByteFallback" },
+      { type: "Fuse" },
+      ...(addPrefixSpace ? [{ type: "Strip", content: " ", start: 1, stop: 0 }] : []),
+    ],
+  };
+}
+
+/** A message as transformers hands it to the template: no null values, reasoning aliases filled. */
+function templateMessage(message: ChatMessage): Record<string, unknown> {
+  const out = Object.fromEntries(
+    Object.entries(message).filter(([, v]) => v !== null && v !== undefined),
+  );
+  const reasoning = ["reasoning_content", "thinking", "reasoning"].map((k) => out[k])
+    .find((v) => v !== undefined);
+  return reasoning === undefined
+    ? out
+    : { thinking: reasoning, ...out, reasoning_content: reasoning };
+}
+
+const DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+const MONTHS = [
+  "January",
+  "February",
+  "March",
+  "April",
+  "May",
+  "June",
+  "July",
+  "August",
+  "September",
+  "October",
+  "November",
+  "December",
+];
+
+/**
+ * Python's `datetime.now().strftime(format)` in the C locale (what transformers' `strftime_now`
+ * gives templates), for the directives chat templates use; others are left as written.
+ */
+function strftime(date: Date, format: string): string {
+  const pad = (n: number) => String(n).padStart(2, "0");
+  const hour12 = date.getHours() % 12 === 0 ? 12 : date.getHours() % 12;
+  const fields: Record<string, string> = {
+    a: DAYS[date.getDay()].slice(0, 3),
+    A: DAYS[date.getDay()],
+    b: MONTHS[date.getMonth()].slice(0, 3),
+    B: MONTHS[date.getMonth()],
+    d: pad(date.getDate()),
+    H: pad(date.getHours()),
+    I: pad(hour12),
+    m: pad(date.getMonth() + 1),
+    M: pad(date.getMinutes()),
+    p: date.getHours() < 12 ? "AM" : "PM",
+    S: pad(date.getSeconds()),
+    y: pad(date.getFullYear() % 100),
+    Y: String(date.getFullYear()),
+    "%": "%",
+  };
+  return format.replace(/%(.)/g, (whole, c: string) => fields[c] ?? whole);
+}
