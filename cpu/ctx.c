@@ -9,6 +9,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "simd.h"
@@ -72,11 +74,15 @@ RL_API rl_ctx *rl_create(int32_t n_threads, int32_t device) {
     return NULL;
   }
   ctx->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
+  ctx->options[1] = 1; /* pin_memory */
+  ctx->options[2] = 1; /* async_copy */
   return ctx;
 }
 
 RL_API void rl_destroy(rl_ctx *ctx) {
   if (!ctx) return;
+  cpu_loader_free(ctx->loader); /* before the memory a load may be writing into */
+  free(ctx->marks);
   for (uint64_t i = 0; i < ctx->allocs.cap; i++) free(ctx->allocs.slots[i].p);
   free(ctx->allocs.slots);
   free(ctx);
@@ -205,4 +211,77 @@ RL_API int32_t rl_download(rl_ctx *ctx, void *dst, const void *src, uint64_t byt
 
 RL_API int32_t rl_copy(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) {
   return copy_bytes(ctx, __func__, dst, src, bytes, -1);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Options and timing marks */
+
+static const char *const OPTION_KEYS[3] = {"attn_impl", "pin_memory", "async_copy"};
+
+static int option_index(const uint8_t *key) {
+  for (int i = 0; i < 3; i++)
+    if (strcmp((const char *)key, OPTION_KEYS[i]) == 0) return i;
+  return -1;
+}
+
+RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(key);
+  int i = option_index(key);
+  if (i < 0) return cpu_fail(ctx, RL_ERR_UNSUPPORTED, __func__, "unknown option \"%s\"", key);
+  if (i == 0 && value == 1)
+    return cpu_fail(ctx, RL_ERR_UNSUPPORTED, __func__,
+                    "attn_impl flash: the CPU backend has one attention (eager, exact softmax)");
+  REQUIRE(value >= 0 && value <= (i == 0 ? 2 : 1), "%s: value %lld out of range", key,
+          (long long)value);
+  /* pin_memory and async_copy concern GPU transfers; the CPU reads straight into place. */
+  ctx->options[i] = value;
+  return RL_OK;
+}
+
+RL_API int64_t rl_get_option(rl_ctx *ctx, const uint8_t *key) {
+  if (!ctx || !key) return -1;
+  int i = option_index(key);
+  if (i >= 0) return ctx->options[i];
+  if (strcmp((const char *)key, "flash_available") == 0) return 0;
+  if (strcmp((const char *)key, "device_memory") == 0)
+    return (int64_t)sysconf(_SC_PHYS_PAGES) * (int64_t)sysconf(_SC_PAGESIZE);
+  return -1;
+}
+
+static double now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+RL_API int64_t rl_mark(rl_ctx *ctx) {
+  if (!ctx) return -1;
+  if (ctx->n_marks == ctx->cap_marks) {
+    int64_t cap = ctx->cap_marks ? ctx->cap_marks * 2 : 64;
+    double *m = realloc(ctx->marks, (size_t)cap * sizeof *m);
+    if (!m) {
+      cpu_fail(ctx, RL_ERR_OOM, __func__, "out of memory for %lld marks", (long long)cap);
+      return -1;
+    }
+    ctx->marks = m;
+    ctx->cap_marks = cap;
+  }
+  ctx->marks[ctx->n_marks] = now_ms(); /* every op issued before has finished */
+  return ctx->n_marks++;
+}
+
+RL_API double rl_elapsed_ms(rl_ctx *ctx, int64_t from_mark, int64_t to_mark) {
+  if (!ctx || from_mark < 0 || to_mark < 0 || from_mark >= ctx->n_marks || to_mark >= ctx->n_marks) {
+    if (ctx) cpu_fail(ctx, RL_ERR_INVALID, __func__, "no such marks %lld, %lld",
+                      (long long)from_mark, (long long)to_mark);
+    return -1;
+  }
+  return ctx->marks[to_mark] - ctx->marks[from_mark];
+}
+
+RL_API int32_t rl_marks_reset(rl_ctx *ctx) {
+  REQUIRE_CTX();
+  ctx->n_marks = 0;
+  return RL_OK;
 }

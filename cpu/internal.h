@@ -28,12 +28,21 @@ typedef struct {
   uint64_t count;
 } alloc_table;
 
+typedef struct cpu_loader cpu_loader; /* the I/O thread of rl_load_start (load.c) */
+
 struct rl_ctx {
   int n_threads;                 /* OpenMP team size for every parallel op */
   uint64_t stats[RL_STAT_COUNT]; /* indexed by enum rl_stat */
   alloc_table allocs;
+  cpu_loader *loader;            /* started on the first rl_load_start */
+  double *marks;                 /* rl_mark timestamps (ms, monotonic clock) */
+  int64_t n_marks, cap_marks;
+  int64_t options[3];            /* attn_impl, pin_memory, async_copy (see ctx.c) */
   char err[512]; /* last error message, NUL-terminated */
 };
+
+/* Stops the I/O thread (finishing the load in progress) and frees its queue; NULL is a no-op. */
+void cpu_loader_free(cpu_loader *l);
 
 /* ----------------------------------------------------------------------------------------------
  * Errors and argument checks */

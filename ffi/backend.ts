@@ -11,7 +11,7 @@
 import { BackendError } from "../lib/errors.ts";
 
 /** The ABI version this binding speaks; must equal the library's `rl_abi_version()`. */
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 /** Weight dtypes the backend understands (rl_dtype). */
 export type WeightDType = "F32" | "F16" | "BF16";
@@ -39,6 +39,20 @@ export const SYMBOLS = {
   rl_upload: { parameters: ["pointer", "pointer", "buffer", "u64"], result: "i32" },
   rl_download: { parameters: ["pointer", "buffer", "pointer", "u64"], result: "i32" },
   rl_copy: { parameters: ["pointer", "pointer", "pointer", "u64"], result: "i32" },
+  rl_load_start: { parameters: ["pointer", "pointer", "buffer", "u64", "u64"], result: "i64" },
+  rl_load_wait: { parameters: ["pointer", "i64"], result: "i32" },
+  // The same entry on Deno's blocking pool: the event loop runs while a layer is still loading.
+  rl_load_wait_async: {
+    name: "rl_load_wait",
+    parameters: ["pointer", "i64"],
+    result: "i32",
+    nonblocking: true,
+  },
+  rl_set_option: { parameters: ["pointer", "buffer", "i64"], result: "i32" },
+  rl_get_option: { parameters: ["pointer", "buffer"], result: "i64" },
+  rl_mark: { parameters: ["pointer"], result: "i64" },
+  rl_elapsed_ms: { parameters: ["pointer", "i64", "i64"], result: "f64" },
+  rl_marks_reset: { parameters: ["pointer"], result: "i32" },
   rl_embedding: {
     parameters: ["pointer", "pointer", "pointer", "i32", "buffer", "i32", "i32", "i32"],
     result: "i32",
@@ -183,6 +197,15 @@ export interface BackendOptions {
 }
 
 const errBuf = new Uint8Array(1024);
+const encoder = new TextEncoder();
+
+/** A NUL-terminated UTF-8 copy of `s`, for `const uint8_t*` string parameters. */
+export function cstr(s: string): Uint8Array {
+  const b = encoder.encode(s);
+  const out = new Uint8Array(b.length + 1);
+  out.set(b);
+  return out;
+}
 const decoder = new TextDecoder();
 
 /** One backend context: memory, copies and ops, each checked. */
@@ -268,6 +291,64 @@ export class Backend {
 
   copy(dst: DevPtr, src: DevPtr, bytes: number): void {
     this.#check(this.#lib.symbols.rl_copy(this.#c, dst, src, BigInt(bytes)), "rl_copy");
+  }
+
+  /**
+   * Starts reading `bytes` at `offset` of the file `path` into `dst` on the backend's I/O thread;
+   * returns the ticket to {@link loadWait} for.
+   */
+  loadStart(dst: DevPtr, path: Uint8Array, offset: number, bytes: number): bigint {
+    const t = this.#lib.symbols.rl_load_start(
+      this.#c,
+      dst,
+      path as BufferSource,
+      BigInt(offset),
+      BigInt(bytes),
+    );
+    if (t === 0n) throw new BackendError("rl_load_start", lastError(this.#lib, this.#ctx));
+    return t;
+  }
+
+  /** Waits for a load (its bytes are then in place for every later op). */
+  loadWait(ticket: bigint): void {
+    this.#check(this.#lib.symbols.rl_load_wait(this.#c, ticket), "rl_load_wait");
+  }
+
+  /** {@link loadWait} without blocking the event loop (one pool-thread call, ≈ 20 µs). */
+  async loadWaitAsync(ticket: bigint): Promise<void> {
+    this.#check(await this.#lib.symbols.rl_load_wait_async(this.#c, ticket), "rl_load_wait");
+  }
+
+  /** Sets a backend option ("attn_impl", "pin_memory", "async_copy"). */
+  setOption(key: string, value: number): void {
+    this.#check(
+      this.#lib.symbols.rl_set_option(this.#c, cstr(key), BigInt(value)),
+      "rl_set_option",
+    );
+  }
+
+  /** An option or capability ("flash_available", "device_memory"); -1 when unknown. */
+  getOption(key: string): number {
+    return Number(this.#lib.symbols.rl_get_option(this.#c, cstr(key)));
+  }
+
+  /** A timing mark after the work issued so far (device events on a GPU). */
+  mark(): number {
+    const m = Number(this.#lib.symbols.rl_mark(this.#c));
+    if (m < 0) throw new BackendError("rl_mark", lastError(this.#lib, this.#ctx));
+    return m;
+  }
+
+  /** Milliseconds between two marks (waits for the later one). */
+  elapsedMs(from: number, to: number): number {
+    const ms = this.#lib.symbols.rl_elapsed_ms(this.#c, BigInt(from), BigInt(to));
+    if (ms < 0) throw new BackendError("rl_elapsed_ms", lastError(this.#lib, this.#ctx));
+    return ms;
+  }
+
+  /** Forgets all marks. */
+  resetMarks(): void {
+    this.#check(this.#lib.symbols.rl_marks_reset(this.#c), "rl_marks_reset");
   }
 
   sync(): void {

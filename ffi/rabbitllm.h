@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define RL_ABI_VERSION 1
+#define RL_ABI_VERSION 2
 
 #if defined(_WIN32)
 #define RL_API __declspec(dllexport)
@@ -102,6 +102,42 @@ RL_API int32_t rl_upload(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes
 RL_API int32_t rl_download(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes);
 /* device -> device */
 RL_API int32_t rl_copy(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes);
+
+/* ---- loading layers: file -> device, on the backend's I/O thread ------------------------ */
+
+/* Starts reading `bytes` at `file_offset` of the file `path` (NUL-terminated UTF-8, a host buffer)
+ * into device memory `dst`, on the backend's own I/O thread, so the read overlaps the ops issued
+ * meanwhile. CPU: read straight into dst. CUDA: through reused pinned staging buffers and async
+ * copies on a transfer stream (option "pin_memory" 0 = pageable staging, "async_copy" 0 = copy on
+ * the compute stream). Returns a ticket > 0, or 0 on failure (see rl_last_error). Loads start in
+ * the order they were issued. */
+RL_API int64_t rl_load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64_t file_offset,
+                             uint64_t bytes);
+/* Waits until the load of `ticket` finished (CPU: the bytes are in dst; CUDA: later ops on the
+ * compute stream are ordered after the copy, the host does not block on the copy). Each ticket is
+ * waited for exactly once; a failed read (short file, I/O error) is reported here, naming the
+ * file. */
+RL_API int32_t rl_load_wait(rl_ctx *ctx, int64_t ticket);
+
+/* ---- options and timing ----------------------------------------------------------------- */
+
+/* Sets a backend option by name (NUL-terminated key, a host buffer). Known keys:
+ *   "attn_impl"   0 = auto, 1 = flash (fused online softmax), 2 = eager (scores materialized)
+ *   "pin_memory"  1 (default) / 0: pinned host staging for rl_load_start (CUDA)
+ *   "async_copy"  1 (default) / 0: loads on a transfer stream overlapping compute (CUDA)
+ * An unknown key or a value the backend cannot honour is RL_ERR_UNSUPPORTED with the reason. */
+RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value);
+/* Reads an option or a capability: the keys above, plus "flash_available" (1/0) and
+ * "device_memory" (bytes of device memory, total). Returns -1 for an unknown key. */
+RL_API int64_t rl_get_option(rl_ctx *ctx, const uint8_t *key);
+/* Records a timing mark after the ops issued so far (a CUDA event on the compute stream; the
+ * host clock on CPU). Returns a mark id >= 0, or -1 on failure. Marks are recycled by
+ * rl_marks_reset. */
+RL_API int64_t rl_mark(rl_ctx *ctx);
+/* Milliseconds between two marks (waits for the later one to complete). Negative on failure. */
+RL_API double rl_elapsed_ms(rl_ctx *ctx, int64_t from_mark, int64_t to_mark);
+/* Forgets every mark (their ids may be reused). */
+RL_API int32_t rl_marks_reset(rl_ctx *ctx);
 
 /* ---- ops (all tensors are device pointers unless said otherwise) ------------------------ */
 

@@ -8,9 +8,7 @@
 
 /** Categories the engine reports. */
 export type ProfileCategory =
-  | "disk read" // bytes read from layer files (on I/O threads; overlaps compute when prefetching)
-  | "read wait" // the streaming loop waiting for a layer read to finish
-  | "upload" // host → device copies of layer weights
+  | "read wait" // the streaming loop waiting for a layer load (file → device) to finish
   | "layers" // decoder layer compute
   | "embed + head" // embedding gather, final norm, lm_head
   | "logits download" // device → host copy of the logits rows
@@ -59,16 +57,13 @@ export class Profiler {
   /** A table: category, total ms, share of the in-loop time, ms per step. */
   summary(): string {
     const { steps, tokens, entries } = this.toJSON();
-    // disk read runs on I/O threads; it overlaps the rest and is not part of the loop's own time.
-    const loop = entries.filter((e) => e.category !== "disk read").reduce((s, e) => s + e.ms, 0);
+    const loop = entries.reduce((s, e) => s + e.ms, 0);
     const lines = [
       `${steps} steps, ${tokens} tokens`,
       "category         total ms   share  ms/step",
     ];
     for (const e of entries) {
-      const share = e.category === "disk read"
-        ? "(I/O)"
-        : `${(100 * e.ms / (loop || 1)).toFixed(1)}%`;
+      const share = `${(100 * e.ms / (loop || 1)).toFixed(1)}%`;
       lines.push(
         `${e.category.padEnd(15)} ${e.ms.toFixed(1).padStart(9)}  ${share.padStart(6)}  ${
           (e.ms / Math.max(steps, 1)).toFixed(2).padStart(7)

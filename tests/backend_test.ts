@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ABI_VERSION, Backend, findLibrary, SYMBOLS } from "../ffi/backend.ts";
+import { ABI_VERSION, Backend, cstr, findLibrary, SYMBOLS } from "../ffi/backend.ts";
 import { BackendError } from "../lib/errors.ts";
 
 const header = await Deno.readTextFile(new URL("../ffi/rabbitllm.h", import.meta.url));
@@ -12,6 +12,7 @@ function declarations(): Map<string, { result: string; params: string[] }> {
     int64_t: "i64",
     uint64_t: "u64",
     float: "f32",
+    double: "f64",
     void: "void",
   };
   const toFfi = (decl: string): string => {
@@ -31,8 +32,11 @@ function declarations(): Map<string, { result: string; params: string[] }> {
 
 Deno.test("backend: the FFI symbol table matches ffi/rabbitllm.h", () => {
   const decls = declarations();
-  assert.deepEqual(Object.keys(SYMBOLS).sort(), [...decls.keys()].sort());
-  for (const [name, sym] of Object.entries(SYMBOLS)) {
+  const entry = (key: string, sym: Deno.ForeignFunction) => sym.name ?? key;
+  const bound = new Set(Object.entries(SYMBOLS).map(([k, s]) => entry(k, s)));
+  assert.deepEqual([...bound].sort(), [...decls.keys()].sort());
+  for (const [key, sym] of Object.entries(SYMBOLS)) {
+    const name = entry(key, sym);
     const d = decls.get(name)!;
     const norm = (t: string) => (t === "buffer" || t === "pointer" ? "ptr" : t);
     assert.deepEqual(
@@ -146,4 +150,46 @@ Deno.test("backend: the C op suite passes against its double-precision reference
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   assert.equal(out.code, 0, text);
   assert.match(text, /\d+ passed, 0 failed/);
+});
+
+Deno.test("backend: rl_load_start reads a file range into device memory on the I/O thread", async () => {
+  using be = Backend.open({ device: "cpu" });
+  const dir = await Deno.makeTempDir();
+  const data = Uint8Array.from({ length: 1000 }, (_, i) => (i * 7) & 255);
+  await Deno.writeFile(`${dir}/f.bin`, data);
+  const dst = be.alloc(300), dst2 = be.alloc(8);
+  const path = cstr(`${dir}/f.bin`);
+  const a = be.loadStart(dst, path, 100, 300);
+  const b = be.loadStart(dst2, path, 992, 8);
+  be.loadWait(b); // out of order is fine
+  be.loadWait(a);
+  const back = new Uint8Array(300);
+  be.download(back, dst);
+  assert.deepEqual(back, data.subarray(100, 400));
+  assert.equal(be.stats().h2dBytes, 308);
+  assert.throws(() => be.loadWait(a), /unknown or already waited ticket/);
+  const short = be.loadStart(dst, path, 900, 300);
+  assert.throws(
+    () => be.loadWait(short),
+    new RegExp(`f.bin: file ends at byte 100 of the 300 requested`),
+  );
+  const missing = be.loadStart(dst, cstr(`${dir}/nope.bin`), 0, 4);
+  assert.throws(() => be.loadWait(missing), /cannot open .*nope.bin/);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("backend: options, capabilities and timing marks", () => {
+  using be = Backend.open({ device: "cpu" });
+  assert.equal(be.getOption("flash_available"), 0);
+  assert.ok(be.getOption("device_memory") > 1e8);
+  assert.equal(be.getOption("no_such_option"), -1);
+  be.setOption("attn_impl", 2);
+  assert.equal(be.getOption("attn_impl"), 2);
+  assert.throws(() => be.setOption("attn_impl", 1), /CPU backend has one attention/);
+  assert.throws(() => be.setOption("warp_speed", 1), /unknown option "warp_speed"/);
+  const a = be.mark();
+  const b = be.mark();
+  assert.ok(be.elapsedMs(a, b) >= 0);
+  be.resetMarks();
+  assert.throws(() => be.elapsedMs(a, b), /no such marks/);
 });

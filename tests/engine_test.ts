@@ -87,7 +87,7 @@ Deno.test("engine: a tied lm_head is the embedding, held once on the device", as
     ...m.parts.filter((p) => p.id.startsWith("layer.")).map((p) => p.dataBytes),
   );
   const s = model.backend.stats();
-  // Loaded once: embed + norm uploaded, nothing else; one streaming slot (prefetch off).
+  // Loaded once: embed + norm, nothing else; one streaming slot (prefetch off).
   assert.equal(s.h2dBytes, bytes("embed") + bytes("norm"));
   assert.equal(s.liveBytes, bytes("embed") + bytes("norm") + layerMax);
   assert.equal(s.liveAllocs, 3);

@@ -147,8 +147,6 @@ Deno.test("profiler: the loop's time is accounted per category", async () => {
       "layers",
       "embed + head",
       "read wait",
-      "upload",
-      "disk read",
       "sampling",
       "logits download",
     ]
