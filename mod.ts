@@ -11,7 +11,12 @@
  *
  * @module
  */
-export { AutoModel, type FromPretrainedOptions } from "./lib/auto_model.ts";
+export {
+  type AttnImplementation,
+  AutoModel,
+  type FromPretrainedOptions,
+  isFlashAttentionAvailable,
+} from "./lib/auto_model.ts";
 export {
   CausalLM,
   type ForwardOptions,

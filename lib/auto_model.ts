@@ -51,7 +51,19 @@ export interface FromPretrainedOptions {
   trace?: TraceEvent[];
   /** No progress bars (they are drawn only on a terminal anyway). */
   quiet?: boolean;
+  /**
+   * "auto" (default: flash where the backend has it, else eager), "flash", "eager";
+   * transformers' "sdpa" and "flash_attention_2" are aliases of flash.
+   */
+  attnImplementation?: AttnImplementation;
+  /** Pinned host staging for layer loads (GPU; default true). */
+  prefetchPinMemory?: boolean;
+  /** Layer loads on a transfer stream overlapping compute (GPU; default true). */
+  asyncCopy?: boolean;
 }
+
+/** Names accepted by `attnImplementation`. */
+export type AttnImplementation = "auto" | "flash" | "eager" | "sdpa" | "flash_attention_2";
 
 const DTYPE_ALIASES: Record<string, StorageDType> = {
   float32: "float32",
@@ -70,12 +82,60 @@ function logOnce(msg: string): void {
   console.error(`rabbitllm: ${msg}`);
 }
 
-function defaultResidentBytes(): number {
+/** Half the free memory of the device (host RAM for the CPU backend). */
+function defaultResidentBytes(be: Backend): number {
+  if (be.device === "cuda") return Math.floor(be.getOption("device_memory") / 2);
   if (Deno.permissions.querySync({ name: "sys", kind: "systemMemoryInfo" }).state === "granted") {
     return Math.floor(Deno.systemMemoryInfo().available / 2);
   }
   logOnce("--allow-sys=systemMemoryInfo not granted: streaming every layer from disk each step");
   return 0;
+}
+
+/** Attention implementations by name (transformers' names accepted as aliases). */
+const ATTN_IMPL: Record<AttnImplementation, number> = {
+  auto: 0,
+  flash: 1,
+  sdpa: 1,
+  flash_attention_2: 1,
+  eager: 2,
+};
+
+/** Applies the transfer and attention options; returns the attention that will run. */
+function configureBackend(be: Backend, opts: FromPretrainedOptions): "flash" | "eager" {
+  const impl = opts.attnImplementation ?? "auto";
+  if (!(impl in ATTN_IMPL)) {
+    throw new InputError(
+      `attnImplementation: expected one of ${Object.keys(ATTN_IMPL).join(", ")}, got ${impl}`,
+    );
+  }
+  be.setOption("attn_impl", ATTN_IMPL[impl]);
+  be.setOption("pin_memory", opts.prefetchPinMemory === false ? 0 : 1);
+  be.setOption("async_copy", opts.asyncCopy === false ? 0 : 1);
+  const code = ATTN_IMPL[impl] || (be.getOption("flash_available") === 1 ? 1 : 2);
+  return code === 1 ? "flash" : "eager";
+}
+
+/**
+ * Whether the fused (flash) attention can run here: the CUDA backend loads and the GPU is
+ * sm_80 or newer. `reason` says why not.
+ */
+export function isFlashAttentionAvailable(): { available: boolean; reason: string } {
+  let be: Backend;
+  try {
+    be = Backend.open({ device: "cuda" });
+  } catch (e) {
+    return { available: false, reason: (e as Error).message };
+  }
+  try {
+    const ok = be.getOption("flash_available") === 1;
+    return {
+      available: ok,
+      reason: ok ? `flash attention on ${be.info}` : `${be.info}: needs sm_80 or newer`,
+    };
+  } finally {
+    be.close();
+  }
 }
 
 function openBackend(device: string, threads: number | undefined): Backend {
@@ -236,10 +296,11 @@ export class AutoModel {
     const profiler = new Profiler();
     const backend = openBackend(opts.device ?? "cpu", opts.threads);
     try {
+      const attention = configureBackend(backend, opts);
       const store = await LayerStore.open(backend, split.dir, split.manifest, {
         prefetching: opts.prefetching ?? true,
         prefetchDepth: opts.prefetchDepth ?? 2,
-        maxResidentBytes: opts.maxResidentBytes ?? defaultResidentBytes(),
+        maxResidentBytes: opts.maxResidentBytes ?? defaultResidentBytes(backend),
         trace: opts.trace,
         profiler,
       });
@@ -253,6 +314,7 @@ export class AutoModel {
         tokenizer,
         generationDefaults,
         profiler,
+        attention,
         trace: opts.trace,
       });
     } catch (e) {

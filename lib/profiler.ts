@@ -24,10 +24,14 @@ export interface ProfileEntry {
 /** Accumulates spans per category; cheap enough to stay on. */
 export class Profiler {
   readonly #totals = new Map<ProfileCategory, { ms: number; count: number }>();
+  /** Compute ms per decoder layer. */
+  readonly #layers: number[] = [];
   #tokens = 0;
   #steps = 0;
 
-  add(category: ProfileCategory, ms: number): void {
+  /** Adds a span; `layer` attributes decoder-layer compute to its layer. */
+  add(category: ProfileCategory, ms: number, layer: number | null = null): void {
+    if (layer !== null) this.#layers[layer] = (this.#layers[layer] ?? 0) + ms;
     const t = this.#totals.get(category);
     if (t) {
       t.ms += ms;
@@ -43,15 +47,16 @@ export class Profiler {
 
   reset(): void {
     this.#totals.clear();
+    this.#layers.length = 0;
     this.#tokens = 0;
     this.#steps = 0;
   }
 
   /** Totals per category, largest first, for tools. */
-  toJSON(): { steps: number; tokens: number; entries: ProfileEntry[] } {
+  toJSON(): { steps: number; tokens: number; entries: ProfileEntry[]; layerMs: number[] } {
     const entries = [...this.#totals].map(([category, t]) => ({ category, ...t }));
     entries.sort((a, b) => b.ms - a.ms);
-    return { steps: this.#steps, tokens: this.#tokens, entries };
+    return { steps: this.#steps, tokens: this.#tokens, entries, layerMs: [...this.#layers] };
   }
 
   /** A table: category, total ms, share of the in-loop time, ms per step. */

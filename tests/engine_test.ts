@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { AutoModel, InputError, type TraceEvent } from "../mod.ts";
+import { AutoModel, InputError, isFlashAttentionAvailable, type TraceEvent } from "../mod.ts";
 import type { Manifest } from "../lib/checkpoint.ts";
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url).pathname;
@@ -162,4 +162,24 @@ Deno.test("engine: close frees every device allocation and later calls fail", as
   model.close();
   await assert.rejects(model.forward(PROMPT), /closed/);
   assert.throws(() => be.stats(), /closed/);
+});
+
+Deno.test("engine: attention implementation options on the CPU backend", async () => {
+  for (const impl of ["auto", "eager"] as const) {
+    await using model = await open("llama_tied", { attnImplementation: impl });
+    assert.equal(model.activeAttentionImplementation, "eager");
+  }
+  for (const impl of ["flash", "sdpa", "flash_attention_2"] as const) {
+    await assert.rejects(
+      open("llama_tied", { attnImplementation: impl }),
+      /CPU backend has one attention/,
+    );
+  }
+  await assert.rejects(
+    open("llama_tied", { attnImplementation: "fast" as never }),
+    /attnImplementation: expected one of/,
+  );
+  const flash = isFlashAttentionAvailable();
+  assert.equal(typeof flash.available, "boolean");
+  assert.ok(flash.reason.length > 0);
 });

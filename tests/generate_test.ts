@@ -154,6 +154,9 @@ Deno.test("profiler: the loop's time is accounted per category", async () => {
     assert.ok(cats.has(c as never), `no ${c} in ${[...cats]}`);
   }
   assert.equal(p.entries.find((e) => e.category === "layers")!.count, 4 * model.config.numLayers);
+  assert.equal(p.layerMs.length, model.config.numLayers);
+  const layersMs = p.entries.find((e) => e.category === "layers")!.ms;
+  assert.ok(Math.abs(p.layerMs.reduce((a, b) => a + b, 0) - layersMs) < 1e-6);
   assert.match(model.profiler.summary(), /layers/);
 });
 

@@ -7,7 +7,7 @@ import type { Backend, DevPtr } from "../../ffi/backend.ts";
 import type { ModelConfig } from "../config.ts";
 import { InputError, NonFiniteError } from "../errors.ts";
 import type { AttentionCall, Family, LayerContext, PartWeights } from "../models/family.ts";
-import { Profiler } from "../profiler.ts";
+import type { ProfileCategory, Profiler } from "../profiler.ts";
 import { type RopeTable, ropeTable } from "../rope.ts";
 import {
   type GenerateInput,
@@ -82,6 +82,8 @@ export interface CausalLMParts {
   tokenizer: TextCodec | null;
   generationDefaults: GenerationDefaults;
   profiler: Profiler;
+  /** The attention implementation the backend runs. */
+  attention: "flash" | "eager";
   trace?: TraceEvent[];
 }
 
@@ -100,11 +102,16 @@ export class CausalLM {
   readonly generationDefaults: GenerationDefaults;
   /** Where the time went, per category (see {@link Profiler.summary}). */
   readonly profiler: Profiler;
+  /** The attention implementation that runs ("flash" or "eager"). */
+  readonly activeAttentionImplementation: "flash" | "eager";
   readonly #store: LayerStore;
   readonly #scratch: Scratch;
   readonly #source: string;
   readonly #trace?: TraceEvent[];
   #cache: KVCache | null = null;
+  /** Backend timing marks of the running step. */
+  readonly #marks: { category: ProfileCategory; layer: number | null; from: number; to: number }[] =
+    [];
   /** The token ids whose K/V the session cache holds (one sequence), for prefix reuse. */
   #cachedIds: number[] = [];
   #rope: { seqLen: number; table: RopeTable } | null = null;
@@ -119,6 +126,7 @@ export class CausalLM {
     this.tokenizer = p.tokenizer;
     this.generationDefaults = p.generationDefaults;
     this.profiler = p.profiler;
+    this.activeAttentionImplementation = p.attention;
     this.#store = p.store;
     this.#source = p.source;
     this.#trace = p.trace;
@@ -343,6 +351,15 @@ export class CausalLM {
     return this.#rope.table;
   }
 
+  /** Turns the step's backend marks into profiler entries (the step has completed). */
+  #resolveMarks(): void {
+    for (const m of this.#marks) {
+      this.profiler.add(m.category, this.backend.elapsedMs(m.from, m.to), m.layer);
+    }
+    this.#marks.length = 0;
+    this.backend.resetMarks();
+  }
+
   /**
    * One step, its logits on the host ([batch, seq, vocab] or [batch, vocab] when lastOnly),
    * checked for NaN/Inf; a non-finite result is replayed stage by stage to name where it began.
@@ -355,11 +372,14 @@ export class CausalLM {
   ): Promise<Float32Array> {
     const past = cache.length, pos = cache.nextPosition.slice();
     const rows = lastOnly ? ids.length : ids.length * ids[0].length;
+    this.#marks.length = 0; // a failed step may have left some
+    this.backend.resetMarks();
     const logits = await this.#step(ids, mask, cache, lastOnly);
     const t0 = performance.now();
     const host = new Float32Array(rows * this.config.vocabSize);
     this.backend.download(host, logits);
     this.profiler.add("logits download", performance.now() - t0);
+    this.#resolveMarks();
     this.profiler.step(ids.length * ids[0].length);
     if (host.every(Number.isFinite)) return host;
     cache.length = past;
@@ -385,7 +405,7 @@ export class CausalLM {
     lastOnly: boolean,
     probe?: Probe,
   ): Promise<DevPtr> {
-    const be = this.backend, cfg = this.config, prof = this.profiler;
+    const be = this.backend, cfg = this.config;
     const B = ids.length, S = ids[0].length, T = B * S, D = cfg.hiddenSize, V = cfg.vocabSize;
     const past = cache.length;
     if (past + S > cache.capacity) {
@@ -404,12 +424,14 @@ export class CausalLM {
     }
     const rope = this.#ropeFor(Math.max(...cache.nextPosition));
 
-    let t0 = performance.now();
+    // Compute is timed with backend marks (device events on a GPU), resolved after the step.
+    const marks = this.#marks;
+    let m0 = be.mark();
     const x = this.#scratch.get("x", T * D);
     const embed = this.#store.part("embed").get("weight");
     be.embedding(x, embed.ptr, embed.dtype, Int32Array.from(ids.flat()), D, V);
     probe?.("embedding", null, x, T * D);
-    prof.add("embed + head", performance.now() - t0);
+    marks.push({ category: "embed + head", layer: null, from: m0, to: be.mark() });
 
     const ctx: LayerContext = {
       be,
@@ -428,17 +450,17 @@ export class CausalLM {
       this.#store.prefetchAfter(layer);
       const id = `layer.${layer}`;
       this.#trace?.push({ kind: "compute-start", part: id });
-      t0 = performance.now();
+      m0 = be.mark();
       ctx.layer = layer;
       this.family.forwardLayer(ctx, w);
-      prof.add("layers", performance.now() - t0);
+      marks.push({ category: "layers", layer, from: m0, to: be.mark() });
       this.#trace?.push({ kind: "compute-end", part: id });
       this.#store.release(layer);
       probe?.(`layer ${layer}`, layer, x, T * D);
     }
     cache.length = past + S;
 
-    t0 = performance.now();
+    m0 = be.mark();
     let rows = T, h = x;
     if (lastOnly && S > 1) {
       rows = B;
@@ -454,7 +476,7 @@ export class CausalLM {
     const head = this.#head().get("weight");
     const logits = this.#scratch.get("logits", rows * V);
     be.matmul(logits, normed, head.ptr, head.dtype, null, rows, V, D);
-    prof.add("embed + head", performance.now() - t0);
+    marks.push({ category: "embed + head", layer: null, from: m0, to: be.mark() });
     return logits;
   }
 
