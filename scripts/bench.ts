@@ -1,9 +1,13 @@
 /**
  * `deno task bench`: prefill and decode speed on a synthetic checkpoint of a real model's shape
- * (default SmolLM2-135M, fp32), with every layer resident and with layers streamed from disk, next
- * to transformers on the same checkpoint when python3 has torch + transformers.
+ * with every layer resident and with layers streamed from their files, next to transformers on
+ * the same checkpoint (CPU, when python3 has torch + transformers) or to the measured pinned
+ * host → device bandwidth (CUDA, build/bench_h2d).
  *
- *   deno task bench [--shape smollm2-135m] [--dtype F32|F16|BF16] [--prompt 32] [--new 64] [--no-hf]
+ *   deno task bench [--device cpu|cuda] [--shape smollm2-135m|llama3-8b] [--dtype F32|F16|BF16]
+ *                   [--layers N] [--prompt 32] [--new 64] [--no-hf]
+ *
+ * Defaults: cpu → SmolLM2-135M shape in F32; cuda → Llama-3-8B shape in BF16.
  */
 import { parseArgs } from "node:util";
 import { AutoModel } from "../mod.ts";
@@ -12,21 +16,29 @@ import { makeBenchModel } from "./make_bench_model.ts";
 const { values: args } = parseArgs({
   args: Deno.args,
   options: {
-    shape: { type: "string", default: "smollm2-135m" },
-    dtype: { type: "string", default: "F32" },
+    device: { type: "string", default: "cpu" },
+    shape: { type: "string" },
+    dtype: { type: "string" },
+    layers: { type: "string" },
     prompt: { type: "string", default: "32" },
     new: { type: "string", default: "64" },
     "no-hf": { type: "boolean", default: false },
   },
 });
-const dtype = args.dtype as "F32" | "F16" | "BF16";
+const device = args.device as "cpu" | "cuda";
+const shape = args.shape ?? (device === "cuda" ? "llama3-8b" : "smollm2-135m");
+const dtype = (args.dtype ?? (device === "cuda" ? "BF16" : "F32")) as "F32" | "F16" | "BF16";
+const layers = args.layers ? Number(args.layers) : undefined;
 const promptLen = Number(args.prompt), newTokens = Number(args.new);
-const dir = new URL(`../tests/.tmp/bench/${args.shape}-${dtype}`, import.meta.url).pathname;
+const dir = new URL(
+  `../tests/.tmp/bench/${shape}-${dtype}${layers ? `-${layers}l` : ""}`,
+  import.meta.url,
+).pathname;
 try {
   await Deno.stat(`${dir}/config.json`);
 } catch {
-  console.log(`writing a synthetic ${args.shape} checkpoint (${dtype}) to ${dir} ...`);
-  await makeBenchModel(args.shape!, dir, dtype);
+  console.log(`writing a synthetic ${shape} checkpoint (${dtype}) to ${dir} ...`);
+  await makeBenchModel(shape, dir, dtype, layers);
 }
 
 const prompt = [Array.from({ length: promptLen }, (_, i) => 3 + ((i * 7919) % 1000))];
@@ -39,9 +51,13 @@ interface Row {
 const rows: Row[] = [];
 let weightBytes = 0;
 
-async function run(name: string, opts: { maxResidentBytes: number; prefetching: boolean }) {
+async function run(
+  name: string,
+  opts: { maxResidentBytes: number; prefetching: boolean; asyncCopy?: boolean },
+) {
   await using model = await AutoModel.fromPretrained(dir, {
     ...opts,
+    device,
     maxSeqLen: promptLen + newTokens + 8,
   });
   const manifest = JSON.parse(
@@ -58,17 +74,30 @@ async function run(name: string, opts: { maxResidentBytes: number; prefetching: 
   rows.push({ engine: name, prefill: promptLen / prefillS, decode: newTokens / decodeS });
 }
 
-await run("rabbitllm cpu, all layers resident", { maxResidentBytes: Infinity, prefetching: true });
-await run("rabbitllm cpu, streamed from disk, prefetch", {
+let h2d: { device: string; pinned_gbps: number; pageable_gbps: number } | null = null;
+if (device === "cuda") {
+  // The physical bound of streaming: pinned host → device bandwidth of this machine.
+  const exe = new URL("../build/bench_h2d", import.meta.url).pathname;
+  const out = await new Deno.Command(exe, { args: ["1024"] }).output();
+  if (!out.success) throw new Error(`bench_h2d failed: ${new TextDecoder().decode(out.stderr)}`);
+  h2d = JSON.parse(new TextDecoder().decode(out.stdout));
+}
+const tag = `rabbitllm ${device}`;
+await run(`${tag}, all layers resident`, { maxResidentBytes: Infinity, prefetching: true });
+await run(`${tag}, streamed from host memory (page cache), prefetch`, {
   maxResidentBytes: 0,
   prefetching: true,
 });
-await run("rabbitllm cpu, streamed from disk, no prefetch", {
-  maxResidentBytes: 0,
-  prefetching: false,
-});
+if (device === "cuda") {
+  await run(`${tag}, streamed, prefetch, copies on the compute stream`, {
+    maxResidentBytes: 0,
+    prefetching: true,
+    asyncCopy: false,
+  });
+}
+await run(`${tag}, streamed, no prefetch`, { maxResidentBytes: 0, prefetching: false });
 
-if (!args["no-hf"]) {
+if (!args["no-hf"] && device === "cpu") {
   const script = new URL("./bench_hf.py", import.meta.url).pathname;
   const out = await new Deno.Command("python3", {
     args: [script, dir, String(promptLen), String(newTokens)],
@@ -84,18 +113,27 @@ if (!args["no-hf"]) {
   } else console.log(`transformers baseline skipped: ${text.split("\n").at(-1)}`);
 }
 
+if (h2d) {
+  console.log(
+    `\n${h2d.device}: pinned host→device ${h2d.pinned_gbps} GB/s, pageable ${h2d.pageable_gbps} GB/s`,
+  );
+}
 console.log(
-  `\n${args.shape} ${dtype}: ${
-    (weightBytes / 1e6).toFixed(0)
-  } MB of weights read per decoded token; ` +
+  `\n${shape} ${dtype}: ${(weightBytes / 1e6).toFixed(0)} MB of weights read per decoded token; ` +
     `prompt ${promptLen}, ${newTokens} new tokens, ${navigator.hardwareConcurrency} cores`,
 );
 const w = Math.max(...rows.map((r) => r.engine.length));
-console.log(`${"engine".padEnd(w)}  prefill tok/s  decode tok/s  decode GB/s of weights`);
+console.log(
+  `${"engine".padEnd(w)}  prefill tok/s  decode tok/s  s/token  decode GB/s of weights${
+    h2d ? "  % of pinned H2D" : ""
+  }`,
+);
 for (const r of rows) {
+  const gbps = r.decode * weightBytes / 1e9;
+  const share = h2d ? `  ${(100 * gbps / h2d.pinned_gbps).toFixed(0).padStart(15)}%` : "";
   console.log(
     `${r.engine.padEnd(w)}  ${r.prefill.toFixed(1).padStart(13)}  ${
       r.decode.toFixed(1).padStart(12)
-    }  ${(r.decode * weightBytes / 1e9).toFixed(1).padStart(22)}`,
+    }  ${(1 / r.decode).toFixed(3).padStart(7)}  ${gbps.toFixed(1).padStart(22)}${share}`,
   );
 }

@@ -4,7 +4,7 @@
  *
  *   deno run --allow-read --allow-write scripts/make_bench_model.ts smollm2-135m <out_dir> [dtype]
  */
-import { writeSafetensors } from "../lib/safetensors.ts";
+import { SafetensorsWriter } from "../lib/safetensors.ts";
 import { f32ToBf16, f32ToF16 } from "../lib/dtype.ts";
 
 /** config.json fields of each benchmark shape (transformers 5 form). */
@@ -27,6 +27,31 @@ export const SHAPES: Record<string, Record<string, unknown>> = {
     bos_token_id: 1,
     eos_token_id: 2,
   },
+  "llama3-8b": {
+    architectures: ["LlamaForCausalLM"],
+    model_type: "llama",
+    hidden_size: 4096,
+    intermediate_size: 14336,
+    num_hidden_layers: 32,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    head_dim: 128,
+    vocab_size: 128256,
+    max_position_embeddings: 8192,
+    rms_norm_eps: 1e-5,
+    rope_parameters: {
+      rope_type: "llama3",
+      rope_theta: 500000,
+      factor: 8,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 8192,
+    },
+    tie_word_embeddings: false,
+    hidden_act: "silu",
+    bos_token_id: 128000,
+    eos_token_id: 128001,
+  },
 };
 
 /** A small fast seeded generator (mulberry32) → roughly normal values via a sum of uniforms. */
@@ -44,48 +69,63 @@ function filler(seed: number): (out: Float32Array, std: number) => void {
   };
 }
 
-/** Writes config.json + model.safetensors (storage `dtype`) for `shape` into `dir`. */
+/**
+ * Writes config.json + model.safetensors (storage `dtype`) for `shape` into `dir`, one tensor at a
+ * time (memory stays at one tensor). `layers` overrides the layer count (smaller runs).
+ */
 export async function makeBenchModel(
   shape: string,
   dir: string,
   dtype: "F32" | "F16" | "BF16" = "F32",
+  layers?: number,
 ): Promise<void> {
-  const c = SHAPES[shape];
-  if (!c) throw new Error(`unknown shape ${shape}; known: ${Object.keys(SHAPES).join(", ")}`);
+  const base = SHAPES[shape];
+  if (!base) throw new Error(`unknown shape ${shape}; known: ${Object.keys(SHAPES).join(", ")}`);
+  const c: Record<string, unknown> & { num_hidden_layers: number } = {
+    ...base,
+    num_hidden_layers: layers ?? base.num_hidden_layers as number,
+  };
   const D = c.hidden_size as number, I = c.intermediate_size as number;
   const hd = c.head_dim as number, H = c.num_attention_heads as number;
   const KV = c.num_key_value_heads as number, V = c.vocab_size as number;
-  const fill = filler(1234);
-  const tensors: {
-    name: string;
-    dtype: "F32" | "F16" | "BF16";
-    shape: number[];
-    data: Uint8Array;
-  }[] = [];
-  const add = (name: string, shape: number[], std: number, ones = false) => {
-    const f = new Float32Array(shape.reduce((a, b) => a * b, 1));
-    if (ones) f.fill(1);
-    else fill(f, std);
-    const out = dtype === "F32" ? f : dtype === "F16" ? f32ToF16(f) : f32ToBf16(f);
-    tensors.push({ name, dtype, shape, data: new Uint8Array(out.buffer) });
-  };
+  const specs: { name: string; shape: number[]; std: number }[] = [];
+  const add = (name: string, shape: number[], std: number) => specs.push({ name, shape, std });
   add("model.embed_tokens.weight", [V, D], 0.5);
-  for (let l = 0; l < (c.num_hidden_layers as number); l++) {
+  for (let l = 0; l < c.num_hidden_layers; l++) {
     const p = `model.layers.${l}.`;
-    add(`${p}input_layernorm.weight`, [D], 0, true);
+    add(`${p}input_layernorm.weight`, [D], 0);
     add(`${p}self_attn.q_proj.weight`, [H * hd, D], 1 / Math.sqrt(D));
     add(`${p}self_attn.k_proj.weight`, [KV * hd, D], 1 / Math.sqrt(D));
     add(`${p}self_attn.v_proj.weight`, [KV * hd, D], 1 / Math.sqrt(D));
     add(`${p}self_attn.o_proj.weight`, [D, H * hd], 1 / Math.sqrt(H * hd));
-    add(`${p}post_attention_layernorm.weight`, [D], 0, true);
+    add(`${p}post_attention_layernorm.weight`, [D], 0);
     add(`${p}mlp.gate_proj.weight`, [I, D], 1 / Math.sqrt(D));
     add(`${p}mlp.up_proj.weight`, [I, D], 1 / Math.sqrt(D));
     add(`${p}mlp.down_proj.weight`, [D, I], 1 / Math.sqrt(I));
   }
-  add("model.norm.weight", [D], 0, true);
+  add("model.norm.weight", [D], 0);
+  if (!c.tie_word_embeddings) add("lm_head.weight", [V, D], 1 / Math.sqrt(D));
   await Deno.mkdir(dir, { recursive: true });
+  const writer = await SafetensorsWriter.create(
+    `${dir}/model.safetensors`,
+    specs.map(({ name, shape }) => ({ name, dtype, shape })),
+    { format: "pt" },
+  );
+  const fill = filler(1234);
+  try {
+    for (const s of specs) {
+      const f = new Float32Array(s.shape.reduce((a, b) => a * b, 1));
+      if (s.std === 0) f.fill(1); // norm weights
+      else fill(f, s.std);
+      const out = dtype === "F32" ? f : dtype === "F16" ? f32ToF16(f) : f32ToBf16(f);
+      await writer.write(s.name, new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
+    }
+    await writer.commit();
+  } catch (e) {
+    await writer.abort();
+    throw e;
+  }
   const torchDtype = { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype];
-  await writeSafetensors(`${dir}/model.safetensors`, tensors, { format: "pt" });
   await Deno.writeTextFile(
     `${dir}/config.json`,
     JSON.stringify({ ...c, dtype: torchDtype }, null, 2),
@@ -93,11 +133,12 @@ export async function makeBenchModel(
 }
 
 if (import.meta.main) {
-  const [shape, dir, dtype] = Deno.args;
+  const [shape, dir, dtype, layers] = Deno.args;
   if (!shape || !dir) {
-    console.error("usage: make_bench_model.ts <shape> <out_dir> [F32|F16|BF16]");
+    console.error("usage: make_bench_model.ts <shape> <out_dir> [F32|F16|BF16] [layers]");
     Deno.exit(2);
   }
-  await makeBenchModel(shape, dir, (dtype ?? "F32") as "F32" | "F16" | "BF16");
+  const n = layers ? Number(layers) : undefined;
+  await makeBenchModel(shape, dir, (dtype ?? "F32") as "F32" | "F16" | "BF16", n);
   console.log(`wrote ${dir}`);
 }

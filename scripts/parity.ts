@@ -1,18 +1,38 @@
 /**
- * `deno task parity`: every fixture × (prefetch on/off) × (cache on/off) against the stored
- * transformers outputs. Prints a table; exits 1 when any row fails.
+ * `deno task parity [--device cuda]`: every fixture × (prefetch on/off) × (cache on/off) against
+ * the stored transformers outputs — on CUDA also × (flash/eager attention) and a run with
+ * synchronous copies. Prints a table; exits 1 when any row fails.
  */
+import { parseArgs } from "node:util";
 import {
   formatTable,
   loadFixtures,
+  type Mode,
   MODES,
   type ParityResult,
   runParity,
 } from "../tests/parity_lib.ts";
 
+const { values } = parseArgs({
+  args: Deno.args,
+  options: { device: { type: "string", default: "cpu" } },
+});
+const device = values.device as "cpu" | "cuda";
+if (device !== "cpu" && device !== "cuda") {
+  console.error(`--device: expected cpu or cuda, got ${device}`);
+  Deno.exit(2);
+}
+const modes: Mode[] = device === "cpu" ? [...MODES] : [
+  ...MODES.flatMap((m) => [
+    { ...m, device, attnImplementation: "flash" as const },
+    { ...m, device, attnImplementation: "eager" as const },
+  ]),
+  { prefetching: true, useCache: true, device, attnImplementation: "flash", asyncCopy: false },
+];
+
 const rows: ParityResult[] = [];
 for (const f of await loadFixtures()) {
-  for (const mode of MODES) rows.push(await runParity(f, mode));
+  for (const mode of modes) rows.push(await runParity(f, mode));
 }
 console.log(formatTable(rows));
 const failed = rows.filter((r) => !r.ok);

@@ -183,3 +183,13 @@ Deno.test("engine: attention implementation options on the CPU backend", async (
   assert.equal(typeof flash.available, "boolean");
   assert.ok(flash.reason.length > 0);
 });
+
+Deno.test("engine: streaming allocates nothing per layer or token once buffers are sized", async () => {
+  await using model = await open("llama_tied", { prefetching: true, maxResidentBytes: 0 });
+  const rows = [[5, 6, 7, 8, 9], [40, 41, 42]];
+  await model.generate(rows, { maxNewTokens: 8 });
+  const allocs = model.backend.stats().allocs;
+  await model.generate(rows, { maxNewTokens: 8 });
+  // generate() starts a fresh KV cache (K and V per layer); nothing else is allocated.
+  assert.equal(model.backend.stats().allocs - allocs, 2 * model.config.numLayers);
+});

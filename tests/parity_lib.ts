@@ -54,6 +54,10 @@ export interface Mode {
   prefetching: boolean;
   /** true: prompt fed in two chunks through the KV cache, then token by token. */
   useCache: boolean;
+  /** Backend device (default "cpu"). */
+  device?: "cpu" | "cuda";
+  attnImplementation?: "flash" | "eager";
+  asyncCopy?: boolean;
 }
 
 export const MODES: readonly Mode[] = [
@@ -83,9 +87,11 @@ export interface ParityResult {
 export async function runParity(f: Fixture, mode: Mode): Promise<ParityResult> {
   const split = new URL(`${f.name}-${f.ref.storage_dtype}/`, SPLITS).pathname;
   await using model = await AutoModel.fromPretrained(f.dir, {
-    device: "cpu",
+    device: mode.device ?? "cpu",
     dtype: "auto",
     prefetching: mode.prefetching,
+    attnImplementation: mode.attnImplementation,
+    asyncCopy: mode.asyncCopy,
     layerShardsSavingPath: split,
     maxResidentBytes: 0, // stream every layer every step: the path under test
   });
@@ -148,6 +154,7 @@ export async function runParity(f: Fixture, mode: Mode): Promise<ParityResult> {
 export function formatTable(rows: ParityResult[]): string {
   const head = [
     "fixture",
+    "device",
     "dtype",
     "prefetch",
     "cache",
@@ -159,6 +166,9 @@ export function formatTable(rows: ParityResult[]): string {
   ];
   const body = rows.map((r) => [
     r.fixture,
+    `${r.mode.device ?? "cpu"}${r.mode.attnImplementation ? ` ${r.mode.attnImplementation}` : ""}${
+      r.mode.asyncCopy === false ? " sync-copy" : ""
+    }`,
     r.dtype,
     r.mode.prefetching ? "on" : "off",
     r.mode.useCache ? "on" : "off",
