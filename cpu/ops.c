@@ -57,6 +57,45 @@ RL_API int32_t rl_rmsnorm(rl_ctx *ctx, float *out, const float *x, const void *w
   return RL_OK;
 }
 
+RL_API int32_t rl_layernorm(rl_ctx *ctx, float *out, const float *x, const void *w, const void *b,
+                            int32_t wdtype, int32_t rows, int32_t dim, float eps) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(out);
+  REQUIRE_PTR(x);
+  REQUIRE_PTR(w);
+  REQUIRE_DTYPE(wdtype);
+  REQUIRE_POS(rows);
+  REQUIRE_POS(dim);
+  REQUIRE(eps >= 0.0f, "eps must be >= 0, got %g", (double)eps);
+#pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
+    if ((int64_t)rows * dim >= PAR_MIN_WORK)
+  for (int32_t r = 0; r < rows; r++) {
+    const float *xr = x + (int64_t)r * dim; /* (dim) */
+    float *o = out + (int64_t)r * dim;      /* (dim) */
+    float mean = 0.0f, var = 0.0f;
+    for (int32_t c = 0; c < dim; c++) mean += xr[c];
+    mean /= (float)dim;
+    for (int32_t c = 0; c < dim; c++) var += (xr[c] - mean) * (xr[c] - mean);
+    const float inv = 1.0f / sqrtf(var / (float)dim + eps);
+    for (int32_t c = 0; c < dim; c++) {
+      const float bias = b ? load_f32(b, wdtype, c) : 0.0f;
+      o[c] = (xr[c] - mean) * inv * load_f32(w, wdtype, c) + bias;
+    }
+  }
+  return RL_OK;
+}
+
+RL_API int32_t rl_softcap(rl_ctx *ctx, float *out, const float *x, float cap, int64_t n) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(out);
+  REQUIRE_PTR(x);
+  REQUIRE_POS(n);
+  REQUIRE(cap > 0.0f, "cap must be > 0, got %g", (double)cap);
+#pragma omp parallel for schedule(static) num_threads(ctx->n_threads) if (n >= PAR_MIN_WORK)
+  for (int64_t i = 0; i < n; i++) out[i] = cap * tanhf(x[i] / cap);
+  return RL_OK;
+}
+
 /* ----------------------------------------------------------------------------------------------
  * Rotary embedding (rotate_half layout, in place) */
 

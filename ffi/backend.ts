@@ -61,6 +61,11 @@ export const SYMBOLS = {
     parameters: ["pointer", "pointer", "pointer", "pointer", "i32", "i32", "i32", "f32", "f32"],
     result: "i32",
   },
+  rl_layernorm: {
+    parameters: ["pointer", "pointer", "pointer", "pointer", "pointer", "i32", "i32", "i32", "f32"],
+    result: "i32",
+  },
+  rl_softcap: { parameters: ["pointer", "pointer", "pointer", "f32", "i64"], result: "i32" },
   rl_matmul: {
     parameters: [
       "pointer",
@@ -417,6 +422,28 @@ export class Backend {
       ),
       "rl_rmsnorm",
     );
+  }
+
+  /** LayerNorm with weight and optional bias (torch.nn.LayerNorm). */
+  layernorm(
+    out: DevPtr,
+    x: DevPtr,
+    w: DevPtr,
+    b: DevPtr | null,
+    wdtype: WeightDType,
+    rows: number,
+    dim: number,
+    eps: number,
+  ): void {
+    this.#check(
+      this.#lib.symbols.rl_layernorm(this.#c, out, x, w, b, DTYPE_CODE[wdtype], rows, dim, eps),
+      "rl_layernorm",
+    );
+  }
+
+  /** out = cap · tanh(x / cap). */
+  softcap(out: DevPtr, x: DevPtr, cap: number, n: number): void {
+    this.#check(this.#lib.symbols.rl_softcap(this.#c, out, x, cap, BigInt(n)), "rl_softcap");
   }
 
   /** out[M,N] = x[M,K] · W[N,K]ᵀ (+ bias). */

@@ -151,6 +151,14 @@ RL_API int32_t rl_embedding(rl_ctx *ctx, float *out, const void *table, int32_t 
 RL_API int32_t rl_rmsnorm(rl_ctx *ctx, float *out, const float *x, const void *w, int32_t wdtype,
                           int32_t rows, int32_t dim, float eps, float weight_offset);
 
+/* LayerNorm: out[r,:] = (x[r,:] - mean) / sqrt(var + eps) * w + b (biased variance, fp32), as
+ * torch.nn.LayerNorm. b may be NULL (no bias); w and b share wdtype. out may equal x. */
+RL_API int32_t rl_layernorm(rl_ctx *ctx, float *out, const float *x, const void *w, const void *b,
+                            int32_t wdtype, int32_t rows, int32_t dim, float eps);
+
+/* out[i] = cap * tanh(x[i] / cap) (Gemma's logit soft-capping), in place allowed. */
+RL_API int32_t rl_softcap(rl_ctx *ctx, float *out, const float *x, float cap, int64_t n);
+
 /* out[M,N] = x[M,K] . W[N,K]^T (+ bias[N] when bias != NULL). fp32 accumulation.
  * out must not alias x. */
 RL_API int32_t rl_matmul(rl_ctx *ctx, float *out, const float *x, const void *w, int32_t wdtype,

@@ -39,6 +39,10 @@ export interface ModelConfig {
   maxPositionEmbeddings: number;
   rmsNormEps: number;
   rope: RopeConfig;
+  /** Per layer: its rope (Gemma 3 uses a local and a global one); default `rope` everywhere. */
+  layerRopes: RopeConfig[];
+  /** > 0: logits = cap · tanh(logits / cap) (Gemma 2); 0 = off. */
+  finalLogitSoftcap: number;
   tieWordEmbeddings: boolean;
   /** q/k/v projections carry a bias (Qwen2). */
   attentionBias: boolean;
@@ -231,6 +235,7 @@ export function parseCommonConfig(raw: Raw, source: string, d: ConfigDefaults): 
     }
     headDim = hiddenSize / numHeads;
   }
+  const rope = parseRope(r, d.ropeTheta);
   return {
     architecture,
     modelType,
@@ -243,7 +248,9 @@ export function parseCommonConfig(raw: Raw, source: string, d: ConfigDefaults): 
     vocabSize: r.int("vocab_size"),
     maxPositionEmbeddings: r.int("max_position_embeddings", d.maxPositionEmbeddings),
     rmsNormEps: r.num("rms_norm_eps", d.rmsNormEps),
-    rope: parseRope(r, d.ropeTheta),
+    rope,
+    layerRopes: new Array(numLayers).fill(rope),
+    finalLogitSoftcap: 0,
     tieWordEmbeddings: r.bool("tie_word_embeddings", d.tieWordEmbeddings),
     attentionBias: r.bool("attention_bias", false),
     layerWindows: new Array(numLayers).fill(0),

@@ -98,6 +98,17 @@ Deno.test("backend: ops give hand-derived results", () => {
   const x = put([1, 0]);
   be.rope(x, 1, 2, 1, 2, 2, new Int32Array([1]), new Float32Array([Math.PI / 2]), 1);
   get(x, 2).forEach((v, i) => assert.ok(Math.abs(v - [0, 1][i]) < 1e-6));
+  // layernorm of [1, 2, 3]: mean 2, var 2/3; w = [1, 1, 2], b = [0, 1, 0]
+  const ln = be.alloc(12);
+  be.layernorm(ln, put([1, 2, 3]), put([1, 1, 2]), put([0, 1, 0]), "F32", 1, 3, 0);
+  const sd = Math.sqrt(2 / 3);
+  get(ln, 3).forEach((v, i) =>
+    assert.ok(Math.abs(v - [-1 / sd, 1, 2 / sd][i]) < 1e-6, `ln ${i}: ${v}`)
+  );
+  // softcap 2·tanh(x/2)
+  const sc = put([0, 2, -100]);
+  be.softcap(sc, sc, 2, 3);
+  get(sc, 3).forEach((v, i) => assert.ok(Math.abs(v - [0, 2 * Math.tanh(1), -2][i]) < 1e-6));
   const ids = new Int32Array(2);
   be.argmax(ids, put([1, 5, 5, 0, -1, -2]), 2, 3);
   assert.deepEqual([...ids], [1, 0]);

@@ -4,7 +4,7 @@
  * @module
  */
 import type { Backend, DevPtr } from "../../ffi/backend.ts";
-import type { ModelConfig } from "../config.ts";
+import type { ModelConfig, RopeConfig } from "../config.ts";
 import { InputError, NonFiniteError } from "../errors.ts";
 import type { AttentionCall, Family, LayerContext, PartWeights } from "../models/family.ts";
 import type { ProfileCategory, Profiler } from "../profiler.ts";
@@ -114,7 +114,8 @@ export class CausalLM {
     [];
   /** The token ids whose K/V the session cache holds (one sequence), for prefix reuse. */
   #cachedIds: number[] = [];
-  #rope: { seqLen: number; table: RopeTable } | null = null;
+  /** Rope tables by rope config (one per distinct config; "dynamic" ones per length). */
+  readonly #ropes = new Map<RopeConfig, { seqLen: number; table: RopeTable }>();
   #busy: Promise<unknown> = Promise.resolve();
   #closed = false;
 
@@ -339,16 +340,16 @@ export class CausalLM {
     return new KVCache(this.backend, this.config, batch, seq);
   }
 
-  #ropeFor(seqLen: number): RopeTable {
-    const dynamic = this.config.rope.type === "dynamic";
-    if (!this.#rope || (dynamic && this.#rope.seqLen !== seqLen)) {
-      const shape = {
-        headDim: this.config.headDim,
-        maxPositionEmbeddings: this.config.maxPositionEmbeddings,
-      };
-      this.#rope = { seqLen, table: ropeTable(this.config.rope, shape, seqLen, this.#source) };
-    }
-    return this.#rope.table;
+  #ropeFor(rope: RopeConfig, seqLen: number): RopeTable {
+    const have = this.#ropes.get(rope);
+    if (have && (rope.type !== "dynamic" || have.seqLen === seqLen)) return have.table;
+    const shape = {
+      headDim: this.config.headDim,
+      maxPositionEmbeddings: this.config.maxPositionEmbeddings,
+    };
+    const table = ropeTable(rope, shape, seqLen, this.#source);
+    this.#ropes.set(rope, { seqLen, table });
+    return table;
   }
 
   /** Turns the step's backend marks into profiler entries (the step has completed). */
@@ -422,7 +423,7 @@ export class CausalLM {
         positions[b * S + j] = real ? cache.nextPosition[b]++ : 0;
       }
     }
-    const rope = this.#ropeFor(Math.max(...cache.nextPosition));
+    const seqLen = Math.max(...cache.nextPosition);
 
     // Compute is timed with backend marks (device events on a GPU), resolved after the step.
     const marks = this.#marks;
@@ -430,6 +431,8 @@ export class CausalLM {
     const x = this.#scratch.get("x", T * D);
     const embed = this.#store.part("embed").get("weight");
     be.embedding(x, embed.ptr, embed.dtype, Int32Array.from(ids.flat()), D, V);
+    const embedScale = this.family.embedScale?.(cfg);
+    if (embedScale !== undefined) be.scale(x, x, embedScale, T * D);
     probe?.("embedding", null, x, T * D);
     marks.push({ category: "embed + head", layer: null, from: m0, to: be.mark() });
 
@@ -440,7 +443,7 @@ export class CausalLM {
       T,
       x,
       positions,
-      rope,
+      rope: this.#ropeFor(cfg.layerRopes[0], seqLen),
       buf: (name, floats) => this.#scratch.get(name, floats),
       attention: (call) => this.#attend(ctx.layer, call, cache, B, S),
     };
@@ -452,6 +455,7 @@ export class CausalLM {
       this.#trace?.push({ kind: "compute-start", part: id });
       m0 = be.mark();
       ctx.layer = layer;
+      ctx.rope = this.#ropeFor(cfg.layerRopes[layer], seqLen);
       this.family.forwardLayer(ctx, w);
       marks.push({ category: "layers", layer, from: m0, to: be.mark() });
       this.#trace?.push({ kind: "compute-end", part: id });
@@ -470,12 +474,18 @@ export class CausalLM {
       }
     } else if (lastOnly) rows = B;
     const normed = this.#scratch.get("h", rows * D);
-    const norm = this.#store.part("norm").get("weight");
-    be.rmsnorm(normed, h, norm.ptr, norm.dtype, rows, D, cfg.rmsNormEps);
+    const normPart = this.#store.part("norm");
+    if (this.family.finalNorm) this.family.finalNorm(be, cfg, normPart, normed, h, rows);
+    else {
+      const norm = normPart.get("weight");
+      be.rmsnorm(normed, h, norm.ptr, norm.dtype, rows, D, cfg.rmsNormEps);
+    }
     probe?.("final norm", null, normed, rows * D);
-    const head = this.#head().get("weight");
+    const headPart = this.#head(), head = headPart.get("weight");
     const logits = this.#scratch.get("logits", rows * V);
-    be.matmul(logits, normed, head.ptr, head.dtype, null, rows, V, D);
+    const bias = this.config.tieWordEmbeddings ? null : headPart.opt("bias")?.ptr ?? null;
+    be.matmul(logits, normed, head.ptr, head.dtype, bias, rows, V, D);
+    if (cfg.finalLogitSoftcap > 0) be.softcap(logits, logits, cfg.finalLogitSoftcap, rows * V);
     marks.push({ category: "embed + head", layer: null, from: m0, to: be.mark() });
     return logits;
   }

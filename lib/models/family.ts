@@ -90,4 +90,15 @@ export interface Family {
   expected(part: Part, cfg: ModelConfig): ExpectedTensor[];
   /** One decoder layer, in place on ctx.x. */
   forwardLayer(ctx: LayerContext, w: PartWeights): void;
+  /** Multiplies the embeddings after the lookup (Gemma: √hidden); default none. */
+  embedScale?(cfg: ModelConfig): number;
+  /** The final norm of `rows` rows of x into out; default RMSNorm (weight "weight"). */
+  finalNorm?(
+    be: Backend,
+    cfg: ModelConfig,
+    w: PartWeights,
+    out: DevPtr,
+    x: DevPtr,
+    rows: number,
+  ): void;
 }
