@@ -47,7 +47,15 @@ function optNum(rope: RopeConfig, key: string): number | undefined {
 }
 
 /** The rope types {@link ropeTable} implements. */
-export const ROPE_TYPES = ["default", "linear", "dynamic", "llama3", "yarn"] as const;
+export const ROPE_TYPES = ["default", "linear", "dynamic", "llama3", "yarn", "longrope"] as const;
+
+/**
+ * Whether the table depends on the forward's length (`seqLen` of {@link ropeTable}), so a cached
+ * one must be rebuilt when the length changes: "dynamic" rescales, "longrope" switches factors.
+ */
+export function ropeDependsOnLength(rope: RopeConfig): boolean {
+  return rope.type === "dynamic" || rope.type === "longrope";
+}
 
 /** Fails early (at load) for a rope type we do not implement, naming the key. */
 export function checkRopeType(rope: RopeConfig, source: string): void {
@@ -62,7 +70,7 @@ export function checkRopeType(rope: RopeConfig, source: string): void {
 
 /**
  * The rope table for a forward pass whose largest position is `seqLen - 1`
- * (only "dynamic" depends on it).
+ * ("dynamic" and "longrope" depend on it; see {@link ropeDependsOnLength}).
  */
 export function ropeTable(
   rope: RopeConfig,
@@ -108,6 +116,8 @@ export function ropeTable(
     }
     case "yarn":
       return yarn(rope, shape, dim, source);
+    case "longrope":
+      return longrope(rope, shape, dim, seqLen, source);
   }
   checkRopeType(rope, source);
   throw new Error("unreachable");
@@ -146,6 +156,43 @@ function yarn(rope: RopeConfig, shape: RopeShape, dim: number, source: string): 
     const ramp = Math.min(1, Math.max(0, f32(f32(i - lo) / f32(hi - lo))));
     const extraFactor = f32(1 - ramp);
     inv[i] = f32(f32(interpolation * f32(1 - extraFactor)) + f32(extrapolation * extraFactor));
+  }
+  return { rotDim: dim, invFreq: inv, mscale: attention };
+}
+
+function factors(rope: RopeConfig, key: string, n: number, source: string): number[] {
+  const v = rope.params[key];
+  if (!Array.isArray(v) || v.length !== n || !v.every((x) => typeof x === "number")) {
+    throw new ConfigError(
+      source,
+      `rope_scaling.${key}`,
+      `rope type longrope needs a list of ${n} numbers (rotary dims / 2)`,
+    );
+  }
+  return v;
+}
+
+/**
+ * LongRoPE (Phi-3): per-frequency divisors, `long_factor` when the forward reaches past
+ * `original_max_position_embeddings` (transformers decides per forward from max(position) + 1),
+ * else `short_factor`; the attention factor defaults to √(1 + ln s / ln original) with
+ * s = `factor` or max_position_embeddings / original.
+ */
+function longrope(
+  rope: RopeConfig,
+  shape: RopeShape,
+  dim: number,
+  seqLen: number,
+  source: string,
+): RopeTable {
+  const origMax = optNum(rope, "original_max_position_embeddings") ?? shape.maxPositionEmbeddings;
+  const ext = factors(rope, seqLen > origMax ? "long_factor" : "short_factor", dim / 2, source);
+  const factor = optNum(rope, "factor") ?? shape.maxPositionEmbeddings / origMax;
+  const attention = optNum(rope, "attention_factor") ??
+    (factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(origMax)));
+  const inv = new Float32Array(dim / 2);
+  for (let i = 0; i < dim / 2; i++) {
+    inv[i] = f32(1 / f32(f32(ext[i]) * f32(Math.pow(rope.theta, f32(f32(2 * i) / dim)))));
   }
   return { rotDim: dim, invFreq: inv, mscale: attention };
 }

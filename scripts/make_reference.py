@@ -45,13 +45,33 @@ import transformers  # noqa: E402
 from safetensors.torch import load_file as st_load  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    PhiConfig,
+    PhiForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 
 transformers.logging.set_verbosity_error()
@@ -70,6 +90,7 @@ STORIES_NEW_TOKENS = 64
 MARGIN_MIN = 1e-3  # top1 - top2 > MARGIN_MIN * max|logit| of that row
 LOGITS_RTOL = 1e-5  # check mode: max|Δ| <= LOGITS_RTOL * max|logit|
 SEED_TRIES = 64
+ROUTING_GAP_MIN = 1e-4  # MoE: every routing choice must beat the runner-up by more than this
 MIN_DISTINCT = 8  # a seed whose 24 greedy tokens have fewer distinct ids is rejected (weak test)  # seeds tried (from the configured one) until the margin check passes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -101,6 +122,8 @@ class Fixture:
     greedy_prompt_len: int = 8
     # (model, reload_fn) -> (description, alternative model) whose logits must differ
     feature: Callable[[Path, Any], tuple[str, Any]] | None = None
+    # further checks of the same kind -> optional "more_feature_checks" list in reference.json
+    more_features: tuple[Callable[[Path, Any], tuple[str, Any]], ...] = ()
     notes: str = ""
     legacy_extra: dict[str, Any] = field(default_factory=dict)
     legacy_drop: tuple[str, ...] = ()
@@ -108,6 +131,208 @@ class Fixture:
     # one: with lm_head == embed_tokens the embedding's own residual term otherwise makes every
     # token predict itself (greedy collapses to one repeated token).
     out_gain: float = 1.0
+    # --- knobs of the newer families (defaults reproduce the original fixtures bit for bit)
+    # extra gains on matrices, by parameter-name suffix (e.g. q_proj/k_proj to push attention
+    # scores into gemma2's softcap range)
+    gains: dict[str, float] = field(default_factory=dict)
+    # norm weights: the effective scale is s = gain * (1 + 0.1 N(0,1)); stored weight is
+    # s - 1 + norm_offset. norm_offset 1 for x * w norms (llama), 0 for gemma's x * (1 + w).
+    norm_offset: float = 1.0
+    norm_gains: dict[str, float] = field(default_factory=dict)
+    # std of the embedding (1 unless stated; gemma scales its embeddings by sqrt(hidden) on input)
+    embed_std: float = 1.0
+    # std of DeepSeek-V3's e_score_correction_bias buffer (drawn after the parameters)
+    score_bias_std: float = 0.0
+    # custom legacy-config rewrite (replaces rewrite_legacy_config)
+    legacy_fn: Callable[[Path, Any], None] | None = None
+
+
+# newer families. Only what differs from the family defaults that matter is set; every config is
+# what transformers writes back (see tests/fixtures/README.md).
+QWEN3 = dict(
+    BASE,
+    head_dim=32,
+    intermediate_size=64,
+    tie_word_embeddings=True,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+)
+# Gemma: embeddings are multiplied by sqrt(hidden) = 8 on input and every branch output goes
+# through a post-norm, so with a tied lm_head the token's own embedding dominates the residual and
+# greedy repeats the prompt's last token. So the embeddings are N(0, 0.25^2) and the post-norms get
+# gain 6 (the gemma analogue of out_gain).
+GEMMA_POST_NORMS = {"post_attention_layernorm.weight": 6.0, "post_feedforward_layernorm.weight": 6.0}
+GEMMA_INIT = dict(norm_offset=0.0, embed_std=0.25, norm_gains=GEMMA_POST_NORMS)
+# gemma2: final norm gain 4 puts the pre-cap logits at ~30-40, where final_logit_softcapping (30)
+# bends them; q/k gain 4 (scores x 16) puts attention scores in the range of attn_logit_softcapping (50).
+GEMMA2_INIT = dict(
+    norm_offset=0.0,
+    embed_std=0.25,
+    norm_gains=dict(GEMMA_POST_NORMS, **{"model.norm.weight": 4.0}),
+    gains={"q_proj.weight": 4.0, "k_proj.weight": 4.0},
+)
+GEMMA2 = dict(
+    BASE,
+    num_hidden_layers=3,
+    head_dim=32,
+    intermediate_size=64,
+    sliding_window=4,
+    query_pre_attn_scalar=16,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    hidden_activation="gelu_pytorch_tanh",
+    tie_word_embeddings=True,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+)
+GEMMA3 = dict(
+    BASE,
+    num_hidden_layers=4,
+    num_key_value_heads=1,
+    head_dim=32,
+    intermediate_size=32,
+    sliding_window=4,
+    sliding_window_pattern=3,
+    query_pre_attn_scalar=32,
+    hidden_activation="gelu_pytorch_tanh",
+    tie_word_embeddings=True,
+    rope_parameters={
+        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    },
+)
+PHI3 = dict(
+    BASE,
+    intermediate_size=64,
+    tie_word_embeddings=False,
+    pad_token_id=None,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+)
+PHI3_LONGROPE = dict(
+    BASE,
+    intermediate_size=64,
+    tie_word_embeddings=False,
+    pad_token_id=None,
+    # transformers picks long/short factors per forward call (max position + 1 > original?), so
+    # every forward here must be past it, also the first cache chunk: the parity harness prefills
+    # S/2 = 12 tokens, the greedy prompt is 20. Hence original 8 (factor 64/8 = 8, attention
+    # factor sqrt(1 + ln 8 / ln 8) = sqrt(2)).
+    max_position_embeddings=64,
+    original_max_position_embeddings=8,
+    rope_parameters={
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.75,  # head_dim 16 -> 12 rotary dims -> 6 factors
+        "short_factor": [1.0, 1.02, 1.05, 1.1, 1.2, 1.3],
+        "long_factor": [1.0, 1.25, 2.0, 4.0, 8.0, 16.0],
+    },
+)
+PHI2 = dict(
+    BASE,
+    num_key_value_heads=4,
+    tie_word_embeddings=False,
+    hidden_act="gelu_new",
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+)
+MIXTRAL = dict(
+    BASE,
+    intermediate_size=32,
+    num_local_experts=4,
+    num_experts_per_tok=2,
+    tie_word_embeddings=False,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+)
+QWEN2_MOE = dict(
+    BASE,
+    num_hidden_layers=3,
+    intermediate_size=64,  # the dense layer
+    moe_intermediate_size=16,
+    shared_expert_intermediate_size=32,
+    num_experts=4,
+    num_experts_per_tok=2,
+    norm_topk_prob=False,
+    decoder_sparse_step=1,
+    mlp_only_layers=[1],
+    tie_word_embeddings=False,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+)
+QWEN3_MOE = dict(
+    BASE,
+    num_hidden_layers=3,
+    head_dim=32,
+    intermediate_size=32,  # the dense layer
+    moe_intermediate_size=16,
+    num_experts=4,
+    num_experts_per_tok=2,
+    norm_topk_prob=True,
+    decoder_sparse_step=1,
+    mlp_only_layers=[0],
+    tie_word_embeddings=False,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+)
+DEEPSEEK_V2 = dict(
+    BASE,
+    num_hidden_layers=3,
+    num_key_value_heads=4,  # MLA: one K/V per head after kv_b_proj
+    intermediate_size=64,  # the dense layer
+    moe_intermediate_size=8,  # 8 experts x 2 MoE layers: keeps the fixture < 600 KB
+    n_routed_experts=8,
+    n_shared_experts=2,
+    num_experts_per_tok=3,
+    topk_method="group_limited_greedy",
+    n_group=4,
+    topk_group=2,
+    norm_topk_prob=False,
+    routed_scaling_factor=2.0,
+    first_k_dense_replace=1,
+    q_lora_rank=32,
+    kv_lora_rank=16,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=16,
+    v_head_dim=16,
+    max_position_embeddings=16384,
+    tie_word_embeddings=False,
+    rope_parameters={
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 4.0,
+        "original_max_position_embeddings": 4096,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 0.707,
+    },
+)
+DEEPSEEK_V3 = dict(
+    BASE,
+    num_hidden_layers=3,
+    num_key_value_heads=4,
+    intermediate_size=64,  # the dense layer
+    moe_intermediate_size=8,  # 8 experts x 2 MoE layers: keeps the fixture < 600 KB
+    n_routed_experts=8,
+    n_shared_experts=1,
+    num_experts_per_tok=2,
+    n_group=2,
+    topk_group=1,
+    norm_topk_prob=True,
+    routed_scaling_factor=2.5,
+    first_k_dense_replace=1,
+    q_lora_rank=None,
+    kv_lora_rank=16,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=16,
+    v_head_dim=16,
+    max_position_embeddings=163840,
+    tie_word_embeddings=False,
+    rope_parameters={
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 40.0,
+        "original_max_position_embeddings": 4096,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    },
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +372,142 @@ def feat_untie(model_dir: Path, fx: Fixture):
     m = load_f32(fx.model_cls, model_dir)
     assert m.lm_head.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr(), "lm_head not tied"
     return ("(lm_head is tied to embed_tokens; no alternative)", None)
+
+
+def feat_qk_norm_identity(model_dir: Path, fx: Fixture):
+    m = load_f32(fx.model_cls, model_dir)
+    for layer in m.model.layers:
+        layer.self_attn.q_norm = torch.nn.Identity()
+        layer.self_attn.k_norm = torch.nn.Identity()
+    return ("q_norm/k_norm -> identity", m)
+
+
+def feat_attn_softcap_off(model_dir: Path, fx: Fixture):
+    return ("attn_logit_softcapping -> null", _reload_with(model_dir, fx.model_cls, attn_logit_softcapping=None))
+
+
+def feat_final_softcap_off(model_dir: Path, fx: Fixture):
+    return ("final_logit_softcapping -> null", _reload_with(model_dir, fx.model_cls, final_logit_softcapping=None))
+
+
+def feat_all_full_attention(model_dir: Path, fx: Fixture):
+    n = fx.config["num_hidden_layers"]
+    return (
+        "layer_types -> all full_attention (no sliding window)",
+        _reload_with(model_dir, fx.model_cls, layer_types=["full_attention"] * n),
+    )
+
+
+def feat_query_scalar_head_dim(model_dir: Path, fx: Fixture):
+    hd = fx.config["head_dim"]
+    return (f"query_pre_attn_scalar -> head_dim ({hd})", _reload_with(model_dir, fx.model_cls, query_pre_attn_scalar=hd))
+
+
+def feat_gemma3_one_theta(model_dir: Path, fx: Fixture):
+    rp = copy.deepcopy(AutoConfig.from_pretrained(model_dir).rope_parameters)
+    theta = rp["full_attention"]["rope_theta"]
+    rp["sliding_attention"]["rope_theta"] = theta
+    return (
+        f"rope_parameters.sliding_attention.rope_theta -> {theta:g} (the full_attention base)",
+        _reload_with(model_dir, fx.model_cls, rope_parameters=rp),
+    )
+
+
+def feat_swap_gate_up(model_dir: Path, fx: Fixture):
+    m = load_f32(fx.model_cls, model_dir)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            w = layer.mlp.gate_up_proj.weight
+            gate, up = w.chunk(2, dim=0)
+            w.copy_(torch.cat([up, gate], dim=0))
+    return ("gate_up_proj halves swapped (up first)", m)
+
+
+def feat_longrope_short_only(model_dir: Path, fx: Fixture):
+    rp = copy.deepcopy(AutoConfig.from_pretrained(model_dir).rope_parameters)
+    rp["long_factor"] = list(rp["short_factor"])
+    return ("rope long_factor -> short_factor (long sequences use the short factors)",
+            _reload_with(model_dir, fx.model_cls, rope_parameters=rp))
+
+
+def feat_longrope_off(model_dir: Path, fx: Fixture):
+    rp = AutoConfig.from_pretrained(model_dir).rope_parameters
+    alt = {"rope_type": "default", "rope_theta": rp["rope_theta"], "partial_rotary_factor": rp["partial_rotary_factor"]}
+    return ("rope_parameters -> default (no longrope factors, no attention factor)",
+            _reload_with(model_dir, fx.model_cls, rope_parameters=alt))
+
+
+def feat_full_rotary(model_dir: Path, fx: Fixture):
+    rp = copy.deepcopy(AutoConfig.from_pretrained(model_dir).rope_parameters)
+    rp["partial_rotary_factor"] = 1.0
+    return ("partial_rotary_factor -> 1.0", _reload_with(model_dir, fx.model_cls, rope_parameters=rp))
+
+
+def feat_zero_lm_head_bias(model_dir: Path, fx: Fixture):
+    m = load_f32(fx.model_cls, model_dir)
+    with torch.no_grad():
+        m.lm_head.bias.zero_()
+    return ("lm_head.bias -> 0", m)
+
+
+def feat_top1(model_dir: Path, fx: Fixture):
+    return ("num_experts_per_tok -> 1", _reload_with(model_dir, fx.model_cls, num_experts_per_tok=1))
+
+
+def feat_flip_norm_topk(model_dir: Path, fx: Fixture):
+    v = not fx.config["norm_topk_prob"]
+    return (f"norm_topk_prob -> {str(v).lower()}", _reload_with(model_dir, fx.model_cls, norm_topk_prob=v))
+
+
+def feat_no_shared_expert_gate(model_dir: Path, fx: Fixture):
+    m = load_f32(fx.model_cls, model_dir)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            if hasattr(layer.mlp, "shared_expert_gate"):
+                layer.mlp.shared_expert_gate.weight.zero_()
+    return ("shared_expert_gate.weight -> 0 (constant gate sigmoid(0) = 0.5)", m)
+
+
+def feat_greedy_topk(model_dir: Path, fx: Fixture):
+    return ("topk_method -> greedy (no group limit)", _reload_with(model_dir, fx.model_cls, topk_method="greedy"))
+
+
+def feat_no_groups(model_dir: Path, fx: Fixture):
+    return ("n_group/topk_group -> 1/1 (no group limit)", _reload_with(model_dir, fx.model_cls, n_group=1, topk_group=1))
+
+
+def feat_yarn_off(model_dir: Path, fx: Fixture):
+    rp = AutoConfig.from_pretrained(model_dir).rope_parameters
+    return ("rope_parameters -> default (no yarn, no mscale)",
+            _reload_with(model_dir, fx.model_cls, rope_parameters={"rope_type": "default", "rope_theta": rp["rope_theta"]}))
+
+
+def feat_routed_scale_one(model_dir: Path, fx: Fixture):
+    return ("routed_scaling_factor -> 1.0", _reload_with(model_dir, fx.model_cls, routed_scaling_factor=1.0))
+
+
+def feat_zero_score_bias(model_dir: Path, fx: Fixture):
+    m = load_f32(fx.model_cls, model_dir)
+    with torch.no_grad():
+        for r in _router_modules(m):
+            r.e_score_correction_bias.zero_()
+    return ("e_score_correction_bias -> 0", m)
+
+
+def legacy_phi3(model_dir: Path, fx: Fixture) -> None:
+    """transformers 5 form -> the form of the Phi-3/Phi-4-mini hub checkpoints: top-level rope_theta,
+    partial_rotary_factor and original_max_position_embeddings; rope_scaling {"type": "longrope",
+    "short_factor", "long_factor"}; torch_dtype."""
+    path = model_dir / "config.json"
+    cfg = json.loads(path.read_text())
+    rp = cfg.pop("rope_parameters")
+    cfg["rope_theta"] = rp.pop("rope_theta")
+    cfg["partial_rotary_factor"] = rp.pop("partial_rotary_factor")
+    assert rp.pop("original_max_position_embeddings") == cfg["original_max_position_embeddings"]
+    rp = {"type": rp.pop("rope_type"), **rp}
+    cfg["rope_scaling"] = rp
+    cfg["torch_dtype"] = cfg.pop("dtype")
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 FIXTURES: list[Fixture] = [
@@ -252,6 +613,170 @@ FIXTURES: list[Fixture] = [
         storage_dtype="bfloat16",
         notes="weights stored as bfloat16; reference = those weights upcast to float32, float32 compute",
     ),
+    # ---- newer families ----------------------------------------------------------------------
+    Fixture(
+        name="qwen3",
+        model_cls=Qwen3ForCausalLM,
+        config_cls=Qwen3Config,
+        config=QWEN3,
+        seed=8001,
+        out_gain=16.0,
+        feature=feat_qk_norm_identity,
+        notes="Qwen3-0.6B shape scaled down: q/k RMSNorm per head, head_dim 32 != hidden/heads, GQA 4/2, tied lm_head, rope_theta 1e6",
+    ),
+    Fixture(
+        name="qwen3_bf16",
+        model_cls=Qwen3ForCausalLM,
+        config_cls=Qwen3Config,
+        config=QWEN3,
+        seed=8103,
+        out_gain=16.0,
+        storage_dtype="bfloat16",
+        feature=feat_qk_norm_identity,
+        notes="qwen3 with weights stored as bfloat16; reference = those weights upcast to float32, float32 compute",
+    ),
+    Fixture(
+        name="gemma2",
+        model_cls=Gemma2ForCausalLM,
+        config_cls=Gemma2Config,
+        config=GEMMA2,
+        seed=8201,
+        **GEMMA2_INIT,
+        logits_len=16,
+        greedy_prompt_len=12,
+        feature=feat_attn_softcap_off,
+        more_features=(feat_final_softcap_off, feat_all_full_attention, feat_query_scalar_head_dim),
+        notes="Gemma2: embeddings x sqrt(hidden), (1 + w) RMSNorms incl. post-attention/post-feedforward norms, "
+        "alternating sliding (4) / full layers, attention and final logit softcapping, query_pre_attn_scalar 16 != head_dim 32, "
+        "gelu_pytorch_tanh, tied lm_head",
+    ),
+    Fixture(
+        name="gemma2_bf16",
+        model_cls=Gemma2ForCausalLM,
+        config_cls=Gemma2Config,
+        config=GEMMA2,
+        seed=8301,
+        storage_dtype="bfloat16",
+        **GEMMA2_INIT,
+        logits_len=16,
+        greedy_prompt_len=12,
+        feature=feat_attn_softcap_off,
+        more_features=(feat_final_softcap_off,),
+        notes="gemma2 with weights stored as bfloat16; reference = those weights upcast to float32, float32 compute",
+    ),
+    Fixture(
+        name="gemma3_text",
+        model_cls=Gemma3ForCausalLM,
+        config_cls=Gemma3TextConfig,
+        config=GEMMA3,
+        seed=8402,
+        **GEMMA_INIT,
+        logits_len=16,
+        greedy_prompt_len=12,
+        feature=feat_gemma3_one_theta,
+        more_features=(feat_all_full_attention, feat_qk_norm_identity),
+        notes="Gemma3 text-only: q/k (1 + w) RMSNorm, layer_types sliding/sliding/full/sliding (sliding_window 4), "
+        "rope_theta 1e6 on full layers and 1e4 on sliding layers, MQA (1 KV head), no softcapping, tied lm_head",
+    ),
+    Fixture(
+        name="phi3",
+        model_cls=Phi3ForCausalLM,
+        config_cls=Phi3Config,
+        config=PHI3,
+        seed=8500,
+        logits_len=16,
+        feature=feat_swap_gate_up,
+        notes="Phi3: fused qkv_proj (q | k | v rows) and gate_up_proj (gate | up rows), default rope, rms_norm_eps 1e-5",
+    ),
+    Fixture(
+        name="phi3_longrope",
+        model_cls=Phi3ForCausalLM,
+        config_cls=Phi3Config,
+        config=PHI3_LONGROPE,
+        seed=8605,
+        legacy_config=True,
+        legacy_fn=legacy_phi3,
+        logits_len=24,
+        greedy_prompt_len=20,
+        feature=feat_longrope_short_only,
+        more_features=(feat_longrope_off,),
+        notes="Phi3 longrope (Phi-3-128k / Phi-4-mini style legacy config): partial_rotary_factor 0.75, "
+        "original_max_position_embeddings 8 < every forward here (prompt 20, cache chunks >= 12), so long_factor "
+        "is used throughout",
+    ),
+    Fixture(
+        name="phi2",
+        model_cls=PhiForCausalLM,
+        config_cls=PhiConfig,
+        config=PHI2,
+        seed=8700,
+        logits_len=16,
+        feature=feat_full_rotary,
+        more_features=(feat_zero_lm_head_bias,),
+        notes="Phi-2: LayerNorm with bias, parallel attention + MLP from one input_layernorm, partial_rotary_factor 0.5, "
+        "gelu_new, biases everywhere (q/k/v/dense/fc1/fc2/lm_head), final_layernorm, MHA",
+    ),
+    Fixture(
+        name="mixtral",
+        model_cls=MixtralForCausalLM,
+        config_cls=MixtralConfig,
+        config=MIXTRAL,
+        seed=8801,
+        logits_len=16,
+        feature=feat_top1,
+        notes="Mixtral: 4 experts, top-2, softmax over all experts then renormalized top-2 weights; "
+        "checkpoint in the hub layout block_sparse_moe.experts.N.w1/w2/w3",
+    ),
+    Fixture(
+        name="qwen2_moe",
+        model_cls=Qwen2MoeForCausalLM,
+        config_cls=Qwen2MoeConfig,
+        config=QWEN2_MOE,
+        seed=8900,
+        logits_len=16,
+        feature=feat_flip_norm_topk,
+        more_features=(feat_no_shared_expert_gate,),
+        notes="Qwen2-MoE: 4 experts top-2 without renormalization (norm_topk_prob false), shared expert scaled by "
+        "sigmoid(shared_expert_gate), q/k/v biases; layer 1 dense (mlp_only_layers [1])",
+    ),
+    Fixture(
+        name="qwen3_moe",
+        model_cls=Qwen3MoeForCausalLM,
+        config_cls=Qwen3MoeConfig,
+        config=QWEN3_MOE,
+        seed=9000,
+        feature=feat_flip_norm_topk,
+        more_features=(feat_qk_norm_identity,),
+        notes="Qwen3-MoE: 4 experts top-2 renormalized (norm_topk_prob true), q/k RMSNorm, head_dim 32 != hidden/heads; "
+        "layer 0 dense (mlp_only_layers [0])",
+    ),
+    Fixture(
+        name="deepseek_v2",
+        model_cls=DeepseekV2ForCausalLM,
+        config_cls=DeepseekV2Config,
+        config=DEEPSEEK_V2,
+        seed=9100,
+        logits_len=16,
+        feature=feat_greedy_topk,
+        more_features=(feat_yarn_off, feat_routed_scale_one),
+        notes="DeepSeek-V2: MLA with q_lora_rank, yarn rope (interleaved pairs) with mscale/mscale_all_dim, "
+        "layer 0 dense then MoE (8 experts in 4 groups, group_limited_greedy top-2 groups, top-3 experts, "
+        "softmax weights not renormalized, x routed_scaling_factor 2) + 2 shared experts",
+    ),
+    Fixture(
+        name="deepseek_v3",
+        model_cls=DeepseekV3ForCausalLM,
+        config_cls=DeepseekV3Config,
+        config=DEEPSEEK_V3,
+        seed=9211,
+        score_bias_std=0.1,
+        logits_len=16,
+        feature=feat_zero_score_bias,
+        more_features=(feat_no_groups, feat_flip_norm_topk, feat_yarn_off),
+        notes="DeepSeek-V3: MLA without q_lora (q_proj), yarn rope (factor 40, mscale 1/1), layer 0 dense then MoE: "
+        "sigmoid scores + e_score_correction_bias for the choice, 8 experts in 2 groups (group score = sum of its top-2), "
+        "topk_group 1, top-2, weights renormalized then x 2.5, 1 shared expert",
+    ),
 ]
 FIXTURE_NAMES = [f.name for f in FIXTURES] + ["stories260k"]
 
@@ -270,28 +795,58 @@ def load_f32(cls, model_dir: Path, **kw):
     return m
 
 
-def reinit_(model: torch.nn.Module, rng: np.random.Generator, out_gain: float) -> None:
+def _suffix_gain(name: str, gains: dict[str, float]) -> float | None:
+    for suffix, g in gains.items():
+        if name.endswith(suffix):
+            return g
+    return None
+
+
+def reinit_(model: torch.nn.Module, rng: np.random.Generator, fx: Fixture) -> None:
     """Seeded weights with spread: embeddings N(0,1); matrices N(0, 1/fan_in) (o_proj/down_proj
     times out_gain, lm_head times 0.5); norms 1+0.1N; biases 0.3N. Parameters are visited in
-    named_parameters() order (tied ones once)."""
+    named_parameters() order (tied ones once).
+
+    Newer families: 3-D expert tensors [E, out, in] (transformers 5 fuses the experts in memory)
+    N(0, 1/in), experts' down_proj times out_gain; LayerNorm biases 0.1N; per-fixture gains on
+    matrices (fx.gains) and norms (fx.norm_gains, fx.norm_offset). Then, after all parameters,
+    DeepSeek-V3's e_score_correction_bias buffers N(0, fx.score_bias_std^2)."""
+    out_gain = fx.out_gain
     with torch.no_grad():
         for name, p in model.named_parameters():
             shape = tuple(p.shape)
             z = rng.standard_normal(shape)  # float64, platform independent
             if name.endswith("embed_tokens.weight"):
-                v = z
+                v = z if fx.embed_std == 1.0 else z * fx.embed_std
             elif name.endswith("lm_head.weight"):
                 v = z * (0.5 / math.sqrt(shape[1]))
             elif p.dim() == 2:
                 g = out_gain if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
                 v = z * (g / math.sqrt(shape[1]))
+                extra = _suffix_gain(name, fx.gains)
+                if extra is not None:
+                    v = v * extra
+            elif p.dim() == 3 and name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                g = out_gain if name.endswith("down_proj") else 1.0
+                v = z * (g / math.sqrt(shape[2]))
+            elif "norm" in name and name.endswith(".bias"):  # LayerNorm bias (phi)
+                v = 0.1 * z
             elif "norm" in name:
                 v = 1.0 + 0.1 * z
+                ng = _suffix_gain(name, fx.norm_gains)
+                if ng is not None:
+                    v = v * ng
+                if fx.norm_offset != 1.0:  # gemma: weight w scales by (1 + w)
+                    v = v - (1.0 - fx.norm_offset)
             elif name.endswith(".bias"):
                 v = 0.3 * z
             else:
                 raise RuntimeError(f"no init rule for parameter {name} {shape}")
             p.copy_(torch.from_numpy(v.astype(np.float32)))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                z = rng.standard_normal(tuple(b.shape))
+                b.copy_(torch.from_numpy((fx.score_bias_std * z).astype(np.float32)))
 
 
 def rewrite_legacy_config(model_dir: Path, fx: Fixture) -> None:
@@ -404,6 +959,86 @@ def fnum(x: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# MoE routing: which experts the routers pick, and how close each choice was
+
+
+def _router_modules(model) -> list[torch.nn.Module]:
+    """The top-k routers of the MoE layers, in layer order (MixtralTopKRouter, Qwen2MoeTopKRouter,
+    Qwen3MoeTopKRouter, DeepseekV2TopkRouter, DeepseekV3TopkRouter: all return
+    (router_logits, weights, indices))."""
+    return [m for m in model.modules() if type(m).__name__.lower().endswith("topkrouter")]
+
+
+def _kth_gap(scores: torch.Tensor, k: int) -> tuple[float, torch.Tensor]:
+    """(min over rows of k-th largest - (k+1)-th largest, the top-k indices): how far each top-k
+    choice is from a tie."""
+    top = torch.topk(scores, min(k + 1, scores.shape[-1]), dim=-1)
+    if scores.shape[-1] <= k:
+        return math.inf, top.indices
+    return float((top.values[:, k - 1] - top.values[:, k]).min()), top.indices[:, :k]
+
+
+def _routing_gap(router, router_logits: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Smallest margin of any discrete routing decision (expert top-k; group top-k) in the units of
+    the score that decides it, recomputed (float64) from the router logits the way transformers
+    does; also the chosen experts, which the caller compares with the router's."""
+    logits = router_logits.reshape(-1, router_logits.shape[-1]).double()
+    k = router.top_k
+    E = logits.shape[-1]
+    name = type(router).__name__
+    if name.startswith("DeepseekV3"):
+        choice = logits.sigmoid() + router.e_score_correction_bias.double()
+        G = router.num_group
+        group_scores = choice.view(-1, G, E // G).topk(2, dim=-1).values.sum(dim=-1)
+        fill = -math.inf
+    elif name.startswith("DeepseekV2") and router.topk_method == "group_limited_greedy":
+        choice = logits.softmax(dim=-1)
+        G = router.num_group
+        group_scores = choice.view(-1, G, E // G).max(dim=-1).values
+        fill = 0.0
+    else:
+        return _kth_gap(logits.softmax(dim=-1), k)
+    g_gap, gidx = _kth_gap(group_scores, router.topk_group)
+    mask = torch.zeros_like(group_scores).scatter_(1, gidx, 1.0).bool()
+    mask = mask.unsqueeze(-1).expand(-1, G, E // G).reshape(-1, E)
+    e_gap, idx = _kth_gap(choice.masked_fill(~mask, fill), k)
+    return min(g_gap, e_gap), idx
+
+
+class RoutingRecorder:
+    """Forward hooks on every router: per-layer expert selection counts and the smallest routing
+    margin seen while active."""
+
+    def __init__(self, model):
+        self.routers = _router_modules(model)
+        self.counts = [None] * len(self.routers)
+        self.min_gap = math.inf
+        self._handles = []
+
+    def __enter__(self):
+        for i, r in enumerate(self.routers):
+            self._handles.append(r.register_forward_hook(self._hook(i)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+
+    def _hook(self, i):
+        def fn(module, inputs, output):
+            router_logits, _, indices = output
+            E = router_logits.shape[-1]
+            c = torch.bincount(indices.reshape(-1), minlength=E)
+            self.counts[i] = c if self.counts[i] is None else self.counts[i] + c
+            gap, idx = _routing_gap(module, router_logits)
+            same = torch.equal(idx.sort(dim=-1).values, indices.reshape(idx.shape).sort(dim=-1).values)
+            assert same, f"{type(module).__name__}: recomputed routing differs from the router's"
+            self.min_gap = min(self.min_gap, gap)
+
+        return fn
+
+
+# ---------------------------------------------------------------------------------------------
 # fixture builders
 
 
@@ -442,7 +1077,7 @@ def _build_fixture_seed(fx: Fixture, seed: int, out_dir: Path) -> dict[str, Any]
     config = fx.config_cls(**fx.config)
     model = fx.model_cls._from_config(config, attn_implementation="eager", dtype=torch.float32)
     model.eval()
-    reinit_(model, rng, fx.out_gain)
+    reinit_(model, rng, fx)
     if fx.storage_dtype != "float32":
         # make the in-memory float32 model hold exactly the stored (rounded) values
         with torch.no_grad():
@@ -463,7 +1098,7 @@ def _build_fixture_seed(fx: Fixture, seed: int, out_dir: Path) -> dict[str, Any]
     to_save.save_pretrained(out_dir, **save_kw)
     (out_dir / "generation_config.json").unlink(missing_ok=True)
     if fx.legacy_config:
-        rewrite_legacy_config(out_dir, fx)
+        (fx.legacy_fn or rewrite_legacy_config)(out_dir, fx)
     weight_files = sorted(p.name for p in out_dir.glob("*.safetensors"))
     if fx.max_shard_size:
         assert (out_dir / "model.safetensors.index.json").exists() and len(weight_files) >= 2, weight_files
@@ -485,6 +1120,8 @@ def _build_fixture_seed(fx: Fixture, seed: int, out_dir: Path) -> dict[str, Any]
         if k in ("dtype", "architectures", "transformers_version", "_name_or_path"):
             continue
         got = getattr(ref.config, k, None)
+        if fx.legacy_config and k == "rope_parameters" and isinstance(got, dict) and "type" in got:
+            got = {kk: vv for kk, vv in got.items() if kk != "type"}  # hub "type" is kept beside rope_type
         assert got == v, f"{fx.name}: config key {k}: reloaded {got!r} != built {v!r}"
     sd_mem = model.state_dict()
     for k, v in ref.state_dict().items():
@@ -500,8 +1137,27 @@ def _build_fixture_seed(fx: Fixture, seed: int, out_dir: Path) -> dict[str, Any]
         d = float((forward_logits(ref, logits_ids[b : b + 1])[0] - logits[b]).abs().max())
         assert d <= 1e-5 * max_abs, f"{fx.name}: batch row {b} differs from a batch-1 forward by {d}"
 
+    routing = None
+    routing_gap = None
+    if _router_modules(ref):
+        with RoutingRecorder(ref) as rec:
+            forward_logits(ref, logits_ids)
+        routing = [c.tolist() for c in rec.counts]
+        n_tok = logits_ids.numel()
+        for li, c in enumerate(routing):
+            if min(c) == 0 or max(c) >= n_tok:
+                raise SeedRejected(f"degenerate routing in MoE layer {li}: {c}")
+        routing_gap = rec.min_gap
+
     new_tokens = greedy_generate(ref, prompt, GREEDY_NEW_TOKENS)
-    manual_tokens, greedy_rows = greedy_manual(ref, prompt, GREEDY_NEW_TOKENS)
+    if routing is not None:
+        with RoutingRecorder(ref) as rec:
+            manual_tokens, greedy_rows = greedy_manual(ref, prompt, GREEDY_NEW_TOKENS)
+        routing_gap = min(routing_gap, rec.min_gap)
+        if routing_gap <= ROUTING_GAP_MIN:
+            raise SeedRejected(f"routing decision within {routing_gap:.3g} of a tie")
+    else:
+        manual_tokens, greedy_rows = greedy_manual(ref, prompt, GREEDY_NEW_TOKENS)
     if new_tokens != manual_tokens:
         raise SeedRejected(f"generate (cache) {new_tokens} != manual argmax loop {manual_tokens}")
 
@@ -513,19 +1169,22 @@ def _build_fixture_seed(fx: Fixture, seed: int, out_dir: Path) -> dict[str, Any]
     if m_min <= MARGIN_MIN:
         raise SeedRejected(f"min top1-top2 margin {m_min:.3g} <= {MARGIN_MIN} * max|logit|")
 
-    feature = None
-    if fx.feature is not None:
-        what, alt = fx.feature(out_dir, fx)
-        if alt is not None:
-            alt_logits = forward_logits(alt, logits_ids)
-            diff = float((alt_logits - logits).abs().max())
-            assert diff > 1e-2 * max_abs, f"{fx.name}: feature '{what}' changes logits by only {diff}"
-            alt_tokens, _ = greedy_manual(alt, prompt, GREEDY_NEW_TOKENS)
-            feature = {
-                "alternative": what,
-                "max_abs_logit_diff": fnum(diff),
-                "greedy_differs": alt_tokens != new_tokens,
-            }
+    def run_feature(feat) -> dict[str, Any] | None:
+        what, alt = feat(out_dir, fx)
+        if alt is None:
+            return None
+        alt_logits = forward_logits(alt, logits_ids)
+        diff = float((alt_logits - logits).abs().max())
+        assert diff > 1e-2 * max_abs, f"{fx.name}: feature '{what}' changes logits by only {diff}"
+        alt_tokens, _ = greedy_manual(alt, prompt, GREEDY_NEW_TOKENS)
+        return {
+            "alternative": what,
+            "max_abs_logit_diff": fnum(diff),
+            "greedy_differs": alt_tokens != new_tokens,
+        }
+
+    feature = run_feature(fx.feature) if fx.feature is not None else None
+    more_features = [f for f in (run_feature(feat) for feat in fx.more_features) if f is not None]
 
     write_logits(out_dir / "logits.bin", logits)
     storage_dtypes = sorted({str(v.dtype) for v in stored.values()})
@@ -556,6 +1215,11 @@ def _build_fixture_seed(fx: Fixture, seed: int, out_dir: Path) -> dict[str, Any]
     }
     if feature is not None:
         ref_json["feature_check"] = feature
+    if more_features:
+        ref_json["more_feature_checks"] = more_features
+    if routing is not None:
+        ref_json["routing"] = routing
+        ref_json["min_routing_gap"] = fnum(routing_gap)
     assert storage_dtypes == [str(DTYPES[fx.storage_dtype])], storage_dtypes
     (out_dir / "reference.json").write_text(dump_json(ref_json), encoding="utf-8")
 
@@ -569,7 +1233,9 @@ def _build_fixture_seed(fx: Fixture, seed: int, out_dir: Path) -> dict[str, Any]
         "max_abs": max_abs,
         "margin": m_min,
         "distinct": len(set(new_tokens)),
-        "feature": "" if feature is None else f"Δ={feature['max_abs_logit_diff']:.3g}",
+        "feature": "/".join(f"Δ={f['max_abs_logit_diff']:.3g}" for f in ([feature] if feature else []) + more_features),
+        "routing": "" if routing is None else " ".join("[" + ",".join(map(str, c)) + "]" for c in routing),
+        "routing_gap": "" if routing_gap is None else f"{routing_gap:.2g}",
         "bytes": dir_size(out_dir),
     }
 
@@ -734,7 +1400,7 @@ def compare_fixture(name: str, new: Path, old: Path) -> tuple[bool, str]:
     return True, "weights/config identical; " + ("; ".join(msgs) if msgs else "identical")
 
 
-FLOAT_KEYS = {"max_abs", "min_top2_margin", "min_top2_gap", "max_abs_logit_diff"}
+FLOAT_KEYS = {"max_abs", "min_top2_margin", "min_top2_gap", "max_abs_logit_diff", "min_routing_gap"}
 
 
 def compare_json(a: Any, b: Any, path: str) -> tuple[bool, str]:
@@ -775,6 +1441,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ("margin", "min margin", "{:.4f}"),
         ("distinct", "uniq greedy", "{}"),
         ("feature", "feature Δ", "{}"),
+        ("routing", "routing (per MoE layer)", "{}"),
+        ("routing_gap", "route gap", "{}"),
         ("bytes", "KiB", "{:.0f}"),
         ("seconds", "s", "{:.1f}"),
     ]

@@ -118,11 +118,13 @@ Deno.test("backend: ops give hand-derived results", () => {
   );
 });
 
-Deno.test("backend: library lookup names the env override and the build command", () => {
+Deno.test("backend: library lookup names the env override and the build command", async () => {
   const old = Deno.env.get("RABBITLLM_CUDA_LIB");
   Deno.env.delete("RABBITLLM_CUDA_LIB");
+  const empty = new URL(`file://${await Deno.makeTempDir()}/`);
   try {
-    assert.throws(() => findLibrary("cuda"), /deno task build:cuda.*RABBITLLM_CUDA_LIB/);
+    assert.throws(() => findLibrary("cuda", empty), /deno task build:cuda.*RABBITLLM_CUDA_LIB/);
+    assert.throws(() => findLibrary("cpu", empty), /deno task build`.*RABBITLLM_LIB/);
     Deno.env.set("RABBITLLM_LIB", "/nonexistent/lib.so");
     assert.throws(() => findLibrary("cpu"), /RABBITLLM_LIB=\/nonexistent\/lib.so: no such file/);
   } finally {

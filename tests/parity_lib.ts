@@ -30,8 +30,16 @@ export interface Fixture {
   logits: Float32Array;
 }
 
-/** Every fixture directory holding a reference.json, sorted by name. */
-export async function loadFixtures(): Promise<Fixture[]> {
+/**
+ * Fixtures whose family is not implemented yet (issue 5's MoE and MLA families). Their reference
+ * outputs are generated and checked in CI already; parity runs them once the family lands — and
+ * `pendingFixtures` fails loudly when one of these runs (remove it here then) or a fixture of an
+ * unsupported architecture is missing from this list.
+ */
+export const PENDING = ["deepseek_v2", "deepseek_v3", "mixtral", "qwen2_moe", "qwen3_moe"];
+
+/** Every fixture directory holding a reference.json, sorted by name (pending ones included). */
+export async function loadAllFixtures(): Promise<Fixture[]> {
   const out: Fixture[] = [];
   for await (const e of Deno.readDir(FIXTURES)) {
     if (!e.isDirectory) continue;
@@ -47,6 +55,11 @@ export async function loadFixtures(): Promise<Fixture[]> {
     out.push({ name: e.name, dir: modelDir.pathname, ref, logits: new Float32Array(bytes.buffer) });
   }
   return out.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** The fixtures parity runs: all but {@link PENDING}. */
+export async function loadFixtures(): Promise<Fixture[]> {
+  return (await loadAllFixtures()).filter((f) => !PENDING.includes(f.name));
 }
 
 /** The engine settings one parity row runs under. */

@@ -8,7 +8,7 @@ import type { ModelConfig, RopeConfig } from "../config.ts";
 import { InputError, NonFiniteError } from "../errors.ts";
 import type { AttentionCall, Family, LayerContext, PartWeights } from "../models/family.ts";
 import type { ProfileCategory, Profiler } from "../profiler.ts";
-import { type RopeTable, ropeTable } from "../rope.ts";
+import { ropeDependsOnLength, type RopeTable, ropeTable } from "../rope.ts";
 import {
   type GenerateInput,
   type GenerateOptions,
@@ -251,9 +251,18 @@ export class CausalLM {
       cached.every((t, i) => rows[0][i] === t);
     if (!reuse) this.resetCache();
     for (let step = 0; step < o.maxNewTokens; step++) {
-      // Feed: the padded prompt first, then one token per row (finished rows get the pad id).
-      const full = !o.useCache || step === 0;
-      const { ids, mask } = reuse && step === 0
+      // Feed: the padded prompt first, then one token per row (finished rows get the pad id). A
+      // family may ask to recompute the cache (Phi-3 longrope crossing its original length).
+      const recompute = o.useCache && step > 0 &&
+        (this.family.recomputeCache?.(
+          this.config,
+          this.#cache?.length ?? 0,
+          this.#cache!.length + 1,
+        ) ??
+          false);
+      if (recompute) this.resetCache();
+      const full = !o.useCache || step === 0 || recompute;
+      const { ids, mask } = reuse && step === 0 && !recompute
         ? { ids: [seqs[0].slice(cached.length)], mask: null }
         : full
         ? leftPad(seqs, pad)
@@ -342,7 +351,7 @@ export class CausalLM {
 
   #ropeFor(rope: RopeConfig, seqLen: number): RopeTable {
     const have = this.#ropes.get(rope);
-    if (have && (rope.type !== "dynamic" || have.seqLen === seqLen)) return have.table;
+    if (have && (!ropeDependsOnLength(rope) || have.seqLen === seqLen)) return have.table;
     const shape = {
       headDim: this.config.headDim,
       maxPositionEmbeddings: this.config.maxPositionEmbeddings,

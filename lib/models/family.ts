@@ -90,6 +90,12 @@ export interface Family {
   expected(part: Part, cfg: ModelConfig): ExpectedTensor[];
   /** One decoder layer, in place on ctx.x. */
   forwardLayer(ctx: LayerContext, w: PartWeights): void;
+  /**
+   * true: drop the KV cache and recompute the whole sequence before this decode step, which grows
+   * the cached `past` tokens to `total` (Phi-3 longrope, when `total` first passes the original
+   * context: its rope factors change). Default never.
+   */
+  recomputeCache?(cfg: ModelConfig, past: number, total: number): boolean;
   /** Multiplies the embeddings after the lookup (Gemma: √hidden); default none. */
   embedScale?(cfg: ModelConfig): number;
   /** The final norm of `rows` rows of x into out; default RMSNorm (weight "weight"). */

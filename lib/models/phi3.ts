@@ -1,0 +1,121 @@
+/**
+ * Phi-3 / Phi-3.5 / Phi-4(-mini): Llama's layer with fused projections — `qkv_proj` holds the
+ * q, k and v rows, `gate_up_proj` the gate and up rows — run as Llama's blocks over row views of
+ * the fused weights. Rope "longrope" (legacy "su"/"yarn"), partial rotary, an optional sliding
+ * window on every layer.
+ *
+ * @module
+ */
+import type { Backend } from "../../ffi/backend.ts";
+import { type ModelConfig, optionalInt } from "../config.ts";
+import { DTYPE_SIZE } from "../dtype.ts";
+import { ConfigError } from "../errors.ts";
+import { ropeTable } from "../rope.ts";
+import type { Family, PartWeights, Weight } from "./family.ts";
+import {
+  attentionBlock,
+  expectedLlamaLike,
+  llama,
+  LLAMA_DEFAULTS,
+  mlpBlock,
+  parseLlamaLike,
+  placeLlamaLike,
+} from "./llama.ts";
+
+/** Phi3Config reads the legacy rope types "su" and "yarn" as longrope. */
+function withLongropeAliases(raw: Record<string, unknown>): Record<string, unknown> {
+  const key = raw.rope_parameters != null ? "rope_parameters" : "rope_scaling";
+  const p = raw[key] as Record<string, unknown> | null | undefined;
+  const type = p?.rope_type ?? p?.type;
+  if (type !== "su" && type !== "yarn") return raw;
+  return { ...raw, [key]: { ...p, rope_type: "longrope", type: "longrope" } };
+}
+
+/** Llama's weight names as row views of the fused ones (a row range of W is a weight). */
+function unfused(be: Backend, cfg: ModelConfig, w: PartWeights): PartWeights {
+  const D = cfg.hiddenSize, I = cfg.intermediateSize;
+  const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
+  const rows = (wt: Weight, from: number, n: number): Weight => ({
+    ptr: be.view(wt.ptr, from * D * DTYPE_SIZE[wt.dtype]),
+    dtype: wt.dtype,
+    shape: [n, D],
+  });
+  const qkv = w.get("self_attn.qkv_proj.weight"), gateUp = w.get("mlp.gate_up_proj.weight");
+  const views = new Map([
+    ["self_attn.q_proj.weight", rows(qkv, 0, qDim)],
+    ["self_attn.k_proj.weight", rows(qkv, qDim, kvDim)],
+    ["self_attn.v_proj.weight", rows(qkv, qDim + kvDim, kvDim)],
+    ["mlp.gate_proj.weight", rows(gateUp, 0, I)],
+    ["mlp.up_proj.weight", rows(gateUp, I, I)],
+  ]);
+  return {
+    get: (name) => views.get(name) ?? w.get(name),
+    opt: (name) => views.get(name) ?? w.opt(name),
+  };
+}
+
+export const phi3: Family = {
+  ...llama,
+  architectures: ["Phi3ForCausalLM"],
+  parseConfig(raw, source) {
+    const cfg = parseLlamaLike(withLongropeAliases(raw), source, {
+      ...LLAMA_DEFAULTS,
+      rmsNormEps: 1e-5,
+      maxPositionEmbeddings: 4096,
+    });
+    cfg.raw = raw;
+    cfg.attentionBias = false; // Phi3Attention has no biases, whatever attention_bias says
+    if (cfg.rope.type !== "default" && cfg.rope.type !== "longrope") {
+      throw new ConfigError(
+        source,
+        "rope_scaling.rope_type",
+        `Phi-3 runs rope types default and longrope (su, yarn), not "${cfg.rope.type}"`,
+      );
+    }
+    if (cfg.rope.type === "longrope") {
+      // Phi3Config's own original_max_position_embeddings (default 4096) wins over the rope dict's.
+      const original = optionalInt(raw, source, "original_max_position_embeddings") ?? 4096;
+      cfg.rope = {
+        ...cfg.rope,
+        params: { ...cfg.rope.params, original_max_position_embeddings: original },
+      };
+      cfg.layerRopes.fill(cfg.rope);
+      // Both factor lists are checked now, not at the first long prompt.
+      ropeTable(cfg.rope, cfg, original, source);
+      ropeTable(cfg.rope, cfg, original + 1, source);
+    }
+    cfg.layerWindows.fill(optionalInt(raw, source, "sliding_window") ?? 0);
+    return cfg;
+  },
+  place(name, cfg) {
+    // Layer tensors must be ones this family reads.
+    const p = placeLlamaLike(name, cfg);
+    if (p?.part?.kind !== "layer") return p;
+    return phi3.expected(p.part, cfg).some((e) => e.local === p.local) ? p : undefined;
+  },
+  expected(part, cfg) {
+    if (part.kind !== "layer") return expectedLlamaLike(part, cfg);
+    const D = cfg.hiddenSize, I = cfg.intermediateSize;
+    const qkvDim = (cfg.numHeads + 2 * cfg.numKvHeads) * cfg.headDim;
+    return [
+      { local: "input_layernorm.weight", shape: [D] },
+      { local: "self_attn.qkv_proj.weight", shape: [qkvDim, D] }, // [q; k; v] rows
+      { local: "self_attn.o_proj.weight", shape: [D, cfg.numHeads * cfg.headDim] },
+      { local: "post_attention_layernorm.weight", shape: [D] },
+      { local: "mlp.gate_up_proj.weight", shape: [2 * I, D] }, // [gate; up] rows
+      { local: "mlp.down_proj.weight", shape: [D, I] },
+    ];
+  },
+  forwardLayer(ctx, w) {
+    const split = unfused(ctx.be, ctx.cfg, w);
+    attentionBlock(ctx, split);
+    mlpBlock(ctx, split);
+  },
+  // Phi3ForCausalLM.prepare_inputs_for_generation: the first time the sequence passes the original
+  // context, longrope switches to the long factors and the cache is recomputed with them.
+  recomputeCache(cfg, past, total) {
+    if (cfg.rope.type !== "longrope") return false;
+    const original = cfg.rope.params.original_max_position_embeddings as number;
+    return past <= original && total > original;
+  },
+};
