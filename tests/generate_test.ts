@@ -176,3 +176,14 @@ Deno.test("generate: reuseCache continues a conversation without recomputing its
   await model.generate([[1, 2, 3]], { ...o, reuseCache: true });
   assert.equal(model.profiler.toJSON().tokens, 3 + 4);
 });
+
+Deno.test("generate: Phi-3 longrope recomputes the cache when the sequence passes the original context", async () => {
+  // phi3_longrope: original_max_position_embeddings 8; short factors below, long ones above.
+  await using model = await open("phi3_longrope");
+  const o = { maxNewTokens: 10, eosTokenId: [] };
+  model.profiler.reset();
+  const cached = await model.generate([[5, 6, 7, 8, 9]], o);
+  // 5 prompt tokens, 3 single steps to reach 8 cached, then the whole 9 again, then 5 single steps.
+  assert.equal(model.profiler.toJSON().tokens, 5 + 3 + 9 + 5);
+  assert.deepEqual(cached, await model.generate([[5, 6, 7, 8, 9]], { ...o, useCache: false }));
+});
