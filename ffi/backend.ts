@@ -171,7 +171,10 @@ function exists(path: string): boolean {
  * local build (`build/` beside this package). Returns an absolute path; throws a BackendError
  * saying how to build or point to it.
  */
-export function findLibrary(kind: DeviceKind): string {
+export function findLibrary(
+  kind: DeviceKind,
+  buildDir: URL = new URL("../build/", import.meta.url),
+): string {
   const fromEnv = envVar(LIB_ENV[kind]);
   if (fromEnv) {
     const abs = fromEnv.startsWith("/") ? fromEnv : `${Deno.cwd()}/${fromEnv}`;
@@ -180,7 +183,7 @@ export function findLibrary(kind: DeviceKind): string {
     }
     return abs;
   }
-  const local = new URL(`../build/${LIB_FILE[kind]}`, import.meta.url);
+  const local = new URL(LIB_FILE[kind], buildDir);
   if (local.protocol === "file:" && exists(local.pathname)) return local.pathname;
   throw new BackendError(
     "load",
