@@ -1,0 +1,967 @@
+/*
+ * The CUDA backend against the CPU backend (the readable reference): every op of ffi/rabbitllm.h
+ * runs on both with the same random inputs, on odd shapes and every weight dtype, and the
+ * outputs are compared with max|gpu - cpu| / max|cpu| plus NaN/Inf checks. Also: both attention
+ * implementations, loads from a temp file under every pin_memory/async_copy combination, error
+ * statuses, statistics, options and timing marks.
+ *
+ * Both libraries are dlopen'ed (RTLD_LOCAL) and resolved into two function tables, so this
+ * program links nothing but libdl and libm:
+ *   gcc -std=c11 -O2 -Wall -Wextra -Iffi -o build/compare_ops cuda/compare_ops.c -ldl -lm
+ *   build/compare_ops [cpu.so] [cuda.so]      (sh cuda/test.sh builds everything and runs it)
+ * COMPARE_ONLY=attention,loads runs only the named groups.
+ * Prints one line per failing check, then "N passed, N failed"; exits 1 on any failure.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <dlfcn.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "rabbitllm.h"
+
+#define TOL_F32 1e-5  /* f32 weights: only the summation order differs */
+#define TOL_HALF 1e-4 /* f16/bf16 weights */
+
+/* ----------------------------------------------------------------------------------------------
+ * Checks */
+
+static int n_passed, n_failed;
+
+static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void check(int ok, const char *fmt, ...) {
+  if (ok) {
+    n_passed++;
+    return;
+  }
+  n_failed++;
+  va_list ap;
+  va_start(ap, fmt);
+  printf("FAIL: ");
+  vprintf(fmt, ap);
+  printf("\n");
+  va_end(ap);
+  fflush(stdout);
+}
+
+/* max|got - ref| / max|ref| <= tol, and got is finite exactly where ref is. */
+static void compare(const float *ref, const float *got, int64_t n, double tol, const char *fmt,
+                    ...) __attribute__((format(printf, 5, 6)));
+static void compare(const float *ref, const float *got, int64_t n, double tol, const char *fmt,
+                    ...) {
+  double max_err = 0.0, max_ref = 0.0;
+  int64_t finiteness = 0, worst = -1;
+  for (int64_t i = 0; i < n; i++) {
+    if (!isfinite(ref[i]) || !isfinite(got[i])) {
+      if (!isfinite(ref[i]) != !isfinite(got[i])) finiteness++;
+      continue;
+    }
+    if (fabs(ref[i]) > max_ref) max_ref = fabs(ref[i]);
+    const double err = fabs((double)got[i] - (double)ref[i]);
+    if (err > max_err) {
+      max_err = err;
+      worst = i;
+    }
+  }
+  const double rel = max_err / (max_ref > 0.0 ? max_ref : 1.0);
+  char what[320];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  check(finiteness == 0 && rel <= tol,
+        "%s: rel err %.3g (tol %.1g) at %lld (cpu %.9g, cuda %.9g), %lld finiteness mismatches",
+        what, rel, tol, (long long)worst, worst >= 0 ? (double)ref[worst] : 0.0,
+        worst >= 0 ? (double)got[worst] : 0.0, (long long)finiteness);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * The two backends */
+
+#define RL_ENTRIES(X)                                                                             \
+  X(abi_version) X(backend_info) X(create) X(destroy) X(last_error) X(stats) X(sync) X(alloc)    \
+  X(free) X(view) X(upload) X(download) X(copy) X(load_start) X(load_wait) X(set_option)         \
+  X(get_option) X(mark) X(elapsed_ms) X(marks_reset) X(embedding) X(rmsnorm) X(layernorm)        \
+  X(softcap) X(matmul) X(rope) X(attention) X(act_mul) X(add) X(scale) X(argmax)
+
+typedef struct {
+  const char *name; /* "cpu" or "cuda" */
+  void *handle;
+  rl_ctx *ctx;
+#define FIELD(s) __typeof__(rl_##s) *s;
+  RL_ENTRIES(FIELD)
+#undef FIELD
+} backend;
+
+static backend CPU = {.name = "cpu"}, GPU = {.name = "cuda"};
+
+/* dlopens path and resolves every entry; a missing one is a failed check (and stays NULL). */
+static int open_backend(backend *b, const char *path) {
+  b->handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!b->handle) {
+    check(0, "%s: dlopen %s: %s", b->name, path, dlerror());
+    return 0;
+  }
+  int complete = 1;
+#define RESOLVE(s)                                                                                \
+  b->s = (__typeof__(rl_##s) *)dlsym(b->handle, "rl_" #s);                                        \
+  check(b->s != NULL, "%s: %s lacks rl_" #s, b->name, path);                                      \
+  complete &= b->s != NULL;
+  RL_ENTRIES(RESOLVE)
+#undef RESOLVE
+  return complete;
+}
+
+static const char *last_error(backend *b, rl_ctx *ctx) {
+  static char msg[4][512];
+  static int next;
+  char *m = msg[next++ % 4];
+  m[0] = 0;
+  if (b->last_error) b->last_error(ctx, (uint8_t *)m, 512);
+  return m;
+}
+
+/* An op's status: RL_OK, or a failed check naming the backend, the op and its message. */
+static int ok(backend *b, int32_t status, const char *what) {
+  check(status == RL_OK, "%s: %s returned %d: %s", b->name, what, status,
+        last_error(b, b->ctx));
+  return status == RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Device buffers: NULL (and a failed check) when allocation or upload fails */
+
+static void *dev_alloc(backend *b, uint64_t bytes) {
+  void *p = b->alloc(b->ctx, bytes);
+  check(p != NULL, "%s: rl_alloc(%llu): %s", b->name, (unsigned long long)bytes,
+        last_error(b, b->ctx));
+  return p;
+}
+
+static void *dev_upload(backend *b, const void *host, uint64_t bytes) {
+  void *p = dev_alloc(b, bytes);
+  if (p && !ok(b, b->upload(b->ctx, p, host, bytes), "rl_upload")) {
+    b->free(b->ctx, p);
+    return NULL;
+  }
+  return p;
+}
+
+/* An output buffer filled with NaN (0xff bytes), so an output the op never writes shows up. */
+static void *dev_poison(backend *b, uint64_t bytes) {
+  uint8_t *nan = malloc(bytes);
+  memset(nan, 0xff, bytes);
+  void *p = dev_upload(b, nan, bytes);
+  free(nan);
+  return p;
+}
+
+static int dev_download(backend *b, void *host, const void *dev, uint64_t bytes) {
+  return ok(b, b->download(b->ctx, host, dev, bytes), "rl_download");
+}
+
+static void dev_free(backend *b, void *p) {
+  if (p) b->free(b->ctx, p);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Random data */
+
+static uint64_t rng = 0x243f6a8885a308d3ull;
+
+static uint32_t rand_u32(void) { /* xorshift64* */
+  rng ^= rng >> 12;
+  rng ^= rng << 25;
+  rng ^= rng >> 27;
+  return (uint32_t)((rng * 0x2545f4914f6cdd1dull) >> 32);
+}
+
+static float rand_float(float lo, float hi) {
+  return lo + (hi - lo) * (float)(rand_u32() >> 8) * 0x1p-24f;
+}
+
+static float *rand_floats(int64_t n, float lo, float hi) {
+  float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+  for (int64_t i = 0; i < n; i++) p[i] = rand_float(lo, hi);
+  return p;
+}
+
+static const char *dtype_name[] = {"f32", "f16", "bf16"};
+static int64_t dtype_size(int dt) { return dt == RL_F32 ? 4 : 2; }
+static double dtype_tol(int dt) { return dt == RL_F32 ? TOL_F32 : TOL_HALF; }
+
+/* n random values in (-1, 1) as dtype dt (f16 includes subnormals, bf16 is truncated f32). */
+static void *rand_tensor(int dt, int64_t n) {
+  void *t = malloc((size_t)(n * dtype_size(dt)));
+  for (int64_t i = 0; i < n; i++) {
+    const float f = rand_float(-1.0f, 1.0f);
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if (dt == RL_F32) ((float *)t)[i] = f;
+    else if (dt == RL_BF16) ((uint16_t *)t)[i] = (uint16_t)(u >> 16);
+    else ((uint16_t *)t)[i] = (uint16_t)(rand_u32() % 0x3c00 | (u >> 16 & 0x8000));
+  }
+  return t;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Library */
+
+static void test_library(void) {
+  for (backend *b = &CPU; b; b = b == &CPU ? &GPU : NULL) {
+    check(b->abi_version() == RL_ABI_VERSION, "%s: rl_abi_version %u, want %d", b->name,
+          b->abi_version(), RL_ABI_VERSION);
+    char info[512];
+    const int64_t len = b->backend_info((uint8_t *)info, sizeof info);
+    check(len > 3 && strncmp(info, b->name, strlen(b->name)) == 0, "%s: rl_backend_info \"%s\"",
+          b->name, info);
+    printf("%s backend: %s\n", b->name, info);
+  }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Matmul */
+
+/* out[M,N] of rl_matmul on b. W is uploaded after `pad` bytes and passed as a view, so pad 2/4
+ * makes every W row unaligned (the scalar GEMV path). */
+static int run_matmul(backend *b, float *out, const float *x, const void *w, int wdt,
+                      const void *bias, int bdt, int M, int N, int K, int pad) {
+  const uint64_t wbytes = (uint64_t)N * K * dtype_size(wdt);
+  uint8_t *wpad = calloc(1, wbytes + (uint64_t)pad);
+  memcpy(wpad + pad, w, wbytes);
+  void *dx = dev_upload(b, x, sizeof(float) * (uint64_t)M * K);
+  void *dw = dev_upload(b, wpad, wbytes + (uint64_t)pad);
+  void *db = bias ? dev_upload(b, bias, (uint64_t)N * dtype_size(bdt)) : NULL;
+  void *dout = dev_poison(b, sizeof(float) * (uint64_t)M * N);
+  int good = dx && dw && (!bias || db) && dout &&
+             ok(b, b->matmul(b->ctx, dout, dx, b->view(dw, (uint64_t)pad), wdt, db, bdt, M, N, K),
+                "rl_matmul") &&
+             dev_download(b, out, dout, sizeof(float) * (uint64_t)M * N);
+  dev_free(b, dx);
+  dev_free(b, dw);
+  dev_free(b, db);
+  dev_free(b, dout);
+  free(wpad);
+  return good;
+}
+
+static void test_matmul(void) {
+  static const int Ms[] = {1, 2, 3, 8, 9, 33, 70};
+  static const int NK[][2] = {{13, 67}, {64, 128}, {37, 256}, {130, 520}, {40, 9000}, {24, 2100}};
+  for (int dt = 0; dt < 3; dt++)
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+      for (size_t s = 0; s < sizeof NK / sizeof *NK; s++)
+        for (int variant = 0; variant < 3; variant++) { /* plain, bias, unaligned W */
+          const int M = Ms[mi], N = NK[s][0], K = NK[s][1];
+          const int bdt = (dt + 1) % 3; /* a bias dtype other than W's */
+          const int pad = variant == 2 ? (int)dtype_size(dt) : 0;
+          float *x = rand_floats((int64_t)M * K, -1.0f, 1.0f);
+          void *w = rand_tensor(dt, (int64_t)N * K);
+          void *bias = variant == 1 ? rand_tensor(bdt, N) : NULL;
+          float *ref = malloc(sizeof(float) * (size_t)M * N), *got = malloc(sizeof(float) * (size_t)M * N);
+          if (run_matmul(&CPU, ref, x, w, dt, bias, bdt, M, N, K, pad) &&
+              run_matmul(&GPU, got, x, w, dt, bias, bdt, M, N, K, pad))
+            compare(ref, got, (int64_t)M * N, dtype_tol(dt),
+                    "rl_matmul %s M=%d N=%d K=%d%s%s", dtype_name[dt], M, N, K,
+                    variant == 1 ? " +bias" : "", variant == 2 ? " unaligned W" : "");
+          free(x);
+          free(w);
+          free(bias);
+          free(ref);
+          free(got);
+        }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Embedding, norms */
+
+static int run_embedding(backend *b, float *out, const void *table, int dt, const int32_t *ids,
+                         int n, int dim, int vocab) {
+  void *dt_ = dev_upload(b, table, (uint64_t)vocab * dim * dtype_size(dt));
+  void *dout = dev_poison(b, sizeof(float) * (uint64_t)n * dim);
+  int good = dt_ && dout &&
+             ok(b, b->embedding(b->ctx, dout, dt_, dt, ids, n, dim, vocab), "rl_embedding") &&
+             dev_download(b, out, dout, sizeof(float) * (uint64_t)n * dim);
+  dev_free(b, dt_);
+  dev_free(b, dout);
+  return good;
+}
+
+static void test_embedding(void) {
+  static const int shapes[][3] = {{5, 67, 11}, {300, 64, 1000}, {1, 4100, 3}}; /* n, dim, vocab */
+  for (int dt = 0; dt < 3; dt++)
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+      const int n = shapes[s][0], dim = shapes[s][1], vocab = shapes[s][2];
+      void *table = rand_tensor(dt, (int64_t)vocab * dim);
+      int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+      for (int i = 0; i < n; i++) ids[i] = i == 0 ? vocab - 1 : (int32_t)(rand_u32() % (uint32_t)vocab);
+      float *ref = malloc(sizeof(float) * (size_t)n * dim), *got = malloc(sizeof(float) * (size_t)n * dim);
+      if (run_embedding(&CPU, ref, table, dt, ids, n, dim, vocab) &&
+          run_embedding(&GPU, got, table, dt, ids, n, dim, vocab))
+        compare(ref, got, (int64_t)n * dim, 0.0, "rl_embedding %s n=%d dim=%d", dtype_name[dt], n,
+                dim);
+      free(table);
+      free(ids);
+      free(ref);
+      free(got);
+    }
+}
+
+/* rmsnorm (b_host == NULL and !layer) or layernorm (layer); in_place uses x's buffer as out. */
+static int run_norm(backend *b, int layer, float *out, const float *x, const void *w,
+                    const void *bias, int dt, int rows, int dim, float eps, float offset,
+                    int in_place) {
+  const uint64_t xb = sizeof(float) * (uint64_t)rows * dim;
+  void *dx = dev_upload(b, x, xb);
+  void *dw = dev_upload(b, w, (uint64_t)dim * dtype_size(dt));
+  void *db = bias ? dev_upload(b, bias, (uint64_t)dim * dtype_size(dt)) : NULL;
+  void *dout = in_place ? dx : dev_poison(b, xb);
+  int good = dx && dw && dout && (!bias || db);
+  if (good)
+    good = layer ? ok(b, b->layernorm(b->ctx, dout, dx, dw, db, dt, rows, dim, eps), "rl_layernorm")
+                 : ok(b, b->rmsnorm(b->ctx, dout, dx, dw, dt, rows, dim, eps, offset), "rl_rmsnorm");
+  good = good && dev_download(b, out, dout, xb);
+  dev_free(b, dx);
+  dev_free(b, dw);
+  dev_free(b, db);
+  if (!in_place) dev_free(b, dout);
+  return good;
+}
+
+static void test_norms(void) {
+  static const int shapes[][2] = {{1, 67}, {3, 1000}, {2, 4100}, {5, 64}}; /* rows, dim */
+  for (int layer = 0; layer < 2; layer++)
+    for (int dt = 0; dt < 3; dt++)
+      for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int variant = 0; variant < 2; variant++) {
+          const int rows = shapes[s][0], dim = shapes[s][1];
+          const float eps = 1e-5f, offset = variant ? 1.0f : 0.0f;
+          float *x = rand_floats((int64_t)rows * dim, -2.0f, 3.0f);
+          void *w = rand_tensor(dt, dim);
+          void *bias = layer && variant ? rand_tensor(dt, dim) : NULL;
+          const size_t n = (size_t)rows * dim;
+          float *ref = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
+          if (run_norm(&CPU, layer, ref, x, w, bias, dt, rows, dim, eps, offset, variant) &&
+              run_norm(&GPU, layer, got, x, w, bias, dt, rows, dim, eps, offset, variant))
+            compare(ref, got, (int64_t)n, TOL_F32, "%s %s rows=%d dim=%d %s%s",
+                    layer ? "rl_layernorm" : "rl_rmsnorm", dtype_name[dt], rows, dim,
+                    variant ? "in place" : "", layer ? (variant ? " +bias" : "") : (variant ? " offset 1" : ""));
+          free(x);
+          free(w);
+          free(bias);
+          free(ref);
+          free(got);
+        }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Rope, activations, elementwise, argmax */
+
+static int run_rope(backend *b, float *x_inout, int64_t total, int n_tokens, int row_stride,
+                    int n_heads, int head_dim, int rot_dim, const int32_t *pos,
+                    const float *inv_freq, float mscale) {
+  void *dx = dev_upload(b, x_inout, sizeof(float) * (uint64_t)total);
+  int good = dx &&
+             ok(b, b->rope(b->ctx, dx, n_tokens, row_stride, n_heads, head_dim, rot_dim, pos,
+                           inv_freq, mscale),
+                "rl_rope") &&
+             dev_download(b, x_inout, dx, sizeof(float) * (uint64_t)total);
+  dev_free(b, dx);
+  return good;
+}
+
+static void test_rope(void) {
+  /* n_tokens, n_heads, head_dim, rot_dim, extra stride */
+  static const int cases[][5] = {{5, 3, 64, 64, 0}, {5, 3, 72, 72, 10}, {7, 4, 128, 32, 3},
+                                 {1, 8, 64, 64, 0}, {33, 2, 80, 40, 16}};
+  for (size_t c = 0; c < sizeof cases / sizeof *cases; c++)
+    for (int ms = 0; ms < 2; ms++) {
+      const int n_tokens = cases[c][0], n_heads = cases[c][1], hd = cases[c][2],
+                rot = cases[c][3], stride = n_heads * hd + cases[c][4];
+      const int64_t total = (int64_t)n_tokens * stride;
+      float *x = rand_floats(total, -1.0f, 1.0f);
+      int32_t *pos = malloc(sizeof(int32_t) * (size_t)n_tokens);
+      for (int t = 0; t < n_tokens; t++) pos[t] = t == 0 ? 0 : (int32_t)(rand_u32() % 5000);
+      float *inv_freq = malloc(sizeof(float) * (size_t)(rot / 2));
+      for (int i = 0; i < rot / 2; i++) inv_freq[i] = powf(10000.0f, -2.0f * (float)i / (float)rot);
+      const float mscale = ms ? 1.3f : 1.0f;
+      float *ref = malloc(sizeof(float) * (size_t)total), *got = malloc(sizeof(float) * (size_t)total);
+      memcpy(ref, x, sizeof(float) * (size_t)total);
+      memcpy(got, x, sizeof(float) * (size_t)total);
+      if (run_rope(&CPU, ref, total, n_tokens, stride, n_heads, hd, rot, pos, inv_freq, mscale) &&
+          run_rope(&GPU, got, total, n_tokens, stride, n_heads, hd, rot, pos, inv_freq, mscale))
+        compare(ref, got, total, TOL_F32, "rl_rope tokens=%d heads=%d head_dim=%d rot=%d stride=%d mscale=%g",
+                n_tokens, n_heads, hd, rot, stride, (double)mscale);
+      free(x);
+      free(pos);
+      free(inv_freq);
+      free(ref);
+      free(got);
+    }
+}
+
+static int run_act_mul(backend *b, float *out, const float *gate, const float *up, int rows,
+                       int cols, int stride, int act) {
+  const uint64_t in_b = sizeof(float) * (uint64_t)rows * stride;
+  void *dg = dev_upload(b, gate, in_b), *du = dev_upload(b, up, in_b);
+  void *dout = dev_poison(b, sizeof(float) * (uint64_t)rows * cols);
+  int good = dg && du && dout &&
+             ok(b, b->act_mul(b->ctx, dout, dg, du, rows, cols, stride, act), "rl_act_mul") &&
+             dev_download(b, out, dout, sizeof(float) * (uint64_t)rows * cols);
+  dev_free(b, dg);
+  dev_free(b, du);
+  dev_free(b, dout);
+  return good;
+}
+
+static void test_act_mul(void) {
+  static const int shapes[][3] = {{3, 67, 80}, {1, 1000, 1000}, {9, 130, 260}};
+  for (int act = 0; act < 3; act++)
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+      const int rows = shapes[s][0], cols = shapes[s][1], stride = shapes[s][2];
+      float *gate = rand_floats((int64_t)rows * stride, -6.0f, 6.0f);
+      float *up = rand_floats((int64_t)rows * stride, -1.0f, 1.0f);
+      const size_t n = (size_t)rows * cols;
+      float *ref = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
+      if (run_act_mul(&CPU, ref, gate, up, rows, cols, stride, act) &&
+          run_act_mul(&GPU, got, gate, up, rows, cols, stride, act))
+        compare(ref, got, (int64_t)n, TOL_F32, "rl_act_mul act=%d rows=%d cols=%d stride=%d", act,
+                rows, cols, stride);
+      free(gate);
+      free(up);
+      free(ref);
+      free(got);
+    }
+}
+
+/* op 0: add(out, a, b); 1: add in place (out = a); 2: scale; 3: scale in place; 4: softcap;
+ * 5: softcap in place. */
+static int run_elementwise(backend *b, int op, float *out, const float *a, const float *bb,
+                           int64_t n) {
+  const uint64_t bytes = sizeof(float) * (uint64_t)n;
+  void *da = dev_upload(b, a, bytes), *db = dev_upload(b, bb, bytes);
+  const int in_place = op % 2 == 1;
+  void *dout = in_place ? da : dev_poison(b, bytes);
+  int good = da && db && dout;
+  if (good) {
+    if (op < 2) good = ok(b, b->add(b->ctx, dout, da, db, n), "rl_add");
+    else if (op < 4) good = ok(b, b->scale(b->ctx, dout, da, -0.37f, n), "rl_scale");
+    else good = ok(b, b->softcap(b->ctx, dout, da, 3.0f, n), "rl_softcap");
+  }
+  good = good && dev_download(b, out, dout, bytes);
+  dev_free(b, da);
+  dev_free(b, db);
+  if (!in_place) dev_free(b, dout);
+  return good;
+}
+
+static void test_elementwise(void) {
+  static const int64_t sizes[] = {1, 1000003};
+  static const char *names[] = {"rl_add", "rl_add in place", "rl_scale", "rl_scale in place",
+                                "rl_softcap", "rl_softcap in place"};
+  for (int op = 0; op < 6; op++)
+    for (int s = 0; s < 2; s++) {
+      const int64_t n = sizes[s];
+      float *a = rand_floats(n, -10.0f, 10.0f), *bb = rand_floats(n, -10.0f, 10.0f);
+      float *ref = malloc(sizeof(float) * (size_t)n), *got = malloc(sizeof(float) * (size_t)n);
+      if (run_elementwise(&CPU, op, ref, a, bb, n) && run_elementwise(&GPU, op, got, a, bb, n))
+        compare(ref, got, n, TOL_F32, "%s n=%lld", names[op], (long long)n);
+      free(a);
+      free(bb);
+      free(ref);
+      free(got);
+    }
+}
+
+static int run_argmax(backend *b, int32_t *out, const float *x, int rows, int cols) {
+  void *dx = dev_upload(b, x, sizeof(float) * (uint64_t)rows * cols);
+  int good = dx && ok(b, b->argmax(b->ctx, out, dx, rows, cols), "rl_argmax");
+  dev_free(b, dx);
+  return good;
+}
+
+static void test_argmax(void) {
+  static const int shapes[][2] = {{6, 1000}, {1, 100003}, {3, 7}};
+  for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+    const int rows = shapes[s][0], cols = shapes[s][1];
+    float *x = rand_floats((int64_t)rows * cols, -5.0f, 5.0f);
+    for (int r = 0; r < rows; r++) {
+      float *xr = x + (int64_t)r * cols;
+      switch (r % 6) {
+      case 0: /* a tie: the first index wins */
+        xr[cols / 2] = 100.0f;
+        xr[cols - 1] = 100.0f;
+        break;
+      case 1: /* NaN never wins */
+        xr[0] = NAN;
+        xr[cols / 3] = NAN;
+        break;
+      case 2: /* all -inf: 0 */
+        for (int c = 0; c < cols; c++) xr[c] = -INFINITY;
+        break;
+      case 3: /* all NaN: 0 */
+        for (int c = 0; c < cols; c++) xr[c] = NAN;
+        break;
+      case 4: /* +inf wins, first of them */
+        xr[cols - 1] = INFINITY;
+        xr[cols / 2] = INFINITY;
+        break;
+      default: break;
+      }
+    }
+    int32_t *ref = calloc((size_t)rows, sizeof(int32_t)), *got = calloc((size_t)rows, sizeof(int32_t));
+    if (run_argmax(&CPU, ref, x, rows, cols) && run_argmax(&GPU, got, x, rows, cols))
+      for (int r = 0; r < rows; r++)
+        check(ref[r] == got[r], "rl_argmax rows=%d cols=%d row %d: cpu %d, cuda %d", rows, cols, r,
+              ref[r], got[r]);
+    free(x);
+    free(ref);
+    free(got);
+  }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Attention */
+
+typedef struct {
+  int n_q, q_start, kv_len, n_heads, n_kv_heads, head_dim, window, q_extra, kv_extra;
+  float scale, softcap;
+  const uint8_t *kv_valid;
+} attn_case;
+
+static int run_attention(backend *b, float *out, const float *q, const float *k, const float *v,
+                         const attn_case *c) {
+  const int q_stride = c->n_heads * c->head_dim + c->q_extra;
+  const int kv_stride = c->n_kv_heads * c->head_dim + c->kv_extra;
+  const uint64_t qb = sizeof(float) * (uint64_t)c->n_q * q_stride;
+  const uint64_t kvb = sizeof(float) * (uint64_t)c->kv_len * kv_stride;
+  const uint64_t ob = sizeof(float) * (uint64_t)c->n_q * c->n_heads * c->head_dim;
+  void *dq = dev_upload(b, q, qb), *dk = dev_upload(b, k, kvb), *dv = dev_upload(b, v, kvb);
+  void *dout = dev_poison(b, ob);
+  int good = dq && dk && dv && dout &&
+             ok(b, b->attention(b->ctx, dout, dq, q_stride, dk, dv, kv_stride, c->n_q, c->q_start,
+                                c->kv_len, c->n_heads, c->n_kv_heads, c->head_dim, c->scale,
+                                c->window, c->softcap, c->kv_valid),
+                "rl_attention") &&
+             dev_download(b, out, dout, ob);
+  dev_free(b, dq);
+  dev_free(b, dk);
+  dev_free(b, dv);
+  dev_free(b, dout);
+  return good;
+}
+
+static void attention_case(attn_case c) {
+  const int q_stride = c.n_heads * c.head_dim + c.q_extra;
+  const int kv_stride = c.n_kv_heads * c.head_dim + c.kv_extra;
+  float *q = rand_floats((int64_t)c.n_q * q_stride, -1.0f, 1.0f);
+  float *k = rand_floats((int64_t)c.kv_len * kv_stride, -1.0f, 1.0f);
+  float *v = rand_floats((int64_t)c.kv_len * kv_stride, -1.0f, 1.0f);
+  const int64_t n = (int64_t)c.n_q * c.n_heads * c.head_dim;
+  float *ref = malloc(sizeof(float) * (size_t)n), *got = malloc(sizeof(float) * (size_t)n);
+  if (run_attention(&CPU, ref, q, k, v, &c)) {
+    for (int impl = 1; impl <= 2; impl++) {
+      if (!ok(&GPU, GPU.set_option(GPU.ctx, (const uint8_t *)"attn_impl", impl), "rl_set_option"))
+        continue;
+      if (run_attention(&GPU, got, q, k, v, &c))
+        compare(ref, got, n, TOL_F32,
+                "rl_attention %s n_q=%d q_start=%d kv_len=%d heads=%d/%d head_dim=%d window=%d "
+                "softcap=%g scale=%g mask=%s strides +%d/+%d",
+                impl == 1 ? "flash" : "eager", c.n_q, c.q_start, c.kv_len, c.n_heads,
+                c.n_kv_heads, c.head_dim, c.window, (double)c.softcap, (double)c.scale,
+                c.kv_valid ? "yes" : "no", c.q_extra, c.kv_extra);
+    }
+    GPU.set_option(GPU.ctx, (const uint8_t *)"attn_impl", 0);
+  }
+  free(q);
+  free(k);
+  free(v);
+  free(ref);
+  free(got);
+}
+
+static void test_attention(void) {
+  static const int head_dims[] = {64, 128, 72, 40, 256};
+  static const int heads[][2] = {{4, 4}, {4, 2}, {8, 2}};
+  static const int shapes[][3] = {/* n_q, q_start, kv_len */
+                                  {1, 40, 41},   {1, 999, 1000}, {7, 0, 7},
+                                  {5, 30, 35},   {70, 0, 70},    {3, 200, 203}};
+  enum { MAX_KV = 1000 };
+  uint8_t *mask = malloc(MAX_KV);
+  for (int j = 0; j < MAX_KV; j++) mask[j] = j < 3 ? 0 : rand_u32() % 10 != 0; /* left padding */
+  for (size_t d = 0; d < sizeof head_dims / sizeof *head_dims; d++)
+    for (size_t h = 0; h < sizeof heads / sizeof *heads; h++)
+      for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int variant = 0; variant < 4; variant++) {
+          attn_case c = {.n_q = shapes[s][0], .q_start = shapes[s][1], .kv_len = shapes[s][2],
+                         .n_heads = heads[h][0], .n_kv_heads = heads[h][1],
+                         .head_dim = head_dims[d], .scale = 1.0f / sqrtf((float)head_dims[d])};
+          switch (variant) {
+          case 1: c.window = 16; break;
+          case 2: /* peaky scores, capped; q/k/v rows with padding (a fused qkv layout) */
+            c.scale = 0.5f;
+            c.softcap = 5.0f;
+            c.q_extra = 2 * c.n_kv_heads * c.head_dim;
+            c.kv_extra = 8;
+            break;
+          case 3:
+            c.kv_valid = mask;
+            c.window = s % 2 ? 0 : 100;
+            break;
+          default: break;
+          }
+          attention_case(c);
+        }
+  /* Long prefills: enough blocks that flash does not split the keys. */
+  attention_case((attn_case){.n_q = 600, .kv_len = 600, .n_heads = 8, .n_kv_heads = 8,
+                             .head_dim = 64, .scale = 0.125f});
+  attention_case((attn_case){.n_q = 600, .kv_len = 600, .n_heads = 8, .n_kv_heads = 2,
+                             .head_dim = 128, .scale = 0.09f, .window = 100, .kv_valid = mask});
+  attention_case((attn_case){.n_q = 300, .q_start = 100, .kv_len = 400, .n_heads = 16,
+                             .n_kv_heads = 16, .head_dim = 96, .scale = 0.1f, .softcap = 20.0f});
+  /* flash refuses head_dim > 256 by name; auto falls back to eager */
+  {
+    attn_case c = {.n_q = 2, .q_start = 3, .kv_len = 5, .n_heads = 2, .n_kv_heads = 1,
+                   .head_dim = 264, .scale = 0.06f};
+    float *q = rand_floats(2 * 2 * 264, -1, 1), *kv = rand_floats(5 * 264, -1, 1);
+    float *ref = malloc(sizeof(float) * 2 * 2 * 264), *got = malloc(sizeof(float) * 2 * 2 * 264);
+    GPU.set_option(GPU.ctx, (const uint8_t *)"attn_impl", 1);
+    void *dq = dev_upload(&GPU, q, sizeof(float) * 2 * 2 * 264);
+    void *dkv = dev_upload(&GPU, kv, sizeof(float) * 5 * 264);
+    void *dout = dev_alloc(&GPU, sizeof(float) * 2 * 2 * 264);
+    if (dq && dkv && dout) {
+      const int32_t st = GPU.attention(GPU.ctx, dout, dq, 2 * 264, dkv, dkv, 264, 2, 3, 5, 2, 1,
+                                       264, 0.06f, 0, 0.0f, NULL);
+      const char *msg = last_error(&GPU, GPU.ctx);
+      check(st == RL_ERR_UNSUPPORTED && strstr(msg, "264") != NULL,
+            "cuda: flash with head_dim 264: status %d, \"%s\"", st, msg);
+    }
+    dev_free(&GPU, dq);
+    dev_free(&GPU, dkv);
+    dev_free(&GPU, dout);
+    GPU.set_option(GPU.ctx, (const uint8_t *)"attn_impl", 0);
+    if (run_attention(&CPU, ref, q, kv, kv, &c) && run_attention(&GPU, got, q, kv, kv, &c))
+      compare(ref, got, 2 * 2 * 264, TOL_F32, "rl_attention auto with head_dim 264");
+    free(q);
+    free(kv);
+    free(ref);
+    free(got);
+  }
+  free(mask);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Copies, statistics, errors, options, marks */
+
+static void test_copies_and_stats(void) {
+  rl_ctx *cc = CPU.create(0, 0), *gc = GPU.create(0, 0);
+  if (!cc || !gc) {
+    check(0, "second contexts: cpu %p, cuda %p (%s)", (void *)cc, (void *)gc, last_error(&GPU, NULL));
+    if (cc) CPU.destroy(cc);
+    if (gc) GPU.destroy(gc);
+    return;
+  }
+  backend *bs[2] = {&CPU, &GPU};
+  rl_ctx *ctxs[2] = {cc, gc};
+  uint64_t st[2][RL_STAT_COUNT];
+  uint8_t host[1000], back[1000];
+  for (int i = 0; i < 1000; i++) host[i] = (uint8_t)(i * 7 + 3);
+  for (int i = 0; i < 2; i++) {
+    backend *b = bs[i];
+    rl_ctx *ctx = ctxs[i];
+    uint8_t *a = b->alloc(ctx, 1000), *c = b->alloc(ctx, 1000), *d = b->alloc(ctx, 300);
+    check(a && c && d, "%s: three allocations", b->name);
+    if (!a || !c || !d) continue;
+    memset(back, 0, sizeof back);
+    check(b->upload(ctx, a, host, 1000) == RL_OK && b->copy(ctx, c, b->view(a, 100), 900) == RL_OK &&
+              b->download(ctx, back, c, 900) == RL_OK && memcmp(back, host + 100, 900) == 0,
+          "%s: upload, copy from a view, download round trip", b->name);
+    check(b->free(ctx, b->view(a, 64)) == RL_ERR_INVALID, "%s: rl_free of a view is refused",
+          b->name);
+    check(b->free(ctx, d) == RL_OK && b->free(ctx, d) == RL_ERR_INVALID,
+          "%s: rl_free twice: OK then refused", b->name);
+    check(b->sync(ctx) == RL_OK, "%s: rl_sync", b->name);
+    check(b->stats(ctx, st[i], RL_STAT_COUNT) == RL_OK, "%s: rl_stats", b->name);
+  }
+  for (int s = 0; s < RL_STAT_COUNT; s++)
+    check(st[0][s] == st[1][s], "statistic %d: cpu %llu, cuda %llu", s,
+          (unsigned long long)st[0][s], (unsigned long long)st[1][s]);
+  CPU.destroy(cc); /* a and c still live: destroy releases them */
+  GPU.destroy(gc);
+  CPU.destroy(NULL);
+  GPU.destroy(NULL);
+}
+
+/* Both backends return the same status for the same bad call, and the CUDA message starts with
+ * the op's name. */
+static void same_status(const char *op, int32_t cpu, int32_t cuda) {
+  const char *msg = last_error(&GPU, GPU.ctx);
+  check(cpu == cuda && cuda != RL_OK && strncmp(msg, op, strlen(op)) == 0 &&
+            msg[strlen(op)] == ':',
+        "%s: cpu status %d, cuda status %d, cuda message \"%s\"", op, cpu, cuda, msg);
+}
+
+static void test_errors(void) {
+  float *cb = CPU.alloc(CPU.ctx, 4096), *gb = GPU.alloc(GPU.ctx, 4096);
+  if (!cb || !gb) {
+    check(0, "error tests: scratch allocations");
+    return;
+  }
+  const int32_t ids_bad[3] = {0, 5, 11};
+  const int32_t pos[4] = {0, 1, 2, 3};
+  const float freq[4] = {1, 1, 1, 1};
+  /* Each bad call, written once per backend (buffers differ). */
+  same_status("rl_matmul", CPU.matmul(CPU.ctx, cb, cb + 512, cb, 0, NULL, 0, 0, 4, 4),
+              GPU.matmul(GPU.ctx, gb, gb + 512, gb, 0, NULL, 0, 0, 4, 4));
+  same_status("rl_matmul", CPU.matmul(CPU.ctx, cb, cb + 512, cb, 7, NULL, 0, 1, 4, 4),
+              GPU.matmul(GPU.ctx, gb, gb + 512, gb, 7, NULL, 0, 1, 4, 4));
+  same_status("rl_matmul", CPU.matmul(CPU.ctx, cb, cb + 2, cb + 512, 0, NULL, 0, 2, 4, 4),
+              GPU.matmul(GPU.ctx, gb, gb + 2, gb + 512, 0, NULL, 0, 2, 4, 4)); /* out overlaps x */
+  same_status("rl_embedding", CPU.embedding(CPU.ctx, cb, cb + 512, 0, ids_bad, 3, 4, 11),
+              GPU.embedding(GPU.ctx, gb, gb + 512, 0, ids_bad, 3, 4, 11));
+  {
+    const char *msg = last_error(&GPU, GPU.ctx);
+    check(strstr(msg, "position 2") != NULL, "rl_embedding names the bad id's position: \"%s\"",
+          msg);
+  }
+  same_status("rl_rope", CPU.rope(CPU.ctx, cb, 2, 64, 2, 32, 5, pos, freq, 1.0f),
+              GPU.rope(GPU.ctx, gb, 2, 64, 2, 32, 5, pos, freq, 1.0f));
+  same_status("rl_rope", CPU.rope(CPU.ctx, cb, 2, 64, 2, 32, 34, pos, freq, 1.0f),
+              GPU.rope(GPU.ctx, gb, 2, 64, 2, 32, 34, pos, freq, 1.0f));
+  same_status("rl_rope", CPU.rope(CPU.ctx, cb, 2, 60, 2, 32, 32, pos, freq, 1.0f),
+              GPU.rope(GPU.ctx, gb, 2, 60, 2, 32, 32, pos, freq, 1.0f));
+  same_status("rl_attention",
+              CPU.attention(CPU.ctx, cb, cb, 64, cb, cb, 64, 3, 2, 4, 2, 2, 32, 1, 0, 0, NULL),
+              GPU.attention(GPU.ctx, gb, gb, 64, gb, gb, 64, 3, 2, 4, 2, 2, 32, 1, 0, 0, NULL));
+  same_status("rl_attention",
+              CPU.attention(CPU.ctx, cb, cb, 96, cb, cb, 64, 1, 0, 4, 3, 2, 32, 1, 0, 0, NULL),
+              GPU.attention(GPU.ctx, gb, gb, 96, gb, gb, 64, 1, 0, 4, 3, 2, 32, 1, 0, 0, NULL));
+  same_status("rl_act_mul", CPU.act_mul(CPU.ctx, cb, cb, cb, 1, 8, 8, 9),
+              GPU.act_mul(GPU.ctx, gb, gb, gb, 1, 8, 8, 9));
+  same_status("rl_act_mul", CPU.act_mul(CPU.ctx, cb, cb, cb, 1, 8, 4, 0),
+              GPU.act_mul(GPU.ctx, gb, gb, gb, 1, 8, 4, 0));
+  same_status("rl_rmsnorm", CPU.rmsnorm(CPU.ctx, cb, cb, cb, 0, 1, 8, -1.0f, 0.0f),
+              GPU.rmsnorm(GPU.ctx, gb, gb, gb, 0, 1, 8, -1.0f, 0.0f));
+  same_status("rl_layernorm", CPU.layernorm(CPU.ctx, cb, cb, cb, NULL, 3, 1, 8, 1e-5f),
+              GPU.layernorm(GPU.ctx, gb, gb, gb, NULL, 3, 1, 8, 1e-5f));
+  same_status("rl_softcap", CPU.softcap(CPU.ctx, cb, cb, 0.0f, 8),
+              GPU.softcap(GPU.ctx, gb, gb, 0.0f, 8));
+  same_status("rl_add", CPU.add(CPU.ctx, cb, cb, cb, 0), GPU.add(GPU.ctx, gb, gb, gb, 0));
+  same_status("rl_scale", CPU.scale(CPU.ctx, cb, NULL, 1.0f, 4), GPU.scale(GPU.ctx, gb, NULL, 1.0f, 4));
+  same_status("rl_argmax", CPU.argmax(CPU.ctx, NULL, cb, 1, 4), GPU.argmax(GPU.ctx, NULL, gb, 1, 4));
+  same_status("rl_copy", CPU.copy(CPU.ctx, cb, cb + 512, 0), GPU.copy(GPU.ctx, gb, gb + 512, 0));
+  same_status("rl_free", CPU.free(CPU.ctx, cb + 16), GPU.free(GPU.ctx, gb + 16));
+  same_status("rl_stats", CPU.stats(CPU.ctx, NULL, 3), GPU.stats(GPU.ctx, NULL, 3));
+  {
+    const int32_t c = CPU.sync(NULL), g = GPU.sync(NULL);
+    const char *msg = last_error(&GPU, NULL);
+    check(c == RL_ERR_INVALID && g == RL_ERR_INVALID && strncmp(msg, "rl_sync: ctx", 12) == 0,
+          "rl_sync(NULL): cpu %d, cuda %d, global message \"%s\"", c, g, msg);
+  }
+  check(CPU.alloc(CPU.ctx, 0) == NULL && GPU.alloc(GPU.ctx, 0) == NULL, "rl_alloc(0) is NULL");
+  check(GPU.alloc(GPU.ctx, 1ull << 62) == NULL &&
+            strstr(last_error(&GPU, GPU.ctx), "out of memory") != NULL,
+        "cuda: rl_alloc(2^62) fails: \"%s\"", last_error(&GPU, GPU.ctx));
+  /* the context still works after the failed allocation */
+  check(GPU.scale(GPU.ctx, gb, gb, 1.0f, 16) == RL_OK && GPU.sync(GPU.ctx) == RL_OK,
+        "cuda: ops run after a failed allocation: %s", last_error(&GPU, GPU.ctx));
+  CPU.free(CPU.ctx, cb);
+  GPU.free(GPU.ctx, gb);
+}
+
+static void test_options_and_marks(void) {
+  rl_ctx *g = GPU.ctx;
+#define KEY(s) ((const uint8_t *)(s))
+  check(GPU.get_option(g, KEY("attn_impl")) == 0 && GPU.get_option(g, KEY("pin_memory")) == 1 &&
+            GPU.get_option(g, KEY("async_copy")) == 1,
+        "cuda: option defaults attn_impl 0, pin_memory 1, async_copy 1");
+  check(GPU.get_option(g, KEY("flash_available")) == 1, "cuda: flash_available is 1 (sm_80+)");
+  const int64_t mem = GPU.get_option(g, KEY("device_memory"));
+  check(mem > (int64_t)1 << 30, "cuda: device_memory %lld", (long long)mem);
+  check(GPU.get_option(g, KEY("no_such_key")) == -1, "cuda: unknown key reads -1");
+  check(GPU.set_option(g, KEY("no_such_key"), 1) == RL_ERR_UNSUPPORTED &&
+            strstr(last_error(&GPU, g), "no_such_key") != NULL,
+        "cuda: unknown key is RL_ERR_UNSUPPORTED naming it: \"%s\"", last_error(&GPU, g));
+  check(GPU.set_option(g, KEY("attn_impl"), 3) != RL_OK, "cuda: attn_impl 3 is refused");
+  check(GPU.set_option(g, KEY("attn_impl"), 2) == RL_OK && GPU.get_option(g, KEY("attn_impl")) == 2 &&
+            GPU.set_option(g, KEY("attn_impl"), 0) == RL_OK,
+        "cuda: attn_impl set/get");
+
+  enum { N = 4096, K = 4096 };
+  float *x = rand_floats(K, -1, 1);
+  void *w = rand_tensor(RL_BF16, (int64_t)N * K);
+  void *dx = dev_upload(&GPU, x, sizeof(float) * K), *dw = dev_upload(&GPU, w, (uint64_t)N * K * 2);
+  void *dout = dev_alloc(&GPU, sizeof(float) * N);
+  if (dx && dw && dout) {
+    const int64_t m0 = GPU.mark(g);
+    for (int i = 0; i < 20; i++) GPU.matmul(g, dout, dx, dw, RL_BF16, NULL, 0, 1, N, K);
+    const int64_t m1 = GPU.mark(g);
+    const double ms = GPU.elapsed_ms(g, m0, m1);
+    check(m0 >= 0 && m1 > m0 && ms > 0.0, "cuda: marks %lld %lld, elapsed %g ms", (long long)m0,
+          (long long)m1, ms);
+    if (ms > 0.0) /* informative: batch-1 bf16 GEMV bandwidth */
+      printf("cuda: bf16 GEMV %dx%d: %.1f us, %.0f GB/s\n", N, K, ms * 1000.0 / 20,
+             20.0 * N * K * 2 / (ms * 1e-3) / 1e9);
+    check(GPU.elapsed_ms(g, m0, m1 + 100) < 0.0, "cuda: elapsed with an unknown mark is negative");
+    check(GPU.marks_reset(g) == RL_OK && GPU.mark(g) >= 0, "cuda: rl_marks_reset");
+    GPU.marks_reset(g);
+  }
+  dev_free(&GPU, dx);
+  dev_free(&GPU, dw);
+  dev_free(&GPU, dout);
+  free(x);
+  free(w);
+#undef KEY
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Loads */
+
+/* Loads from `path` (size `fsize`, contents `data`) on b: the whole file (several staging chunks)
+ * and a small slice at an odd offset, waited out of order, then an op (rl_copy) ordered after the
+ * load without rl_sync; plus a short read, a missing file and a double wait. */
+static void load_round(backend *b, const char *path, const uint8_t *data, uint64_t fsize,
+                       const char *label) {
+  rl_ctx *ctx = b->ctx;
+  uint8_t *big = dev_alloc(b, fsize), *copy = dev_alloc(b, fsize), *small = dev_alloc(b, 1000);
+  uint8_t *back = malloc(fsize);
+  if (big && copy && small && back) {
+    uint64_t s0[RL_STAT_COUNT], s1[RL_STAT_COUNT];
+    b->stats(ctx, s0, RL_STAT_COUNT);
+    const int64_t t1 = b->load_start(ctx, big, (const uint8_t *)path, 0, fsize);
+    const int64_t t2 = b->load_start(ctx, small, (const uint8_t *)path, 12345, 1000);
+    check(t1 > 0 && t2 > t1, "%s %s: tickets %lld %lld (%s)", b->name, label, (long long)t1,
+          (long long)t2, last_error(b, ctx));
+    if (t1 > 0 && t2 > 0) {
+      ok(b, b->load_wait(ctx, t2), "rl_load_wait (small)");
+      ok(b, b->load_wait(ctx, t1), "rl_load_wait (whole file)");
+      ok(b, b->copy(ctx, copy, big, fsize), "rl_copy after rl_load_wait");
+      memset(back, 0, fsize);
+      if (dev_download(b, back, copy, fsize))
+        check(memcmp(back, data, fsize) == 0, "%s %s: whole file (%llu bytes) loaded", b->name,
+              label, (unsigned long long)fsize);
+      if (dev_download(b, back, small, 1000))
+        check(memcmp(back, data + 12345, 1000) == 0, "%s %s: 1000 bytes at offset 12345", b->name,
+              label);
+      b->stats(ctx, s1, RL_STAT_COUNT);
+      check(s1[RL_STAT_H2D_BYTES] - s0[RL_STAT_H2D_BYTES] == fsize + 1000,
+            "%s %s: h2d bytes grew by %llu (want the loaded %llu)", b->name,
+            label, (unsigned long long)(s1[RL_STAT_H2D_BYTES] - s0[RL_STAT_H2D_BYTES]),
+            (unsigned long long)(fsize + 1000));
+      const int32_t again = b->load_wait(ctx, t1);
+      check(again == RL_ERR_INVALID, "%s %s: waiting twice is RL_ERR_INVALID (got %d)", b->name,
+            label, again);
+    }
+    const int64_t t3 = b->load_start(ctx, small, (const uint8_t *)path, fsize - 10, 1000);
+    const int32_t st3 = t3 > 0 ? b->load_wait(ctx, t3) : RL_ERR_INVALID;
+    const char *m3 = last_error(b, ctx);
+    check(st3 != RL_OK && strstr(m3, path) != NULL, "%s %s: short read fails naming the file: \"%s\"",
+          b->name, label, m3);
+    const char *missing = "/nonexistent/rabbitllm/layer.bin";
+    const int64_t t4 = b->load_start(ctx, small, (const uint8_t *)missing, 0, 10);
+    const int32_t st4 = t4 > 0 ? b->load_wait(ctx, t4) : RL_ERR_INVALID;
+    const char *m4 = last_error(b, ctx);
+    check(st4 != RL_OK && strstr(m4, missing) != NULL,
+          "%s %s: a missing file fails naming it: \"%s\"", b->name, label, m4);
+    /* the context still works after failed loads */
+    const int64_t t5 = b->load_start(ctx, small, (const uint8_t *)path, 7, 1000);
+    check(t5 > 0 && b->load_wait(ctx, t5) == RL_OK && dev_download(b, back, small, 1000) &&
+              memcmp(back, data + 7, 1000) == 0,
+          "%s %s: a load after failed ones: %s", b->name, label, last_error(b, ctx));
+  }
+  dev_free(b, big);
+  dev_free(b, copy);
+  dev_free(b, small);
+  free(back);
+}
+
+static void test_loads(void) {
+  /* More than two 64 MiB staging chunks, and not a multiple of anything. */
+  const uint64_t fsize = (140ull << 20) + 777;
+  const char *tmpdir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  char path[512];
+  snprintf(path, sizeof path, "%s/rabbitllm_compare_XXXXXX", tmpdir);
+  int fd = mkstemp(path);
+  uint8_t *data = malloc(fsize);
+  if (fd < 0 || !data) {
+    check(0, "cannot create a temp file in %s", tmpdir);
+    free(data);
+    return;
+  }
+  for (uint64_t i = 0; i < fsize; i += 4) {
+    const uint32_t r = rand_u32();
+    memcpy(data + i, &r, fsize - i < 4 ? fsize - i : 4);
+  }
+  uint64_t written = 0;
+  while (written < fsize) {
+    const ssize_t n = write(fd, data + written, fsize - written);
+    if (n <= 0) break;
+    written += (uint64_t)n;
+  }
+  close(fd);
+  check(written == fsize, "wrote the temp file %s", path);
+  if (written == fsize) {
+    load_round(&CPU, path, data, fsize, "defaults");
+    for (int pin = 1; pin >= 0; pin--)
+      for (int async = 1; async >= 0; async--) {
+        char label[64];
+        snprintf(label, sizeof label, "pin_memory=%d async_copy=%d", pin, async);
+        if (ok(&GPU, GPU.set_option(GPU.ctx, (const uint8_t *)"pin_memory", pin), "pin_memory") &&
+            ok(&GPU, GPU.set_option(GPU.ctx, (const uint8_t *)"async_copy", async), "async_copy"))
+          load_round(&GPU, path, data, fsize, label);
+      }
+    GPU.set_option(GPU.ctx, (const uint8_t *)"pin_memory", 1);
+    GPU.set_option(GPU.ctx, (const uint8_t *)"async_copy", 1);
+  }
+  unlink(path);
+  free(data);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Main */
+
+int main(int argc, char **argv) {
+  const char *cpu_path = argc > 1 ? argv[1] : "build/librabbitllm_cpu.so";
+  const char *cuda_path = argc > 2 ? argv[2] : "build/librabbitllm_cuda.so";
+  const int cpu_ok = open_backend(&CPU, cpu_path), gpu_ok = open_backend(&GPU, cuda_path);
+  if (cpu_ok && gpu_ok) {
+    CPU.ctx = CPU.create(0, 0);
+    GPU.ctx = GPU.create(0, 0);
+    check(CPU.ctx != NULL, "cpu: rl_create: %s", last_error(&CPU, NULL));
+    check(GPU.ctx != NULL, "cuda: rl_create: %s", last_error(&GPU, NULL));
+    if (CPU.ctx && GPU.ctx) {
+      static const struct {
+        const char *name;
+        void (*run)(void);
+      } tests[] = {{"library", test_library},   {"matmul", test_matmul},
+                   {"embedding", test_embedding}, {"norms", test_norms},
+                   {"rope", test_rope},           {"act_mul", test_act_mul},
+                   {"elementwise", test_elementwise}, {"argmax", test_argmax},
+                   {"attention", test_attention}, {"copies and stats", test_copies_and_stats},
+                   {"errors", test_errors},       {"options and marks", test_options_and_marks},
+                   {"loads", test_loads}};
+      const char *only = getenv("COMPARE_ONLY"); /* e.g. COMPARE_ONLY=attention */
+      for (size_t i = 0; i < sizeof tests / sizeof *tests; i++) {
+        if (only && !strstr(only, tests[i].name)) continue;
+        const int failed_before = n_failed;
+        tests[i].run();
+        printf("-- %s: %d failed\n", tests[i].name, n_failed - failed_before);
+        fflush(stdout);
+      }
+      uint64_t s[RL_STAT_COUNT];
+      if (GPU.stats(GPU.ctx, s, RL_STAT_COUNT) == RL_OK)
+        check(s[RL_STAT_LIVE_ALLOCS] == 0, "cuda: every test buffer was freed (%llu live)",
+              (unsigned long long)s[RL_STAT_LIVE_ALLOCS]);
+    }
+    if (CPU.ctx) CPU.destroy(CPU.ctx);
+    if (GPU.ctx) GPU.destroy(GPU.ctx);
+  } else {
+    check(0, "tests skipped: a library could not be loaded completely");
+  }
+  printf("%d passed, %d failed\n", n_passed, n_failed);
+  return n_failed ? 1 : 0;
+}

@@ -1,0 +1,706 @@
+/*
+ * CUDA backend: library info, contexts, errors, statistics, memory and copies, scratch and
+ * parameter uploads, options, timing marks, and the I/O thread of rl_load_start/rl_load_wait.
+ *
+ * Every entry makes the context's device current first (Deno may call from any thread). Ops are
+ * asynchronous on ctx->compute; rl_upload, rl_download, rl_argmax and rl_sync block the host.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <new>
+
+#include "internal.h"
+
+/* ----------------------------------------------------------------------------------------------
+ * Errors */
+
+/* The error of calls made without a context (rl_create failure, NULL ctx); one for all threads. */
+static char g_err[512];
+static std::mutex g_err_lock;
+
+static int32_t cu_vfail(rl_ctx *ctx, int32_t status, const char *op, const char *fmt,
+                        va_list ap) {
+  std::lock_guard<std::mutex> guard(ctx ? ctx->err_lock : g_err_lock);
+  char *dst = ctx ? ctx->err : g_err;
+  const size_t cap = ctx ? sizeof ctx->err : sizeof g_err;
+  int n = snprintf(dst, cap, "%s: ", op);
+  if (n >= 0 && (size_t)n < cap) vsnprintf(dst + n, cap - (size_t)n, fmt, ap);
+  return status;
+}
+
+int32_t cu_fail(rl_ctx *ctx, int32_t status, const char *op, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  cu_vfail(ctx, status, op, fmt, ap);
+  va_end(ap);
+  return status;
+}
+
+int32_t cu_fail_cuda(rl_ctx *ctx, const char *op, cudaError_t e, const char *file, int line) {
+  (void)cudaGetLastError(); /* so a later launch check does not report this error again */
+  const int32_t status = e == cudaErrorMemoryAllocation ? RL_ERR_OOM : RL_ERR_DEVICE;
+  return cu_fail(ctx, status, op, "%s (%s:%d)", cudaGetErrorString(e), file, line);
+}
+
+/* Copies src into buf (cap bytes, NUL-terminated, truncated to fit); returns strlen(src). */
+static int64_t copy_string(const char *src, uint8_t *buf, int64_t cap) {
+  size_t len = strlen(src);
+  if (buf && cap > 0) {
+    size_t n = len < (size_t)cap - 1 ? len : (size_t)cap - 1;
+    memcpy(buf, src, n);
+    buf[n] = 0;
+  }
+  return (int64_t)len;
+}
+
+RL_API int64_t rl_last_error(rl_ctx *ctx, uint8_t *buf, int64_t cap) {
+  std::lock_guard<std::mutex> guard(ctx ? ctx->err_lock : g_err_lock);
+  return copy_string(ctx ? ctx->err : g_err, buf, cap);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Library */
+
+RL_API uint32_t rl_abi_version(void) { return RL_ABI_VERSION; }
+
+RL_API int64_t rl_backend_info(uint8_t *buf, int64_t cap) {
+  char info[512];
+  int runtime = 0, driver = 0, count = 0, dev = 0;
+  (void)cudaRuntimeGetVersion(&runtime);
+  (void)cudaDriverGetVersion(&driver);
+  cudaDeviceProp prop;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count <= 0 || cudaGetDevice(&dev) != cudaSuccess ||
+      cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    snprintf(info, sizeof info, "cuda (no device) runtime %d.%d", runtime / 1000,
+             runtime % 1000 / 10);
+  } else {
+    snprintf(info, sizeof info, "cuda sm_%d%d %s devices=%d driver %d.%d runtime %d.%d",
+             prop.major, prop.minor, prop.name, count, driver / 1000, driver % 1000 / 10,
+             runtime / 1000, runtime % 1000 / 10);
+  }
+  return copy_string(info, buf, cap);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Context */
+
+static void loader_stop(rl_ctx *ctx);
+
+/* Releases everything ctx owns; safe on a partly created context and after a sticky device
+ * error (failures are ignored: there is nobody left to report them to). */
+static void destroy_ctx(rl_ctx *ctx) {
+  (void)cudaSetDevice(ctx->device);
+  loader_stop(ctx);
+  if (ctx->compute) (void)cudaStreamSynchronize(ctx->compute);
+  if (ctx->transfer) (void)cudaStreamSynchronize(ctx->transfer);
+  for (auto &a : ctx->allocs) (void)cudaFree(a.first);
+  for (auto &s : ctx->scratch)
+    if (s.p) (void)cudaFree(s.p);
+  for (auto &s : ctx->stages) {
+    if (s.p) (void)cudaFreeHost(s.p);
+    if (s.copied) (void)cudaEventDestroy(s.copied);
+  }
+  for (cudaEvent_t e : ctx->marks) (void)cudaEventDestroy(e);
+  loader &L = ctx->load;
+  for (cudaEvent_t e : L.free_events) (void)cudaEventDestroy(e);
+  for (auto &r : L.results)
+    if (r.second.finished) (void)cudaEventDestroy(r.second.finished);
+  for (int i = 0; i < 2; i++) {
+    if (L.pinned[i]) (void)cudaFreeHost(L.pinned[i]);
+    free(L.pageable[i]);
+    if (L.staged[i]) (void)cudaEventDestroy(L.staged[i]);
+  }
+  if (ctx->compute) (void)cudaStreamDestroy(ctx->compute);
+  if (ctx->transfer) (void)cudaStreamDestroy(ctx->transfer);
+  (void)cudaGetLastError();
+  delete ctx;
+}
+
+/* Device properties, streams and the small-upload stages of a new context. */
+static int32_t init_ctx(rl_ctx *ctx) {
+  const char *const op = "rl_create";
+  cudaDeviceProp prop;
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx->device));
+  if (prop.major < 8)
+    return cu_fail(ctx, RL_ERR_UNSUPPORTED, op,
+                   "device %d (%s) is sm_%d%d; this build needs sm_80 or newer", ctx->device,
+                   prop.name, prop.major, prop.minor);
+  ctx->cc_major = prop.major;
+  ctx->cc_minor = prop.minor;
+  ctx->sm_count = prop.multiProcessorCount;
+  ctx->smem_optin = prop.sharedMemPerBlockOptin;
+  ctx->total_memory = prop.totalGlobalMem;
+  CUDA_CHECK(cudaSetDevice(ctx->device));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&ctx->compute, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&ctx->transfer, cudaStreamNonBlocking));
+  for (auto &s : ctx->stages)
+    CUDA_CHECK(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
+  return RL_OK;
+}
+
+RL_API rl_ctx *rl_create(int32_t n_threads, int32_t device) {
+  (void)n_threads; /* the GPU decides its own parallelism */
+  const char *const op = __func__;
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    int driver = 0, runtime = 0;
+    (void)cudaDriverGetVersion(&driver);
+    (void)cudaRuntimeGetVersion(&runtime);
+    if (driver == 0)
+      cu_fail(NULL, RL_ERR_DEVICE, op,
+              "no CUDA device: no NVIDIA driver found (libcuda.so.1 could not be loaded): %s",
+              cudaGetErrorString(e));
+    else if (e == cudaErrorInsufficientDriver)
+      cu_fail(NULL, RL_ERR_DEVICE, op,
+              "no CUDA device: the NVIDIA driver supports CUDA %d.%d, this library needs %d.%d",
+              driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10);
+    else
+      cu_fail(NULL, RL_ERR_DEVICE, op, "no CUDA device: %s", cudaGetErrorString(e));
+    return NULL;
+  }
+  if (count <= 0) {
+    cu_fail(NULL, RL_ERR_DEVICE, op, "no CUDA device: the driver reports 0 devices");
+    return NULL;
+  }
+  if (device < 0 || device >= count) {
+    cu_fail(NULL, RL_ERR_INVALID, op, "device %d out of range: %d CUDA device(s)", device, count);
+    return NULL;
+  }
+  rl_ctx *ctx = new (std::nothrow) rl_ctx();
+  if (!ctx) {
+    cu_fail(NULL, RL_ERR_OOM, op, "out of memory for the context (%zu bytes)", sizeof(rl_ctx));
+    return NULL;
+  }
+  ctx->device = device;
+  const int32_t status = init_ctx(ctx);
+  if (status != RL_OK) {
+    char msg[sizeof ctx->err];
+    memcpy(msg, ctx->err, sizeof msg); /* already "rl_create: ..." */
+    destroy_ctx(ctx);
+    std::lock_guard<std::mutex> guard(g_err_lock);
+    memcpy(g_err, msg, sizeof g_err);
+    return NULL;
+  }
+  return ctx;
+}
+
+RL_API void rl_destroy(rl_ctx *ctx) {
+  if (ctx) destroy_ctx(ctx);
+}
+
+RL_API int32_t rl_stats(rl_ctx *ctx, uint64_t *out, int32_t n) {
+  ENTER();
+  REQUIRE_PTR(out);
+  REQUIRE_POS(n);
+  std::lock_guard<std::mutex> guard(ctx->stats_lock);
+  memcpy(out, ctx->stats, (size_t)(n < RL_STAT_COUNT ? n : RL_STAT_COUNT) * sizeof *out);
+  return RL_OK;
+}
+
+/* Waits for the ops issued on ctx (the compute stream). Loads are waited for by rl_load_wait. */
+RL_API int32_t rl_sync(rl_ctx *ctx) {
+  ENTER();
+  CUDA_CHECK(cudaStreamSynchronize(ctx->compute));
+  return RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Memory */
+
+static int32_t alloc_block(rl_ctx *ctx, uint64_t bytes, void **out) {
+  ENTER_AS("rl_alloc");
+  REQUIRE(bytes > 0, "bytes must be > 0, got 0");
+  void *p = NULL;
+  const cudaError_t e = cudaMalloc(&p, bytes); /* 256-byte aligned */
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    uint64_t live;
+    {
+      std::lock_guard<std::mutex> guard(ctx->stats_lock);
+      live = ctx->stats[RL_STAT_LIVE_BYTES];
+    }
+    return cu_fail(ctx, e == cudaErrorMemoryAllocation ? RL_ERR_OOM : RL_ERR_DEVICE, op,
+                   "out of memory allocating %llu bytes (%llu live): %s",
+                   (unsigned long long)bytes, (unsigned long long)live, cudaGetErrorString(e));
+  }
+  try {
+    ctx->allocs.emplace(p, bytes);
+  } catch (...) {
+    (void)cudaFree(p);
+    return cu_fail(ctx, RL_ERR_OOM, op, "out of host memory for the allocation table");
+  }
+  std::lock_guard<std::mutex> guard(ctx->stats_lock);
+  uint64_t *s = ctx->stats;
+  s[RL_STAT_LIVE_BYTES] += bytes;
+  if (s[RL_STAT_LIVE_BYTES] > s[RL_STAT_PEAK_BYTES]) s[RL_STAT_PEAK_BYTES] = s[RL_STAT_LIVE_BYTES];
+  s[RL_STAT_ALLOCS]++;
+  s[RL_STAT_LIVE_ALLOCS]++;
+  *out = p;
+  return RL_OK;
+}
+
+RL_API void *rl_alloc(rl_ctx *ctx, uint64_t bytes) {
+  void *p = NULL;
+  return alloc_block(ctx, bytes, &p) == RL_OK ? p : NULL;
+}
+
+/* Ops issued earlier may still use the block: the compute stream is drained first (cudaFree
+ * usually waits for the device anyway). A load into the block must have been waited for. */
+RL_API int32_t rl_free(rl_ctx *ctx, void *p) {
+  ENTER();
+  REQUIRE_PTR(p);
+  auto it = ctx->allocs.find(p);
+  REQUIRE(it != ctx->allocs.end(),
+          "%p was not returned by rl_alloc on this context (a view, or already freed)", p);
+  {
+    std::lock_guard<std::mutex> guard(ctx->stats_lock);
+    ctx->stats[RL_STAT_LIVE_BYTES] -= it->second;
+    ctx->stats[RL_STAT_FREES]++;
+    ctx->stats[RL_STAT_LIVE_ALLOCS]--;
+  }
+  ctx->allocs.erase(it);
+  CUDA_CHECK(cudaStreamSynchronize(ctx->compute));
+  CUDA_CHECK(cudaFree(p));
+  return RL_OK;
+}
+
+RL_API void *rl_view(void *base, uint64_t byte_offset) { return (uint8_t *)base + byte_offset; }
+
+/* The three copies differ in direction, in whether the host waits, and in the statistic. All are
+ * issued on the compute stream, so they are ordered with the ops. */
+static int32_t copy_bytes(rl_ctx *ctx, const char *name, void *dst, const void *src,
+                          uint64_t bytes, cudaMemcpyKind kind, int stat) {
+  ENTER_AS(name);
+  REQUIRE_PTR(dst);
+  REQUIRE_PTR(src);
+  REQUIRE(bytes > 0, "bytes must be > 0, got 0");
+  if (kind == cudaMemcpyDeviceToDevice)
+    REQUIRE((const uint8_t *)dst + bytes <= (const uint8_t *)src ||
+                (const uint8_t *)src + bytes <= (const uint8_t *)dst,
+            "dst %p and src %p overlap (%llu bytes)", dst, src, (unsigned long long)bytes);
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, ctx->compute));
+  /* Host buffers from Deno are pageable and may be reused as soon as we return. */
+  if (kind != cudaMemcpyDeviceToDevice) CUDA_CHECK(cudaStreamSynchronize(ctx->compute));
+  if (stat >= 0) {
+    std::lock_guard<std::mutex> guard(ctx->stats_lock);
+    ctx->stats[stat] += bytes;
+  }
+  return RL_OK;
+}
+
+RL_API int32_t rl_upload(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) {
+  return copy_bytes(ctx, __func__, dst, src, bytes, cudaMemcpyHostToDevice, RL_STAT_H2D_BYTES);
+}
+
+RL_API int32_t rl_download(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) {
+  return copy_bytes(ctx, __func__, dst, src, bytes, cudaMemcpyDeviceToHost, RL_STAT_D2H_BYTES);
+}
+
+RL_API int32_t rl_copy(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) {
+  return copy_bytes(ctx, __func__, dst, src, bytes, cudaMemcpyDeviceToDevice, -1);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Scratch and parameter uploads */
+
+int32_t scratch_reserve(rl_ctx *ctx, const char *op, int which, uint64_t bytes, void **out) {
+  device_buffer &b = ctx->scratch[which];
+  if (b.cap < bytes) {
+    if (b.p) {
+      CUDA_CHECK(cudaStreamSynchronize(ctx->compute)); /* earlier kernels may still read it */
+      CUDA_CHECK(cudaFree(b.p));
+      b.p = NULL;
+      b.cap = 0;
+    }
+    uint64_t cap = b.cap + b.cap / 2;
+    if (cap < bytes) cap = bytes;
+    if (cap < 4096) cap = 4096;
+    const cudaError_t e = cudaMalloc(&b.p, cap);
+    if (e != cudaSuccess) {
+      b.p = NULL;
+      (void)cudaGetLastError();
+      return cu_fail(ctx, e == cudaErrorMemoryAllocation ? RL_ERR_OOM : RL_ERR_DEVICE, op,
+                     "cannot allocate %llu bytes of scratch: %s", (unsigned long long)cap,
+                     cudaGetErrorString(e));
+    }
+    b.cap = cap;
+  }
+  *out = b.p;
+  return RL_OK;
+}
+
+int32_t upload_params(rl_ctx *ctx, const char *op, int which, const void *host, uint64_t bytes,
+                      void **out) {
+  void *dev = NULL;
+  TRY(scratch_reserve(ctx, op, which, bytes, &dev));
+  host_stage &s = ctx->stages[ctx->next_stage];
+  ctx->next_stage = (ctx->next_stage + 1) % N_HOST_STAGES;
+  /* The copy issued from this stage N_HOST_STAGES uploads ago must be done before reuse (an
+   * event never recorded counts as done). */
+  CUDA_CHECK(cudaEventSynchronize(s.copied));
+  if (s.cap < bytes) {
+    if (s.p) CUDA_CHECK(cudaFreeHost(s.p));
+    s.p = NULL;
+    s.cap = 0;
+    const uint64_t cap = bytes < 65536 ? 65536 : bytes;
+    CUDA_CHECK(cudaHostAlloc(&s.p, cap, cudaHostAllocDefault));
+    s.cap = cap;
+  }
+  memcpy(s.p, host, bytes);
+  CUDA_CHECK(cudaMemcpyAsync(dev, s.p, bytes, cudaMemcpyHostToDevice, ctx->compute));
+  CUDA_CHECK(cudaEventRecord(s.copied, ctx->compute));
+  *out = dev;
+  return RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Options */
+
+static const char *const OPTION_KEYS[3] = {"attn_impl", "pin_memory", "async_copy"};
+
+static int option_index(const uint8_t *key) {
+  for (int i = 0; i < 3; i++)
+    if (strcmp((const char *)key, OPTION_KEYS[i]) == 0) return i;
+  return -1;
+}
+
+static int64_t *option_slot(rl_ctx *ctx, int i) {
+  return i == 0 ? &ctx->attn_impl : i == 1 ? &ctx->pin_memory : &ctx->async_copy;
+}
+
+RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value) {
+  ENTER();
+  REQUIRE_PTR(key);
+  const int i = option_index(key);
+  if (i < 0)
+    return cu_fail(ctx, RL_ERR_UNSUPPORTED, op, "unknown option \"%s\"", (const char *)key);
+  REQUIRE(value >= 0 && value <= (i == 0 ? 2 : 1), "%s: value %lld out of range",
+          (const char *)key, (long long)value);
+  if (i == 0 && value == 1 && ctx->cc_major < 8)
+    return cu_fail(ctx, RL_ERR_UNSUPPORTED, op, "attn_impl flash needs sm_80 or newer (sm_%d%d)",
+                   ctx->cc_major, ctx->cc_minor);
+  *option_slot(ctx, i) = value;
+  return RL_OK;
+}
+
+RL_API int64_t rl_get_option(rl_ctx *ctx, const uint8_t *key) {
+  if (!ctx || !key) return -1;
+  const int i = option_index(key);
+  if (i >= 0) return *option_slot(ctx, i);
+  if (strcmp((const char *)key, "flash_available") == 0) return ctx->cc_major >= 8 ? 1 : 0;
+  if (strcmp((const char *)key, "device_memory") == 0) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaSetDevice(ctx->device) != cudaSuccess ||
+        cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return (int64_t)ctx->total_memory;
+    }
+    return (int64_t)total_b;
+  }
+  return -1;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Timing marks: events recorded on the compute stream */
+
+static int32_t record_mark(rl_ctx *ctx, int64_t *id) {
+  ENTER_AS("rl_mark");
+  if (ctx->marks_used == ctx->marks.size()) {
+    cudaEvent_t e = NULL;
+    CUDA_CHECK(cudaEventCreate(&e));
+    try {
+      ctx->marks.push_back(e);
+    } catch (...) {
+      (void)cudaEventDestroy(e);
+      return cu_fail(ctx, RL_ERR_OOM, op, "out of memory for %zu marks", ctx->marks_used + 1);
+    }
+  }
+  CUDA_CHECK(cudaEventRecord(ctx->marks[ctx->marks_used], ctx->compute));
+  *id = (int64_t)ctx->marks_used++;
+  return RL_OK;
+}
+
+RL_API int64_t rl_mark(rl_ctx *ctx) {
+  int64_t id = -1;
+  return record_mark(ctx, &id) == RL_OK ? id : -1;
+}
+
+static int32_t elapsed(rl_ctx *ctx, int64_t from, int64_t to, float *ms) {
+  ENTER_AS("rl_elapsed_ms");
+  const int64_t n = (int64_t)ctx->marks_used;
+  REQUIRE(from >= 0 && to >= 0 && from < n && to < n, "no such marks %lld, %lld",
+          (long long)from, (long long)to);
+  CUDA_CHECK(cudaEventSynchronize(ctx->marks[from]));
+  CUDA_CHECK(cudaEventSynchronize(ctx->marks[to]));
+  CUDA_CHECK(cudaEventElapsedTime(ms, ctx->marks[from], ctx->marks[to]));
+  return RL_OK;
+}
+
+RL_API double rl_elapsed_ms(rl_ctx *ctx, int64_t from_mark, int64_t to_mark) {
+  float ms = 0.0f;
+  return elapsed(ctx, from_mark, to_mark, &ms) == RL_OK ? (double)ms : -1.0;
+}
+
+RL_API int32_t rl_marks_reset(rl_ctx *ctx) {
+  ENTER();
+  ctx->marks_used = 0;
+  return RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Loads: file -> staging buffer (pread) -> device (cudaMemcpyAsync), on the I/O thread.
+ *
+ * Two staging buffers of LOAD_CHUNK bytes alternate: chunk k is read into buffer k % 2 while the
+ * copy of chunk k - 1 runs; before a buffer is refilled, the host waits for the event recorded
+ * after the copy out of it. The last copy of a load is followed by its `finished` event, which
+ * rl_load_wait makes the compute stream wait for. */
+
+/* Reads exactly n bytes at offset of fd into buf; on failure fills *err and returns the status. */
+static int32_t read_exactly(int fd, const load_job &job, uint8_t *buf, uint64_t n,
+                            uint64_t done_before, std::string *err) {
+  uint64_t got = 0;
+  while (got < n) {
+    const ssize_t r = pread(fd, buf + got, (size_t)(n - got), (off_t)(job.offset + done_before + got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      char msg[768];
+      snprintf(msg, sizeof msg, "%s: %s at byte %llu of the %llu requested from offset %llu",
+               job.path.c_str(), r < 0 ? strerror(errno) : "file ends",
+               (unsigned long long)(done_before + got), (unsigned long long)job.bytes,
+               (unsigned long long)job.offset);
+      *err = msg;
+      return r < 0 ? RL_ERR_DEVICE : RL_ERR_INVALID;
+    }
+    got += (uint64_t)r;
+  }
+  return RL_OK;
+}
+
+/* Formats a CUDA failure of the I/O thread. */
+static int32_t load_cuda_error(const load_job &job, cudaError_t e, const char *what, int line,
+                               std::string *err) {
+  (void)cudaGetLastError();
+  char msg[768];
+  snprintf(msg, sizeof msg, "%s: %s: %s (%s:%d)", job.path.c_str(), what, cudaGetErrorString(e),
+           __FILE__, line);
+  *err = msg;
+  return e == cudaErrorMemoryAllocation ? RL_ERR_OOM : RL_ERR_DEVICE;
+}
+
+#define LOAD_CHECK(call, what)                                                                    \
+  do {                                                                                            \
+    const cudaError_t e_ = (call);                                                                \
+    if (e_ != cudaSuccess) {                                                                      \
+      status = load_cuda_error(job, e_, what, __LINE__, err);                                     \
+      goto out;                                                                                   \
+    }                                                                                             \
+  } while (0)
+
+/* Runs one load on the I/O thread. On success *finished holds an event recorded after the last
+ * copy. */
+static int32_t run_load(rl_ctx *ctx, const load_job &job, cudaEvent_t *finished,
+                        std::string *err) {
+  loader &L = ctx->load;
+  cudaStream_t stream = job.async ? ctx->transfer : ctx->compute;
+  void **bufs = job.pinned ? L.pinned : L.pageable;
+  int32_t status = RL_OK;
+  int fd = -1;
+  uint64_t done = 0;
+  int k = 0;
+  for (int i = 0; i < 2; i++) {
+    if (!L.staged[i]) LOAD_CHECK(cudaEventCreateWithFlags(&L.staged[i], cudaEventDisableTiming),
+                                 "creating a staging event");
+    if (bufs[i]) continue;
+    if (job.pinned) {
+      LOAD_CHECK(cudaHostAlloc(&bufs[i], LOAD_CHUNK, cudaHostAllocDefault),
+                 "allocating 64 MiB of pinned staging");
+    } else if (!(bufs[i] = malloc(LOAD_CHUNK))) {
+      *err = job.path + ": out of memory for 64 MiB of staging";
+      return RL_ERR_OOM;
+    }
+  }
+  fd = open(job.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *err = "cannot open " + job.path + ": " + strerror(errno);
+    return RL_ERR_INVALID;
+  }
+  for (; done < job.bytes; k ^= 1) {
+    const uint64_t n = job.bytes - done < LOAD_CHUNK ? job.bytes - done : LOAD_CHUNK;
+    LOAD_CHECK(cudaEventSynchronize(L.staged[k]), "waiting for a staging buffer");
+    status = read_exactly(fd, job, (uint8_t *)bufs[k], n, done, err);
+    if (status != RL_OK) goto out;
+    LOAD_CHECK(cudaMemcpyAsync((uint8_t *)job.dst + done, bufs[k], n, cudaMemcpyHostToDevice,
+                               stream),
+               "copying to the device");
+    LOAD_CHECK(cudaEventRecord(L.staged[k], stream), "recording a staging event");
+    done += n;
+  }
+  {
+    cudaEvent_t e = NULL;
+    {
+      std::lock_guard<std::mutex> guard(L.lock);
+      if (!L.free_events.empty()) {
+        e = L.free_events.back();
+        L.free_events.pop_back();
+      }
+    }
+    if (!e) LOAD_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "creating an event");
+    const cudaError_t r = cudaEventRecord(e, stream);
+    if (r != cudaSuccess) {
+      (void)cudaEventDestroy(e);
+      LOAD_CHECK(r, "recording the completion event");
+    }
+    *finished = e;
+  }
+out:
+  if (fd >= 0) close(fd);
+  return status;
+}
+
+static void loader_main(rl_ctx *ctx) {
+  loader &L = ctx->load;
+  const cudaError_t set = cudaSetDevice(ctx->device);
+  for (;;) {
+    load_job job;
+    {
+      std::unique_lock<std::mutex> lk(L.lock);
+      L.wake.wait(lk, [&] { return L.stop || !L.queue.empty(); });
+      if (L.stop) return;
+      job = std::move(L.queue.front());
+      L.queue.pop_front();
+    }
+    int32_t status = RL_OK;
+    std::string err;
+    cudaEvent_t finished = NULL;
+    try {
+      if (set != cudaSuccess)
+        status = load_cuda_error(job, set, "making the device current", __LINE__, &err);
+      else
+        status = run_load(ctx, job, &finished, &err);
+    } catch (...) {
+      status = RL_ERR_OOM;
+      err = "out of host memory";
+    }
+    {
+      std::lock_guard<std::mutex> guard(L.lock);
+      auto it = L.results.find(job.ticket); /* inserted by rl_load_start, erased only once done */
+      if (it != L.results.end()) {
+        it->second.done = true;
+        it->second.status = status;
+        it->second.finished = finished;
+        it->second.error = std::move(err);
+      } else if (finished) {
+        (void)cudaEventDestroy(finished);
+      }
+    }
+    L.done.notify_all();
+  }
+}
+
+/* Stops the I/O thread: loads not started are dropped, the one in progress finishes first. */
+static void loader_stop(rl_ctx *ctx) {
+  loader &L = ctx->load;
+  if (!L.started) return;
+  {
+    std::lock_guard<std::mutex> guard(L.lock);
+    L.stop = true;
+    L.queue.clear();
+  }
+  L.wake.notify_all();
+  L.thread.join();
+  L.started = false;
+}
+
+static int32_t load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64_t file_offset,
+                          uint64_t bytes, int64_t *ticket) {
+  ENTER_AS("rl_load_start");
+  REQUIRE_PTR(dst);
+  REQUIRE_PTR(path);
+  REQUIRE(bytes > 0, "bytes must be > 0, got 0");
+  REQUIRE(path[0] != 0, "path is empty");
+  loader &L = ctx->load;
+  try {
+    load_job job;
+    job.dst = dst;
+    job.path = (const char *)path;
+    job.offset = file_offset;
+    job.bytes = bytes;
+    job.pinned = ctx->pin_memory != 0;
+    job.async = ctx->async_copy != 0;
+    if (!L.started) {
+      L.thread = std::thread(loader_main, ctx);
+      L.started = true;
+    }
+    {
+      std::lock_guard<std::mutex> guard(L.lock);
+      job.ticket = L.next_ticket;
+      load_result pending;
+      pending.bytes = bytes;
+      L.results.emplace(job.ticket, std::move(pending));
+      try {
+        L.queue.push_back(std::move(job));
+      } catch (...) {
+        L.results.erase(L.next_ticket);
+        throw;
+      }
+      *ticket = L.next_ticket++;
+    }
+  } catch (...) {
+    return cu_fail(ctx, RL_ERR_OOM, op, "cannot start the I/O thread or queue a load of %s",
+                   (const char *)path);
+  }
+  L.wake.notify_one();
+  return RL_OK;
+}
+
+RL_API int64_t rl_load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64_t file_offset,
+                             uint64_t bytes) {
+  int64_t ticket = 0;
+  return load_start(ctx, dst, path, file_offset, bytes, &ticket) == RL_OK ? ticket : 0;
+}
+
+RL_API int32_t rl_load_wait(rl_ctx *ctx, int64_t ticket) {
+  ENTER();
+  loader &L = ctx->load;
+  load_result r;
+  {
+    std::unique_lock<std::mutex> lk(L.lock);
+    auto it = L.results.find(ticket);
+    if (it == L.results.end()) {
+      const bool none = L.next_ticket == 1;
+      lk.unlock();
+      if (none)
+        return cu_fail(ctx, RL_ERR_INVALID, op, "no load was started (ticket %lld)",
+                       (long long)ticket);
+      return cu_fail(ctx, RL_ERR_INVALID, op, "unknown or already waited ticket %lld",
+                     (long long)ticket);
+    }
+    L.done.wait(lk, [&] { return it->second.done; });
+    r = std::move(it->second);
+    L.results.erase(it);
+  }
+  if (r.status != RL_OK) return cu_fail(ctx, r.status, op, "%s", r.error.c_str());
+  /* Later ops on the compute stream start after the copy; the host does not wait. */
+  const cudaError_t e = cudaStreamWaitEvent(ctx->compute, r.finished, 0);
+  {
+    std::lock_guard<std::mutex> guard(L.lock);
+    try {
+      L.free_events.push_back(r.finished);
+    } catch (...) {
+      (void)cudaEventDestroy(r.finished);
+    }
+  }
+  CUDA_CHECK(e);
+  std::lock_guard<std::mutex> guard(ctx->stats_lock);
+  ctx->stats[RL_STAT_H2D_BYTES] += r.bytes; /* like the CPU backend: counted when waited for */
+  return RL_OK;
+}

@@ -1,0 +1,27 @@
+#!/bin/sh
+# Builds the CUDA backend's sources for the CPU emulation (cuda/emu/emu.h), with AddressSanitizer
+# and UBSan: build/librabbitllm_cuda_emu.so. Test tooling for machines without a GPU; the real
+# library is cuda/build.sh. Then: sh cuda/emu/test.sh runs cuda/compare_ops.c against it.
+# SANITIZE= (empty) builds without sanitizers.
+set -eu
+cd "$(dirname "$0")/../.."
+sanitize=${SANITIZE--fsanitize=address,undefined}
+mkdir -p build/emu
+srcs=
+for f in cuda/*.cu; do
+  case "$f" in
+  cuda/bench_* | cuda/test_*) ;;
+  *)
+    out="build/emu/$(basename "$f" .cu).cc"
+    python3 cuda/emu/prep.py "$f" "$out"
+    srcs="$srcs $out"
+    ;;
+  esac
+done
+lib=build/librabbitllm_cuda_emu.so
+# shellcheck disable=SC2086 # $srcs and $sanitize are lists without spaces in their items
+g++ -std=c++17 -O1 -g -fno-omit-frame-pointer $sanitize -fPIC -shared -fvisibility=hidden \
+  -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -D__CUDACC__ -Icuda/emu/include -Icuda -Iffi \
+  -o "$lib.tmp" $srcs cuda/emu/emu.cc -lpthread
+mv "$lib.tmp" "$lib"
+echo "$(pwd)/$lib"

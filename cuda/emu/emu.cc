@@ -1,0 +1,457 @@
+/*
+ * The CUDA emulator's runtime: memory, streams, events, launches and the fiber scheduler that
+ * runs a block's threads (see emu.h for the model). Test tooling only.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "emu.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN 1
+#endif
+
+[[noreturn]] static void die(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "cuda emu: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+  abort();
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Errors */
+
+static thread_local cudaError_t t_last = cudaSuccess;
+
+static cudaError_t fail(cudaError_t e) {
+  t_last = e;
+  return e;
+}
+
+const char *cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+  case cudaSuccess: return "no error";
+  case cudaErrorInvalidValue: return "invalid argument";
+  case cudaErrorMemoryAllocation: return "out of memory";
+  case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+  case cudaErrorInvalidDevice: return "invalid device ordinal";
+  case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+  case cudaErrorNotReady: return "device not ready";
+  default: return "unknown error";
+  }
+}
+
+cudaError_t cudaGetLastError(void) {
+  const cudaError_t e = t_last;
+  t_last = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError(void) { return t_last; }
+
+/* ----------------------------------------------------------------------------------------------
+ * Device */
+
+static const size_t EMU_MEMORY = 80ull << 30;
+
+static bool no_device() { return getenv("RL_CUDA_EMU_NO_DEVICE") != nullptr; }
+
+cudaError_t cudaGetDeviceCount(int *n) {
+  if (no_device()) {
+    *n = 0;
+    return fail(cudaErrorNoDevice);
+  }
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int *d) {
+  *d = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) { return d == 0 && !no_device() ? cudaSuccess : fail(cudaErrorInvalidDevice); }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
+  if (d != 0) return fail(cudaErrorInvalidDevice);
+  memset(p, 0, sizeof *p);
+  snprintf(p->name, sizeof p->name, "CPU emulation of an H100");
+  p->major = 9;
+  p->minor = 0;
+  p->multiProcessorCount = 132;
+  p->sharedMemPerBlockOptin = 232448;
+  p->totalGlobalMem = EMU_MEMORY;
+  return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int *v) {
+  *v = 13000;
+  return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int *v) {
+  *v = 13000;
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
+  *free_b = EMU_MEMORY;
+  *total_b = EMU_MEMORY;
+  return cudaSuccess;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Memory: device and pinned blocks are tracked, so copies can be checked against them */
+
+static std::mutex g_mem_lock;
+static std::map<uintptr_t, size_t> g_device, g_pinned; /* base -> bytes */
+
+/* The block of `m` holding [p, p + n), or false. */
+static bool inside(const std::map<uintptr_t, size_t> &m, const void *p, size_t n) {
+  const uintptr_t a = (uintptr_t)p;
+  auto it = m.upper_bound(a);
+  if (it == m.begin()) return false;
+  --it;
+  return a >= it->first && a + n <= it->first + it->second;
+}
+
+static cudaError_t alloc_in(std::map<uintptr_t, size_t> &m, void **p, size_t bytes) {
+  *p = nullptr;
+  if (bytes == 0) return fail(cudaErrorInvalidValue);
+  if (bytes > EMU_MEMORY) return fail(cudaErrorMemoryAllocation);
+  const size_t rounded = (bytes + 255) / 256 * 256;
+  void *q = aligned_alloc(256, rounded);
+  if (!q) return fail(cudaErrorMemoryAllocation);
+  memset(q, 0xff, bytes); /* uninitialized device memory reads as NaN */
+  std::lock_guard<std::mutex> g(g_mem_lock);
+  m[(uintptr_t)q] = bytes;
+  *p = q;
+  return cudaSuccess;
+}
+
+static cudaError_t free_in(std::map<uintptr_t, size_t> &m, void *p) {
+  if (!p) return cudaSuccess;
+  std::lock_guard<std::mutex> g(g_mem_lock);
+  auto it = m.find((uintptr_t)p);
+  if (it == m.end()) return fail(cudaErrorInvalidValue);
+  m.erase(it);
+  free(p);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes) { return alloc_in(g_device, p, bytes); }
+cudaError_t cudaFree(void *p) { return free_in(g_device, p); }
+cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned) { return alloc_in(g_pinned, p, bytes); }
+cudaError_t cudaFreeHost(void *p) { return free_in(g_pinned, p); }
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t) {
+  {
+    std::lock_guard<std::mutex> g(g_mem_lock);
+    const bool dst_dev = inside(g_device, dst, bytes), src_dev = inside(g_device, src, bytes);
+    bool good = true;
+    switch (kind) {
+    case cudaMemcpyHostToDevice: good = dst_dev && !inside(g_device, src, 1); break;
+    case cudaMemcpyDeviceToHost: good = src_dev && !inside(g_device, dst, 1); break;
+    case cudaMemcpyDeviceToDevice: good = dst_dev && src_dev; break;
+    default: good = false; break;
+    }
+    if (!good) {
+      fprintf(stderr, "cuda emu: cudaMemcpyAsync(%p, %p, %zu, kind %d) outside device blocks\n",
+              dst, src, bytes, (int)kind);
+      return fail(cudaErrorInvalidValue);
+    }
+  }
+  memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Streams and events (everything has completed when it returns) */
+
+struct emu_stream {
+  unsigned flags;
+};
+struct emu_event {
+  unsigned flags;
+  bool recorded;
+  double ms; /* host clock at record */
+};
+
+static double now_ms() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
+  *s = new emu_stream{flags};
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) { return s ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  return s && e ? cudaSuccess : fail(cudaErrorInvalidValue);
+}
+cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags) {
+  *e = new emu_event{flags, false, 0.0};
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  if (!e || !s) return fail(cudaErrorInvalidValue);
+  e->recorded = true;
+  e->ms = now_ms();
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) { return e ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t from, cudaEvent_t to) {
+  if (!from || !to || !from->recorded || !to->recorded ||
+      (from->flags & cudaEventDisableTiming) || (to->flags & cudaEventDisableTiming))
+    return fail(cudaErrorInvalidValue);
+  *ms = (float)(to->ms - from->ms);
+  return cudaSuccess;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Launches: fibers, barriers, shuffles */
+
+namespace emu {
+
+struct barrier {
+  int expected = 0, arrived = 0;
+  uint64_t gen = 0;
+};
+
+struct fiber {
+  ucontext_t ctx;
+  char *stack = nullptr;
+  uint3 tid;
+  int lane = 0, warp = 0;
+  enum { RUNNABLE, WAITING, DONE } state = RUNNABLE;
+  barrier *waiting_on = nullptr;
+  uint64_t wait_gen = 0;
+  uint64_t exchanges = 0; /* warp exchanges so far (double-buffered slots) */
+};
+
+static const size_t STACK = 64 * 1024; /* small: ASan clears a stack's shadow on every switch */
+
+static std::mutex g_launch_lock;
+static std::map<const void *, int> g_max_smem; /* cudaFuncSetAttribute */
+static std::vector<fiber> g_fibers;
+static fiber *g_cur;
+static ucontext_t g_sched;
+static barrier g_block_bar;
+static std::vector<barrier> g_warp_bar;
+static std::vector<uint64_t> g_slots;        /* [warp][2][32] */
+static std::vector<uint64_t> g_slot_index;   /* [warp][2][32]: exchange number written */
+static std::vector<float4> g_smem;
+static const std::function<void()> *g_body;
+static const void *g_fn;
+#ifdef EMU_ASAN
+static const void *g_sched_bottom;
+static size_t g_sched_size;
+#endif
+
+uint3 block_idx;
+dim3 block_dim, grid_dim;
+
+fiber *current() {
+  if (!g_cur) die("device code called outside a kernel");
+  return g_cur;
+}
+uint3 &thread_idx() { return current()->tid; }
+int lane_id() { return current()->lane; }
+void *dynamic_smem() { return g_smem.data(); }
+
+static void switch_to(fiber &f) {
+#ifdef EMU_ASAN
+  void *fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, f.stack, STACK);
+#endif
+  g_cur = &f;
+  swapcontext(&g_sched, &f.ctx);
+  g_cur = nullptr;
+#ifdef EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+}
+
+static void yield(bool exiting) {
+  fiber &f = *g_cur;
+#ifdef EMU_ASAN
+  void *fake = nullptr;
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &fake, g_sched_bottom, g_sched_size);
+#endif
+  swapcontext(&f.ctx, &g_sched);
+#ifdef EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake, &g_sched_bottom, &g_sched_size);
+#endif
+  (void)exiting;
+}
+
+static void arrive(barrier &b) {
+  if (++b.arrived == b.expected) {
+    b.arrived = 0;
+    b.gen++;
+    return;
+  }
+  fiber &f = *g_cur;
+  f.state = fiber::WAITING;
+  f.waiting_on = &b;
+  f.wait_gen = b.gen;
+  yield(false);
+}
+
+/* An exited thread leaves the barrier; the others may now be complete. */
+static void drop(barrier &b) {
+  b.expected--;
+  if (b.arrived > 0 && b.arrived == b.expected) {
+    b.arrived = 0;
+    b.gen++;
+  }
+}
+
+void syncthreads() {
+  current();
+  arrive(g_block_bar);
+}
+
+uint64_t warp_exchange(uint64_t v, int src, unsigned mask) {
+  fiber &f = *current();
+  if (mask != 0xffffffffu) die("shuffle with mask %#x (only full warps are emulated)", mask);
+  barrier &b = g_warp_bar[f.warp];
+  if (b.expected != 32) die("warp shuffle with %d live lanes in warp %d", b.expected, f.warp);
+  const int buf = (int)(f.exchanges & 1);
+  const size_t base = ((size_t)f.warp * 2 + buf) * 32;
+  const uint64_t index = f.exchanges++;
+  g_slots[base + f.lane] = v;
+  g_slot_index[base + f.lane] = index;
+  arrive(b);
+  if (g_slot_index[base + src] != index)
+    die("divergent shuffles: lane %d is at exchange %llu, lane %d at %llu", f.lane,
+        (unsigned long long)index, src, (unsigned long long)g_slot_index[base + src]);
+  return g_slots[base + src];
+}
+
+static void trampoline() {
+#ifdef EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &g_sched_bottom, &g_sched_size);
+#endif
+  (*g_body)();
+  fiber &f = *g_cur;
+  f.state = fiber::DONE;
+  drop(g_block_bar);
+  drop(g_warp_bar[f.warp]);
+  yield(true);
+  die("a finished fiber was resumed");
+}
+
+static void run_block(unsigned threads) {
+  const unsigned n_warps = (threads + 31) / 32;
+  g_block_bar = barrier();
+  g_block_bar.expected = (int)threads;
+  g_warp_bar.assign(n_warps, barrier());
+  for (unsigned w = 0; w < n_warps; w++)
+    g_warp_bar[w].expected = (int)(threads - 32 * w < 32 ? threads - 32 * w : 32);
+  g_slots.assign((size_t)n_warps * 64, 0);
+  g_slot_index.assign((size_t)n_warps * 64, ~0ull);
+  memset(g_smem.data(), 0xff, g_smem.size() * sizeof(float4)); /* undefined: reads as NaN */
+  for (unsigned t = 0; t < threads; t++) {
+    fiber &f = g_fibers[t];
+    f.tid = {t % block_dim.x, t / block_dim.x % block_dim.y, t / (block_dim.x * block_dim.y)};
+    f.lane = (int)(t % 32);
+    f.warp = (int)(t / 32);
+    f.state = fiber::RUNNABLE;
+    f.waiting_on = nullptr;
+    f.exchanges = 0;
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = STACK;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, trampoline, 0);
+  }
+  unsigned done = 0;
+  while (done < threads) {
+    bool progress = false;
+    for (unsigned t = 0; t < threads; t++) {
+      fiber &f = g_fibers[t];
+      if (f.state == fiber::DONE) continue;
+      if (f.state == fiber::WAITING) {
+        if (f.waiting_on->gen == f.wait_gen) continue;
+        f.state = fiber::RUNNABLE;
+      }
+      switch_to(f);
+      progress = true;
+      if (f.state == fiber::DONE) done++;
+    }
+    if (!progress)
+      die("deadlock in kernel %p, block (%u,%u,%u): %u of %u threads wait at barriers that the "
+          "others never reach",
+          g_fn, block_idx.x, block_idx.y, block_idx.z, threads - done, threads);
+  }
+}
+
+void launch(const void *fn, dim3 grid, dim3 block, size_t smem, const std::function<void()> &body) {
+  const uint64_t threads = (uint64_t)block.x * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
+      grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    fprintf(stderr, "cuda emu: bad launch of %p: grid (%u,%u,%u) block (%u,%u,%u)\n", fn, grid.x,
+            grid.y, grid.z, block.x, block.y, block.z);
+    fail(cudaErrorInvalidConfiguration);
+    return;
+  }
+  std::lock_guard<std::mutex> guard(g_launch_lock);
+  if (smem > 48 * 1024) {
+    auto it = g_max_smem.find(fn);
+    if (it == g_max_smem.end() || (size_t)it->second < smem) {
+      fprintf(stderr, "cuda emu: launch of %p with %zu bytes of dynamic shared memory without "
+                      "cudaFuncSetAttribute\n", fn, smem);
+      fail(cudaErrorInvalidValue);
+      return;
+    }
+  }
+  if (g_fibers.size() < threads) {
+    const size_t old = g_fibers.size();
+    g_fibers.resize(threads);
+    for (size_t t = old; t < threads; t++) {
+      void *s = mmap(nullptr, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (s == MAP_FAILED) die("cannot map a fiber stack");
+      g_fibers[t].stack = (char *)s;
+    }
+  }
+  g_smem.assign((smem + sizeof(float4) - 1) / sizeof(float4) + 1, float4());
+  g_body = &body;
+  g_fn = fn;
+  grid_dim = grid;
+  block_dim = block;
+  for (unsigned z = 0; z < grid.z; z++)
+    for (unsigned y = 0; y < grid.y; y++)
+      for (unsigned x = 0; x < grid.x; x++) {
+        block_idx = {x, y, z};
+        run_block((unsigned)threads);
+      }
+  g_body = nullptr;
+}
+
+} /* namespace emu */
+
+cudaError_t emu_func_set_attribute(const void *fn, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > 232448)
+    return fail(cudaErrorInvalidValue);
+  std::lock_guard<std::mutex> guard(emu::g_launch_lock);
+  emu::g_max_smem[fn] = value;
+  return cudaSuccess;
+}

@@ -1,0 +1,255 @@
+/*
+ * Shared by the CUDA backend's translation units: the context, error reporting, argument checks,
+ * device scratch, small host->device parameter uploads and the device-side dtype loads.
+ * Nothing here is exported: the library builds with -fvisibility=hidden and a version script, so
+ * only the RL_API entries of ffi/rabbitllm.h are visible.
+ *
+ * Streams: every op runs on ctx->compute, in issue order. rl_load_start's I/O thread copies on
+ * ctx->transfer (or on compute when the option async_copy is 0); rl_load_wait makes compute wait
+ * for a load's completion event, so the host never blocks on a layer copy.
+ */
+#ifndef RL_CUDA_INTERNAL_H
+#define RL_CUDA_INTERNAL_H
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "rabbitllm.h"
+
+/* ----------------------------------------------------------------------------------------------
+ * The context */
+
+/* Device scratch owned by the context, one buffer per purpose (grown on demand, never shrunk).
+ * Each op that uses one issues its writes and reads on the compute stream, so reuse by the next
+ * op is ordered after the previous op's kernels. */
+enum scratch_id {
+  SCR_IDS,       /* rl_embedding: int32 ids */
+  SCR_POSITIONS, /* rl_rope: int32 positions */
+  SCR_INV_FREQ,  /* rl_rope: float inv_freq */
+  SCR_KV_VALID,  /* rl_attention: uint8 mask */
+  SCR_ARGMAX,    /* rl_argmax: int32 result per row */
+  SCR_SCORES,    /* rl_attention eager: scores/probabilities + row sums */
+  SCR_PARTIAL,   /* rl_attention flash split-K: partial outputs + (max, sum) */
+  SCR_COUNT,
+};
+
+struct device_buffer {
+  void *p = nullptr;
+  uint64_t cap = 0; /* bytes */
+};
+
+/* A pinned host buffer that small host arguments (ids, positions, masks) are copied through, so
+ * their host->device copy is truly asynchronous. `copied` is recorded after the copy out of it;
+ * the buffer is reused only once that event has completed. */
+struct host_stage {
+  void *p = nullptr;
+  uint64_t cap = 0;
+  cudaEvent_t copied = nullptr;
+};
+constexpr int N_HOST_STAGES = 8; /* round robin: a stage is reused 8 uploads later */
+
+/* rl_load_start / rl_load_wait (ctx.cu) */
+constexpr uint64_t LOAD_CHUNK = 64ull << 20; /* bytes per staging buffer (two of them) */
+
+struct load_job {
+  int64_t ticket = 0;
+  void *dst = nullptr;
+  std::string path;
+  uint64_t offset = 0, bytes = 0;
+  bool pinned = true; /* option pin_memory at rl_load_start */
+  bool async = true;  /* option async_copy at rl_load_start */
+};
+
+struct load_result {
+  uint64_t bytes = 0;           /* counted in RL_STAT_H2D_BYTES when waited for successfully */
+  bool done = false;            /* set by the I/O thread under loader::lock */
+  int32_t status = RL_OK;       /* RL_OK or the failure */
+  std::string error;            /* failure message (without the "rl_load_wait: " prefix) */
+  cudaEvent_t finished = nullptr; /* recorded after the last copy of the load (on success) */
+};
+
+struct loader {
+  std::thread thread; /* started by the first rl_load_start */
+  bool started = false;
+  std::mutex lock;
+  std::condition_variable wake; /* a job was queued, or stop was set */
+  std::condition_variable done; /* a job finished */
+  std::deque<load_job> queue;   /* issued, not yet started */
+  std::map<int64_t, load_result> results; /* issued, not yet waited for */
+  std::vector<cudaEvent_t> free_events;   /* recycled "finished" events */
+  int64_t next_ticket = 1;
+  bool stop = false;
+  /* Owned by the I/O thread (freed by rl_destroy after the join). */
+  void *pinned[2] = {nullptr, nullptr};   /* cudaHostAlloc, LOAD_CHUNK each */
+  void *pageable[2] = {nullptr, nullptr}; /* malloc, LOAD_CHUNK each */
+  cudaEvent_t staged[2] = {nullptr, nullptr}; /* last copy out of staging buffer i */
+};
+
+struct rl_ctx {
+  int device = 0;
+  int sm_count = 0;          /* multiprocessors, for the split-K heuristics */
+  int cc_major = 0, cc_minor = 0;
+  uint64_t smem_optin = 0;   /* max dynamic shared memory per block (opt-in) */
+  uint64_t total_memory = 0; /* bytes of device memory */
+  cudaStream_t compute = nullptr, transfer = nullptr;
+  /* Indexed by enum rl_stat, under stats_lock: rl_load_wait may run on another thread (Deno's
+   * nonblocking calls) while ops and copies are issued on this one. */
+  std::mutex stats_lock;
+  uint64_t stats[RL_STAT_COUNT] = {};
+  std::unordered_map<void *, uint64_t> allocs; /* rl_alloc block -> bytes */
+  device_buffer scratch[SCR_COUNT];
+  host_stage stages[N_HOST_STAGES];
+  int next_stage = 0;
+  std::vector<cudaEvent_t> marks; /* timing events; the first marks_used are recorded */
+  size_t marks_used = 0;
+  int64_t attn_impl = 0, pin_memory = 1, async_copy = 1; /* options */
+  loader load;
+  std::mutex err_lock;
+  char err[512] = {}; /* last error message, NUL-terminated */
+};
+
+/* ----------------------------------------------------------------------------------------------
+ * Errors and argument checks */
+
+/* Writes "op: <message>" into ctx's error (the global one when ctx is NULL); returns status. */
+int32_t cu_fail(rl_ctx *ctx, int32_t status, const char *op, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* A failed CUDA call: "op: <cudaGetErrorString> (file:line)". Returns RL_ERR_OOM for an
+ * allocation failure, RL_ERR_DEVICE otherwise. Clears the runtime's (non-sticky) last error. */
+int32_t cu_fail_cuda(rl_ctx *ctx, const char *op, cudaError_t e, const char *file, int line);
+
+/* The macros below expect `ctx` and `op` (the entry's name, for messages) in scope. ENTER()
+ * defines op as the current function's name, checks ctx and makes its device current on the
+ * calling thread (Deno calls from different threads); ENTER_AS names another op. */
+#define REQUIRE(cond, ...)                                                                        \
+  do {                                                                                            \
+    if (!(cond)) return cu_fail(ctx, RL_ERR_INVALID, op, __VA_ARGS__);                            \
+  } while (0)
+#define CUDA_CHECK(call)                                                                          \
+  do {                                                                                            \
+    const cudaError_t e_ = (call);                                                                \
+    if (e_ != cudaSuccess) return cu_fail_cuda(ctx, op, e_, __FILE__, __LINE__);                  \
+  } while (0)
+/* After a kernel launch: a bad launch configuration is reported here, naming the op. */
+#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+/* Propagates a non-OK status of a helper. */
+#define TRY(expr)                                                                                 \
+  do {                                                                                            \
+    const int32_t s_ = (expr);                                                                    \
+    if (s_ != RL_OK) return s_;                                                                   \
+  } while (0)
+#define ENTER_AS(name)                                                                            \
+  const char *const op = (name);                                                                  \
+  if (ctx == NULL) return cu_fail(NULL, RL_ERR_INVALID, op, "ctx is NULL");                       \
+  CUDA_CHECK(cudaSetDevice(ctx->device))
+#define ENTER() ENTER_AS(__func__)
+
+#define REQUIRE_PTR(p) REQUIRE((p) != NULL, "%s is NULL", #p)
+#define REQUIRE_POS(n) REQUIRE((n) > 0, "%s must be > 0, got %lld", #n, (long long)(n))
+#define REQUIRE_DTYPE(dt)                                                                         \
+  REQUIRE((dt) == RL_F32 || (dt) == RL_F16 || (dt) == RL_BF16,                                     \
+          "%s %d is not a dtype (0=f32, 1=f16, 2=bf16)", #dt, (int)(dt))
+/* A device pointer must be aligned to its element size, or the kernel would fault. */
+#define REQUIRE_ALIGNED(p, align)                                                                 \
+  REQUIRE((uintptr_t)(p) % (uintptr_t)(align) == 0, "%s %p is not aligned to %d bytes", #p,       \
+          (const void *)(p), (int)(align))
+
+static inline int dtype_size(int dt) { return dt == RL_F32 ? 4 : 2; }
+
+/* ----------------------------------------------------------------------------------------------
+ * Scratch and parameter uploads (ctx.cu) */
+
+/* Makes scratch `which` at least `bytes` long and returns it in *out. Growing it synchronizes
+ * the compute stream first (kernels issued earlier may still read the old buffer). */
+int32_t scratch_reserve(rl_ctx *ctx, const char *op, int which, uint64_t bytes, void **out);
+
+/* Copies `bytes` of host memory into scratch `which`, asynchronously on the compute stream,
+ * through a pinned staging buffer (the host buffer may change as soon as this returns).
+ * Returns the device copy in *out. */
+int32_t upload_params(rl_ctx *ctx, const char *op, int which, const void *host, uint64_t bytes,
+                      void **out);
+
+/* ----------------------------------------------------------------------------------------------
+ * Launch helpers */
+
+/* Blocks for a grid-stride loop over n items: enough to fill the device, never more than
+ * needed, and within the 2^31 - 1 limit of gridDim.x. */
+static inline unsigned grid_for(int64_t n, int block) {
+  int64_t b = (n + block - 1) / block;
+  const int64_t cap = 1 << 20;
+  return (unsigned)(b < 1 ? 1 : b > cap ? cap : b);
+}
+
+#ifdef __CUDACC__
+/* ----------------------------------------------------------------------------------------------
+ * Device helpers */
+
+/* Element i of a dtype-DT tensor, as f32 (exact for every f16/bf16 value). */
+template <int DT> __device__ __forceinline__ float load_elt(const void *p, int64_t i) {
+  if constexpr (DT == RL_F32) {
+    return static_cast<const float *>(p)[i];
+  } else if constexpr (DT == RL_F16) {
+    return __half2float(static_cast<const __half *>(p)[i]);
+  } else {
+    /* bf16 is the top half of an f32 */
+    return __uint_as_float((uint32_t)static_cast<const uint16_t *>(p)[i] << 16);
+  }
+}
+
+/* The same with the dtype known only at run time (biases, epilogues). */
+__device__ __forceinline__ float load_any(const void *p, int dt, int64_t i) {
+  switch (dt) {
+  case RL_F16: return load_elt<RL_F16>(p, i);
+  case RL_BF16: return load_elt<RL_BF16>(p, i);
+  default: return load_elt<RL_F32>(p, i);
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+/* Sum over the whole block, returned to every thread. blockDim.x must be a multiple of 32 and
+ * <= 1024; every thread of the block must call it (it synchronizes). */
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads(); /* partial[] may still be read by a previous call */
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  float s = lane < n_warps ? partial[lane] : 0.0f;
+  return warp_sum(s);
+}
+
+/* Max over the whole block (same rules as block_sum). */
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  float s = lane < n_warps ? partial[lane] : -INFINITY;
+  return warp_max(s);
+}
+#endif /* __CUDACC__ */
+
+#endif /* RL_CUDA_INTERNAL_H */
