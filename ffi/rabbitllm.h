@@ -61,7 +61,7 @@ enum rl_stat {
   RL_STAT_PEAK_BYTES = 1,  /* high-water mark of LIVE_BYTES */
   RL_STAT_ALLOCS = 2,      /* number of successful rl_alloc calls */
   RL_STAT_FREES = 3,       /* number of successful rl_free calls */
-  RL_STAT_H2D_BYTES = 4,   /* bytes copied host -> device by rl_upload */
+  RL_STAT_H2D_BYTES = 4,   /* bytes moved into device memory by rl_upload and by waited loads */
   RL_STAT_D2H_BYTES = 5,   /* bytes copied device -> host by rl_download */
   RL_STAT_LIVE_ALLOCS = 6, /* allocations not yet freed */
   RL_STAT_COUNT = 7,
@@ -85,7 +85,7 @@ RL_API void rl_destroy(rl_ctx *ctx);
 RL_API int64_t rl_last_error(rl_ctx *ctx, uint8_t *buf, int64_t cap);
 /* Copies min(n, RL_STAT_COUNT) statistics into out. */
 RL_API int32_t rl_stats(rl_ctx *ctx, uint64_t *out, int32_t n);
-/* Waits for all work issued on ctx. */
+/* Waits for all ops issued on ctx (loads are waited for with rl_load_wait). */
 RL_API int32_t rl_sync(rl_ctx *ctx);
 
 /* ---- memory ----------------------------------------------------------------------------- */
