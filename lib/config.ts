@@ -185,6 +185,13 @@ function parseDType(r: Reader): StorageDType {
 /** Keys of a rope dict that are not scaling parameters. */
 const ROPE_META = new Set(["rope_type", "type", "rope_theta", "partial_rotary_factor"]);
 
+/** The scaling keys of a rope dict: everything but its type, theta and partial rotary factor. */
+export function ropeScalingParams(p: Readonly<Record<string, unknown>>): Record<string, unknown> {
+  const rest: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(p)) if (!ROPE_META.has(k)) rest[k] = v;
+  return rest;
+}
+
 function parseRope(r: Reader, defaultTheta: number): RopeConfig {
   const params = r.raw.rope_parameters ?? r.raw.rope_scaling;
   if (
@@ -199,9 +206,7 @@ function parseRope(r: Reader, defaultTheta: number): RopeConfig {
   const partial = typeof p.partial_rotary_factor === "number"
     ? p.partial_rotary_factor
     : r.num("partial_rotary_factor", 1);
-  const rest: Raw = {};
-  for (const [k, v] of Object.entries(p)) if (!ROPE_META.has(k)) rest[k] = v;
-  return { type, theta, partialRotaryFactor: partial, params: rest };
+  return { type, theta, partialRotaryFactor: partial, params: ropeScalingParams(p) };
 }
 
 /**

@@ -8,6 +8,8 @@ import type { Checkpoint } from "./auto_model.ts";
 import { listShards, partId } from "./checkpoint.ts";
 import { SafetensorsFile } from "./safetensors.ts";
 
+export { formatBytes } from "./progress.ts";
+
 const BYTES: Record<string, number> = { float32: 4, float16: 2, bfloat16: 2 };
 
 /** The summary `rabbit info` prints. */
@@ -92,12 +94,4 @@ export async function modelInfo(
     kvCacheBytes,
     maxSeqLen,
   };
-}
-
-/** Bytes for people: "1.23 GB". */
-export function formatBytes(n: number): string {
-  if (n < 1e3) return `${n} B`;
-  if (n < 1e6) return `${(n / 1e3).toFixed(1)} kB`;
-  if (n < 1e9) return `${(n / 1e6).toFixed(1)} MB`;
-  return `${(n / 1e9).toFixed(2)} GB`;
 }

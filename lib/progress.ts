@@ -40,7 +40,7 @@ const REDRAW_MS = 100;
 const SILENT: Progress = { update() {}, done() {} };
 
 /** Bytes with a decimal unit: `"512 B"`, `"3.4 MB"`, `"1.20 GB"`. */
-function formatBytes(n: number): string {
+export function formatBytes(n: number): string {
   if (n < 1e3) return `${Math.round(n)} B`;
   if (n < 1e6) return `${(n / 1e3).toFixed(1)} kB`;
   if (n < 1e9) return `${(n / 1e6).toFixed(1)} MB`;

@@ -13,7 +13,7 @@ import {
   optionalInt,
   parseCommonConfig,
 } from "../config.ts";
-import type { Activation, DevPtr } from "../../ffi/backend.ts";
+import type { DevPtr } from "../../ffi/backend.ts";
 import { ConfigError } from "../errors.ts";
 import { checkRopeType } from "../rope.ts";
 import type {
@@ -24,7 +24,7 @@ import type {
   PartWeights,
   Placement,
 } from "./family.ts";
-import { expectedLlamaLike, placeLlamaLike } from "./llama.ts";
+import { ACTIVATIONS, expectedLlamaLike, placeLlamaLike } from "./llama.ts";
 
 /** A Gemma config: the common one plus the attention constants Gemma reads from config.json. */
 export interface GemmaConfig extends ModelConfig {
@@ -53,14 +53,6 @@ export const GEMMA2_DEFAULTS: GemmaDefaults = {
   numKvHeads: 4,
   finalLogitSoftcap: 30,
   attnSoftcap: 50,
-};
-
-/** `hidden_activation` values (transformers' ACT2FN names) the backend runs. */
-const ACTIVATIONS: Record<string, Activation> = {
-  gelu_pytorch_tanh: "gelu_tanh",
-  gelu_new: "gelu_tanh",
-  gelu: "gelu",
-  silu: "silu",
 };
 
 /**

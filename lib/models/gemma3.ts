@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { optionalInt, type RopeConfig } from "../config.ts";
+import { optionalInt, type RopeConfig, ropeScalingParams } from "../config.ts";
 import { ConfigError } from "../errors.ts";
 import { checkRopeType } from "../rope.ts";
 import type { Family } from "./family.ts";
@@ -42,8 +42,6 @@ function dict(v: unknown, source: string, key: string): Raw | null {
   return v as Raw;
 }
 
-const ROPE_META = new Set(["rope_type", "type", "rope_theta", "partial_rotary_factor"]);
-
 /** One layer type's rope dict (after Gemma3TextConfig's defaulting) as a RopeConfig. */
 function ropeOf(p: Raw, raw: Raw, maxPositions: number, source: string, key: string): RopeConfig {
   const theta = p.rope_theta;
@@ -54,8 +52,7 @@ function ropeOf(p: Raw, raw: Raw, maxPositions: number, source: string, key: str
   if (typeof partial !== "number") {
     throw new ConfigError(source, `${key}.partial_rotary_factor`, "expected a number");
   }
-  const params: Raw = {};
-  for (const [k, v] of Object.entries(p)) if (!ROPE_META.has(k)) params[k] = v;
+  const params = ropeScalingParams(p);
   const type = String(p.rope_type ?? p.type ?? "default");
   // standardize_rope_params: scaled types default their pretraining length to the context.
   if (["llama3", "yarn", "longrope"].includes(type)) {

@@ -26,7 +26,8 @@ export const LLAMA_DEFAULTS: ConfigDefaults = {
   tieWordEmbeddings: false,
 };
 
-const ACTIVATIONS: Record<string, Activation> = {
+/** `hidden_act` names (transformers' ACT2FN) → the backend's activation; every family uses it. */
+export const ACTIVATIONS: Readonly<Record<string, Activation>> = {
   silu: "silu",
   swish: "silu",
   gelu_pytorch_tanh: "gelu_tanh",

@@ -6,19 +6,11 @@
  *
  * @module
  */
-import type { Activation, DevPtr } from "../../ffi/backend.ts";
+import type { DevPtr } from "../../ffi/backend.ts";
 import type { ModelConfig } from "../config.ts";
 import { ConfigError } from "../errors.ts";
 import type { ExpectedTensor, Family, LayerContext, PartWeights } from "./family.ts";
-import { LLAMA_DEFAULTS, parseLlamaLike, placeLlamaLike } from "./llama.ts";
-
-/** `hidden_act` → the backend's activation (NewGELU, "gelu_new", is the tanh approximation). */
-const ACTIVATIONS: Record<string, Activation> = {
-  gelu_new: "gelu_tanh",
-  gelu_pytorch_tanh: "gelu_tanh",
-  gelu: "gelu",
-  silu: "silu",
-};
+import { ACTIVATIONS, LLAMA_DEFAULTS, parseLlamaLike, placeLlamaLike } from "./llama.ts";
 
 const qkLayerNorm = (cfg: ModelConfig) => cfg.raw.qk_layernorm === true;
 
