@@ -303,6 +303,7 @@ export class AutoModel {
         maxResidentBytes: opts.maxResidentBytes ?? defaultResidentBytes(backend),
         trace: opts.trace,
         profiler,
+        lazyGroup: family.lazyGroup && ((local) => family.lazyGroup!(local, config)),
       });
       return new CausalLM({
         config,

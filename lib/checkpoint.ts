@@ -362,6 +362,22 @@ function assignTensors(
       }
     }
   }
+  // On-demand groups (MoE experts) go after the tensors every step needs, each group contiguous:
+  // a streamed layer reads its always-needed bytes in one range and each group in one more.
+  if (family.lazyGroup) {
+    for (const [id, tensors] of parts) {
+      const rank = new Map<string, number>();
+      const key = (t: SourceTensor) => {
+        const g = family.lazyGroup!(t.local, cfg);
+        if (g === null) return -1;
+        if (!rank.has(g)) rank.set(g, rank.size);
+        return rank.get(g)!;
+      };
+      const keyed = tensors.map((t, i) => ({ t, i, k: key(t) }));
+      keyed.sort((a, b) => a.k - b.k || a.i - b.i);
+      parts.set(id, keyed.map((e) => e.t));
+    }
+  }
   return parts;
 }
 

@@ -35,6 +35,11 @@ export interface ModelConfig {
   numKvHeads: number;
   /** From config.json when present; else hiddenSize / numHeads. Never forced. */
   headDim: number;
+  /**
+   * Head dimension the rope table is built for, when it is not headDim (DeepSeek's MLA rotates
+   * only `qk_rope_head_dim` of each head); the rotated dims are this × partialRotaryFactor.
+   */
+  ropeHeadDim?: number;
   vocabSize: number;
   maxPositionEmbeddings: number;
   rmsNormEps: number;

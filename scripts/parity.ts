@@ -1,5 +1,5 @@
 /**
- * `deno task parity [--device cuda]`: every fixture × (prefetch on/off) × (cache on/off) against
+ * `deno task parity [--device cuda] [--only NAME]...`: every fixture (or the named ones) × (prefetch on/off) × (cache on/off) against
  * the stored transformers outputs — on CUDA also × (flash/eager attention) and a run with
  * synchronous copies. Prints a table; exits 1 when any row fails.
  */
@@ -15,7 +15,7 @@ import {
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { device: { type: "string", default: "cpu" } },
+  options: { device: { type: "string", default: "cpu" }, only: { type: "string", multiple: true } },
 });
 const device = values.device as "cpu" | "cuda";
 if (device !== "cpu" && device !== "cuda") {
@@ -31,7 +31,13 @@ const modes: Mode[] = device === "cpu" ? [...MODES] : [
 ];
 
 const rows: ParityResult[] = [];
-for (const f of await loadFixtures()) {
+const only = values.only ?? [];
+const fixtures = (await loadFixtures()).filter((f) => only.length === 0 || only.includes(f.name));
+if (fixtures.length === 0) {
+  console.error(`--only: no fixture named ${only.join(", ")}`);
+  Deno.exit(2);
+}
+for (const f of fixtures) {
   for (const mode of modes) rows.push(await runParity(f, mode));
 }
 console.log(formatTable(rows));

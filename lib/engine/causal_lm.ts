@@ -353,7 +353,7 @@ export class CausalLM {
     const have = this.#ropes.get(rope);
     if (have && (!ropeDependsOnLength(rope) || have.seqLen === seqLen)) return have.table;
     const shape = {
-      headDim: this.config.headDim,
+      headDim: this.config.ropeHeadDim ?? this.config.headDim,
       maxPositionEmbeddings: this.config.maxPositionEmbeddings,
     };
     const table = ropeTable(rope, shape, seqLen, this.#source);
@@ -465,7 +465,7 @@ export class CausalLM {
       m0 = be.mark();
       ctx.layer = layer;
       ctx.rope = this.#ropeFor(cfg.layerRopes[layer], seqLen);
-      this.family.forwardLayer(ctx, w);
+      await this.family.forwardLayer(ctx, w);
       marks.push({ category: "layers", layer, from: m0, to: be.mark() });
       this.#trace?.push({ kind: "compute-end", part: id });
       this.#store.release(layer);

@@ -19,7 +19,7 @@ import type { Profiler } from "../profiler.ts";
 export interface TraceEvent {
   /** read-start: a load was issued; read-end: the loop has the part (its load was waited for). */
   kind: "read-start" | "read-end" | "compute-start" | "compute-end";
-  /** Part id: "layer.3", "embed", ... */
+  /** Part id: "layer.3", "embed", ...; an on-demand group of a layer: "layer.3/expert.5". */
   part: string;
 }
 
@@ -35,36 +35,62 @@ export interface StoreOptions {
   trace?: TraceEvent[];
   /** Receives "read wait" times. */
   profiler?: Profiler;
+  /** The on-demand group of a layer tensor (Family.lazyGroup); absent = none. */
+  lazyGroup?: (local: string) => string | null;
+}
+
+/** A byte range of a part's data section. */
+interface Range {
+  offset: number;
+  bytes: number;
+}
+
+/** Which bytes of a layer file load with the layer, and which per on-demand group. */
+interface Layout {
+  eager: Range[];
+  groups: Map<string, Range[]>;
+  /** Tensor local name → its group (group-less tensors are absent). */
+  groupOf: Map<string, string>;
+}
+
+/** Adjacent tensors merged into as few reads as possible. */
+function coalesce(ranges: Range[]): Range[] {
+  const out: Range[] = [];
+  for (const r of [...ranges].sort((a, b) => a.offset - b.offset)) {
+    const last = out.at(-1);
+    if (last && last.offset + last.bytes === r.offset) last.bytes += r.bytes;
+    else out.push({ ...r });
+  }
+  return out;
+}
+
+function layoutOf(part: ManifestPart, lazyGroup?: (local: string) => string | null): Layout {
+  const eager: Range[] = [], byGroup = new Map<string, Range[]>();
+  const groupOf = new Map<string, string>();
+  for (const t of part.tensors) {
+    const g = lazyGroup?.(t.name) ?? null;
+    const r = { offset: t.offset, bytes: t.nbytes };
+    if (g === null) eager.push(r);
+    else {
+      groupOf.set(t.name, g);
+      byGroup.set(g, [...byGroup.get(g) ?? [], r]);
+    }
+  }
+  const groups = new Map([...byGroup].map(([g, rs]) => [g, coalesce(rs)]));
+  return { eager: coalesce(eager), groups, groupOf };
 }
 
 interface Slot {
   dev: DevPtr;
   /** Layer index held or being loaded, -1 when empty. */
   layer: number;
-  /** The pending load's ticket, 0 when none. */
-  ticket: bigint;
+  /** Tickets of the pending load of the layer's group-less bytes; empty when none. */
+  tickets: bigint[];
   loaded: boolean;
   inUse: boolean;
+  /** On-demand groups of the held layer that are on the device. */
+  groups: Set<string>;
   weights: PartWeights | null;
-}
-
-function weightsOf(be: Backend, base: DevPtr, part: ManifestPart): PartWeights {
-  const map = new Map<string, Weight>();
-  for (const t of part.tensors) {
-    map.set(t.name, {
-      ptr: be.view(base, t.offset),
-      dtype: t.dtype as WeightDType,
-      shape: t.shape,
-    });
-  }
-  return {
-    get(local) {
-      const w = map.get(local);
-      if (!w) throw new CheckpointError(part.file, `part ${part.id} has no tensor ${local}`);
-      return w;
-    },
-    opt: (local) => map.get(local) ?? null,
-  };
 }
 
 /** The device-side home of every part of one split. */
@@ -73,6 +99,7 @@ export class LayerStore {
   readonly #dir: string;
   readonly #opts: StoreOptions;
   readonly #layers: ManifestPart[];
+  readonly #layouts: Layout[];
   /** NUL-terminated path of each layer file, for rl_load_start. */
   readonly #paths: Uint8Array[];
   readonly #small = new Map<string, { dev: DevPtr; weights: PartWeights }>();
@@ -86,6 +113,7 @@ export class LayerStore {
     this.#dir = dir;
     this.#opts = opts;
     this.#layers = manifest.parts.filter((p) => p.id.startsWith("layer."));
+    this.#layouts = this.#layers.map((p) => layoutOf(p, opts.lazyGroup));
     this.#paths = this.#layers.map((p) => cstr(`${dir}/${p.file}`));
     let budget = opts.maxResidentBytes;
     this.#resident = this.#layers.map((p) => {
@@ -131,7 +159,7 @@ export class LayerStore {
       for (const p of manifest.parts) {
         if (p.id.startsWith("layer.")) continue;
         const dev = be.alloc(Math.max(p.dataBytes, 1));
-        store.#small.set(p.id, { dev, weights: weightsOf(be, dev, p) });
+        store.#small.set(p.id, { dev, weights: store.#weightsOf(dev, p, null, null) });
         store.#trace("read-start", p.id);
         be.loadWait(be.loadStart(dev, cstr(`${dir}/${p.file}`), p.dataOffset, p.dataBytes));
         store.#trace("read-end", p.id);
@@ -145,7 +173,105 @@ export class LayerStore {
 
   #newSlot(bytes: number): Slot {
     const dev = this.#be.alloc(Math.max(bytes, 1));
-    return { dev, layer: -1, ticket: 0n, loaded: false, inUse: false, weights: null };
+    return {
+      dev,
+      layer: -1,
+      tickets: [],
+      loaded: false,
+      inUse: false,
+      groups: new Set(),
+      weights: null,
+    };
+  }
+
+  /** Views of a part's tensors at `base`; with a slot, on-demand groups load into it. */
+  #weightsOf(base: DevPtr, part: ManifestPart, slot: Slot | null, layout: Layout | null) {
+    const be = this.#be;
+    const map = new Map<string, Weight>();
+    for (const t of part.tensors) {
+      map.set(t.name, {
+        ptr: be.view(base, t.offset),
+        dtype: t.dtype as WeightDType,
+        shape: t.shape,
+      });
+    }
+    const check = (local: string) => {
+      const g = layout?.groupOf.get(local);
+      if (g !== undefined && !slot!.groups.has(g)) {
+        throw new Error(`internal: ${part.id} tensor ${local} used before load(["${g}"])`);
+      }
+    };
+    const weights: PartWeights = {
+      get(local) {
+        const w = map.get(local);
+        if (!w) throw new CheckpointError(part.file, `part ${part.id} has no tensor ${local}`);
+        check(local);
+        return w;
+      },
+      opt(local) {
+        if (!map.has(local)) return null;
+        check(local);
+        return map.get(local)!;
+      },
+      load: (groups) => {
+        if (!slot || !layout) {
+          return groups.length === 0 ? Promise.resolve() : Promise.reject(
+            new CheckpointError(part.file, `part ${part.id} has no on-demand groups`),
+          );
+        }
+        return this.#loadGroups(slot, part, layout, groups);
+      },
+    };
+    return weights;
+  }
+
+  /** Loads the missing `groups` of the layer held by `slot` (see PartWeights.load). */
+  async #loadGroups(
+    slot: Slot,
+    part: ManifestPart,
+    layout: Layout,
+    groups: readonly string[],
+  ): Promise<void> {
+    const missing = [...new Set(groups)].filter((g) => !slot.groups.has(g));
+    if (missing.length === 0) return;
+    const layer = this.#layers.indexOf(part);
+    const tickets: bigint[] = [];
+    for (const g of missing) {
+      const ranges = layout.groups.get(g);
+      if (!ranges) throw new CheckpointError(part.file, `part ${part.id} has no group ${g}`);
+      this.#trace("read-start", `${part.id}/${g}`);
+      for (const r of ranges) {
+        tickets.push(
+          this.#be.loadStart(
+            this.#be.view(slot.dev, r.offset),
+            this.#paths[layer],
+            part.dataOffset + r.offset,
+            r.bytes,
+          ),
+        );
+      }
+    }
+    const t0 = performance.now();
+    let i = 0;
+    try {
+      for (; i < tickets.length; i++) await this.#be.loadWaitAsync(tickets[i]);
+    } catch (e) {
+      // The slot's memory must not be reused while reads still land in it.
+      for (i++; i < tickets.length; i++) {
+        try {
+          this.#be.loadWait(tickets[i]);
+        } catch { /* the first failure is the one reported */ }
+      }
+      slot.layer = -1;
+      slot.loaded = false;
+      slot.inUse = false;
+      throw e;
+    }
+    this.#opts.profiler?.add("read wait", performance.now() - t0);
+    for (const g of missing) {
+      slot.groups.add(g);
+      this.#trace("read-end", `${part.id}/${g}`);
+    }
   }
 
   #trace(kind: TraceEvent["kind"], part: string): void {
@@ -181,15 +307,23 @@ export class LayerStore {
     let slot: Slot | null | undefined = this.#resident[layer];
     if (!slot) {
       // A slot whose load is still pending is not reused: its bytes are still arriving.
-      slot = this.#pool.find((s) => !s.inUse && s.ticket === 0n && !protect.has(s.layer));
+      slot = this.#pool.find((s) => !s.inUse && s.tickets.length === 0 && !protect.has(s.layer));
       if (!slot) return;
     }
     const part = this.#layers[layer];
     slot.layer = layer;
     slot.loaded = false;
     slot.weights = null;
+    slot.groups = new Set();
     this.#trace("read-start", part.id);
-    slot.ticket = this.#be.loadStart(slot.dev, this.#paths[layer], part.dataOffset, part.dataBytes);
+    slot.tickets = this.#layouts[layer].eager.map((r) =>
+      this.#be.loadStart(
+        this.#be.view(slot.dev, r.offset),
+        this.#paths[layer],
+        part.dataOffset + r.offset,
+        r.bytes,
+      )
+    );
   }
 
   /** The weights of `layer` on the device, waiting for its load when needed. */
@@ -201,19 +335,27 @@ export class LayerStore {
     slot.inUse = true;
     if (!slot.loaded) {
       const t0 = performance.now();
-      const ticket = slot.ticket;
-      slot.ticket = 0n;
-      try {
-        await this.#be.loadWaitAsync(ticket);
-      } catch (e) {
+      const tickets = slot.tickets;
+      slot.tickets = [];
+      let failure: unknown = null;
+      for (const t of tickets) {
+        try {
+          // After a failure the remaining reads are still waited for: they write into the slot.
+          if (failure === null) await this.#be.loadWaitAsync(t);
+          else this.#be.loadWait(t);
+        } catch (e) {
+          failure ??= e;
+        }
+      }
+      if (failure !== null) {
         slot.layer = -1;
         slot.inUse = false;
-        throw e;
+        throw failure;
       }
       this.#opts.profiler?.add("read wait", performance.now() - t0);
       this.#trace("read-end", this.#layers[layer].id);
       slot.loaded = true;
-      slot.weights = weightsOf(this.#be, slot.dev, this.#layers[layer]);
+      slot.weights = this.#weightsOf(slot.dev, this.#layers[layer], slot, this.#layouts[layer]);
     }
     return slot.weights!;
   }
@@ -240,9 +382,9 @@ export class LayerStore {
     this.#closed = true;
     for (const s of [...this.#resident, ...this.#pool]) {
       if (!s) continue;
-      if (s.ticket !== 0n) {
+      for (const t of s.tickets) {
         try {
-          this.#be.loadWait(s.ticket);
+          this.#be.loadWait(t);
         } catch { /* a failed prefetch nobody used: nothing to report at close */ }
       }
       this.#be.free(s.dev);

@@ -40,6 +40,12 @@ export interface PartWeights {
   get(local: string): Weight;
   /** The weight, or null when the part does not carry it (optional biases). */
   opt(local: string): Weight | null;
+  /**
+   * Brings the given on-demand groups ({@link Family.lazyGroup}) of this part onto the device and
+   * resolves when they are there; groups already loaded cost nothing. `get` of a tensor whose
+   * group is not loaded throws. Several groups load concurrently on the backend's I/O thread.
+   */
+  load(groups: readonly string[]): Promise<void>;
 }
 
 /** Arguments of {@link LayerContext.attention}. */
@@ -88,8 +94,15 @@ export interface Family {
   place(name: string, cfg: ModelConfig): Placement | undefined;
   /** Tensors a part must carry (used to validate at split and load time). */
   expected(part: Part, cfg: ModelConfig): ExpectedTensor[];
-  /** One decoder layer, in place on ctx.x. */
-  forwardLayer(ctx: LayerContext, w: PartWeights): void;
+  /**
+   * The on-demand group of a layer tensor (a MoE expert: "expert.3"), or null for tensors every
+   * step needs. A layer's group-less tensors load with the layer; a group loads only when the
+   * forward asks for it ({@link PartWeights.load}), so a streamed MoE layer reads only the experts
+   * its tokens route to. Default: no groups.
+   */
+  lazyGroup?(local: string, cfg: ModelConfig): string | null;
+  /** One decoder layer, in place on ctx.x (async when it waits for on-demand groups). */
+  forwardLayer(ctx: LayerContext, w: PartWeights): void | Promise<void>;
   /**
    * true: drop the KV cache and recompute the whole sequence before this decode step, which grows
    * the cached `past` tokens to `total` (Phi-3 longrope, when `total` first passes the original

@@ -9,12 +9,23 @@ import { gemma2 } from "./gemma2.ts";
 import { gemma3 } from "./gemma3.ts";
 import { llama } from "./llama.ts";
 import { mistral } from "./mistral.ts";
+import { mixtral } from "./mixtral.ts";
 import { phi } from "./phi.ts";
 import { phi3 } from "./phi3.ts";
 import { qwen2 } from "./qwen2.ts";
 import { qwen3 } from "./qwen3.ts";
 
-const FAMILIES: readonly Family[] = [llama, mistral, qwen2, gemma2, gemma3, qwen3, phi3, phi];
+const FAMILIES: readonly Family[] = [
+  llama,
+  mistral,
+  qwen2,
+  gemma2,
+  gemma3,
+  qwen3,
+  phi3,
+  phi,
+  mixtral,
+];
 
 const BY_ARCH = new Map(FAMILIES.flatMap((f) => f.architectures.map((a) => [a, f] as const)));
 

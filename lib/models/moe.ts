@@ -1,0 +1,167 @@
+/**
+ * Mixture-of-experts pieces the MoE families share (Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek):
+ * router logits brought to the host, routing there (each family's own rule), and the routed
+ * experts' gated MLPs run on only the tokens that chose them. Each expert is an on-demand group of
+ * its layer ({@link expertGroup}), so a streamed layer reads only the experts its tokens route to.
+ *
+ * @module
+ */
+import type { DevPtr } from "../../ffi/backend.ts";
+import type { LayerContext, PartWeights, Weight } from "./family.ts";
+import { ACTIVATIONS } from "./llama.ts";
+
+/** The experts each token chose and their weights, token-major. */
+export interface Routing {
+  /** Choices per token. */
+  k: number;
+  /** [T·k] expert index of each choice. */
+  experts: Int32Array;
+  /** [T·k] weight of each choice. */
+  weights: Float32Array;
+}
+
+const EXPERT = /(?:^|\.)experts\.(\d+)\./;
+
+/** The on-demand group of an expert tensor (`…experts.{e}.…` → "expert.e"), else null. */
+export function expertGroup(local: string): string | null {
+  const m = EXPERT.exec(local);
+  return m ? `expert.${m[1]}` : null;
+}
+
+/** x[T, D] · W[E, D]ᵀ on the device, downloaded: [T, E] router logits on the host. */
+export function routerLogits(ctx: LayerContext, x: DevPtr, w: Weight): Float32Array {
+  const { be, T, cfg } = ctx;
+  const E = w.shape[0];
+  const out = ctx.buf("router", T * E);
+  be.matmul(out, x, w.ptr, w.dtype, null, T, E, cfg.hiddenSize);
+  const host = new Float32Array(T * E);
+  be.download(host, out);
+  return host;
+}
+
+const f32 = Math.fround;
+
+/** Row-wise softmax in float32 steps (as torch's float softmax). */
+export function softmaxRows(logits: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const row = logits.subarray(r * cols, (r + 1) * cols);
+    const max = Math.max(...row);
+    let sum = 0;
+    for (let c = 0; c < cols; c++) {
+      out[r * cols + c] = f32(Math.exp(f32(row[c] - max)));
+      sum = f32(sum + out[r * cols + c]);
+    }
+    for (let c = 0; c < cols; c++) out[r * cols + c] = f32(out[r * cols + c] / sum);
+  }
+  return out;
+}
+
+/** Indices of the k largest of `v` (descending; the lower index first on ties, like torch.topk). */
+export function topK(v: ArrayLike<number>, k: number): number[] {
+  const idx = Array.from({ length: v.length }, (_, i) => i);
+  idx.sort((a, b) => v[b] - v[a] || a - b);
+  return idx.slice(0, k);
+}
+
+/**
+ * Softmax over each token's router logits, the top k probabilities, optionally renormalized to
+ * sum 1 (Mixtral always; Qwen-MoE with `norm_topk_prob`).
+ */
+export function softmaxTopK(
+  logits: Float32Array,
+  T: number,
+  E: number,
+  k: number,
+  renormalize: boolean,
+): Routing {
+  const probs = softmaxRows(logits, T, E);
+  const experts = new Int32Array(T * k), weights = new Float32Array(T * k);
+  for (let t = 0; t < T; t++) {
+    const p = probs.subarray(t * E, (t + 1) * E);
+    const top = topK(p, k);
+    let sum = 0;
+    for (const e of top) sum = f32(sum + p[e]);
+    top.forEach((e, j) => {
+      experts[t * k + j] = e;
+      weights[t * k + j] = renormalize ? f32(p[e] / sum) : p[e];
+    });
+  }
+  return { k, experts, weights };
+}
+
+/** Local names of one gated MLP's weights. */
+export interface MlpNames {
+  gate: string;
+  up: string;
+  down: string;
+}
+
+/**
+ * out[rows, D] = down(act(gate(x)) · up(x)) for x [rows, D], intermediate size `inter`
+ * (scratch buffers "moe_gate" / "moe_up").
+ */
+export function gatedMlp(
+  ctx: LayerContext,
+  w: PartWeights,
+  names: MlpNames,
+  inter: number,
+  x: DevPtr,
+  out: DevPtr,
+  rows: number,
+): void {
+  const { be, cfg } = ctx, D = cfg.hiddenSize;
+  const gate = ctx.buf("moe_gate", rows * inter), up = ctx.buf("moe_up", rows * inter);
+  const wg = w.get(names.gate), wu = w.get(names.up), wd = w.get(names.down);
+  be.matmul(gate, x, wg.ptr, wg.dtype, null, rows, inter, D);
+  be.matmul(up, x, wu.ptr, wu.dtype, null, rows, inter, D);
+  be.actMul(gate, gate, up, rows, inter, inter, ACTIVATIONS[cfg.hiddenAct]);
+  be.matmul(out, gate, wd.ptr, wd.dtype, null, rows, D, inter);
+}
+
+/**
+ * acc[T, D] = Σ over each token's choices of weight · expert(h[token]), experts in ascending
+ * order (as transformers accumulates them). Loads the chosen experts' groups first (all of them
+ * at once); experts no token chose are neither loaded nor run.
+ */
+export async function routedExperts(
+  ctx: LayerContext,
+  w: PartWeights,
+  h: DevPtr,
+  acc: DevPtr,
+  routing: Routing,
+  names: (expert: number) => MlpNames,
+  inter: number,
+): Promise<void> {
+  const { be, cfg, T } = ctx, D = cfg.hiddenSize, row = D * 4;
+  const { k, experts, weights } = routing;
+  const byExpert = new Map<number, { tokens: number[]; weights: number[] }>();
+  for (let t = 0; t < T; t++) {
+    for (let j = 0; j < k; j++) {
+      const e = experts[t * k + j];
+      let s = byExpert.get(e);
+      if (!s) byExpert.set(e, s = { tokens: [], weights: [] });
+      s.tokens.push(t);
+      s.weights.push(weights[t * k + j]);
+    }
+  }
+  const order = [...byExpert.keys()].sort((a, b) => a - b);
+  await w.load(order.map((e) => `expert.${e}`));
+  be.scale(acc, h, 0, T * D); // zeros (h is finite: a non-finite h is reported by the engine)
+  const xin = ctx.buf("moe_in", T * D), out = ctx.buf("moe_out", T * D);
+  for (const e of order) {
+    const { tokens, weights: wts } = byExpert.get(e)!;
+    const n = tokens.length;
+    let x = h;
+    if (n < T) {
+      tokens.forEach((t, i) => be.copy(be.view(xin, i * row), be.view(h, t * row), row));
+      x = xin;
+    }
+    gatedMlp(ctx, w, names(e), inter, x, out, n);
+    tokens.forEach((t, i) => {
+      const o = be.view(out, i * row), a = be.view(acc, t * row);
+      be.scale(o, o, wts[i], D);
+      be.add(a, a, o, D);
+    });
+  }
+}
