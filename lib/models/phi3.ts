@@ -51,6 +51,7 @@ function unfused(be: Backend, cfg: ModelConfig, w: PartWeights): PartWeights {
   return {
     get: (name) => views.get(name) ?? w.get(name),
     opt: (name) => views.get(name) ?? w.opt(name),
+    load: (groups) => w.load(groups),
   };
 }
 
