@@ -11,7 +11,7 @@ import { expectedLlamaLike, llama, mlpBlock, placeLlamaLike } from "./llama.ts";
 import { qwen2 } from "./qwen2.ts";
 
 /** x += o_proj(attn(rope(q_norm(q)), rope(k_norm(k)), v)), pre-norm. */
-function attentionBlock(ctx: LayerContext, w: PartWeights): void {
+export function qkNormAttentionBlock(ctx: LayerContext, w: PartWeights): void {
   const { be, cfg, T } = ctx;
   const D = cfg.hiddenSize, hd = cfg.headDim, H = cfg.numHeads, KV = cfg.numKvHeads;
   const qDim = H * hd, kvDim = KV * hd, eps = cfg.rmsNormEps;
@@ -76,7 +76,7 @@ export const qwen3: Family = {
     return t;
   },
   forwardLayer(ctx, w) {
-    attentionBlock(ctx, w);
+    qkNormAttentionBlock(ctx, w);
     mlpBlock(ctx, w);
   },
 };

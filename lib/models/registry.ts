@@ -14,6 +14,8 @@ import { phi } from "./phi.ts";
 import { phi3 } from "./phi3.ts";
 import { qwen2 } from "./qwen2.ts";
 import { qwen3 } from "./qwen3.ts";
+import { qwen2Moe } from "./qwen2_moe.ts";
+import { qwen3Moe } from "./qwen3_moe.ts";
 
 const FAMILIES: readonly Family[] = [
   llama,
@@ -24,7 +26,7 @@ const FAMILIES: readonly Family[] = [
   qwen3,
   phi3,
   phi,
-  mixtral,
+  mixtral, qwen2Moe, qwen3Moe,
 ];
 
 const BY_ARCH = new Map(FAMILIES.flatMap((f) => f.architectures.map((a) => [a, f] as const)));

@@ -1,0 +1,45 @@
+/**
+ * Qwen3-MoE (Qwen3-30B-A3B, 235B-A22B): Qwen3's attention (per-head q/k RMSNorm) with
+ * Qwen2-MoE's routed experts, no shared expert; `norm_topk_prob` renormalizes the top k. head_dim
+ * is hidden / heads when absent (unlike dense Qwen3); a sliding window applies to every layer
+ * when `use_sliding_window` is set.
+ *
+ * @module
+ */
+import { optionalInt } from "../config.ts";
+import { ConfigError } from "../errors.ts";
+import type { Family } from "./family.ts";
+import { LLAMA_DEFAULTS, mlpBlock, parseLlamaLike } from "./llama.ts";
+import { expertGroup } from "./moe.ts";
+import { qkNormAttentionBlock, qwen3 } from "./qwen3.ts";
+import { expectedQwenMoe, parseQwenMoe, placeChecked, qwenMoe, qwenMoeBlock } from "./qwen2_moe.ts";
+
+export const qwen3Moe: Family = {
+  architectures: ["Qwen3MoeForCausalLM"],
+  parseConfig(raw, source) {
+    const cfg = parseLlamaLike(
+      { ...raw, num_key_value_heads: raw.num_key_value_heads ?? 4 },
+      source,
+      { ...LLAMA_DEFAULTS, maxPositionEmbeddings: 32768 },
+    );
+    const bias = raw.attention_bias ?? false;
+    if (typeof bias !== "boolean") {
+      throw new ConfigError(source, "attention_bias", `expected true or false, got ${bias}`);
+    }
+    cfg.attentionBias = bias;
+    if (raw.use_sliding_window === true) {
+      const window = "sliding_window" in raw ? optionalInt(raw, source, "sliding_window") : 4096;
+      cfg.layerWindows.fill(window ?? 0);
+    }
+    parseQwenMoe(raw, source, cfg, { experts: 128, topK: 8, moeIntermediate: 768, shared: null });
+    return cfg;
+  },
+  place: placeChecked(() => qwen3Moe),
+  expected: (part, cfg) => expectedQwenMoe(part, cfg, qwen3.expected(part, cfg)),
+  lazyGroup: (local) => expertGroup(local),
+  async forwardLayer(ctx, w) {
+    qkNormAttentionBlock(ctx, w);
+    if (qwenMoe(ctx.cfg).moeLayers[ctx.layer]) await qwenMoeBlock(ctx, w);
+    else mlpBlock(ctx, w);
+  },
+};
