@@ -455,6 +455,9 @@ export class CausalLM {
       rope: this.#ropeFor(cfg.layerRopes[0], seqLen),
       buf: (name, floats) => this.#scratch.get(name, floats),
       attention: (call) => this.#attend(ctx.layer, call, cache, B, S),
+      onRoute: this.#trace &&
+        ((experts) =>
+          this.#trace!.push({ kind: "route", part: `layer.${ctx.layer}`, experts: [...experts] })),
     };
     const n = this.#store.numLayers;
     for (let layer = 0; layer < n; layer++) {

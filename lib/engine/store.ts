@@ -17,10 +17,15 @@ import type { Profiler } from "../profiler.ts";
 
 /** One step of the streaming loop, recorded when tracing is on. */
 export interface TraceEvent {
-  /** read-start: a load was issued; read-end: the loop has the part (its load was waited for). */
-  kind: "read-start" | "read-end" | "compute-start" | "compute-end";
+  /**
+   * read-start: a load was issued; read-end: the loop has the part (its load was waited for);
+   * route: a MoE layer routed its tokens (see `experts`).
+   */
+  kind: "read-start" | "read-end" | "compute-start" | "compute-end" | "route";
   /** Part id: "layer.3", "embed", ...; an on-demand group of a layer: "layer.3/expert.5". */
   part: string;
+  /** route only: the chosen expert of every (token, choice), token-major. */
+  experts?: number[];
 }
 
 /** Options of {@link LayerStore}. */

@@ -82,6 +82,8 @@ export interface LayerContext {
   buf(name: string, floats: number): DevPtr;
   /** Appends k/v of this step to the layer's cache and writes attention output. */
   attention(call: AttentionCall): void;
+  /** Records a MoE layer's routing (every token's chosen experts, token-major) when tracing. */
+  onRoute?(experts: Int32Array): void;
 }
 
 /** One architecture family. */

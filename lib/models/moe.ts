@@ -145,6 +145,7 @@ export async function routedExperts(
       s.weights.push(weights[t * k + j]);
     }
   }
+  ctx.onRoute?.(experts);
   const order = [...byExpert.keys()].sort((a, b) => a - b);
   await w.load(order.map((e) => `expert.${e}`));
   be.scale(acc, h, 0, T * D); // zeros (h is finite: a non-finite h is reported by the engine)

@@ -120,11 +120,19 @@ export async function qwenMoeBlock(ctx: LayerContext, w: PartWeights): Promise<v
   }), moe.moeIntermediate);
   if (moe.sharedIntermediate > 0) {
     const shared = ctx.buf("moe_shared", T * D);
-    gatedMlp(ctx, w, {
-      gate: "mlp.shared_expert.gate_proj.weight",
-      up: "mlp.shared_expert.up_proj.weight",
-      down: "mlp.shared_expert.down_proj.weight",
-    }, moe.sharedIntermediate, h, shared, T);
+    gatedMlp(
+      ctx,
+      w,
+      {
+        gate: "mlp.shared_expert.gate_proj.weight",
+        up: "mlp.shared_expert.up_proj.weight",
+        down: "mlp.shared_expert.down_proj.weight",
+      },
+      moe.sharedIntermediate,
+      h,
+      shared,
+      T,
+    );
     const gate = routerLogits(ctx, h, w.get("mlp.shared_expert_gate.weight")); // [T, 1]
     for (let t = 0; t < T; t++) {
       const row = be.view(shared, t * D * 4);

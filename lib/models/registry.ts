@@ -26,7 +26,9 @@ const FAMILIES: readonly Family[] = [
   qwen3,
   phi3,
   phi,
-  mixtral, qwen2Moe, qwen3Moe,
+  mixtral,
+  qwen2Moe,
+  qwen3Moe,
 ];
 
 const BY_ARCH = new Map(FAMILIES.flatMap((f) => f.architectures.map((a) => [a, f] as const)));
