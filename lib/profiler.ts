@@ -8,7 +8,7 @@
 
 /** Categories the engine reports. */
 export type ProfileCategory =
-  | "read wait" // the streaming loop waiting for a layer load (file → device) to finish
+  | "read wait" // the streaming loop waiting for a layer (or its routed experts) to load
   | "layers" // decoder layer compute
   | "embed + head" // embedding gather, final norm, lm_head
   | "logits download" // device → host copy of the logits rows

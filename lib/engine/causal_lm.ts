@@ -461,11 +461,24 @@ export class CausalLM {
     };
     const n = this.#store.numLayers;
     for (let layer = 0; layer < n; layer++) {
-      const w = await this.#store.acquire(layer);
+      const stored = await this.#store.acquire(layer);
       this.#store.prefetchAfter(layer);
       const id = `layer.${layer}`;
       this.#trace?.push({ kind: "compute-start", part: id });
       m0 = be.mark();
+      // Waiting for on-demand groups (routed experts) is read time, not this layer's compute.
+      const w: PartWeights = {
+        get: stored.get,
+        opt: stored.opt,
+        load: async (groups) => {
+          marks.push({ category: "layers", layer, from: m0, to: be.mark() });
+          try {
+            await stored.load(groups);
+          } finally {
+            m0 = be.mark();
+          }
+        },
+      };
       ctx.layer = layer;
       ctx.rope = this.#ropeFor(cfg.layerRopes[layer], seqLen);
       await this.family.forwardLayer(ctx, w);
