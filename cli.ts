@@ -273,7 +273,18 @@ function formatInfo(i: Awaited<ReturnType<typeof modelInfo>>): string {
     ["vocab / context", `${i.vocabSize} / ${i.context}`],
     ["rope", i.rope],
     ["tied embeddings", String(i.tiedEmbeddings)],
-    ["streamed per token", `${formatBytes(i.streamedPerToken)} (every layer from disk)`],
+    ...(i.experts
+      ? [[
+        "experts",
+        `${i.experts.perLayer} per MoE layer, ${i.experts.perToken} per token`,
+      ] as [string, string]]
+      : []),
+    [
+      "streamed per token",
+      `${formatBytes(i.streamedPerToken)} (every layer from disk${
+        i.experts ? "; only the routed experts" : ""
+      })`,
+    ],
     ["KV cache", `${formatBytes(i.kvCacheBytes)} at ${i.maxSeqLen} tokens (one sequence)`],
     ["memory, layers streamed", formatBytes(i.minDeviceBytes)],
     ["memory, all resident", formatBytes(i.allResidentBytes)],

@@ -30,8 +30,13 @@ export interface ModelInfo {
   partBytes: Record<string, number>;
   /** Decoder layer bytes: largest and total. */
   layerBytes: { max: number; total: number };
-  /** Weight bytes a decode step reads when every layer streams (layers + head). */
+  /**
+   * Weight bytes a batch-1 decode step reads when every layer streams (layers + head); a MoE
+   * layer counts its always-needed tensors plus `num_experts_per_tok` average experts.
+   */
   streamedPerToken: number;
+  /** MoE only: experts per layer (on-demand groups of the largest layer) and chosen per token. */
+  experts: { perLayer: number; perToken: number } | null;
   /** Device memory with every layer streamed: small parts + slots + KV cache + activations. */
   minDeviceBytes: number;
   /** Device memory with every layer resident. */
@@ -49,6 +54,8 @@ export async function modelInfo(
   const c = ck.config;
   const size = BYTES[ck.dtype];
   const partBytes: Record<string, number> = {};
+  /** Per layer part: bytes of each on-demand group (MoE expert). */
+  const groupBytes: Record<string, Map<string, number>> = {};
   let parameters = 0;
   const { files } = await listShards(ck.dir);
   for (const f of files) {
@@ -60,12 +67,33 @@ export async function modelInfo(
       parameters += n;
       const id = partId(placed.part);
       partBytes[id] = (partBytes[id] ?? 0) + n * size;
+      const g = placed.part.kind === "layer" ? ck.family.lazyGroup?.(placed.local, c) : null;
+      if (g) {
+        const m = groupBytes[id] ??= new Map();
+        m.set(g, (m.get(g) ?? 0) + n * size);
+      }
     }
   }
   const layers = Object.entries(partBytes).filter(([id]) => id.startsWith("layer."));
   const max = Math.max(...layers.map(([, b]) => b));
   const total = layers.reduce((s, [, b]) => s + b, 0);
   const head = partBytes.lm_head ?? partBytes.embed;
+  const perToken = c.raw.num_experts_per_tok;
+  let streamed = total, experts: ModelInfo["experts"] = null;
+  if (Object.keys(groupBytes).length > 0 && typeof perToken === "number") {
+    streamed = 0;
+    for (const [id, bytes] of layers) {
+      const g = groupBytes[id];
+      if (!g) {
+        streamed += bytes;
+        continue;
+      }
+      const all = [...g.values()].reduce((a, b) => a + b, 0);
+      streamed += bytes - all + Math.min(perToken, g.size) * (all / g.size);
+    }
+    const perLayer = Math.max(...Object.values(groupBytes).map((g) => g.size));
+    experts = { perLayer, perToken };
+  }
   const small = (partBytes.embed ?? 0) + (partBytes.norm ?? 0) + (partBytes.lm_head ?? 0);
   const maxSeqLen = opts.maxSeqLen ?? Math.min(c.maxPositionEmbeddings, 4096);
   const kvCacheBytes = 2 * c.numLayers * c.numKvHeads * c.headDim * maxSeqLen * 4;
@@ -88,7 +116,8 @@ export async function modelInfo(
     tiedEmbeddings: c.tieWordEmbeddings,
     partBytes,
     layerBytes: { max, total },
-    streamedPerToken: total + head,
+    streamedPerToken: streamed + head,
+    experts,
     minDeviceBytes: small + slots * max + kvCacheBytes + act,
     allResidentBytes: small + total + kvCacheBytes + act,
     kvCacheBytes,

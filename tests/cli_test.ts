@@ -60,6 +60,18 @@ Deno.test("cli: info reports sizes read from the headers", async () => {
   assert.equal(i.kvCacheBytes, 2 * 5 * 32 * 512 * 4);
 });
 
+Deno.test("cli: info of a MoE checkpoint counts only the routed experts per token", async () => {
+  const mixtral = new URL("./fixtures/mixtral", import.meta.url).pathname;
+  const r = await run(["info", "--model", mixtral, "--json"]);
+  assert.equal(r.code, 0, r.err);
+  const i = JSON.parse(r.out);
+  // hidden 64, 4 q / 2 kv heads of 16, 2 layers, 4 experts of intermediate 32, top 2, vocab 256
+  const attn = 64 * 64 * 2 + 32 * 64 * 2 + 64 * 2, router = 4 * 64, expert = 3 * 32 * 64;
+  assert.deepEqual(i.experts, { perLayer: 4, perToken: 2 });
+  assert.equal(i.layerBytes.max, (attn + router + 4 * expert) * 4);
+  assert.equal(i.streamedPerToken, 2 * (attn + router + 2 * expert) * 4 + 256 * 64 * 4);
+});
+
 Deno.test("cli: split writes the per-layer files once", async () => {
   const out = await Deno.makeTempDir();
   const first = await run(["split", "--model", STORIES, "--split-dir", out, "-q"]);
