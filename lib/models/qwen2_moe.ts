@@ -48,8 +48,8 @@ export function parseQwenMoe(
   cfg: ModelConfig,
   d: { experts: number; topK: number; moeIntermediate: number; shared: number | null },
 ): void {
-  const experts = raw.num_experts ?? raw.num_local_experts ?? d.experts;
-  const E = moeInt({ experts }, source, "experts");
+  const key = raw.num_experts !== undefined ? "num_experts" : "num_local_experts";
+  const E = moeInt(raw, source, key, d.experts);
   const k = moeInt(raw, source, "num_experts_per_tok", d.topK);
   if (k > E) throw new ConfigError(source, "num_experts_per_tok", `${k} exceeds ${E} experts`);
   const step = moeInt(raw, source, "decoder_sparse_step", 1);
