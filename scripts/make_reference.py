@@ -368,6 +368,16 @@ def feat_zero_qkv_bias(model_dir: Path, fx: Fixture):
     return ("q/k/v biases -> 0", m)
 
 
+def feat_zero_attention_bias(model_dir: Path, fx: Fixture):
+    m = load_f32(fx.model_cls, model_dir)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            a = layer.self_attn
+            for proj in (a.q_proj, a.k_proj, a.v_proj, a.o_proj):
+                proj.bias.zero_()
+    return ("q/k/v/o biases -> 0", m)
+
+
 def feat_untie(model_dir: Path, fx: Fixture):
     m = load_f32(fx.model_cls, model_dir)
     assert m.lm_head.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr(), "lm_head not tied"
@@ -612,6 +622,15 @@ FIXTURES: list[Fixture] = [
         seed=7000,
         storage_dtype="bfloat16",
         notes="weights stored as bfloat16; reference = those weights upcast to float32, float32 compute",
+    ),
+    Fixture(
+        name="llama_attn_bias",
+        model_cls=LlamaForCausalLM,
+        config_cls=LlamaConfig,
+        config=dict(BASE, tie_word_embeddings=False, attention_bias=True),
+        seed=7100,
+        feature=feat_zero_attention_bias,
+        notes="attention_bias true: random non-zero q/k/v and o_proj biases",
     ),
     # ---- newer families ----------------------------------------------------------------------
     Fixture(

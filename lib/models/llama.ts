@@ -134,7 +134,7 @@ export function attentionBlock(ctx: LayerContext, w: PartWeights): void {
   be.rope(k, T, kvDim, cfg.numKvHeads, hd, rotDim, ctx.positions, invFreq, mscale);
   ctx.attention({ q, qStride: qDim, k, v, kvStride: kvDim, out: attn, scale: 1 / Math.sqrt(hd) });
   const wo = w.get("self_attn.o_proj.weight");
-  be.matmul(o, attn, wo.ptr, wo.dtype, null, T, D, qDim);
+  be.matmul(o, attn, wo.ptr, wo.dtype, w.opt("self_attn.o_proj.bias")?.ptr ?? null, T, D, qDim);
   be.add(ctx.x, ctx.x, o, T * D);
 }
 
@@ -159,7 +159,14 @@ export const llama: Family = {
   architectures: ["LlamaForCausalLM"],
   parseConfig: (raw, source) => parseLlamaLike(raw, source, LLAMA_DEFAULTS),
   place: placeLlamaLike,
-  expected: expectedLlamaLike,
+  expected(part, cfg) {
+    // LlamaConfig's attention_bias puts a bias on o_proj too (Qwen2's qkv bias does not).
+    const t = expectedLlamaLike(part, cfg);
+    if (part.kind === "layer" && cfg.attentionBias) {
+      t.push({ local: "self_attn.o_proj.bias", shape: [cfg.hiddenSize] });
+    }
+    return t;
+  },
   forwardLayer(ctx, w) {
     attentionBlock(ctx, w);
     mlpBlock(ctx, w);

@@ -5,10 +5,11 @@
  */
 import { optionalInt } from "../config.ts";
 import { type Family } from "./family.ts";
-import { llama, LLAMA_DEFAULTS, parseLlamaLike } from "./llama.ts";
+import { expectedLlamaLike, llama, LLAMA_DEFAULTS, parseLlamaLike } from "./llama.ts";
 
 export const mistral: Family = {
   ...llama,
+  expected: expectedLlamaLike,
   architectures: ["MistralForCausalLM"],
   parseConfig(raw, source) {
     const cfg = parseLlamaLike(raw, source, {

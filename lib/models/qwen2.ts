@@ -6,10 +6,11 @@
  */
 import { optionalInt } from "../config.ts";
 import { type Family } from "./family.ts";
-import { llama, LLAMA_DEFAULTS, parseLlamaLike } from "./llama.ts";
+import { expectedLlamaLike, llama, LLAMA_DEFAULTS, parseLlamaLike } from "./llama.ts";
 
 export const qwen2: Family = {
   ...llama,
+  expected: expectedLlamaLike,
   architectures: ["Qwen2ForCausalLM"],
   parseConfig(raw, source) {
     const cfg = parseLlamaLike(raw, source, {
