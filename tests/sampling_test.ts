@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import {
   applyRepetitionPenalty,
   applyWarpers,
+  ascendingFinite,
+  kthLargest,
   nextToken,
   Rng,
   type SamplingOptions,
@@ -86,4 +88,22 @@ Deno.test("sampling: top-k 1 and greedy pick the argmax; greedy applies the repe
   assert.notEqual(penalized, best);
   const p = softmax(Float32Array.from([1, 1]));
   assert.deepEqual([...p], [0.5, 0.5]);
+});
+
+Deno.test("sampling: the top-k heap and the top-p radix order equal plain sorts", () => {
+  const rng = new Rng(7);
+  // Quarter steps make ties common; -0 / 0, ±Infinity and NaN are in the mix.
+  const x = new Float32Array(3000).map((_, i) =>
+    i % 11 === 0 ? -Infinity : Math.round((rng.next() - 0.5) * 40) / 4
+  );
+  x[5] = -0;
+  x[6] = 0;
+  x[7] = Infinity;
+  x[8] = NaN;
+  const finite = [...x.keys()].filter((i) => Number.isFinite(x[i]));
+  const want = finite.sort((a, b) => x[a] - x[b] || a - b);
+  assert.deepEqual([...ascendingFinite(x)], want);
+  const y = x.filter(Number.isFinite);
+  const desc = [...y].sort((a, b) => b - a);
+  for (const k of [1, 2, 17, 500, y.length]) assert.equal(kthLargest(y, k), desc[k - 1], `k=${k}`);
 });

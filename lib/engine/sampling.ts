@@ -69,14 +69,16 @@ export function applyWarpers(logits: Float32Array, o: SamplingOptions): void {
   const V = logits.length;
   if (o.temperature !== 1) { for (let i = 0; i < V; i++) logits[i] = logits[i] / o.temperature; }
   if (o.topK > 0 && o.topK < V) {
-    const kth = [...logits].sort((a, b) => b - a)[o.topK - 1];
+    const kth = kthLargest(logits, o.topK);
     for (let i = 0; i < V; i++) if (logits[i] < kth) logits[i] = -Infinity;
   }
   if (o.topP < 1) {
-    const order = [...logits.keys()].sort((a, b) => logits[a] - logits[b]); // ascending
+    // Ascending cumulative probability; -Infinity tokens (probability 0) stay removed, so only
+    // the finite ones need ordering.
+    const order = ascendingFinite(logits);
     const probs = softmax(logits);
     let cum = 0;
-    for (let r = 0; r < V - 1; r++) {
+    for (let r = 0; r < order.length - 1; r++) {
       cum += probs[order[r]];
       if (cum <= 1 - o.topP) logits[order[r]] = -Infinity;
     }
@@ -88,6 +90,75 @@ export function applyWarpers(logits: Float32Array, o: SamplingOptions): void {
     const threshold = o.minP * probs[best];
     for (let i = 0; i < V; i++) if (i !== best && probs[i] < threshold) logits[i] = -Infinity;
   }
+}
+
+/** The k-th largest value of `x` (1 ≤ k ≤ length), with a size-k min-heap: O(n log k). */
+export function kthLargest(x: Float32Array, k: number): number {
+  const heap = new Float32Array(k);
+  let n = 0;
+  const down = (i: number) => {
+    for (;;) {
+      const l = 2 * i + 1, r = l + 1;
+      let m = i;
+      if (l < n && heap[l] < heap[m]) m = l;
+      if (r < n && heap[r] < heap[m]) m = r;
+      if (m === i) return;
+      [heap[i], heap[m]] = [heap[m], heap[i]];
+      i = m;
+    }
+  };
+  for (const v of x) {
+    if (n < k) {
+      let i = n++;
+      heap[i] = v;
+      while (i > 0 && heap[(i - 1) >> 1] > heap[i]) {
+        const p = (i - 1) >> 1;
+        [heap[i], heap[p]] = [heap[p], heap[i]];
+        i = p;
+      }
+    } else if (v > heap[0]) {
+      heap[0] = v;
+      down(0);
+    }
+  }
+  return heap[0];
+}
+
+/**
+ * Indices of the finite entries of `x`, ascending by value, ties by index (stable): an LSD radix
+ * sort (3 passes of 11 bits) of the order-preserving 32-bit codes of the float32 values.
+ */
+export function ascendingFinite(x: Float32Array): Int32Array {
+  const bits = new Uint32Array(Float32Array.from(x).buffer);
+  let n = 0;
+  for (let i = 0; i < x.length; i++) if (Number.isFinite(x[i])) n++;
+  let keys = new Uint32Array(n), idx = new Int32Array(n);
+  n = 0;
+  for (let i = 0; i < x.length; i++) {
+    if (!Number.isFinite(x[i])) continue;
+    const b = bits[i] === 0x80000000 ? 0 : bits[i]; // -0 sorts as 0
+    keys[n] = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;
+    idx[n++] = i;
+  }
+  let keys2 = new Uint32Array(n), idx2 = new Int32Array(n);
+  const count = new Int32Array(2048);
+  for (let shift = 0; shift < 33; shift += 11) {
+    count.fill(0);
+    for (let j = 0; j < n; j++) count[(keys[j] >>> shift) & 2047]++;
+    for (let d = 0, sum = 0; d < 2048; d++) {
+      const c = count[d];
+      count[d] = sum;
+      sum += c;
+    }
+    for (let j = 0; j < n; j++) {
+      const at = count[(keys[j] >>> shift) & 2047]++;
+      keys2[at] = keys[j];
+      idx2[at] = idx[j];
+    }
+    [keys, keys2] = [keys2, keys];
+    [idx, idx2] = [idx2, idx];
+  }
+  return idx;
 }
 
 /** Probabilities of a logits row (fp64 accumulation). */
