@@ -106,6 +106,8 @@ Deno.test("config: an unsupported architecture names it and lists the supported 
       SUPPORTED_ARCHITECTURES.every((a) => e.message.includes(a)),
   );
   assert.deepEqual([...SUPPORTED_ARCHITECTURES], [
+    "DeepseekV2ForCausalLM",
+    "DeepseekV3ForCausalLM",
     "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
     "LlamaForCausalLM",

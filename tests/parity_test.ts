@@ -23,6 +23,12 @@ Deno.test("parity: the fixture set is complete", () => {
       "phi3",
       "phi3_longrope",
       "phi2",
+      "llama_attn_bias",
+      "mixtral",
+      "qwen2_moe",
+      "qwen3_moe",
+      "deepseek_v2",
+      "deepseek_v3",
       "stories260k",
     ]
   ) assert.ok(names.includes(want), `fixture ${want} missing from tests/fixtures`);

@@ -5,6 +5,7 @@
  */
 import { UnsupportedArchitectureError } from "../errors.ts";
 import type { Family } from "./family.ts";
+import { deepseekV2, deepseekV3 } from "./deepseek.ts";
 import { gemma2 } from "./gemma2.ts";
 import { gemma3 } from "./gemma3.ts";
 import { llama } from "./llama.ts";
@@ -29,6 +30,8 @@ const FAMILIES: readonly Family[] = [
   mixtral,
   qwen2Moe,
   qwen3Moe,
+  deepseekV2,
+  deepseekV3,
 ];
 
 const BY_ARCH = new Map(FAMILIES.flatMap((f) => f.architectures.map((a) => [a, f] as const)));
