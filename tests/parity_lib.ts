@@ -31,10 +31,10 @@ export interface Fixture {
 }
 
 /**
- * Fixtures whose family is not implemented yet (issue 5's MoE and MLA families). Their reference
- * outputs are generated and checked in CI already; parity runs them once the family lands — and
- * `pendingFixtures` fails loudly when one of these runs (remove it here then) or a fixture of an
- * unsupported architecture is missing from this list.
+ * Fixtures whose family is not implemented yet (none today): a new family's reference outputs can
+ * land first, listed here, and parity runs them once the family does. The test "exactly the
+ * fixtures of unimplemented families are pending" fails when this list and the unsupported
+ * fixtures disagree.
  */
 export const PENDING: string[] = [];
 
