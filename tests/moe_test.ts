@@ -127,3 +127,25 @@ Deno.test("moe: the split stores each expert contiguously after the always-neede
     assert.equal(new Set(runs).size, runs.length, `${p.id}: each expert in one run`);
   }
 });
+
+Deno.test("moe: a failed expert read is an error naming the file; the next step reads it afresh", async () => {
+  const trace: TraceEvent[] = [];
+  await using model = await open("mixtral", trace);
+  const m = await manifestOf("mixtral");
+  const part = m.parts.find((p) => p.id === "layer.1")!;
+  const path = `${splitDir("mixtral")}/${part.file}`;
+  const original = await Deno.readFile(path);
+  const ids = [[5, 9, 17, 33]];
+  const want = await model.forward(ids);
+  // Cut the file inside the experts: the layer's always-needed bytes still read, the experts not.
+  const firstExpert = Math.min(
+    ...part.tensors.filter((t) => expertGroup(t.name) !== null).map((t) => t.offset),
+  );
+  try {
+    await Deno.truncate(path, part.dataOffset + firstExpert + 16);
+    await assert.rejects(() => model.forward(ids), (e: Error) => e.message.includes(part.file));
+  } finally {
+    await Deno.writeFile(path, original);
+  }
+  assert.deepEqual(await model.forward(ids), want);
+});
