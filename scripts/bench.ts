@@ -4,14 +4,18 @@
  * the same checkpoint (CPU, when python3 has torch + transformers) or to the measured pinned
  * host → device bandwidth (CUDA, build/bench_h2d).
  *
- *   deno task bench [--device cpu|cuda] [--shape smollm2-135m|llama3-8b] [--dtype F32|F16|BF16]
- *                   [--layers N] [--prompt 32] [--new 64] [--no-hf]
+ *   deno task bench [--device cpu|cuda] [--shape smollm2-135m|llama3-8b|qwen3-30b-a3b]
+ *                   [--dtype F32|F16|BF16] [--layers N] [--prompt 32] [--new 64] [--no-hf]
  *
- * Defaults: cpu → SmolLM2-135M shape in F32; cuda → Llama-3-8B shape in BF16.
+ * Defaults: cpu → SmolLM2-135M shape in F32; cuda → Llama-3-8B shape in BF16. The MoE shape
+ * (Qwen3-30B-A3B, 4 of its 48 layers unless --layers) counts the weights a token touches as the
+ * always-needed tensors plus 8 of 128 experts; streamed rows also show the bytes actually read
+ * per decoded token (the backend's H2D counter).
  */
 import { parseArgs } from "node:util";
 import { AutoModel } from "../mod.ts";
-import { makeBenchModel } from "./make_bench_model.ts";
+import { expertGroup } from "../lib/models/moe.ts";
+import { BENCH_LAYERS, makeBenchModel } from "./make_bench_model.ts";
 
 const { values: args } = parseArgs({
   args: Deno.args,
@@ -28,7 +32,7 @@ const { values: args } = parseArgs({
 const device = args.device as "cpu" | "cuda";
 const shape = args.shape ?? (device === "cuda" ? "llama3-8b" : "smollm2-135m");
 const dtype = (args.dtype ?? (device === "cuda" ? "BF16" : "F32")) as "F32" | "F16" | "BF16";
-const layers = args.layers ? Number(args.layers) : undefined;
+const layers = args.layers ? Number(args.layers) : BENCH_LAYERS[shape];
 const promptLen = Number(args.prompt), newTokens = Number(args.new);
 const dir = new URL(
   `../tests/.tmp/bench/${shape}-${dtype}${layers ? `-${layers}l` : ""}`,
@@ -47,6 +51,8 @@ interface Row {
   engine: string;
   prefill: number;
   decode: number;
+  /** Bytes moved into the device per decoded token (streamed runs), measured. */
+  readPerToken?: number;
 }
 const rows: Row[] = [];
 let weightBytes = 0;
@@ -62,16 +68,40 @@ async function run(
   });
   const manifest = JSON.parse(
     await Deno.readTextFile(`${dir}/rabbitllm_split_${model.config.dtype}/manifest.json`),
-  ) as { parts: { dataBytes: number }[] };
-  weightBytes = manifest.parts.reduce((s, p) => s + p.dataBytes, 0);
+  ) as { parts: { dataBytes: number; tensors: { name: string; nbytes: number }[] }[] };
+  // Weights one decoded token touches: everything, except that a MoE layer runs k of E experts.
+  const k = model.config.raw.num_experts_per_tok;
+  weightBytes = 0;
+  for (const p of manifest.parts) {
+    const experts = new Set<string>();
+    let expertBytes = 0;
+    for (const t of p.tensors) {
+      const g = expertGroup(t.name);
+      if (g === null) weightBytes += t.nbytes;
+      else {
+        experts.add(g);
+        expertBytes += t.nbytes;
+      }
+    }
+    if (experts.size > 0) weightBytes += expertBytes * Math.min(1, (k as number) / experts.size);
+  }
   await model.generate(prompt, { maxNewTokens: 2 }); // warm: page cache, resident layers, threads
-  let t = performance.now();
+  const loaded = () => model.backend.stats().h2dBytes;
+  let b0 = loaded(), t = performance.now();
   await model.generate(prompt, { maxNewTokens: 1 });
-  const prefillS = (performance.now() - t) / 1000;
+  const prefillS = (performance.now() - t) / 1000, prefillBytes = loaded() - b0;
+  b0 = loaded();
   t = performance.now();
   await model.generate(prompt, { maxNewTokens: newTokens + 1 });
   const decodeS = (performance.now() - t) / 1000 - prefillS;
-  rows.push({ engine: name, prefill: promptLen / prefillS, decode: newTokens / decodeS });
+  rows.push({
+    engine: name,
+    prefill: promptLen / prefillS,
+    decode: newTokens / decodeS,
+    readPerToken: opts.maxResidentBytes === 0
+      ? (loaded() - b0 - prefillBytes) / newTokens
+      : undefined,
+  });
 }
 
 let h2d: { device: string; pinned_gbps: number; pageable_gbps: number } | null = null;
@@ -119,21 +149,25 @@ if (h2d) {
   );
 }
 console.log(
-  `\n${shape} ${dtype}: ${(weightBytes / 1e6).toFixed(0)} MB of weights read per decoded token; ` +
+  `\n${shape}${layers ? ` (${layers} layers)` : ""} ${dtype}: ${
+    (weightBytes / 1e6).toFixed(0)
+  } MB of weights per decoded token; ` +
     `prompt ${promptLen}, ${newTokens} new tokens, ${navigator.hardwareConcurrency} cores`,
 );
 const w = Math.max(...rows.map((r) => r.engine.length));
 console.log(
-  `${"engine".padEnd(w)}  prefill tok/s  decode tok/s  s/token  decode GB/s of weights${
-    h2d ? "  % of pinned H2D" : ""
-  }`,
+  `${"engine".padEnd(w)}  prefill tok/s  decode tok/s  s/token  decode GB/s of weights` +
+    `  read MB/token${h2d ? "  % of pinned H2D" : ""}`,
 );
 for (const r of rows) {
   const gbps = r.decode * weightBytes / 1e9;
   const share = h2d ? `  ${(100 * gbps / h2d.pinned_gbps).toFixed(0).padStart(15)}%` : "";
+  const read = r.readPerToken === undefined ? "—" : (r.readPerToken / 1e6).toFixed(0);
   console.log(
     `${r.engine.padEnd(w)}  ${r.prefill.toFixed(1).padStart(13)}  ${
       r.decode.toFixed(1).padStart(12)
-    }  ${(1 / r.decode).toFixed(3).padStart(7)}  ${gbps.toFixed(1).padStart(22)}${share}`,
+    }  ${(1 / r.decode).toFixed(3).padStart(7)}  ${gbps.toFixed(1).padStart(22)}  ${
+      read.padStart(13)
+    }${share}`,
   );
 }

@@ -52,7 +52,35 @@ export const SHAPES: Record<string, Record<string, unknown>> = {
     bos_token_id: 128000,
     eos_token_id: 128001,
   },
+  // A MoE: 128 experts of which 8 run per token; bench with a few layers (BENCH_LAYERS).
+  "qwen3-30b-a3b": {
+    architectures: ["Qwen3MoeForCausalLM"],
+    model_type: "qwen3_moe",
+    hidden_size: 2048,
+    intermediate_size: 6144,
+    moe_intermediate_size: 768,
+    num_experts: 128,
+    num_experts_per_tok: 8,
+    norm_topk_prob: true,
+    decoder_sparse_step: 1,
+    mlp_only_layers: [],
+    num_hidden_layers: 48,
+    num_attention_heads: 32,
+    num_key_value_heads: 4,
+    head_dim: 128,
+    vocab_size: 151936,
+    max_position_embeddings: 40960,
+    rms_norm_eps: 1e-6,
+    rope_parameters: { rope_type: "default", rope_theta: 1000000 },
+    tie_word_embeddings: false,
+    hidden_act: "silu",
+    bos_token_id: 151643,
+    eos_token_id: 151645,
+  },
 };
+
+/** Layers written when the bench does not say (a full-depth checkpoint would not fit here). */
+export const BENCH_LAYERS: Record<string, number> = { "qwen3-30b-a3b": 4 };
 
 /** A small fast seeded generator (mulberry32) → roughly normal values via a sum of uniforms. */
 function filler(seed: number): (out: Float32Array, std: number) => void {
@@ -83,7 +111,7 @@ export async function makeBenchModel(
   if (!base) throw new Error(`unknown shape ${shape}; known: ${Object.keys(SHAPES).join(", ")}`);
   const c: Record<string, unknown> & { num_hidden_layers: number } = {
     ...base,
-    num_hidden_layers: layers ?? base.num_hidden_layers as number,
+    num_hidden_layers: layers ?? BENCH_LAYERS[shape] ?? base.num_hidden_layers as number,
   };
   const D = c.hidden_size as number, I = c.intermediate_size as number;
   const hd = c.head_dim as number, H = c.num_attention_heads as number;
@@ -99,9 +127,23 @@ export async function makeBenchModel(
     add(`${p}self_attn.v_proj.weight`, [KV * hd, D], 1 / Math.sqrt(D));
     add(`${p}self_attn.o_proj.weight`, [D, H * hd], 1 / Math.sqrt(H * hd));
     add(`${p}post_attention_layernorm.weight`, [D], 0);
-    add(`${p}mlp.gate_proj.weight`, [I, D], 1 / Math.sqrt(D));
-    add(`${p}mlp.up_proj.weight`, [I, D], 1 / Math.sqrt(D));
-    add(`${p}mlp.down_proj.weight`, [D, I], 1 / Math.sqrt(I));
+    const E = c.num_experts as number | undefined;
+    if (E === undefined) {
+      add(`${p}mlp.gate_proj.weight`, [I, D], 1 / Math.sqrt(D));
+      add(`${p}mlp.up_proj.weight`, [I, D], 1 / Math.sqrt(D));
+      add(`${p}mlp.down_proj.weight`, [D, I], 1 / Math.sqrt(I));
+      continue;
+    }
+    // Qwen3-MoE: q/k norms, a router and E experts.
+    const M = c.moe_intermediate_size as number;
+    add(`${p}self_attn.q_norm.weight`, [hd], 0);
+    add(`${p}self_attn.k_norm.weight`, [hd], 0);
+    add(`${p}mlp.gate.weight`, [E, D], 1 / Math.sqrt(D));
+    for (let e = 0; e < E; e++) {
+      add(`${p}mlp.experts.${e}.gate_proj.weight`, [M, D], 1 / Math.sqrt(D));
+      add(`${p}mlp.experts.${e}.up_proj.weight`, [M, D], 1 / Math.sqrt(D));
+      add(`${p}mlp.experts.${e}.down_proj.weight`, [D, M], 1 / Math.sqrt(M));
+    }
   }
   add("model.norm.weight", [D], 0);
   if (!c.tie_word_embeddings) add("lm_head.weight", [V, D], 1 / Math.sqrt(D));
