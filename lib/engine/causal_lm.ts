@@ -481,10 +481,13 @@ export class CausalLM {
       };
       ctx.layer = layer;
       ctx.rope = this.#ropeFor(cfg.layerRopes[layer], seqLen);
-      await this.family.forwardLayer(ctx, w);
+      try {
+        await this.family.forwardLayer(ctx, w);
+      } finally {
+        this.#store.release(layer); // a failed layer must not keep its slot
+      }
       marks.push({ category: "layers", layer, from: m0, to: be.mark() });
       this.#trace?.push({ kind: "compute-end", part: id });
-      this.#store.release(layer);
       probe?.(`layer ${layer}`, layer, x, T * D);
     }
     cache.length = past + S;
