@@ -68,11 +68,13 @@ async function run(
   });
   const manifest = JSON.parse(
     await Deno.readTextFile(`${dir}/rabbitllm_split_${model.config.dtype}/manifest.json`),
-  ) as { parts: { dataBytes: number; tensors: { name: string; nbytes: number }[] }[] };
-  // Weights one decoded token touches: everything, except that a MoE layer runs k of E experts.
+  ) as { parts: { id: string; tensors: { name: string; nbytes: number }[] }[] };
+  // Weights one decoded token touches: everything, except that a MoE layer runs k of E experts
+  // and an untied embedding gives only one row.
   const k = model.config.raw.num_experts_per_tok;
   weightBytes = 0;
   for (const p of manifest.parts) {
+    if (p.id === "embed" && !model.config.tieWordEmbeddings) continue;
     const experts = new Set<string>();
     let expertBytes = 0;
     for (const t of p.tensors) {

@@ -101,16 +101,21 @@ for (const name of ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepsee
   });
 }
 
-Deno.test("moe: a resident layer loads each expert once and keeps it", async () => {
+Deno.test("moe: a resident layer loads whole on first use, groups included, once", async () => {
   const trace: TraceEvent[] = [];
   await using model = await open("mixtral", trace, 1 << 30);
+  assert.equal(model.residentLayers, 2);
+  const m = await manifestOf("mixtral");
+  const layerBytes = m.parts.filter((p) => p.id.startsWith("layer."))
+    .reduce((s, p) => s + p.dataBytes, 0);
   const ids = [[5, 9, 17]];
+  let before = model.backend.stats().h2dBytes;
   await model.forward(ids);
-  const first = trace.filter((e) => e.kind === "read-end" && e.part.includes("/")).length;
-  assert.ok(first > 0);
+  assert.equal(model.backend.stats().h2dBytes - before, layerBytes, "every layer byte, once");
+  assert.equal(trace.filter((e) => e.kind === "read-start" && e.part.includes("/")).length, 0);
   trace.length = 0;
-  const before = model.backend.stats().h2dBytes;
-  await model.forward(ids);
+  before = model.backend.stats().h2dBytes;
+  await model.forward([[40, 41, 42, 43, 44, 45, 46]]);
   assert.equal(model.backend.stats().h2dBytes, before, "nothing read again");
   assert.equal(trace.filter((e) => e.kind.startsWith("read")).length, 0);
 });

@@ -315,13 +315,20 @@ export class LayerStore {
       slot = this.#pool.find((s) => !s.inUse && s.tickets.length === 0 && !protect.has(s.layer));
       if (!slot) return;
     }
-    const part = this.#layers[layer];
+    const part = this.#layers[layer], layout = this.#layouts[layer];
     slot.layer = layer;
     slot.loaded = false;
     slot.weights = null;
     slot.groups = new Set();
     this.#trace("read-start", part.id);
-    slot.tickets = this.#layouts[layer].eager.map((r) =>
+    // A resident layer loads whole, groups included: its memory is reserved anyway, and decode
+    // then never stalls on a first-time expert. Only streamed layers read groups on demand.
+    const whole = slot === this.#resident[layer] && layout.groups.size > 0;
+    const ranges = whole
+      ? coalesce([...layout.eager, ...[...layout.groups.values()].flat()])
+      : layout.eager;
+    if (whole) slot.groups = new Set(layout.groups.keys());
+    slot.tickets = ranges.map((r) =>
       this.#be.loadStart(
         this.#be.view(slot.dev, r.offset),
         this.#paths[layer],
