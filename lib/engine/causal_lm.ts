@@ -470,6 +470,7 @@ export class CausalLM {
       const w: PartWeights = {
         get: stored.get,
         opt: stored.opt,
+        prefetch: stored.prefetch,
         load: async (groups) => {
           marks.push({ category: "layers", layer, from: m0, to: be.mark() });
           try {

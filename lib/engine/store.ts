@@ -95,6 +95,8 @@ interface Slot {
   inUse: boolean;
   /** On-demand groups of the held layer that are on the device. */
   groups: Set<string>;
+  /** On-demand groups being read: their tickets, in issue order. */
+  pending: Map<string, bigint[]>;
   weights: PartWeights | null;
 }
 
@@ -185,6 +187,7 @@ export class LayerStore {
       loaded: false,
       inUse: false,
       groups: new Set(),
+      pending: new Map(),
       weights: null,
     };
   }
@@ -218,65 +221,81 @@ export class LayerStore {
         check(local);
         return map.get(local)!;
       },
-      load: (groups) => {
+      load: async (groups) => {
         if (!slot || !layout) {
-          return groups.length === 0 ? Promise.resolve() : Promise.reject(
-            new CheckpointError(part.file, `part ${part.id} has no on-demand groups`),
-          );
+          if (groups.length === 0) return;
+          throw new CheckpointError(part.file, `part ${part.id} has no on-demand groups`);
         }
-        return this.#loadGroups(slot, part, layout, groups);
+        this.#issueGroups(slot, part, layout, groups);
+        await this.#waitGroups(slot, part, groups);
+      },
+      prefetch: (groups) => {
+        if (slot && layout) this.#issueGroups(slot, part, layout, groups);
+        else if (groups.length > 0) {
+          throw new CheckpointError(part.file, `part ${part.id} has no on-demand groups`);
+        }
       },
     };
     return weights;
   }
 
-  /** Loads the missing `groups` of the layer held by `slot` (see PartWeights.load). */
-  async #loadGroups(
-    slot: Slot,
-    part: ManifestPart,
-    layout: Layout,
-    groups: readonly string[],
-  ): Promise<void> {
-    const missing = [...new Set(groups)].filter((g) => !slot.groups.has(g));
-    if (missing.length === 0) return;
+  /** Starts reading the `groups` of the layer in `slot` that are neither loaded nor being read. */
+  #issueGroups(slot: Slot, part: ManifestPart, layout: Layout, groups: readonly string[]): void {
     const layer = this.#layers.indexOf(part);
-    const tickets: bigint[] = [];
-    for (const g of missing) {
+    for (const g of groups) {
+      if (slot.groups.has(g) || slot.pending.has(g)) continue;
       const ranges = layout.groups.get(g);
       if (!ranges) throw new CheckpointError(part.file, `part ${part.id} has no group ${g}`);
       this.#trace("read-start", `${part.id}/${g}`);
-      for (const r of ranges) {
-        tickets.push(
+      slot.pending.set(
+        g,
+        ranges.map((r) =>
           this.#be.loadStart(
             this.#be.view(slot.dev, r.offset),
             this.#paths[layer],
             part.dataOffset + r.offset,
             r.bytes,
-          ),
-        );
-      }
+          )
+        ),
+      );
     }
+  }
+
+  /** Waits for the reads of `groups` (issued before); on a failure the slot is given up. */
+  async #waitGroups(slot: Slot, part: ManifestPart, groups: readonly string[]): Promise<void> {
     const t0 = performance.now();
-    let i = 0;
-    try {
-      for (; i < tickets.length; i++) await this.#be.loadWaitAsync(tickets[i]);
-    } catch (e) {
-      // The slot's memory must not be reused while reads still land in it.
-      for (i++; i < tickets.length; i++) {
-        try {
-          this.#be.loadWait(tickets[i]);
-        } catch { /* the first failure is the one reported */ }
+    let waited = false;
+    for (const g of groups) {
+      const tickets = slot.pending.get(g);
+      if (!tickets) continue;
+      slot.pending.delete(g);
+      waited = true;
+      try {
+        for (const t of tickets) await this.#be.loadWaitAsync(t);
+      } catch (e) {
+        // Nothing else may land in this slot once it is given up: wait for every other read.
+        this.#drainPending(slot);
+        slot.layer = -1;
+        slot.loaded = false;
+        slot.inUse = false;
+        throw e;
       }
-      slot.layer = -1;
-      slot.loaded = false;
-      slot.inUse = false;
-      throw e;
-    }
-    this.#opts.profiler?.add("read wait", performance.now() - t0);
-    for (const g of missing) {
       slot.groups.add(g);
       this.#trace("read-end", `${part.id}/${g}`);
     }
+    if (waited) this.#opts.profiler?.add("read wait", performance.now() - t0);
+  }
+
+  /** Waits (blocking) for every group read still in flight in `slot`; they are not used. */
+  #drainPending(slot: Slot): void {
+    for (const tickets of slot.pending.values()) {
+      for (const t of tickets) {
+        try {
+          this.#be.loadWait(t);
+        } catch { /* unused reads: the failure that matters was reported */ }
+      }
+    }
+    slot.pending.clear();
   }
 
   #trace(kind: TraceEvent["kind"], part: string): void {
@@ -320,6 +339,7 @@ export class LayerStore {
     slot.loaded = false;
     slot.weights = null;
     slot.groups = new Set();
+    slot.pending = new Map();
     this.#trace("read-start", part.id);
     // A resident layer loads whole, groups included: its memory is reserved anyway, and decode
     // then never stalls on a first-time expert. Only streamed layers read groups on demand.
@@ -385,7 +405,16 @@ export class LayerStore {
   /** Marks `layer` as no longer needed by the running step. */
   release(layer: number): void {
     const slot = this.#slotHolding(layer);
-    if (slot) slot.inUse = false;
+    if (!slot) return;
+    // Group reads the forward started but never waited for (it failed): finish them, unused, so
+    // the slot can take another layer.
+    if (slot.pending.size > 0) {
+      this.#drainPending(slot);
+      slot.groups.clear();
+      slot.layer = -1;
+      slot.loaded = false;
+    }
+    slot.inUse = false;
   }
 
   /** Waits for loads still in flight, then frees every device allocation. Idempotent. */
@@ -394,6 +423,7 @@ export class LayerStore {
     this.#closed = true;
     for (const s of [...this.#resident, ...this.#pool]) {
       if (!s) continue;
+      this.#drainPending(s);
       for (const t of s.tickets) {
         try {
           this.#be.loadWait(t);

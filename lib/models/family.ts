@@ -46,6 +46,11 @@ export interface PartWeights {
    * group is not loaded throws. Several groups load concurrently on the backend's I/O thread.
    */
   load(groups: readonly string[]): Promise<void>;
+  /**
+   * Starts reading the given groups without waiting (a later `load` of them waits): a forward
+   * that needs several groups issues them all, then computes each as it arrives.
+   */
+  prefetch(groups: readonly string[]): void;
 }
 
 /** Arguments of {@link LayerContext.attention}. */

@@ -121,8 +121,9 @@ export function gatedMlp(
 
 /**
  * acc[T, D] = Σ over each token's choices of weight · expert(h[token]), experts in ascending
- * order (as transformers accumulates them). Loads the chosen experts' groups first (all of them
- * at once); experts no token chose are neither loaded nor run.
+ * order (as transformers accumulates them). Issues the reads of all chosen experts' groups at
+ * once, in that order, and runs each expert as soon as its bytes are there, so later reads overlap
+ * earlier experts' compute; experts no token chose are neither read nor run.
  */
 export async function routedExperts(
   ctx: LayerContext,
@@ -147,10 +148,11 @@ export async function routedExperts(
   }
   ctx.onRoute?.(experts);
   const order = [...byExpert.keys()].sort((a, b) => a - b);
-  await w.load(order.map((e) => `expert.${e}`));
+  w.prefetch(order.map((e) => `expert.${e}`));
   be.scale(acc, h, 0, T * D); // zeros (h is finite: a non-finite h is reported by the engine)
   const xin = ctx.buf("moe_in", T * D), out = ctx.buf("moe_out", T * D);
   for (const e of order) {
+    await w.load([`expert.${e}`]);
     const { tokens, weights: wts } = byExpert.get(e)!;
     const n = tokens.length;
     let x = h;

@@ -52,6 +52,7 @@ function unfused(be: Backend, cfg: ModelConfig, w: PartWeights): PartWeights {
     get: (name) => views.get(name) ?? w.get(name),
     opt: (name) => views.get(name) ?? w.opt(name),
     load: (groups) => w.load(groups),
+    prefetch: (groups) => w.prefetch(groups),
   };
 }
 
