@@ -35,7 +35,7 @@ import {
   LLAMA_DEFAULTS,
   mlpBlock,
   parseLlamaLike,
-  placeLlamaLike,
+  placeExpected,
 } from "./llama.ts";
 import {
   expertGroup,
@@ -304,9 +304,6 @@ function expectedDeepseek(part: Part, cfg: ModelConfig): ExpectedTensor[] {
   return t;
 }
 
-/** Per config: the local names each layer reads (place() is called once per tensor). */
-const layerNames = new WeakMap<ModelConfig, Map<number, Set<string>>>();
-
 function placeDeepseek(name: string, cfg: ModelConfig) {
   const m = /^model\.layers\.(\d+)\.(.+)$/.exec(name);
   if (m) {
@@ -315,16 +312,7 @@ function placeDeepseek(name: string, cfg: ModelConfig) {
     const mtp = deepseekShape(cfg).mtpLayers;
     if (index >= cfg.numLayers && index < cfg.numLayers + mtp) return { part: null, local: m[2] };
   }
-  const p = placeLlamaLike(name, cfg);
-  if (p?.part?.kind !== "layer") return p;
-  let byLayer = layerNames.get(cfg);
-  if (!byLayer) layerNames.set(cfg, byLayer = new Map());
-  const i = p.part.index;
-  let names = byLayer.get(i);
-  if (!names) {
-    byLayer.set(i, names = new Set(expectedDeepseek(p.part, cfg).map((e) => e.local)));
-  }
-  return names.has(p.local) ? p : undefined;
+  return placeExpected(name, cfg, expectedDeepseek);
 }
 
 // ------------------------------------------------------------------------------------------------

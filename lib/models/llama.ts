@@ -77,6 +77,28 @@ export function placeLlamaLike(name: string, cfg: ModelConfig): Placement | unde
   return { part: { kind: "layer", index }, local: m[2] };
 }
 
+/** Per config and layer: the local names `expected` lists (placement runs once per tensor). */
+const expectedNames = new WeakMap<ModelConfig, Map<number, Set<string>>>();
+
+/**
+ * {@link placeLlamaLike}, with layer tensors limited to the names `expected` lists for their
+ * layer (anything else is unknown, so the split names it); for families stricter than Llama.
+ */
+export function placeExpected(
+  name: string,
+  cfg: ModelConfig,
+  expected: (part: Part, cfg: ModelConfig) => ExpectedTensor[],
+): Placement | undefined {
+  const p = placeLlamaLike(name, cfg);
+  if (p?.part?.kind !== "layer") return p;
+  let byLayer = expectedNames.get(cfg);
+  if (!byLayer) expectedNames.set(cfg, byLayer = new Map());
+  const i = p.part.index;
+  let names = byLayer.get(i);
+  if (!names) byLayer.set(i, names = new Set(expected(p.part, cfg).map((e) => e.local)));
+  return names.has(p.local) ? p : undefined;
+}
+
 /** Expected tensors of a Llama-shaped part (qkv biases when cfg.attentionBias). */
 export function expectedLlamaLike(part: Part, cfg: ModelConfig): ExpectedTensor[] {
   const D = cfg.hiddenSize, I = cfg.intermediateSize, V = cfg.vocabSize;

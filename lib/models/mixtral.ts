@@ -13,7 +13,7 @@ import {
   expectedLlamaLike,
   LLAMA_DEFAULTS,
   parseLlamaLike,
-  placeLlamaLike,
+  placeExpected,
 } from "./llama.ts";
 import { expertGroup, routedExperts, routerLogits, softmaxTopK } from "./moe.ts";
 
@@ -68,11 +68,7 @@ export const mixtral: Family = {
     cfg.raw = { ...raw, num_local_experts: E, num_experts_per_tok: k };
     return cfg;
   },
-  place(name, cfg) {
-    const p = placeLlamaLike(name, cfg);
-    if (p?.part?.kind !== "layer") return p;
-    return mixtral.expected(p.part, cfg).some((e) => e.local === p.local) ? p : undefined;
-  },
+  place: (name, cfg) => placeExpected(name, cfg, mixtral.expected),
   expected(part, cfg) {
     const t = expectedLlamaLike(part, cfg);
     if (part.kind !== "layer") return t;

@@ -10,7 +10,7 @@ import type { DevPtr } from "../../ffi/backend.ts";
 import type { ModelConfig } from "../config.ts";
 import { ConfigError } from "../errors.ts";
 import type { ExpectedTensor, Family, LayerContext, PartWeights } from "./family.ts";
-import { ACTIVATIONS, LLAMA_DEFAULTS, parseLlamaLike, placeLlamaLike } from "./llama.ts";
+import { ACTIVATIONS, LLAMA_DEFAULTS, parseLlamaLike, placeExpected } from "./llama.ts";
 
 const qkLayerNorm = (cfg: ModelConfig) => cfg.raw.qk_layernorm === true;
 
@@ -119,10 +119,7 @@ export const phi: Family = {
     if (name === "model.final_layernorm.bias") return { part: { kind: "norm" }, local: "bias" };
     if (name === "lm_head.bias") return { part: { kind: "lm_head" }, local: "bias" };
     if (name === "model.norm.weight") return undefined;
-    // Layer tensors must be ones this family reads.
-    const p = placeLlamaLike(name, cfg);
-    if (p?.part?.kind !== "layer") return p;
-    return phi.expected(p.part, cfg).some((e) => e.local === p.local) ? p : undefined;
+    return placeExpected(name, cfg, phi.expected);
   },
   expected(part, cfg) {
     const D = cfg.hiddenSize, I = cfg.intermediateSize, hd = cfg.headDim;

@@ -19,7 +19,7 @@ import {
   LLAMA_DEFAULTS,
   mlpBlock,
   parseLlamaLike,
-  placeLlamaLike,
+  placeExpected,
 } from "./llama.ts";
 
 /** Phi3Config reads the legacy rope types "su" and "yarn" as longrope. */
@@ -89,12 +89,7 @@ export const phi3: Family = {
     cfg.layerWindows.fill(optionalInt(raw, source, "sliding_window") ?? 0);
     return cfg;
   },
-  place(name, cfg) {
-    // Layer tensors must be ones this family reads.
-    const p = placeLlamaLike(name, cfg);
-    if (p?.part?.kind !== "layer") return p;
-    return phi3.expected(p.part, cfg).some((e) => e.local === p.local) ? p : undefined;
-  },
+  place: (name, cfg) => placeExpected(name, cfg, phi3.expected),
   expected(part, cfg) {
     if (part.kind !== "layer") return expectedLlamaLike(part, cfg);
     const D = cfg.hiddenSize, I = cfg.intermediateSize;

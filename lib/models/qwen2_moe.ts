@@ -16,7 +16,7 @@ import {
   LLAMA_DEFAULTS,
   mlpBlock,
   parseLlamaLike,
-  placeLlamaLike,
+  placeExpected,
 } from "./llama.ts";
 import { moeInt } from "./mixtral.ts";
 import { expertGroup, gatedMlp, routedExperts, routerLogits, softmaxTopK } from "./moe.ts";
@@ -143,15 +143,6 @@ export async function qwenMoeBlock(ctx: LayerContext, w: PartWeights): Promise<v
   be.add(ctx.x, ctx.x, acc, T * D);
 }
 
-/** The MoE families' layer tensors must be ones the family reads. */
-export function placeChecked(family: () => Family): Family["place"] {
-  return (name, cfg) => {
-    const p = placeLlamaLike(name, cfg);
-    if (p?.part?.kind !== "layer") return p;
-    return family().expected(p.part, cfg).some((e) => e.local === p.local) ? p : undefined;
-  };
-}
-
 export const qwen2Moe: Family = {
   architectures: ["Qwen2MoeForCausalLM"],
   parseConfig(raw, source) {
@@ -177,7 +168,7 @@ export const qwen2Moe: Family = {
     parseQwenMoe(raw, source, cfg, { experts: 60, topK: 4, moeIntermediate: 1408, shared: 5632 });
     return cfg;
   },
-  place: placeChecked(() => qwen2Moe),
+  place: (name, cfg) => placeExpected(name, cfg, qwen2Moe.expected),
   expected: (part, cfg) => expectedQwenMoe(part, cfg, expectedLlamaLike(part, cfg)),
   lazyGroup: (local) => expertGroup(local),
   async forwardLayer(ctx, w) {

@@ -7,7 +7,7 @@
  */
 import { ConfigError } from "../errors.ts";
 import type { ExpectedTensor, Family, LayerContext, PartWeights } from "./family.ts";
-import { expectedLlamaLike, llama, mlpBlock, placeLlamaLike } from "./llama.ts";
+import { expectedLlamaLike, llama, mlpBlock, placeExpected } from "./llama.ts";
 import { qwen2 } from "./qwen2.ts";
 
 /** x += o_proj(attn(rope(q_norm(q)), rope(k_norm(k)), v)), pre-norm. */
@@ -58,12 +58,7 @@ export const qwen3: Family = {
     cfg.raw = raw;
     return cfg;
   },
-  place(name, cfg) {
-    // Layer tensors must be ones this family reads.
-    const p = placeLlamaLike(name, cfg);
-    if (p?.part?.kind !== "layer") return p;
-    return qwen3.expected(p.part, cfg).some((e) => e.local === p.local) ? p : undefined;
-  },
+  place: (name, cfg) => placeExpected(name, cfg, qwen3.expected),
   expected(part, cfg) {
     const t: ExpectedTensor[] = expectedLlamaLike(part, cfg);
     if (part.kind === "layer") {

@@ -9,10 +9,10 @@
 import { optionalInt } from "../config.ts";
 import { ConfigError } from "../errors.ts";
 import type { Family } from "./family.ts";
-import { LLAMA_DEFAULTS, mlpBlock, parseLlamaLike } from "./llama.ts";
+import { LLAMA_DEFAULTS, mlpBlock, parseLlamaLike, placeExpected } from "./llama.ts";
 import { expertGroup } from "./moe.ts";
 import { qkNormAttentionBlock, qwen3 } from "./qwen3.ts";
-import { expectedQwenMoe, parseQwenMoe, placeChecked, qwenMoe, qwenMoeBlock } from "./qwen2_moe.ts";
+import { expectedQwenMoe, parseQwenMoe, qwenMoe, qwenMoeBlock } from "./qwen2_moe.ts";
 
 export const qwen3Moe: Family = {
   architectures: ["Qwen3MoeForCausalLM"],
@@ -34,7 +34,7 @@ export const qwen3Moe: Family = {
     parseQwenMoe(raw, source, cfg, { experts: 128, topK: 8, moeIntermediate: 768, shared: null });
     return cfg;
   },
-  place: placeChecked(() => qwen3Moe),
+  place: (name, cfg) => placeExpected(name, cfg, qwen3Moe.expected),
   expected: (part, cfg) => expectedQwenMoe(part, cfg, qwen3.expected(part, cfg)),
   lazyGroup: (local) => expertGroup(local),
   async forwardLayer(ctx, w) {
