@@ -37,15 +37,7 @@ import {
   parseLlamaLike,
   placeExpected,
 } from "./llama.ts";
-import {
-  expertGroup,
-  gatedMlp,
-  routedExperts,
-  routerLogits,
-  type Routing,
-  softmaxRows,
-  topK,
-} from "./moe.ts";
+import { expertGroup, mlpNames, type Routing, softmaxRows, sparseMoeBlock, topK } from "./moe.ts";
 
 /** How a MoE layer picks its experts. */
 export type TopkMethod = "greedy" | "group_limited_greedy" | "noaux_tc";
@@ -561,36 +553,17 @@ function routeLayer(ctx: LayerContext, w: PartWeights, logits: Float32Array): Ro
 }
 
 /** x += routed experts + shared experts of post_attention_layernorm(x). */
-export async function deepseekMoeBlock(ctx: LayerContext, w: PartWeights): Promise<void> {
-  const { be, cfg, T } = ctx;
-  const D = cfg.hiddenSize, ds = deepseekShape(cfg);
-  const h = ctx.buf("h", T * D), acc = ctx.buf("moe_acc", T * D);
-  const norm = w.get("post_attention_layernorm.weight");
-  be.rmsnorm(h, ctx.x, norm.ptr, norm.dtype, T, D, cfg.rmsNormEps);
-  const routing = routeLayer(ctx, w, routerLogits(ctx, h, w.get("mlp.gate.weight")));
-  await routedExperts(ctx, w, h, acc, routing, (e) => ({
-    gate: `mlp.experts.${e}.gate_proj.weight`,
-    up: `mlp.experts.${e}.up_proj.weight`,
-    down: `mlp.experts.${e}.down_proj.weight`,
-  }), ds.moeIntermediate);
-  if (ds.sharedIntermediate > 0) {
-    const shared = ctx.buf("moe_shared", T * D);
-    gatedMlp(
-      ctx,
-      w,
-      {
-        gate: "mlp.shared_experts.gate_proj.weight",
-        up: "mlp.shared_experts.up_proj.weight",
-        down: "mlp.shared_experts.down_proj.weight",
-      },
-      ds.sharedIntermediate,
-      h,
-      shared,
-      T,
-    );
-    be.add(acc, acc, shared, T * D);
-  }
-  be.add(ctx.x, ctx.x, acc, T * D);
+export function deepseekMoeBlock(ctx: LayerContext, w: PartWeights): Promise<void> {
+  const ds = deepseekShape(ctx.cfg);
+  return sparseMoeBlock(ctx, w, {
+    router: "mlp.gate.weight",
+    route: (logits) => routeLayer(ctx, w, logits),
+    expert: (e) => mlpNames(`mlp.experts.${e}`),
+    inter: ds.moeIntermediate,
+    shared: ds.sharedIntermediate > 0
+      ? { names: mlpNames("mlp.shared_experts"), inter: ds.sharedIntermediate }
+      : undefined,
+  });
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import {
   parseLlamaLike,
   placeExpected,
 } from "./llama.ts";
-import { expertGroup, routedExperts, routerLogits, softmaxTopK } from "./moe.ts";
+import { expertGroup, softmaxTopK, sparseMoeBlock } from "./moe.ts";
 
 /** A positive integer config key (MoE sizes), with a fallback when absent. */
 export function moeInt(
@@ -35,20 +35,18 @@ function experts(cfg: { raw: Record<string, unknown> }): { E: number; k: number 
   return { E: cfg.raw.num_local_experts as number, k: cfg.raw.num_experts_per_tok as number };
 }
 
-async function moeBlock(ctx: LayerContext, w: PartWeights): Promise<void> {
-  const { be, cfg, T } = ctx;
-  const D = cfg.hiddenSize, { E, k } = experts(cfg);
-  const h = ctx.buf("h", T * D), acc = ctx.buf("moe_acc", T * D);
-  const norm = w.get("post_attention_layernorm.weight");
-  be.rmsnorm(h, ctx.x, norm.ptr, norm.dtype, T, D, cfg.rmsNormEps);
-  const logits = routerLogits(ctx, h, w.get("block_sparse_moe.gate.weight"));
-  const routing = softmaxTopK(logits, T, E, k, true);
-  await routedExperts(ctx, w, h, acc, routing, (e) => ({
-    gate: `block_sparse_moe.experts.${e}.w1.weight`,
-    up: `block_sparse_moe.experts.${e}.w3.weight`,
-    down: `block_sparse_moe.experts.${e}.w2.weight`,
-  }), cfg.intermediateSize);
-  be.add(ctx.x, ctx.x, acc, T * D);
+function moeBlock(ctx: LayerContext, w: PartWeights): Promise<void> {
+  const { E, k } = experts(ctx.cfg);
+  return sparseMoeBlock(ctx, w, {
+    router: "block_sparse_moe.gate.weight",
+    route: (logits) => softmaxTopK(logits, ctx.T, E, k, true),
+    expert: (e) => ({
+      gate: `block_sparse_moe.experts.${e}.w1.weight`,
+      up: `block_sparse_moe.experts.${e}.w3.weight`,
+      down: `block_sparse_moe.experts.${e}.w2.weight`,
+    }),
+    inter: ctx.cfg.intermediateSize,
+  });
 }
 
 export const mixtral: Family = {

@@ -168,3 +168,56 @@ export async function routedExperts(
     });
   }
 }
+
+/** `{prefix}.gate_proj / up_proj / down_proj.weight` (the Llama MLP names). */
+export function mlpNames(prefix: string): MlpNames {
+  return {
+    gate: `${prefix}.gate_proj.weight`,
+    up: `${prefix}.up_proj.weight`,
+    down: `${prefix}.down_proj.weight`,
+  };
+}
+
+/** One family's sparse MoE MLP, run by {@link sparseMoeBlock}. */
+export interface SparseMoe {
+  /** Local name of the router weight [E, D]. */
+  router: string;
+  /** The family's routing rule over the router logits [T, E]. */
+  route(logits: Float32Array): Routing;
+  /** Weight names of expert e. */
+  expert(e: number): MlpNames;
+  /** Intermediate size of one expert. */
+  inter: number;
+  /**
+   * Shared expert(s) every token runs, added to the routed ones; with `gate` (a [1, D] linear,
+   * Qwen2-MoE) each token's output is scaled by the sigmoid of it first.
+   */
+  shared?: { names: MlpNames; inter: number; gate?: string };
+}
+
+/** x += routed experts (+ shared expert) of post_attention_layernorm(x), pre-norm. */
+export async function sparseMoeBlock(
+  ctx: LayerContext,
+  w: PartWeights,
+  moe: SparseMoe,
+): Promise<void> {
+  const { be, cfg, T } = ctx, D = cfg.hiddenSize;
+  const h = ctx.buf("h", T * D), acc = ctx.buf("moe_acc", T * D);
+  const norm = w.get("post_attention_layernorm.weight");
+  be.rmsnorm(h, ctx.x, norm.ptr, norm.dtype, T, D, cfg.rmsNormEps);
+  const routing = moe.route(routerLogits(ctx, h, w.get(moe.router)));
+  await routedExperts(ctx, w, h, acc, routing, moe.expert, moe.inter);
+  if (moe.shared) {
+    const shared = ctx.buf("moe_shared", T * D);
+    gatedMlp(ctx, w, moe.shared.names, moe.shared.inter, h, shared, T);
+    if (moe.shared.gate) {
+      const gate = routerLogits(ctx, h, w.get(moe.shared.gate)); // [T, 1]
+      for (let t = 0; t < T; t++) {
+        const row = be.view(shared, t * D * 4);
+        be.scale(row, row, Math.fround(1 / (1 + Math.exp(-gate[t]))), D);
+      }
+    }
+    be.add(acc, acc, shared, T * D);
+  }
+  be.add(ctx.x, ctx.x, acc, T * D);
+}

@@ -19,7 +19,7 @@ import {
   placeExpected,
 } from "./llama.ts";
 import { moeInt } from "./mixtral.ts";
-import { expertGroup, gatedMlp, routedExperts, routerLogits, softmaxTopK } from "./moe.ts";
+import { expertGroup, mlpNames, softmaxTopK, sparseMoeBlock } from "./moe.ts";
 
 /** The MoE shape of a Qwen-MoE config, normalized by {@link parseQwenMoe}. */
 export interface QwenMoe {
@@ -105,42 +105,21 @@ export function expectedQwenMoe(part: Part, cfg: ModelConfig, base: ExpectedTens
 }
 
 /** x += routed experts (+ sigmoid-gated shared expert) of post_attention_layernorm(x). */
-export async function qwenMoeBlock(ctx: LayerContext, w: PartWeights): Promise<void> {
-  const { be, cfg, T } = ctx;
-  const D = cfg.hiddenSize, moe = qwenMoe(cfg);
-  const h = ctx.buf("h", T * D), acc = ctx.buf("moe_acc", T * D);
-  const norm = w.get("post_attention_layernorm.weight");
-  be.rmsnorm(h, ctx.x, norm.ptr, norm.dtype, T, D, cfg.rmsNormEps);
-  const logits = routerLogits(ctx, h, w.get("mlp.gate.weight"));
-  const routing = softmaxTopK(logits, T, moe.experts, moe.topK, moe.normTopK);
-  await routedExperts(ctx, w, h, acc, routing, (e) => ({
-    gate: `mlp.experts.${e}.gate_proj.weight`,
-    up: `mlp.experts.${e}.up_proj.weight`,
-    down: `mlp.experts.${e}.down_proj.weight`,
-  }), moe.moeIntermediate);
-  if (moe.sharedIntermediate > 0) {
-    const shared = ctx.buf("moe_shared", T * D);
-    gatedMlp(
-      ctx,
-      w,
-      {
-        gate: "mlp.shared_expert.gate_proj.weight",
-        up: "mlp.shared_expert.up_proj.weight",
-        down: "mlp.shared_expert.down_proj.weight",
-      },
-      moe.sharedIntermediate,
-      h,
-      shared,
-      T,
-    );
-    const gate = routerLogits(ctx, h, w.get("mlp.shared_expert_gate.weight")); // [T, 1]
-    for (let t = 0; t < T; t++) {
-      const row = be.view(shared, t * D * 4);
-      be.scale(row, row, Math.fround(1 / (1 + Math.exp(-gate[t]))), D);
-    }
-    be.add(acc, acc, shared, T * D);
-  }
-  be.add(ctx.x, ctx.x, acc, T * D);
+export function qwenMoeBlock(ctx: LayerContext, w: PartWeights): Promise<void> {
+  const moe = qwenMoe(ctx.cfg);
+  return sparseMoeBlock(ctx, w, {
+    router: "mlp.gate.weight",
+    route: (logits) => softmaxTopK(logits, ctx.T, moe.experts, moe.topK, moe.normTopK),
+    expert: (e) => mlpNames(`mlp.experts.${e}`),
+    inter: moe.moeIntermediate,
+    shared: moe.sharedIntermediate > 0
+      ? {
+        names: mlpNames("mlp.shared_expert"),
+        inter: moe.sharedIntermediate,
+        gate: "mlp.shared_expert_gate.weight",
+      }
+      : undefined,
+  });
 }
 
 export const qwen2Moe: Family = {
