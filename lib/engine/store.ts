@@ -53,6 +53,8 @@ interface Range {
 /** Which bytes of a layer file load with the layer, and which per on-demand group. */
 interface Layout {
   eager: Range[];
+  /** Every byte of the part (a resident layer loads whole). */
+  whole: Range[];
   groups: Map<string, Range[]>;
   /** Tensor local name → its group (group-less tensors are absent). */
   groupOf: Map<string, string>;
@@ -82,7 +84,8 @@ function layoutOf(part: ManifestPart, lazyGroup?: (local: string) => string | nu
     }
   }
   const groups = new Map([...byGroup].map(([g, rs]) => [g, coalesce(rs)]));
-  return { eager: coalesce(eager), groups, groupOf };
+  const whole = coalesce(part.tensors.map((t) => ({ offset: t.offset, bytes: t.nbytes })));
+  return { eager: coalesce(eager), whole, groups, groupOf };
 }
 
 interface Slot {
@@ -241,24 +244,26 @@ export class LayerStore {
 
   /** Starts reading the `groups` of the layer in `slot` that are neither loaded nor being read. */
   #issueGroups(slot: Slot, part: ManifestPart, layout: Layout, groups: readonly string[]): void {
-    const layer = this.#layers.indexOf(part);
     for (const g of groups) {
       if (slot.groups.has(g) || slot.pending.has(g)) continue;
       const ranges = layout.groups.get(g);
       if (!ranges) throw new CheckpointError(part.file, `part ${part.id} has no group ${g}`);
       this.#trace("read-start", `${part.id}/${g}`);
-      slot.pending.set(
-        g,
-        ranges.map((r) =>
-          this.#be.loadStart(
-            this.#be.view(slot.dev, r.offset),
-            this.#paths[layer],
-            part.dataOffset + r.offset,
-            r.bytes,
-          )
-        ),
-      );
+      slot.pending.set(g, this.#read(slot, ranges));
     }
+  }
+
+  /** Starts reading `ranges` of the data of the layer `slot` holds into the same offsets. */
+  #read(slot: Slot, ranges: Range[]): bigint[] {
+    const part = this.#layers[slot.layer], path = this.#paths[slot.layer];
+    return ranges.map((r) =>
+      this.#be.loadStart(
+        this.#be.view(slot.dev, r.offset),
+        path,
+        part.dataOffset + r.offset,
+        r.bytes,
+      )
+    );
   }
 
   /** Waits for the reads of `groups` (issued before); on a failure the slot is given up. */
@@ -343,19 +348,9 @@ export class LayerStore {
     this.#trace("read-start", part.id);
     // A resident layer loads whole, groups included: its memory is reserved anyway, and decode
     // then never stalls on a first-time expert. Only streamed layers read groups on demand.
-    const whole = slot === this.#resident[layer] && layout.groups.size > 0;
-    const ranges = whole
-      ? coalesce([...layout.eager, ...[...layout.groups.values()].flat()])
-      : layout.eager;
+    const whole = slot === this.#resident[layer];
     if (whole) slot.groups = new Set(layout.groups.keys());
-    slot.tickets = ranges.map((r) =>
-      this.#be.loadStart(
-        this.#be.view(slot.dev, r.offset),
-        this.#paths[layer],
-        part.dataOffset + r.offset,
-        r.bytes,
-      )
-    );
+    slot.tickets = this.#read(slot, whole ? layout.whole : layout.eager);
   }
 
   /** The weights of `layer` on the device, waiting for its load when needed. */
