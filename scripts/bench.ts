@@ -14,7 +14,8 @@
  */
 import { parseArgs } from "node:util";
 import { AutoModel } from "../mod.ts";
-import { expertGroup } from "../lib/models/moe.ts";
+import { openCheckpoint } from "../lib/auto_model.ts";
+import { modelInfo } from "../lib/info.ts";
 import { BENCH_LAYERS, makeBenchModel } from "./make_bench_model.ts";
 
 const { values: args } = parseArgs({
@@ -55,7 +56,9 @@ interface Row {
   readPerToken?: number;
 }
 const rows: Row[] = [];
-let weightBytes = 0;
+// Weights one decoded token touches (`rabbit info`'s figure): the layers and the head; a MoE layer
+// counts num_experts_per_tok of its experts.
+const weightBytes = (await modelInfo(await openCheckpoint(dir, { quiet: true }))).streamedPerToken;
 
 async function run(
   name: string,
@@ -66,27 +69,6 @@ async function run(
     device,
     maxSeqLen: promptLen + newTokens + 8,
   });
-  const manifest = JSON.parse(
-    await Deno.readTextFile(`${dir}/rabbitllm_split_${model.config.dtype}/manifest.json`),
-  ) as { parts: { id: string; tensors: { name: string; nbytes: number }[] }[] };
-  // Weights one decoded token touches: everything, except that a MoE layer runs k of E experts
-  // and an untied embedding gives only one row.
-  const k = model.config.raw.num_experts_per_tok;
-  weightBytes = 0;
-  for (const p of manifest.parts) {
-    if (p.id === "embed" && !model.config.tieWordEmbeddings) continue;
-    const experts = new Set<string>();
-    let expertBytes = 0;
-    for (const t of p.tensors) {
-      const g = expertGroup(t.name);
-      if (g === null) weightBytes += t.nbytes;
-      else {
-        experts.add(g);
-        expertBytes += t.nbytes;
-      }
-    }
-    if (experts.size > 0) weightBytes += expertBytes * Math.min(1, (k as number) / experts.size);
-  }
   // Warm: page cache, resident layers, threads, and the first touch of every streaming slot's
   // pages (a MoE prompt touches only the routed experts' areas of a slot per pass, and first
   // touches cost ~1 GB/s on a VM).
