@@ -1440,6 +1440,15 @@ def compare_json(a: Any, b: Any, path: str) -> tuple[bool, str]:
             if not ok:
                 return False, why
         return True, ""
+    if isinstance(a, list) and isinstance(b, list):
+        # Lists recurse with the same rules: a list of dicts may hold float keys (feature checks).
+        if len(a) != len(b):
+            return False, f"{path}: {len(a)} items vs committed {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            ok, why = compare_json(x, y, f"{path}[{i}]")
+            if not ok:
+                return False, why
+        return True, ""
     if a != b:
         return False, f"{path}: {json.dumps(a)[:200]} vs committed {json.dumps(b)[:200]}"
     return True, ""

@@ -20,11 +20,11 @@ OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "safetenso
 
 
 def write(dir: Path) -> None:
-    g = torch.Generator().manual_seed(0)
+    # Exactly representable values (no RNG, no libm): the bytes are the same on every CPU.
     t = {
-        "w.f32": torch.randn(3, 5, generator=g),
-        "w.f16": torch.randn(4, 2, generator=g).half(),
-        "w.bf16": torch.randn(2, 3, 2, generator=g).bfloat16(),
+        "w.f32": ((torch.arange(15, dtype=torch.float32) - 7) * 0.375).reshape(3, 5),
+        "w.f16": ((torch.arange(8, dtype=torch.float32) - 3.5) * 1.25).half().reshape(4, 2),
+        "w.bf16": ((torch.arange(12, dtype=torch.float32) - 6) * -0.625).bfloat16().reshape(2, 3, 2),
         "ids.i64": torch.tensor([1, -2, 3], dtype=torch.int64),
         "ids.i32": torch.tensor([[7, -8]], dtype=torch.int32),
         "q.i8": torch.tensor([-128, 0, 127], dtype=torch.int8),
