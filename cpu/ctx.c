@@ -74,17 +74,20 @@ RL_API rl_ctx *rl_create(int32_t n_threads, int32_t device) {
     return NULL;
   }
   ctx->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
-  ctx->options[1] = 1; /* pin_memory */
-  ctx->options[2] = 1; /* async_copy */
+  ctx->options[OPT_PIN_MEMORY] = 1;
+  ctx->options[OPT_ASYNC_COPY] = 1;
   return ctx;
 }
 
 RL_API void rl_destroy(rl_ctx *ctx) {
   if (!ctx) return;
   cpu_loader_free(ctx->loader); /* before the memory a load may be writing into */
+  cpu_unmap_all(ctx);
   free(ctx->marks);
   for (uint64_t i = 0; i < ctx->allocs.cap; i++) free(ctx->allocs.slots[i].p);
   free(ctx->allocs.slots);
+  for (uint64_t i = 0; i < ctx->host_allocs.cap; i++) free(ctx->host_allocs.slots[i].p);
+  free(ctx->host_allocs.slots);
   free(ctx);
 }
 
@@ -144,6 +147,31 @@ static void table_remove(alloc_table *t, uint64_t i) {
   t->count--;
 }
 
+int cpu_table_insert(alloc_table *t, void *p, uint64_t bytes) {
+  if (!table_reserve(t)) return 0;
+  t->slots[table_find(t, p)] = (alloc_entry){p, bytes};
+  t->count++;
+  return 1;
+}
+
+uint64_t cpu_table_remove(alloc_table *t, void *p) {
+  if (!t->cap) return 0;
+  uint64_t i = table_find(t, p);
+  uint64_t bytes = t->slots[i].p ? t->slots[i].bytes : 0;
+  if (bytes) table_remove(t, i);
+  return bytes;
+}
+
+int cpu_table_contains(const alloc_table *t, const void *p, uint64_t bytes) {
+  const uint8_t *q = p;
+  for (uint64_t i = 0; i < t->cap; i++) {
+    const uint8_t *b = t->slots[i].p;
+    if (b && q >= b && bytes <= t->slots[i].bytes && (uint64_t)(q - b) <= t->slots[i].bytes - bytes)
+      return 1;
+  }
+  return 0;
+}
+
 /* ----------------------------------------------------------------------------------------------
  * Memory */
 
@@ -157,14 +185,12 @@ RL_API void *rl_alloc(rl_ctx *ctx, uint64_t bytes) {
     return NULL;
   }
   void *p = NULL;
-  if (posix_memalign(&p, 64, bytes) != 0 || !table_reserve(&ctx->allocs)) {
+  if (posix_memalign(&p, 64, bytes) != 0 || !cpu_table_insert(&ctx->allocs, p, bytes)) {
     free(p);
     cpu_fail(ctx, RL_ERR_OOM, __func__, "out of memory allocating %llu bytes (%llu live)",
              (unsigned long long)bytes, (unsigned long long)ctx->stats[RL_STAT_LIVE_BYTES]);
     return NULL;
   }
-  ctx->allocs.slots[table_find(&ctx->allocs, p)] = (alloc_entry){p, bytes};
-  ctx->allocs.count++;
   uint64_t *s = ctx->stats;
   s[RL_STAT_LIVE_BYTES] += bytes;
   if (s[RL_STAT_LIVE_BYTES] > s[RL_STAT_PEAK_BYTES]) s[RL_STAT_PEAK_BYTES] = s[RL_STAT_LIVE_BYTES];
@@ -176,15 +202,62 @@ RL_API void *rl_alloc(rl_ctx *ctx, uint64_t bytes) {
 RL_API int32_t rl_free(rl_ctx *ctx, void *p) {
   REQUIRE_CTX();
   REQUIRE_PTR(p);
-  uint64_t i = ctx->allocs.cap ? table_find(&ctx->allocs, p) : 0;
-  REQUIRE(ctx->allocs.cap && ctx->allocs.slots[i].p,
-          "%p was not returned by rl_alloc on this context (a view, or already freed)", p);
-  ctx->stats[RL_STAT_LIVE_BYTES] -= ctx->allocs.slots[i].bytes;
+  uint64_t bytes = cpu_table_remove(&ctx->allocs, p);
+  REQUIRE(bytes, "%p was not returned by rl_alloc on this context (a view, or already freed)", p);
+  ctx->stats[RL_STAT_LIVE_BYTES] -= bytes;
   ctx->stats[RL_STAT_FREES]++;
   ctx->stats[RL_STAT_LIVE_ALLOCS]--;
-  table_remove(&ctx->allocs, i);
   free(p);
   return RL_OK;
+}
+
+/* The host tier is ordinary memory here (the device reads it directly); page-aligned so a
+ * file read into it can be as large and aligned as the kernel likes. */
+RL_API void *rl_host_alloc(rl_ctx *ctx, uint64_t bytes) {
+  if (!ctx) {
+    cpu_fail(NULL, RL_ERR_INVALID, __func__, "ctx is NULL");
+    return NULL;
+  }
+  if (bytes == 0) {
+    cpu_fail(ctx, RL_ERR_INVALID, __func__, "bytes must be > 0, got 0");
+    return NULL;
+  }
+  void *p = NULL;
+  if (posix_memalign(&p, 4096, bytes) != 0 || !cpu_table_insert(&ctx->host_allocs, p, bytes)) {
+    free(p);
+    cpu_fail(ctx, RL_ERR_OOM, __func__, "out of memory allocating %llu bytes of host memory",
+             (unsigned long long)bytes);
+    return NULL;
+  }
+  ctx->stats[RL_STAT_HOST_BYTES] += bytes;
+  return p;
+}
+
+RL_API int32_t rl_host_free(rl_ctx *ctx, void *p) {
+  REQUIRE_CTX();
+  REQUIRE_PTR(p);
+  uint64_t bytes = cpu_table_remove(&ctx->host_allocs, p);
+  REQUIRE(bytes, "%p was not returned by rl_host_alloc on this context", p);
+  ctx->stats[RL_STAT_HOST_BYTES] -= bytes;
+  free(p);
+  return RL_OK;
+}
+
+RL_API int64_t rl_upload_start(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) {
+  if (!ctx) return cpu_fail(NULL, RL_ERR_INVALID, __func__, "ctx is NULL"), 0;
+  if (!dst || !src || bytes == 0) {
+    cpu_fail(ctx, RL_ERR_INVALID, __func__, "%s",
+             !dst ? "dst is NULL" : !src ? "src is NULL" : "bytes must be > 0, got 0");
+    return 0;
+  }
+  if (!cpu_table_contains(&ctx->host_allocs, src, bytes)) {
+    cpu_fail(ctx, RL_ERR_INVALID, __func__,
+             "src %p + %llu bytes is not inside one rl_host_alloc block", src,
+             (unsigned long long)bytes);
+    return 0;
+  }
+  const job_spec spec = {.kind = JOB_COPY, .dst = dst, .src = src, .bytes = bytes};
+  return cpu_loader_submit(ctx, __func__, &spec);
 }
 
 RL_API void *rl_view(void *base, uint64_t byte_offset) { return (uint8_t *)base + byte_offset; }
@@ -216,10 +289,11 @@ RL_API int32_t rl_copy(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) 
 /* ----------------------------------------------------------------------------------------------
  * Options and timing marks */
 
-static const char *const OPTION_KEYS[3] = {"attn_impl", "pin_memory", "async_copy"};
+static const char *const OPTION_KEYS[OPT_COUNT] = {"attn_impl", "pin_memory", "async_copy",
+                                                    "drop_behind"};
 
 static int option_index(const uint8_t *key) {
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < OPT_COUNT; i++)
     if (strcmp((const char *)key, OPTION_KEYS[i]) == 0) return i;
   return -1;
 }
@@ -229,10 +303,10 @@ RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value) {
   REQUIRE_PTR(key);
   int i = option_index(key);
   if (i < 0) return cpu_fail(ctx, RL_ERR_UNSUPPORTED, __func__, "unknown option \"%s\"", key);
-  if (i == 0 && value == 1)
+  if (i == OPT_ATTN_IMPL && value == 1)
     return cpu_fail(ctx, RL_ERR_UNSUPPORTED, __func__,
                     "attn_impl flash: the CPU backend has one attention (eager, exact softmax)");
-  REQUIRE(value >= 0 && value <= (i == 0 ? 2 : 1), "%s: value %lld out of range", key,
+  REQUIRE(value >= 0 && value <= (i == OPT_ATTN_IMPL ? 2 : 1), "%s: value %lld out of range", key,
           (long long)value);
   /* pin_memory and async_copy concern GPU transfers; the CPU reads straight into place. */
   ctx->options[i] = value;
@@ -246,6 +320,8 @@ RL_API int64_t rl_get_option(rl_ctx *ctx, const uint8_t *key) {
   if (strcmp((const char *)key, "flash_available") == 0) return 0;
   if (strcmp((const char *)key, "device_memory") == 0)
     return (int64_t)sysconf(_SC_PHYS_PAGES) * (int64_t)sysconf(_SC_PAGESIZE);
+  if (strcmp((const char *)key, "map_files") == 0) return 1;
+  /* "device_memory_free": -1, host memory is the engine's to budget (cgroups, page cache). */
   return -1;
 }
 

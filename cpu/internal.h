@@ -28,21 +28,56 @@ typedef struct {
   uint64_t count;
 } alloc_table;
 
-typedef struct cpu_loader cpu_loader; /* the I/O thread of rl_load_start (load.c) */
+typedef struct cpu_loader cpu_loader; /* the I/O thread of loads and prefetches (load.c) */
+typedef struct cpu_mapping cpu_mapping; /* one rl_map (map.c) */
+
+/* Option slots, in the order of OPTION_KEYS (ctx.c). */
+enum { OPT_ATTN_IMPL, OPT_PIN_MEMORY, OPT_ASYNC_COPY, OPT_DROP_BEHIND, OPT_COUNT };
 
 struct rl_ctx {
   int n_threads;                 /* OpenMP team size for every parallel op */
   uint64_t stats[RL_STAT_COUNT]; /* indexed by enum rl_stat */
-  alloc_table allocs;
-  cpu_loader *loader;            /* started on the first rl_load_start */
+  alloc_table allocs;            /* rl_alloc blocks */
+  alloc_table host_allocs;       /* rl_host_alloc blocks */
+  cpu_mapping *maps;             /* rl_map mappings, a linked list */
+  cpu_loader *loader;            /* started on the first load, prefetch or upload */
   double *marks;                 /* rl_mark timestamps (ms, monotonic clock) */
   int64_t n_marks, cap_marks;
-  int64_t options[3];            /* attn_impl, pin_memory, async_copy (see ctx.c) */
+  int64_t options[OPT_COUNT];
   char err[512]; /* last error message, NUL-terminated */
 };
 
-/* Stops the I/O thread (finishing the load in progress) and frees its queue; NULL is a no-op. */
+/* ----------------------------------------------------------------------------------------------
+ * The I/O thread (load.c): one FIFO of jobs per context, tickets shared by every kind. */
+
+typedef enum { JOB_READ, JOB_PREFETCH, JOB_COPY } job_kind;
+
+typedef struct {
+  job_kind kind;
+  void *dst;          /* READ, COPY: where the bytes go */
+  const void *src;    /* PREFETCH: the mapped range; COPY: the host source */
+  const char *path;   /* READ: the file; PREFETCH: the mapping's file (for messages); copied */
+  uint64_t offset;    /* READ: file offset; PREFETCH: file offset of src (for messages) */
+  uint64_t bytes;
+  int drop_behind;    /* READ: drop the bytes read from the page cache */
+  const cpu_mapping *mapping; /* PREFETCH: the mapping (rl_unmap refuses while it is queued) */
+} job_spec;
+
+/* Queues a job; returns its ticket (> 0), or 0 with ctx's error set. */
+int64_t cpu_loader_submit(rl_ctx *ctx, const char *op, const job_spec *spec);
+/* 1 when a job not yet waited for refers to `m`. */
+int cpu_loader_uses(cpu_loader *l, const cpu_mapping *m);
+/* Stops the I/O thread (finishing the job in progress) and frees its queue; NULL is a no-op. */
 void cpu_loader_free(cpu_loader *l);
+/* Unmaps every mapping of ctx (rl_destroy, after the I/O thread stopped). */
+void cpu_unmap_all(rl_ctx *ctx);
+
+/* The allocation table (ctx.c): block address -> size. */
+int cpu_table_insert(alloc_table *t, void *p, uint64_t bytes); /* 0 when out of memory */
+/* Removes p; returns its size, or 0 when p is not a block of t. */
+uint64_t cpu_table_remove(alloc_table *t, void *p);
+/* 1 when [p, p + bytes) lies inside one block of t. */
+int cpu_table_contains(const alloc_table *t, const void *p, uint64_t bytes);
 
 /* ----------------------------------------------------------------------------------------------
  * Errors and argument checks */

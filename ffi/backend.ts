@@ -11,7 +11,7 @@
 import { BackendError } from "../lib/errors.ts";
 
 /** The ABI version this binding speaks; must equal the library's `rl_abi_version()`. */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 /** Weight dtypes the backend understands (rl_dtype). */
 export type WeightDType = "F32" | "F16" | "BF16";
@@ -48,6 +48,13 @@ export const SYMBOLS = {
     result: "i32",
     nonblocking: true,
   },
+  rl_map: { parameters: ["pointer", "buffer", "u64", "u64"], result: "pointer" },
+  rl_unmap: { parameters: ["pointer", "pointer"], result: "i32" },
+  rl_prefetch_start: { parameters: ["pointer", "pointer", "u64"], result: "i64" },
+  rl_evict: { parameters: ["pointer", "pointer", "u64"], result: "i32" },
+  rl_host_alloc: { parameters: ["pointer", "u64"], result: "pointer" },
+  rl_host_free: { parameters: ["pointer", "pointer"], result: "i32" },
+  rl_upload_start: { parameters: ["pointer", "pointer", "pointer", "u64"], result: "i64" },
   rl_set_option: { parameters: ["pointer", "buffer", "i64"], result: "i32" },
   rl_get_option: { parameters: ["pointer", "buffer"], result: "i64" },
   rl_mark: { parameters: ["pointer"], result: "i64" },
@@ -138,6 +145,10 @@ export interface BackendStats {
   h2dBytes: number;
   d2hBytes: number;
   liveAllocs: number;
+  /** Bytes of files mapped by {@link Backend.map}. */
+  mappedBytes: number;
+  /** Bytes of host-tier memory from {@link Backend.hostAlloc}. */
+  hostBytes: number;
 }
 
 /** Which backend library to load. */
@@ -327,7 +338,56 @@ export class Backend {
     this.#check(await this.#lib.symbols.rl_load_wait_async(this.#c, ticket), "rl_load_wait");
   }
 
-  /** Sets a backend option ("attn_impl", "pin_memory", "async_copy"). */
+  /** True when ops can read mapped file pages in place ({@link map}); the CPU backend. */
+  get canMap(): boolean {
+    return this.getOption("map_files") === 1;
+  }
+
+  /**
+   * Maps `bytes` at `offset` of the file `path` read-only: a device pointer to the file's pages,
+   * computed on in place (see {@link canMap}).
+   */
+  map(path: Uint8Array, offset: number, bytes: number): DevPtr {
+    const p = this.#lib.symbols.rl_map(this.#c, path as BufferSource, BigInt(offset), BigInt(bytes));
+    if (p === null) throw new BackendError("rl_map", lastError(this.#lib, this.#ctx));
+    return p;
+  }
+
+  unmap(p: DevPtr): void {
+    this.#check(this.#lib.symbols.rl_unmap(this.#c, p), "rl_unmap");
+  }
+
+  /** Starts reading a mapped range into memory on the I/O thread; a ticket for {@link loadWait}. */
+  prefetchStart(p: DevPtr, bytes: number): bigint {
+    const t = this.#lib.symbols.rl_prefetch_start(this.#c, p, BigInt(bytes));
+    if (t === 0n) throw new BackendError("rl_prefetch_start", lastError(this.#lib, this.#ctx));
+    return t;
+  }
+
+  /** Drops a mapped range from memory and from the page cache (drop-behind). */
+  evict(p: DevPtr, bytes: number): void {
+    this.#check(this.#lib.symbols.rl_evict(this.#c, p, BigInt(bytes)), "rl_evict");
+  }
+
+  /** Host-tier memory (pinned on a GPU) that {@link uploadStart} copies from. */
+  hostAlloc(bytes: number): DevPtr {
+    const p = this.#lib.symbols.rl_host_alloc(this.#c, BigInt(bytes));
+    if (p === null) throw new BackendError("rl_host_alloc", lastError(this.#lib, this.#ctx));
+    return p;
+  }
+
+  hostFree(p: DevPtr): void {
+    this.#check(this.#lib.symbols.rl_host_free(this.#c, p), "rl_host_free");
+  }
+
+  /** Starts copying host-tier bytes to the device; a ticket for {@link loadWait}. */
+  uploadStart(dst: DevPtr, src: DevPtr, bytes: number): bigint {
+    const t = this.#lib.symbols.rl_upload_start(this.#c, dst, src, BigInt(bytes));
+    if (t === 0n) throw new BackendError("rl_upload_start", lastError(this.#lib, this.#ctx));
+    return t;
+  }
+
+  /** Sets a backend option ("attn_impl", "pin_memory", "async_copy", "drop_behind"). */
   setOption(key: string, value: number): void {
     this.#check(
       this.#lib.symbols.rl_set_option(this.#c, cstr(key), BigInt(value)),
@@ -335,7 +395,10 @@ export class Backend {
     );
   }
 
-  /** An option or capability ("flash_available", "device_memory"); -1 when unknown. */
+  /**
+   * An option or capability ("flash_available", "device_memory", "device_memory_free",
+   * "map_files"); -1 when unknown.
+   */
   getOption(key: string): number {
     return Number(this.#lib.symbols.rl_get_option(this.#c, cstr(key)));
   }
@@ -364,7 +427,7 @@ export class Backend {
   }
 
   stats(): BackendStats {
-    const out = new BigUint64Array(7);
+    const out = new BigUint64Array(9);
     this.#check(this.#lib.symbols.rl_stats(this.#c, out, out.length), "rl_stats");
     const n = (i: number) => Number(out[i]);
     return {
@@ -375,6 +438,8 @@ export class Backend {
       h2dBytes: n(4),
       d2hBytes: n(5),
       liveAllocs: n(6),
+      mappedBytes: n(7),
+      hostBytes: n(8),
     };
   }
 

@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define RL_ABI_VERSION 2
+#define RL_ABI_VERSION 3
 
 #if defined(_WIN32)
 #define RL_API __declspec(dllexport)
@@ -64,7 +64,9 @@ enum rl_stat {
   RL_STAT_H2D_BYTES = 4,   /* bytes moved into device memory by rl_upload and by waited loads */
   RL_STAT_D2H_BYTES = 5,   /* bytes copied device -> host by rl_download */
   RL_STAT_LIVE_ALLOCS = 6, /* allocations not yet freed */
-  RL_STAT_COUNT = 7,
+  RL_STAT_MAPPED_BYTES = 7, /* bytes of files currently mapped by rl_map */
+  RL_STAT_HOST_BYTES = 8,   /* host bytes currently allocated by rl_host_alloc */
+  RL_STAT_COUNT = 9,
 };
 
 /* ---- library and context ---------------------------------------------------------------- */
@@ -110,7 +112,8 @@ RL_API int32_t rl_copy(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes);
  * meanwhile. CPU: read straight into dst. CUDA: through reused pinned staging buffers and async
  * copies on a transfer stream (option "pin_memory" 0 = pageable staging, "async_copy" 0 = copy on
  * the compute stream). Returns a ticket > 0, or 0 on failure (see rl_last_error). Loads start in
- * the order they were issued. */
+ * the order they were issued. dst may also be host memory from rl_host_alloc (filling the host
+ * tier). */
 RL_API int64_t rl_load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64_t file_offset,
                              uint64_t bytes);
 /* Waits until the load of `ticket` finished (CPU: the bytes are in dst; CUDA: later ops on the
@@ -119,16 +122,57 @@ RL_API int64_t rl_load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64
  * file. */
 RL_API int32_t rl_load_wait(rl_ctx *ctx, int64_t ticket);
 
+/* ---- mapped files: weights computed in place (devices that read host memory) ------------ */
+
+/* Maps `bytes` at `file_offset` of the file `path` read-only and returns a device pointer to its
+ * first byte: ops read the file's pages in place, with no copy. Pages come in when touched or when
+ * rl_prefetch_start asks for them. The mapping lives until rl_unmap or rl_destroy; its bytes count
+ * in RL_STAT_MAPPED_BYTES. A device that cannot read host pages (CUDA) returns NULL with
+ * RL_ERR_UNSUPPORTED: ask rl_get_option("map_files") first and use rl_load_start there. */
+RL_API void *rl_map(rl_ctx *ctx, const uint8_t *path, uint64_t file_offset, uint64_t bytes);
+/* Unmaps a pointer returned by rl_map (not a view into it). */
+RL_API int32_t rl_unmap(rl_ctx *ctx, void *p);
+/* Starts bringing [p, p + bytes) of a mapping into memory on the backend's I/O thread, in issue
+ * order with loads: pages not in the page cache are read from the file, and the page tables are
+ * filled, so the ops that read them later take no page faults. Returns a ticket for rl_load_wait
+ * (0 on failure), which reports a failed read (I/O error, file shrunk) naming the file instead
+ * of the fault a touched page would raise. Waited bytes count in RL_STAT_H2D_BYTES. */
+RL_API int64_t rl_prefetch_start(rl_ctx *ctx, const void *p, uint64_t bytes);
+/* Drops [p, p + bytes) of a mapping from this process's memory and from the page cache (pages
+ * other processes map stay); the next use reads the file again. For streamed layers that would
+ * be evicted before their next use anyway ("drop-behind"): they never push the resident set out.
+ * Call it only when no issued op still reads those bytes. */
+RL_API int32_t rl_evict(rl_ctx *ctx, const void *p, uint64_t bytes);
+
+/* ---- host tier: layers kept in host memory, copied to the device each step ------------------ */
+
+/* Host memory the device copies from fastest (CUDA: pinned, page-locked; CPU: ordinary memory,
+ * 4096-byte aligned). rl_load_start may fill it (dst may be a host pointer from here). NULL on
+ * failure. Its bytes count in RL_STAT_HOST_BYTES. */
+RL_API void *rl_host_alloc(rl_ctx *ctx, uint64_t bytes);
+/* Frees a pointer returned by rl_host_alloc (after every copy out of it was waited for). */
+RL_API int32_t rl_host_free(rl_ctx *ctx, void *p);
+/* Starts copying `bytes` from host memory `src` (inside an rl_host_alloc block) into device memory
+ * `dst`, in issue order with loads (CUDA: an async copy on the transfer stream, overlapping
+ * compute). Returns a ticket for rl_load_wait (0 on failure); waited bytes count in
+ * RL_STAT_H2D_BYTES. */
+RL_API int64_t rl_upload_start(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes);
+
 /* ---- options and timing ----------------------------------------------------------------- */
 
 /* Sets a backend option by name (NUL-terminated key, a host buffer). Known keys:
  *   "attn_impl"   0 = auto, 1 = flash (fused online softmax), 2 = eager (scores materialized)
  *   "pin_memory"  1 (default) / 0: pinned host staging for rl_load_start (CUDA)
  *   "async_copy"  1 (default) / 0: loads on a transfer stream overlapping compute (CUDA)
+ *   "drop_behind" 0 (default) / 1: rl_load_start drops the bytes it read from the page cache
+ *                 (streamed layers that will not be reused before eviction: keep the cache for
+ *                 the rest)
  * An unknown key or a value the backend cannot honour is RL_ERR_UNSUPPORTED with the reason. */
 RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value);
-/* Reads an option or a capability: the keys above, plus "flash_available" (1/0) and
- * "device_memory" (bytes of device memory, total). Returns -1 for an unknown key. */
+/* Reads an option or a capability: the keys above, plus "flash_available" (1/0),
+ * "device_memory" (bytes of device memory, total), "device_memory_free" (bytes of device memory
+ * free now; CPU: -1, the host's budget is the engine's to compute) and "map_files" (1 when rl_map
+ * works: ops can read host file pages). Returns -1 for an unknown key. */
 RL_API int64_t rl_get_option(rl_ctx *ctx, const uint8_t *key);
 /* Records a timing mark after the ops issued so far (a CUDA event on the compute stream; the
  * host clock on CPU). Returns a mark id >= 0, or -1 on failure. Marks are recycled by

@@ -14,6 +14,9 @@ import { CausalLM } from "./engine/causal_lm.ts";
 import { readGenerationDefaults } from "./engine/generate.ts";
 import { Profiler } from "./profiler.ts";
 import { LayerStore, type TraceEvent } from "./engine/store.ts";
+import { type Plan, plan, type PlanInput, planLayers } from "./engine/planner.ts";
+import { workBytes } from "./engine/kv_cache.ts";
+import { type MemoryLimits, readMemoryLimits } from "./memory.ts";
 import type { Family } from "./models/family.ts";
 import type { ModelConfig } from "./config.ts";
 import { familyFor } from "./models/registry.ts";
@@ -33,10 +36,20 @@ export interface FromPretrainedOptions {
   /** Longest sequence (prompt + new tokens) the KV cache holds; default min(context, 4096). */
   maxSeqLen?: number;
   /**
-   * Device bytes decoder layers may keep resident between steps (the rest stream from disk each
-   * step). Default: half the available memory when `--allow-sys` grants it, else 0.
+   * Device bytes decoder layers may keep resident between steps (the rest stream each step).
+   * "auto" (default): as much as the memory planner finds room for, from the memory the process
+   * may really use — available RAM and cgroup limits (containers), less the KV cache,
+   * activations and the runtime's own footprint. A number caps that (the planner keeps fewer
+   * layers when memory is short); 0 streams every layer.
    */
-  maxResidentBytes?: number;
+  maxResidentBytes?: number | "auto";
+  /** GPU: device bytes the engine may use in all (default: what is free). */
+  maxGpuMemory?: number;
+  /**
+   * GPU: pinned host bytes for the host tier — layers kept in host RAM and copied to the device
+   * each step instead of read from disk (default: as the host memory budget allows).
+   */
+  maxCpuMemory?: number;
   /** CPU worker threads; 0 = all cores. */
   threads?: number;
   /** Hub revision (branch, tag or commit) for an `org/name` id. */
@@ -82,14 +95,66 @@ function logOnce(msg: string): void {
   console.error(`rabbitllm: ${msg}`);
 }
 
-/** Half the free memory of the device (host RAM for the CPU backend). */
-function defaultResidentBytes(be: Backend): number {
-  if (be.device === "cuda") return Math.floor(be.getOption("device_memory") / 2);
-  if (Deno.permissions.querySync({ name: "sys", kind: "systemMemoryInfo" }).state === "granted") {
-    return Math.floor(Deno.systemMemoryInfo().available / 2);
+/**
+ * The host memory this process may still use (lib/memory.ts): cgroup limits when readable, and
+ * the system's available memory (`--allow-sys=systemMemoryInfo`, else /proc/meminfo).
+ */
+function hostMemory(): MemoryLimits {
+  const sys = Deno.permissions.querySync({ name: "sys", kind: "systemMemoryInfo" }).state ===
+      "granted"
+    ? Deno.systemMemoryInfo().available
+    : null;
+  const limits = readMemoryLimits({ systemAvailable: sys });
+  if (limits.available === null) {
+    logOnce(
+      "host memory unknown (grant --allow-sys=systemMemoryInfo and --allow-read=/proc,/sys/fs/cgroup): every layer streams through the page cache",
+    );
   }
-  logOnce("--allow-sys=systemMemoryInfo not granted: streaming every layer from disk each step");
-  return 0;
+  return limits;
+}
+
+/** What the planner needs besides the per-call work bytes; see lib/engine/planner.ts. */
+function planInputOf(
+  m: Manifest,
+  family: Family,
+  cfg: ModelConfig,
+  be: Backend,
+  opts: FromPretrainedOptions,
+): Omit<PlanInput, "workBytes"> {
+  const small = m.parts.filter((p) => !p.id.startsWith("layer."));
+  const head = small.find((p) => p.id === (cfg.tieWordEmbeddings ? "embed" : "lm_head"));
+  const cap = opts.maxResidentBytes ?? "auto";
+  if (cap !== "auto" && !(cap >= 0)) {
+    throw new InputError(`maxResidentBytes: expected "auto" or a number >= 0, got ${cap}`);
+  }
+  const k = cfg.raw.num_experts_per_tok;
+  return {
+    device: be.device,
+    layers: planLayers(
+      m.parts.filter((p) => p.id.startsWith("layer.")),
+      family.lazyGroup && ((local) => family.lazyGroup!(local, cfg)),
+      typeof k === "number" ? k : null,
+    ),
+    smallBytes: small.reduce((s, p) => s + p.dataBytes, 0),
+    smallPerToken: head?.dataBytes ?? 0,
+    prefetchDepth: opts.prefetching === false ? 0 : opts.prefetchDepth ?? 2,
+    hostAvailable: hostMemory().available,
+    deviceFree: be.device === "cuda" ? be.getOption("device_memory_free") : null,
+    maxResidentBytes: cap === "auto" ? undefined : cap,
+    maxGpuMemory: opts.maxGpuMemory,
+    maxCpuMemory: opts.maxCpuMemory,
+  };
+}
+
+/** Says once how a plan that streams from disk came about (it costs speed). */
+function logPlan(p: Plan, source: string): void {
+  if (!p.dropBehind) return;
+  const n = p.tiers.filter((t) => t !== "resident").length;
+  logOnce(
+    `${source}: the model does not fit in memory; ${n} of ${p.tiers.length} layers stream from disk each step (${
+      p.notes.join("; ")
+    })`,
+  );
 }
 
 /** Attention implementations by name (transformers' names accepted as aliases). */
@@ -297,15 +362,23 @@ export class AutoModel {
     const backend = openBackend(opts.device ?? "cpu", opts.threads);
     try {
       const attention = configureBackend(backend, opts);
+      const base = planInputOf(split.manifest, family, config, backend, opts);
+      const planFor = (workBytes: number) => {
+        const p = plan({ ...base, workBytes });
+        logPlan(p, dir);
+        return p;
+      };
+      // Before the first call says its batch: one sequence at maxSeqLen (what a GPU allocates).
       const store = await LayerStore.open(backend, split.dir, split.manifest, {
         prefetching: opts.prefetching ?? true,
         prefetchDepth: opts.prefetchDepth ?? 2,
-        maxResidentBytes: opts.maxResidentBytes ?? defaultResidentBytes(backend),
+        plan: planFor(workBytes(config, 1, maxSeqLen)),
         trace: opts.trace,
         profiler,
         lazyGroup: family.lazyGroup && ((local) => family.lazyGroup!(local, config)),
       });
       return new CausalLM({
+        planFor,
         config,
         family,
         backend,

@@ -19,7 +19,8 @@ import {
   resolveGenerate,
   type TextCodec,
 } from "./generate.ts";
-import { KVCache } from "./kv_cache.ts";
+import { KVCache, workBytes } from "./kv_cache.ts";
+import type { Plan } from "./planner.ts";
 import { nextToken, Rng } from "./sampling.ts";
 import type { LayerStore, TraceEvent } from "./store.ts";
 
@@ -85,6 +86,8 @@ export interface CausalLMParts {
   /** The attention implementation the backend runs. */
   attention: "flash" | "eager";
   trace?: TraceEvent[];
+  /** The memory plan for a call needing `workBytes` besides weights (planner.ts). */
+  planFor?: (workBytes: number) => Plan;
 }
 
 /** Checks a stage's output on the host; used only to find where a non-finite value came from. */
@@ -108,6 +111,7 @@ export class CausalLM {
   readonly #scratch: Scratch;
   readonly #source: string;
   readonly #trace?: TraceEvent[];
+  readonly #planFor?: (workBytes: number) => Plan;
   #cache: KVCache | null = null;
   /** Backend timing marks of the running step. */
   readonly #marks: { category: ProfileCategory; layer: number | null; from: number; to: number }[] =
@@ -131,7 +135,23 @@ export class CausalLM {
     this.#store = p.store;
     this.#source = p.source;
     this.#trace = p.trace;
+    this.#planFor = p.planFor;
     this.#scratch = new Scratch(p.backend);
+  }
+
+  /** The memory plan in force: where each layer lives (see `rabbit info --memory`). */
+  get plan(): Plan {
+    return this.#store.plan;
+  }
+
+  /**
+   * Re-plans memory for a call: its KV cache and activations (a larger batch or a longer
+   * sequence leave less room for resident layers).
+   */
+  #planWork(batch: number, kvTokens: number, stepRows: number, logitRows: number): void {
+    if (!this.#planFor) return;
+    const bytes = workBytes(this.config, batch, kvTokens, stepRows, logitRows);
+    this.#store.replan(this.#planFor(bytes));
   }
 
   /** How many decoder layers stay on the device between steps (the rest stream). */
@@ -174,6 +194,8 @@ export class CausalLM {
   forward(inputIds: number[][], opts: ForwardOptions = {}): Promise<Logits> {
     return this.#exclusive(async () => {
       const { batch, seq } = this.#checkIds(inputIds, opts.attentionMask);
+      const past = opts.useCache && this.#cache?.batch === batch ? this.#cache.length : 0;
+      this.#planWork(batch, past + seq, batch * seq, batch * seq);
       const cache = opts.useCache ? this.#sessionCache(batch) : this.#tempCache(batch, seq);
       if (opts.useCache) this.#cachedIds = []; // ids fed by hand are not tracked
       try {
@@ -235,6 +257,7 @@ export class CausalLM {
     if (o.stopStrings.length > 0 && !this.tokenizer) {
       throw new InputError("generate: stopStrings need a tokenizer, and this model has none");
     }
+    this.#planWork(B, longest + o.maxNewTokens, B * longest, B);
     const pad = this.tokenizer?.padTokenId ?? [...o.eos][0] ?? 0;
     const rng = new Rng(o.seed);
     const seqs = rows.map((r) => [...r]);

@@ -7,6 +7,25 @@
 import type { Backend, DevPtr } from "../../ffi/backend.ts";
 import type { ModelConfig } from "../config.ts";
 
+/**
+ * Bytes the engine allocates besides weights for a step of `stepRows` token rows over a cache of
+ * `batch` sequences of `kvTokens`: K and V of every layer, the step's activations, and the
+ * logits of `logitRows` rows (on the device and their host copy). What the memory planner
+ * reserves.
+ */
+export function workBytes(
+  cfg: ModelConfig,
+  batch: number,
+  kvTokens: number,
+  stepRows = batch * kvTokens,
+  logitRows = batch,
+): number {
+  const kv = 2 * cfg.numLayers * cfg.numKvHeads * cfg.headDim * 4 * batch * kvTokens;
+  const row = 4 * cfg.hiddenSize + 2 * cfg.numHeads * cfg.headDim + 3 * cfg.intermediateSize;
+  return kv + 4 * stepRows * row + 2 * 4 * logitRows * cfg.vocabSize;
+}
+
+/** Per-layer K/V of `batch` sequences of up to `capacity` tokens. */
 export class KVCache {
   /** Slots used per sequence (real tokens and left padding). */
   length = 0;

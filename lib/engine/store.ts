@@ -1,11 +1,18 @@
 /**
- * Where each part of a split lives on the device, and the prefetch that keeps it fed.
+ * Where each part of a split lives, and the prefetch that keeps compute fed. The memory planner
+ * (planner.ts) puts every decoder layer in a tier; this file carries the plan out.
  *
- * Small parts (embed, final norm, lm_head) are loaded once and stay. Decoder layers are resident
- * while they fit the residency budget (loaded on first use, kept); the rest stream through a pool
- * of preallocated slots. Loads run on the backend's I/O thread (rl_load_start: file → device, on a
- * GPU through pinned staging and a copy stream), so the load of layer i+1.. overlaps the compute of
- * layer i. No allocation per layer or per token.
+ * On a device that reads host memory (the CPU backend, `Backend.canMap`) every part file is
+ * mapped: ops read the file's pages in place, with no copy. A resident layer is read once and
+ * kept; a streamed layer is read ahead (rl_prefetch_start: page cache and page tables filled on
+ * the backend's I/O thread) while the layer before it computes, and, when the page cache cannot
+ * hold the streamed layers (`dropBehind`), dropped right after use so it never evicts the
+ * resident set.
+ *
+ * On a GPU a resident layer has its own device buffer, loaded on first use and kept; the others
+ * stream through a pool of preallocated slots, read from their file (rl_load_start: pinned
+ * staging and a copy stream) or copied from a pinned host-tier copy (rl_upload_start). No
+ * allocation per layer or per token.
  *
  * @module
  */
@@ -14,6 +21,7 @@ import type { Manifest, ManifestPart } from "../checkpoint.ts";
 import { CheckpointError } from "../errors.ts";
 import type { PartWeights, Weight } from "../models/family.ts";
 import type { Profiler } from "../profiler.ts";
+import type { Plan, Tier } from "./planner.ts";
 
 /** One step of the streaming loop, recorded when tracing is on. */
 export interface TraceEvent {
@@ -34,8 +42,8 @@ export interface StoreOptions {
   prefetching: boolean;
   /** How many layers ahead to load when prefetching. */
   prefetchDepth: number;
-  /** Device bytes that decoder layers may keep resident across steps. */
-  maxResidentBytes: number;
+  /** Where each decoder layer lives (planner.ts); one tier per layer. */
+  plan: Plan;
   /** When given, every load and compute is appended here in order. */
   trace?: TraceEvent[];
   /** Receives "read wait" times. */
@@ -88,8 +96,14 @@ function layoutOf(part: ManifestPart, lazyGroup?: (local: string) => string | nu
   return { eager: coalesce(eager), whole, groups, groupOf };
 }
 
+/**
+ * Device memory holding one layer's data: a layer's own (its mapping, or a resident GPU buffer)
+ * or a pool slot that streamed layers take turns in.
+ */
 interface Slot {
   dev: DevPtr;
+  /** The layer this slot always holds (own slots), or -1 for a pool slot. */
+  owner: number;
   /** Layer index held or being loaded, -1 when empty. */
   layer: number;
   /** Tickets of the pending load of the layer's group-less bytes; empty when none. */
@@ -103,6 +117,20 @@ interface Slot {
   weights: PartWeights | null;
 }
 
+function newSlot(dev: DevPtr, owner: number): Slot {
+  return {
+    dev,
+    owner,
+    layer: -1,
+    tickets: [],
+    loaded: false,
+    inUse: false,
+    groups: new Set(),
+    pending: new Map(),
+    weights: null,
+  };
+}
+
 /** The device-side home of every part of one split. */
 export class LayerStore {
   readonly #be: Backend;
@@ -112,39 +140,36 @@ export class LayerStore {
   readonly #layouts: Layout[];
   /** NUL-terminated path of each layer file, for rl_load_start. */
   readonly #paths: Uint8Array[];
-  readonly #small = new Map<string, { dev: DevPtr; weights: PartWeights }>();
-  /** Per layer: its own slot when resident, else null (streams through the pool). */
-  readonly #resident: (Slot | null)[];
+  /** Whether part files are mapped (ops read them in place) rather than loaded. */
+  readonly #mapped: boolean;
+  readonly #small = new Map<string, { dev: DevPtr; mapped: boolean; weights: PartWeights }>();
+  /** Per layer: its own slot (every layer when mapped; resident layers on a GPU), else null. */
+  readonly #own: (Slot | null)[];
+  /** Per layer: its pinned host-tier copy (GPU), else null. */
+  readonly #host: (DevPtr | null)[];
   readonly #pool: Slot[] = [];
+  #plan: Plan;
   #closed = false;
 
   private constructor(be: Backend, dir: string, manifest: Manifest, opts: StoreOptions) {
     this.#be = be;
     this.#dir = dir;
     this.#opts = opts;
+    this.#plan = opts.plan;
+    this.#mapped = be.canMap;
     this.#layers = manifest.parts.filter((p) => p.id.startsWith("layer."));
+    if (opts.plan.tiers.length !== this.#layers.length) {
+      throw new Error(`internal: a plan of ${opts.plan.tiers.length} layers for ${this.#layers.length}`);
+    }
     this.#layouts = this.#layers.map((p) => layoutOf(p, opts.lazyGroup));
     this.#paths = this.#layers.map((p) => cstr(`${dir}/${p.file}`));
-    let budget = opts.maxResidentBytes;
-    this.#resident = this.#layers.map((p) => {
-      if (p.dataBytes > budget) {
-        budget = 0; // keep residency a prefix: later layers stream in order
-        return null;
-      }
-      budget -= p.dataBytes;
-      return this.#newSlot(p.dataBytes);
-    });
-    const streamed = this.#layers.filter((_, i) => this.#resident[i] === null);
-    if (streamed.length > 0) {
-      const bytes = Math.max(...streamed.map((p) => p.dataBytes));
-      const n = Math.min(streamed.length, opts.prefetching ? opts.prefetchDepth + 1 : 1);
-      for (let i = 0; i < n; i++) this.#pool.push(this.#newSlot(bytes));
-    }
+    this.#own = this.#layers.map(() => null);
+    this.#host = this.#layers.map(() => null);
   }
 
   /**
    * Checks every part file against the manifest (a changed or truncated file is never loaded),
-   * loads the small parts and sets up the layer slots.
+   * loads the small parts and sets up the layers' homes.
    */
   static async open(
     be: Backend,
@@ -166,14 +191,7 @@ export class LayerStore {
     }
     const store = new LayerStore(be, dir, manifest, opts);
     try {
-      for (const p of manifest.parts) {
-        if (p.id.startsWith("layer.")) continue;
-        const dev = be.alloc(Math.max(p.dataBytes, 1));
-        store.#small.set(p.id, { dev, weights: store.#weightsOf(dev, p, null, null) });
-        store.#trace("read-start", p.id);
-        be.loadWait(be.loadStart(dev, cstr(`${dir}/${p.file}`), p.dataOffset, p.dataBytes));
-        store.#trace("read-end", p.id);
-      }
+      await store.#setUp(manifest);
     } catch (e) {
       store.close();
       throw e;
@@ -181,18 +199,87 @@ export class LayerStore {
     return store;
   }
 
-  #newSlot(bytes: number): Slot {
-    const dev = this.#be.alloc(Math.max(bytes, 1));
-    return {
-      dev,
-      layer: -1,
-      tickets: [],
-      loaded: false,
-      inUse: false,
-      groups: new Set(),
-      pending: new Map(),
-      weights: null,
-    };
+  async #setUp(manifest: Manifest): Promise<void> {
+    const be = this.#be;
+    for (const p of manifest.parts) {
+      if (p.id.startsWith("layer.")) continue;
+      const path = cstr(`${this.#dir}/${p.file}`);
+      // A part with no data (none today) still gets a valid pointer.
+      const mapped = this.#mapped && p.dataBytes > 0;
+      const dev = mapped
+        ? be.map(path, p.dataOffset, p.dataBytes)
+        : be.alloc(Math.max(p.dataBytes, 1));
+      this.#small.set(p.id, { dev, mapped, weights: this.#weightsOf(dev, p, null, null) });
+      if (p.dataBytes === 0) continue;
+      this.#trace("read-start", p.id);
+      be.loadWait(
+        this.#mapped
+          ? be.prefetchStart(dev, p.dataBytes)
+          : be.loadStart(dev, path, p.dataOffset, p.dataBytes),
+      );
+      this.#trace("read-end", p.id);
+    }
+    for (const [i, p] of this.#layers.entries()) {
+      if (this.#mapped) {
+        this.#own[i] = newSlot(be.map(this.#paths[i], p.dataOffset, p.dataBytes), i);
+      }
+    }
+    this.#apply(this.#plan);
+    if (!this.#mapped) await this.#fillHostTier();
+  }
+
+  /** GPU: resident layers get their own buffers, streamed ones a pool; drop-behind set. */
+  #apply(plan: Plan): void {
+    if (this.#mapped) return;
+    const be = this.#be;
+    be.setOption("drop_behind", plan.dropBehind ? 1 : 0);
+    for (const [i, p] of this.#layers.entries()) {
+      if (plan.tiers[i] === "resident") {
+        this.#own[i] = newSlot(be.alloc(Math.max(p.dataBytes, 1)), i);
+      }
+    }
+    const streamed = this.#layers.filter((_, i) => plan.tiers[i] !== "resident");
+    if (streamed.length > 0) {
+      const bytes = Math.max(...streamed.map((p) => p.dataBytes));
+      const n = Math.min(streamed.length, this.#opts.prefetching ? this.#opts.prefetchDepth + 1 : 1);
+      for (let i = 0; i < n; i++) this.#pool.push(newSlot(be.alloc(Math.max(bytes, 1)), -1));
+    }
+  }
+
+  /** GPU: reads the host-tier layers into pinned host memory, once. */
+  async #fillHostTier(): Promise<void> {
+    for (const [i, p] of this.#layers.entries()) {
+      if (this.#plan.tiers[i] !== "host" || p.dataBytes === 0) continue;
+      const host = this.#be.hostAlloc(p.dataBytes);
+      this.#host[i] = host;
+      await this.#be.loadWaitAsync(this.#be.loadStart(host, this.#paths[i], p.dataOffset, p.dataBytes));
+    }
+  }
+
+  /** The plan in force. */
+  get plan(): Plan {
+    return this.#plan;
+  }
+
+  /**
+   * Adopts a new plan between steps (the KV cache of a larger batch needs room). On mapped files
+   * a layer changes tier in place: one that stops being resident is dropped now when streamed
+   * layers drop behind, one that becomes resident is kept from its next use on. On a GPU the
+   * buffers were sized at open, so a plan whose tiers differ is not adopted (false).
+   */
+  replan(plan: Plan): boolean {
+    const same = plan.dropBehind === this.#plan.dropBehind &&
+      plan.tiers.every((t, i) => t === this.#plan.tiers[i]);
+    if (same) return true;
+    if (!this.#mapped) {
+      return plan.tiers.every((t, i) => t === this.#plan.tiers[i]);
+    }
+    const before = this.#plan;
+    this.#plan = plan;
+    for (const [i, slot] of this.#own.entries()) {
+      if (before.tiers[i] === "resident" && plan.tiers[i] !== "resident") this.#unhold(slot!, i);
+    }
+    return true;
   }
 
   /** Views of a part's tensors at `base`; with a slot, on-demand groups load into it. */
@@ -253,17 +340,18 @@ export class LayerStore {
     }
   }
 
-  /** Starts reading `ranges` of the data of the layer `slot` holds into the same offsets. */
+  /**
+   * Starts bringing `ranges` of the data of the layer `slot` holds to the same offsets in the
+   * slot: read ahead in place (mapped), copied from the host tier, or read from the file.
+   */
   #read(slot: Slot, ranges: Range[]): bigint[] {
-    const part = this.#layers[slot.layer], path = this.#paths[slot.layer];
-    return ranges.map((r) =>
-      this.#be.loadStart(
-        this.#be.view(slot.dev, r.offset),
-        path,
-        part.dataOffset + r.offset,
-        r.bytes,
-      )
-    );
+    const be = this.#be, layer = slot.layer;
+    const at = (r: Range) => be.view(slot.dev, r.offset);
+    if (this.#mapped) return ranges.map((r) => be.prefetchStart(at(r), r.bytes));
+    const host = this.#host[layer];
+    if (host) return ranges.map((r) => be.uploadStart(at(r), be.view(host, r.offset), r.bytes));
+    const part = this.#layers[layer], path = this.#paths[layer];
+    return ranges.map((r) => be.loadStart(at(r), path, part.dataOffset + r.offset, r.bytes));
   }
 
   /** Waits for the reads of `groups` (issued before); on a failure the slot is given up. */
@@ -314,7 +402,7 @@ export class LayerStore {
 
   /** How many decoder layers are resident (the rest stream). */
   get residentLayers(): number {
-    return this.#resident.filter((s) => s !== null).length;
+    return this.#plan.tiers.filter((t) => t === "resident").length;
   }
 
   /** Weights of a small resident part ("embed", "norm", "lm_head"). */
@@ -324,8 +412,12 @@ export class LayerStore {
     return p.weights;
   }
 
+  #tier(layer: number): Tier {
+    return this.#plan.tiers[layer];
+  }
+
   #slotHolding(layer: number): Slot | undefined {
-    const own = this.#resident[layer];
+    const own = this.#own[layer];
     if (own) return own.layer === layer ? own : undefined;
     return this.#pool.find((s) => s.layer === layer);
   }
@@ -333,7 +425,7 @@ export class LayerStore {
   /** Starts loading `layer` into a slot unless it is loaded, being loaded, or no slot is free. */
   #startLoad(layer: number, protect: Set<number>): void {
     if (this.#slotHolding(layer)) return;
-    let slot: Slot | null | undefined = this.#resident[layer];
+    let slot: Slot | null | undefined = this.#own[layer];
     if (!slot) {
       // A slot whose load is still pending is not reused: its bytes are still arriving.
       slot = this.#pool.find((s) => !s.inUse && s.tickets.length === 0 && !protect.has(s.layer));
@@ -348,7 +440,7 @@ export class LayerStore {
     this.#trace("read-start", part.id);
     // A resident layer loads whole, groups included: its memory is reserved anyway, and decode
     // then never stalls on a first-time expert. Only streamed layers read groups on demand.
-    const whole = slot === this.#resident[layer];
+    const whole = this.#tier(layer) === "resident";
     if (whole) slot.groups = new Set(layout.groups.keys());
     slot.tickets = this.#read(slot, whole ? layout.whole : layout.eager);
   }
@@ -410,23 +502,46 @@ export class LayerStore {
       slot.loaded = false;
     }
     slot.inUse = false;
+    // A streamed layer's own mapping is read ahead again before its next use, and dropped now
+    // when the page cache cannot keep it.
+    if (slot.owner === layer && this.#tier(layer) !== "resident") this.#unhold(slot, layer);
+  }
+
+  /**
+   * Forgets that a mapped layer is loaded (its next use reads it ahead again) and, under
+   * drop-behind, drops its pages. Not while in use or while reads into it are pending.
+   */
+  #unhold(slot: Slot, layer: number): void {
+    if (slot.inUse || slot.tickets.length > 0 || slot.pending.size > 0) return;
+    if (slot.loaded && this.#plan.dropBehind) this.#be.evict(slot.dev, this.#layers[layer].dataBytes);
+    slot.layer = -1;
+    slot.loaded = false;
+    slot.groups.clear();
+    slot.weights = null;
   }
 
   /** Waits for loads still in flight, then frees every device allocation. Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const s of [...this.#resident, ...this.#pool]) {
+    const be = this.#be;
+    for (const s of [...this.#own, ...this.#pool]) {
       if (!s) continue;
       this.#drainPending(s);
       for (const t of s.tickets) {
         try {
-          this.#be.loadWait(t);
+          be.loadWait(t);
         } catch { /* a failed prefetch nobody used: nothing to report at close */ }
       }
-      this.#be.free(s.dev);
+      s.tickets = [];
+      if (this.#mapped && s.owner >= 0) be.unmap(s.dev);
+      else be.free(s.dev);
     }
-    for (const p of this.#small.values()) this.#be.free(p.dev);
+    for (const h of this.#host) if (h) be.hostFree(h);
+    for (const p of this.#small.values()) {
+      if (p.mapped) be.unmap(p.dev);
+      else be.free(p.dev);
+    }
     this.#small.clear();
   }
 }
