@@ -31,6 +31,16 @@ export type {
 } from "./lib/engine/generate.ts";
 export { type ProfileCategory, type ProfileEntry, Profiler } from "./lib/profiler.ts";
 export type { TraceEvent } from "./lib/engine/store.ts";
+export {
+  type Bandwidths,
+  type Plan,
+  plan,
+  type PlanInput,
+  type PlanLayer,
+  predictSecondsPerToken,
+  type Tier,
+} from "./lib/engine/planner.ts";
+export { type MemoryLimits, readMemoryLimits } from "./lib/memory.ts";
 export type { ModelConfig, RopeConfig, StorageDType } from "./lib/config.ts";
 export { SUPPORTED_ARCHITECTURES } from "./lib/models/registry.ts";
 export { Backend, type BackendStats } from "./ffi/backend.ts";

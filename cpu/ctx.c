@@ -184,8 +184,10 @@ RL_API void *rl_alloc(rl_ctx *ctx, uint64_t bytes) {
     cpu_fail(ctx, RL_ERR_INVALID, __func__, "bytes must be > 0, got 0");
     return NULL;
   }
+  /* Big blocks (layer slots) are page aligned, so direct I/O can read a layer file into them. */
   void *p = NULL;
-  if (posix_memalign(&p, 64, bytes) != 0 || !cpu_table_insert(&ctx->allocs, p, bytes)) {
+  if (posix_memalign(&p, bytes >= (64u << 10) ? 4096 : 64, bytes) != 0 ||
+      !cpu_table_insert(&ctx->allocs, p, bytes)) {
     free(p);
     cpu_fail(ctx, RL_ERR_OOM, __func__, "out of memory allocating %llu bytes (%llu live)",
              (unsigned long long)bytes, (unsigned long long)ctx->stats[RL_STAT_LIVE_BYTES]);

@@ -23,6 +23,7 @@
 typedef struct job {
   job_spec spec;   /* spec.path points at the job's own copy */
   int64_t ticket;
+  int advised;     /* PREFETCH: its read-ahead was queued (by the I/O thread) */
   int done;        /* set by the I/O thread under the lock */
   int32_t status;  /* RL_OK or the failure */
   char err[400];   /* failure message */
@@ -38,7 +39,58 @@ struct cpu_loader {
   int stop;
 };
 
-/* Reads spec->bytes at spec->offset of spec->path into spec->dst; fills status/err. */
+/* Reads n bytes at file offset `at` of fd into dst; on failure fills the job's status/err. */
+static int read_range(job *j, int fd, uint8_t *dst, uint64_t at, uint64_t n) {
+  const job_spec *s = &j->spec;
+  for (uint64_t done = 0; done < n;) {
+    size_t chunk = (size_t)(n - done < (1u << 30) ? n - done : (1u << 30));
+    ssize_t r = pread(fd, dst + done, chunk, (off_t)(at + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      const int err = r < 0 ? errno : 0;
+      j->status = r < 0 ? RL_ERR_DEVICE : RL_ERR_INVALID;
+      snprintf(j->err, sizeof j->err, "%s: %s at byte %llu of the %llu requested from offset %llu",
+               s->path, r < 0 ? strerror(err) : "file ends",
+               (unsigned long long)(at + done - s->offset), (unsigned long long)s->bytes,
+               (unsigned long long)s->offset);
+      errno = err; /* for read_direct's fallback */
+      return 0;
+    }
+    done += (uint64_t)r;
+  }
+  return 1;
+}
+
+/* Direct I/O (DMA into dst, no page cache) needs dst, offset and length aligned to the device's
+ * blocks; 4096 covers every common one. Split files start their data on such a boundary and big
+ * rl_alloc blocks are page aligned, so a layer's bytes line up with its slot. */
+#define DIRECT_ALIGN 4096u
+
+/* Reads the aligned middle of a drop-behind READ with O_DIRECT; returns the bytes it read there
+ * as [*lo, *hi) of the file, or leaves *lo == *hi when direct I/O does not apply. */
+static void read_direct(job *j, uint64_t *lo, uint64_t *hi) {
+  const job_spec *s = &j->spec;
+  const uint64_t end = s->offset + s->bytes;
+  *lo = *hi = s->offset;
+  if (((uintptr_t)s->dst - s->offset) % DIRECT_ALIGN != 0) return; /* not congruent */
+  const uint64_t a = (s->offset + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN;
+  const uint64_t b = end / DIRECT_ALIGN * DIRECT_ALIGN;
+  if (b <= a) return;
+  int fd = open(s->path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+  if (fd < 0) return; /* a file system without O_DIRECT: the buffered read below does it all */
+  if (read_range(j, fd, (uint8_t *)s->dst + (a - s->offset), a, b - a)) {
+    *lo = a;
+    *hi = b;
+  } else if (errno == EINVAL) {
+    j->status = RL_OK; /* O_DIRECT refused at read time: fall back to buffered reads */
+  }
+  close(fd);
+}
+
+/* Reads spec->bytes at spec->offset of spec->path into spec->dst; fills status/err. With
+ * drop_behind the bytes bypass the page cache (direct I/O where aligned; the rest is dropped
+ * from the cache after reading): a streamed layer is not reused before the cache would evict
+ * it, and must not evict what stays resident. */
 static void run_read(job *j) {
   const job_spec *s = &j->spec;
   int fd = open(s->path, O_RDONLY | O_CLOEXEC);
@@ -47,34 +99,65 @@ static void run_read(job *j) {
     snprintf(j->err, sizeof j->err, "cannot open %s: %s", s->path, strerror(errno));
     return;
   }
-  uint64_t done = 0;
-  while (done < s->bytes) {
-    size_t chunk = (size_t)(s->bytes - done < (1u << 30) ? s->bytes - done : (1u << 30));
-    ssize_t n = pread(fd, (uint8_t *)s->dst + done, chunk, (off_t)(s->offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      j->status = n < 0 ? RL_ERR_DEVICE : RL_ERR_INVALID;
-      snprintf(j->err, sizeof j->err, "%s: %s at byte %llu of the %llu requested from offset %llu",
-               s->path, n < 0 ? strerror(errno) : "file ends", (unsigned long long)done,
-               (unsigned long long)s->bytes, (unsigned long long)s->offset);
-      break;
-    }
-    done += (uint64_t)n;
+  uint64_t lo = s->offset, hi = s->offset;
+  if (s->drop_behind) read_direct(j, &lo, &hi);
+  uint8_t *dst = s->dst;
+  if (j->status == RL_OK && read_range(j, fd, dst, s->offset, lo - s->offset))
+    read_range(j, fd, dst + (hi - s->offset), hi, s->offset + s->bytes - hi);
+  if (s->drop_behind) { /* whole pages: the kernel drops only pages wholly inside the range */
+    const uint64_t lo_page = s->offset / DIRECT_ALIGN * DIRECT_ALIGN;
+    const uint64_t hi_page = (s->offset + s->bytes + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN;
+    (void)posix_fadvise(fd, (off_t)lo_page, (off_t)(hi_page - lo_page), POSIX_FADV_DONTNEED);
   }
-  /* Drop-behind: these bytes will not be read again before the cache would evict them. */
-  if (s->drop_behind) (void)posix_fadvise(fd, (off_t)s->offset, (off_t)s->bytes, POSIX_FADV_DONTNEED);
   close(fd);
 }
 
-/* Brings a mapped range in: WILLNEED queues the reads of every page not cached at once (deep
- * queue, full disk bandwidth), POPULATE_READ waits for them and fills the page tables, so the ops
- * take no faults. A failed read comes back as an error here instead of a SIGBUS in an op. */
+/* 1 when every page of [lo, hi) is in the page cache (mincore, a few µs for a layer). Pages a
+ * mapping already touched stay mapped until evicted, so a layer the page cache kept since its
+ * last use needs nothing: the I/O thread stays off the cores that compute. */
+static int all_cached(uint8_t *lo, uint8_t *hi, uintptr_t page) {
+  unsigned char vec[4096];
+  for (uint8_t *p = lo; p < hi;) {
+    size_t pages = (size_t)((uintptr_t)(hi - p) / page);
+    if (pages > sizeof vec) pages = sizeof vec;
+    if (mincore(p, pages * page, vec) != 0) return 0;
+    for (size_t i = 0; i < pages; i++)
+      if (!(vec[i] & 1)) return 0;
+    p += pages * page;
+  }
+  return 1;
+}
+
+static void page_range(const job_spec *s, uint8_t **lo, uint8_t **hi) {
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  *lo = (uint8_t *)((uintptr_t)s->src & ~(page - 1));
+  *hi = (uint8_t *)(((uintptr_t)s->src + s->bytes + page - 1) & ~(page - 1));
+}
+
+/* Queues the reads of a prefetch's pages that are not cached, without waiting for them. The
+ * kernel caps one read-ahead request at its read-ahead window (read_ahead_kb), so a layer is
+ * advised in chunks: every read is in the disk's queue at once. */
+#define ADVISE_CHUNK (2u << 20)
+static void advise(job *j) {
+  uint8_t *lo, *hi;
+  page_range(&j->spec, &lo, &hi);
+  j->advised = 1;
+  if (all_cached(lo, hi, (uintptr_t)sysconf(_SC_PAGESIZE))) return;
+  for (uint8_t *p = lo; p < hi; p += ADVISE_CHUNK) {
+    size_t n = (size_t)(hi - p) < ADVISE_CHUNK ? (size_t)(hi - p) : ADVISE_CHUNK;
+    (void)madvise(p, n, MADV_WILLNEED);
+  }
+}
+
+/* Brings a mapped range in: its reads were queued (advise), POPULATE_READ waits for them and
+ * fills the page tables, so the ops take no faults. A failed read comes back as an error here
+ * instead of a SIGBUS in an op. */
 static void run_prefetch(job *j) {
   const job_spec *s = &j->spec;
   const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-  uint8_t *lo = (uint8_t *)((uintptr_t)s->src & ~(page - 1));
-  uint8_t *hi = (uint8_t *)(((uintptr_t)s->src + s->bytes + page - 1) & ~(page - 1));
-  (void)madvise(lo, (size_t)(hi - lo), MADV_WILLNEED);
+  uint8_t *lo, *hi;
+  page_range(s, &lo, &hi);
+  if (all_cached(lo, hi, page)) return;
   if (madvise(lo, (size_t)(hi - lo), MADV_POPULATE_READ) == 0) return;
   if (errno == EINVAL) { /* a kernel before 5.14: touch one byte per page instead */
     volatile uint8_t sink = 0;
@@ -106,7 +189,14 @@ static void *io_thread(void *arg) {
       pthread_cond_wait(&l->changed, &l->lock);
       continue;
     }
+    /* Read-ahead of this and every later queued prefetch goes out first: the disk works on the
+     * next layers while this one is waited for (jobs stay in the list until waited for). */
+    job *ahead[64];
+    int n_ahead = 0;
+    for (job *k = j; k && n_ahead < 64; k = k->next)
+      if (k->spec.kind == JOB_PREFETCH && !k->advised && !k->done) ahead[n_ahead++] = k;
     pthread_mutex_unlock(&l->lock);
+    for (int i = 0; i < n_ahead; i++) advise(ahead[i]);
     run_job(j); /* the job stays in the list, untouched by others, until it is done and waited */
     pthread_mutex_lock(&l->lock);
     j->done = 1;
@@ -203,6 +293,17 @@ RL_API int64_t rl_load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64
                          .bytes = bytes,
                          .drop_behind = ctx->options[OPT_DROP_BEHIND] != 0};
   return cpu_loader_submit(ctx, __func__, &spec);
+}
+
+RL_API int32_t rl_load_ready(rl_ctx *ctx, int64_t ticket) {
+  cpu_loader *l = ctx ? ctx->loader : NULL;
+  if (!l) return -1;
+  pthread_mutex_lock(&l->lock);
+  job *j = l->head;
+  while (j && j->ticket != ticket) j = j->next;
+  int32_t ready = j ? j->done : -1;
+  pthread_mutex_unlock(&l->lock);
+  return ready;
 }
 
 RL_API int32_t rl_load_wait(rl_ctx *ctx, int64_t ticket) {

@@ -5,13 +5,16 @@
  *
  * Prints one line per failing check, then "N passed, N failed"; exits 1 on any failure.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "rabbitllm.h"
 
@@ -792,9 +795,145 @@ static void test_errors(rl_ctx *ctx) {
   rl_free(ctx, f);
 }
 
+
+/* ----------------------------------------------------------------------------------------------
+ * Files: loads with drop-behind (direct I/O), mapped files with prefetch and eviction, the host
+ * tier. Page-cache residency is checked with mincore on a mapping of our own. */
+
+/* Pages of [off, off + n) of path that are in the page cache. */
+static long cached_pages(const char *path, uint64_t off, uint64_t n) {
+  const long page = sysconf(_SC_PAGESIZE);
+  const uint64_t lo = off / page * page;
+  int fd = open(path, O_RDONLY);
+  void *m = mmap(NULL, n + (off - lo), PROT_READ, MAP_SHARED, fd, (off_t)lo);
+  const size_t pages = (n + (off - lo) + page - 1) / page;
+  unsigned char *vec = malloc(pages);
+  long count = 0;
+  if (m != MAP_FAILED && mincore(m, n + (off - lo), vec) == 0)
+    for (size_t i = 0; i < pages; i++) count += vec[i] & 1;
+  if (m != MAP_FAILED) munmap(m, n + (off - lo));
+  free(vec);
+  close(fd);
+  return count;
+}
+
+static void drop_cache(const char *path) {
+  int fd = open(path, O_RDONLY);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  close(fd);
+}
+
+static void test_files(void) {
+  rl_ctx *ctx = rl_create(1, 0);
+  char path[] = "/tmp/rabbitllm-test-files-XXXXXX";
+  int fd = mkstemp(path);
+  enum { BYTES = 1 << 20 };
+  uint8_t *data = malloc(BYTES), *back = malloc(BYTES);
+  for (int i = 0; i < BYTES; i++) data[i] = (uint8_t)(i * 31 + (i >> 11));
+  check(fd >= 0 && write(fd, data, BYTES) == BYTES && fsync(fd) == 0, "writing %s", path);
+  close(fd);
+  const uint8_t *p = (const uint8_t *)path;
+
+  /* drop_behind: the bytes arrive and the page cache does not keep them (aligned: direct I/O;
+   * unaligned head and tail: read, then dropped) */
+  check(rl_set_option(ctx, (const uint8_t *)"drop_behind", 1) == RL_OK &&
+            rl_get_option(ctx, (const uint8_t *)"drop_behind") == 1,
+        "drop_behind can be set");
+  uint8_t *dev = rl_alloc(ctx, BYTES);
+  check((uintptr_t)dev % 4096 == 0, "a big rl_alloc block is page aligned");
+  const uint64_t cases[][2] = {{0, BYTES}, {4096, 65536}, {100, 300000}, {777, 5}};
+  for (int c = 0; c < 4; c++) {
+    const uint64_t off = cases[c][0], n = cases[c][1];
+    drop_cache(path);
+    uint8_t *dst = rl_view(dev, off); /* dst congruent with the file offset */
+    memset(dst, 0, n);
+    int64_t t = rl_load_start(ctx, dst, p, off, n);
+    check(t > 0 && rl_load_wait(ctx, t) == RL_OK && memcmp(dst, data + off, n) == 0,
+          "drop-behind load of %llu bytes at %llu delivers them", (unsigned long long)n,
+          (unsigned long long)off);
+    check(cached_pages(path, off, n) == 0, "drop-behind load at %llu leaves %ld pages cached",
+          (unsigned long long)off, cached_pages(path, off, n));
+  }
+  /* not congruent: still right (buffered, then dropped) */
+  drop_cache(path);
+  int64_t t = rl_load_start(ctx, rl_view(dev, 8), p, 4096, 8192);
+  check(t > 0 && rl_load_wait(ctx, t) == RL_OK && memcmp(dev + 8, data + 4096, 8192) == 0 &&
+            cached_pages(path, 4096, 8192) == 0,
+        "drop-behind load into a misaligned dst");
+  rl_set_option(ctx, (const uint8_t *)"drop_behind", 0);
+
+  /* rl_load_ready: 1 once done, -1 after the wait */
+  t = rl_load_start(ctx, dev, p, 0, 4096);
+  int ready = 0;
+  for (int i = 0; i < 10000 && ready == 0; i++) {
+    ready = rl_load_ready(ctx, t);
+    if (!ready) usleep(100);
+  }
+  check(ready == 1 && rl_load_wait(ctx, t) == RL_OK && rl_load_ready(ctx, t) == -1,
+        "rl_load_ready says 1 when done, -1 once waited (got %d)", ready);
+
+  /* mapped files */
+  check(rl_get_option(ctx, (const uint8_t *)"map_files") == 1, "the CPU maps files");
+  drop_cache(path);
+  const uint64_t off = 1000, n = 500000;
+  uint8_t *m = rl_map(ctx, p, off, n);
+  check(m != NULL && stat_of(ctx, RL_STAT_MAPPED_BYTES) == n, "rl_map counts mapped bytes");
+  const uint64_t h0 = stat_of(ctx, RL_STAT_H2D_BYTES);
+  t = rl_prefetch_start(ctx, rl_view(m, 4096), 200000);
+  check(t > 0 && rl_load_wait(ctx, t) == RL_OK && cached_pages(path, off + 4096, 200000) > 0 &&
+            stat_of(ctx, RL_STAT_H2D_BYTES) - h0 == 200000,
+        "rl_prefetch_start brings the range in and counts it");
+  check(memcmp(m, data + off, n) == 0, "a mapping reads the file's bytes");
+  check(rl_evict(ctx, m, n) == RL_OK && cached_pages(path, off, n) <= 2,
+        "rl_evict drops the pages from the page cache (%ld left)", cached_pages(path, off, n));
+  check(memcmp(m, data + off, n) == 0, "an evicted mapping reads the file again");
+  t = rl_prefetch_start(ctx, m, n);
+  check_error(ctx, rl_unmap(ctx, m), RL_ERR_INVALID, "rl_unmap", "not waited");
+  check(rl_load_wait(ctx, t) == RL_OK && rl_unmap(ctx, m) == RL_OK &&
+            stat_of(ctx, RL_STAT_MAPPED_BYTES) == 0,
+        "rl_unmap once the prefetch was waited");
+  check(rl_map(ctx, p, BYTES - 10, 11) == NULL, "rl_map past the end fails");
+  check(message_names(ctx, "rl_map", "past its end", (char[512]){0}), "rl_map names the end");
+  check(rl_map(ctx, (const uint8_t *)"/nonexistent/file", 0, 8) == NULL &&
+            message_names(ctx, "rl_map", "/nonexistent/file", (char[512]){0}),
+        "rl_map of a missing file names it");
+  check_error(ctx, rl_unmap(ctx, dev), RL_ERR_INVALID, "rl_unmap", "not returned by rl_map");
+  check(rl_prefetch_start(ctx, dev, 16) == 0 &&
+            message_names(ctx, "rl_prefetch_start", "not inside", (char[512]){0}),
+        "rl_prefetch_start outside a mapping fails");
+  check_error(ctx, rl_evict(ctx, dev, 16), RL_ERR_INVALID, "rl_evict", "not inside");
+  uint8_t *kept = rl_map(ctx, p, 0, 64); /* rl_destroy unmaps what is left */
+
+  /* the host tier */
+  uint8_t *host = rl_host_alloc(ctx, 70000);
+  check(host && (uintptr_t)host % 4096 == 0 && stat_of(ctx, RL_STAT_HOST_BYTES) == 70000,
+        "rl_host_alloc: page aligned, counted");
+  t = rl_load_start(ctx, host, p, 123, 70000);
+  check(t > 0 && rl_load_wait(ctx, t) == RL_OK && memcmp(host, data + 123, 70000) == 0,
+        "rl_load_start fills host memory");
+  memset(back, 0, 70000);
+  uint8_t *dst2 = rl_alloc(ctx, 70000);
+  t = rl_upload_start(ctx, dst2, rl_view(host, 1000), 69000);
+  check(t > 0 && rl_load_wait(ctx, t) == RL_OK && rl_download(ctx, back, dst2, 69000) == RL_OK &&
+            memcmp(back, data + 1123, 69000) == 0,
+        "rl_upload_start copies host-tier bytes to the device");
+  check(rl_upload_start(ctx, dst2, host, 70001) == 0 &&
+            message_names(ctx, "rl_upload_start", "not inside", (char[512]){0}),
+        "rl_upload_start beyond the host block fails");
+  check_error(ctx, rl_host_free(ctx, dst2), RL_ERR_INVALID, "rl_host_free", "not returned");
+  check(rl_host_free(ctx, host) == RL_OK && stat_of(ctx, RL_STAT_HOST_BYTES) == 0,
+        "rl_host_free");
+  (void)kept;
+  rl_destroy(ctx);
+  unlink(path);
+  free(data);
+  free(back);
+}
+
 int main(void) {
   test_library();
   test_memory();
+  test_files();
   rl_ctx *ctx = rl_create(0, 0);
   if (!ctx) {
     printf("FATAL: rl_create failed\n");

@@ -55,6 +55,7 @@ export const SYMBOLS = {
   rl_host_alloc: { parameters: ["pointer", "u64"], result: "pointer" },
   rl_host_free: { parameters: ["pointer", "pointer"], result: "i32" },
   rl_upload_start: { parameters: ["pointer", "pointer", "pointer", "u64"], result: "i64" },
+  rl_load_ready: { parameters: ["pointer", "i64"], result: "i32" },
   rl_set_option: { parameters: ["pointer", "buffer", "i64"], result: "i32" },
   rl_get_option: { parameters: ["pointer", "buffer"], result: "i64" },
   rl_mark: { parameters: ["pointer"], result: "i64" },
@@ -333,8 +334,12 @@ export class Backend {
     this.#check(this.#lib.symbols.rl_load_wait(this.#c, ticket), "rl_load_wait");
   }
 
-  /** {@link loadWait} without blocking the event loop (one pool-thread call, ≈ 20 µs). */
+  /**
+   * {@link loadWait} without blocking the event loop: a ready load is waited for at once (a
+   * synchronous call), a pending one on Deno's blocking pool (≈ 20 µs a call).
+   */
   async loadWaitAsync(ticket: bigint): Promise<void> {
+    if (this.#lib.symbols.rl_load_ready(this.#c, ticket) === 1) return this.loadWait(ticket);
     this.#check(await this.#lib.symbols.rl_load_wait_async(this.#c, ticket), "rl_load_wait");
   }
 
@@ -348,7 +353,12 @@ export class Backend {
    * computed on in place (see {@link canMap}).
    */
   map(path: Uint8Array, offset: number, bytes: number): DevPtr {
-    const p = this.#lib.symbols.rl_map(this.#c, path as BufferSource, BigInt(offset), BigInt(bytes));
+    const p = this.#lib.symbols.rl_map(
+      this.#c,
+      path as BufferSource,
+      BigInt(offset),
+      BigInt(bytes),
+    );
     if (p === null) throw new BackendError("rl_map", lastError(this.#lib, this.#ctx));
     return p;
   }

@@ -121,6 +121,10 @@ RL_API int64_t rl_load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64
  * waited for exactly once; a failed read (short file, I/O error) is reported here, naming the
  * file. */
 RL_API int32_t rl_load_wait(rl_ctx *ctx, int64_t ticket);
+/* 1 when rl_load_wait(ticket) would return at once (the I/O thread is done with it), 0 while it
+ * is pending, -1 for a ticket not issued or already waited. Never blocks: a caller can wait
+ * synchronously (cheap) when the load is ready and off the calling thread otherwise. */
+RL_API int32_t rl_load_ready(rl_ctx *ctx, int64_t ticket);
 
 /* ---- mapped files: weights computed in place (devices that read host memory) ------------ */
 
@@ -164,9 +168,10 @@ RL_API int64_t rl_upload_start(rl_ctx *ctx, void *dst, const void *src, uint64_t
  *   "attn_impl"   0 = auto, 1 = flash (fused online softmax), 2 = eager (scores materialized)
  *   "pin_memory"  1 (default) / 0: pinned host staging for rl_load_start (CUDA)
  *   "async_copy"  1 (default) / 0: loads on a transfer stream overlapping compute (CUDA)
- *   "drop_behind" 0 (default) / 1: rl_load_start drops the bytes it read from the page cache
- *                 (streamed layers that will not be reused before eviction: keep the cache for
- *                 the rest)
+ *   "drop_behind" 0 (default) / 1: rl_load_start keeps the bytes it reads out of the page cache
+ *                 (direct I/O where the file offset and dst line up on 4096-byte blocks, else
+ *                 dropped after reading): streamed layers that will not be reused before they
+ *                 would be evicted must not evict what stays resident
  * An unknown key or a value the backend cannot honour is RL_ERR_UNSUPPORTED with the reason. */
 RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value);
 /* Reads an option or a capability: the keys above, plus "flash_available" (1/0),

@@ -43,6 +43,17 @@ export interface FromPretrainedOptions {
    * layers when memory is short); 0 streams every layer.
    */
   maxResidentBytes?: number | "auto";
+  /**
+   * Host memory the process may use in all, bytes, like a container's memory limit (default:
+   * what it may really use — available RAM and cgroup limits, read at load). The planner keeps
+   * resident what fits in it beside the runtime's own footprint and streams the rest.
+   */
+  maxMemory?: number;
+  /**
+   * Advanced: replaces the memory planner (lib/engine/planner.ts `plan`), e.g. to pin chosen
+   * layers. Called at load and before each call with that call's KV cache and activations.
+   */
+  planner?: (input: PlanInput) => Plan;
   /** GPU: device bytes the engine may use in all (default: what is free). */
   maxGpuMemory?: number;
   /**
@@ -127,6 +138,9 @@ function planInputOf(
   if (cap !== "auto" && !(cap >= 0)) {
     throw new InputError(`maxResidentBytes: expected "auto" or a number >= 0, got ${cap}`);
   }
+  if (opts.maxMemory !== undefined && !(opts.maxMemory >= 0)) {
+    throw new InputError(`maxMemory: expected a number of bytes >= 0, got ${opts.maxMemory}`);
+  }
   const k = cfg.raw.num_experts_per_tok;
   return {
     device: be.device,
@@ -138,7 +152,9 @@ function planInputOf(
     smallBytes: small.reduce((s, p) => s + p.dataBytes, 0),
     smallPerToken: head?.dataBytes ?? 0,
     prefetchDepth: opts.prefetching === false ? 0 : opts.prefetchDepth ?? 2,
-    hostAvailable: hostMemory().available,
+    hostAvailable: opts.maxMemory === undefined
+      ? hostMemory().available
+      : Math.max(0, opts.maxMemory - Deno.memoryUsage().rss),
     deviceFree: be.device === "cuda" ? be.getOption("device_memory_free") : null,
     maxResidentBytes: cap === "auto" ? undefined : cap,
     maxGpuMemory: opts.maxGpuMemory,
@@ -363,8 +379,12 @@ export class AutoModel {
     try {
       const attention = configureBackend(backend, opts);
       const base = planInputOf(split.manifest, family, config, backend, opts);
+      const planner = opts.planner ?? plan;
       const planFor = (workBytes: number) => {
-        const p = plan({ ...base, workBytes });
+        const p = planner({ ...base, workBytes });
+        if (p.tiers.length !== config.numLayers) {
+          throw new InputError(`planner: ${p.tiers.length} tiers for ${config.numLayers} layers`);
+        }
         logPlan(p, dir);
         return p;
       };

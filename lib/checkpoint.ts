@@ -19,6 +19,13 @@ import { SafetensorsFile, SafetensorsWriter } from "./safetensors.ts";
 /** Format tag of manifest.json; a different tag means "redo the split". */
 export const MANIFEST_FORMAT = "rabbitllm-split/1";
 
+/**
+ * Where the tensor data of a part file starts: a multiple of this (the header is padded with
+ * spaces). Splits written before this was introduced start anywhere; they still load, with
+ * buffered reads where direct I/O needs the alignment.
+ */
+export const SPLIT_DATA_ALIGN = 4096;
+
 /** One tensor inside a part file. `offset` is relative to the part's data section. */
 export interface ManifestTensor {
   name: string;
@@ -393,7 +400,10 @@ async function writePart(
     const info = t.shard.tensors.get(t.name)!;
     return { name: t.local, dtype: target, shape: info.shape };
   });
-  const writer = await SafetensorsWriter.create(`${out}/${file}`, specs);
+  // Data page-aligned: a streamed layer is read with direct I/O straight into its slot.
+  const writer = await SafetensorsWriter.create(`${out}/${file}`, specs, undefined, {
+    dataAlign: SPLIT_DATA_ALIGN,
+  });
   const hash = createHash("sha256");
   const manifestTensors: ManifestTensor[] = [];
   let offset = 0;

@@ -97,7 +97,11 @@ function cgroupDirs(root: string): { dirs: string[]; version: 1 | 2 } | null {
     const mount = all.find((m) => m.fstype === "cgroup" && m.superOptions.includes("memory"));
     cg = { path: v1.slice(2).join(":"), mount, version: 1 };
   } else if (v2) {
-    cg = { path: v2.slice(2).join(":"), mount: all.find((m) => m.fstype === "cgroup2"), version: 2 };
+    cg = {
+      path: v2.slice(2).join(":"),
+      mount: all.find((m) => m.fstype === "cgroup2"),
+      version: 2,
+    };
   }
   if (!cg) return null;
   const point = cg.mount?.point ?? (cg.version === 1 ? "/sys/fs/cgroup/memory" : "/sys/fs/cgroup");

@@ -350,6 +350,7 @@ function encodeHeader(
   path: string,
   specs: readonly TensorSpec[],
   metadata: Record<string, string> | undefined,
+  dataAlign = 8,
 ): { header: Uint8Array<ArrayBuffer>; sizes: number[] } {
   const obj: Record<string, unknown> = {};
   if (metadata !== undefined) {
@@ -374,7 +375,9 @@ function encodeHeader(
     offset += n;
   }
   const json = new TextEncoder().encode(JSON.stringify(obj));
-  const padded = Math.ceil(json.length / 8) * 8; // spaces up to a multiple of 8, like the reference
+  // Spaces up to a multiple of 8, like the reference; with a larger `dataAlign` the tensor data
+  // starts at a multiple of it (the format allows trailing spaces in the header).
+  const padded = Math.ceil((8 + json.length) / dataAlign) * dataAlign - 8;
   const header = new Uint8Array(8 + padded).fill(0x20, 8 + json.length);
   new DataView(header.buffer).setBigUint64(0, BigInt(padded), true);
   header.set(json, 8);
@@ -409,9 +412,18 @@ export class SafetensorsWriter {
     path: string,
     specs: readonly TensorSpec[],
     metadata?: Record<string, string>,
+    opts: { dataAlign?: number } = {},
   ): Promise<SafetensorsWriter> {
+    const align = opts.dataAlign ?? 8;
+    if (!Number.isInteger(align) || align < 8 || (align & (align - 1)) !== 0) {
+      throw new SafetensorsError(
+        path,
+        undefined,
+        `dataAlign ${align}: expected a power of two >= 8`,
+      );
+    }
     const copy = specs.map(({ name, dtype, shape }) => ({ name, dtype, shape: [...shape] }));
-    const { header, sizes } = encodeHeader(path, copy, metadata);
+    const { header, sizes } = encodeHeader(path, copy, metadata, align);
     const rand = crypto.getRandomValues(new Uint32Array(2));
     const tempPath = `${path}.tmp-${rand[0].toString(36)}${rand[1].toString(36)}`;
     const w = new SafetensorsWriter(path, tempPath, copy, sizes);

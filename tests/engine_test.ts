@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { AutoModel, InputError, isFlashAttentionAvailable, type TraceEvent } from "../mod.ts";
+import {
+  AutoModel,
+  InputError,
+  isFlashAttentionAvailable,
+  type Plan,
+  plan,
+  type TraceEvent,
+} from "../mod.ts";
 import type { Manifest } from "../lib/checkpoint.ts";
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url).pathname;
@@ -200,4 +207,91 @@ Deno.test("engine: streaming allocates nothing per layer or token once buffers a
   await model.generate(rows, { maxNewTokens: 8 });
   // generate() starts a fresh KV cache (K and V per layer); nothing else is allocated.
   assert.equal(model.backend.stats().allocs - allocs, 2 * model.config.numLayers);
+});
+
+/** Logits of the same forward under `opts`, and the H2D bytes its second step moved. */
+async function stepUnder(name: string, opts: Parameters<typeof open>[1], ids = PROMPT) {
+  await using model = await open(name, { maxResidentBytes: "auto", ...opts });
+  await model.forward(ids);
+  const before = model.backend.stats().h2dBytes;
+  const logits = await model.forward(ids);
+  return {
+    logits,
+    read: model.backend.stats().h2dBytes - before,
+    plan: model.plan,
+    resident: model.residentLayers,
+  };
+}
+
+function maxDiff(a: Float32Array, b: Float32Array): number {
+  let max = 0;
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
+  return max;
+}
+
+Deno.test("engine: bigger than memory (maxMemory 0), every layer streams from disk, drop-behind", async () => {
+  // 4 layers through a pool of 2 slots (prefetch depth 1): every layer is read every step.
+  const ref = await stepUnder("gemma3_text", { prefetchDepth: 1 });
+  assert.equal(ref.plan.dropBehind, false);
+  assert.equal(ref.resident, ref.plan.tiers.length, "with room, every layer is resident");
+  assert.equal(ref.read, 0, "resident layers are not read again");
+  const small = await stepUnder("gemma3_text", { maxMemory: 0, prefetchDepth: 1 });
+  assert.equal(small.resident, 0);
+  assert.equal(small.plan.dropBehind, true);
+  const m = await manifestOf("gemma3_text");
+  const layers = m.parts.filter((p) => p.id.startsWith("layer."));
+  assert.equal(
+    small.read,
+    layers.reduce((s, p) => s + p.dataBytes, 0),
+    "every layer read per step",
+  );
+  assert.equal(maxDiff(small.logits, ref.logits), 0, "the same weights give the same logits");
+});
+
+Deno.test("engine: a mixed plan keeps its resident layers and streams the rest each step", async () => {
+  const ref = await stepUnder("gemma3_text", {});
+  const m = await manifestOf("gemma3_text");
+  const layers = m.parts.filter((p) => p.id.startsWith("layer."));
+  assert.equal(layers.length, 4);
+  for (const dropBehind of [true, false]) {
+    const mixed = await stepUnder("gemma3_text", {
+      prefetching: false, // one streaming slot: the streamed layers take turns in it
+      planner: (input) => {
+        const p = plan(input);
+        return { ...p, tiers: p.tiers.map((_, i) => i % 2 ? "stream" : "resident"), dropBehind };
+      },
+    });
+    const streamed = layers.filter((_, i) => i % 2).reduce((s, p) => s + p.dataBytes, 0);
+    assert.equal(mixed.read, streamed, `dropBehind ${dropBehind}: only streamed layers are read`);
+    assert.equal(maxDiff(mixed.logits, ref.logits), 0);
+  }
+});
+
+Deno.test("engine: a plan that changes between calls moves layers between tiers", async () => {
+  let call = 0;
+  const m = await manifestOf("llama_tied");
+  const n = m.parts.filter((p) => p.id.startsWith("layer.")).length;
+  const ref = await stepUnder("llama_tied", {});
+  await using model = await open("llama_tied", {
+    planner: (input) => {
+      const p = plan(input);
+      const k = call++ % 3; // all resident / half streamed with drop-behind / all streamed kept
+      const tiers = p.tiers.map((_, i) =>
+        k === 0 || (k === 1 && i % 2 === 0) ? "resident" : "stream"
+      );
+      return { ...p, tiers, dropBehind: k === 1 } as Plan;
+    },
+  });
+  for (let i = 0; i < 7; i++) {
+    const logits = await model.forward(PROMPT);
+    assert.equal(maxDiff(logits, ref.logits), 0, `call ${i}`);
+  }
+  assert.ok(call >= 7);
+  assert.ok(model.residentLayers <= n);
+  const g = await model.generate(PROMPT, { maxNewTokens: 4 });
+  const gRef = await (async () => {
+    await using r = await open("llama_tied", { maxResidentBytes: "auto" });
+    return await r.generate(PROMPT, { maxNewTokens: 4 });
+  })();
+  assert.deepEqual(g, gRef);
 });

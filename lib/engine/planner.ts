@@ -55,7 +55,9 @@ export function planLayers(
       if (g === null) eager += t.nbytes;
       else groups.set(g, (groups.get(g) ?? 0) + t.nbytes);
     }
-    if (groups.size === 0 || expertsPerToken === null) return { bytes: p.dataBytes, perToken: p.dataBytes };
+    if (groups.size === 0 || expertsPerToken === null) {
+      return { bytes: p.dataBytes, perToken: p.dataBytes };
+    }
     const all = [...groups.values()].reduce((a, b) => a + b, 0);
     const k = Math.min(expertsPerToken, groups.size);
     return { bytes: p.dataBytes, perToken: eager + Math.round((k * all) / groups.size) };
@@ -184,9 +186,9 @@ export function plan(input: PlanInput): Plan {
       const hostBudget = Math.min(input.maxCpuMemory ?? Infinity, Math.max(0, hostRoom));
       for (const i of choose(layers, rest, hostBudget)) tiers[i] = "host";
       notes.push(
-        `host tier (pinned): ${hostBudget === Infinity ? "unbounded" : mb(hostBudget)} for ${
-          rest.length
-        } non-resident layers`,
+        `host tier (pinned): ${
+          hostBudget === Infinity ? "unbounded" : mb(hostBudget)
+        } for ${rest.length} non-resident layers`,
       );
     }
   }
@@ -209,7 +211,9 @@ export function plan(input: PlanInput): Plan {
   if (bytes.stream > 0) {
     notes.push(
       dropBehind
-        ? `${mb(bytes.stream)} of layers stream from disk, dropped after use (the page cache cannot hold them beside the rest)`
+        ? `${
+          mb(bytes.stream)
+        } of layers stream from disk, dropped after use (the page cache cannot hold them beside the rest)`
         : `${mb(bytes.stream)} of layers stream through the page cache (it can hold them)`,
     );
   }

@@ -5,14 +5,16 @@
  * On a device that reads host memory (the CPU backend, `Backend.canMap`) every part file is
  * mapped: ops read the file's pages in place, with no copy. A resident layer is read once and
  * kept; a streamed layer is read ahead (rl_prefetch_start: page cache and page tables filled on
- * the backend's I/O thread) while the layer before it computes, and, when the page cache cannot
- * hold the streamed layers (`dropBehind`), dropped right after use so it never evicts the
- * resident set.
+ * the backend's I/O thread) while the layer before it computes. When the page cache cannot hold
+ * the streamed layers (`dropBehind`: the model is bigger than memory), they stream instead
+ * through a small pool of slots with direct I/O (rl_load_start with "drop_behind"): their bytes
+ * never enter the page cache, so they cannot evict the resident set, and memory use stays what
+ * the plan says.
  *
  * On a GPU a resident layer has its own device buffer, loaded on first use and kept; the others
- * stream through a pool of preallocated slots, read from their file (rl_load_start: pinned
- * staging and a copy stream) or copied from a pinned host-tier copy (rl_upload_start). No
- * allocation per layer or per token.
+ * stream through the pool, read from their file (rl_load_start: pinned staging and a copy
+ * stream) or copied from a pinned host-tier copy (rl_upload_start). No allocation per layer or
+ * per token.
  *
  * @module
  */
@@ -104,6 +106,8 @@ interface Slot {
   dev: DevPtr;
   /** The layer this slot always holds (own slots), or -1 for a pool slot. */
   owner: number;
+  /** Pool slots: bytes allocated. */
+  bytes: number;
   /** Layer index held or being loaded, -1 when empty. */
   layer: number;
   /** Tickets of the pending load of the layer's group-less bytes; empty when none. */
@@ -117,10 +121,11 @@ interface Slot {
   weights: PartWeights | null;
 }
 
-function newSlot(dev: DevPtr, owner: number): Slot {
+function newSlot(dev: DevPtr, owner: number, bytes = 0): Slot {
   return {
     dev,
     owner,
+    bytes,
     layer: -1,
     tickets: [],
     loaded: false,
@@ -159,7 +164,9 @@ export class LayerStore {
     this.#mapped = be.canMap;
     this.#layers = manifest.parts.filter((p) => p.id.startsWith("layer."));
     if (opts.plan.tiers.length !== this.#layers.length) {
-      throw new Error(`internal: a plan of ${opts.plan.tiers.length} layers for ${this.#layers.length}`);
+      throw new Error(
+        `internal: a plan of ${opts.plan.tiers.length} layers for ${this.#layers.length}`,
+      );
     }
     this.#layouts = this.#layers.map((p) => layoutOf(p, opts.lazyGroup));
     this.#paths = this.#layers.map((p) => cstr(`${dir}/${p.file}`));
@@ -228,22 +235,56 @@ export class LayerStore {
     if (!this.#mapped) await this.#fillHostTier();
   }
 
-  /** GPU: resident layers get their own buffers, streamed ones a pool; drop-behind set. */
+  /** Sets the plan up: GPU resident layers get their own buffers; the pool is sized. */
   #apply(plan: Plan): void {
-    if (this.#mapped) return;
     const be = this.#be;
     be.setOption("drop_behind", plan.dropBehind ? 1 : 0);
-    for (const [i, p] of this.#layers.entries()) {
-      if (plan.tiers[i] === "resident") {
-        this.#own[i] = newSlot(be.alloc(Math.max(p.dataBytes, 1)), i);
+    if (!this.#mapped) {
+      for (const [i, p] of this.#layers.entries()) {
+        if (plan.tiers[i] === "resident") {
+          this.#own[i] = newSlot(be.alloc(Math.max(p.dataBytes, 1)), i);
+        }
       }
     }
-    const streamed = this.#layers.filter((_, i) => plan.tiers[i] !== "resident");
-    if (streamed.length > 0) {
-      const bytes = Math.max(...streamed.map((p) => p.dataBytes));
-      const n = Math.min(streamed.length, this.#opts.prefetching ? this.#opts.prefetchDepth + 1 : 1);
-      for (let i = 0; i < n; i++) this.#pool.push(newSlot(be.alloc(Math.max(bytes, 1)), -1));
+    this.#sizePool();
+  }
+
+  /** Whether `layer` streams through the pool (else it is read in its own slot or mapping). */
+  #pooled(layer: number, plan = this.#plan): boolean {
+    if (plan.tiers[layer] === "resident") return false;
+    return !this.#mapped || plan.dropBehind;
+  }
+
+  /**
+   * Makes the pool fit the pooled layers: prefetchDepth + 1 slots (1 without prefetching) of the
+   * largest one. Called between steps; a pool that must change is drained and reallocated.
+   */
+  #sizePool(): void {
+    const pooled = this.#layers.filter((_, i) => this.#pooled(i));
+    const bytes = Math.max(1, ...pooled.map((p) => p.dataBytes));
+    const n = Math.min(pooled.length, this.#opts.prefetching ? this.#opts.prefetchDepth + 1 : 1);
+    const fits = this.#pool.length >= n && this.#pool.every((s) => s.bytes >= bytes);
+    if (fits && (n > 0 || this.#pool.length === 0)) return;
+    for (const s of this.#pool) this.#empty(s);
+    for (const s of this.#pool) this.#be.free(s.dev);
+    this.#pool.length = 0;
+    for (let i = 0; i < n; i++) this.#pool.push(newSlot(this.#be.alloc(bytes), -1, bytes));
+  }
+
+  /** Waits for every read into `slot` (unused) and leaves it holding nothing. */
+  #empty(slot: Slot): void {
+    this.#drainPending(slot);
+    for (const t of slot.tickets) {
+      try {
+        this.#be.loadWait(t);
+      } catch { /* a read nobody will use */ }
     }
+    slot.tickets = [];
+    slot.layer = -1;
+    slot.loaded = false;
+    slot.inUse = false;
+    slot.groups.clear();
+    slot.weights = null;
   }
 
   /** GPU: reads the host-tier layers into pinned host memory, once. */
@@ -252,7 +293,9 @@ export class LayerStore {
       if (this.#plan.tiers[i] !== "host" || p.dataBytes === 0) continue;
       const host = this.#be.hostAlloc(p.dataBytes);
       this.#host[i] = host;
-      await this.#be.loadWaitAsync(this.#be.loadStart(host, this.#paths[i], p.dataOffset, p.dataBytes));
+      await this.#be.loadWaitAsync(
+        this.#be.loadStart(host, this.#paths[i], p.dataOffset, p.dataBytes),
+      );
     }
   }
 
@@ -268,17 +311,26 @@ export class LayerStore {
    * buffers were sized at open, so a plan whose tiers differ is not adopted (false).
    */
   replan(plan: Plan): boolean {
-    const same = plan.dropBehind === this.#plan.dropBehind &&
-      plan.tiers.every((t, i) => t === this.#plan.tiers[i]);
-    if (same) return true;
-    if (!this.#mapped) {
-      return plan.tiers.every((t, i) => t === this.#plan.tiers[i]);
-    }
+    const sameTiers = plan.tiers.every((t, i) => t === this.#plan.tiers[i]);
+    if (sameTiers && plan.dropBehind === this.#plan.dropBehind) return true;
+    if (!this.#mapped && !sameTiers) return false;
     const before = this.#plan;
     this.#plan = plan;
-    for (const [i, slot] of this.#own.entries()) {
-      if (before.tiers[i] === "resident" && plan.tiers[i] !== "resident") this.#unhold(slot!, i);
+    this.#be.setOption("drop_behind", plan.dropBehind ? 1 : 0);
+    for (const [i, own] of this.#own.entries()) {
+      const wasPooled = this.#pooled(i, before), pooled = this.#pooled(i);
+      if (wasPooled && !pooled) {
+        const slot = this.#pool.find((s) => s.layer === i);
+        if (slot) this.#empty(slot); // read ahead into the pool; the layer now lives elsewhere
+      }
+      // A layer leaving its mapping (now pooled) or residency lets go of its pages.
+      const leaves = pooled || (before.tiers[i] === "resident" && plan.tiers[i] !== "resident");
+      if (own && !wasPooled && leaves && own.layer === i) {
+        this.#empty(own);
+        if (plan.dropBehind) this.#be.evict(own.dev, this.#layers[i].dataBytes);
+      }
     }
+    this.#sizePool();
     return true;
   }
 
@@ -347,7 +399,7 @@ export class LayerStore {
   #read(slot: Slot, ranges: Range[]): bigint[] {
     const be = this.#be, layer = slot.layer;
     const at = (r: Range) => be.view(slot.dev, r.offset);
-    if (this.#mapped) return ranges.map((r) => be.prefetchStart(at(r), r.bytes));
+    if (slot.owner >= 0 && this.#mapped) return ranges.map((r) => be.prefetchStart(at(r), r.bytes));
     const host = this.#host[layer];
     if (host) return ranges.map((r) => be.uploadStart(at(r), be.view(host, r.offset), r.bytes));
     const part = this.#layers[layer], path = this.#paths[layer];
@@ -417,15 +469,15 @@ export class LayerStore {
   }
 
   #slotHolding(layer: number): Slot | undefined {
+    if (this.#pooled(layer)) return this.#pool.find((s) => s.layer === layer);
     const own = this.#own[layer];
-    if (own) return own.layer === layer ? own : undefined;
-    return this.#pool.find((s) => s.layer === layer);
+    return own?.layer === layer ? own : undefined;
   }
 
   /** Starts loading `layer` into a slot unless it is loaded, being loaded, or no slot is free. */
   #startLoad(layer: number, protect: Set<number>): void {
     if (this.#slotHolding(layer)) return;
-    let slot: Slot | null | undefined = this.#own[layer];
+    let slot: Slot | null | undefined = this.#pooled(layer) ? null : this.#own[layer];
     if (!slot) {
       // A slot whose load is still pending is not reused: its bytes are still arriving.
       slot = this.#pool.find((s) => !s.inUse && s.tickets.length === 0 && !protect.has(s.layer));
@@ -502,18 +554,20 @@ export class LayerStore {
       slot.loaded = false;
     }
     slot.inUse = false;
-    // A streamed layer's own mapping is read ahead again before its next use, and dropped now
-    // when the page cache cannot keep it.
+    // A streamed layer's own mapping is read ahead again before its next use (a no-op while the
+    // page cache keeps it).
     if (slot.owner === layer && this.#tier(layer) !== "resident") this.#unhold(slot, layer);
   }
 
   /**
-   * Forgets that a mapped layer is loaded (its next use reads it ahead again) and, under
-   * drop-behind, drops its pages. Not while in use or while reads into it are pending.
+   * Forgets that a mapped layer is loaded (its next use reads it ahead again); under drop-behind
+   * its pages are dropped too. Not while in use or while reads into it are pending.
    */
   #unhold(slot: Slot, layer: number): void {
     if (slot.inUse || slot.tickets.length > 0 || slot.pending.size > 0) return;
-    if (slot.loaded && this.#plan.dropBehind) this.#be.evict(slot.dev, this.#layers[layer].dataBytes);
+    if (slot.loaded && this.#plan.dropBehind) {
+      this.#be.evict(slot.dev, this.#layers[layer].dataBytes);
+    }
     slot.layer = -1;
     slot.loaded = false;
     slot.groups.clear();
@@ -527,13 +581,7 @@ export class LayerStore {
     const be = this.#be;
     for (const s of [...this.#own, ...this.#pool]) {
       if (!s) continue;
-      this.#drainPending(s);
-      for (const t of s.tickets) {
-        try {
-          be.loadWait(t);
-        } catch { /* a failed prefetch nobody used: nothing to report at close */ }
-      }
-      s.tickets = [];
+      this.#empty(s); // a failed prefetch nobody used: nothing to report at close
       if (this.#mapped && s.owner >= 0) be.unmap(s.dev);
       else be.free(s.dev);
     }

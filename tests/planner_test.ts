@@ -1,0 +1,143 @@
+/**
+ * The memory planner: tiers from budgets, with the arithmetic done by hand for each case.
+ */
+import assert from "node:assert/strict";
+import {
+  plan,
+  type PlanInput,
+  planLayers,
+  predictSecondsPerToken,
+  runtimeMargin,
+} from "../lib/engine/planner.ts";
+
+const MiB = 2 ** 20;
+
+/** 10 dense layers of 10 MiB, 20 MiB of small parts (a 20 MiB head), 5 MiB of work. */
+function cpu(over: Partial<PlanInput> = {}): PlanInput {
+  return {
+    device: "cpu",
+    layers: Array.from({ length: 10 }, () => ({ bytes: 10 * MiB, perToken: 10 * MiB })),
+    smallBytes: 20 * MiB,
+    smallPerToken: 20 * MiB,
+    workBytes: 5 * MiB,
+    prefetchDepth: 2,
+    hostAvailable: 16 * 1024 * MiB,
+    ...over,
+  };
+}
+
+Deno.test("planner: everything fits → every layer resident, nothing streams", () => {
+  const p = plan(cpu());
+  assert.deepEqual(p.tiers, Array(10).fill("resident"));
+  assert.equal(p.dropBehind, false);
+  assert.deepEqual(p.perToken, { device: 120 * MiB, host: 0, pageCache: 0, disk: 0 });
+});
+
+Deno.test("planner: maxResidentBytes 0 with room to spare streams through the page cache", () => {
+  const p = plan(cpu({ maxResidentBytes: 0 }));
+  assert.deepEqual(p.tiers, Array(10).fill("stream"));
+  assert.equal(p.dropBehind, false, "the page cache can hold them: no drop-behind");
+  assert.equal(p.perToken.pageCache, 100 * MiB);
+  assert.equal(p.perToken.disk, 0);
+});
+
+Deno.test("planner: a cap keeps that many bytes of layers, in order", () => {
+  const p = plan(cpu({ maxResidentBytes: 35 * MiB }));
+  assert.deepEqual(p.tiers.slice(0, 4), ["resident", "resident", "resident", "stream"]);
+  assert.equal(p.bytes.resident, 30 * MiB);
+});
+
+Deno.test("planner: a model bigger than memory keeps a fixed set and drops the rest behind", () => {
+  const host = 160 * MiB;
+  const p = plan(cpu({ hostAvailable: host }));
+  // Reserve: 5 work + 20 small + margin; the streaming window is 3 layers (depth 2 + 1).
+  const reserve = 25 * MiB + runtimeMargin(host);
+  const room = host - reserve - 30 * MiB;
+  const kept = Math.floor(room / (10 * MiB));
+  assert.equal(p.budget.reserve, reserve);
+  assert.equal(p.tiers.filter((t) => t === "resident").length, kept);
+  assert.deepEqual(p.tiers.slice(0, kept), Array(kept).fill("resident"));
+  assert.equal(p.dropBehind, true);
+  assert.equal(p.perToken.disk, (10 - kept) * 10 * MiB);
+  assert.equal(p.perToken.pageCache, 0);
+  assert.match(p.notes.join("\n"), /stream from disk, dropped after use/);
+});
+
+Deno.test("planner: memory below the reserve streams everything from disk", () => {
+  const p = plan(cpu({ hostAvailable: 30 * MiB }));
+  assert.deepEqual(p.tiers, Array(10).fill("stream"));
+  assert.equal(p.dropBehind, true);
+  assert.equal(p.perToken.disk, 100 * MiB);
+});
+
+Deno.test("planner: unknown host memory streams through the page cache, no drop-behind", () => {
+  const p = plan(cpu({ hostAvailable: null }));
+  assert.deepEqual(p.tiers, Array(10).fill("stream"));
+  assert.equal(p.dropBehind, false);
+});
+
+Deno.test("planner: dense layers are kept before MoE layers (more bytes saved per byte held)", () => {
+  const layers = [
+    { bytes: 40 * MiB, perToken: 8 * MiB }, // MoE: reads a fifth of itself per token
+    { bytes: 10 * MiB, perToken: 10 * MiB },
+    { bytes: 40 * MiB, perToken: 8 * MiB },
+    { bytes: 10 * MiB, perToken: 10 * MiB },
+  ];
+  const p = plan(cpu({ layers, maxResidentBytes: 30 * MiB }));
+  assert.deepEqual(p.tiers, ["stream", "resident", "stream", "resident"]);
+});
+
+Deno.test("planLayers: a MoE layer streamed reads its shared tensors and k of its experts", () => {
+  const part = {
+    dataBytes: 100,
+    tensors: [
+      { name: "attn", nbytes: 20 },
+      ...[0, 1, 2, 3].map((e) => ({ name: `experts.${e}.w`, nbytes: 20 })),
+    ],
+  };
+  const group = (n: string) => n.startsWith("experts.") ? n.split(".").slice(0, 2).join(".") : null;
+  assert.deepEqual(planLayers([part], group, 2), [{ bytes: 100, perToken: 20 + 40 }]);
+  assert.deepEqual(planLayers([part], group, null), [{ bytes: 100, perToken: 100 }]);
+  assert.deepEqual(planLayers([part], undefined, 2), [{ bytes: 100, perToken: 100 }]);
+});
+
+Deno.test("planner: GPU fills device memory, then the pinned host tier, then streams from disk", () => {
+  const p = plan({
+    ...cpu(),
+    device: "cuda",
+    deviceFree: 200 * MiB,
+    hostAvailable: 400 * MiB,
+  });
+  const deviceReserve = 25 * MiB + runtimeMargin(200 * MiB);
+  const resident = Math.floor((200 * MiB - deviceReserve - 30 * MiB) / (10 * MiB));
+  const hostRoom = 400 * MiB - runtimeMargin(400 * MiB) - 128 * MiB - 30 * MiB;
+  const host = Math.min(10 - resident, Math.floor(hostRoom / (10 * MiB)));
+  assert.equal(p.tiers.filter((t) => t === "resident").length, resident);
+  assert.equal(p.tiers.filter((t) => t === "host").length, host);
+  assert.equal(p.tiers.filter((t) => t === "stream").length, 10 - resident - host);
+  assert.equal(p.perToken.host, host * 10 * MiB);
+});
+
+Deno.test("planner: GPU caps maxGpuMemory and maxCpuMemory", () => {
+  const p = plan({
+    ...cpu(),
+    device: "cuda",
+    deviceFree: 80 * 1024 * MiB,
+    maxGpuMemory: 100 * MiB,
+    maxCpuMemory: 20 * MiB,
+  });
+  const resident = Math.floor(
+    (100 * MiB - 25 * MiB - runtimeMargin(100 * MiB) - 30 * MiB) / (10 * MiB),
+  );
+  assert.equal(p.tiers.filter((t) => t === "resident").length, resident);
+  assert.equal(p.tiers.filter((t) => t === "host").length, 2);
+});
+
+Deno.test("predictSecondsPerToken: the slowest source bounds a step", () => {
+  const p = plan(cpu({ hostAvailable: 160 * MiB }));
+  const bw = { memory: 20, disk: 2 };
+  const disk = p.perToken.disk / 2e9;
+  assert.equal(predictSecondsPerToken(p, bw, "cpu"), disk);
+  const fits = plan(cpu());
+  assert.equal(predictSecondsPerToken(fits, bw, "cpu"), 120 * MiB / 20e9);
+});
