@@ -31,7 +31,10 @@ done
 out=build/librabbitllm_cuda.so
 tmp="$out.tmp.$$"
 mkdir -p build
-trap 'rm -f "$tmp"' EXIT
+# The host-side file reader both backends share (rl_read_sysfile), compiled as C.
+sysfile="build/sysfile.$$.o"
+trap 'rm -f "$tmp" "$sysfile"' EXIT
+gcc -std=c11 -O2 -fPIC -fvisibility=hidden -Wall -Wextra -Iffi -c -o "$sysfile" cpu/sysfile.c
 # -Bsymbolic: calls between the library's own functions never resolve to another library's rl_*.
 # shellcheck disable=SC2086 # $srcs is a list of file names without spaces
 if ! "$nvcc" -O3 -std=c++17 -shared -cudart static \
@@ -39,7 +42,7 @@ if ! "$nvcc" -O3 -std=c++17 -shared -cudart static \
   -gencode arch=compute_90,code=compute_90 \
   -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra \
   -Xlinker --version-script=cuda/exports.map -Xlinker -Bsymbolic \
-  -Iffi -o "$tmp" $srcs; then
+  -Iffi -o "$tmp" $srcs "$sysfile"; then
   echo "cuda/build.sh: compiling $out failed" >&2
   exit 1
 fi

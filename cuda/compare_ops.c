@@ -3,23 +3,31 @@
  * runs on both with the same random inputs, on odd shapes and every weight dtype, and the
  * outputs are compared with max|gpu - cpu| / max|cpu| plus NaN/Inf checks. Also: both attention
  * implementations, loads from a temp file under every pin_memory/async_copy combination, error
- * statuses, statistics, options and timing marks.
+ * statuses, statistics, options and timing marks; the ABI 3 entries: the host tier (rl_host_alloc,
+ * loads into host blocks, rl_upload_start), the drop_behind option, and mapped files (rl_map on
+ * the CPU; refused by CUDA).
  *
  * Both libraries are dlopen'ed (RTLD_LOCAL) and resolved into two function tables, so this
  * program links nothing but libdl and libm:
  *   gcc -std=c11 -O2 -Wall -Wextra -Iffi -o build/compare_ops cuda/compare_ops.c -ldl -lm
  *   build/compare_ops [cpu.so] [cuda.so]      (sh cuda/test.sh builds everything and runs it)
  * COMPARE_ONLY=attention,loads runs only the named groups.
+ * A library without the ABI 3 entries (rl_map ... rl_load_ready) fails a check per missing entry
+ * and per group that needs them, and the other groups still run.
  * Prints one line per failing check, then "N passed, N failed"; exits 1 on any failure.
  */
+#define _DEFAULT_SOURCE /* mincore */
 #define _POSIX_C_SOURCE 200809L
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "rabbitllm.h"
@@ -87,19 +95,26 @@ static void compare(const float *ref, const float *got, int64_t n, double tol, c
   X(free) X(view) X(upload) X(download) X(copy) X(load_start) X(load_wait) X(set_option)         \
   X(get_option) X(mark) X(elapsed_ms) X(marks_reset) X(embedding) X(rmsnorm) X(layernorm)        \
   X(softcap) X(matmul) X(rope) X(attention) X(act_mul) X(add) X(scale) X(argmax)
+/* New in ABI 3: the groups that use them check b->v3 first. */
+#define RL_ENTRIES_V3(X)                                                                          \
+  X(map) X(unmap) X(prefetch_start) X(evict) X(host_alloc) X(host_free) X(upload_start)         \
+  X(load_ready)
 
 typedef struct {
   const char *name; /* "cpu" or "cuda" */
   void *handle;
   rl_ctx *ctx;
+  int v3; /* every entry of RL_ENTRIES_V3 resolved */
 #define FIELD(s) __typeof__(rl_##s) *s;
   RL_ENTRIES(FIELD)
+  RL_ENTRIES_V3(FIELD)
 #undef FIELD
 } backend;
 
 static backend CPU = {.name = "cpu"}, GPU = {.name = "cuda"};
 
-/* dlopens path and resolves every entry; a missing one is a failed check (and stays NULL). */
+/* dlopens path and resolves every entry; a missing one is a failed check (and stays NULL).
+ * Returns whether the entries of RL_ENTRIES are complete (sets b->v3 for RL_ENTRIES_V3). */
 static int open_backend(backend *b, const char *path) {
   b->handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (!b->handle) {
@@ -112,8 +127,18 @@ static int open_backend(backend *b, const char *path) {
   check(b->s != NULL, "%s: %s lacks rl_" #s, b->name, path);                                      \
   complete &= b->s != NULL;
   RL_ENTRIES(RESOLVE)
+  const int core = complete;
+  RL_ENTRIES_V3(RESOLVE)
 #undef RESOLVE
-  return complete;
+  b->v3 = complete;
+  return core;
+}
+
+/* Whether b has the ABI 3 entries; if not, a failed check saying which group could not run. */
+static int has_v3(backend *b, const char *group) {
+  check(b->v3, "%s: %s checks not run: the library lacks ABI 3 entries (see above)", b->name,
+        group);
+  return b->v3;
 }
 
 static const char *last_error(backend *b, rl_ctx *ctx) {
@@ -867,11 +892,22 @@ static void load_round(backend *b, const char *path, const uint8_t *data, uint64
     const char *m4 = last_error(b, ctx);
     check(st4 != RL_OK && strstr(m4, missing) != NULL,
           "%s %s: a missing file fails naming it: \"%s\"", b->name, label, m4);
-    /* the context still works after failed loads */
+    /* the context still works after failed loads; rl_load_ready turns 1, then -1 once waited */
     const int64_t t5 = b->load_start(ctx, small, (const uint8_t *)path, 7, 1000);
+    if (b->load_ready && t5 > 0) {
+      int32_t ready = 0;
+      for (int i = 0; i < 10000 && (ready = b->load_ready(ctx, t5)) == 0; i++) usleep(1000);
+      check(ready == 1, "%s %s: rl_load_ready of a finished load is 1 (got %d)", b->name, label,
+            ready);
+    }
     check(t5 > 0 && b->load_wait(ctx, t5) == RL_OK && dev_download(b, back, small, 1000) &&
               memcmp(back, data + 7, 1000) == 0,
           "%s %s: a load after failed ones: %s", b->name, label, last_error(b, ctx));
+    if (b->load_ready)
+      check(b->load_ready(ctx, t5) == -1 && b->load_ready(ctx, t5 + 1000) == -1 &&
+                b->load_ready(NULL, t5) == -1,
+            "%s %s: rl_load_ready of a waited, an unknown ticket or a NULL ctx is -1", b->name,
+            label);
   }
   dev_free(b, big);
   dev_free(b, copy);
@@ -879,46 +915,359 @@ static void load_round(backend *b, const char *path, const uint8_t *data, uint64
   free(back);
 }
 
-static void test_loads(void) {
-  /* More than two 64 MiB staging chunks, and not a multiple of anything. */
-  const uint64_t fsize = (140ull << 20) + 777;
+/* The temp file that the load, host tier, drop_behind and mapping groups read: more than two 64
+ * MiB staging chunks, and not a multiple of anything. Written (and fsync'ed, so its pages are
+ * clean and can be dropped from the page cache) on first use; main removes it. */
+static const uint64_t FILE_SIZE = (140ull << 20) + 777;
+static char file_path[512];
+static uint8_t *file_data; /* its contents */
+
+static const char *temp_file(void) {
+  if (file_data) return file_path;
   const char *tmpdir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-  char path[512];
-  snprintf(path, sizeof path, "%s/rabbitllm_compare_XXXXXX", tmpdir);
-  int fd = mkstemp(path);
-  uint8_t *data = malloc(fsize);
+  snprintf(file_path, sizeof file_path, "%s/rabbitllm_compare_XXXXXX", tmpdir);
+  int fd = mkstemp(file_path);
+  uint8_t *data = malloc(FILE_SIZE);
   if (fd < 0 || !data) {
     check(0, "cannot create a temp file in %s", tmpdir);
+    if (fd >= 0) {
+      close(fd);
+      unlink(file_path);
+    }
     free(data);
-    return;
+    return NULL;
   }
-  for (uint64_t i = 0; i < fsize; i += 4) {
+  for (uint64_t i = 0; i < FILE_SIZE; i += 4) {
     const uint32_t r = rand_u32();
-    memcpy(data + i, &r, fsize - i < 4 ? fsize - i : 4);
+    memcpy(data + i, &r, FILE_SIZE - i < 4 ? FILE_SIZE - i : 4);
   }
   uint64_t written = 0;
-  while (written < fsize) {
-    const ssize_t n = write(fd, data + written, fsize - written);
+  while (written < FILE_SIZE) {
+    const ssize_t n = write(fd, data + written, FILE_SIZE - written);
     if (n <= 0) break;
     written += (uint64_t)n;
   }
+  const int synced = fsync(fd) == 0;
   close(fd);
-  check(written == fsize, "wrote the temp file %s", path);
-  if (written == fsize) {
-    load_round(&CPU, path, data, fsize, "defaults");
-    for (int pin = 1; pin >= 0; pin--)
-      for (int async = 1; async >= 0; async--) {
-        char label[64];
-        snprintf(label, sizeof label, "pin_memory=%d async_copy=%d", pin, async);
-        if (ok(&GPU, GPU.set_option(GPU.ctx, (const uint8_t *)"pin_memory", pin), "pin_memory") &&
-            ok(&GPU, GPU.set_option(GPU.ctx, (const uint8_t *)"async_copy", async), "async_copy"))
-          load_round(&GPU, path, data, fsize, label);
-      }
-    GPU.set_option(GPU.ctx, (const uint8_t *)"pin_memory", 1);
-    GPU.set_option(GPU.ctx, (const uint8_t *)"async_copy", 1);
+  check(written == FILE_SIZE && synced, "wrote the temp file %s", file_path);
+  if (written != FILE_SIZE) {
+    unlink(file_path);
+    free(data);
+    return NULL;
   }
-  unlink(path);
-  free(data);
+  file_data = data;
+  return file_path;
+}
+
+static void remove_temp_file(void) {
+  if (!file_data) return;
+  unlink(file_path);
+  free(file_data);
+  file_data = NULL;
+}
+
+static void test_loads(void) {
+  const char *path = temp_file();
+  if (!path) return;
+  const uint64_t fsize = FILE_SIZE;
+  const uint8_t *data = file_data;
+  load_round(&CPU, path, data, fsize, "defaults");
+  for (int pin = 1; pin >= 0; pin--)
+    for (int async = 1; async >= 0; async--) {
+      char label[64];
+      snprintf(label, sizeof label, "pin_memory=%d async_copy=%d", pin, async);
+      if (ok(&GPU, GPU.set_option(GPU.ctx, (const uint8_t *)"pin_memory", pin), "pin_memory") &&
+          ok(&GPU, GPU.set_option(GPU.ctx, (const uint8_t *)"async_copy", async), "async_copy"))
+        load_round(&GPU, path, data, fsize, label);
+    }
+  GPU.set_option(GPU.ctx, (const uint8_t *)"pin_memory", 1);
+  GPU.set_option(GPU.ctx, (const uint8_t *)"async_copy", 1);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Host tier: rl_host_alloc, loads into host blocks, rl_upload_start */
+
+static uint64_t stat_of(backend *b, rl_ctx *ctx, int which) {
+  uint64_t s[RL_STAT_COUNT] = {0};
+  b->stats(ctx, s, RL_STAT_COUNT);
+  return s[which];
+}
+
+/* file -> host block (rl_load_start) -> device (rl_upload_start) -> host (rl_download), with the
+ * statistics and the refused calls, on b (with async_copy as set for CUDA). */
+static void host_round(backend *b, const char *path, const uint8_t *data, uint64_t fsize,
+                       const char *label) {
+  rl_ctx *ctx = b->ctx;
+  const uint64_t host0 = stat_of(b, ctx, RL_STAT_HOST_BYTES);
+  const uint64_t live0 = stat_of(b, ctx, RL_STAT_LIVE_BYTES);
+  uint8_t *h = b->host_alloc(ctx, fsize), *h2 = b->host_alloc(ctx, 4096);
+  check(h && h2, "%s %s: rl_host_alloc: %s", b->name, label, last_error(b, ctx));
+  uint8_t *d = dev_alloc(b, fsize), *copy = dev_alloc(b, fsize), *small = dev_alloc(b, 4096);
+  uint8_t *back = malloc(fsize);
+  if (h && h2 && d && copy && small && back) {
+    check(stat_of(b, ctx, RL_STAT_HOST_BYTES) - host0 == fsize + 4096 &&
+              stat_of(b, ctx, RL_STAT_LIVE_BYTES) - live0 == 2 * fsize + 4096,
+          "%s %s: host bytes grew by %llu (want %llu), device bytes only by the rl_allocs",
+          b->name, label, (unsigned long long)(stat_of(b, ctx, RL_STAT_HOST_BYTES) - host0),
+          (unsigned long long)(fsize + 4096));
+    /* file -> host block: the bytes are there when the wait returns (and count as a waited load) */
+    const uint64_t h2d_load = stat_of(b, ctx, RL_STAT_H2D_BYTES);
+    const int64_t t1 = b->load_start(ctx, h, (const uint8_t *)path, 0, fsize);
+    check(t1 > 0 && b->load_wait(ctx, t1) == RL_OK && memcmp(h, data, fsize) == 0,
+          "%s %s: the whole file loaded into a host block (%s)", b->name, label,
+          last_error(b, ctx));
+    check(stat_of(b, ctx, RL_STAT_H2D_BYTES) - h2d_load == fsize,
+          "%s %s: h2d bytes grew by %llu over the load into a host block (want %llu)", b->name,
+          label, (unsigned long long)(stat_of(b, ctx, RL_STAT_H2D_BYTES) - h2d_load),
+          (unsigned long long)fsize);
+    /* host block -> device: the whole block and a slice at an odd offset, waited out of order */
+    const uint64_t h2d0 = stat_of(b, ctx, RL_STAT_H2D_BYTES);
+    const int64_t t2 = b->upload_start(ctx, d, h, fsize);
+    const int64_t t3 = b->upload_start(ctx, small, h + 12345, 1000);
+    check(t2 > t1 && t3 > t2, "%s %s: upload tickets %lld %lld follow the load's %lld (%s)",
+          b->name, label, (long long)t2, (long long)t3, (long long)t1, last_error(b, ctx));
+    if (t2 > 0 && t3 > 0) {
+      ok(b, b->load_wait(ctx, t3), "rl_load_wait (upload of a slice)");
+      ok(b, b->load_wait(ctx, t2), "rl_load_wait (upload of the block)");
+      ok(b, b->copy(ctx, copy, d, fsize), "rl_copy after rl_load_wait of an upload");
+      memset(back, 0, fsize);
+      if (dev_download(b, back, copy, fsize))
+        check(memcmp(back, data, fsize) == 0, "%s %s: file -> host block -> device round trip",
+              b->name, label);
+      if (dev_download(b, back, small, 1000))
+        check(memcmp(back, data + 12345, 1000) == 0, "%s %s: upload of 1000 bytes at +12345",
+              b->name, label);
+      const uint64_t grew = stat_of(b, ctx, RL_STAT_H2D_BYTES) - h2d0;
+      check(grew == fsize + 1000, "%s %s: h2d bytes grew by %llu over the uploads (want %llu)",
+            b->name, label, (unsigned long long)grew, (unsigned long long)(fsize + 1000));
+      check(b->load_wait(ctx, t2) == RL_ERR_INVALID, "%s %s: an upload is waited only once",
+            b->name, label);
+    }
+    /* a load into a host block and an upload out of it, neither waited in between: FIFO order */
+    const int64_t t4 = b->load_start(ctx, h2, (const uint8_t *)path, 777, 4096);
+    const int64_t t5 = b->upload_start(ctx, small, h2, 4096);
+    check(t4 > 0 && t5 > t4 && b->load_wait(ctx, t5) == RL_OK && b->load_wait(ctx, t4) == RL_OK &&
+              dev_download(b, back, small, 4096) && memcmp(back, data + 777, 4096) == 0,
+          "%s %s: an upload issued right after the load into its block sees the file (%s)",
+          b->name, label, last_error(b, ctx));
+    /* refused calls */
+    check(b->upload_start(ctx, d, h + fsize - 10, 1000) == 0 &&
+              strncmp(last_error(b, ctx), "rl_upload_start:", 16) == 0,
+          "%s %s: rl_upload_start past the end of its host block is refused: \"%s\"", b->name,
+          label, last_error(b, ctx));
+    check(b->upload_start(ctx, d, copy, 1000) == 0 &&
+              strncmp(last_error(b, ctx), "rl_upload_start:", 16) == 0,
+          "%s %s: rl_upload_start from device memory is refused: \"%s\"", b->name, label,
+          last_error(b, ctx));
+    check(b->upload_start(ctx, d, h, 0) == 0, "%s %s: rl_upload_start of 0 bytes is refused",
+          b->name, label);
+    check(b->host_free(ctx, d) == RL_ERR_INVALID && b->host_free(ctx, h + 64) == RL_ERR_INVALID &&
+              b->host_free(ctx, NULL) == RL_ERR_INVALID,
+          "%s %s: rl_host_free of device memory, a view or NULL is RL_ERR_INVALID", b->name,
+          label);
+    check(b->host_alloc(ctx, 0) == NULL, "%s %s: rl_host_alloc(0) is NULL", b->name, label);
+    if (b == &GPU) /* the CPU need not know where a load's dst lies */
+      check(b->load_start(ctx, h2, (const uint8_t *)path, 0, 8192) == 0 &&
+                strstr(last_error(b, ctx), "rl_host_alloc block") != NULL,
+            "cuda %s: a load past the end of its host block is refused: \"%s\"", label,
+            last_error(b, ctx));
+    /* frees */
+    check(b->host_free(ctx, h) == RL_OK && b->host_free(ctx, h) == RL_ERR_INVALID &&
+              stat_of(b, ctx, RL_STAT_HOST_BYTES) - host0 == 4096,
+          "%s %s: rl_host_free, then again refused; host bytes back to %llu over the start",
+          b->name, label, (unsigned long long)(stat_of(b, ctx, RL_STAT_HOST_BYTES) - host0));
+    h = NULL;
+    check(b->host_free(ctx, h2) == RL_OK && stat_of(b, ctx, RL_STAT_HOST_BYTES) == host0,
+          "%s %s: every host block freed", b->name, label);
+    h2 = NULL;
+    check(b->sync(ctx) == RL_OK, "%s %s: rl_sync after the host tier", b->name, label);
+  }
+  if (h) b->host_free(ctx, h);
+  if (h2) b->host_free(ctx, h2);
+  dev_free(b, d);
+  dev_free(b, copy);
+  dev_free(b, small);
+  free(back);
+}
+
+static void test_host_tier(void) {
+  const char *path = temp_file();
+  if (!path) return;
+  if (has_v3(&CPU, "host tier")) host_round(&CPU, path, file_data, FILE_SIZE, "host tier");
+  if (!has_v3(&GPU, "host tier")) return;
+  for (int async = 1; async >= 0; async--) {
+    char label[64];
+    snprintf(label, sizeof label, "host tier async_copy=%d", async);
+    if (ok(&GPU, GPU.set_option(GPU.ctx, (const uint8_t *)"async_copy", async), "async_copy"))
+      host_round(&GPU, path, file_data, FILE_SIZE, label);
+  }
+  GPU.set_option(GPU.ctx, (const uint8_t *)"async_copy", 1);
+  /* rl_destroy frees the host blocks still live */
+  for (backend *b = &CPU; b; b = b == &CPU ? &GPU : NULL) {
+    if (!b->v3) continue;
+    rl_ctx *c = b->create(0, 0);
+    void *p = c ? b->host_alloc(c, 1 << 20) : NULL;
+    check(p != NULL && stat_of(b, c, RL_STAT_HOST_BYTES) == 1 << 20,
+          "%s: a host block on a second context (%s)", b->name, last_error(b, c));
+    if (c) b->destroy(c);
+  }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * drop_behind */
+
+/* Pages of [0, bytes) of the file at path in the page cache (-1 if mincore cannot tell). */
+static int64_t cached_pages(const char *path, uint64_t bytes, int64_t *total) {
+  const long page = sysconf(_SC_PAGESIZE);
+  *total = (int64_t)((bytes + (uint64_t)page - 1) / (uint64_t)page);
+  const int fd = open(path, O_RDONLY);
+  if (fd < 0) return -1;
+  void *m = mmap(NULL, bytes, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  if (m == MAP_FAILED) return -1;
+  unsigned char *vec = malloc((size_t)*total);
+  int64_t n = -1;
+  if (vec && mincore(m, bytes, vec) == 0) {
+    n = 0;
+    for (int64_t i = 0; i < *total; i++) n += vec[i] & 1;
+  }
+  free(vec);
+  munmap(m, bytes);
+  return n;
+}
+
+/* Loads the whole file into `dst` with drop_behind = drop, waits, and returns the cached pages. */
+static int64_t load_and_count(backend *b, void *dst, const char *path, int drop, int64_t *total) {
+  rl_ctx *ctx = b->ctx;
+  *total = 0;
+  if (!ok(b, b->set_option(ctx, (const uint8_t *)"drop_behind", drop), "drop_behind")) return -1;
+  const int64_t t = b->load_start(ctx, dst, (const uint8_t *)path, 0, FILE_SIZE);
+  if (!(t > 0 && ok(b, b->load_wait(ctx, t), "rl_load_wait"))) return -1;
+  return cached_pages(path, FILE_SIZE, total);
+}
+
+static void test_drop_behind(void) {
+  const char *path = temp_file();
+  if (!path) return;
+  struct statfs fs;
+  /* tmpfs and ramfs pages are the files themselves: they cannot be dropped */
+  const int droppable = statfs(path, &fs) == 0 && fs.f_type != 0x01021994 && fs.f_type != 0x858458f6;
+  for (backend *b = &CPU; b; b = b == &CPU ? &GPU : NULL) {
+    rl_ctx *ctx = b->ctx;
+    const uint8_t *key = (const uint8_t *)"drop_behind";
+    check(b->get_option(ctx, key) == 0, "%s: drop_behind is 0 by default (got %lld)", b->name,
+          (long long)b->get_option(ctx, key));
+    check(b->set_option(ctx, key, 2) != RL_OK, "%s: drop_behind 2 is refused", b->name);
+    check(b->set_option(ctx, key, 1) == RL_OK && b->get_option(ctx, key) == 1,
+          "%s: drop_behind set/get (%s)", b->name, last_error(b, ctx));
+    uint8_t *d = dev_alloc(b, FILE_SIZE), *small = dev_alloc(b, 1000);
+    uint8_t *back = malloc(FILE_SIZE);
+    if (d && small && back) {
+      /* a plain load leaves the file cached, a drop_behind load does not */
+      int64_t total = 0;
+      const int64_t kept = load_and_count(b, d, path, 0, &total);
+      const int64_t left = load_and_count(b, d, path, 1, &total);
+      if (dev_download(b, back, d, FILE_SIZE))
+        check(memcmp(back, file_data, FILE_SIZE) == 0,
+              "%s: a load with drop_behind=1 delivers the file", b->name);
+      const int64_t t = b->load_start(ctx, small, (const uint8_t *)path, 4097, 1000);
+      check(t > 0 && b->load_wait(ctx, t) == RL_OK && dev_download(b, back, small, 1000) &&
+                memcmp(back, file_data + 4097, 1000) == 0,
+            "%s: a drop_behind load of 1000 bytes at an odd offset (%s)", b->name,
+            last_error(b, ctx));
+      if (droppable && kept >= 0 && kept * 10 >= total * 9)
+        check(left >= 0 && left * 10 <= total,
+              "%s: after a drop_behind load %lld of %lld pages of the file are cached (after a "
+              "plain load %lld)",
+              b->name, (long long)left, (long long)total, (long long)kept);
+      else
+        printf("%s: drop_behind page cache check not run (%s; cached after a plain load: %lld "
+               "of %lld pages)\n",
+               b->name, droppable ? "the page cache is not observable" : "a tmpfs/ramfs file",
+               (long long)kept, (long long)total);
+      /* into a host block as well */
+      if (b->v3) {
+        uint8_t *h = b->host_alloc(ctx, FILE_SIZE);
+        const int64_t th = h ? b->load_start(ctx, h, (const uint8_t *)path, 0, FILE_SIZE) : 0;
+        check(th > 0 && b->load_wait(ctx, th) == RL_OK && memcmp(h, file_data, FILE_SIZE) == 0,
+              "%s: a drop_behind load into a host block delivers the file (%s)", b->name,
+              last_error(b, ctx));
+        if (h) b->host_free(ctx, h);
+      }
+    }
+    dev_free(b, d);
+    dev_free(b, small);
+    free(back);
+    check(b->set_option(ctx, key, 0) == RL_OK, "%s: drop_behind back to 0", b->name);
+  }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Mapped files: rl_map works on the CPU (map_files 1), CUDA refuses it (map_files 0) */
+
+static void test_mapped_files(void) {
+  const uint8_t *key = (const uint8_t *)"map_files";
+  check(CPU.get_option(CPU.ctx, key) == 1, "cpu: map_files is 1 (got %lld)",
+        (long long)CPU.get_option(CPU.ctx, key));
+  check(GPU.get_option(GPU.ctx, key) == 0, "cuda: map_files is 0 (got %lld)",
+        (long long)GPU.get_option(GPU.ctx, key));
+  const uint8_t *free_key = (const uint8_t *)"device_memory_free";
+  const int64_t total = GPU.get_option(GPU.ctx, (const uint8_t *)"device_memory");
+  const int64_t avail = GPU.get_option(GPU.ctx, free_key);
+  check(avail > 0 && avail <= total, "cuda: device_memory_free %lld of %lld", (long long)avail,
+        (long long)total);
+  check(CPU.get_option(CPU.ctx, free_key) == -1, "cpu: device_memory_free is -1 (got %lld)",
+        (long long)CPU.get_option(CPU.ctx, free_key));
+  const char *path = temp_file();
+  if (!path) return;
+  /* CUDA: every mapping entry is RL_ERR_UNSUPPORTED, saying so */
+  if (has_v3(&GPU, "mapped files")) {
+    rl_ctx *g = GPU.ctx;
+    void *p = GPU.map(g, (const uint8_t *)path, 0, 4096);
+    const char *msg = last_error(&GPU, g);
+    check(p == NULL && strncmp(msg, "rl_map:", 7) == 0 && strstr(msg, "unsupported") != NULL,
+          "cuda: rl_map is NULL, unsupported: \"%s\"", msg);
+    void *dummy = GPU.alloc(g, 4096);
+    check(dummy && GPU.unmap(g, dummy) == RL_ERR_UNSUPPORTED &&
+              GPU.prefetch_start(g, dummy, 4096) == 0 &&
+              strstr(last_error(&GPU, g), "unsupported") != NULL &&
+              GPU.evict(g, dummy, 4096) == RL_ERR_UNSUPPORTED,
+          "cuda: rl_unmap, rl_prefetch_start, rl_evict are unsupported: \"%s\"",
+          last_error(&GPU, g));
+    if (dummy) GPU.free(g, dummy);
+    check(stat_of(&GPU, g, RL_STAT_MAPPED_BYTES) == 0, "cuda: mapped bytes are 0");
+  }
+  /* CPU: a mapping at an odd offset reads the file in place */
+  if (has_v3(&CPU, "mapped files")) {
+    rl_ctx *c = CPU.ctx;
+    const uint64_t off = 3 * 4096 + 100, n = (70ull << 20) + 3;
+    const uint64_t mapped0 = stat_of(&CPU, c, RL_STAT_MAPPED_BYTES);
+    uint8_t *p = CPU.map(c, (const uint8_t *)path, off, n);
+    uint8_t *back = malloc(n), *copy = dev_alloc(&CPU, n);
+    check(p != NULL, "cpu: rl_map of %llu bytes at %llu: %s", (unsigned long long)n,
+          (unsigned long long)off, last_error(&CPU, c));
+    if (p && back && copy) {
+      check(stat_of(&CPU, c, RL_STAT_MAPPED_BYTES) - mapped0 == n, "cpu: mapped bytes grew by %llu",
+            (unsigned long long)(stat_of(&CPU, c, RL_STAT_MAPPED_BYTES) - mapped0));
+      const int64_t t = CPU.prefetch_start(c, p, n);
+      check(t > 0 && CPU.load_wait(c, t) == RL_OK, "cpu: rl_prefetch_start + wait: %s",
+            last_error(&CPU, c));
+      check(CPU.copy(c, copy, p, n) == RL_OK && dev_download(&CPU, back, copy, n) &&
+                memcmp(back, file_data + off, n) == 0,
+            "cpu: an op (rl_copy) reads the mapping in place");
+      check(CPU.evict(c, p, n) == RL_OK && dev_download(&CPU, back, p, n) &&
+                memcmp(back, file_data + off, n) == 0,
+            "cpu: after rl_evict the mapping reads the file again: %s", last_error(&CPU, c));
+      check(CPU.unmap(c, p + 64) == RL_ERR_INVALID, "cpu: rl_unmap of a view is refused");
+      check(CPU.unmap(c, p) == RL_OK && stat_of(&CPU, c, RL_STAT_MAPPED_BYTES) == mapped0 &&
+                CPU.unmap(c, p) == RL_ERR_INVALID,
+            "cpu: rl_unmap, mapped bytes back, a second rl_unmap refused");
+    } else if (p) {
+      CPU.unmap(c, p);
+    }
+    dev_free(&CPU, copy);
+    free(back);
+  }
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -943,7 +1292,8 @@ int main(int argc, char **argv) {
                    {"elementwise", test_elementwise}, {"argmax", test_argmax},
                    {"attention", test_attention}, {"copies and stats", test_copies_and_stats},
                    {"errors", test_errors},       {"options and marks", test_options_and_marks},
-                   {"loads", test_loads}};
+                   {"loads", test_loads},         {"host tier", test_host_tier},
+                   {"drop behind", test_drop_behind}, {"mapped files", test_mapped_files}};
       const char *only = getenv("COMPARE_ONLY"); /* e.g. COMPARE_ONLY=attention */
       for (size_t i = 0; i < sizeof tests / sizeof *tests; i++) {
         if (only && !strstr(only, tests[i].name)) continue;
@@ -962,6 +1312,7 @@ int main(int argc, char **argv) {
   } else {
     check(0, "tests skipped: a library could not be loaded completely");
   }
+  remove_temp_file();
   printf("%d passed, %d failed\n", n_passed, n_failed);
   return n_failed ? 1 : 0;
 }

@@ -1,6 +1,7 @@
 /*
- * CUDA backend: library info, contexts, errors, statistics, memory and copies, scratch and
- * parameter uploads, options, timing marks, and the I/O thread of rl_load_start/rl_load_wait.
+ * CUDA backend: library info, contexts, errors, statistics, memory (device and pinned host) and
+ * copies, scratch and parameter uploads, options, timing marks, the I/O thread of
+ * rl_load_start/rl_upload_start/rl_load_wait, and the (unsupported) mapped-file entries.
  *
  * Every entry makes the context's device current first (Deno may call from any thread). Ops are
  * asynchronous on ctx->compute; rl_upload, rl_download, rl_argmax and rl_sync block the host.
@@ -101,6 +102,7 @@ static void destroy_ctx(rl_ctx *ctx) {
   if (ctx->compute) (void)cudaStreamSynchronize(ctx->compute);
   if (ctx->transfer) (void)cudaStreamSynchronize(ctx->transfer);
   for (auto &a : ctx->allocs) (void)cudaFree(a.first);
+  for (auto &h : ctx->host_allocs) (void)cudaFreeHost((void *)h.first);
   for (auto &s : ctx->scratch)
     if (s.p) (void)cudaFree(s.p);
   for (auto &s : ctx->stages) {
@@ -116,6 +118,7 @@ static void destroy_ctx(rl_ctx *ctx) {
     if (L.pinned[i]) (void)cudaFreeHost(L.pinned[i]);
     free(L.pageable[i]);
     if (L.staged[i]) (void)cudaEventDestroy(L.staged[i]);
+    if (L.uploaded[i]) (void)cudaEventDestroy(L.uploaded[i]);
   }
   if (ctx->compute) (void)cudaStreamDestroy(ctx->compute);
   if (ctx->transfer) (void)cudaStreamDestroy(ctx->transfer);
@@ -275,6 +278,75 @@ RL_API int32_t rl_free(rl_ctx *ctx, void *p) {
 
 RL_API void *rl_view(void *base, uint64_t byte_offset) { return (uint8_t *)base + byte_offset; }
 
+/* The rl_host_alloc block of ctx holding address p: true and its base and size, or false. */
+static bool find_host_block(const rl_ctx *ctx, const void *p, uintptr_t *base, uint64_t *size) {
+  const uintptr_t a = (uintptr_t)p;
+  auto it = ctx->host_allocs.upper_bound(a);
+  if (it == ctx->host_allocs.begin()) return false;
+  --it;
+  if (a - it->first >= it->second) return false;
+  *base = it->first;
+  *size = it->second;
+  return true;
+}
+
+static int32_t host_alloc_block(rl_ctx *ctx, uint64_t bytes, void **out) {
+  ENTER_AS("rl_host_alloc");
+  REQUIRE(bytes > 0, "bytes must be > 0, got 0");
+  void *p = NULL;
+  const cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocDefault); /* pinned, page-aligned */
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    uint64_t live;
+    {
+      std::lock_guard<std::mutex> guard(ctx->stats_lock);
+      live = ctx->stats[RL_STAT_HOST_BYTES];
+    }
+    return cu_fail(ctx, e == cudaErrorMemoryAllocation ? RL_ERR_OOM : RL_ERR_DEVICE, op,
+                   "out of memory allocating %llu bytes of pinned host memory (%llu live): %s",
+                   (unsigned long long)bytes, (unsigned long long)live, cudaGetErrorString(e));
+  }
+  try {
+    ctx->host_allocs.emplace((uintptr_t)p, bytes);
+  } catch (...) {
+    (void)cudaFreeHost(p);
+    return cu_fail(ctx, RL_ERR_OOM, op, "out of host memory for the allocation table");
+  }
+  std::lock_guard<std::mutex> guard(ctx->stats_lock);
+  ctx->stats[RL_STAT_HOST_BYTES] += bytes;
+  *out = p;
+  return RL_OK;
+}
+
+/* Pinned host memory (the host tier): rl_load_start reads files straight into it, and
+ * rl_upload_start copies out of it asynchronously. */
+RL_API void *rl_host_alloc(rl_ctx *ctx, uint64_t bytes) {
+  void *p = NULL;
+  return host_alloc_block(ctx, bytes, &p) == RL_OK ? p : NULL;
+}
+
+/* A copy out of the block runs on the transfer (or compute) stream even after its rl_load_wait,
+ * which only orders the compute stream after it: both streams are drained before the block is
+ * unpinned. */
+RL_API int32_t rl_host_free(rl_ctx *ctx, void *p) {
+  ENTER();
+  REQUIRE_PTR(p);
+  auto it = ctx->host_allocs.find((uintptr_t)p);
+  REQUIRE(it != ctx->host_allocs.end(),
+          "%p was not returned by rl_host_alloc on this context (a view, device memory, or "
+          "already freed)",
+          p);
+  {
+    std::lock_guard<std::mutex> guard(ctx->stats_lock);
+    ctx->stats[RL_STAT_HOST_BYTES] -= it->second;
+  }
+  ctx->host_allocs.erase(it);
+  CUDA_CHECK(cudaStreamSynchronize(ctx->transfer));
+  CUDA_CHECK(cudaStreamSynchronize(ctx->compute));
+  CUDA_CHECK(cudaFreeHost(p));
+  return RL_OK;
+}
+
 /* The three copies differ in direction, in whether the host waits, and in the statistic. All are
  * issued on the compute stream, so they are ordered with the ops. */
 static int32_t copy_bytes(rl_ctx *ctx, const char *name, void *dst, const void *src,
@@ -365,16 +437,20 @@ int32_t upload_params(rl_ctx *ctx, const char *op, int which, const void *host, 
 /* ----------------------------------------------------------------------------------------------
  * Options */
 
-static const char *const OPTION_KEYS[3] = {"attn_impl", "pin_memory", "async_copy"};
+static const char *const OPTION_KEYS[4] = {"attn_impl", "pin_memory", "async_copy",
+                                           "drop_behind"};
 
 static int option_index(const uint8_t *key) {
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < 4; i++)
     if (strcmp((const char *)key, OPTION_KEYS[i]) == 0) return i;
   return -1;
 }
 
 static int64_t *option_slot(rl_ctx *ctx, int i) {
-  return i == 0 ? &ctx->attn_impl : i == 1 ? &ctx->pin_memory : &ctx->async_copy;
+  return i == 0 ? &ctx->attn_impl
+         : i == 1 ? &ctx->pin_memory
+         : i == 2 ? &ctx->async_copy
+                  : &ctx->drop_behind;
 }
 
 RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value) {
@@ -406,6 +482,16 @@ RL_API int64_t rl_get_option(rl_ctx *ctx, const uint8_t *key) {
     }
     return (int64_t)total_b;
   }
+  if (strcmp((const char *)key, "device_memory_free") == 0) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaSetDevice(ctx->device) != cudaSuccess ||
+        cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return -1; /* the runtime cannot tell now */
+    }
+    return (int64_t)free_b;
+  }
+  if (strcmp((const char *)key, "map_files") == 0) return 0; /* kernels read device memory only */
   return -1;
 }
 
@@ -457,14 +543,54 @@ RL_API int32_t rl_marks_reset(rl_ctx *ctx) {
 }
 
 /* ----------------------------------------------------------------------------------------------
- * Loads: file -> staging buffer (pread) -> device (cudaMemcpyAsync), on the I/O thread.
+ * The I/O thread: loads (file -> device or host block) and uploads (host block -> device).
  *
- * Two staging buffers of LOAD_CHUNK bytes alternate: chunk k is read into buffer k % 2 while the
- * copy of chunk k - 1 runs; before a buffer is refilled, the host waits for the event recorded
- * after the copy out of it. The last copy of a load is followed by its `finished` event, which
- * rl_load_wait makes the compute stream wait for. */
+ * Jobs run one after another in issue order, from one FIFO queue with one ticket sequence.
+ *  - A load into device memory reads the file into two staging buffers of LOAD_CHUNK bytes used
+ *    alternately: chunk k is read into buffer k % 2 while the copy of chunk k - 1 runs; before a
+ *    buffer is refilled, the host waits for the event recorded after the copy out of it.
+ *  - A load into an rl_host_alloc block reads the file straight into it (no staging, no copy).
+ *  - An upload issues one cudaMemcpyAsync out of the host block.
+ * A job with device copies ends with its `finished` event, which rl_load_wait makes the compute
+ * stream wait for; a load into host memory has none (waiting for it involves no GPU work).
+ *
+ * Ordering against the compute stream (a write-after-read race otherwise): the engine reuses a
+ * device buffer (a streaming slot) for the next layer as soon as the kernels that read the old
+ * layer were *issued*, not completed. A copy on the transfer stream is not ordered after them by
+ * anything, so it could overwrite weights a queued kernel has yet to read. So when a load or an
+ * upload into device memory is issued (rl_load_start / rl_upload_start, on the caller's thread, in
+ * issue order with the ops), an event is recorded on the compute stream (`issued`), and the I/O
+ * thread makes the transfer stream wait for it (cudaStreamWaitEvent, no host blocking) before the
+ * job's first copy. Only the kernels issued before the job are waited for, so copies still overlap
+ * the compute issued after it; the events come from the same recycled pool as `finished`. A job
+ * copying on the compute stream itself (async_copy 0) is ordered by the stream and needs none. */
 
-/* Reads exactly n bytes at offset of fd into buf; on failure fills *err and returns the status. */
+/* Takes a timing-free event from the pool, or creates one. */
+static cudaError_t take_event(loader &L, cudaEvent_t *e) {
+  {
+    std::lock_guard<std::mutex> guard(L.lock);
+    if (!L.free_events.empty()) {
+      *e = L.free_events.back();
+      L.free_events.pop_back();
+      return cudaSuccess;
+    }
+  }
+  return cudaEventCreateWithFlags(e, cudaEventDisableTiming);
+}
+
+/* Returns an event to the pool (the caller must not hold L.lock). Its last record may still be
+ * pending: every user records it again before use, and waits already issued keep the old one. */
+static void give_event(loader &L, cudaEvent_t e) {
+  std::lock_guard<std::mutex> guard(L.lock);
+  try {
+    L.free_events.push_back(e);
+  } catch (...) {
+    (void)cudaEventDestroy(e);
+  }
+}
+
+/* Reads exactly n bytes at offset of fd into buf; on failure fills *err and returns the status.
+ * With drop_behind, the bytes read are then dropped from the page cache. */
 static int32_t read_exactly(int fd, const load_job &job, uint8_t *buf, uint64_t n,
                             uint64_t done_before, std::string *err) {
   uint64_t got = 0;
@@ -482,6 +608,9 @@ static int32_t read_exactly(int fd, const load_job &job, uint8_t *buf, uint64_t 
     }
     got += (uint64_t)r;
   }
+  /* Advice only: the bytes were read whatever it answers. */
+  if (job.drop_behind)
+    (void)posix_fadvise(fd, (off_t)(job.offset + done_before), (off_t)n, POSIX_FADV_DONTNEED);
   return RL_OK;
 }
 
@@ -496,6 +625,7 @@ static int32_t load_cuda_error(const load_job &job, cudaError_t e, const char *w
   return e == cudaErrorMemoryAllocation ? RL_ERR_OOM : RL_ERR_DEVICE;
 }
 
+/* In the job functions below: sets status and leaves through `out`. */
 #define LOAD_CHECK(call, what)                                                                    \
   do {                                                                                            \
     const cudaError_t e_ = (call);                                                                \
@@ -505,10 +635,31 @@ static int32_t load_cuda_error(const load_job &job, cudaError_t e, const char *w
     }                                                                                             \
   } while (0)
 
-/* Runs one load on the I/O thread. On success *finished holds an event recorded after the last
- * copy. */
-static int32_t run_load(rl_ctx *ctx, const load_job &job, cudaEvent_t *finished,
-                        std::string *err) {
+/* Records the completion event of a job with device copies on `stream`. */
+static int32_t record_finished(rl_ctx *ctx, const load_job &job, cudaStream_t stream,
+                               cudaEvent_t *finished, std::string *err) {
+  cudaEvent_t e = NULL;
+  cudaError_t r = take_event(ctx->load, &e);
+  if (r != cudaSuccess) return load_cuda_error(job, r, "creating an event", __LINE__, err);
+  r = cudaEventRecord(e, stream);
+  if (r != cudaSuccess) {
+    (void)cudaEventDestroy(e);
+    return load_cuda_error(job, r, "recording the completion event", __LINE__, err);
+  }
+  *finished = e;
+  return RL_OK;
+}
+
+/* Opens the job's file; on failure fills *err. */
+static int open_job_file(const load_job &job, std::string *err) {
+  const int fd = open(job.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) *err = "cannot open " + job.path + ": " + strerror(errno);
+  return fd;
+}
+
+/* A load into device memory, through the staging buffers. */
+static int32_t run_load_device(rl_ctx *ctx, const load_job &job, cudaEvent_t *finished,
+                               std::string *err) {
   loader &L = ctx->load;
   cudaStream_t stream = job.async ? ctx->transfer : ctx->compute;
   void **bufs = job.pinned ? L.pinned : L.pageable;
@@ -528,11 +679,11 @@ static int32_t run_load(rl_ctx *ctx, const load_job &job, cudaEvent_t *finished,
       return RL_ERR_OOM;
     }
   }
-  fd = open(job.path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    *err = "cannot open " + job.path + ": " + strerror(errno);
-    return RL_ERR_INVALID;
-  }
+  fd = open_job_file(job, err);
+  if (fd < 0) return RL_ERR_INVALID;
+  /* The first copy waits for the kernels issued before the load (see above). */
+  if (job.issued)
+    LOAD_CHECK(cudaStreamWaitEvent(stream, job.issued, 0), "ordering the copy after earlier ops");
   for (; done < job.bytes; k ^= 1) {
     const uint64_t n = job.bytes - done < LOAD_CHUNK ? job.bytes - done : LOAD_CHUNK;
     LOAD_CHECK(cudaEventSynchronize(L.staged[k]), "waiting for a staging buffer");
@@ -544,25 +695,51 @@ static int32_t run_load(rl_ctx *ctx, const load_job &job, cudaEvent_t *finished,
     LOAD_CHECK(cudaEventRecord(L.staged[k], stream), "recording a staging event");
     done += n;
   }
-  {
-    cudaEvent_t e = NULL;
-    {
-      std::lock_guard<std::mutex> guard(L.lock);
-      if (!L.free_events.empty()) {
-        e = L.free_events.back();
-        L.free_events.pop_back();
-      }
-    }
-    if (!e) LOAD_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "creating an event");
-    const cudaError_t r = cudaEventRecord(e, stream);
-    if (r != cudaSuccess) {
-      (void)cudaEventDestroy(e);
-      LOAD_CHECK(r, "recording the completion event");
-    }
-    *finished = e;
+  status = record_finished(ctx, job, stream, finished, err);
+out:
+  if (fd >= 0) close(fd);
+  return status;
+}
+
+/* A load into an rl_host_alloc block: read straight into it, in chunks (so drop_behind frees the
+ * page cache as it goes). Copies out of host blocks issued before it (rl_upload_start) may still
+ * be running: they are waited for first, so the read never overwrites bytes being copied. */
+static int32_t run_load_host(rl_ctx *ctx, const load_job &job, std::string *err) {
+  loader &L = ctx->load;
+  int32_t status = RL_OK;
+  int fd = -1;
+  for (int i = 0; i < 2; i++)
+    if (L.uploaded[i])
+      LOAD_CHECK(cudaEventSynchronize(L.uploaded[i]), "waiting for copies out of host memory");
+  fd = open_job_file(job, err);
+  if (fd < 0) return RL_ERR_INVALID;
+  for (uint64_t done = 0; done < job.bytes;) {
+    const uint64_t n = job.bytes - done < LOAD_CHUNK ? job.bytes - done : LOAD_CHUNK;
+    status = read_exactly(fd, job, (uint8_t *)job.dst + done, n, done, err);
+    if (status != RL_OK) goto out;
+    done += n;
   }
 out:
   if (fd >= 0) close(fd);
+  return status;
+}
+
+/* An upload: host block -> device, one async copy. */
+static int32_t run_upload(rl_ctx *ctx, const load_job &job, cudaEvent_t *finished,
+                          std::string *err) {
+  loader &L = ctx->load;
+  cudaStream_t stream = job.async ? ctx->transfer : ctx->compute;
+  cudaEvent_t &uploaded = L.uploaded[job.async ? 0 : 1];
+  int32_t status = RL_OK;
+  if (!uploaded)
+    LOAD_CHECK(cudaEventCreateWithFlags(&uploaded, cudaEventDisableTiming), "creating an event");
+  if (job.issued)
+    LOAD_CHECK(cudaStreamWaitEvent(stream, job.issued, 0), "ordering the copy after earlier ops");
+  LOAD_CHECK(cudaMemcpyAsync(job.dst, job.src, job.bytes, cudaMemcpyHostToDevice, stream),
+             "copying to the device");
+  LOAD_CHECK(cudaEventRecord(uploaded, stream), "recording the copy out of host memory");
+  status = record_finished(ctx, job, stream, finished, err);
+out:
   return status;
 }
 
@@ -584,15 +761,21 @@ static void loader_main(rl_ctx *ctx) {
     try {
       if (set != cudaSuccess)
         status = load_cuda_error(job, set, "making the device current", __LINE__, &err);
+      else if (job.kind == JOB_FILE_TO_HOST)
+        status = run_load_host(ctx, job, &err);
+      else if (job.kind == JOB_UPLOAD)
+        status = run_upload(ctx, job, &finished, &err);
       else
-        status = run_load(ctx, job, &finished, &err);
+        status = run_load_device(ctx, job, &finished, &err);
     } catch (...) {
       status = RL_ERR_OOM;
       err = "out of host memory";
     }
+    /* The transfer stream's wait (if any) was issued: the event may be recorded again. */
+    if (job.issued) give_event(L, job.issued);
     {
       std::lock_guard<std::mutex> guard(L.lock);
-      auto it = L.results.find(job.ticket); /* inserted by rl_load_start, erased only once done */
+      auto it = L.results.find(job.ticket); /* inserted at issue, erased only once done */
       if (it != L.results.end()) {
         it->second.done = true;
         it->second.status = status;
@@ -606,18 +789,60 @@ static void loader_main(rl_ctx *ctx) {
   }
 }
 
-/* Stops the I/O thread: loads not started are dropped, the one in progress finishes first. */
+/* Stops the I/O thread: jobs not started are dropped, the one in progress finishes first. */
 static void loader_stop(rl_ctx *ctx) {
   loader &L = ctx->load;
   if (!L.started) return;
   {
     std::lock_guard<std::mutex> guard(L.lock);
     L.stop = true;
+    for (const load_job &j : L.queue)
+      if (j.issued) (void)cudaEventDestroy(j.issued);
     L.queue.clear();
   }
   L.wake.notify_all();
   L.thread.join();
   L.started = false;
+}
+
+/* Issues a job: orders a device copy after the compute work issued so far (the `issued` event),
+ * starts the I/O thread on first use, queues the job and returns its ticket. A successful wait
+ * adds its bytes to RL_STAT_H2D_BYTES; `what` names the job in an error. */
+static int32_t queue_job(rl_ctx *ctx, const char *op, load_job &job, const char *what,
+                         int64_t *ticket) {
+  loader &L = ctx->load;
+  if (job.kind != JOB_FILE_TO_HOST && job.async) {
+    cudaEvent_t e = NULL;
+    CUDA_CHECK(take_event(L, &e));
+    const cudaError_t r = cudaEventRecord(e, ctx->compute);
+    if (r != cudaSuccess) give_event(L, e);
+    CUDA_CHECK(r);
+    job.issued = e;
+  }
+  try {
+    if (!L.started) {
+      L.thread = std::thread(loader_main, ctx);
+      L.started = true;
+    }
+    std::lock_guard<std::mutex> guard(L.lock);
+    const int64_t t = L.next_ticket;
+    job.ticket = t;
+    load_result pending;
+    pending.bytes = job.bytes;
+    L.results.emplace(t, std::move(pending));
+    try {
+      L.queue.push_back(std::move(job)); /* strong guarantee: job is intact if it throws */
+    } catch (...) {
+      L.results.erase(t);
+      throw;
+    }
+    *ticket = L.next_ticket++;
+  } catch (...) {
+    if (job.issued) give_event(L, job.issued);
+    return cu_fail(ctx, RL_ERR_OOM, op, "cannot start the I/O thread or queue %s", what);
+  }
+  L.wake.notify_one();
+  return RL_OK;
 }
 
 static int32_t load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64_t file_offset,
@@ -627,45 +852,87 @@ static int32_t load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64_t 
   REQUIRE_PTR(path);
   REQUIRE(bytes > 0, "bytes must be > 0, got 0");
   REQUIRE(path[0] != 0, "path is empty");
-  loader &L = ctx->load;
+  uintptr_t base = 0;
+  uint64_t size = 0;
+  const bool host = find_host_block(ctx, dst, &base, &size);
+  if (host)
+    REQUIRE(bytes <= size - ((uintptr_t)dst - base),
+            "dst %p + %llu bytes runs past the end of its rl_host_alloc block %p (%llu bytes)",
+            dst, (unsigned long long)bytes, (void *)base, (unsigned long long)size);
+  std::string what;
   try {
+    what = std::string("a load of ") + (const char *)path;
     load_job job;
+    job.kind = host ? JOB_FILE_TO_HOST : JOB_FILE_TO_DEVICE;
     job.dst = dst;
     job.path = (const char *)path;
     job.offset = file_offset;
     job.bytes = bytes;
     job.pinned = ctx->pin_memory != 0;
     job.async = ctx->async_copy != 0;
-    if (!L.started) {
-      L.thread = std::thread(loader_main, ctx);
-      L.started = true;
-    }
-    {
-      std::lock_guard<std::mutex> guard(L.lock);
-      job.ticket = L.next_ticket;
-      load_result pending;
-      pending.bytes = bytes;
-      L.results.emplace(job.ticket, std::move(pending));
-      try {
-        L.queue.push_back(std::move(job));
-      } catch (...) {
-        L.results.erase(L.next_ticket);
-        throw;
-      }
-      *ticket = L.next_ticket++;
-    }
+    job.drop_behind = ctx->drop_behind != 0;
+    /* Every waited load counts in H2D bytes, as on the CPU (one into a host block as well). */
+    return queue_job(ctx, op, job, what.c_str(), ticket);
   } catch (...) {
-    return cu_fail(ctx, RL_ERR_OOM, op, "cannot start the I/O thread or queue a load of %s",
+    return cu_fail(ctx, RL_ERR_OOM, op, "out of host memory queueing a load of %s",
                    (const char *)path);
   }
-  L.wake.notify_one();
-  return RL_OK;
 }
 
 RL_API int64_t rl_load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64_t file_offset,
                              uint64_t bytes) {
   int64_t ticket = 0;
   return load_start(ctx, dst, path, file_offset, bytes, &ticket) == RL_OK ? ticket : 0;
+}
+
+static int32_t upload_start(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes,
+                            int64_t *ticket) {
+  ENTER_AS("rl_upload_start");
+  REQUIRE_PTR(dst);
+  REQUIRE_PTR(src);
+  REQUIRE(bytes > 0, "bytes must be > 0, got 0");
+  uintptr_t base = 0;
+  uint64_t size = 0;
+  REQUIRE(find_host_block(ctx, src, &base, &size),
+          "src %p is not inside an rl_host_alloc block of this context", src);
+  REQUIRE(bytes <= size - ((uintptr_t)src - base),
+          "src %p + %llu bytes runs past the end of its rl_host_alloc block %p (%llu bytes)", src,
+          (unsigned long long)bytes, (void *)base, (unsigned long long)size);
+  REQUIRE(!find_host_block(ctx, dst, &base, &size),
+          "dst %p is host memory from rl_host_alloc, not device memory", dst);
+  char what[160];
+  snprintf(what, sizeof what, "the upload of %llu bytes from host %p to device %p",
+           (unsigned long long)bytes, src, dst);
+  try {
+    load_job job;
+    job.kind = JOB_UPLOAD;
+    job.dst = dst;
+    job.src = src;
+    job.path = what;
+    job.bytes = bytes;
+    job.async = ctx->async_copy != 0;
+    return queue_job(ctx, op, job, what, ticket);
+  } catch (...) {
+    return cu_fail(ctx, RL_ERR_OOM, op, "out of host memory queueing %s", what);
+  }
+}
+
+RL_API int64_t rl_upload_start(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) {
+  int64_t ticket = 0;
+  return upload_start(ctx, dst, src, bytes, &ticket) == RL_OK ? ticket : 0;
+}
+
+/* Never blocks and sets no error: 1 when the I/O thread is done with the job (rl_load_wait then
+ * only queues the compute stream's wait and returns at once), 0 while it is queued or running, -1
+ * for a ticket not issued or already waited (or a NULL ctx). May run on another thread than the
+ * one issuing ops, like rl_load_wait. */
+RL_API int32_t rl_load_ready(rl_ctx *ctx, int64_t ticket) {
+  if (!ctx) return -1;
+  loader &L = ctx->load;
+  std::lock_guard<std::mutex> guard(L.lock);
+  auto it = L.results.find(ticket);
+  if (it == L.results.end()) return -1;
+  return it->second.done ? 1 : 0;
 }
 
 RL_API int32_t rl_load_wait(rl_ctx *ctx, int64_t ticket) {
@@ -679,7 +946,7 @@ RL_API int32_t rl_load_wait(rl_ctx *ctx, int64_t ticket) {
       const bool none = L.next_ticket == 1;
       lk.unlock();
       if (none)
-        return cu_fail(ctx, RL_ERR_INVALID, op, "no load was started (ticket %lld)",
+        return cu_fail(ctx, RL_ERR_INVALID, op, "no load or upload was started (ticket %lld)",
                        (long long)ticket);
       return cu_fail(ctx, RL_ERR_INVALID, op, "unknown or already waited ticket %lld",
                      (long long)ticket);
@@ -689,18 +956,52 @@ RL_API int32_t rl_load_wait(rl_ctx *ctx, int64_t ticket) {
     L.results.erase(it);
   }
   if (r.status != RL_OK) return cu_fail(ctx, r.status, op, "%s", r.error.c_str());
-  /* Later ops on the compute stream start after the copy; the host does not wait. */
-  const cudaError_t e = cudaStreamWaitEvent(ctx->compute, r.finished, 0);
-  {
-    std::lock_guard<std::mutex> guard(L.lock);
-    try {
-      L.free_events.push_back(r.finished);
-    } catch (...) {
-      (void)cudaEventDestroy(r.finished);
-    }
+  if (r.finished) {
+    /* Later ops on the compute stream start after the copy; the host does not wait. */
+    const cudaError_t e = cudaStreamWaitEvent(ctx->compute, r.finished, 0);
+    give_event(L, r.finished);
+    CUDA_CHECK(e);
   }
-  CUDA_CHECK(e);
   std::lock_guard<std::mutex> guard(ctx->stats_lock);
   ctx->stats[RL_STAT_H2D_BYTES] += r.bytes; /* like the CPU backend: counted when waited for */
   return RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Mapped files: not on CUDA. Kernels read device memory only; weights reach it through
+ * rl_load_start (or the host tier and rl_upload_start). rl_get_option("map_files") is 0. */
+
+static int32_t no_mapping(rl_ctx *ctx, const char *name, const char *why) {
+  ENTER_AS(name);
+  return cu_fail(ctx, RL_ERR_UNSUPPORTED, op, "unsupported on CUDA: %s", why);
+}
+
+static const char NO_MAP_WHY[] = "the CUDA device cannot read host file pages "
+                                 "(map_files is 0); load layers with rl_load_start";
+static const char NO_MAPPINGS_WHY[] = "the CUDA backend maps no files (rl_map is unsupported)";
+
+RL_API void *rl_map(rl_ctx *ctx, const uint8_t *path, uint64_t file_offset, uint64_t bytes) {
+  (void)path;
+  (void)file_offset;
+  (void)bytes;
+  (void)no_mapping(ctx, __func__, NO_MAP_WHY);
+  return NULL;
+}
+
+RL_API int32_t rl_unmap(rl_ctx *ctx, void *p) {
+  (void)p;
+  return no_mapping(ctx, __func__, NO_MAPPINGS_WHY);
+}
+
+RL_API int64_t rl_prefetch_start(rl_ctx *ctx, const void *p, uint64_t bytes) {
+  (void)p;
+  (void)bytes;
+  (void)no_mapping(ctx, __func__, NO_MAPPINGS_WHY);
+  return 0;
+}
+
+RL_API int32_t rl_evict(rl_ctx *ctx, const void *p, uint64_t bytes) {
+  (void)p;
+  (void)bytes;
+  return no_mapping(ctx, __func__, NO_MAPPINGS_WHY);
 }

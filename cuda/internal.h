@@ -4,9 +4,10 @@
  * Nothing here is exported: the library builds with -fvisibility=hidden and a version script, so
  * only the RL_API entries of ffi/rabbitllm.h are visible.
  *
- * Streams: every op runs on ctx->compute, in issue order. rl_load_start's I/O thread copies on
- * ctx->transfer (or on compute when the option async_copy is 0); rl_load_wait makes compute wait
- * for a load's completion event, so the host never blocks on a layer copy.
+ * Streams: every op runs on ctx->compute, in issue order. The I/O thread of rl_load_start and
+ * rl_upload_start copies on ctx->transfer (or on compute when the option async_copy is 0), each
+ * job's first copy ordered after the compute work issued before the job; rl_load_wait makes
+ * compute wait for a job's completion event, so the host never blocks on a layer copy.
  */
 #ifndef RL_CUDA_INTERNAL_H
 #define RL_CUDA_INTERNAL_H
@@ -59,16 +60,31 @@ struct host_stage {
 };
 constexpr int N_HOST_STAGES = 8; /* round robin: a stage is reused 8 uploads later */
 
-/* rl_load_start / rl_load_wait (ctx.cu) */
+/* The I/O thread's jobs (ctx.cu): rl_load_start into device memory (through staging) or into an
+ * rl_host_alloc block (read straight into it), and rl_upload_start (host block -> device). One
+ * FIFO queue and one ticket sequence for all three; rl_load_wait waits for any of them. */
 constexpr uint64_t LOAD_CHUNK = 64ull << 20; /* bytes per staging buffer (two of them) */
+
+enum job_kind {
+  JOB_FILE_TO_DEVICE, /* rl_load_start, dst device memory */
+  JOB_FILE_TO_HOST,   /* rl_load_start, dst inside an rl_host_alloc block */
+  JOB_UPLOAD,         /* rl_upload_start */
+};
 
 struct load_job {
   int64_t ticket = 0;
+  int kind = JOB_FILE_TO_DEVICE;
   void *dst = nullptr;
-  std::string path;
+  const void *src = nullptr; /* JOB_UPLOAD: inside a host block */
+  std::string path;          /* the file; for JOB_UPLOAD a description for messages */
   uint64_t offset = 0, bytes = 0;
-  bool pinned = true; /* option pin_memory at rl_load_start */
-  bool async = true;  /* option async_copy at rl_load_start */
+  bool pinned = true;       /* option pin_memory at rl_load_start */
+  bool async = true;        /* option async_copy at rl_load_start / rl_upload_start */
+  bool drop_behind = false; /* option drop_behind at rl_load_start */
+  /* Recorded on the compute stream when the job was issued (device dst, async): the transfer
+   * stream waits on it before the job's first copy, so the copy cannot overwrite a buffer that
+   * kernels issued before it still read. Back to loader::free_events once waited on. */
+  cudaEvent_t issued = nullptr;
 };
 
 struct load_result {
@@ -76,24 +92,28 @@ struct load_result {
   bool done = false;            /* set by the I/O thread under loader::lock */
   int32_t status = RL_OK;       /* RL_OK or the failure */
   std::string error;            /* failure message (without the "rl_load_wait: " prefix) */
-  cudaEvent_t finished = nullptr; /* recorded after the last copy of the load (on success) */
+  cudaEvent_t finished = nullptr; /* recorded after the last copy of the job (on success; none
+                                     for a load into host memory) */
 };
 
 struct loader {
-  std::thread thread; /* started by the first rl_load_start */
+  std::thread thread; /* started by the first rl_load_start / rl_upload_start */
   bool started = false;
   std::mutex lock;
   std::condition_variable wake; /* a job was queued, or stop was set */
   std::condition_variable done; /* a job finished */
   std::deque<load_job> queue;   /* issued, not yet started */
   std::map<int64_t, load_result> results; /* issued, not yet waited for */
-  std::vector<cudaEvent_t> free_events;   /* recycled "finished" events */
+  std::vector<cudaEvent_t> free_events;   /* recycled "finished" and "issued" events */
   int64_t next_ticket = 1;
   bool stop = false;
   /* Owned by the I/O thread (freed by rl_destroy after the join). */
   void *pinned[2] = {nullptr, nullptr};   /* cudaHostAlloc, LOAD_CHUNK each */
   void *pageable[2] = {nullptr, nullptr}; /* malloc, LOAD_CHUNK each */
   cudaEvent_t staged[2] = {nullptr, nullptr}; /* last copy out of staging buffer i */
+  /* After the last rl_upload_start copy on the transfer [0] / compute [1] stream: a load into a
+   * host block first waits for them, so it never overwrites bytes a copy still reads. */
+  cudaEvent_t uploaded[2] = {nullptr, nullptr};
 };
 
 struct rl_ctx {
@@ -108,12 +128,14 @@ struct rl_ctx {
   std::mutex stats_lock;
   uint64_t stats[RL_STAT_COUNT] = {};
   std::unordered_map<void *, uint64_t> allocs; /* rl_alloc block -> bytes */
+  /* rl_host_alloc block -> bytes, ordered so that the block holding a pointer is found */
+  std::map<uintptr_t, uint64_t> host_allocs;
   device_buffer scratch[SCR_COUNT];
   host_stage stages[N_HOST_STAGES];
   int next_stage = 0;
   std::vector<cudaEvent_t> marks; /* timing events; the first marks_used are recorded */
   size_t marks_used = 0;
-  int64_t attn_impl = 0, pin_memory = 1, async_copy = 1; /* options */
+  int64_t attn_impl = 0, pin_memory = 1, async_copy = 1, drop_behind = 0; /* options */
   loader load;
   std::mutex err_lock;
   char err[512] = {}; /* last error message, NUL-terminated */

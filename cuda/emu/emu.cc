@@ -99,17 +99,13 @@ cudaError_t cudaDriverGetVersion(int *v) {
   *v = 13000;
   return cudaSuccess;
 }
-cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
-  *free_b = EMU_MEMORY;
-  *total_b = EMU_MEMORY;
-  return cudaSuccess;
-}
 
 /* ----------------------------------------------------------------------------------------------
  * Memory: device and pinned blocks are tracked, so copies can be checked against them */
 
 static std::mutex g_mem_lock;
 static std::map<uintptr_t, size_t> g_device, g_pinned; /* base -> bytes */
+static size_t g_device_bytes;                          /* live cudaMalloc bytes */
 
 /* The block of `m` holding [p, p + n), or false. */
 static bool inside(const std::map<uintptr_t, size_t> &m, const void *p, size_t n) {
@@ -124,12 +120,18 @@ static cudaError_t alloc_in(std::map<uintptr_t, size_t> &m, void **p, size_t byt
   *p = nullptr;
   if (bytes == 0) return fail(cudaErrorInvalidValue);
   if (bytes > EMU_MEMORY) return fail(cudaErrorMemoryAllocation);
-  const size_t rounded = (bytes + 255) / 256 * 256;
-  void *q = aligned_alloc(256, rounded);
+  if (&m == &g_device) {
+    std::lock_guard<std::mutex> g(g_mem_lock);
+    if (bytes > EMU_MEMORY - g_device_bytes) return fail(cudaErrorMemoryAllocation);
+  }
+  const size_t align = &m == &g_pinned ? 4096 : 256; /* cudaHostAlloc returns whole pages */
+  const size_t rounded = (bytes + align - 1) / align * align;
+  void *q = aligned_alloc(align, rounded);
   if (!q) return fail(cudaErrorMemoryAllocation);
   memset(q, 0xff, bytes); /* uninitialized device memory reads as NaN */
   std::lock_guard<std::mutex> g(g_mem_lock);
   m[(uintptr_t)q] = bytes;
+  if (&m == &g_device) g_device_bytes += bytes;
   *p = q;
   return cudaSuccess;
 }
@@ -139,8 +141,17 @@ static cudaError_t free_in(std::map<uintptr_t, size_t> &m, void *p) {
   std::lock_guard<std::mutex> g(g_mem_lock);
   auto it = m.find((uintptr_t)p);
   if (it == m.end()) return fail(cudaErrorInvalidValue);
+  if (&m == &g_device) g_device_bytes -= it->second;
   m.erase(it);
   free(p);
+  return cudaSuccess;
+}
+
+/* Free = the emulated capacity less the live cudaMalloc blocks (as a GPU reports it). */
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
+  std::lock_guard<std::mutex> g(g_mem_lock);
+  *free_b = EMU_MEMORY - g_device_bytes;
+  *total_b = EMU_MEMORY;
   return cudaSuccess;
 }
 
