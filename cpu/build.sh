@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds the CPU backend: every cpu/*.c except tests and benchmarks -> build/librabbitllm_cpu.so.
+# Builds the CPU backend: every cpu/*.c except tests and benchmarks -> build/librabbitllm_cpu.so,
+# and build/bench_io (the memory/disk bounds of `deno task bench`).
 # Works from any directory; prints the library's absolute path. Compiles to a temporary name and
 # renames it, so a failed build never replaces a working library. -z nodelete: Deno unloads
 # libraries at exit while OpenMP worker threads still exist; keeping the library (and so libgomp)
@@ -27,4 +28,6 @@ if ! gcc -std=c11 -O3 -march=native -fopenmp -fPIC -shared -fvisibility=hidden -
 fi
 mv "$tmp" "$out"
 trap - EXIT
+# The bench's bounds tool (memory and disk bandwidth), not part of the library.
+gcc -std=c11 -O3 -march=native -fopenmp -Wall -Wextra -o build/bench_io cpu/bench_io.c
 echo "$(pwd)/$out"

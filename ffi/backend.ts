@@ -56,6 +56,7 @@ export const SYMBOLS = {
   rl_host_free: { parameters: ["pointer", "pointer"], result: "i32" },
   rl_upload_start: { parameters: ["pointer", "pointer", "pointer", "u64"], result: "i64" },
   rl_load_ready: { parameters: ["pointer", "i64"], result: "i32" },
+  rl_read_sysfile: { parameters: ["buffer", "buffer", "i64"], result: "i64" },
   rl_set_option: { parameters: ["pointer", "buffer", "i64"], result: "i32" },
   rl_get_option: { parameters: ["pointer", "buffer"], result: "i64" },
   rl_mark: { parameters: ["pointer"], result: "i64" },
@@ -395,6 +396,22 @@ export class Backend {
     const t = this.#lib.symbols.rl_upload_start(this.#c, dst, src, BigInt(bytes));
     if (t === 0n) throw new BackendError("rl_upload_start", lastError(this.#lib, this.#ctx));
     return t;
+  }
+
+  /**
+   * The text of a kernel file the memory planner reads (/proc/meminfo, /proc/self/cgroup,
+   * /proc/self/mountinfo, /proc/self/io, /sys/fs/cgroup/...), or null. Deno reads those only with
+   * --allow-all; the backend reads them with --allow-ffi.
+   */
+  readSysfile(path: string): string | null {
+    const p = cstr(path);
+    for (let cap = 1 << 16; cap <= 1 << 24; cap *= 4) {
+      const buf = new Uint8Array(cap);
+      const n = Number(this.#lib.symbols.rl_read_sysfile(p, buf, BigInt(cap)));
+      if (n < 0) return null;
+      if (n < cap - 1) return decoder.decode(buf.subarray(0, n));
+    }
+    return null;
   }
 
   /** Sets a backend option ("attn_impl", "pin_memory", "async_copy", "drop_behind"). */

@@ -162,6 +162,15 @@ RL_API int32_t rl_host_free(rl_ctx *ctx, void *p);
  * RL_STAT_H2D_BYTES. */
 RL_API int64_t rl_upload_start(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes);
 
+/* ---- the host's memory limits ------------------------------------------------------------ */
+
+/* Copies the text of a kernel file that the engine's memory planner reads into buf (cap bytes,
+ * NUL-terminated, truncated to fit): /proc/meminfo, /proc/self/cgroup, /proc/self/mountinfo,
+ * /proc/self/io, or a file under /sys/fs/cgroup/ with no ".." component. (Deno grants reads of
+ * /proc and /sys only with --allow-all; through the backend, --allow-ffi suffices.) Returns the
+ * file's length, or -1 when the path is not one of those or cannot be read. Needs no context. */
+RL_API int64_t rl_read_sysfile(const uint8_t *path, uint8_t *buf, int64_t cap);
+
 /* ---- options and timing ----------------------------------------------------------------- */
 
 /* Sets a backend option by name (NUL-terminated key, a host buffer). Known keys:

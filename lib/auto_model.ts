@@ -107,19 +107,17 @@ function logOnce(msg: string): void {
 }
 
 /**
- * The host memory this process may still use (lib/memory.ts): cgroup limits when readable, and
- * the system's available memory (`--allow-sys=systemMemoryInfo`, else /proc/meminfo).
+ * The host memory this process may still use (lib/memory.ts): cgroup limits and the system's
+ * available memory, read through the backend (Deno reads /proc and /sys only with --allow-all).
  */
-function hostMemory(): MemoryLimits {
+function hostMemory(be: Backend): MemoryLimits {
   const sys = Deno.permissions.querySync({ name: "sys", kind: "systemMemoryInfo" }).state ===
       "granted"
     ? Deno.systemMemoryInfo().available
     : null;
-  const limits = readMemoryLimits({ systemAvailable: sys });
+  const limits = readMemoryLimits({ systemAvailable: sys, read: (p) => be.readSysfile(p) });
   if (limits.available === null) {
-    logOnce(
-      "host memory unknown (grant --allow-sys=systemMemoryInfo and --allow-read=/proc,/sys/fs/cgroup): every layer streams through the page cache",
-    );
+    logOnce("host memory unknown: every layer streams through the page cache");
   }
   return limits;
 }
@@ -153,7 +151,7 @@ function planInputOf(
     smallPerToken: head?.dataBytes ?? 0,
     prefetchDepth: opts.prefetching === false ? 0 : opts.prefetchDepth ?? 2,
     hostAvailable: opts.maxMemory === undefined
-      ? hostMemory().available
+      ? hostMemory(be).available
       : Math.max(0, opts.maxMemory - Deno.memoryUsage().rss),
     deviceFree: be.device === "cuda" ? be.getOption("device_memory_free") : null,
     maxResidentBytes: cap === "auto" ? undefined : cap,

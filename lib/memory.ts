@@ -40,11 +40,14 @@ export interface MemoryLimits {
 /** Limits at or above this are "no limit" (v1 writes 2^63 rounded down to a page). */
 const UNLIMITED = 2 ** 62;
 
-function read(path: string): string | null {
+/** Reads a file's text, or null (missing, or not permitted: the caller falls back). */
+export type FileReader = (path: string) => string | null;
+
+function readWithDeno(path: string): string | null {
   try {
     return Deno.readTextFileSync(path);
   } catch {
-    return null; // missing, or not permitted: the caller falls back
+    return null;
   }
 }
 
@@ -73,7 +76,7 @@ interface Mount {
   superOptions: string[];
 }
 
-function mounts(root: string): Mount[] {
+function mounts(root: string, read: FileReader): Mount[] {
   const out: Mount[] = [];
   for (const line of read(`${root}/proc/self/mountinfo`)?.split("\n") ?? []) {
     const [pre, post] = line.split(" - ");
@@ -86,9 +89,9 @@ function mounts(root: string): Mount[] {
 }
 
 /** The memory cgroup directories from the process's own up to its hierarchy's root. */
-function cgroupDirs(root: string): { dirs: string[]; version: 1 | 2 } | null {
+function cgroupDirs(root: string, read: FileReader): { dirs: string[]; version: 1 | 2 } | null {
   const lines = read(`${root}/proc/self/cgroup`)?.split("\n") ?? [];
-  const all = mounts(root);
+  const all = mounts(root, read);
   // v1: "N:memory:/path" (the memory controller on its own hierarchy); v2: "0::/path".
   const v1 = lines.map((l) => l.split(":")).find((p) => p[1]?.split(",").includes("memory"));
   const v2 = lines.map((l) => l.split(":")).find((p) => p[0] === "0" && p[1] === "");
@@ -119,7 +122,7 @@ function cgroupDirs(root: string): { dirs: string[]; version: 1 | 2 } | null {
   return { dirs, version: cg.version };
 }
 
-function level(dir: string, version: 1 | 2): CgroupLevel | null {
+function level(dir: string, version: 1 | 2, read: FileReader): CgroupLevel | null {
   if (version === 1) {
     const limit = num(read(`${dir}/memory.limit_in_bytes`));
     const usage = num(read(`${dir}/memory.usage_in_bytes`));
@@ -141,18 +144,21 @@ const mb = (n: number) => `${Math.round(n / MiB)} MiB`;
 
 /**
  * Reads the memory this process may still use. `systemAvailable` overrides the MemAvailable read
- * from `<root>/proc/meminfo` (the engine passes Deno.systemMemoryInfo() when granted).
+ * from `<root>/proc/meminfo` (the engine passes Deno.systemMemoryInfo() when granted). `read`
+ * reads the files (default: Deno, which allows /proc and /sys only with --allow-all; the engine
+ * passes its backend's reader).
  */
 export function readMemoryLimits(
-  opts: { root?: string; systemAvailable?: number | null } = {},
+  opts: { root?: string; systemAvailable?: number | null; read?: FileReader } = {},
 ): MemoryLimits {
   const root = (opts.root ?? "").replace(/\/$/, "");
+  const read = opts.read ?? readWithDeno;
   const meminfo = keyed(read(`${root}/proc/meminfo`)).get("MemAvailable");
   const systemAvailable = opts.systemAvailable ?? (meminfo === undefined ? null : meminfo * 1024);
   let binding: CgroupLevel | null = null;
-  const found = cgroupDirs(root);
+  const found = cgroupDirs(root, read);
   for (const dir of found?.dirs ?? []) {
-    const l = level(dir, found!.version);
+    const l = level(dir, found!.version, read);
     if (l && (binding === null || free(l) < free(binding))) binding = l;
   }
   const cgFree = binding ? free(binding) : null;

@@ -1,160 +1,467 @@
 /**
- * `deno task bench`: prefill and decode speed on a synthetic checkpoint of a real model's shape
- * with every layer resident and with layers streamed from their files, next to transformers on
- * the same checkpoint (CPU, when python3 has torch + transformers) or to the measured pinned
- * host → device bandwidth (CUDA, build/bench_h2d).
+ * `deno task bench`: the side-by-side table, every row measured in one run on this machine.
  *
- *   deno task bench [--device cpu|cuda] [--shape smollm2-135m|llama3-8b|qwen3-30b-a3b]
- *                   [--dtype F32|F16|BF16] [--layers N] [--prompt 32] [--new 64] [--no-hf]
+ *   deno task bench [--model DIR | --shape smollm2-135m|llama3-8b|qwen3-30b-a3b]
+ *                   [--dtype F32|F16|BF16] [--layers N] [--device cpu|cuda]
+ *                   [--prompt 64] [--new 64] [--batches 1,4,16] [--memory-limit 0.75]
+ *                   [--repeat 3] [--peers] [--no-hf] [--json FILE]
  *
- * Defaults: cpu → SmolLM2-135M shape in F32; cuda → Llama-3-8B shape in BF16. The MoE shape
- * (Qwen3-30B-A3B, 4 of its 48 layers unless --layers) counts the weights a token touches as the
- * always-needed tensors plus 8 of 128 experts; streamed rows also show the bytes actually read
- * per decoded token (the backend's H2D counter).
+ * CPU rows: ours with every layer resident; streamed from the page cache (maxResidentBytes 0);
+ * under a memory limit of `--memory-limit` × the model's bytes with default options (the engine
+ * runs in a child cgroup, its files dropped from the page cache first); batches 1, 4, 16 resident
+ * and under the limit; HF transformers; with `--peers`, llama.cpp (llama-cpp-python 0.3.36 built
+ * from source with GGML_NATIVE into a cached venv, the checkpoint converted with the sdist's
+ * convert_hf_to_gguf.py) resident and under the same limit. Bounds: memory read GB/s and
+ * sequential disk read GB/s (page cache dropped), measured by build/bench_io. Every row runs in
+ * its own process. Memory limits need root and cgroups (v1 or v2); without them the table says
+ * so and leaves those rows out.
+ *
+ * GPU (`--device cuda`): resident, streamed from disk, and streamed from the pinned host tier,
+ * against the measured pinned host→device bandwidth (build/bench_h2d).
+ *
+ * Default model: a synthetic checkpoint of SmolLM2-135M's shape (seeded random weights) in F32
+ * (CPU) or Llama-3-8B's in BF16 (GPU).
  */
 import { parseArgs } from "node:util";
-import { AutoModel } from "../mod.ts";
-import { openCheckpoint } from "../lib/auto_model.ts";
+import { openCheckpoint, splitWithProgress } from "../lib/auto_model.ts";
 import { modelInfo } from "../lib/info.ts";
 import { BENCH_LAYERS, makeBenchModel } from "./make_bench_model.ts";
+import type { RowResult } from "./bench_run.ts";
 
 const { values: args } = parseArgs({
   args: Deno.args,
   options: {
     device: { type: "string", default: "cpu" },
+    model: { type: "string" },
     shape: { type: "string" },
     dtype: { type: "string" },
     layers: { type: "string" },
-    prompt: { type: "string", default: "32" },
+    prompt: { type: "string", default: "64" },
     new: { type: "string", default: "64" },
+    batches: { type: "string", default: "1,4,16" },
+    "memory-limit": { type: "string", default: "0.75" },
+    repeat: { type: "string", default: "3" },
+    peers: { type: "boolean", default: false },
     "no-hf": { type: "boolean", default: false },
+    json: { type: "string" },
   },
 });
 const device = args.device as "cpu" | "cuda";
-const shape = args.shape ?? (device === "cuda" ? "llama3-8b" : "smollm2-135m");
-const dtype = (args.dtype ?? (device === "cuda" ? "BF16" : "F32")) as "F32" | "F16" | "BF16";
-const layers = args.layers ? Number(args.layers) : BENCH_LAYERS[shape];
 const promptLen = Number(args.prompt), newTokens = Number(args.new);
-const dir = new URL(
-  `../tests/.tmp/bench/${shape}-${dtype}${layers ? `-${layers}l` : ""}`,
-  import.meta.url,
-).pathname;
-try {
-  await Deno.stat(`${dir}/config.json`);
-} catch {
-  console.log(`writing a synthetic ${shape} checkpoint (${dtype}) to ${dir} ...`);
-  await makeBenchModel(shape, dir, dtype, layers);
+const batches = args.batches.split(",").map(Number);
+const here = (p: string) => new URL(p, import.meta.url).pathname;
+const tmp = here("../tests/.tmp/bench");
+
+// ---- the checkpoint and its split -------------------------------------------------------------
+
+let dir: string, label: string;
+if (args.model) {
+  dir = await Deno.realPath(args.model);
+  label = dir.slice(dir.lastIndexOf("/") + 1);
+} else {
+  const shape = args.shape ?? (device === "cuda" ? "llama3-8b" : "smollm2-135m");
+  const dtype = (args.dtype ?? (device === "cuda" ? "BF16" : "F32")) as "F32" | "F16" | "BF16";
+  const layers = args.layers ? Number(args.layers) : BENCH_LAYERS[shape];
+  label = `${shape}${layers ? `-${layers}l` : ""} (synthetic) ${dtype}`;
+  dir = `${tmp}/${shape}-${dtype}${layers ? `-${layers}l` : ""}`;
+  try {
+    await Deno.stat(`${dir}/config.json`);
+  } catch {
+    console.log(`writing a synthetic ${shape} checkpoint (${dtype}) to ${dir} ...`);
+    await makeBenchModel(shape, dir, dtype, layers);
+  }
+}
+const dtypeArg = args.model && args.dtype
+  ? ({ F32: "float32", F16: "float16", BF16: "bfloat16" } as const)[args.dtype as "F32"]
+  : undefined;
+const ck = await openCheckpoint(dir, { quiet: true, dtype: dtypeArg });
+const splitDir = `${tmp}/splits/${label.replace(/[^\w.-]+/g, "_")}-${ck.dtype}`;
+const split = await splitWithProgress(ck, { layerShardsSavingPath: splitDir });
+const layerFiles = split.manifest.parts.filter((p) => p.id.startsWith("layer."))
+  .map((p) => `${split.dir}/${p.file}`);
+const allFiles = split.manifest.parts.map((p) => `${split.dir}/${p.file}`);
+const modelBytes = split.manifest.parts.reduce((s, p) => s + p.dataBytes, 0);
+// Weights one decoded token touches (`rabbit info`): layers + head; a MoE layer its routed share.
+const weightsPerToken = (await modelInfo(ck)).streamedPerToken;
+
+// ---- tools ------------------------------------------------------------------------------------
+
+const dec = new TextDecoder();
+async function run(cmd: string, argv: string[], env?: Record<string, string>) {
+  const out = await new Deno.Command(cmd, { args: argv, env, stderr: "piped", stdout: "piped" })
+    .output();
+  return {
+    ok: out.success,
+    code: out.code,
+    signal: out.signal,
+    stdout: dec.decode(out.stdout),
+    stderr: dec.decode(out.stderr),
+  };
 }
 
-const prompt = [Array.from({ length: promptLen }, (_, i) => 3 + ((i * 7919) % 1000))];
+function lastJson<T>(text: string): T {
+  return JSON.parse(text.trim().split("\n").at(-1)!);
+}
+
+async function benchIo(...argv: string[]) {
+  const r = await run(here("../build/bench_io"), argv);
+  if (!r.ok) throw new Error(`bench_io ${argv[0]} failed: ${r.stderr}`);
+  return r.stdout ? lastJson<Record<string, number>>(r.stdout) : {};
+}
+
+/**
+ * A memory cgroup for one child process (v1 or v2), or why there is none. Made and read through
+ * sh: Deno touches /sys only with --allow-all.
+ */
+interface Cgroup {
+  procs: string;
+  peak(): Promise<number>;
+  oomKills(): Promise<number>;
+  remove(): Promise<void>;
+}
+let cgroupSerial = 0;
+async function cgroup(limit: number): Promise<Cgroup | string> {
+  const name = `rabbitllm-bench-${Deno.pid}-${cgroupSerial++}`;
+  const v1 = `/sys/fs/cgroup/memory/${name}`, v2 = `/sys/fs/cgroup/${name}`;
+  const made = await run("sh", [
+    "-c",
+    `if [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
+       mkdir "${v1}" && echo ${limit} > "${v1}/memory.limit_in_bytes" && echo v1
+     elif grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+       echo +memory > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
+       mkdir "${v2}" && echo ${limit} > "${v2}/memory.max" &&
+         { echo 0 > "${v2}/memory.swap.max" 2>/dev/null; echo v2; }
+     else echo "no memory cgroup controller here" >&2; exit 1; fi`,
+  ]);
+  if (!made.ok) {
+    return `no memory limit: ${
+      made.stderr.trim() || "cannot create a memory cgroup"
+    } (it needs root)`;
+  }
+  const d = made.stdout.trim() === "v1" ? v1 : v2;
+  const sh = async (cmd: string) => (await run("sh", ["-c", cmd])).stdout.trim();
+  const number = async (cmd: string) => Number(await sh(cmd)) || 0;
+  return made.stdout.trim() === "v1"
+    ? {
+      procs: `${d}/cgroup.procs`,
+      peak: () => number(`cat "${d}/memory.max_usage_in_bytes"`),
+      oomKills: () => number(`awk '/^oom_kill /{print $2}' "${d}/memory.oom_control"`),
+      remove: async () => void await sh(`rmdir "${d}"`),
+    }
+    : {
+      procs: `${d}/cgroup.procs`,
+      peak: () => number(`cat "${d}/memory.peak"`),
+      oomKills: () => number(`awk '/^oom_kill /{print $2}' "${d}/memory.events"`),
+      remove: async () => void await sh(`rmdir "${d}"`),
+    };
+}
+
+/** Runs argv (in `cg` when given); the parsed JSON line, or why there is none. */
+async function child<T>(argv: string[], cg?: Cgroup): Promise<T | string> {
+  // Through sh: it moves itself into the cgroup before exec, so every page of the child counts.
+  const r = cg
+    ? await run("sh", ["-c", 'echo $$ > "$0" && exec "$@"', cg.procs, ...argv])
+    : await run("sh", ["-c", 'exec "$@"', "sh", ...argv]);
+  if (cg && (r.signal === "SIGKILL" || r.code === 137 || await cg.oomKills() > 0)) {
+    return "killed by the OOM killer";
+  }
+  if (!r.ok) return `failed: ${r.stderr.trim().split("\n").slice(-3).join(" | ")}`;
+  return lastJson<T>(r.stdout);
+}
+
+const deno = Deno.execPath();
+const buildDir = here("../build");
+function ours(mode: string, batch: number): string[] {
+  return [
+    deno,
+    "run",
+    "--allow-read",
+    `--allow-write=${splitDir}`,
+    "--allow-env=HF_HUB_CACHE,HF_HOME,XDG_CACHE_HOME,HOME,RABBITLLM_LIB,RABBITLLM_CUDA_LIB",
+    `--allow-ffi=${buildDir}`,
+    "--allow-sys=systemMemoryInfo",
+    here("./bench_run.ts"),
+    `--model=${dir}`,
+    `--split=${split.dir}`,
+    `--device=${device}`,
+    `--mode=${mode}`,
+    `--prompt=${promptLen}`,
+    `--new=${newTokens}`,
+    `--batch=${batch}`,
+    `--repeat=${args.repeat}`,
+  ];
+}
+
+// ---- llama.cpp (--peers) ----------------------------------------------------------------------
+
+const LLAMA_CPP = "0.3.36";
+function cacheDir(): string {
+  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  return `${xdg || `${Deno.env.get("HOME")}/.cache`}/rabbitllm/bench`;
+}
+
+/** The venv python with llama-cpp-python, and the GGUF of this checkpoint (built once). */
+async function llamaCpp(): Promise<{ python: string; gguf: string } | string> {
+  const cache = cacheDir();
+  const venv = `${cache}/llama-cpp-python-${LLAMA_CPP}`;
+  const python = `${venv}/bin/python`;
+  const sdist = `${cache}/llama_cpp_python-${LLAMA_CPP}`;
+  if (!(await run("sh", ["-c", `"${python}" -c "import llama_cpp"`])).ok) {
+    console.log(
+      `building llama-cpp-python ${LLAMA_CPP} from source into ${venv} (GGML_NATIVE, about 10 minutes, once) ...`,
+    );
+    const r = await run("sh", [
+      "-c",
+      `mkdir -p "${cache}" && python3 -m venv "${venv}" && CMAKE_ARGS=-DGGML_NATIVE=ON "${venv}/bin/pip" install -q --no-binary llama-cpp-python llama-cpp-python==${LLAMA_CPP}`,
+    ]);
+    if (!r.ok) return `llama-cpp-python build failed: ${r.stderr.trim().split("\n").slice(-3)}`;
+  }
+  if (
+    (await Deno.stat(`${sdist}/vendor/llama.cpp/convert_hf_to_gguf.py`).catch(() => null)) === null
+  ) {
+    const r = await run("sh", [
+      "-c",
+      `cd "${cache}" && "${venv}/bin/pip" download -q --no-binary :all: --no-deps llama-cpp-python==${LLAMA_CPP} -d . && tar xzf llama_cpp_python-${LLAMA_CPP}.tar.gz`,
+    ]);
+    if (!r.ok) return `llama-cpp-python sdist download failed: ${r.stderr.trim()}`;
+  }
+  const outtype = { float32: "f32", float16: "f16", bfloat16: "bf16" }[ck.dtype];
+  const gguf = `${tmp}/gguf/${label.replace(/[^\w.-]+/g, "_")}-${outtype}.gguf`;
+  if ((await Deno.stat(gguf).catch(() => null)) === null) {
+    await Deno.mkdir(`${tmp}/gguf`, { recursive: true });
+    console.log(`converting ${dir} to ${gguf} (convert_hf_to_gguf.py) ...`);
+    const llama = `${sdist}/vendor/llama.cpp`;
+    const r = await run("sh", [
+      "-c",
+      `PYTHONPATH="${llama}/gguf-py" python3 "${llama}/convert_hf_to_gguf.py" "${dir}" --outtype ${outtype} --outfile "${gguf}.tmp" && mv "${gguf}.tmp" "${gguf}"`,
+    ]);
+    if (!r.ok) return `convert_hf_to_gguf.py failed: ${r.stderr.trim().split("\n").slice(-3)}`;
+  }
+  return { python, gguf };
+}
+
+// ---- the rows ---------------------------------------------------------------------------------
 
 interface Row {
-  engine: string;
-  prefill: number;
-  decode: number;
-  /** Bytes moved into the device per decoded token (streamed runs), measured. */
-  readPerToken?: number;
+  name: string;
+  batch: number;
+  regime: "resident" | "streamed" | "limit" | "host";
+  engine: "ours" | "transformers" | "llama.cpp";
+  result: (RowResult & { peak?: number }) | {
+    prefill: number;
+    decode: number;
+    diskPerStep?: number | null;
+    peak?: number;
+  } | null;
+  note?: string;
 }
 const rows: Row[] = [];
-// Weights one decoded token touches (`rabbit info`'s figure): the layers and the head; a MoE layer
-// counts num_experts_per_tok of its experts.
-const weightBytes = (await modelInfo(await openCheckpoint(dir, { quiet: true }))).streamedPerToken;
+const limitBytes = Math.round(Number(args["memory-limit"]) * modelBytes);
+const MB = (n: number) => (n / 1e6).toFixed(0);
 
-async function run(
-  name: string,
-  opts: { maxResidentBytes: number; prefetching: boolean; asyncCopy?: boolean },
-) {
-  await using model = await AutoModel.fromPretrained(dir, {
-    ...opts,
-    device,
-    maxSeqLen: promptLen + newTokens + 8,
-  });
-  // Warm: page cache, resident layers, threads, and the first touch of every streaming slot's
-  // pages (a MoE prompt touches only the routed experts' areas of a slot per pass, and first
-  // touches cost ~1 GB/s on a VM).
-  for (let i = 0; i < 3; i++) await model.generate(prompt, { maxNewTokens: 2 });
-  const loaded = () => model.backend.stats().h2dBytes;
-  let b0 = loaded(), t = performance.now();
-  await model.generate(prompt, { maxNewTokens: 1 });
-  const prefillS = (performance.now() - t) / 1000, prefillBytes = loaded() - b0;
-  b0 = loaded();
-  t = performance.now();
-  await model.generate(prompt, { maxNewTokens: newTokens + 1 });
-  const decodeS = (performance.now() - t) / 1000 - prefillS;
-  rows.push({
-    engine: name,
-    prefill: promptLen / prefillS,
-    decode: newTokens / decodeS,
-    readPerToken: opts.maxResidentBytes === 0
-      ? (loaded() - b0 - prefillBytes) / newTokens
-      : undefined,
-  });
-}
-
-let h2d: { device: string; pinned_gbps: number; pageable_gbps: number } | null = null;
-if (device === "cuda") {
-  // The physical bound of streaming: pinned host → device bandwidth of this machine.
-  const exe = new URL("../build/bench_h2d", import.meta.url).pathname;
-  const out = await new Deno.Command(exe, { args: ["1024"] }).output();
-  if (!out.success) throw new Error(`bench_h2d failed: ${new TextDecoder().decode(out.stderr)}`);
-  h2d = JSON.parse(new TextDecoder().decode(out.stdout));
-}
-const tag = `rabbitllm ${device}`;
-await run(`${tag}, all layers resident`, { maxResidentBytes: Infinity, prefetching: true });
-await run(`${tag}, streamed from host memory (page cache), prefetch`, {
-  maxResidentBytes: 0,
-  prefetching: true,
-});
-if (device === "cuda") {
-  await run(`${tag}, streamed, prefetch, copies on the compute stream`, {
-    maxResidentBytes: 0,
-    prefetching: true,
-    asyncCopy: false,
-  });
-}
-await run(`${tag}, streamed, no prefetch`, { maxResidentBytes: 0, prefetching: false });
-
-if (!args["no-hf"] && device === "cpu") {
-  const script = new URL("./bench_hf.py", import.meta.url).pathname;
-  const out = await new Deno.Command("python3", {
-    args: [script, dir, String(promptLen), String(newTokens)],
-    stderr: "inherit",
-  }).output().catch((e) => ({ success: false, stdout: new TextEncoder().encode(String(e)) }));
-  const text = new TextDecoder().decode(out.stdout).trim();
-  if (out.success) {
-    const r = JSON.parse(text.split("\n").at(-1)!);
-    rows.push({
-      engine: `transformers ${r.transformers} (torch ${r.torch}, ${r.threads} threads)`,
-      ...r,
-    });
-  } else console.log(`transformers baseline skipped: ${text.split("\n").at(-1)}`);
-}
-
-if (h2d) {
-  console.log(
-    `\n${h2d.device}: pinned host→device ${h2d.pinned_gbps} GB/s, pageable ${h2d.pageable_gbps} GB/s`,
+async function oursRow(name: string, mode: string, regime: Row["regime"], batch: number) {
+  let cg: Cgroup | string | undefined;
+  if (regime === "limit") {
+    cg = await cgroup(limitBytes);
+    if (typeof cg === "string") {
+      rows.push({ name, batch, regime, engine: "ours", result: null, note: cg });
+      return;
+    }
+    await benchIo("drop", ...allFiles);
+  }
+  console.log(`  ${name}, batch ${batch} ...`);
+  const r = await child<RowResult>(ours(mode, batch), cg as Cgroup | undefined);
+  const peak = cg && typeof cg !== "string" ? await cg.peak() : undefined;
+  if (cg && typeof cg !== "string") await cg.remove();
+  rows.push(
+    typeof r === "string"
+      ? { name, batch, regime, engine: "ours", result: null, note: r }
+      : { name, batch, regime, engine: "ours", result: { ...r, peak } },
   );
 }
-console.log(
-  `\n${shape}${layers ? ` (${layers} layers)` : ""} ${dtype}: ${
-    (weightBytes / 1e6).toFixed(0)
-  } MB of weights per decoded token; ` +
-    `prompt ${promptLen}, ${newTokens} new tokens, ${navigator.hardwareConcurrency} cores`,
+
+console.log(`\nbounds ...`);
+const mem = device === "cpu" ? (await benchIo("mem")).memory_gbps : null;
+const disk = (await benchIo("disk", ...layerFiles)).disk_gbps;
+let h2d: { device: string; pinned_gbps: number; pageable_gbps: number } | null = null;
+if (device === "cuda") {
+  const r = await run(here("../build/bench_h2d"), ["1024"]);
+  if (!r.ok) throw new Error(`bench_h2d failed: ${r.stderr}`);
+  h2d = lastJson(r.stdout);
+}
+
+console.log(`rows (${label}, ${device}) ...`);
+const tag = `rabbitllm ${device}`;
+for (const b of batches) await oursRow(`${tag}, every layer resident`, "resident", "resident", b);
+if (device === "cpu") {
+  await oursRow(`${tag}, streamed from the page cache`, "streamed", "streamed", 1);
+  for (const b of batches) {
+    await oursRow(`${tag}, ${args["memory-limit"]}× memory limit`, "auto", "limit", b);
+  }
+} else {
+  await oursRow(`${tag}, streamed from disk`, "streamed", "streamed", 1);
+  await oursRow(`${tag}, streamed from the pinned host tier`, "host", "host", 1);
+}
+
+if (device === "cpu" && !args["no-hf"]) {
+  console.log("  transformers ...");
+  const r = await child<{ prefill: number; decode: number; transformers: string; torch: string }>(
+    ["python3", here("./bench_hf.py"), dir, String(promptLen), String(newTokens)],
+  );
+  rows.push(
+    typeof r === "string"
+      ? {
+        name: "HF transformers",
+        batch: 1,
+        regime: "resident",
+        engine: "transformers",
+        result: null,
+        note: r,
+      }
+      : {
+        name: `HF transformers ${r.transformers} (torch ${r.torch})`,
+        batch: 1,
+        regime: "resident",
+        engine: "transformers",
+        result: r,
+      },
+  );
+}
+
+if (device === "cpu" && args.peers) {
+  const peer = await llamaCpp();
+  if (typeof peer === "string") {
+    rows.push({
+      name: "llama.cpp",
+      batch: 1,
+      regime: "resident",
+      engine: "llama.cpp",
+      result: null,
+      note: peer,
+    });
+  } else {
+    const argv = [
+      peer.python,
+      here("./bench_llamacpp.py"),
+      peer.gguf,
+      String(promptLen),
+      String(newTokens),
+      args.repeat,
+    ];
+    for (const regime of ["resident", "limit"] as const) {
+      const name = `llama.cpp ${LLAMA_CPP} (mmap)${
+        regime === "limit" ? `, ${args["memory-limit"]}× memory limit` : ""
+      }`;
+      let cg: Cgroup | string | undefined;
+      if (regime === "limit") {
+        cg = await cgroup(limitBytes);
+        if (typeof cg === "string") {
+          rows.push({ name, batch: 1, regime, engine: "llama.cpp", result: null, note: cg });
+          continue;
+        }
+        await benchIo("drop", peer.gguf);
+      }
+      console.log(`  ${name} ...`);
+      const r = await child<{ prefill: number; decode: number; disk_per_step: number | null }>(
+        argv,
+        cg as Cgroup | undefined,
+      );
+      const peak = cg && typeof cg !== "string" ? await cg.peak() : undefined;
+      if (cg && typeof cg !== "string") await cg.remove();
+      rows.push(
+        typeof r === "string"
+          ? { name, batch: 1, regime, engine: "llama.cpp", result: null, note: r }
+          : {
+            name,
+            batch: 1,
+            regime,
+            engine: "llama.cpp",
+            result: { ...r, diskPerStep: r.disk_per_step, peak },
+          },
+      );
+    }
+  }
+}
+
+// ---- the table --------------------------------------------------------------------------------
+
+const find = (engine: Row["engine"], regime: Row["regime"], batch = 1) =>
+  rows.find((r) => r.engine === engine && r.regime === regime && r.batch === batch)?.result ?? null;
+function ratios(r: Row): string {
+  if (!r.result) return "";
+  const out: string[] = [];
+  const x = (a: number, b: number | undefined, what: string) => {
+    if (b) out.push(`${(a / b).toFixed(2)}× ${what}`);
+  };
+  const peer = find("llama.cpp", r.regime === "streamed" ? "resident" : r.regime);
+  if (r.engine === "ours" && r.batch === 1 && peer) {
+    x(r.result.decode, peer.decode, "llama.cpp decode");
+    if (r.regime === "resident") x(r.result.prefill, peer.prefill, "llama.cpp prefill");
+  }
+  if (r.engine === "ours" && r.regime === "streamed") {
+    x(r.result.decode, find("ours", "resident")?.decode, "resident decode");
+  }
+  if (r.batch > 1) x(r.result.decode, find(r.engine, r.regime)?.decode, "batch 1");
+  const d = r.result.diskPerStep;
+  if (r.regime === "limit" && d && "stepSeconds" in r.result) {
+    out.push(`${(r.result.stepSeconds / (d / (disk * 1e9))).toFixed(2)}× disk bound`);
+  }
+  return out.join(", ");
+}
+
+const cpuName = /model name\s*:\s*(.+)/.exec((await run("sh", ["-c", "cat /proc/cpuinfo"])).stdout)
+  ?.[1] ?? "unknown CPU";
+const lines: string[] = [];
+const say = (s = "") => {
+  lines.push(s);
+  console.log(s);
+};
+say();
+say(
+  `${label}, ${ck.dtype}: ${MB(modelBytes)} MB of weights, ${
+    MB(weightsPerToken)
+  } MB read per decoded token; prompt ${promptLen}, ${newTokens} new tokens, greedy, best of ${args.repeat}`,
 );
-const w = Math.max(...rows.map((r) => r.engine.length));
-console.log(
-  `${"engine".padEnd(w)}  prefill tok/s  decode tok/s  s/token  decode GB/s of weights` +
-    `  read MB/token${h2d ? "  % of pinned H2D" : ""}`,
-);
+say(`${cpuName}, ${navigator.hardwareConcurrency} cores, ${new Date().toISOString().slice(0, 10)}`);
+const bounds = [
+  mem !== null
+    ? `memory read ${mem.toFixed(1)} GB/s (decode bound ${
+      (mem * 1e9 / weightsPerToken).toFixed(1)
+    } tok/s)`
+    : "",
+  `sequential disk read ${disk.toFixed(2)} GB/s (page cache dropped)`,
+  h2d
+    ? `${h2d.device}: pinned host→device ${h2d.pinned_gbps} GB/s, pageable ${h2d.pageable_gbps} GB/s`
+    : "",
+  device === "cpu" ? `memory limit ${MB(limitBytes)} MB (${args["memory-limit"]}× the model)` : "",
+].filter(Boolean);
+say(`bounds: ${bounds.join("; ")}`);
+say();
+say("| engine | batch | prefill tok/s | decode tok/s | s/step | disk MB/step | peak MB | ratios |");
+say("|---|---:|---:|---:|---:|---:|---:|---|");
 for (const r of rows) {
-  const gbps = r.decode * weightBytes / 1e9;
-  const share = h2d ? `  ${(100 * gbps / h2d.pinned_gbps).toFixed(0).padStart(15)}%` : "";
-  const read = r.readPerToken === undefined ? "—" : (r.readPerToken / 1e6).toFixed(0);
-  console.log(
-    `${r.engine.padEnd(w)}  ${r.prefill.toFixed(1).padStart(13)}  ${
-      r.decode.toFixed(1).padStart(12)
-    }  ${(1 / r.decode).toFixed(3).padStart(7)}  ${gbps.toFixed(1).padStart(22)}  ${
-      read.padStart(13)
-    }${share}`,
+  const res = r.result;
+  if (!res) {
+    say(`| ${r.name} | ${r.batch} | — | — | — | — | — | ${r.note} |`);
+    continue;
+  }
+  const step = "stepSeconds" in res ? res.stepSeconds : r.batch / res.decode;
+  const d = res.diskPerStep;
+  say(
+    `| ${r.name} | ${r.batch} | ${res.prefill.toFixed(1)} | ${res.decode.toFixed(1)} | ${
+      step.toFixed(3)
+    } | ${d === null || d === undefined ? "—" : MB(d)} | ${res.peak ? MB(res.peak) : "—"} | ${
+      ratios(r)
+    } |`,
+  );
+}
+if (args.json) {
+  await Deno.writeTextFile(
+    args.json,
+    JSON.stringify(
+      { label, device, cpu: cpuName, modelBytes, weightsPerToken, mem, disk, h2d, rows },
+      null,
+      1,
+    ),
   );
 }

@@ -98,7 +98,7 @@ function filler(seed: number): (out: Float32Array, std: number) => void {
 }
 
 /**
- * Writes config.json + model.safetensors (storage `dtype`) for `shape` into `dir`, one tensor at a
+ * Writes config.json + model.safetensors (storage `dtype`) + tokenizer.model for `shape` into `dir`, one tensor at a
  * time (memory stays at one tensor). `layers` overrides the layer count (smaller runs).
  */
 export async function makeBenchModel(
@@ -167,6 +167,12 @@ export async function makeBenchModel(
     await writer.abort();
     throw e;
   }
+  // A sentencepiece model for converters that need one (llama.cpp's convert_hf_to_gguf.py pads
+  // the vocabulary to vocab_size); the engine runs on token ids and never reads it.
+  await Deno.copyFile(
+    new URL("../models/stories260k/source/tok512.model", import.meta.url),
+    `${dir}/tokenizer.model`,
+  );
   const torchDtype = { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype];
   await Deno.writeTextFile(
     `${dir}/config.json`,
