@@ -19,7 +19,20 @@ import {
 import type { CausalLM } from "./lib/engine/causal_lm.ts";
 import type { ChatMessage, GenerateOptions } from "./lib/engine/generate.ts";
 import { RabbitError } from "./lib/errors.ts";
-import { formatBytes, modelInfo } from "./lib/info.ts";
+import {
+  formatBytes,
+  formatPlan,
+  measureBandwidths,
+  measureH2d,
+  type ModelInfo,
+  modelInfo,
+  planInputFor,
+} from "./lib/info.ts";
+import { type Checkpoint } from "./lib/auto_model.ts";
+import { listShards } from "./lib/checkpoint.ts";
+import { plan as planFn } from "./lib/engine/planner.ts";
+import { parseBytes, readMemoryLimits } from "./lib/memory.ts";
+import { Backend } from "./ffi/backend.ts";
 
 const DEFAULT_MODEL = new URL("./models/stories260k", import.meta.url).pathname;
 
@@ -81,7 +94,14 @@ commands:
   Type a message and press enter; an empty line or Ctrl-D ends the chat.`,
   split: `usage: rabbit split [model options]
   Writes <checkpoint>/rabbitllm_split_<dtype> (or --split-dir) once; later loads reuse it.`,
-  info: `usage: rabbit info [model options] [--json]`,
+  info:
+    `usage: rabbit info [model options] [--json] [--memory SIZE] [--gpu-memory SIZE] [--cpu-memory SIZE]
+      --memory SIZE           plan for a process limited to SIZE of host memory (400M, 8G; default:
+                              what this process may use: available RAM and cgroup limits)
+      --gpu-memory SIZE       plan for a GPU with SIZE of device memory (default: the CPU)
+      --cpu-memory SIZE       cap the pinned host tier of a GPU plan (maxCpuMemory)
+  With any of these, prints the memory plan: which layers live where, the bytes each decoded token
+  reads from each tier, and the time per token predicted from bandwidths measured here.`,
 };
 
 function help(cmd: string): string {
@@ -168,7 +188,12 @@ export async function main(
     },
     chat: { ...SAMPLING, system: { type: "string" } },
     split: {},
-    info: { json: { type: "boolean", default: false } },
+    info: {
+      json: { type: "boolean", default: false },
+      memory: { type: "string" },
+      "gpu-memory": { type: "string" },
+      "cpu-memory": { type: "string" },
+    },
   };
   if (!(cmd in extra)) {
     io.err(`rabbit: unknown command ${cmd}\n\n${help("")}\n`);
@@ -202,8 +227,11 @@ export async function main(
     if (cmd === "info") {
       const ck = await openCheckpoint(model, loadOptions(v));
       const i = await modelInfo(ck, { maxSeqLen: num(v, "max-seq-len") });
-      if (v.json) io.out(JSON.stringify(i, null, 2) + "\n");
-      else io.out(formatInfo(i) + "\n");
+      const planned = v.memory !== undefined || v["gpu-memory"] !== undefined ||
+        v["cpu-memory"] !== undefined;
+      const memory = planned ? await memoryPlan(ck, i, v) : null;
+      if (v.json) io.out(JSON.stringify(memory ? { ...i, memory } : i, null, 2) + "\n");
+      else io.out(formatInfo(i) + (memory ? `\n\nmemory plan\n${memory.text}` : "") + "\n");
       return 0;
     }
     await using lm = await AutoModel.fromPretrained(model, loadOptions(v));
@@ -255,6 +283,44 @@ export async function main(
     }
     throw e;
   }
+}
+
+function bytesOption(v: Values, key: string): number | undefined {
+  const s = v[key] as string | undefined;
+  if (s === undefined) return undefined;
+  const n = parseBytes(s);
+  if (n === null) throw new RabbitError(`--${key}: expected a size like 400M or 8G, got ${s}`);
+  return n;
+}
+
+/** The memory plan `rabbit info --memory/--gpu-memory` prints, with measured bandwidths. */
+async function memoryPlan(ck: Checkpoint, i: ModelInfo, v: Values) {
+  const limit = bytesOption(v, "memory"), gpu = bytesOption(v, "gpu-memory");
+  const device = gpu === undefined ? "cpu" : "cuda";
+  using be = Backend.open({ device: "cpu" });
+  const hostAvailable = limit !== undefined
+    ? Math.max(0, limit - Deno.memoryUsage().rss)
+    : readMemoryLimits({ read: (p) => be.readSysfile(p) }).available;
+  const plan = planFn(planInputFor(i, ck.config, {
+    device,
+    hostAvailable,
+    deviceFree: gpu,
+    maxCpuMemory: bytesOption(v, "cpu-memory"),
+  }));
+  const { files } = await listShards(ck.dir);
+  const bw = await measureBandwidths(be, files.map((f) => `${ck.dir}/${f}`));
+  if (device === "cuda") {
+    // Host→device bandwidth needs the GPU: measured when the CUDA backend loads here.
+    try {
+      using gpuBe = Backend.open({ device: "cuda" });
+      bw.h2d = measureH2d(gpuBe);
+    } catch { /* no GPU here: the prediction leaves the copies out, and says so */ }
+  }
+  let text = formatPlan(i, plan, device, bw);
+  if (device === "cuda" && bw.h2d === undefined) {
+    text += "\nnote: no GPU here: host→device copies are not in the prediction";
+  }
+  return { plan, bandwidths: bw, text };
 }
 
 function formatInfo(i: Awaited<ReturnType<typeof modelInfo>>): string {

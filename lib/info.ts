@@ -4,8 +4,20 @@
  *
  * @module
  */
+import { type Backend, cstr } from "../ffi/backend.ts";
 import type { Checkpoint } from "./auto_model.ts";
 import { listShards, partId } from "./checkpoint.ts";
+import type { ModelConfig } from "./config.ts";
+import { workBytes } from "./engine/kv_cache.ts";
+import {
+  type Bandwidths,
+  type Plan,
+  type PlanInput,
+  type PlanLayer,
+  planLayers,
+  predictSecondsPerToken,
+} from "./engine/planner.ts";
+import { formatBytes } from "./progress.ts";
 import { SafetensorsFile } from "./safetensors.ts";
 
 export { formatBytes } from "./progress.ts";
@@ -44,6 +56,12 @@ export interface ModelInfo {
   /** KV cache bytes at maxSeqLen for one sequence. */
   kvCacheBytes: number;
   maxSeqLen: number;
+  /** Each decoder layer as the memory planner sees it. */
+  planLayers: PlanLayer[];
+  /** Embedding, final norm and head. */
+  smallBytes: number;
+  /** The head's bytes (lm_head, or the tied embedding): read every decoded token. */
+  headBytes: number;
 }
 
 /** Sizes from the headers; `maxSeqLen` and `prefetchDepth` as fromPretrained would use them. */
@@ -54,8 +72,8 @@ export async function modelInfo(
   const c = ck.config;
   const size = BYTES[ck.dtype];
   const partBytes: Record<string, number> = {};
-  /** Per layer part: bytes of each on-demand group (MoE expert). */
-  const groupBytes: Record<string, Map<string, number>> = {};
+  /** Per layer part: its tensors (local name, bytes in the storage dtype). */
+  const layerTensors = new Map<string, { name: string; nbytes: number }[]>();
   let parameters = 0;
   const { files } = await listShards(ck.dir);
   for (const f of files) {
@@ -67,39 +85,39 @@ export async function modelInfo(
       parameters += n;
       const id = partId(placed.part);
       partBytes[id] = (partBytes[id] ?? 0) + n * size;
-      const g = placed.part.kind === "layer" ? ck.family.lazyGroup?.(placed.local, c) : null;
-      if (g) {
-        const m = groupBytes[id] ??= new Map();
-        m.set(g, (m.get(g) ?? 0) + n * size);
+      if (placed.part.kind === "layer") {
+        const list = layerTensors.get(id) ?? [];
+        list.push({ name: placed.local, nbytes: n * size });
+        layerTensors.set(id, list);
       }
     }
   }
-  const layers = Object.entries(partBytes).filter(([id]) => id.startsWith("layer."));
-  const max = Math.max(...layers.map(([, b]) => b));
-  const total = layers.reduce((s, [, b]) => s + b, 0);
+  const ids = Array.from({ length: c.numLayers }, (_, i) => `layer.${i}`);
+  const lazy = ck.family.lazyGroup && ((local: string) => ck.family.lazyGroup!(local, c));
+  const k = c.raw.num_experts_per_tok;
+  const layers = planLayers(
+    ids.map((id) => ({ dataBytes: partBytes[id] ?? 0, tensors: layerTensors.get(id) ?? [] })),
+    lazy,
+    typeof k === "number" ? k : null,
+  );
+  const max = Math.max(...layers.map((l) => l.bytes));
+  const total = layers.reduce((s, l) => s + l.bytes, 0);
   const head = partBytes.lm_head ?? partBytes.embed;
-  const perToken = c.raw.num_experts_per_tok;
-  let streamed = total, experts: ModelInfo["experts"] = null;
-  if (Object.keys(groupBytes).length > 0 && typeof perToken === "number") {
-    streamed = 0;
-    for (const [id, bytes] of layers) {
-      const g = groupBytes[id];
-      if (!g) {
-        streamed += bytes;
-        continue;
-      }
-      const all = [...g.values()].reduce((a, b) => a + b, 0);
-      streamed += bytes - all + Math.min(perToken, g.size) * (all / g.size);
-    }
-    const perLayer = Math.max(...Object.values(groupBytes).map((g) => g.size));
-    experts = { perLayer, perToken };
+  let experts: ModelInfo["experts"] = null;
+  if (lazy && typeof k === "number") {
+    const perLayer = Math.max(
+      0,
+      ...[...layerTensors.values()].map((ts) =>
+        new Set(ts.map((t) => lazy(t.name)).filter((g) => g !== null)).size
+      ),
+    );
+    if (perLayer > 0) experts = { perLayer, perToken: k };
   }
   const small = (partBytes.embed ?? 0) + (partBytes.norm ?? 0) + (partBytes.lm_head ?? 0);
   const maxSeqLen = opts.maxSeqLen ?? Math.min(c.maxPositionEmbeddings, 4096);
-  const kvCacheBytes = 2 * c.numLayers * c.numKvHeads * c.headDim * maxSeqLen * 4;
-  // One decode step's activations (fp32): residual, q/k/v/attn, MLP, logits.
-  const act = 4 *
-    (4 * c.hiddenSize + 2 * c.numHeads * c.headDim + 3 * c.intermediateSize + c.vocabSize);
+  const kvCacheBytes = workBytes(c, 1, maxSeqLen, 0, 0);
+  // One decode step's activations (fp32) and logits.
+  const act = workBytes(c, 1, 0, 1, 1);
   const slots = Math.min(c.numLayers, (opts.prefetchDepth ?? 2) + 1);
   return {
     dir: ck.dir,
@@ -116,11 +134,152 @@ export async function modelInfo(
     tiedEmbeddings: c.tieWordEmbeddings,
     partBytes,
     layerBytes: { max, total },
-    streamedPerToken: streamed + head,
+    streamedPerToken: layers.reduce((s, l) => s + l.perToken, 0) + head,
     experts,
     minDeviceBytes: small + slots * max + kvCacheBytes + act,
     allResidentBytes: small + total + kvCacheBytes + act,
     kvCacheBytes,
     maxSeqLen,
+    planLayers: layers,
+    smallBytes: small,
+    headBytes: head,
   };
+}
+
+/** The planner's input for this checkpoint (as fromPretrained would make it). */
+export function planInputFor(
+  i: ModelInfo,
+  c: ModelConfig,
+  o: Pick<PlanInput, "device" | "hostAvailable" | "deviceFree" | "maxCpuMemory">,
+): PlanInput {
+  return {
+    ...o,
+    layers: i.planLayers,
+    smallBytes: i.smallBytes,
+    smallPerToken: i.headBytes,
+    workBytes: workBytes(c, 1, i.maxSeqLen, 1, 1),
+    prefetchDepth: 2,
+  };
+}
+
+/**
+ * Measures the bandwidths a plan's prediction needs: memory as a decode GEMV reads it (the
+ * backend's own kernel over 128 MiB), and sequential disk reads of `files` with direct I/O (the
+ * way drop-behind layers stream), up to 256 MiB.
+ */
+export async function measureBandwidths(be: Backend, files: string[]): Promise<Bandwidths> {
+  const K = 4096, N = 8192; // 128 MiB of f32 weights
+  const w = be.alloc(N * K * 4), x = be.alloc(K * 4), y = be.alloc(N * 4);
+  let memory = 0;
+  try {
+    be.upload(x, new Float32Array(K));
+    const zeros = new Float32Array(1024 * K);
+    for (let r = 0; r < N; r += 1024) be.upload(be.view(w, r * K * 4), zeros);
+    for (let i = 0; i < 5; i++) {
+      const t = performance.now();
+      be.matmul(y, x, w, "F32", null, 1, N, K);
+      be.sync();
+      memory = Math.max(memory, (N * K * 4) / ((performance.now() - t) / 1000) / 1e9);
+    }
+  } finally {
+    for (const p of [w, x, y]) be.free(p);
+  }
+  const chunk = 64 * 2 ** 20, budget = 256 * 2 ** 20;
+  const buf = be.alloc(chunk);
+  let read = 0;
+  const t = performance.now();
+  try {
+    be.setOption("drop_behind", 1); // direct I/O: the disk, not the page cache
+    for (const f of files) {
+      const size = (await Deno.stat(f)).size, path = cstr(f);
+      for (let off = 0; off < size && read < budget; off += chunk) {
+        const n = Math.min(chunk, size - off);
+        be.loadWait(be.loadStart(buf, path, off, n));
+        read += n;
+      }
+      if (read >= budget) break;
+    }
+  } finally {
+    be.setOption("drop_behind", 0);
+    be.free(buf);
+  }
+  return { memory, disk: read / ((performance.now() - t) / 1000) / 1e9 };
+}
+
+/** Pinned host → device copy bandwidth, GB/s (GPU backends: rl_host_alloc + rl_upload_start). */
+export function measureH2d(be: Backend): number {
+  const bytes = 256 * 2 ** 20;
+  const host = be.hostAlloc(bytes), dev = be.alloc(bytes);
+  let best = 0;
+  try {
+    for (let i = 0; i < 3; i++) {
+      const t = performance.now();
+      be.loadWait(be.uploadStart(dev, host, bytes));
+      be.sync();
+      best = Math.max(best, bytes / ((performance.now() - t) / 1000) / 1e9);
+    }
+  } finally {
+    be.free(dev);
+    be.hostFree(host);
+  }
+  return best;
+}
+
+const TIER_TEXT: Record<string, string> = {
+  resident: "resident",
+  host: "pinned host tier, copied to the device each step",
+  stream: "streamed each step",
+};
+
+/** `rabbit info --memory`: the plan, layer by layer, with the predicted time per token. */
+export function formatPlan(
+  i: ModelInfo,
+  p: Plan,
+  device: "cpu" | "cuda",
+  bw: Bandwidths | null,
+): string {
+  const out: string[] = [];
+  let start = 0;
+  const flush = (end: number) => {
+    const t = p.tiers[start];
+    const n = end - start;
+    const bytes = i.planLayers.slice(start, end).reduce((s, l) => s + l.bytes, 0);
+    const where = t === "stream"
+      ? p.dropBehind
+        ? device === "cpu"
+          ? "streamed from disk each step (direct I/O into a slot, never cached)"
+          : "streamed from disk each step (page cache dropped behind)"
+        : "streamed through the page cache"
+      : t === "resident" && device === "cpu"
+      ? "resident (mapped, kept in memory)"
+      : TIER_TEXT[t];
+    out.push(
+      `  layers ${start}${n > 1 ? `–${end - 1}` : ""} (${n}, ${formatBytes(bytes)}): ${where}`,
+    );
+  };
+  for (let l = 1; l <= p.tiers.length; l++) {
+    if (l === p.tiers.length || p.tiers[l] !== p.tiers[start]) {
+      flush(l);
+      start = l;
+    }
+  }
+  out.push(`  embedding, final norm, head (${formatBytes(i.smallBytes)}): resident`);
+  const t = p.perToken;
+  out.push(
+    `per decoded token: ${formatBytes(t.device)} from ${
+      device === "cpu" ? "memory" : "the device"
+    }${t.host ? `, ${formatBytes(t.host)} from the pinned host tier` : ""}${
+      t.pageCache ? `, ${formatBytes(t.pageCache)} from the page cache` : ""
+    }${t.disk ? `, ${formatBytes(t.disk)} from disk` : ""}`,
+  );
+  if (bw) {
+    const s = predictSecondsPerToken(p, bw, device);
+    out.push(
+      `measured: memory ${bw.memory.toFixed(1)} GB/s, disk ${bw.disk.toFixed(2)} GB/s${
+        bw.h2d ? `, host→device ${bw.h2d.toFixed(1)} GB/s` : ""
+      } → predicted ${s.toFixed(3)} s/token (${(1 / s).toFixed(1)} tok/s, batch 1)`,
+    );
+  }
+  out.push(...p.notes.map((n) => `note: ${n}`));
+  return out.join("\n");
 }

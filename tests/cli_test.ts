@@ -72,6 +72,26 @@ Deno.test("cli: info of a MoE checkpoint counts only the routed experts per toke
   assert.equal(i.streamedPerToken, 2 * (attn + router + 2 * expert) * 4 + 256 * 64 * 4);
 });
 
+Deno.test("cli: info --memory prints the plan for that limit, with a measured prediction", async () => {
+  // stories260k: 5 layers of 111 kB; a 1 MB limit leaves no room beside the runtime itself.
+  const tight = await run(["info", "--model", STORIES, "--memory", "1M"]);
+  assert.equal(tight.code, 0, tight.err);
+  assert.match(tight.out, /memory plan\n {2}layers 0–4 \(5, [\d.]+ kB\): streamed from disk each step/);
+  assert.match(tight.out, /per decoded token: [\d.]+ kB from memory, [\d.]+ kB from disk/);
+  assert.match(tight.out, /measured: memory [\d.]+ GB\/s, disk [\d.]+ GB\/s → predicted [\d.]+ s\/token/);
+  const roomy = await run(["info", "--model", STORIES, "--memory", "64G", "--json"]);
+  assert.equal(roomy.code, 0, roomy.err);
+  const plan = JSON.parse(roomy.out).memory.plan;
+  assert.deepEqual(plan.tiers, Array(5).fill("resident"));
+  assert.equal(plan.dropBehind, false);
+  const gpu = await run(["info", "--model", STORIES, "--gpu-memory", "8G", "--memory", "64G"]);
+  assert.equal(gpu.code, 0, gpu.err);
+  assert.match(gpu.out, /layers 0–4 \(5, [\d.]+ kB\): resident/);
+  const bad = await run(["info", "--model", STORIES, "--memory", "lots"]);
+  assert.equal(bad.code, 1);
+  assert.match(bad.err, /--memory: expected a size like 400M or 8G, got lots/);
+});
+
 Deno.test("cli: split writes the per-layer files once", async () => {
   const out = await Deno.makeTempDir();
   const first = await run(["split", "--model", STORIES, "--split-dir", out, "-q"]);
