@@ -76,9 +76,15 @@ Deno.test("cli: info --memory prints the plan for that limit, with a measured pr
   // stories260k: 5 layers of 111 kB; a 1 MB limit leaves no room beside the runtime itself.
   const tight = await run(["info", "--model", STORIES, "--memory", "1M"]);
   assert.equal(tight.code, 0, tight.err);
-  assert.match(tight.out, /memory plan\n {2}layers 0–4 \(5, [\d.]+ kB\): streamed from disk each step/);
+  assert.match(
+    tight.out,
+    /memory plan\n {2}layers 0–4 \(5, [\d.]+ kB\): streamed from disk each step/,
+  );
   assert.match(tight.out, /per decoded token: [\d.]+ kB from memory, [\d.]+ kB from disk/);
-  assert.match(tight.out, /measured: memory [\d.]+ GB\/s, disk [\d.]+ GB\/s → predicted [\d.]+ s\/token/);
+  assert.match(
+    tight.out,
+    /measured: memory [\d.]+ GB\/s, disk [\d.]+ GB\/s → predicted [\d.]+ s\/token/,
+  );
   const roomy = await run(["info", "--model", STORIES, "--memory", "64G", "--json"]);
   assert.equal(roomy.code, 0, roomy.err);
   const plan = JSON.parse(roomy.out).memory.plan;
