@@ -50,6 +50,12 @@ export interface FromPretrainedOptions {
    */
   maxMemory?: number;
   /**
+   * Compute layers straight from their files' mapped pages where the backend can (the CPU;
+   * default true). false reads them into buffers instead (network file systems where mapping is
+   * slow).
+   */
+  mapFiles?: boolean;
+  /**
    * Advanced: replaces the memory planner (lib/engine/planner.ts `plan`), e.g. to pin chosen
    * layers. Called at load and before each call with that call's KV cache and activations.
    */
@@ -391,6 +397,7 @@ export class AutoModel {
         prefetching: opts.prefetching ?? true,
         prefetchDepth: opts.prefetchDepth ?? 2,
         plan: planFor(workBytes(config, 1, maxSeqLen)),
+        mapFiles: opts.mapFiles,
         trace: opts.trace,
         profiler,
         lazyGroup: family.lazyGroup && ((local) => family.lazyGroup!(local, config)),

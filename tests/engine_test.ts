@@ -295,3 +295,30 @@ Deno.test("engine: a plan that changes between calls moves layers between tiers"
   })();
   assert.deepEqual(g, gRef);
 });
+
+Deno.test("engine: without mapping, resident, pinned-host-tier and streamed layers (the GPU's path)", async () => {
+  const ref = await stepUnder("gemma3_text", {});
+  const m = await manifestOf("gemma3_text");
+  const layers = m.parts.filter((p) => p.id.startsWith("layer."));
+  const tiers = ["resident", "host", "stream", "host"] as const;
+  const bytes = (t: string) =>
+    layers.filter((_, i) => tiers[i] === t).reduce((s, p) => s + p.dataBytes, 0);
+  await using model = await open("gemma3_text", {
+    mapFiles: false,
+    prefetching: false,
+    planner: (input) => ({ ...plan(input), tiers: [...tiers], dropBehind: false }),
+  });
+  const s0 = model.backend.stats();
+  assert.equal(s0.mappedBytes, 0, "nothing is mapped");
+  assert.equal(s0.hostBytes, bytes("host"), "the host tier holds its layers");
+  await model.forward(PROMPT);
+  const before = model.backend.stats().h2dBytes;
+  const logits = await model.forward(PROMPT);
+  const read = model.backend.stats().h2dBytes - before;
+  assert.equal(
+    read,
+    bytes("host") + bytes("stream"),
+    "host-tier and streamed layers move each step",
+  );
+  assert.equal(maxDiff(logits, ref.logits), 0);
+});

@@ -46,6 +46,11 @@ export interface StoreOptions {
   prefetchDepth: number;
   /** Where each decoder layer lives (planner.ts); one tier per layer. */
   plan: Plan;
+  /**
+   * Compute from the part files' mapped pages where the backend can (default true); false reads
+   * every part into buffers, as on a GPU (file systems where mapping is slow, and tests).
+   */
+  mapFiles?: boolean;
   /** When given, every load and compute is appended here in order. */
   trace?: TraceEvent[];
   /** Receives "read wait" times. */
@@ -161,7 +166,7 @@ export class LayerStore {
     this.#dir = dir;
     this.#opts = opts;
     this.#plan = opts.plan;
-    this.#mapped = be.canMap;
+    this.#mapped = be.canMap && opts.mapFiles !== false;
     this.#layers = manifest.parts.filter((p) => p.id.startsWith("layer."));
     if (opts.plan.tiers.length !== this.#layers.length) {
       throw new Error(
