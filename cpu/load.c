@@ -268,6 +268,13 @@ int64_t cpu_loader_submit(rl_ctx *ctx, const char *op, const job_spec *spec) {
   j->spec = *spec;
   j->spec.path = p;
   j->status = RL_OK;
+  if (spec->kind == JOB_PREFETCH) {
+    /* A range the page cache holds needs nothing: done now, without waking the I/O thread (a
+     * streamed layer that the page cache keeps costs what a resident one costs). */
+    uint8_t *lo, *hi;
+    page_range(spec, &lo, &hi);
+    j->done = j->advised = all_cached(lo, hi, (uintptr_t)sysconf(_SC_PAGESIZE));
+  }
   pthread_mutex_lock(&l->lock);
   j->ticket = l->next_ticket++;
   if (l->tail) l->tail->next = j;

@@ -87,9 +87,10 @@ RL_API void *rl_map(rl_ctx *ctx, const uint8_t *path, uint64_t file_offset, uint
              strerror(errno));
     goto fail;
   }
-  /* No read-ahead on faults: rl_prefetch_start reads exactly what will run (a MoE layer's routed
-   * experts, not their neighbours). */
-  (void)madvise(m->base, m->length, MADV_RANDOM);
+  /* The kernel's read-ahead stays on: rl_prefetch_start reads exactly what will run (a MoE
+   * layer's routed experts, not their neighbours), so faults happen only on pages the kernel
+   * reclaimed from a resident layer under memory pressure, and those then come back in large
+   * reads instead of one page per fault. */
   m->fd = fd;
   m->user = m->base + delta;
   m->bytes = bytes;

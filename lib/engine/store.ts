@@ -491,7 +491,7 @@ export class LayerStore {
     const part = this.#layers[layer], layout = this.#layouts[layer];
     slot.layer = layer;
     slot.loaded = false;
-    slot.weights = null;
+    if (slot.owner !== layer) slot.weights = null; // views into a pool slot are per layer
     slot.groups = new Set();
     slot.pending = new Map();
     this.#trace("read-start", part.id);
@@ -531,7 +531,10 @@ export class LayerStore {
       this.#opts.profiler?.add("read wait", performance.now() - t0);
       this.#trace("read-end", this.#layers[layer].id);
       slot.loaded = true;
-      slot.weights = this.#weightsOf(slot.dev, this.#layers[layer], slot, this.#layouts[layer]);
+      // A layer's own slot keeps its views (same memory every step); a pool slot's change.
+      if (slot.owner !== layer || !slot.weights) {
+        slot.weights = this.#weightsOf(slot.dev, this.#layers[layer], slot, this.#layouts[layer]);
+      }
     }
     return slot.weights!;
   }
@@ -576,7 +579,6 @@ export class LayerStore {
     slot.layer = -1;
     slot.loaded = false;
     slot.groups.clear();
-    slot.weights = null;
   }
 
   /** Waits for loads still in flight, then frees every device allocation. Idempotent. */
