@@ -1,10 +1,18 @@
 /*
- * Matmul benchmark for the CPU backend: GEMV (M = 1) bandwidth against this machine's memory
- * bandwidth, and small-batch GEMM throughput. Build and run: sh cpu/bench.sh [n_threads]
+ * Matmul benchmark for the CPU backend on the shapes of a SmolLM2-135M-shaped Llama (hidden 576,
+ * intermediate 1536, 9/3 heads of 64, 30 layers, vocab 49152), for f32, f16 and bf16 weights:
+ *  - gemv: every decode shape (M = 1), GB/s of weights against this machine's read bandwidth.
+ *    "hot" repeats one weight matrix (it may sit in cache), "cold" cycles through enough copies
+ *    to exceed the last-level cache, as decode does across layers.
+ *  - gemm: every prefill shape at M = 64 (and a few other M), GFLOP/s.
+ *  - decode, prefill: the matmuls of one whole forward pass in model order (30 layers x q, k, v,
+ *    o, gate, up, down with distinct weights, then the lm_head on one row): a decoded token
+ *    (M = 1) and a 64-token prompt (M = 64); what the engine's decode and prefill spend in
+ *    rl_matmul.
+ * Each line shows the best call (or pass) and the median: other processes share the cores.
  *
- * GEMV is reported twice: "hot" repeats one weight matrix (it may sit in cache), "cold" cycles
- * through enough copies to exceed the last-level cache, as decode does across layers.
- * Each line shows the best single call (GB/s of weights, GFLOP/s) and the median call.
+ * Build and run: sh cpu/bench.sh [n_threads] [sections], sections a comma list of
+ * memory,gemv,gemm,decode,prefill (default: all).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <omp.h>
@@ -99,14 +107,22 @@ static void bench_memory(int n_threads) {
 
 static const char *dtype_name[] = {"f32", "f16", "bf16"};
 
+static size_t dtype_bytes(int dt) { return dt == RL_F32 ? 4 : 2; }
+
 static int cmp_double(const void *a, const void *b) {
   const double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
 }
 
+/* Best and median of n samples (sorts t). */
+static void best_median(double *t, int n, double *best, double *median) {
+  qsort(t, (size_t)n, sizeof t[0], cmp_double);
+  *best = t[0];
+  *median = t[n / 2];
+}
+
 /* Times single rl_matmul calls, cycling over n_w weight matrices, for MIN_SECONDS (at least
- * MIN_CALLS calls): the best call shows what the kernel can do, the median what this machine
- * gave it (other processes share the cores). */
+ * MIN_CALLS calls). */
 static void time_matmul(rl_ctx *ctx, float *out, const float *x, void **w, int n_w, int dt,
                         int M, int N, int K, double *best, double *median) {
   static double t[MAX_CALLS];
@@ -116,13 +132,11 @@ static void time_matmul(rl_ctx *ctx, float *out, const float *x, void **w, int n
     check(ctx, rl_matmul(ctx, out, x, w[n % n_w], dt, NULL, 0, M, N, K));
     t[n] = now() - t0;
   }
-  qsort(t, (size_t)n, sizeof t[0], cmp_double);
-  *best = t[0];
-  *median = t[n / 2];
+  best_median(t, n, best, median);
 }
 
 static void bench_matmul(rl_ctx *ctx, int M, int N, int K, int dt, int cold) {
-  const size_t wbytes = (size_t)N * K * (dt == RL_F32 ? 4 : 2);
+  const size_t wbytes = (size_t)N * K * dtype_bytes(dt);
   int n_w = cold ? (int)((COLD_BYTES + wbytes - 1) / wbytes) : 1;
   void **w = malloc(sizeof(void *) * (size_t)n_w);
   for (int i = 0; i < n_w; i++) w[i] = half_values((size_t)N * K, dt);
@@ -138,8 +152,55 @@ static void bench_matmul(rl_ctx *ctx, int M, int N, int K, int dt, int cold) {
   free(out);
 }
 
+/* N x K of the per-layer matmuls (q, k, v, o, gate, up, down) and the lm_head. */
+#define N_LAYERS 30
+static const int layer_shapes[7][2] = {{576, 576},  {192, 576},  {192, 576}, {576, 576},
+                                       {1536, 576}, {1536, 576}, {576, 1536}};
+static const int head_shape[2] = {49152, 576};
+
+/* The matmuls of forward passes over M rows, each pass through all weights in model order (the
+ * lm_head on the last row only), repeated for MIN_SECONDS: best and median pass. */
+static void bench_model(rl_ctx *ctx, int M, int dt) {
+  void *w[N_LAYERS][7];
+  double flop = 0.0, bytes = 0.0;
+  for (int l = 0; l < N_LAYERS; l++)
+    for (int i = 0; i < 7; i++) {
+      w[l][i] = half_values((size_t)layer_shapes[i][0] * layer_shapes[i][1], dt);
+      flop += 2.0 * M * layer_shapes[i][0] * layer_shapes[i][1];
+      bytes += (double)layer_shapes[i][0] * layer_shapes[i][1] * (double)dtype_bytes(dt);
+    }
+  void *head = half_values((size_t)head_shape[0] * head_shape[1], dt);
+  flop += 2.0 * head_shape[0] * head_shape[1];
+  bytes += (double)head_shape[0] * head_shape[1] * (double)dtype_bytes(dt);
+  float *x = half_values((size_t)M * 1536, RL_F32);
+  float *out = xmalloc(sizeof(float) * (size_t)M * head_shape[0]);
+  static double t[MAX_CALLS];
+  int n = 0;
+  for (double start = now(); n < MAX_CALLS && (n < MIN_CALLS || now() - start < 3 * MIN_SECONDS);
+       n++) {
+    const double t0 = now();
+    for (int l = 0; l < N_LAYERS; l++)
+      for (int i = 0; i < 7; i++)
+        check(ctx, rl_matmul(ctx, out, x, w[l][i], dt, NULL, 0, M, layer_shapes[i][0],
+                             layer_shapes[i][1]));
+    check(ctx, rl_matmul(ctx, out, x, head, dt, NULL, 0, 1, head_shape[0], head_shape[1]));
+    t[n] = now() - t0;
+  }
+  double best, median;
+  best_median(t, n, &best, &median);
+  printf("%-7s M=%-3d %-4s %8.2f ms %7.1f GB/s %7.1f GFLOP/s  (median %.2f ms)\n",
+         M == 1 ? "decode" : "prefill", M, dtype_name[dt], best * 1e3, bytes / best * 1e-9,
+         flop / best * 1e-9, median * 1e3);
+  for (int l = 0; l < N_LAYERS; l++)
+    for (int i = 0; i < 7; i++) free(w[l][i]);
+  free(head);
+  free(x);
+  free(out);
+}
+
 int main(int argc, char **argv) {
   const int n_threads = argc > 1 ? atoi(argv[1]) : 0;
+  const char *sections = argc > 2 ? argv[2] : "memory,gemv,gemm,decode,prefill";
   rl_ctx *ctx = rl_create(n_threads, 0);
   if (!ctx) {
     char msg[512];
@@ -149,22 +210,37 @@ int main(int argc, char **argv) {
   }
   char info[256];
   rl_backend_info((uint8_t *)info, sizeof info);
-  printf("%s, threads=%d\n\n", info, n_threads > 0 ? n_threads : omp_get_num_procs());
-  bench_memory(n_threads > 0 ? n_threads : omp_get_num_procs());
+  printf("%s, threads=%d\n", info, n_threads > 0 ? n_threads : omp_get_num_procs());
 
-  printf("\nGEMV (M = 1); GB/s counts weight bytes\n");
-  static const int gemv[][2] = {{576, 576}, {1536, 576}, {576, 1536}, {49152, 576}};
-  for (int s = 0; s < 4; s++)
-    for (int dt = RL_F32; dt <= RL_BF16; dt++)
-      for (int cold = 0; cold <= 1; cold++) bench_matmul(ctx, 1, gemv[s][0], gemv[s][1], dt, cold);
+  if (strstr(sections, "memory")) {
+    printf("\n");
+    bench_memory(n_threads > 0 ? n_threads : omp_get_num_procs());
+  }
 
-  printf("\nGEMM (prefill)\n");
-  static const int gemm_m[] = {8, 16, 32, 64, 256};
-  for (int i = 0; i < 5; i++)
+  if (strstr(sections, "gemv")) {
+    printf("\nGEMV (M = 1); GB/s counts weight bytes\n");
+    static const int gemv[][2] = {{576, 576}, {192, 576}, {1536, 576}, {576, 1536}, {49152, 576}};
     for (int dt = RL_F32; dt <= RL_BF16; dt++) {
-      bench_matmul(ctx, gemm_m[i], 576, 576, dt, 0);
-      bench_matmul(ctx, gemm_m[i], 1536, 576, dt, 0);
+      bench_matmul(ctx, 1, 576, 576, dt, 0);
+      for (int s = 0; s < 5; s++) bench_matmul(ctx, 1, gemv[s][0], gemv[s][1], dt, 1);
     }
+  }
+
+  if (strstr(sections, "gemm")) {
+    printf("\nGEMM (prefill)\n");
+    static const int gemm[][2] = {{576, 576}, {192, 576}, {1536, 576}, {576, 1536}};
+    for (int dt = RL_F32; dt <= RL_BF16; dt++)
+      for (int s = 0; s < 4; s++) bench_matmul(ctx, 64, gemm[s][0], gemm[s][1], dt, 0);
+    static const int gemm_m[] = {2, 5, 16, 256};
+    for (int i = 0; i < 4; i++) bench_matmul(ctx, gemm_m[i], 1536, 576, RL_F32, 0);
+  }
+
+  if (strstr(sections, "decode") || strstr(sections, "prefill"))
+    printf("\nOne forward pass's matmuls (%d layers + lm_head on one row)\n", N_LAYERS);
+  for (int dt = RL_F32; dt <= RL_BF16; dt++) {
+    if (strstr(sections, "decode")) bench_model(ctx, 1, dt);
+    if (strstr(sections, "prefill")) bench_model(ctx, 64, dt);
+  }
   rl_destroy(ctx);
   return 0;
 }

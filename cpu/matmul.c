@@ -1,101 +1,236 @@
 /*
  * rl_matmul: out[M,N] = x[M,K] . W[N,K]^T (+ bias[N]); W and bias f32/f16/bf16; fp32 accumulate.
  *
- * Each output element is the dot product of an x row with a W row. The kernel computes a
- * register tile of mr x rows against nr W rows: every 8-wide slice of a W row is loaded (and
- * converted) once and used mr times, every x slice nr times.
- *  - M == 1 (decode, a GEMV) is memory bound: one W row at a time with GEMV_UNROLL independent
- *    accumulators, so each thread reads its contiguous share of W as one sequential stream
- *    (interleaving 2 or 4 rows to share x loads measured slower, bf16 most).
- *  - M > 1 (prefill): GEMM_MR x GEMM_NR tiles over blocks of GEMM_NB W rows x GEMM_MB x rows; a
- *    thread keeps one W block in cache while the x rows of its blocks pass over it, instead of
- *    streaming W once per x row.
- */
+ * Each output element is the dot product of an x row with a W row (both K-contiguous), computed
+ * in VL-lane accumulators (simd.h: 16 lanes with AVX-512, 8 with AVX2) and summed across lanes
+ * at the end, four sums at a time (vf_sum4).
+ *  - M == 1 (decode, a GEMV) is memory bound: the goal is the machine's read bandwidth. Each
+ *    thread streams its contiguous share of W rows once, a row at a time with GEMV_UNROLL
+ *    independent accumulators, and prefetches GEMV_PREFETCH bytes ahead of its stream into L2
+ *    (the hardware prefetchers alone leave f16/bf16 rows, which take more work per byte, ~15%
+ *    short of the bandwidth; prefetching into L1 or non-temporally measured slower).
+ *  - M > 1 (prefill, a GEMM) is compute bound: register tiles of GEMM_MR x rows by GEMM_NR W rows
+ *    (every W vector loaded once per tile and used GEMM_MR times, every x vector GEMM_NR times).
+ *    A thread takes GEMM_NR W rows (converted to f32 once into a per-thread buffer for f16/bf16,
+ *    so the conversion costs nothing per x row), keeps them in L1 and runs every x tile of its
+ *    part over them, x coming from L2; meanwhile it prefetches the next W rows into L2, a slice
+ *    per x tile. W is read from memory once. Rows longer than GEMM_KC are cut into K chunks so
+ *    the W tile fits L1 (later chunks add into out). x row counts below GEMM_MR (the last tile,
+ *    small M) have their own instantiations; a W tile narrower than GEMM_NR computes copies of
+ *    its last row and drops them.
+ * Threads split W rows (whole tiles) evenly, each a contiguous range; a GEMM with fewer W tiles
+ * than threads splits the x rows instead. */
+#include <omp.h>
+#include <stdlib.h>
+
 #include "internal.h"
 #include "simd.h"
 
-#define GEMV_UNROLL 4 /* accumulators (8 lanes each) of a lone dot product */
-#define GEMV_NB 16    /* W rows per scheduling unit */
-#define GEMM_MR 4
-#define GEMM_NR 2
-#define GEMM_MB 64
-#define GEMM_NB 16
-
-typedef struct {
-  const float *x;   /* [M,K] */
-  const void *w;    /* [N,K], of the dtype the tile function is built for */
-  const void *bias; /* [N] of dtype bdt, or NULL */
-  float *out;       /* [M,N] */
-  int64_t M, N, K;
-  int bdt;
-} mm_args;
+#if RL_VREGS >= 32
+#define GEMM_MR 4 /* 24 accumulators + 4 x vectors + 1 W vector of 32 registers */
+#define GEMM_NR 6
+#else
+#define GEMM_MR 2 /* 12 accumulators + 2 x vectors + 1 W vector of 16 registers */
+#define GEMM_NR 6
+#endif
+#define GEMM_KC 1024       /* longest K chunk: GEMM_NR rows of f32 W stay within L1 */
+#define GEMV_UNROLL 4      /* accumulators of a lone dot product */
+#define GEMV_PREFETCH 8192 /* bytes of W ahead of its loads that a GEMV prefetches into L2 */
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* acc[i][j] += x[i, k:k+8] * W[n0 + j, k:k+8] for i < mr, j < nr. */
-ALWAYS_INLINE void tile_step(v8 acc[GEMM_MR][GEMM_NR], const float *x, const void *w, int64_t K,
-                             int64_t w0, int64_t k, int dt, int mr, int nr) {
-  v8 xv[GEMM_MR];
-  for (int i = 0; i < mr; i++) xv[i] = v8_load(x + i * K + k);
-  for (int j = 0; j < nr; j++) {
-    const v8 wv = v8_load_dt(w, dt, w0 + j * K + k);
-    for (int i = 0; i < mr; i++) acc[i][j] = v8_fma(xv[i], wv, acc[i][j]);
-  }
-}
-
-/* out[m0:m0+mr, n0:n0+nr]. dt, mr and nr are compile-time constants at every call site, so the
- * accumulators live in registers and the dtype switch folds away. */
-ALWAYS_INLINE void tile(const mm_args *a, int64_t m0, int64_t n0, int dt, int mr, int nr) {
-  const int64_t K = a->K;
-  const float *x = a->x + m0 * K; /* (mr, K) */
-  const int64_t w0 = n0 * K;      /* element offset of W row n0 */
-  const int uk = mr * nr == 1 ? GEMV_UNROLL : 1;
-  v8 acc[GEMV_UNROLL][GEMM_MR][GEMM_NR];
-  for (int u = 0; u < uk; u++)
-    for (int i = 0; i < mr; i++)
-      for (int j = 0; j < nr; j++) acc[u][i][j] = v8_zero();
-  int64_t k = 0;
-  for (; k + 8 * uk <= K; k += 8 * uk)
-    for (int u = 0; u < uk; u++) tile_step(acc[u], x, a->w, K, w0, k + 8 * u, dt, mr, nr);
-  for (; k + 8 <= K; k += 8) tile_step(acc[0], x, a->w, K, w0, k, dt, mr, nr);
-  for (int i = 0; i < mr; i++)
-    for (int j = 0; j < nr; j++) {
-      v8 sum = acc[0][i][j];
-      for (int u = 1; u < uk; u++) sum = v8_add(sum, acc[u][i][j]);
-      float s = v8_sum(sum);
-      for (int64_t kk = k; kk < K; kk++) s += x[i * K + kk] * load_f32(a->w, dt, w0 + j * K + kk);
-      if (a->bias) s += load_f32(a->bias, a->bdt, n0 + j);
-      a->out[(m0 + i) * a->N + n0 + j] = s;
-    }
-}
-
-/* One function per (dtype, mr, nr), indexed tiles[dtype][mr - 1][nr - 1]. */
-typedef void tile_fn(const mm_args *a, int64_t m0, int64_t n0);
-
-#define TILE_FN(dt, mr, nr)                                                                       \
-  static void tile_##dt##_##mr##x##nr(const mm_args *a, int64_t m0, int64_t n0) {                 \
-    tile(a, m0, n0, dt, mr, nr);                                                                  \
-  }
-#define TILE_FNS_MR(dt, mr) TILE_FN(dt, mr, 1) TILE_FN(dt, mr, 2)
-#define TILE_FNS(dt) TILE_FNS_MR(dt, 1) TILE_FNS_MR(dt, 2) TILE_FNS_MR(dt, 3) TILE_FNS_MR(dt, 4)
-TILE_FNS(RL_F32)
-TILE_FNS(RL_F16)
-TILE_FNS(RL_BF16)
-
-#define TILE_ROW(dt, mr) { tile_##dt##_##mr##x1, tile_##dt##_##mr##x2 }
-#define TILE_TABLE(dt) { TILE_ROW(dt, 1), TILE_ROW(dt, 2), TILE_ROW(dt, 3), TILE_ROW(dt, 4) }
-static tile_fn *const tiles[3][GEMM_MR][GEMM_NR] = {
-    [RL_F32] = TILE_TABLE(RL_F32), [RL_F16] = TILE_TABLE(RL_F16), [RL_BF16] = TILE_TABLE(RL_BF16)};
-
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* out[m_begin:m_end, n_begin:n_end] in tiles of at most MR x NR. */
-static void run_block(const mm_args *a, tile_fn *const table[GEMM_MR][GEMM_NR], int64_t m_begin,
-                      int64_t m_end, int64_t n_begin, int64_t n_end, int MR, int NR) {
-  for (int64_t m = m_begin; m < m_end; m += MR) {
-    int mr = (int)min64(MR, m_end - m);
-    for (int64_t n = n_begin; n < n_end; n += NR) table[mr - 1][min64(NR, n_end - n) - 1](a, m, n);
+/* ----------------------------------------------------------------------------------------------
+ * GEMV (M == 1) */
+
+/* out[n] = x . W[n] (+ bias[n]) for n in [n_begin, n_end). dt is a compile-time constant. */
+ALWAYS_INLINE void gemv(float *out, const float *x, const void *w, int dt, const void *bias,
+                        int bdt, int64_t K, int64_t n_begin, int64_t n_end) {
+  const int64_t es = dt == RL_F32 ? 4 : 2; /* bytes per W element */
+  const int64_t step = GEMV_UNROLL * VL;
+  int64_t n = n_begin;
+  while (n < n_end) {
+    const int rows = (int)min64(4, n_end - n);
+    vf row_acc[4];
+    for (int r = 0; r < 4; r++) row_acc[r] = vf_zero();
+    for (int r = 0; r < rows; r++) {
+      const int64_t w0 = (n + r) * K; /* element offset of W row n + r */
+      const char *pf = (const char *)w + w0 * es + GEMV_PREFETCH;
+      vf acc[GEMV_UNROLL];
+      for (int u = 0; u < GEMV_UNROLL; u++) acc[u] = vf_zero();
+      int64_t k = 0;
+      for (; k + step <= K; k += step) {
+        for (int64_t b = 0; b < step * es; b += 64) __builtin_prefetch(pf + k * es + b, 0, 2);
+        for (int u = 0; u < GEMV_UNROLL; u++)
+          acc[u] = vf_fma(vf_load(x + k + u * VL), vf_load_dt(w, dt, w0 + k + u * VL), acc[u]);
+      }
+      for (; k + VL <= K; k += VL)
+        acc[0] = vf_fma(vf_load(x + k), vf_load_dt(w, dt, w0 + k), acc[0]);
+      if (k < K)
+        acc[1] = vf_fma(vf_load_part(x + k, (int)(K - k)),
+                        vf_load_part_dt(w, dt, w0 + k, (int)(K - k)), acc[1]);
+      for (int u = 1; u < GEMV_UNROLL; u++) acc[0] = vf_add(acc[0], acc[u]);
+      row_acc[r] = acc[0];
+    }
+    float s[4];
+    vf_sum4(s, row_acc[0], row_acc[1], row_acc[2], row_acc[3]);
+    for (int r = 0; r < rows; r++) out[n + r] = s[r] + (bias ? load_f32(bias, bdt, n + r) : 0.0f);
+    n += rows;
   }
+}
+
+typedef void gemv_fn(float *out, const float *x, const void *w, const void *bias, int bdt,
+                     int64_t K, int64_t n_begin, int64_t n_end);
+
+#define GEMV_FN(dt)                                                                               \
+  static void gemv_##dt(float *out, const float *x, const void *w, const void *bias, int bdt,     \
+                        int64_t K, int64_t n_begin, int64_t n_end) {                              \
+    gemv(out, x, w, dt, bias, bdt, K, n_begin, n_end);                                            \
+  }
+GEMV_FN(RL_F32)
+GEMV_FN(RL_F16)
+GEMV_FN(RL_BF16)
+static gemv_fn *const gemvs[3] = {gemv_RL_F32, gemv_RL_F16, gemv_RL_BF16};
+
+/* ----------------------------------------------------------------------------------------------
+ * GEMM (M > 1) */
+
+/* acc[i][j] += xr[i][k:k+n] * wr[j][k:k+n] for i < mr: whole vectors when n == VL, else the
+ * first n lanes. */
+ALWAYS_INLINE void tile_step(vf acc[GEMM_MR * GEMM_NR], const float *const xr[GEMM_MR],
+                             const float *const wr[GEMM_NR], int64_t k, int n, int mr) {
+  vf xv[GEMM_MR];
+  for (int i = 0; i < mr; i++) xv[i] = n == VL ? vf_load(xr[i] + k) : vf_load_part(xr[i] + k, n);
+  for (int j = 0; j < GEMM_NR; j++) {
+    const vf wv = n == VL ? vf_load(wr[j] + k) : vf_load_part(wr[j] + k, n);
+    for (int i = 0; i < mr; i++) acc[i * GEMM_NR + j] = vf_fma(xv[i], wv, acc[i * GEMM_NR + j]);
+  }
+}
+
+/* out[i, j] (+)= x[i, :kc] . w[j, :kc] for i < mr <= GEMM_MR, j < nr <= GEMM_NR, with f32 w
+ * (rows ldw apart). The sum is stored (plus bias[j] when bias != NULL) on a row's first K chunk,
+ * added on the later ones. mr is a compile-time constant at every call site; the tile is always
+ * GEMM_NR W rows wide: a narrower one computes copies of its last W row and drops them. */
+ALWAYS_INLINE void tile(float *out, int64_t ldo, const float *x, int64_t ldx, const float *w,
+                        int64_t ldw, int64_t kc, int mr, int nr, int add, const void *bias,
+                        int bdt) {
+  const float *xr[GEMM_MR], *wr[GEMM_NR];
+  for (int i = 0; i < mr; i++) xr[i] = x + i * ldx;
+  for (int j = 0; j < GEMM_NR; j++) wr[j] = w + (j < nr ? j : nr - 1) * ldw;
+  vf acc[GEMM_MR * GEMM_NR]; /* [i * GEMM_NR + j] */
+  for (int t = 0; t < mr * GEMM_NR; t++) acc[t] = vf_zero();
+  int64_t k = 0;
+  for (; k + VL <= kc; k += VL) tile_step(acc, xr, wr, k, VL, mr);
+  if (k < kc) tile_step(acc, xr, wr, k, (int)(kc - k), mr);
+  float s[GEMM_MR * GEMM_NR];
+  for (int t = 0; t < mr * GEMM_NR; t += 4) /* GEMM_NR is even: the last group may be a pair */
+    if (t + 4 <= mr * GEMM_NR) {
+      vf_sum4(s + t, acc[t], acc[t + 1], acc[t + 2], acc[t + 3]);
+    } else {
+      s[t] = vf_sum(acc[t]);
+      s[t + 1] = vf_sum(acc[t + 1]);
+    }
+  const vf b = bias && !add ? vf_load_part_dt(bias, bdt, 0, nr) : vf_zero(); /* nr < VL */
+  for (int i = 0; i < mr; i++) {
+    float *o = out + i * ldo;
+    vf_store_part(o, vf_add(vf_load_part(s + i * GEMM_NR, nr), add ? vf_load_part(o, nr) : b), nr);
+  }
+}
+
+/* tile() for each row count mr, indexed tiles[mr - 1]. */
+typedef void tile_fn(float *out, int64_t ldo, const float *x, int64_t ldx, const float *w,
+                     int64_t ldw, int64_t kc, int nr, int add, const void *bias, int bdt);
+#define TILE_FN(mr)                                                                               \
+  static void tile_##mr(float *out, int64_t ldo, const float *x, int64_t ldx, const float *w,     \
+                        int64_t ldw, int64_t kc, int nr, int add, const void *bias, int bdt) {    \
+    tile(out, ldo, x, ldx, w, ldw, kc, mr, nr, add, bias, bdt);                                   \
+  }
+TILE_FN(1)
+TILE_FN(2)
+#if GEMM_MR == 4
+TILE_FN(3)
+TILE_FN(4)
+static tile_fn *const tiles[GEMM_MR] = {tile_1, tile_2, tile_3, tile_4};
+#else
+static tile_fn *const tiles[GEMM_MR] = {tile_1, tile_2};
+#endif
+
+typedef struct {
+  const float *x;   /* [M,K] */
+  const void *w;    /* [N,K] */
+  const void *bias; /* [N] of dtype bdt, or NULL */
+  float *out;       /* [M,N] */
+  int64_t M, N, K;
+  int dt, bdt;
+  int64_t kc; /* K chunk, a multiple of VL; also the row stride of the f32 W buffer */
+} mm_args;
+
+/* w[r, k0:k0+kc] -> buf[r, :kc] as f32 for r < nr. */
+ALWAYS_INLINE void convert_rows(float *buf, int64_t ldb, const void *w, int dt, int64_t K,
+                                int64_t n0, int nr, int64_t k0, int64_t kc) {
+  for (int r = 0; r < nr; r++) {
+    const int64_t w0 = (n0 + r) * K + k0;
+    float *b = buf + r * ldb;
+    int64_t k = 0;
+    for (; k + VL <= kc; k += VL) vf_store(b + k, vf_load_dt(w, dt, w0 + k));
+    if (k < kc) vf_store_part(b + k, vf_load_part_dt(w, dt, w0 + k, (int)(kc - k)), (int)(kc - k));
+  }
+}
+
+static void convert_f16(float *buf, int64_t ldb, const void *w, int64_t K, int64_t n0, int nr,
+                        int64_t k0, int64_t kc) {
+  convert_rows(buf, ldb, w, RL_F16, K, n0, nr, k0, kc);
+}
+static void convert_bf16(float *buf, int64_t ldb, const void *w, int64_t K, int64_t n0, int nr,
+                         int64_t k0, int64_t kc) {
+  convert_rows(buf, ldb, w, RL_BF16, K, n0, nr, k0, kc);
+}
+
+/* out[m_begin:m_end, n_begin:n_end]; buf holds GEMM_NR x kc floats (f16/bf16 W). While a W
+ * tile is in use, the next one is prefetched into L2, a slice per x tile. */
+static void gemm_part(const mm_args *a, float *buf, int64_t m_begin, int64_t m_end,
+                      int64_t n_begin, int64_t n_end) {
+  if (m_begin >= m_end || n_begin >= n_end) return;
+  const int64_t K = a->K, es = a->dt == RL_F32 ? 4 : 2;
+  const int64_t calls = (K + a->kc - 1) / a->kc * ((m_end - m_begin + GEMM_MR - 1) / GEMM_MR);
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += GEMM_NR) {
+    const int nr = (int)min64(GEMM_NR, n_end - n0);
+    const void *bias = a->bias ? (const char *)a->bias + n0 * (a->bdt == RL_F32 ? 4 : 2) : NULL;
+    /* the next tile's rows, contiguous */
+    const char *pf = (const char *)a->w + (n0 + nr) * K * es;
+    const char *pf_end = (const char *)a->w + min64(n_end, n0 + nr + GEMM_NR) * K * es;
+    const int64_t pf_step = ((pf_end - pf + 63) / 64 + calls - 1) / calls * 64;
+    for (int64_t k0 = 0; k0 < K; k0 += a->kc) {
+      const int64_t kc = min64(a->kc, K - k0);
+      const float *w = buf; /* the tile's W rows as f32, ldw apart */
+      int64_t ldw = a->kc;
+      if (a->dt == RL_F32) {
+        w = (const float *)a->w + n0 * K + k0;
+        ldw = K;
+      } else {
+        (a->dt == RL_F16 ? convert_f16 : convert_bf16)(buf, a->kc, a->w, K, n0, nr, k0, kc);
+      }
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += GEMM_MR) {
+        for (const char *p = pf; p < pf + pf_step && p < pf_end; p += 64)
+          __builtin_prefetch(p, 0, 2);
+        pf += pf_step;
+        tiles[min64(GEMM_MR, m_end - m0) - 1](a->out + m0 * a->N + n0, a->N, a->x + m0 * K + k0,
+                                              K, w, ldw, kc, nr, k0 > 0, bias, a->bdt);
+      }
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Entry */
+
+/* [begin, end) of part p when n items are split into `parts` contiguous parts of nearly equal
+ * numbers of `unit`-item groups. */
+static void split(int64_t n, int64_t unit, int parts, int p, int64_t *begin, int64_t *end) {
+  const int64_t units = (n + unit - 1) / unit;
+  *begin = min64(n, units * p / parts * unit);
+  *end = min64(n, units * (p + 1) / parts * unit);
 }
 
 RL_API int32_t rl_matmul(rl_ctx *ctx, float *out, const float *x, const void *w, int32_t wdtype,
@@ -112,17 +247,43 @@ RL_API int32_t rl_matmul(rl_ctx *ctx, float *out, const float *x, const void *w,
   REQUIRE(out + (int64_t)M * N <= x || x + (int64_t)M * K <= out,
           "out [%d,%d] overlaps x [%d,%d]", M, N, M, K);
 
-  const mm_args a = {x, w, bias, out, M, N, K, bias_dtype};
-  const int gemv = M == 1;
-  const int MR = gemv ? 1 : GEMM_MR, NR = gemv ? 1 : GEMM_NR;
-  const int64_t MB = gemv ? 1 : GEMM_MB, NB = gemv ? GEMV_NB : GEMM_NB;
-  const int64_t n_blocks = (N + NB - 1) / NB, m_blocks = (M + MB - 1) / MB;
-  /* W block outer: consecutive iterations of a thread reuse the same W rows. */
-#pragma omp parallel for collapse(2) schedule(static) num_threads(ctx->n_threads)                \
-    if ((int64_t)M * N * K >= PAR_MIN_WORK)
-  for (int64_t bn = 0; bn < n_blocks; bn++)
-    for (int64_t bm = 0; bm < m_blocks; bm++)
-      run_block(&a, tiles[wdtype], bm * MB, min64(M, bm * MB + MB), bn * NB,
-                min64(N, bn * NB + NB), MR, NR);
+  const int n_threads = (int64_t)M * N * K >= PAR_MIN_WORK ? ctx->n_threads : 1;
+  if (M == 1) {
+    gemv_fn *const f = gemvs[wdtype];
+#pragma omp parallel num_threads(n_threads)
+    {
+      int64_t begin, end;
+      split(N, 1, omp_get_num_threads(), omp_get_thread_num(), &begin, &end);
+      if (begin < end) f(out, x, w, bias, bias_dtype, K, begin, end);
+    }
+    return RL_OK;
+  }
+
+  const int64_t chunks = (K + GEMM_KC - 1) / GEMM_KC;
+  const int64_t kc = ((K + chunks - 1) / chunks + VL - 1) / VL * VL; /* equal, whole vectors */
+  const mm_args a = {x, w, bias, out, M, N, K, wdtype, bias_dtype, kc};
+  const int by_rows_of_w = (N + GEMM_NR - 1) / GEMM_NR >= n_threads;
+  float *bufs = NULL; /* f16/bf16: GEMM_NR x kc floats per thread */
+  const size_t buf_floats = (size_t)GEMM_NR * (size_t)kc;
+  if (wdtype != RL_F32) {
+    bufs = aligned_alloc(64, sizeof(float) * buf_floats * (size_t)n_threads);
+    if (!bufs)
+      return cpu_fail(ctx, RL_ERR_OOM, __func__, "out of memory for %d W buffers of %zu floats",
+                      n_threads, buf_floats);
+  }
+#pragma omp parallel num_threads(n_threads)
+  {
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    float *buf = bufs ? bufs + buf_floats * (size_t)t : NULL;
+    int64_t begin, end;
+    if (by_rows_of_w) {
+      split(N, GEMM_NR, nt, t, &begin, &end);
+      gemm_part(&a, buf, 0, M, begin, end);
+    } else {
+      split(M, GEMM_MR, nt, t, &begin, &end);
+      gemm_part(&a, buf, begin, end, 0, N);
+    }
+  }
+  free(bufs);
   return RL_OK;
 }
