@@ -102,20 +102,21 @@ Deno.test("planLayers: a MoE layer streamed reads its shared tensors and k of it
 });
 
 Deno.test("planner: GPU fills device memory, then the pinned host tier, then streams from disk", () => {
-  const p = plan({
-    ...cpu(),
-    device: "cuda",
-    deviceFree: 200 * MiB,
-    hostAvailable: 400 * MiB,
-  });
-  const deviceReserve = 25 * MiB + runtimeMargin(200 * MiB);
-  const resident = Math.floor((200 * MiB - deviceReserve - 30 * MiB) / (10 * MiB));
-  const hostRoom = 400 * MiB - runtimeMargin(400 * MiB) - 128 * MiB - 30 * MiB;
+  const p = plan({ ...cpu(), device: "cuda", deviceFree: 150 * MiB, hostAvailable: 250 * MiB });
+  // Device: 150 − (5 work + 20 small + margin) leaves less than the 100 MiB of layers, so 3
+  // slots (depth 2 + 1) come off too.
+  const room = 150 * MiB - 25 * MiB - runtimeMargin(150 * MiB);
+  assert.ok(room < 100 * MiB);
+  const resident = Math.floor((room - 30 * MiB) / (10 * MiB));
+  // Host: 250 − margin − 128 MiB of pinned staging − the streaming window.
+  const hostRoom = 250 * MiB - runtimeMargin(250 * MiB) - 128 * MiB - 30 * MiB;
   const host = Math.min(10 - resident, Math.floor(hostRoom / (10 * MiB)));
+  assert.ok(resident > 0 && host > 0 && resident + host < 10, "all three tiers are used");
   assert.equal(p.tiers.filter((t) => t === "resident").length, resident);
   assert.equal(p.tiers.filter((t) => t === "host").length, host);
   assert.equal(p.tiers.filter((t) => t === "stream").length, 10 - resident - host);
   assert.equal(p.perToken.host, host * 10 * MiB);
+  assert.equal(p.perToken.disk, (10 - resident - host) * 10 * MiB);
 });
 
 Deno.test("planner: GPU caps maxGpuMemory and maxCpuMemory", () => {
@@ -123,12 +124,12 @@ Deno.test("planner: GPU caps maxGpuMemory and maxCpuMemory", () => {
     ...cpu(),
     device: "cuda",
     deviceFree: 80 * 1024 * MiB,
-    maxGpuMemory: 100 * MiB,
+    maxGpuMemory: 160 * MiB,
     maxCpuMemory: 20 * MiB,
   });
-  const resident = Math.floor(
-    (100 * MiB - 25 * MiB - runtimeMargin(100 * MiB) - 30 * MiB) / (10 * MiB),
-  );
+  const room = 160 * MiB - 25 * MiB - runtimeMargin(160 * MiB);
+  const resident = Math.floor((room - 30 * MiB) / (10 * MiB));
+  assert.ok(resident > 0);
   assert.equal(p.tiers.filter((t) => t === "resident").length, resident);
   assert.equal(p.tiers.filter((t) => t === "host").length, 2);
 });

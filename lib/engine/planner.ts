@@ -107,9 +107,12 @@ export interface Plan {
 }
 
 const MiB = 2 ** 20;
-/** Head-room for the runtime's own growth (JS heap, allocator slack): 32 MiB + 5%. */
+/**
+ * Head-room for the runtime's own growth after load (JS heap, allocator slack; a Deno process
+ * grows by 15–40 MiB while generating): 48 MiB + 5%.
+ */
 export function runtimeMargin(budget: number): number {
-  return 32 * MiB + Math.round(0.05 * budget);
+  return 48 * MiB + Math.round(0.05 * budget);
 }
 /** GPU staging: the loader's two 64 MiB pinned buffers. */
 const STAGING = 128 * MiB;
