@@ -2,9 +2,9 @@
  * The physical bounds `deno task bench` compares against (not part of the library):
  *
  *   build/bench_io mem          memory read bandwidth, every core (what a decode GEMV can reach)
- *   build/bench_io disk FILE..  sequential read of the files with their page cache dropped first,
- *                               the way the engine streams a layer that does not fit (direct I/O,
- *                               one whole file per read, in order)
+ *   build/bench_io disk FILE..  sequential read of the files, page cache dropped first: direct
+ *                               I/O in 4 MiB chunks taken in order by 4 threads (a deep queue,
+ *                               the most a sequential stream gets from the device), best of 2
  *   build/bench_io drop FILE..  drops the files from the page cache (a cold start for a row)
  *
  * Prints one JSON line: {"memory_gbps": x} or {"disk_gbps": x, "bytes": n}. GB = 1e9 bytes.
@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,48 +75,76 @@ static int drop(int n_files, char **files) {
   return failed;
 }
 
+/* The files as one sequence of CHUNK-byte reads, taken in order by READERS threads: a deep queue
+ * of large sequential direct reads, the most the device gives a sequential stream. */
+#define CHUNK (4u << 20)
+#define READERS 4
+typedef struct {
+  int n_files;
+  int *fds;
+  uint64_t *sizes;
+  uint64_t next; /* chunk index over all files, taken under lock */
+  uint64_t bytes;
+  int failed;
+  pthread_mutex_t lock;
+} disk_job;
+
+static void *reader(void *arg) {
+  disk_job *d = arg;
+  void *buf = NULL;
+  if (posix_memalign(&buf, 4096, CHUNK) != 0) return NULL;
+  for (;;) {
+    pthread_mutex_lock(&d->lock);
+    uint64_t k = d->next++;
+    pthread_mutex_unlock(&d->lock);
+    int f = 0;
+    while (f < d->n_files && k >= (d->sizes[f] + CHUNK - 1) / CHUNK) k -= (d->sizes[f++] + CHUNK - 1) / CHUNK;
+    if (f == d->n_files) break;
+    const ssize_t r = pread(d->fds[f], buf, CHUNK, (off_t)(k * CHUNK));
+    pthread_mutex_lock(&d->lock);
+    if (r < 0) d->failed = 1;
+    else d->bytes += (uint64_t)r;
+    pthread_mutex_unlock(&d->lock);
+  }
+  free(buf);
+  return NULL;
+}
+
+/* Best of two passes over the files (dropped from the page cache first; direct I/O). */
 static int disk(int n_files, char **files) {
-  const size_t align = 4096;
-  size_t cap = 0;
+  disk_job d = {.n_files = n_files};
+  d.fds = calloc((size_t)n_files, sizeof *d.fds);
+  d.sizes = calloc((size_t)n_files, sizeof *d.sizes);
+  pthread_mutex_init(&d.lock, NULL);
   for (int i = 0; i < n_files; i++) {
     struct stat st;
-    if (stat(files[i], &st) != 0) {
+    d.fds[i] = open(files[i], O_RDONLY | O_DIRECT);
+    if (d.fds[i] < 0) d.fds[i] = open(files[i], O_RDONLY); /* a file system without O_DIRECT */
+    if (d.fds[i] < 0 || fstat(d.fds[i], &st) != 0) {
       fprintf(stderr, "bench_io: %s: %s\n", files[i], strerror(errno));
       return 1;
     }
-    if ((size_t)st.st_size > cap) cap = (size_t)st.st_size;
+    d.sizes[i] = (uint64_t)st.st_size;
   }
-  cap = (cap + align - 1) / align * align;
-  void *buf = NULL;
-  if (posix_memalign(&buf, align, cap) != 0) {
-    fprintf(stderr, "bench_io: out of memory for %zu bytes\n", cap);
+  double best = 0.0;
+  for (int pass = 0; pass < 2; pass++) {
+    drop(n_files, files);
+    d.next = d.bytes = 0;
+    pthread_t t[READERS];
+    const double t0 = now();
+    for (int i = 0; i < READERS; i++) pthread_create(&t[i], NULL, reader, &d);
+    for (int i = 0; i < READERS; i++) pthread_join(t[i], NULL);
+    const double gbps = (double)d.bytes / (now() - t0) / 1e9;
+    if (gbps > best) best = gbps;
+  }
+  if (d.failed) {
+    fprintf(stderr, "bench_io: a read failed\n");
     return 1;
   }
-  drop(n_files, files); /* page cache dropped first */
-  uint64_t bytes = 0;
-  const double t = now();
-  for (int i = 0; i < n_files; i++) {
-    int fd = open(files[i], O_RDONLY | O_DIRECT);
-    if (fd < 0) fd = open(files[i], O_RDONLY); /* a file system without O_DIRECT */
-    if (fd < 0) {
-      fprintf(stderr, "bench_io: %s: %s\n", files[i], strerror(errno));
-      return 1;
-    }
-    for (;;) {
-      const ssize_t r = read(fd, buf, cap);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) {
-        fprintf(stderr, "bench_io: reading %s: %s\n", files[i], strerror(errno));
-        return 1;
-      }
-      if (r == 0) break;
-      bytes += (uint64_t)r;
-    }
-    close(fd);
-  }
-  printf("{\"disk_gbps\": %.3f, \"bytes\": %llu}\n", (double)bytes / (now() - t) / 1e9,
-         (unsigned long long)bytes);
-  free(buf);
+  printf("{\"disk_gbps\": %.3f, \"bytes\": %llu}\n", best, (unsigned long long)d.bytes);
+  for (int i = 0; i < n_files; i++) close(d.fds[i]);
+  free(d.fds);
+  free(d.sizes);
   return 0;
 }
 

@@ -29,5 +29,5 @@ fi
 mv "$tmp" "$out"
 trap - EXIT
 # The bench's bounds tool (memory and disk bandwidth), not part of the library.
-gcc -std=c11 -O3 -march=native -fopenmp -Wall -Wextra -o build/bench_io cpu/bench_io.c
+gcc -std=c11 -O3 -march=native -fopenmp -pthread -Wall -Wextra -o build/bench_io cpu/bench_io.c
 echo "$(pwd)/$out"

@@ -28,7 +28,7 @@ typedef struct {
   uint64_t count;
 } alloc_table;
 
-typedef struct cpu_loader cpu_loader; /* the I/O thread of loads and prefetches (load.c) */
+typedef struct cpu_loader cpu_loader; /* the I/O threads of loads and prefetches (load.c) */
 typedef struct cpu_mapping cpu_mapping; /* one rl_map (map.c) */
 
 /* Option slots, in the order of OPTION_KEYS (ctx.c). */
@@ -48,7 +48,7 @@ struct rl_ctx {
 };
 
 /* ----------------------------------------------------------------------------------------------
- * The I/O thread (load.c): one FIFO of jobs per context, tickets shared by every kind. */
+ * The I/O threads (load.c): one FIFO of jobs per context, tickets shared by every kind. */
 
 typedef enum { JOB_READ, JOB_PREFETCH, JOB_COPY } job_kind;
 

@@ -1,5 +1,5 @@
 /*
- * The I/O thread of a CPU context: rl_load_start (file -> memory), rl_prefetch_start (a mapped
+ * The I/O threads of a CPU context: rl_load_start (file -> memory), rl_prefetch_start (a mapped
  * range -> page cache and page tables) and rl_upload_start (host tier -> memory) are jobs of one
  * FIFO, run in issue order while the caller keeps computing, and waited for with rl_load_wait.
  * No staging copy: a read lands where the ops read it, and a prefetched mapping is read in place.
@@ -23,15 +23,19 @@
 typedef struct job {
   job_spec spec;   /* spec.path points at the job's own copy */
   int64_t ticket;
-  int advised;     /* PREFETCH: its read-ahead was queued (by the I/O thread) */
+  int advised;     /* PREFETCH: its read-ahead was queued (under the lock) */
+  int started;     /* an I/O thread took it (under the lock) */
   int done;        /* set by the I/O thread under the lock */
   int32_t status;  /* RL_OK or the failure */
   char err[400];   /* failure message */
   struct job *next;
 } job;
 
+#define IO_THREADS 3
+
 struct cpu_loader {
-  pthread_t thread;
+  pthread_t threads[IO_THREADS];
+  int n_threads;
   pthread_mutex_t lock;
   pthread_cond_t changed; /* a job was queued, finished, or stop was set */
   job *head, *tail;       /* every job not yet waited for, in issue order */
@@ -141,7 +145,6 @@ static void page_range(const job_spec *s, uint8_t **lo, uint8_t **hi) {
 static void advise(job *j) {
   uint8_t *lo, *hi;
   page_range(&j->spec, &lo, &hi);
-  j->advised = 1;
   if (all_cached(lo, hi, (uintptr_t)sysconf(_SC_PAGESIZE))) return;
   for (uint8_t *p = lo; p < hi; p += ADVISE_CHUNK) {
     size_t n = (size_t)(hi - p) < ADVISE_CHUNK ? (size_t)(hi - p) : ADVISE_CHUNK;
@@ -178,23 +181,30 @@ static void run_job(job *j) {
   }
 }
 
+/* Each I/O thread takes the oldest job not started, so jobs start in issue order and up to
+ * IO_THREADS run at once: the next layer's reads are in the disk's queue while this one's
+ * finish (direct reads are synchronous, one layer per call). */
 static void *io_thread(void *arg) {
   cpu_loader *l = arg;
   pthread_mutex_lock(&l->lock);
   for (;;) {
     job *j = l->head;
-    while (j && j->done) j = j->next;
+    while (j && j->started) j = j->next;
     if (!j) {
       if (l->stop) break;
       pthread_cond_wait(&l->changed, &l->lock);
       continue;
     }
+    j->started = 1;
     /* Read-ahead of this and every later queued prefetch goes out first: the disk works on the
      * next layers while this one is waited for (jobs stay in the list until waited for). */
     job *ahead[64];
     int n_ahead = 0;
-    for (job *k = j; k && n_ahead < 64; k = k->next)
-      if (k->spec.kind == JOB_PREFETCH && !k->advised && !k->done) ahead[n_ahead++] = k;
+    for (job *k = j; k && n_ahead < 64; k = k->next) {
+      if (k->spec.kind != JOB_PREFETCH || k->advised || k->done) continue;
+      k->advised = 1;
+      ahead[n_ahead++] = k;
+    }
     pthread_mutex_unlock(&l->lock);
     for (int i = 0; i < n_ahead; i++) advise(ahead[i]);
     run_job(j); /* the job stays in the list, untouched by others, until it is done and waited */
@@ -214,12 +224,12 @@ static void free_job(job *j) {
 void cpu_loader_free(cpu_loader *l) {
   if (!l) return;
   pthread_mutex_lock(&l->lock);
-  /* Jobs not started yet are dropped; the one in progress finishes before the join. */
-  for (job *j = l->head; j; j = j->next) j->done = 1;
+  /* Jobs not started yet are dropped; those in progress finish before the join. */
+  for (job *j = l->head; j; j = j->next) j->started = 1;
   l->stop = 1;
   pthread_cond_broadcast(&l->changed);
   pthread_mutex_unlock(&l->lock);
-  pthread_join(l->thread, NULL);
+  for (int i = 0; i < l->n_threads; i++) pthread_join(l->threads[i], NULL);
   for (job *j = l->head, *n; j; j = n) {
     n = j->next;
     free_job(j);
@@ -245,7 +255,10 @@ static cpu_loader *loader_of(rl_ctx *ctx) {
   pthread_mutex_init(&l->lock, NULL);
   pthread_cond_init(&l->changed, NULL);
   l->next_ticket = 1;
-  if (pthread_create(&l->thread, NULL, io_thread, l) != 0) {
+  while (l->n_threads < IO_THREADS &&
+         pthread_create(&l->threads[l->n_threads], NULL, io_thread, l) == 0)
+    l->n_threads++;
+  if (l->n_threads == 0) {
     pthread_mutex_destroy(&l->lock);
     pthread_cond_destroy(&l->changed);
     free(l);
@@ -273,7 +286,7 @@ int64_t cpu_loader_submit(rl_ctx *ctx, const char *op, const job_spec *spec) {
      * streamed layer that the page cache keeps costs what a resident one costs). */
     uint8_t *lo, *hi;
     page_range(spec, &lo, &hi);
-    j->done = j->advised = all_cached(lo, hi, (uintptr_t)sysconf(_SC_PAGESIZE));
+    j->started = j->done = j->advised = all_cached(lo, hi, (uintptr_t)sysconf(_SC_PAGESIZE));
   }
   pthread_mutex_lock(&l->lock);
   j->ticket = l->next_ticket++;

@@ -539,12 +539,19 @@ export class LayerStore {
     return slot.weights!;
   }
 
-  /** Starts loads of the layers after `layer` (wrapping to the next step) when prefetching. */
+  /**
+   * Starts loads of the next `prefetchDepth` layers after `layer` that stream (wrapping to the
+   * next step) when prefetching. Resident layers in between are skipped, so the disk keeps
+   * working while they compute.
+   */
   prefetchAfter(layer: number): void {
     if (!this.#opts.prefetching) return;
     const n = this.#layers.length;
     const ahead: number[] = [];
-    for (let d = 1; d <= this.#opts.prefetchDepth && d < n; d++) ahead.push((layer + d) % n);
+    for (let d = 1; d < n && ahead.length < this.#opts.prefetchDepth; d++) {
+      const l = (layer + d) % n;
+      if (this.#tier(l) !== "resident" || !this.#slotHolding(l)) ahead.push(l);
+    }
     const protect = new Set([layer, ...ahead]);
     for (const l of ahead) this.#startLoad(l, protect);
   }
