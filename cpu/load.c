@@ -37,7 +37,8 @@ struct cpu_loader {
   pthread_t threads[IO_THREADS];
   int n_threads;
   pthread_mutex_t lock;
-  pthread_cond_t changed; /* a job was queued, finished, or stop was set */
+  pthread_cond_t work;     /* for the I/O threads: a job was queued, or stop was set */
+  pthread_cond_t finished; /* for rl_load_wait: a job finished */
   job *head, *tail;       /* every job not yet waited for, in issue order */
   int64_t next_ticket;
   int stop;
@@ -192,7 +193,7 @@ static void *io_thread(void *arg) {
     while (j && j->started) j = j->next;
     if (!j) {
       if (l->stop) break;
-      pthread_cond_wait(&l->changed, &l->lock);
+      pthread_cond_wait(&l->work, &l->lock);
       continue;
     }
     j->started = 1;
@@ -210,7 +211,7 @@ static void *io_thread(void *arg) {
     run_job(j); /* the job stays in the list, untouched by others, until it is done and waited */
     pthread_mutex_lock(&l->lock);
     j->done = 1;
-    pthread_cond_broadcast(&l->changed);
+    pthread_cond_broadcast(&l->finished);
   }
   pthread_mutex_unlock(&l->lock);
   return NULL;
@@ -227,7 +228,7 @@ void cpu_loader_free(cpu_loader *l) {
   /* Jobs not started yet are dropped; those in progress finish before the join. */
   for (job *j = l->head; j; j = j->next) j->started = 1;
   l->stop = 1;
-  pthread_cond_broadcast(&l->changed);
+  pthread_cond_broadcast(&l->work);
   pthread_mutex_unlock(&l->lock);
   for (int i = 0; i < l->n_threads; i++) pthread_join(l->threads[i], NULL);
   for (job *j = l->head, *n; j; j = n) {
@@ -235,7 +236,8 @@ void cpu_loader_free(cpu_loader *l) {
     free_job(j);
   }
   pthread_mutex_destroy(&l->lock);
-  pthread_cond_destroy(&l->changed);
+  pthread_cond_destroy(&l->work);
+  pthread_cond_destroy(&l->finished);
   free(l);
 }
 
@@ -253,14 +255,16 @@ static cpu_loader *loader_of(rl_ctx *ctx) {
   cpu_loader *l = calloc(1, sizeof *l);
   if (!l) return NULL;
   pthread_mutex_init(&l->lock, NULL);
-  pthread_cond_init(&l->changed, NULL);
+  pthread_cond_init(&l->work, NULL);
+  pthread_cond_init(&l->finished, NULL);
   l->next_ticket = 1;
   while (l->n_threads < IO_THREADS &&
          pthread_create(&l->threads[l->n_threads], NULL, io_thread, l) == 0)
     l->n_threads++;
   if (l->n_threads == 0) {
     pthread_mutex_destroy(&l->lock);
-    pthread_cond_destroy(&l->changed);
+    pthread_cond_destroy(&l->work);
+    pthread_cond_destroy(&l->finished);
     free(l);
     return NULL;
   }
@@ -293,7 +297,7 @@ int64_t cpu_loader_submit(rl_ctx *ctx, const char *op, const job_spec *spec) {
   if (l->tail) l->tail->next = j;
   else l->head = j;
   l->tail = j;
-  pthread_cond_broadcast(&l->changed);
+  if (!j->started) pthread_cond_signal(&l->work); /* one I/O thread; a job done at once: none */
   pthread_mutex_unlock(&l->lock);
   return j->ticket;
 }
@@ -341,7 +345,7 @@ RL_API int32_t rl_load_wait(rl_ctx *ctx, int64_t ticket) {
     return cpu_fail(ctx, RL_ERR_INVALID, __func__, "unknown or already waited ticket %lld",
                     (long long)ticket);
   }
-  while (!j->done) pthread_cond_wait(&l->changed, &l->lock);
+  while (!j->done) pthread_cond_wait(&l->finished, &l->lock);
   if (prev) prev->next = j->next;
   else l->head = j->next;
   if (l->tail == j) l->tail = prev;
