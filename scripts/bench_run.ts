@@ -5,6 +5,7 @@
  *
  *   deno run ... scripts/bench_run.ts --model DIR --split DIR [--device cpu|cuda]
  *     [--mode auto|resident|streamed|host] [--prompt 64] [--new 64] [--batch 1] [--repeat 3]
+ *     [--depth prefetchDepth]
  *
  * Modes: auto = default options (the memory planner decides); resident = every layer resident;
  * streamed = maxResidentBytes 0 (every layer streams, through the page cache when it can hold
@@ -26,6 +27,7 @@ const { values: a } = parseArgs({
     new: { type: "string", default: "64" },
     batch: { type: "string", default: "1" },
     repeat: { type: "string", default: "3" },
+    depth: { type: "string" },
   },
 });
 if (!a.model || !a.split) throw new Error("bench_run: --model and --split are required");
@@ -61,6 +63,7 @@ await using model = await AutoModel.fromPretrained(a.model, {
   device: a.device as "cpu" | "cuda",
   layerShardsSavingPath: a.split,
   maxSeqLen: P + N + 8,
+  prefetchDepth: a.depth === undefined ? undefined : Number(a.depth),
   quiet: true,
 });
 // Different prompts per row (equal lengths): a batch is B sequences, not one repeated.
