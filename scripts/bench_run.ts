@@ -8,8 +8,9 @@
  *     [--depth prefetchDepth]
  *
  * Modes: auto = default options (the memory planner decides); resident = every layer resident;
- * streamed = maxResidentBytes 0 (every layer streams, through the page cache when it can hold
- * them); host = GPU: nothing resident on the device, everything in the pinned host tier.
+ * streamed = maxResidentBytes 0 and no host tier (every layer streams from its file, through the
+ * page cache when it can hold them); host = GPU: nothing resident on the device, everything in the
+ * pinned host tier.
  *
  * @module
  */
@@ -54,7 +55,7 @@ const mode = a.mode;
 const opts = mode === "resident"
   ? { maxResidentBytes: Infinity }
   : mode === "streamed"
-  ? { maxResidentBytes: 0 }
+  ? { maxResidentBytes: 0, maxCpuMemory: 0 }
   : mode === "host"
   ? { maxResidentBytes: 0, maxCpuMemory: Number.MAX_SAFE_INTEGER }
   : {};
