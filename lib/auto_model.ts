@@ -395,7 +395,6 @@ export class AutoModel {
       // Before the first call says its batch: one sequence at maxSeqLen (what a GPU allocates).
       const store = await LayerStore.open(backend, split.dir, split.manifest, {
         prefetching: opts.prefetching ?? true,
-        prefetchDepth: opts.prefetchDepth ?? 2,
         plan: planFor(workBytes(config, 1, maxSeqLen)),
         mapFiles: opts.mapFiles,
         trace: opts.trace,

@@ -142,3 +142,20 @@ Deno.test("predictSecondsPerToken: the slowest source bounds a step", () => {
   const fits = plan(cpu());
   assert.equal(predictSecondsPerToken(fits, bw, "cpu"), 120 * MiB / 20e9);
 });
+
+Deno.test("planner: too little memory for the streaming slots shrinks the read-ahead", () => {
+  // A MoE-like model: 4 layers of 1500 MiB (a slot holds a whole layer), 1240 MiB of head.
+  const input = cpu({
+    layers: Array.from({ length: 4 }, () => ({ bytes: 1500 * MiB, perToken: 200 * MiB })),
+    smallBytes: 1240 * MiB,
+    smallPerToken: 620 * MiB,
+    hostAvailable: 4600 * MiB,
+  });
+  const room = 4600 * MiB - 5 * MiB - 1240 * MiB - runtimeMargin(4600 * MiB);
+  assert.ok(room < 3 * 1500 * MiB && room >= 2 * 1500 * MiB);
+  const p = plan(input);
+  assert.equal(p.prefetchDepth, 1, "two slots fit, three do not");
+  assert.deepEqual(p.tiers, Array(4).fill("stream"));
+  assert.match(p.notes.join("\n"), /prefetch depth 1 instead of 2/);
+  assert.equal(plan(cpu()).prefetchDepth, 2, "with room the depth asked for stays");
+});

@@ -96,6 +96,11 @@ export interface Plan {
   tiers: Tier[];
   /** Streamed layers are dropped from memory after use (their bytes come from disk each step). */
   dropBehind: boolean;
+  /**
+   * Layers read ahead: the input's, or fewer when memory cannot hold that many streaming slots
+   * (a MoE layer's slot is the whole layer).
+   */
+  prefetchDepth: number;
   /** Layer bytes held per tier. */
   bytes: Record<Tier, number>;
   /** Bytes a batch-1 decode step reads from each source. */
@@ -141,7 +146,22 @@ export function plan(input: PlanInput): Plan {
   const total = layers.reduce((s, l) => s + l.bytes, 0);
   const maxLayer = Math.max(0, ...layers.map((l) => l.bytes));
   const all = layers.map((_, i) => i);
-  const window = Math.min(layers.length, input.prefetchDepth + 1) * maxLayer;
+  let depth = input.prefetchDepth;
+  let window = Math.min(layers.length, depth + 1) * maxLayer;
+  /** Shrinks the read-ahead until its slots fit `room` (one slot at least: depth 0). */
+  const fitWindow = (room: number) => {
+    while (depth > 0 && window > room) {
+      depth--;
+      window = Math.min(layers.length, depth + 1) * maxLayer;
+    }
+    if (depth < input.prefetchDepth) {
+      notes.push(
+        `prefetch depth ${depth} instead of ${input.prefetchDepth}: ${
+          mb(window)
+        } of streaming slots is what fits`,
+      );
+    }
+  };
   const cap = input.maxResidentBytes ?? Infinity;
   const host = input.hostAvailable;
   const tiers: Tier[] = layers.map(() => "stream");
@@ -156,6 +176,7 @@ export function plan(input: PlanInput): Plan {
     } else {
       const room = host - reserve;
       const fitsAll = total <= Math.min(cap, room);
+      if (!fitsAll) fitWindow(room);
       const budget = fitsAll ? total : Math.min(cap, room - window);
       for (const i of choose(layers, all, Math.max(0, budget))) tiers[i] = "resident";
       notes.push(
@@ -172,6 +193,7 @@ export function plan(input: PlanInput): Plan {
     const deviceReserve = reserve + (free === Infinity ? 0 : runtimeMargin(free));
     const room = free - deviceReserve;
     const fitsAll = total <= Math.min(cap, room);
+    if (!fitsAll) fitWindow(room);
     const budget = fitsAll ? total : Math.min(cap, room - window); // slots for streamed layers
     for (const i of choose(layers, all, Math.max(0, budget))) tiers[i] = "resident";
     deviceBudget = free === Infinity ? null : free;
@@ -223,6 +245,7 @@ export function plan(input: PlanInput): Plan {
   return {
     tiers,
     dropBehind,
+    prefetchDepth: depth,
     bytes,
     perToken: per,
     budget: { host, device: deviceBudget, reserve },

@@ -42,8 +42,6 @@ export interface TraceEvent {
 export interface StoreOptions {
   /** Load the next layers while the current one computes. */
   prefetching: boolean;
-  /** How many layers ahead to load when prefetching. */
-  prefetchDepth: number;
   /** Where each decoder layer lives (planner.ts); one tier per layer. */
   plan: Plan;
   /**
@@ -267,7 +265,7 @@ export class LayerStore {
   #sizePool(): void {
     const pooled = this.#layers.filter((_, i) => this.#pooled(i));
     const bytes = Math.max(1, ...pooled.map((p) => p.dataBytes));
-    const n = Math.min(pooled.length, this.#opts.prefetching ? this.#opts.prefetchDepth + 1 : 1);
+    const n = Math.min(pooled.length, this.#opts.prefetching ? this.#plan.prefetchDepth + 1 : 1);
     const fits = this.#pool.length >= n && this.#pool.every((s) => s.bytes >= bytes);
     if (fits && (n > 0 || this.#pool.length === 0)) return;
     for (const s of this.#pool) this.#empty(s);
@@ -317,8 +315,13 @@ export class LayerStore {
    */
   replan(plan: Plan): boolean {
     const sameTiers = plan.tiers.every((t, i) => t === this.#plan.tiers[i]);
-    if (sameTiers && plan.dropBehind === this.#plan.dropBehind) return true;
-    if (!this.#mapped && !sameTiers) return false;
+    if (
+      sameTiers && plan.dropBehind === this.#plan.dropBehind &&
+      plan.prefetchDepth === this.#plan.prefetchDepth
+    ) return true;
+    if (!this.#mapped && (!sameTiers || plan.prefetchDepth !== this.#plan.prefetchDepth)) {
+      return false;
+    }
     const before = this.#plan;
     this.#plan = plan;
     this.#be.setOption("drop_behind", plan.dropBehind ? 1 : 0);
@@ -548,7 +551,7 @@ export class LayerStore {
     if (!this.#opts.prefetching) return;
     const n = this.#layers.length;
     const ahead: number[] = [];
-    for (let d = 1; d < n && ahead.length < this.#opts.prefetchDepth; d++) {
+    for (let d = 1; d < n && ahead.length < this.#plan.prefetchDepth; d++) {
       const l = (layer + d) % n;
       if (this.#tier(l) !== "resident" || !this.#slotHolding(l)) ahead.push(l);
     }
