@@ -175,24 +175,32 @@ int cpu_table_contains(const alloc_table *t, const void *p, uint64_t bytes) {
 /* ----------------------------------------------------------------------------------------------
  * Memory */
 
-RL_API void *rl_alloc(rl_ctx *ctx, uint64_t bytes) {
+/* A block of `bytes` aligned to `align`, recorded in `t`; NULL with ctx's error set on failure. */
+static void *table_alloc(rl_ctx *ctx, alloc_table *t, size_t align, uint64_t bytes,
+                         const char *op, const char *what) {
   if (!ctx) {
-    cpu_fail(NULL, RL_ERR_INVALID, __func__, "ctx is NULL");
+    cpu_fail(NULL, RL_ERR_INVALID, op, "ctx is NULL");
     return NULL;
   }
   if (bytes == 0) {
-    cpu_fail(ctx, RL_ERR_INVALID, __func__, "bytes must be > 0, got 0");
+    cpu_fail(ctx, RL_ERR_INVALID, op, "bytes must be > 0, got 0");
     return NULL;
   }
-  /* Big blocks (layer slots) are page aligned, so direct I/O can read a layer file into them. */
   void *p = NULL;
-  if (posix_memalign(&p, bytes >= (64u << 10) ? 4096 : 64, bytes) != 0 ||
-      !cpu_table_insert(&ctx->allocs, p, bytes)) {
+  if (posix_memalign(&p, align, bytes) != 0 || !cpu_table_insert(t, p, bytes)) {
     free(p);
-    cpu_fail(ctx, RL_ERR_OOM, __func__, "out of memory allocating %llu bytes (%llu live)",
-             (unsigned long long)bytes, (unsigned long long)ctx->stats[RL_STAT_LIVE_BYTES]);
+    cpu_fail(ctx, RL_ERR_OOM, op, "out of memory allocating %llu bytes of %s (%llu live)",
+             (unsigned long long)bytes, what, (unsigned long long)ctx->stats[RL_STAT_LIVE_BYTES]);
     return NULL;
   }
+  return p;
+}
+
+RL_API void *rl_alloc(rl_ctx *ctx, uint64_t bytes) {
+  /* Big blocks (layer slots) are page aligned, so direct I/O can read a layer file into them. */
+  void *p = table_alloc(ctx, ctx ? &ctx->allocs : NULL, bytes >= (64u << 10) ? 4096 : 64, bytes,
+                        __func__, "device memory");
+  if (!p) return NULL;
   uint64_t *s = ctx->stats;
   s[RL_STAT_LIVE_BYTES] += bytes;
   if (s[RL_STAT_LIVE_BYTES] > s[RL_STAT_PEAK_BYTES]) s[RL_STAT_PEAK_BYTES] = s[RL_STAT_LIVE_BYTES];
@@ -216,22 +224,9 @@ RL_API int32_t rl_free(rl_ctx *ctx, void *p) {
 /* The host tier is ordinary memory here (the device reads it directly); page-aligned so a
  * file read into it can be as large and aligned as the kernel likes. */
 RL_API void *rl_host_alloc(rl_ctx *ctx, uint64_t bytes) {
-  if (!ctx) {
-    cpu_fail(NULL, RL_ERR_INVALID, __func__, "ctx is NULL");
-    return NULL;
-  }
-  if (bytes == 0) {
-    cpu_fail(ctx, RL_ERR_INVALID, __func__, "bytes must be > 0, got 0");
-    return NULL;
-  }
-  void *p = NULL;
-  if (posix_memalign(&p, 4096, bytes) != 0 || !cpu_table_insert(&ctx->host_allocs, p, bytes)) {
-    free(p);
-    cpu_fail(ctx, RL_ERR_OOM, __func__, "out of memory allocating %llu bytes of host memory",
-             (unsigned long long)bytes);
-    return NULL;
-  }
-  ctx->stats[RL_STAT_HOST_BYTES] += bytes;
+  void *p = table_alloc(ctx, ctx ? &ctx->host_allocs : NULL, 4096, bytes, __func__,
+                        "host memory");
+  if (p) ctx->stats[RL_STAT_HOST_BYTES] += bytes;
   return p;
 }
 
