@@ -317,6 +317,8 @@ async function memoryPlan(ck: Checkpoint, i: ModelInfo, v: Values) {
     } catch { /* no GPU here: the prediction leaves the copies out, and says so */ }
   }
   let text = formatPlan(i, plan, device, bw);
+  text += `\nnote: planned for a KV cache of ${i.maxSeqLen} tokens (one sequence); --max-seq-len ` +
+    "changes it, and a running model re-plans every call for what that call needs";
   if (device === "cuda" && bw.h2d === undefined) {
     text += "\nnote: no GPU here: host→device copies are not in the prediction";
   }

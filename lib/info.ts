@@ -164,11 +164,11 @@ export function planInputFor(
 
 /**
  * Measures the bandwidths a plan's prediction needs: memory as a decode GEMV reads it (the
- * backend's own kernel over 128 MiB), and sequential disk reads of `files` with direct I/O (the
+ * backend's own kernel over 512 MiB), and sequential disk reads of `files` with direct I/O (the
  * way drop-behind layers stream), up to 256 MiB.
  */
 export async function measureBandwidths(be: Backend, files: string[]): Promise<Bandwidths> {
-  const K = 4096, N = 8192; // 128 MiB of f32 weights
+  const K = 4096, N = 32768; // 512 MiB of f32 weights: well past any cache
   const w = be.alloc(N * K * 4), x = be.alloc(K * 4), y = be.alloc(N * 4);
   let memory = 0;
   try {
