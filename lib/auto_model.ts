@@ -14,7 +14,7 @@ import { CausalLM } from "./engine/causal_lm.ts";
 import { readGenerationDefaults } from "./engine/generate.ts";
 import { Profiler } from "./profiler.ts";
 import { LayerStore, type TraceEvent } from "./engine/store.ts";
-import { type Plan, plan, type PlanInput, planLayers } from "./engine/planner.ts";
+import { expertsPerToken, type Plan, plan, type PlanInput, planLayers } from "./engine/planner.ts";
 import { workBytes } from "./engine/kv_cache.ts";
 import { type MemoryLimits, readMemoryLimits } from "./memory.ts";
 import type { Family } from "./models/family.ts";
@@ -145,13 +145,12 @@ function planInputOf(
   if (opts.maxMemory !== undefined && !(opts.maxMemory >= 0)) {
     throw new InputError(`maxMemory: expected a number of bytes >= 0, got ${opts.maxMemory}`);
   }
-  const k = cfg.raw.num_experts_per_tok;
   return {
     device: be.device,
     layers: planLayers(
       m.parts.filter((p) => p.id.startsWith("layer.")),
       family.lazyGroup && ((local) => family.lazyGroup!(local, cfg)),
-      typeof k === "number" ? k : null,
+      expertsPerToken(cfg),
     ),
     smallBytes: small.reduce((s, p) => s + p.dataBytes, 0),
     smallPerToken: head?.dataBytes ?? 0,
@@ -166,15 +165,12 @@ function planInputOf(
   };
 }
 
-/** Says once how a plan that streams from disk came about (it costs speed). */
-function logPlan(p: Plan, source: string): void {
-  if (!p.dropBehind) return;
+/** How a plan that streams from disk came about (it costs speed; said once per model). */
+function planMessage(p: Plan, source: string): string {
   const n = p.tiers.filter((t) => t !== "resident").length;
-  logOnce(
-    `${source}: the model does not fit in memory; ${n} of ${p.tiers.length} layers stream from disk each step (${
-      p.notes.join("; ")
-    })`,
-  );
+  return `${source}: the model does not fit in memory; ${n} of ${p.tiers.length} layers stream from disk each step (${
+    p.notes.join("; ")
+  })`;
 }
 
 /** Attention implementations by name (transformers' names accepted as aliases). */
@@ -384,17 +380,20 @@ export class AutoModel {
       const attention = configureBackend(backend, opts);
       const base = planInputOf(split.manifest, family, config, backend, opts);
       const planner = opts.planner ?? plan;
+      let saidPlan = false; // the notes change with every call's work bytes: say the first
       const planFor = (workBytes: number) => {
         const p = planner({ ...base, workBytes });
         if (p.tiers.length !== config.numLayers) {
           throw new InputError(`planner: ${p.tiers.length} tiers for ${config.numLayers} layers`);
         }
-        logPlan(p, dir);
+        if (p.dropBehind && !saidPlan) {
+          saidPlan = true;
+          console.error(`rabbitllm: ${planMessage(p, dir)}`);
+        }
         return p;
       };
       // Before the first call says its batch: one sequence at maxSeqLen (what a GPU allocates).
       const store = await LayerStore.open(backend, split.dir, split.manifest, {
-        prefetching: opts.prefetching ?? true,
         plan: planFor(workBytes(config, 1, maxSeqLen)),
         mapFiles: opts.mapFiles,
         trace: opts.trace,

@@ -11,6 +11,7 @@ import type { ModelConfig } from "./config.ts";
 import { workBytes } from "./engine/kv_cache.ts";
 import {
   type Bandwidths,
+  expertsPerToken,
   type Plan,
   type PlanInput,
   type PlanLayer,
@@ -94,17 +95,17 @@ export async function modelInfo(
   }
   const ids = Array.from({ length: c.numLayers }, (_, i) => `layer.${i}`);
   const lazy = ck.family.lazyGroup && ((local: string) => ck.family.lazyGroup!(local, c));
-  const k = c.raw.num_experts_per_tok;
+  const k = expertsPerToken(c);
   const layers = planLayers(
     ids.map((id) => ({ dataBytes: partBytes[id] ?? 0, tensors: layerTensors.get(id) ?? [] })),
     lazy,
-    typeof k === "number" ? k : null,
+    k,
   );
   const max = Math.max(...layers.map((l) => l.bytes));
   const total = layers.reduce((s, l) => s + l.bytes, 0);
   const head = partBytes.lm_head ?? partBytes.embed;
   let experts: ModelInfo["experts"] = null;
-  if (lazy && typeof k === "number") {
+  if (lazy && k !== null) {
     const perLayer = Math.max(
       0,
       ...[...layerTensors.values()].map((ts) =>

@@ -23,6 +23,7 @@
  *
  * @module
  */
+import type { ModelConfig } from "../config.ts";
 
 /** One decoder layer as the planner sees it. */
 export interface PlanLayer {
@@ -36,6 +37,15 @@ export interface PlanLayer {
 export interface LayerTensors {
   dataBytes: number;
   tensors: { name: string; nbytes: number }[];
+}
+
+/**
+ * Experts a MoE token routes to (`num_experts_per_tok`), or null (dense, or a family relying on
+ * its class default: then a streamed layer is planned as read whole).
+ */
+export function expertsPerToken(cfg: ModelConfig): number | null {
+  const k = cfg.raw.num_experts_per_tok;
+  return typeof k === "number" ? k : null;
 }
 
 /**

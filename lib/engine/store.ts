@@ -40,8 +40,6 @@ export interface TraceEvent {
 
 /** Options of {@link LayerStore}. */
 export interface StoreOptions {
-  /** Load the next layers while the current one computes. */
-  prefetching: boolean;
   /** Where each decoder layer lives (planner.ts); one tier per layer. */
   plan: Plan;
   /**
@@ -259,13 +257,13 @@ export class LayerStore {
   }
 
   /**
-   * Makes the pool fit the pooled layers: prefetchDepth + 1 slots (1 without prefetching) of the
+   * Makes the pool fit the pooled layers: prefetchDepth + 1 slots (1 without read-ahead) of the
    * largest one. Called between steps; a pool that must change is drained and reallocated.
    */
   #sizePool(): void {
     const pooled = this.#layers.filter((_, i) => this.#pooled(i));
     const bytes = Math.max(1, ...pooled.map((p) => p.dataBytes));
-    const n = Math.min(pooled.length, this.#opts.prefetching ? this.#plan.prefetchDepth + 1 : 1);
+    const n = Math.min(pooled.length, this.#plan.prefetchDepth + 1);
     const fits = this.#pool.length >= n && this.#pool.every((s) => s.bytes >= bytes);
     if (fits && (n > 0 || this.#pool.length === 0)) return;
     for (const s of this.#pool) this.#empty(s);
@@ -544,11 +542,10 @@ export class LayerStore {
 
   /**
    * Starts loads of the next `prefetchDepth` layers after `layer` that stream (wrapping to the
-   * next step) when prefetching. Resident layers in between are skipped, so the disk keeps
-   * working while they compute.
+   * next step); none at the plan's prefetch depth 0. Resident layers in between are skipped, so
+   * the disk keeps working while they compute.
    */
   prefetchAfter(layer: number): void {
-    if (!this.#opts.prefetching) return;
     const n = this.#layers.length;
     const ahead: number[] = [];
     for (let d = 1; d < n && ahead.length < this.#plan.prefetchDepth; d++) {
