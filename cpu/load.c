@@ -182,15 +182,43 @@ static void run_job(job *j) {
   }
 }
 
+static int ranges_overlap(const void *a, uint64_t an, const void *b, uint64_t bn) {
+  const uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+  return x < y + bn && y < x + an;
+}
+
+/* Whether job j must wait for the earlier job k: one writes bytes the other reads or writes (a
+ * load into a host block, then an upload out of it; an upload, then a load over its source).
+ * Prefetches write nothing. */
+static int depends_on(const job *j, const job *k) {
+  const job_spec *a = &k->spec, *b = &j->spec;
+  if (a->kind == JOB_PREFETCH || b->kind == JOB_PREFETCH) return 0;
+  return ranges_overlap(a->dst, a->bytes, b->dst, b->bytes) ||
+         (b->kind == JOB_COPY && ranges_overlap(a->dst, a->bytes, b->src, b->bytes)) ||
+         (a->kind == JOB_COPY && ranges_overlap(a->src, a->bytes, b->dst, b->bytes));
+}
+
+/* The oldest job not started whose earlier dependencies are all done (under the lock), or NULL. */
+static job *next_job(cpu_loader *l) {
+  for (job *j = l->head; j; j = j->next) {
+    if (j->started) continue;
+    int ready = 1;
+    for (job *k = l->head; k != j && ready; k = k->next) ready = k->done || !depends_on(j, k);
+    if (ready) return j;
+  }
+  return NULL;
+}
+
 /* Each I/O thread takes the oldest job not started, so jobs start in issue order and up to
  * IO_THREADS run at once: the next layer's reads are in the disk's queue while this one's
- * finish (direct reads are synchronous, one layer per call). */
+ * finish (direct reads are synchronous, one layer per call). A job that touches the bytes of an
+ * earlier one not yet done (depends_on) starts only after it: results are those of running the
+ * jobs one by one in issue order. */
 static void *io_thread(void *arg) {
   cpu_loader *l = arg;
   pthread_mutex_lock(&l->lock);
   for (;;) {
-    job *j = l->head;
-    while (j && j->started) j = j->next;
+    job *j = next_job(l);
     if (!j) {
       if (l->stop) break;
       pthread_cond_wait(&l->work, &l->lock);
@@ -212,6 +240,7 @@ static void *io_thread(void *arg) {
     pthread_mutex_lock(&l->lock);
     j->done = 1;
     pthread_cond_broadcast(&l->finished);
+    pthread_cond_broadcast(&l->work); /* a job that depends on j may start now */
   }
   pthread_mutex_unlock(&l->lock);
   return NULL;
@@ -346,6 +375,8 @@ RL_API int32_t rl_load_wait(rl_ctx *ctx, int64_t ticket) {
                     (long long)ticket);
   }
   while (!j->done) pthread_cond_wait(&l->finished, &l->lock);
+  /* Another thread may have removed jobs while this one waited: find j's predecessor again. */
+  for (prev = NULL, j = l->head; j->ticket != ticket; j = j->next) prev = j;
   if (prev) prev->next = j->next;
   else l->head = j->next;
   if (l->tail == j) l->tail = prev;
