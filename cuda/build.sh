@@ -10,7 +10,7 @@
 # Incremental and parallel: every source compiles to its own object in build/cuda/ (all at once,
 # each nvcc with --threads 0 so its targets compile in parallel too), and an output is rebuilt only
 # when one of its inputs is newer than it:
-#   build/cuda/NAME.o            cuda/NAME.cu, cuda/*.h, ffi/rabbitllm.h, this script
+#   build/cuda/NAME.o            cuda/NAME.cu, cuda/*.h, ffi/*.h, this script
 #   build/cuda/sysfile.o         cpu/sysfile.c (rl_read_sysfile, shared with the CPU backend), same
 #   librabbitllm_cuda.so         the objects, cuda/exports.map, the list of sources, this script
 #   build/bench_h2d              cuda/bench_h2d.cu, this script
@@ -79,7 +79,7 @@ job() {
   logs="$logs $log"
 }
 
-common="cuda/build.sh ffi/rabbitllm.h $(echo cuda/*.h)"
+common="cuda/build.sh $(echo ffi/*.h cuda/*.h)"
 objs=
 built=
 for f in $srcs; do

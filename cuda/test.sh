@@ -4,7 +4,7 @@
 # Prints one line per failing check, then "N passed, N failed"; exits non-zero on any failure.
 #
 # Each thing is built once: cpu/build.sh always (it compiles for this machine's CPU), cuda/build.sh
-# only what changed, build/compare_ops only when cuda/compare_ops.c or the ABI header changed.
+# only what changed, build/compare_ops only when cuda/compare_ops.c or a header in ffi/ changed.
 #   RABBITLLM_LIB, RABBITLLM_CUDA_LIB   use these libraries instead of building them (the same
 #                                       variables the engine reads)
 #   COMPARE_ONLY=matmul,attention       only the named groups (their names: cuda/compare_ops.c)
@@ -16,8 +16,9 @@ cpu=${RABBITLLM_LIB:-}
 cuda=${RABBITLLM_CUDA_LIB:-}
 [ -n "$cuda" ] || cuda=$(sh cuda/build.sh)
 bin=build/compare_ops
-if [ ! -f "$bin" ] || [ cuda/compare_ops.c -nt "$bin" ] || [ ffi/rabbitllm.h -nt "$bin" ] ||
-  [ cuda/test.sh -nt "$bin" ]; then
+stale=0
+for f in cuda/compare_ops.c ffi/*.h cuda/test.sh; do [ -f "$bin" ] && [ ! "$f" -nt "$bin" ] || stale=1; done
+if [ "$stale" = 1 ]; then
   gcc -std=c11 -O2 -Wall -Wextra -Iffi -o "$bin.tmp.$$" cuda/compare_ops.c -ldl -lm
   mv "$bin.tmp.$$" "$bin"
 fi
