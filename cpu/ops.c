@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "internal.h"
+#include "rl_shared.h"
 #include "simd.h"
 
 /* ----------------------------------------------------------------------------------------------
@@ -161,6 +162,10 @@ RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const floa
   REQUIRE_POS(rows);
   REQUIRE_POS(cols);
   REQUIRE(in_stride >= cols, "in_stride %d is less than cols %d", in_stride, cols);
+  REQUIRE(act_mul_aliasing_ok(out, gate, up, rows, cols, in_stride),
+          "out %p overlaps gate %p or up %p other than in place (out == gate or up with "
+          "in_stride == cols; in_stride %d, cols %d)", (void *)out, (const void *)gate,
+          (const void *)up, in_stride, cols);
   const int parallel = (int64_t)rows * cols * 8 >= PAR_MIN_WORK; /* 8: exp/tanh/erf cost more */
   switch (act) {
   case RL_ACT_SILU: ACT_MUL_LOOP(silu) break;

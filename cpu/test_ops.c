@@ -593,6 +593,26 @@ static void test_act_mul(rl_ctx *ctx) {
       free(got);
       free(ref);
     }
+  /* In place, as the models call it: out == gate (and out == up), in_stride == cols. */
+  for (int which = 0; which < 2; which++) {
+    const int rows = 5, cols = 300;
+    float *gate = rand_floats((int64_t)rows * cols, -8.0f, 8.0f);
+    float *up = rand_floats((int64_t)rows * cols, -2.0f, 2.0f);
+    double *ref = doubles((int64_t)rows * cols);
+    for (int64_t i = 0; i < (int64_t)rows * cols; i++) ref[i] = ref_act(RL_ACT_SILU, gate[i]) * up[i];
+    float *dg = to_device(ctx, gate, (int64_t)rows * cols * 4);
+    float *du = to_device(ctx, up, (int64_t)rows * cols * 4);
+    float *out = which == 0 ? dg : du;
+    const int32_t st = rl_act_mul(ctx, out, dg, du, rows, cols, cols, RL_ACT_SILU);
+    rl_free(ctx, which == 0 ? du : dg);
+    float *got = download_free(ctx, out, (int64_t)rows * cols);
+    check_close(got, ref, (int64_t)rows * cols, st == RL_OK ? TOL : -1.0,
+                "rl_act_mul in place (out == %s)", which == 0 ? "gate" : "up");
+    free(gate);
+    free(up);
+    free(got);
+    free(ref);
+  }
 }
 
 /* rl_add and rl_scale are exact: a float add or multiply is the double result rounded.
@@ -784,7 +804,11 @@ static void test_errors(rl_ctx *ctx) {
   check_error(ctx, rl_attention(ctx, f, f, 64, NULL, f, 64, 1, 0, 4, 4, 2, 8, 1.0f, 0, 0.0f, NULL),
               RL_ERR_INVALID, "rl_attention", "k");
 
-  check_error(ctx, rl_act_mul(ctx, f, f, f, 2, 8, 16, 5), RL_ERR_INVALID, "rl_act_mul", "act 5");
+  check_error(ctx, rl_act_mul(ctx, f, f, f, 2, 8, 8, 5), RL_ERR_INVALID, "rl_act_mul", "act 5");
+  check_error(ctx, rl_act_mul(ctx, f, f, f + 8, 2, 8, 16, RL_ACT_SILU), RL_ERR_INVALID,
+              "rl_act_mul", "other than in place");
+  check_error(ctx, rl_act_mul(ctx, f + 1, f, f + 64, 2, 8, 8, RL_ACT_SILU), RL_ERR_INVALID,
+              "rl_act_mul", "overlaps gate");
   check_error(ctx, rl_act_mul(ctx, f, f, f, 2, 8, 4, RL_ACT_SILU), RL_ERR_INVALID, "rl_act_mul",
               "in_stride");
   check_error(ctx, rl_add(ctx, f, f, f, 0), RL_ERR_INVALID, "rl_add", "n");

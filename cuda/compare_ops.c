@@ -443,6 +443,20 @@ static int run_act_mul(backend *b, float *out, const float *gate, const float *u
   return good;
 }
 
+/* In place, as every model calls it: out == gate (which 0) or out == up (which 1). */
+static int run_act_mul_in_place(backend *b, float *out, const float *gate, const float *up,
+                                int rows, int cols, int act, int which) {
+  const uint64_t bytes = sizeof(float) * (uint64_t)rows * cols;
+  float *dg = dev_upload(b, gate, bytes), *du = dev_upload(b, up, bytes);
+  float *dout = which == 0 ? dg : du;
+  int good = dg && du &&
+             ok(b, b->act_mul(b->ctx, dout, dg, du, rows, cols, cols, act), "rl_act_mul in place") &&
+             dev_download(b, out, dout, bytes);
+  dev_free(b, dg);
+  dev_free(b, du);
+  return good;
+}
+
 static void test_act_mul(void) {
   static const int shapes[][3] = {{3, 67, 80}, {1, 1000, 1000}, {9, 130, 260}};
   for (int act = 0; act < 3; act++)
@@ -456,6 +470,21 @@ static void test_act_mul(void) {
           run_act_mul(&GPU, got, gate, up, rows, cols, stride, act))
         compare(ref, got, (int64_t)n, TOL_F32, "rl_act_mul act=%d rows=%d cols=%d stride=%d", act,
                 rows, cols, stride);
+      free(gate);
+      free(up);
+      free(ref);
+      free(got);
+    }
+  for (int act = 0; act < 3; act++)
+    for (int which = 0; which < 2; which++) {
+      const int rows = 7, cols = 3000; /* several blocks and grid-stride steps */
+      const size_t n = (size_t)rows * cols;
+      float *gate = rand_floats((int64_t)n, -6.0f, 6.0f), *up = rand_floats((int64_t)n, -1.0f, 1.0f);
+      float *ref = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
+      if (run_act_mul_in_place(&CPU, ref, gate, up, rows, cols, act, which) &&
+          run_act_mul_in_place(&GPU, got, gate, up, rows, cols, act, which))
+        compare(ref, got, (int64_t)n, TOL_F32, "rl_act_mul act=%d in place (out == %s)", act,
+                which == 0 ? "gate" : "up");
       free(gate);
       free(up);
       free(ref);
@@ -769,6 +798,8 @@ static void test_errors(void) {
               GPU.act_mul(GPU.ctx, gb, gb, gb, 1, 8, 8, 9));
   same_status("rl_act_mul", CPU.act_mul(CPU.ctx, cb, cb, cb, 1, 8, 4, 0),
               GPU.act_mul(GPU.ctx, gb, gb, gb, 1, 8, 4, 0));
+  same_status("rl_act_mul", CPU.act_mul(CPU.ctx, cb, cb, cb + 8, 2, 8, 16, 0),
+              GPU.act_mul(GPU.ctx, gb, gb, gb + 8, 2, 8, 16, 0)); /* in place with a stride */
   same_status("rl_rmsnorm", CPU.rmsnorm(CPU.ctx, cb, cb, cb, 0, 1, 8, -1.0f, 0.0f),
               GPU.rmsnorm(GPU.ctx, gb, gb, gb, 0, 1, 8, -1.0f, 0.0f));
   same_status("rl_layernorm", CPU.layernorm(CPU.ctx, cb, cb, cb, NULL, 3, 1, 8, 1e-5f),
@@ -1271,6 +1302,95 @@ static void test_mapped_files(void) {
 }
 
 /* ----------------------------------------------------------------------------------------------
+ * Stream order: a load or an upload into a weight buffer that queued kernels still read
+ *
+ * The engine reuses a streaming slot for the next layer as soon as the kernels reading the old
+ * layer were issued. So: queue many matmuls reading W, then load (file -> W) or upload (host
+ * block -> W) different bytes without any wait in between; every queued matmul must see the old
+ * W, and a matmul issued after rl_load_wait the new one. On a GPU the copy would otherwise
+ * overwrite W while the queued kernels still read it; the CUDA emulation runs the transfer
+ * stream ahead of the compute stream whenever the recorded events allow it, so there a missing
+ * wait changes the results every time (cuda/emu/test.sh also checks that a build without the
+ * ordering fails here). Sizes: on a GPU each matmul is a slow fp32 GEMM over 64 MiB of W, so the
+ * compute queue is tens of milliseconds deep when the copy is issued. */
+
+static void stream_order_round(int upload, int emulated) {
+  const int M = emulated ? 9 : 64, N = emulated ? 64 : 4096, K = emulated ? 256 : 4096;
+  const int n_mm = emulated ? 3 : 64;
+  const uint64_t wbytes = sizeof(float) * (uint64_t)N * K, obytes = sizeof(float) * (uint64_t)M * N;
+  const char *what = upload ? "upload (host block -> W)" : "load (file -> W)";
+  float *x = rand_floats((int64_t)M * K, -1.0f, 1.0f);
+  float *w_old = rand_floats((int64_t)N * K, -1.0f, 1.0f), *w_new = rand_floats((int64_t)N * K, 2.0f, 3.0f);
+  float *ref_old = malloc(obytes), *ref_new = malloc(obytes), *got = malloc(obytes);
+  char path[512] = "";
+  float *dx = NULL, *dw = NULL, *douts = NULL, *host = NULL;
+  if (!run_matmul(&CPU, ref_old, x, w_old, RL_F32, NULL, 0, M, N, K, 0) ||
+      !run_matmul(&CPU, ref_new, x, w_new, RL_F32, NULL, 0, M, N, K, 0))
+    goto done;
+  if (!upload) { /* the new W as a file */
+    const char *tmpdir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    snprintf(path, sizeof path, "%s/rabbitllm_order_XXXXXX", tmpdir);
+    const int fd = mkstemp(path);
+    const int written = fd >= 0 && write(fd, w_new, wbytes) == (ssize_t)wbytes;
+    if (fd >= 0) close(fd);
+    check(written, "stream order: wrote %s", path);
+    if (!written) goto done;
+  } else {
+    host = GPU.host_alloc(GPU.ctx, wbytes);
+    check(host != NULL, "stream order: rl_host_alloc(%llu): %s", (unsigned long long)wbytes,
+          last_error(&GPU, GPU.ctx));
+    if (!host) goto done;
+    memcpy(host, w_new, wbytes);
+  }
+  dx = dev_upload(&GPU, x, sizeof(float) * (uint64_t)M * K);
+  dw = dev_upload(&GPU, w_old, wbytes);
+  douts = dev_alloc(&GPU, obytes * (uint64_t)(n_mm + 1));
+  if (!dx || !dw || !douts) goto done;
+  int issued = 1;
+  for (int i = 0; i < n_mm && issued; i++)
+    issued = ok(&GPU, GPU.matmul(GPU.ctx, douts + (size_t)i * M * N, dx, dw, RL_F32, NULL, 0, M, N, K),
+                "rl_matmul (queued before the copy)");
+  const int64_t t = !issued ? 0
+                    : upload ? GPU.upload_start(GPU.ctx, dw, host, wbytes)
+                             : GPU.load_start(GPU.ctx, dw, (const uint8_t *)path, 0, wbytes);
+  check(t > 0, "stream order: %s started: %s", what, last_error(&GPU, GPU.ctx));
+  if (t <= 0 || !ok(&GPU, GPU.load_wait(GPU.ctx, t), "rl_load_wait") ||
+      !ok(&GPU, GPU.matmul(GPU.ctx, douts + (size_t)n_mm * M * N, dx, dw, RL_F32, NULL, 0, M, N, K),
+          "rl_matmul (after the wait)"))
+    goto done;
+  for (int i = 0; i <= n_mm; i++) {
+    if (!dev_download(&GPU, got, douts + (size_t)i * M * N, obytes)) break;
+    if (i < n_mm)
+      compare(ref_old, got, (int64_t)M * N, TOL_F32,
+              "stream order: matmul %d of %d queued before the %s sees the old W", i + 1, n_mm, what);
+    else
+      compare(ref_new, got, (int64_t)M * N, TOL_F32, "stream order: a matmul after the %s's wait "
+              "sees the new W", what);
+  }
+done:
+  dev_free(&GPU, dx);
+  dev_free(&GPU, dw);
+  dev_free(&GPU, douts);
+  if (host) GPU.host_free(GPU.ctx, host);
+  if (path[0]) unlink(path);
+  free(x);
+  free(w_old);
+  free(w_new);
+  free(ref_old);
+  free(ref_new);
+  free(got);
+}
+
+static void test_stream_order(void) {
+  if (!has_v3(&GPU, "stream order")) return;
+  char info[512] = "";
+  GPU.backend_info((uint8_t *)info, sizeof info);
+  const int emulated = strstr(info, "emulation") != NULL;
+  stream_order_round(0, emulated);
+  stream_order_round(1, emulated);
+}
+
+/* ----------------------------------------------------------------------------------------------
  * Main */
 
 int main(int argc, char **argv) {
@@ -1293,7 +1413,8 @@ int main(int argc, char **argv) {
                    {"attention", test_attention}, {"copies and stats", test_copies_and_stats},
                    {"errors", test_errors},       {"options and marks", test_options_and_marks},
                    {"loads", test_loads},         {"host tier", test_host_tier},
-                   {"drop behind", test_drop_behind}, {"mapped files", test_mapped_files}};
+                   {"drop behind", test_drop_behind}, {"mapped files", test_mapped_files},
+                   {"stream order", test_stream_order}};
       const char *only = getenv("COMPARE_ONLY"); /* e.g. COMPARE_ONLY=attention */
       for (size_t i = 0; i < sizeof tests / sizeof *tests; i++) {
         if (only && !strstr(only, tests[i].name)) continue;

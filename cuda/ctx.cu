@@ -49,6 +49,65 @@ int32_t cu_fail_cuda(rl_ctx *ctx, const char *op, cudaError_t e, const char *fil
   return cu_fail(ctx, status, op, "%s (%s:%d)", cudaGetErrorString(e), file, line);
 }
 
+bool sync_every_op() {
+  static const bool on = [] {
+    const char *v = getenv("RABBITLLM_CUDA_SYNC");
+    const bool set = v && strcmp(v, "1") == 0;
+    if (set)
+      fprintf(stderr, "rabbitllm cuda: RABBITLLM_CUDA_SYNC=1: synchronizing after every kernel "
+                      "and copy to name the op that fails (slow; for diagnosis only)\n");
+    return set;
+  }();
+  return on;
+}
+
+int32_t launch_check(rl_ctx *ctx, const char *op, const char *file, int line) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return cu_fail_cuda(ctx, op, e, file, line);
+  if (!sync_every_op()) return RL_OK;
+  e = cudaStreamSynchronize(ctx->compute);
+  if (e == cudaSuccess) return RL_OK;
+  (void)cudaGetLastError();
+  return cu_fail(ctx, e == cudaErrorMemoryAllocation ? RL_ERR_OOM : RL_ERR_DEVICE, op,
+                 "the kernel failed: %s (RABBITLLM_CUDA_SYNC=1 synchronized after the launch at "
+                 "%s:%d; a fault is sticky: the process's CUDA context is unusable from now on)",
+                 cudaGetErrorString(e), file, line);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * The pinned 64 MiB staging buffers of loads, pooled per process: a context takes two when its
+ * first load into device memory runs and gives them back when it is destroyed, so a process that
+ * creates many contexts (one after another) pins 2 x 64 MiB, not 2 per context. Allocated
+ * portable (usable from every device's context); kept until the process exits. */
+
+static std::mutex g_staging_lock;
+static std::vector<void *> g_staging_pool;
+
+static cudaError_t take_staging(void **p) {
+  {
+    std::lock_guard<std::mutex> guard(g_staging_lock);
+    if (!g_staging_pool.empty()) {
+      *p = g_staging_pool.back();
+      g_staging_pool.pop_back();
+      return cudaSuccess;
+    }
+  }
+  return cudaHostAlloc(p, LOAD_CHUNK, cudaHostAllocPortable);
+}
+
+/* The caller has made sure no copy out of p is pending. */
+static void give_staging(void *p) {
+  std::lock_guard<std::mutex> guard(g_staging_lock);
+  try {
+    if (g_staging_pool.size() < 4) {
+      g_staging_pool.push_back(p);
+      return;
+    }
+  } catch (...) {
+  }
+  (void)cudaFreeHost(p);
+}
+
 /* Copies src into buf (cap bytes, NUL-terminated, truncated to fit); returns strlen(src). */
 static int64_t copy_string(const char *src, uint8_t *buf, int64_t cap) {
   size_t len = strlen(src);
@@ -115,7 +174,8 @@ static void destroy_ctx(rl_ctx *ctx) {
   for (auto &r : L.results)
     if (r.second.finished) (void)cudaEventDestroy(r.second.finished);
   for (int i = 0; i < 2; i++) {
-    if (L.pinned[i]) (void)cudaFreeHost(L.pinned[i]);
+    /* Both streams were drained above: no copy out of the staging buffers is pending. */
+    if (L.pinned[i]) give_staging(L.pinned[i]);
     free(L.pageable[i]);
     if (L.staged[i]) (void)cudaEventDestroy(L.staged[i]);
     if (L.uploaded[i]) (void)cudaEventDestroy(L.uploaded[i]);
@@ -143,6 +203,11 @@ static int32_t init_ctx(rl_ctx *ctx) {
   CUDA_CHECK(cudaSetDevice(ctx->device));
   CUDA_CHECK(cudaStreamCreateWithFlags(&ctx->compute, cudaStreamNonBlocking));
   CUDA_CHECK(cudaStreamCreateWithFlags(&ctx->transfer, cudaStreamNonBlocking));
+  try {
+    ctx->stages.resize(MIN_HOST_STAGES);
+  } catch (...) {
+    return cu_fail(ctx, RL_ERR_OOM, op, "out of host memory for the upload stages");
+  }
   for (auto &s : ctx->stages)
     CUDA_CHECK(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
   return RL_OK;
@@ -361,7 +426,8 @@ static int32_t copy_bytes(rl_ctx *ctx, const char *name, void *dst, const void *
             "dst %p and src %p overlap (%llu bytes)", dst, src, (unsigned long long)bytes);
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, ctx->compute));
   /* Host buffers from Deno are pageable and may be reused as soon as we return. */
-  if (kind != cudaMemcpyDeviceToDevice) CUDA_CHECK(cudaStreamSynchronize(ctx->compute));
+  if (kind != cudaMemcpyDeviceToDevice || sync_every_op())
+    CUDA_CHECK(cudaStreamSynchronize(ctx->compute));
   if (stat >= 0) {
     std::lock_guard<std::mutex> guard(ctx->stats_lock);
     ctx->stats[stat] += bytes;
@@ -410,15 +476,42 @@ int32_t scratch_reserve(rl_ctx *ctx, const char *op, int which, uint64_t bytes, 
   return RL_OK;
 }
 
+/* The next stage of the ring whose last copy has completed: a new one is inserted when that
+ * copy is still pending (the host keeps running ahead), until the ring has MAX_HOST_STAGES;
+ * then the host waits for it. */
+static int32_t take_stage(rl_ctx *ctx, const char *op, host_stage **out) {
+  std::vector<host_stage> &ring = ctx->stages;
+  size_t i = ctx->next_stage < ring.size() ? ctx->next_stage : 0;
+  const cudaError_t q = cudaEventQuery(ring[i].copied); /* never recorded: done */
+  if (q == cudaErrorNotReady) {
+    (void)cudaGetLastError(); /* some runtimes leave "not ready" as the last error */
+    if (ring.size() < MAX_HOST_STAGES) {
+      host_stage fresh;
+      CUDA_CHECK(cudaEventCreateWithFlags(&fresh.copied, cudaEventDisableTiming));
+      try {
+        ring.insert(ring.begin() + (std::ptrdiff_t)i, fresh); /* i + 1 is the oldest again */
+      } catch (...) {
+        (void)cudaEventDestroy(fresh.copied);
+        return cu_fail(ctx, RL_ERR_OOM, op, "out of host memory for an upload stage");
+      }
+    } else {
+      CUDA_CHECK(cudaEventSynchronize(ring[i].copied));
+    }
+  } else {
+    CUDA_CHECK(q);
+  }
+  ctx->next_stage = i + 1;
+  *out = &ring[i];
+  return RL_OK;
+}
+
 int32_t upload_params(rl_ctx *ctx, const char *op, int which, const void *host, uint64_t bytes,
                       void **out) {
   void *dev = NULL;
   TRY(scratch_reserve(ctx, op, which, bytes, &dev));
-  host_stage &s = ctx->stages[ctx->next_stage];
-  ctx->next_stage = (ctx->next_stage + 1) % N_HOST_STAGES;
-  /* The copy issued from this stage N_HOST_STAGES uploads ago must be done before reuse (an
-   * event never recorded counts as done). */
-  CUDA_CHECK(cudaEventSynchronize(s.copied));
+  host_stage *stage = NULL;
+  TRY(take_stage(ctx, op, &stage));
+  host_stage &s = *stage;
   if (s.cap < bytes) {
     if (s.p) CUDA_CHECK(cudaFreeHost(s.p));
     s.p = NULL;
@@ -430,6 +523,7 @@ int32_t upload_params(rl_ctx *ctx, const char *op, int which, const void *host, 
   memcpy(s.p, host, bytes);
   CUDA_CHECK(cudaMemcpyAsync(dev, s.p, bytes, cudaMemcpyHostToDevice, ctx->compute));
   CUDA_CHECK(cudaEventRecord(s.copied, ctx->compute));
+  if (sync_every_op()) CUDA_CHECK(cudaStreamSynchronize(ctx->compute));
   *out = dev;
   return RL_OK;
 }
@@ -666,14 +760,15 @@ static int32_t run_load_device(rl_ctx *ctx, const load_job &job, cudaEvent_t *fi
   int32_t status = RL_OK;
   int fd = -1;
   uint64_t done = 0;
-  int k = 0;
+  /* Staging alternates across jobs too: a small load right after another reads into the buffer
+   * the previous one is not copying out of. */
+  int k = L.next_staging;
   for (int i = 0; i < 2; i++) {
     if (!L.staged[i]) LOAD_CHECK(cudaEventCreateWithFlags(&L.staged[i], cudaEventDisableTiming),
                                  "creating a staging event");
     if (bufs[i]) continue;
     if (job.pinned) {
-      LOAD_CHECK(cudaHostAlloc(&bufs[i], LOAD_CHUNK, cudaHostAllocDefault),
-                 "allocating 64 MiB of pinned staging");
+      LOAD_CHECK(take_staging(&bufs[i]), "allocating 64 MiB of pinned staging");
     } else if (!(bufs[i] = malloc(LOAD_CHUNK))) {
       *err = job.path + ": out of memory for 64 MiB of staging";
       return RL_ERR_OOM;
@@ -693,8 +788,10 @@ static int32_t run_load_device(rl_ctx *ctx, const load_job &job, cudaEvent_t *fi
                                stream),
                "copying to the device");
     LOAD_CHECK(cudaEventRecord(L.staged[k], stream), "recording a staging event");
+    if (sync_every_op()) LOAD_CHECK(cudaStreamSynchronize(stream), "copying to the device");
     done += n;
   }
+  L.next_staging = k;
   status = record_finished(ctx, job, stream, finished, err);
 out:
   if (fd >= 0) close(fd);
@@ -738,6 +835,7 @@ static int32_t run_upload(rl_ctx *ctx, const load_job &job, cudaEvent_t *finishe
   LOAD_CHECK(cudaMemcpyAsync(job.dst, job.src, job.bytes, cudaMemcpyHostToDevice, stream),
              "copying to the device");
   LOAD_CHECK(cudaEventRecord(uploaded, stream), "recording the copy out of host memory");
+  if (sync_every_op()) LOAD_CHECK(cudaStreamSynchronize(stream), "copying to the device");
   status = record_finished(ctx, job, stream, finished, err);
 out:
   return status;
@@ -811,6 +909,7 @@ static void loader_stop(rl_ctx *ctx) {
 static int32_t queue_job(rl_ctx *ctx, const char *op, load_job &job, const char *what,
                          int64_t *ticket) {
   loader &L = ctx->load;
+#ifndef RL_TEST_UNORDERED_COPIES /* test only: cuda/emu/test.sh shows the emulation sees the race */
   if (job.kind != JOB_FILE_TO_HOST && job.async) {
     cudaEvent_t e = NULL;
     CUDA_CHECK(take_event(L, &e));
@@ -819,6 +918,7 @@ static int32_t queue_job(rl_ctx *ctx, const char *op, load_job &job, const char 
     CUDA_CHECK(r);
     job.issued = e;
   }
+#endif
   try {
     if (!L.started) {
       L.thread = std::thread(loader_main, ctx);

@@ -58,7 +58,10 @@ struct host_stage {
   uint64_t cap = 0;
   cudaEvent_t copied = nullptr;
 };
-constexpr int N_HOST_STAGES = 8; /* round robin: a stage is reused 8 uploads later */
+/* The stages are a ring, used in turn. When the next one is still being copied out of, a new
+ * stage is inserted before it instead of waiting, up to MAX_HOST_STAGES (three per layer: the
+ * host may run this many uploads ahead of the GPU before it blocks). */
+constexpr size_t MIN_HOST_STAGES = 8, MAX_HOST_STAGES = 128;
 
 /* The I/O thread's jobs (ctx.cu): rl_load_start into device memory (through staging) or into an
  * rl_host_alloc block (read straight into it), and rl_upload_start (host block -> device). One
@@ -107,10 +110,11 @@ struct loader {
   std::vector<cudaEvent_t> free_events;   /* recycled "finished" and "issued" events */
   int64_t next_ticket = 1;
   bool stop = false;
-  /* Owned by the I/O thread (freed by rl_destroy after the join). */
-  void *pinned[2] = {nullptr, nullptr};   /* cudaHostAlloc, LOAD_CHUNK each */
+  /* Owned by the I/O thread (given back by rl_destroy after the join). */
+  void *pinned[2] = {nullptr, nullptr};   /* LOAD_CHUNK each, from the process's pool */
   void *pageable[2] = {nullptr, nullptr}; /* malloc, LOAD_CHUNK each */
   cudaEvent_t staged[2] = {nullptr, nullptr}; /* last copy out of staging buffer i */
+  int next_staging = 0; /* the buffer the next chunk goes through, across jobs */
   /* After the last rl_upload_start copy on the transfer [0] / compute [1] stream: a load into a
    * host block first waits for them, so it never overwrites bytes a copy still reads. */
   cudaEvent_t uploaded[2] = {nullptr, nullptr};
@@ -131,8 +135,8 @@ struct rl_ctx {
   /* rl_host_alloc block -> bytes, ordered so that the block holding a pointer is found */
   std::map<uintptr_t, uint64_t> host_allocs;
   device_buffer scratch[SCR_COUNT];
-  host_stage stages[N_HOST_STAGES];
-  int next_stage = 0;
+  std::vector<host_stage> stages; /* the ring (see MIN_HOST_STAGES) */
+  size_t next_stage = 0;
   std::vector<cudaEvent_t> marks; /* timing events; the first marks_used are recorded */
   size_t marks_used = 0;
   int64_t attn_impl = 0, pin_memory = 1, async_copy = 1, drop_behind = 0; /* options */
@@ -163,8 +167,13 @@ int32_t cu_fail_cuda(rl_ctx *ctx, const char *op, cudaError_t e, const char *fil
     const cudaError_t e_ = (call);                                                                \
     if (e_ != cudaSuccess) return cu_fail_cuda(ctx, op, e_, __FILE__, __LINE__);                  \
   } while (0)
-/* After a kernel launch: a bad launch configuration is reported here, naming the op. */
-#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+/* After a kernel launch: a bad launch configuration is reported here, naming the op. With the
+ * environment variable RABBITLLM_CUDA_SYNC=1, the compute stream is also synchronized, so a
+ * kernel that faults is named by its op (slow; for diagnosis). */
+int32_t launch_check(rl_ctx *ctx, const char *op, const char *file, int line);
+#define LAUNCH_CHECK() TRY(launch_check(ctx, op, __FILE__, __LINE__))
+/* Whether RABBITLLM_CUDA_SYNC=1 (read once; says so once on stderr). */
+bool sync_every_op();
 /* Propagates a non-OK status of a helper. */
 #define TRY(expr)                                                                                 \
   do {                                                                                            \

@@ -7,6 +7,7 @@
 #include <limits.h>
 
 #include "internal.h"
+#include "rl_shared.h"
 
 constexpr int ROW_THREADS = 256;  /* one block per row: embedding, rmsnorm, argmax */
 constexpr int ELEM_THREADS = 256; /* grid-stride elementwise kernels */
@@ -230,10 +231,12 @@ __device__ __forceinline__ float gelu(float x) {
   return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
 }
 
+/* In place (out == gate or out == up, in_stride == cols): each thread reads its element and then
+ * writes it, so no __restrict__ here (the pointers alias). */
 template <int ACT>
 __global__ void __launch_bounds__(ELEM_THREADS)
-    act_mul_kernel(float *__restrict__ out, const float *__restrict__ gate,
-                   const float *__restrict__ up, int rows, int cols, int in_stride) {
+    act_mul_kernel(float *out, const float *gate, const float *up, int rows, int cols,
+                   int in_stride) {
   const int64_t total = (int64_t)rows * cols;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += (int64_t)gridDim.x * blockDim.x) {
@@ -253,6 +256,10 @@ RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const floa
   REQUIRE_POS(rows);
   REQUIRE_POS(cols);
   REQUIRE(in_stride >= cols, "in_stride %d is less than cols %d", in_stride, cols);
+  REQUIRE(act_mul_aliasing_ok(out, gate, up, rows, cols, in_stride),
+          "out %p overlaps gate %p or up %p other than in place (out == gate or up with "
+          "in_stride == cols; in_stride %d, cols %d)", (void *)out, (const void *)gate,
+          (const void *)up, in_stride, cols);
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(gate, 4);
   REQUIRE_ALIGNED(up, 4);

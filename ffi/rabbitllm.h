@@ -250,7 +250,8 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
                             const uint8_t *kv_valid);
 
 /* out[r, c] = act(gate[r*in_stride + c]) * up[r*in_stride + c] for r < rows, c < cols.
- * out is [rows, cols] contiguous. */
+ * out is [rows, cols] contiguous. In place: out may equal gate or up when in_stride == cols;
+ * any other overlap of out with gate or up is RL_ERR_INVALID. */
 RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const float *up,
                           int32_t rows, int32_t cols, int32_t in_stride, int32_t act);
 

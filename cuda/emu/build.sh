@@ -2,11 +2,13 @@
 # Builds the CUDA backend's sources for the CPU emulation (cuda/emu/emu.h), with AddressSanitizer
 # and UBSan: build/librabbitllm_cuda_emu.so. Test tooling for machines without a GPU; the real
 # library is cuda/build.sh. Then: sh cuda/emu/test.sh runs cuda/compare_ops.c against it.
-# SANITIZE= (empty) builds without sanitizers.
+# SANITIZE= (empty) builds without sanitizers. EMU_DEFINES adds -D flags and EMU_LIB names the
+# output (test.sh builds a variant without the compute -> transfer ordering this way).
 set -eu
 cd "$(dirname "$0")/../.."
 sanitize=${SANITIZE--fsanitize=address,undefined}
 mkdir -p build/emu
+trap 'rm -f "$lib.tmp"' EXIT
 srcs=
 for f in cuda/*.cu; do
   case "$f" in
@@ -18,9 +20,10 @@ for f in cuda/*.cu; do
     ;;
   esac
 done
-lib=build/librabbitllm_cuda_emu.so
-# shellcheck disable=SC2086 # $srcs and $sanitize are lists without spaces in their items
-g++ -std=c++17 -O1 -g -fno-omit-frame-pointer $sanitize -fPIC -shared -fvisibility=hidden \
+lib=${EMU_LIB:-build/librabbitllm_cuda_emu.so}
+defines=${EMU_DEFINES:-}
+# shellcheck disable=SC2086 # $srcs, $sanitize and $defines are lists without spaces in their items
+g++ -std=c++17 -O1 -g -fno-omit-frame-pointer $sanitize $defines -fPIC -shared -fvisibility=hidden \
   -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -D__CUDACC__ -Icuda/emu/include -Icuda -Iffi \
   -o "$lib.tmp" $srcs cuda/emu/emu.cc -lpthread
 mv "$lib.tmp" "$lib"

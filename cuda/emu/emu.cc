@@ -8,7 +8,10 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <atomic>
 #include <chrono>
+#include <deque>
+#include <memory>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -34,6 +37,9 @@
  * Errors */
 
 static thread_local cudaError_t t_last = cudaSuccess;
+/* A kernel fault (injected, RL_CUDA_EMU_FAULT): sticky, as on a GPU: every later sync, copy and
+ * cudaGetLastError reports it. Under g_dev (below) once set by queued work. */
+static std::atomic<cudaError_t> g_sticky{cudaSuccess};
 
 static cudaError_t fail(cudaError_t e) {
   t_last = e;
@@ -49,6 +55,7 @@ const char *cudaGetErrorString(cudaError_t e) {
   case cudaErrorInvalidDevice: return "invalid device ordinal";
   case cudaErrorNoDevice: return "no CUDA-capable device is detected";
   case cudaErrorNotReady: return "device not ready";
+  case cudaErrorLaunchFailure: return "unspecified launch failure";
   default: return "unknown error";
   }
 }
@@ -56,9 +63,9 @@ const char *cudaGetErrorString(cudaError_t e) {
 cudaError_t cudaGetLastError(void) {
   const cudaError_t e = t_last;
   t_last = cudaSuccess;
-  return e;
+  return e != cudaSuccess ? e : g_sticky.load();
 }
-cudaError_t cudaPeekAtLastError(void) { return t_last; }
+cudaError_t cudaPeekAtLastError(void) { return t_last != cudaSuccess ? t_last : g_sticky.load(); }
 
 /* ----------------------------------------------------------------------------------------------
  * Device */
@@ -156,19 +163,171 @@ cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
 }
 
 cudaError_t cudaMalloc(void **p, size_t bytes) { return alloc_in(g_device, p, bytes); }
-cudaError_t cudaFree(void *p) { return free_in(g_device, p); }
 cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned) { return alloc_in(g_pinned, p, bytes); }
-cudaError_t cudaFreeHost(void *p) { return free_in(g_pinned, p); }
+
+/* ----------------------------------------------------------------------------------------------
+ * Streams and events: deferred work, run in an adversarial order (see emu.h).
+ *
+ * Every queued item (a kernel, a copy, an event record, a wait for an event) gets a global id
+ * that grows with issue order, and each stream runs its items first in, first out, so item (s,
+ * id) has completed once s's queue holds nothing at or before id. A wait captures, when it is
+ * issued, the record it waits for (as cudaStreamWaitEvent does), so recycling an event is safe.
+ * One mutex (g_dev) guards the queues; queued work runs under it, on whichever host thread has
+ * to wait for it (the caller's or the backend's I/O thread). */
+
+struct emu_item {
+  enum kind_t { KERNEL, COPY, RECORD, WAIT } kind;
+  uint64_t id;
+  std::function<void()> work; /* KERNEL, COPY */
+  emu_event *event = nullptr; /* RECORD */
+  emu_stream *wait_stream = nullptr; /* WAIT: the record waited for; null = nothing to wait for */
+  uint64_t wait_id = 0;
+};
+
+struct emu_stream {
+  unsigned flags;
+  int index; /* creation order, for messages */
+  bool destroyed = false;
+  std::deque<emu_item> queue;
+};
+
+struct emu_event {
+  unsigned flags;
+  emu_stream *stream = nullptr; /* of its last record; null = never recorded */
+  uint64_t record_id = 0;
+  double ms = 0.0;   /* host clock when its last record ran */
+  int pending = 0;   /* its records still queued */
+  bool destroyed = false;
+};
+
+static std::recursive_mutex g_dev;
+static std::vector<emu_stream *> g_streams; /* never freed: waits may still name them */
+static uint64_t g_next_id = 1;
+static uint64_t g_kernels_run;
+
+static double now_ms() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+/* RL_CUDA_EMU_FAULT=N: the Nth kernel to run faults instead (sets the sticky error), as a kernel
+ * that reads out of bounds does on a GPU; 0 or unset: none. */
+static uint64_t fault_at() {
+  static const uint64_t n = getenv("RL_CUDA_EMU_FAULT") ? strtoull(getenv("RL_CUDA_EMU_FAULT"), nullptr, 10) : 0;
+  return n;
+}
+
+static bool item_done(const emu_stream *s, uint64_t id) {
+  return !s || s->queue.empty() || s->queue.front().id > id;
+}
+
+static bool runnable(const emu_stream *s) {
+  if (s->queue.empty()) return false;
+  const emu_item &it = s->queue.front();
+  return it.kind != emu_item::WAIT || item_done(it.wait_stream, it.wait_id);
+}
+
+static void run_head(emu_stream *s) {
+  emu_item it = std::move(s->queue.front());
+  switch (it.kind) {
+  case emu_item::KERNEL:
+    if (g_sticky == cudaSuccess && ++g_kernels_run == fault_at()) {
+      fprintf(stderr, "cuda emu: kernel %llu faults (RL_CUDA_EMU_FAULT)\n",
+              (unsigned long long)g_kernels_run);
+      g_sticky = cudaErrorLaunchFailure;
+    }
+    if (g_sticky == cudaSuccess) it.work();
+    break;
+  case emu_item::COPY:
+    if (g_sticky == cudaSuccess) it.work();
+    break;
+  case emu_item::RECORD:
+    if (it.event->record_id == it.id) it.event->ms = now_ms();
+    break;
+  case emu_item::WAIT: break;
+  }
+  s->queue.pop_front(); /* only now is the item complete (others test queue fronts) */
+  if (it.kind == emu_item::RECORD && --it.event->pending == 0 && it.event->destroyed)
+    delete it.event;
+}
+
+/* Runs queued work until done() holds, under g_dev: streams other than `target` first, as far
+ * as their waits allow, then one item of target, and again. */
+static void drive(emu_stream *target, const std::function<bool()> &done) {
+  while (!done()) {
+    emu_stream *pick = nullptr;
+    for (emu_stream *s : g_streams)
+      if (s != target && runnable(s)) {
+        pick = s;
+        break;
+      }
+    if (!pick && target && runnable(target)) pick = target;
+    if (!pick) {
+      fprintf(stderr, "cuda emu: deadlock: the host waits for work that can never run\n");
+      for (emu_stream *s : g_streams)
+        if (!s->queue.empty())
+          fprintf(stderr, "  stream %d: %zu queued, head kind %d waits on stream %d item %llu\n",
+                  s->index, s->queue.size(), (int)s->queue.front().kind,
+                  s->queue.front().wait_stream ? s->queue.front().wait_stream->index : -1,
+                  (unsigned long long)s->queue.front().wait_id);
+      abort();
+    }
+    run_head(pick);
+  }
+}
+
+static void drive_all();
+
+/* cudaFree and cudaFreeHost synchronize the device first, as on a GPU. */
+cudaError_t cudaFree(void *p) {
+  if (p) {
+    std::lock_guard<std::recursive_mutex> g(g_dev);
+    drive_all();
+  }
+  return free_in(g_device, p);
+}
+cudaError_t cudaFreeHost(void *p) {
+  if (p) {
+    std::lock_guard<std::recursive_mutex> g(g_dev);
+    drive_all();
+  }
+  return free_in(g_pinned, p);
+}
+
+static void drive_all() {
+  drive(nullptr, [] {
+    for (emu_stream *s : g_streams)
+      if (!s->queue.empty()) return false;
+    return true;
+  });
+}
+
+static cudaError_t enqueue(cudaStream_t s, emu_item &&it, uint64_t *id = nullptr) {
+  if (!s) die("work queued on the legacy default stream (the emulation models explicit streams)");
+  if (s->destroyed) die("work queued on a destroyed stream");
+  it.id = g_next_id++;
+  if (id) *id = it.id;
+  s->queue.push_back(std::move(it));
+  return cudaSuccess;
+}
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
-                            cudaStream_t) {
+                            cudaStream_t s) {
+  bool host_pageable = false;
   {
     std::lock_guard<std::mutex> g(g_mem_lock);
     const bool dst_dev = inside(g_device, dst, bytes), src_dev = inside(g_device, src, bytes);
     bool good = true;
     switch (kind) {
-    case cudaMemcpyHostToDevice: good = dst_dev && !inside(g_device, src, 1); break;
-    case cudaMemcpyDeviceToHost: good = src_dev && !inside(g_device, dst, 1); break;
+    case cudaMemcpyHostToDevice:
+      good = dst_dev && !inside(g_device, src, 1);
+      host_pageable = !inside(g_pinned, src, bytes);
+      break;
+    case cudaMemcpyDeviceToHost:
+      good = src_dev && !inside(g_device, dst, 1);
+      host_pageable = !inside(g_pinned, dst, bytes);
+      break;
     case cudaMemcpyDeviceToDevice: good = dst_dev && src_dev; break;
     default: good = false; break;
     }
@@ -178,60 +337,110 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
       return fail(cudaErrorInvalidValue);
     }
   }
-  memmove(dst, src, bytes);
+  std::lock_guard<std::recursive_mutex> g(g_dev);
+  if (g_sticky != cudaSuccess) return fail(g_sticky.load());
+  emu_item it{emu_item::COPY, 0, {}};
+  if (kind == cudaMemcpyHostToDevice && host_pageable) {
+    /* From pageable memory the source is consumed before the call returns (the driver stages
+     * it), so the host may reuse it at once: copy it now, deliver it in stream order. */
+    auto snap = std::make_shared<std::vector<uint8_t>>((const uint8_t *)src,
+                                                       (const uint8_t *)src + bytes);
+    it.work = [dst, snap] { memcpy(dst, snap->data(), snap->size()); };
+  } else {
+    it.work = [dst, src, bytes] { memmove(dst, src, bytes); };
+  }
+  uint64_t id = 0;
+  enqueue(s, std::move(it), &id);
+  /* Into pageable memory the copy is synchronous: the call returns once it is done. */
+  if (kind == cudaMemcpyDeviceToHost && host_pageable) {
+    drive(s, [s, id] { return item_done(s, id); });
+    if (g_sticky != cudaSuccess) return fail(g_sticky.load());
+  }
   return cudaSuccess;
-}
-
-/* ----------------------------------------------------------------------------------------------
- * Streams and events (everything has completed when it returns) */
-
-struct emu_stream {
-  unsigned flags;
-};
-struct emu_event {
-  unsigned flags;
-  bool recorded;
-  double ms; /* host clock at record */
-};
-
-static double now_ms() {
-  return std::chrono::duration<double, std::milli>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
-  *s = new emu_stream{flags};
+  std::lock_guard<std::recursive_mutex> g(g_dev);
+  *s = new emu_stream{flags, (int)g_streams.size(), false, {}};
+  g_streams.push_back(*s);
   return cudaSuccess;
 }
+/* Work queued before still completes (as on a GPU); the object stays for waits naming it. */
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete s;
+  if (!s) return fail(cudaErrorInvalidValue);
+  std::lock_guard<std::recursive_mutex> g(g_dev);
+  drive(s, [s] { return s->queue.empty(); });
+  s->destroyed = true;
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t s) { return s ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  if (!s) return fail(cudaErrorInvalidValue);
+  std::lock_guard<std::recursive_mutex> g(g_dev);
+  if (!s->queue.empty()) {
+    const uint64_t last = s->queue.back().id;
+    drive(s, [s, last] { return item_done(s, last); });
+  }
+  return g_sticky == cudaSuccess ? cudaSuccess : fail(g_sticky.load());
+}
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
-  return s && e ? cudaSuccess : fail(cudaErrorInvalidValue);
+  if (!s || !e) return fail(cudaErrorInvalidValue);
+  std::lock_guard<std::recursive_mutex> g(g_dev);
+  emu_item it{emu_item::WAIT, 0, {}};
+  it.wait_stream = e->stream; /* its record as of now; never recorded: nothing to wait for */
+  it.wait_id = e->record_id;
+  return enqueue(s, std::move(it));
 }
 cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags) {
-  *e = new emu_event{flags, false, 0.0};
+  *e = new emu_event{};
+  (*e)->flags = flags;
   return cudaSuccess;
 }
+/* As on a GPU, a record still queued completes; the event is freed after it. */
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  delete e;
+  if (!e) return fail(cudaErrorInvalidValue);
+  std::lock_guard<std::recursive_mutex> g(g_dev);
+  if (e->pending) e->destroyed = true;
+  else delete e;
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
-  if (!e || !s) return fail(cudaErrorInvalidValue);
-  e->recorded = true;
-  e->ms = now_ms();
+  if (!e || !s || e->destroyed) return fail(cudaErrorInvalidValue);
+  std::lock_guard<std::recursive_mutex> g(g_dev);
+  emu_item it{emu_item::RECORD, 0, {}};
+  it.event = e;
+  uint64_t id = 0;
+  enqueue(s, std::move(it), &id);
+  e->stream = s;
+  e->record_id = id;
+  e->pending++;
   return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t e) { return e ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (!e) return fail(cudaErrorInvalidValue);
+  std::lock_guard<std::recursive_mutex> g(g_dev);
+  emu_stream *s = e->stream;
+  const uint64_t id = e->record_id;
+  if (s) drive(s, [s, id] { return item_done(s, id); });
+  return g_sticky == cudaSuccess ? cudaSuccess : fail(g_sticky.load());
+}
+/* Never runs queued work: answers whether the last record has completed. */
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+  if (!e) return fail(cudaErrorInvalidValue);
+  std::lock_guard<std::recursive_mutex> g(g_dev);
+  if (g_sticky != cudaSuccess) return fail(g_sticky.load());
+  /* Some CUDA runtimes also leave "not ready" as the last error (PyTorch clears it after every
+   * query): so does the emulation, so that a caller that does not clear it fails its next
+   * launch check here too. */
+  return item_done(e->stream, e->record_id) ? cudaSuccess : fail(cudaErrorNotReady);
+}
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t from, cudaEvent_t to) {
-  if (!from || !to || !from->recorded || !to->recorded ||
+  std::lock_guard<std::recursive_mutex> g(g_dev);
+  if (!from || !to || !from->stream || !to->stream ||
       (from->flags & cudaEventDisableTiming) || (to->flags & cudaEventDisableTiming))
     return fail(cudaErrorInvalidValue);
+  if (!item_done(from->stream, from->record_id) || !item_done(to->stream, to->record_id))
+    return fail(cudaErrorNotReady);
   *ms = (float)(to->ms - from->ms);
   return cudaSuccess;
 }
@@ -415,25 +624,11 @@ static void run_block(unsigned threads) {
   }
 }
 
-void launch(const void *fn, dim3 grid, dim3 block, size_t smem, const std::function<void()> &body) {
+/* Runs a queued kernel (under g_dev): every block, one after another. */
+static void run_kernel(const void *fn, dim3 grid, dim3 block, size_t smem,
+                       const std::function<void()> &body) {
   const uint64_t threads = (uint64_t)block.x * block.y * block.z;
-  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
-      grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
-    fprintf(stderr, "cuda emu: bad launch of %p: grid (%u,%u,%u) block (%u,%u,%u)\n", fn, grid.x,
-            grid.y, grid.z, block.x, block.y, block.z);
-    fail(cudaErrorInvalidConfiguration);
-    return;
-  }
   std::lock_guard<std::mutex> guard(g_launch_lock);
-  if (smem > 48 * 1024) {
-    auto it = g_max_smem.find(fn);
-    if (it == g_max_smem.end() || (size_t)it->second < smem) {
-      fprintf(stderr, "cuda emu: launch of %p with %zu bytes of dynamic shared memory without "
-                      "cudaFuncSetAttribute\n", fn, smem);
-      fail(cudaErrorInvalidValue);
-      return;
-    }
-  }
   if (g_fibers.size() < threads) {
     const size_t old = g_fibers.size();
     g_fibers.resize(threads);
@@ -455,6 +650,36 @@ void launch(const void *fn, dim3 grid, dim3 block, size_t smem, const std::funct
         run_block((unsigned)threads);
       }
   g_body = nullptr;
+}
+
+void launch(const void *fn, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+            std::function<void()> body) {
+  const uint64_t threads = (uint64_t)block.x * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
+      grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    fprintf(stderr, "cuda emu: bad launch of %p: grid (%u,%u,%u) block (%u,%u,%u)\n", fn, grid.x,
+            grid.y, grid.z, block.x, block.y, block.z);
+    fail(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (smem > 48 * 1024) {
+    std::lock_guard<std::mutex> guard(g_launch_lock);
+    auto it = g_max_smem.find(fn);
+    if (it == g_max_smem.end() || (size_t)it->second < smem) {
+      fprintf(stderr, "cuda emu: launch of %p with %zu bytes of dynamic shared memory without "
+                      "cudaFuncSetAttribute\n", fn, smem);
+      fail(cudaErrorInvalidValue);
+      return;
+    }
+  }
+  std::lock_guard<std::recursive_mutex> g(g_dev);
+  if (g_sticky != cudaSuccess) {
+    fail(g_sticky.load());
+    return;
+  }
+  emu_item it{emu_item::KERNEL, 0, {}};
+  it.work = [fn, grid, block, smem, body = std::move(body)] { run_kernel(fn, grid, block, smem, body); };
+  enqueue(stream, std::move(it));
 }
 
 } /* namespace emu */

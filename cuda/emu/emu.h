@@ -3,14 +3,22 @@
  * run (and be checked by AddressSanitizer) on a machine without a GPU. Test tooling only: it is
  * never part of build/librabbitllm_cuda.so. See cuda/emu/build.sh.
  *
- * Model: a kernel launch runs synchronously in the calling thread, one block after another. The
- * threads of a block are fibers (ucontext) scheduled round robin; __syncthreads() and the warp
- * shuffles are barriers, so a fiber runs until it reaches one. A thread that returns leaves the
- * barriers (as an exited GPU thread does). When no fiber can run and some have not finished, the
- * launch reports a deadlock (e.g. a __syncthreads() that not every thread reaches) and aborts.
- * `__shared__` variables are function-local statics, shared by the fibers of the block running.
- * Streams and events are ordered trivially (everything is synchronous); device memory is host
- * memory (aligned_alloc), so ASan sees out-of-bounds accesses by kernels.
+ * Streams (see emu.cc): a launch or a copy does not run when it is issued; it is queued on its
+ * stream, with event records and cudaStreamWaitEvent as queue entries too. Queued work runs only
+ * when the host must see a result (cudaStreamSynchronize, cudaEventSynchronize, a copy into
+ * pageable host memory, cudaFree), and then in an adversarial order that respects nothing but
+ * stream order and the recorded events: while the host waits for stream S, every other stream
+ * runs as far as its waits allow before S takes one step. A missing cross-stream wait (a copy on
+ * one stream overwriting a buffer a kernel queued on another still reads, a kernel reading a
+ * buffer before the copy into it) therefore changes results, as it can on a GPU.
+ *
+ * A kernel runs one block after another. The threads of a block are fibers (ucontext) scheduled
+ * round robin; __syncthreads() and the warp shuffles are barriers, so a fiber runs until it
+ * reaches one. A thread that returns leaves the barriers (as an exited GPU thread does). When no
+ * fiber can run and some have not finished, the launch reports a deadlock (e.g. a __syncthreads()
+ * that not every thread reaches) and aborts. `__shared__` variables are function-local statics,
+ * shared by the fibers of the block running. Device memory is host memory (aligned_alloc), so
+ * ASan sees out-of-bounds accesses by kernels (and uses of a block freed before queued work ran).
  * Launch checks as on a GPU: block size 1..1024, grid limits, dynamic shared memory above 48 KiB
  * only after cudaFuncSetAttribute(MaxDynamicSharedMemorySize).
  */
@@ -23,6 +31,7 @@
 #include <string.h>
 
 #include <functional>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -77,6 +86,7 @@ enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 #define cudaStreamNonBlocking 0x01
 #define cudaEventDisableTiming 0x02
 #define cudaHostAllocDefault 0x00
+#define cudaHostAllocPortable 0x01
 
 struct emu_stream;
 struct emu_event;
@@ -110,6 +120,7 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventQuery(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t from, cudaEvent_t to);
 cudaError_t cudaMalloc(void **p, size_t bytes);
 cudaError_t cudaFree(void *p);
@@ -148,16 +159,21 @@ template <class T> T shfl(T v, int src, unsigned mask) {
   return r;
 }
 
-/* Runs body for every thread of every block (after the launch checks). */
-void launch(const void *fn, dim3 grid, dim3 block, size_t smem, const std::function<void()> &body);
+/* Checks the launch configuration (an error is reported as by a GPU, nothing is queued) and
+ * queues the kernel on `stream`: body then runs for every thread of every block, later. */
+void launch(const void *fn, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+            std::function<void()> body);
 
 struct launcher {
   dim3 grid, block;
   size_t smem;
-  launcher(dim3 g, dim3 b, size_t s = 0, cudaStream_t = nullptr) : grid(g), block(b), smem(s) {}
+  cudaStream_t stream;
+  launcher(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = nullptr)
+      : grid(g), block(b), smem(s), stream(st) {}
   template <class... P, class... A> void run(void (*fn)(P...), A &&...args) {
-    std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...); /* converted as CUDA does */
-    launch((const void *)fn, grid, block, smem, [&] { std::apply(fn, params); });
+    /* The arguments are converted as CUDA does and copied when the kernel is queued. */
+    auto params = std::make_shared<std::tuple<std::decay_t<P>...>>(std::forward<A>(args)...);
+    launch((const void *)fn, grid, block, smem, stream, [fn, params] { std::apply(fn, *params); });
   }
 };
 
