@@ -122,29 +122,40 @@ for (const name of ["llama_tied", "qwen2", "mistral", "llama_untied_sharded"]) {
     const ref = await cpuReference(fixture(name), name, ROWS, 16);
     const vocab = ref.logits[0].length / ref.sequences[0].length;
     assertDecisive(name, ref, ROWS, vocab);
+    // Every layer streams (maxResidentBytes 0): from its file through pinned or pageable staging
+    // (maxCpuMemory 0: no host tier) under every combination, and once from the pinned host tier.
+    const runs: FromPretrainedOptions[] = [];
     for (const attnImplementation of ["eager", "flash"] as const) {
       for (const prefetching of [true, false]) {
         for (const asyncCopy of [true, false]) {
           for (const prefetchPinMemory of [true, false]) {
-            const what =
-              `${name} ${attnImplementation} prefetch ${prefetching} async ${asyncCopy} pinned ${prefetchPinMemory}`;
-            await using gpu = await open(fixture(name), name, {
-              device: "cuda",
+            runs.push({
               attnImplementation,
               prefetching,
               asyncCopy,
               prefetchPinMemory,
-              maxResidentBytes: 0, // stream every layer: the copy path under test
+              maxCpuMemory: 0,
             });
-            for (const [b, s] of ref.sequences.entries()) {
-              assertClose(await gpu.forward([s]), ref.logits[b], `${what}: row ${b}`);
-            }
-            const got = await gpu.generate(ROWS, { maxNewTokens: 16, eosTokenId: [] });
-            assert.deepEqual(got, ref.tokens, what);
-            assert.equal(gpu.activeAttentionImplementation, attnImplementation);
           }
         }
       }
+    }
+    runs.push({ attnImplementation: "flash" }); // host tier: as much as host memory allows
+    for (const opts of runs) {
+      const what = `${name} ${JSON.stringify(opts)}`;
+      await using gpu = await open(fixture(name), name, {
+        device: "cuda",
+        maxResidentBytes: 0,
+        ...opts,
+      });
+      for (const [b, s] of ref.sequences.entries()) {
+        assertClose(await gpu.forward([s]), ref.logits[b], `${what}: row ${b}`);
+      }
+      const got = await gpu.generate(ROWS, { maxNewTokens: 16, eosTokenId: [] });
+      assert.deepEqual(got, ref.tokens, what);
+      assert.equal(gpu.activeAttentionImplementation, opts.attnImplementation);
+      const tier = opts.maxCpuMemory === 0 ? "stream" : "host";
+      assert.ok(gpu.plan.tiers.every((t) => t === tier), `${what}: tiers ${gpu.plan.tiers}`);
     }
   });
 }
@@ -154,6 +165,7 @@ Deno.test("gpu: a tied head is held once; streaming allocates nothing per layer 
     device: "cuda",
     prefetching: false,
     maxResidentBytes: 0,
+    maxCpuMemory: 0, // no host tier: its layers would be read at load, and count as H2D bytes
   });
   const m = JSON.parse(await Deno.readTextFile(`${split("llama_tied")}/manifest.json`)) as {
     parts: { id: string; dataBytes: number }[];
