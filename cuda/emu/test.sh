@@ -36,22 +36,22 @@ else
 fi
 
 echo "== RABBITLLM_CUDA_SYNC=1 names the op whose kernel faults"
-out=$(COMPARE_ONLY=act_mul RL_CUDA_EMU_FAULT=1 RABBITLLM_CUDA_SYNC=1 build/compare_ops_emu "$cpu" "$emu" 2>&1 || true)
-if printf '%s\n' "$out" | grep -q 'rl_act_mul: the kernel failed: unspecified launch failure'; then
-  echo "ok: the fault is reported by rl_act_mul"
-else
-  printf '%s\n' "$out" | head -5
-  echo "FAIL: with RABBITLLM_CUDA_SYNC=1 the fault was not reported by rl_act_mul"
-  status=1
-fi
-out=$(COMPARE_ONLY=act_mul RL_CUDA_EMU_FAULT=1 build/compare_ops_emu "$cpu" "$emu" 2>&1 || true)
-if printf '%s\n' "$out" | grep -q 'rl_download: unspecified launch failure'; then
-  echo "ok: without it, the fault surfaces at the next synchronizing call (rl_download)"
-else
-  printf '%s\n' "$out" | head -5
-  echo "FAIL: without RABBITLLM_CUDA_SYNC the fault did not surface at rl_download"
-  status=1
-fi
+# fault_names SYNC PATTERN WHAT: with an injected fault in the first kernel of the act_mul group,
+# the output of compare_ops (RABBITLLM_CUDA_SYNC=SYNC) must contain PATTERN.
+fault_names() {
+  out=$(COMPARE_ONLY=act_mul RL_CUDA_EMU_FAULT=1 RABBITLLM_CUDA_SYNC=$1 build/compare_ops_emu "$cpu" "$emu" 2>&1 || true)
+  if printf '%s\n' "$out" | grep -q "$2"; then
+    echo "ok: $3"
+  else
+    printf '%s\n' "$out" | head -5
+    echo "FAIL: not so: $3"
+    status=1
+  fi
+}
+fault_names 1 'rl_act_mul: the kernel failed: unspecified launch failure' \
+  "with RABBITLLM_CUDA_SYNC=1 the fault is reported by rl_act_mul"
+fault_names 0 'rl_download: unspecified launch failure' \
+  "without it, the fault surfaces at the next synchronizing call (rl_download)"
 if COMPARE_ONLY="loads,host tier,stream order" RABBITLLM_CUDA_SYNC=1 build/compare_ops_emu "$cpu" "$emu" >build/emu/sync.log 2>&1; then
   echo "ok: loads, host tier and stream order pass with RABBITLLM_CUDA_SYNC=1"
 else
