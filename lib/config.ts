@@ -3,7 +3,9 @@
  *
  * Reads both forms found in the wild: transformers 5 writes `rope_parameters` and `dtype`; most hub
  * checkpoints carry `rope_theta` + `rope_scaling`, `torch_dtype` and often no `head_dim`.
- * Family files (lib/models/) call {@link parseCommonConfig} with their defaults and add variants.
+ * Family files (lib/models/) call {@link parseCommonConfig} with their defaults, read their own keys
+ * with the same {@link ConfigReader}, and return their own config type extending ModelConfig: a
+ * family's values live in typed fields, never in `raw`.
  *
  * @module
  */
@@ -59,7 +61,15 @@ export interface ModelConfig {
   dtype: StorageDType;
   bosTokenId: number | null;
   eosTokenIds: number[];
-  /** The parsed config.json, for family files that need more. */
+  /**
+   * MoE: experts each token routes to, as the family's config class resolves it (its class
+   * default when config.json omits `num_experts_per_tok`); null for a dense model.
+   */
+  expertsPerToken: number | null;
+  /**
+   * config.json as read, unchanged. Families read their keys at parse time into typed fields of
+   * their own config type (e.g. QwenMoeConfig); nothing reads or writes family values here.
+   */
   raw: Readonly<Record<string, unknown>>;
 }
 
@@ -70,6 +80,19 @@ export interface ConfigDefaults {
   ropeTheta: number;
   hiddenAct: string;
   tieWordEmbeddings: boolean;
+}
+
+/**
+ * What a family fixes instead of the common rule for a key (the common rule: config.json's value,
+ * else hidden / heads for head_dim and num_attention_heads for num_key_value_heads).
+ */
+export interface ConfigOverrides {
+  /** head_dim, whatever config.json says (a class default the family resolved, DeepSeek's head). */
+  headDim?: number;
+  /** KV heads, whatever config.json says; "heads": one per query head (DeepSeek's MLA). */
+  numKvHeads?: number | "heads";
+  /** Rope type aliases a config class reads (Phi-3: "su" and "yarn" are "longrope"). */
+  ropeTypeAliases?: Readonly<Record<string, string>>;
 }
 
 type Raw = Record<string, unknown>;
@@ -96,7 +119,7 @@ export async function readConfigJson(dir: string): Promise<Raw> {
 }
 
 /** The `architectures[0]` entry, or an error naming the file. */
-export function architectureOf(raw: Raw, source: string): string {
+export function architectureOf(raw: Readonly<Raw>, source: string): string {
   const archs = raw.architectures;
   if (!Array.isArray(archs) || typeof archs[0] !== "string") {
     throw new ConfigError(source, "architectures", "expected a non-empty list of strings");
@@ -104,10 +127,23 @@ export function architectureOf(raw: Raw, source: string): string {
   return archs[0];
 }
 
-class Reader {
-  constructor(readonly raw: Raw, readonly source: string, readonly model: string) {}
+/**
+ * Typed reads of config.json keys; a wrong value throws a ConfigError naming the file, the key and
+ * the model type. Shared by {@link parseCommonConfig} and the family files.
+ */
+export class ConfigReader {
+  constructor(readonly raw: Readonly<Raw>, readonly source: string, readonly model: string) {}
 
-  private fail(key: string, what: string): never {
+  /** A reader for `raw`, naming its `model_type` in errors. */
+  static of(raw: Readonly<Raw>, source: string): ConfigReader {
+    return new ConfigReader(
+      raw,
+      source,
+      typeof raw.model_type === "string" ? raw.model_type : "unknown",
+    );
+  }
+
+  fail(key: string, what: string): never {
     throw new ConfigError(this.source, key, `${what} (model type ${this.model})`);
   }
 
@@ -171,7 +207,7 @@ const DTYPES: Record<string, StorageDType> = {
   bfloat16: "bfloat16",
 };
 
-function parseDType(r: Reader): StorageDType {
+function parseDType(r: ConfigReader): StorageDType {
   const key = r.has("dtype") ? "dtype" : "torch_dtype";
   const v = r.raw[key];
   if (v === undefined || v === null) return "float16";
@@ -197,7 +233,11 @@ export function ropeScalingParams(p: Readonly<Record<string, unknown>>): Record<
   return rest;
 }
 
-function parseRope(r: Reader, defaultTheta: number): RopeConfig {
+function parseRope(
+  r: ConfigReader,
+  defaultTheta: number,
+  aliases: Readonly<Record<string, string>>,
+): RopeConfig {
   const params = r.raw.rope_parameters ?? r.raw.rope_scaling;
   if (
     params !== undefined && params !== null && (typeof params !== "object" || Array.isArray(params))
@@ -206,7 +246,8 @@ function parseRope(r: Reader, defaultTheta: number): RopeConfig {
     throw new ConfigError(r.source, key, `expected an object, got ${JSON.stringify(params)}`);
   }
   const p = (params ?? {}) as Raw;
-  const type = (p.rope_type ?? p.type ?? "default") as string;
+  const named = (p.rope_type ?? p.type ?? "default") as string;
+  const type = Object.hasOwn(aliases, named) ? aliases[named] : named;
   const theta = typeof p.rope_theta === "number" ? p.rope_theta : r.num("rope_theta", defaultTheta);
   const partial = typeof p.partial_rotary_factor === "number"
     ? p.partial_rotary_factor
@@ -218,13 +259,20 @@ function parseRope(r: Reader, defaultTheta: number): RopeConfig {
  * The keys every decoder-only family shares. `source` names the file in errors.
  * Families add their own variants on top (see lib/models/).
  */
-export function parseCommonConfig(raw: Raw, source: string, d: ConfigDefaults): ModelConfig {
-  const modelType = typeof raw.model_type === "string" ? raw.model_type : "unknown";
-  const r = new Reader(raw, source, modelType);
+export function parseCommonConfig(
+  raw: Readonly<Raw>,
+  source: string,
+  d: ConfigDefaults,
+  o: ConfigOverrides = {},
+): ModelConfig {
+  const r = ConfigReader.of(raw, source);
+  const modelType = r.model;
   const architecture = architectureOf(raw, source);
   const hiddenSize = r.int("hidden_size");
   const numHeads = r.int("num_attention_heads");
-  const numKvHeads = r.int("num_key_value_heads", numHeads);
+  const numKvHeads = o.numKvHeads === "heads"
+    ? numHeads
+    : o.numKvHeads ?? r.int("num_key_value_heads", numHeads);
   const numLayers = r.int("num_hidden_layers");
   if (numHeads % numKvHeads !== 0) {
     throw new ConfigError(
@@ -234,7 +282,8 @@ export function parseCommonConfig(raw: Raw, source: string, d: ConfigDefaults): 
     );
   }
   let headDim: number;
-  if (r.has("head_dim")) headDim = r.int("head_dim");
+  if (o.headDim !== undefined) headDim = o.headDim;
+  else if (r.has("head_dim")) headDim = r.int("head_dim");
   else {
     if (hiddenSize % numHeads !== 0) {
       throw new ConfigError(
@@ -245,7 +294,7 @@ export function parseCommonConfig(raw: Raw, source: string, d: ConfigDefaults): 
     }
     headDim = hiddenSize / numHeads;
   }
-  const rope = parseRope(r, d.ropeTheta);
+  const rope = parseRope(r, d.ropeTheta, o.ropeTypeAliases ?? {});
   return {
     architecture,
     modelType,
@@ -268,12 +317,13 @@ export function parseCommonConfig(raw: Raw, source: string, d: ConfigDefaults): 
     dtype: parseDType(r),
     bosTokenId: r.has("bos_token_id") ? r.ids("bos_token_id")[0] : null,
     eosTokenIds: r.ids("eos_token_id"),
+    expertsPerToken: null,
     raw,
   };
 }
 
 /** Reads an optional positive integer of a family-specific key (e.g. `sliding_window`). */
-export function optionalInt(raw: Raw, source: string, key: string): number | null {
+export function optionalInt(raw: Readonly<Raw>, source: string, key: string): number | null {
   const v = raw[key];
   if (v === undefined || v === null) return null;
   if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {

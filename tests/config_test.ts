@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { ConfigError, UnsupportedArchitectureError } from "../lib/errors.ts";
 import { familyFor, SUPPORTED_ARCHITECTURES } from "../lib/models/registry.ts";
 import type { GemmaConfig } from "../lib/models/gemma2.ts";
+import type { MixtralConfig } from "../lib/models/mixtral.ts";
+import type { QwenMoeConfig } from "../lib/models/qwen2_moe.ts";
 
 const base = {
   architectures: ["LlamaForCausalLM"],
@@ -499,7 +501,7 @@ Deno.test("config: Phi partial rotary 0.5 by default, LayerNorm eps, gelu_new, b
 Deno.test("config: MoE keys — hub and transformers spellings, defaults, layer rules, errors", async () => {
   const fixture = async (name: string) =>
     JSON.parse(await Deno.readTextFile(new URL(`./fixtures/${name}/config.json`, import.meta.url)));
-  const moe = (cfg: ReturnType<typeof parse>) => cfg.raw.__moe as Record<string, unknown>;
+  const moe = (cfg: ReturnType<typeof parse>) => (cfg as QwenMoeConfig).moe;
 
   // Qwen3-MoE: transformers writes num_local_experts, hub files num_experts; head_dim when given.
   const q3 = await fixture("qwen3_moe");
@@ -541,8 +543,8 @@ Deno.test("config: MoE keys — hub and transformers spellings, defaults, layer 
   const mx = await fixture("mixtral");
   assert.equal(parse(mx).headDim, 16);
   const { num_local_experts: ____, num_experts_per_tok: _____, ...mxBare } = mx;
-  assert.equal(parse(mxBare).raw.num_local_experts, 8);
-  assert.equal(parse(mxBare).raw.num_experts_per_tok, 2);
+  assert.equal((parse(mxBare) as MixtralConfig).experts, 8);
+  assert.equal(parse(mxBare).expertsPerToken, 2);
   assert.deepEqual(parse({ ...mx, sliding_window: 4 }).layerWindows, [4, 4]);
 
   for (

@@ -40,12 +40,11 @@ export interface LayerTensors {
 }
 
 /**
- * Experts a MoE token routes to (`num_experts_per_tok`), or null (dense, or a family relying on
- * its class default: then a streamed layer is planned as read whole).
+ * Experts a MoE token routes to, as the family parsed it (its config class's default when
+ * config.json omits `num_experts_per_tok`), or null for a dense model.
  */
 export function expertsPerToken(cfg: ModelConfig): number | null {
-  const k = cfg.raw.num_experts_per_tok;
-  return typeof k === "number" ? k : null;
+  return cfg.expertsPerToken;
 }
 
 /**

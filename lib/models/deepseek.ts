@@ -78,9 +78,16 @@ export interface DeepseekShape {
   mtpLayers: number;
 }
 
-/** The normalized DeepSeek shape stored by parseConfig. */
-export function deepseekShape(cfg: ModelConfig): DeepseekShape {
-  return cfg.raw.__deepseek as DeepseekShape;
+/** A DeepSeek config: the common one plus its MLA and MoE shape. */
+export interface DeepseekConfig extends ModelConfig {
+  deepseek: DeepseekShape;
+  /** `deepseek.router.topK`. */
+  expertsPerToken: number;
+}
+
+/** The normalized DeepSeek shape parsed by the families' parseConfig. */
+export function deepseekShape(cfg: DeepseekConfig): DeepseekShape {
+  return cfg.deepseek;
 }
 
 type Raw = Record<string, unknown>;
@@ -100,7 +107,13 @@ interface Defaults {
   mtpLayers: number;
 }
 
-function int(raw: Raw, source: string, key: string, fallback: number | null, min = 1): number {
+function int(
+  raw: Readonly<Raw>,
+  source: string,
+  key: string,
+  fallback: number | null,
+  min = 1,
+): number {
   const v = raw[key] === undefined ? fallback : raw[key];
   if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
     throw new ConfigError(
@@ -112,7 +125,7 @@ function int(raw: Raw, source: string, key: string, fallback: number | null, min
   return v;
 }
 
-function bool(raw: Raw, source: string, key: string, fallback: boolean): boolean {
+function bool(raw: Readonly<Raw>, source: string, key: string, fallback: boolean): boolean {
   const v = raw[key] ?? fallback;
   if (typeof v !== "boolean") {
     throw new ConfigError(source, key, `expected true or false, got ${JSON.stringify(v)}`);
@@ -130,12 +143,12 @@ function yarnMscale(scale: number, m: number): number {
  * one KV head per query head, rope table for `qk_rope_head_dim`.
  */
 function parseDeepseek(
-  raw: Raw,
+  raw: Readonly<Raw>,
   source: string,
   d: Defaults,
-  method: (raw: Raw) => TopkMethod,
+  method: (raw: Readonly<Raw>) => TopkMethod,
   interleaved: boolean,
-): ModelConfig {
+): DeepseekConfig {
   if (raw.quantization_config !== undefined && raw.quantization_config !== null) {
     throw new ConfigError(
       source,
@@ -150,12 +163,13 @@ function parseDeepseek(
   }
   const v = int(raw, source, "v_head_dim", 128);
   const headDim = Math.max(nope + rope, v);
-  const heads = raw.num_attention_heads;
-  // head_dim in the file is transformers' rope dim; attention runs on the padded qk head.
+  // head_dim in the file is transformers' rope dim; attention runs on the padded qk head, with
+  // keys and values cached per query head.
   const cfg = parseLlamaLike(
-    { ...raw, head_dim: headDim, num_key_value_heads: heads },
+    raw,
     source,
     { ...LLAMA_DEFAULTS, maxPositionEmbeddings: d.maxPositionEmbeddings },
+    { headDim, numKvHeads: "heads" },
   );
   cfg.ropeHeadDim = rope;
   if (cfg.rope.partialRotaryFactor !== 1) {
@@ -244,14 +258,13 @@ function parseDeepseek(
     firstDense: int(raw, source, "first_k_dense_replace", d.firstDense, 0),
     mtpLayers: raw[mtpKey] === null ? 0 : int(raw, source, mtpKey, d.mtpLayers, 0),
   };
-  cfg.raw = { ...raw, __deepseek: ds };
-  return cfg;
+  return { ...cfg, deepseek: ds, expertsPerToken: k };
 }
 
 // ------------------------------------------------------------------------------------------------
 // Tensors
 
-function expectedDeepseek(part: Part, cfg: ModelConfig): ExpectedTensor[] {
+function expectedDeepseek(part: Part, cfg: DeepseekConfig): ExpectedTensor[] {
   const base = expectedLlamaLike(part, cfg);
   if (part.kind !== "layer") return base;
   const ds = deepseekShape(cfg), D = cfg.hiddenSize, H = cfg.numHeads;
@@ -296,7 +309,7 @@ function expectedDeepseek(part: Part, cfg: ModelConfig): ExpectedTensor[] {
   return t;
 }
 
-function placeDeepseek(name: string, cfg: ModelConfig) {
+function placeDeepseek(name: string, cfg: DeepseekConfig) {
   const m = /^model\.layers\.(\d+)\.(.+)$/.exec(name);
   if (m) {
     const index = Number(m[1]);
@@ -342,7 +355,7 @@ function range<T>(n: number, f: (i: number) => T): T[] {
 }
 
 /** x += o_proj(MLA(input_layernorm(x))). */
-export function mlaBlock(ctx: LayerContext, w: PartWeights): void {
+export function mlaBlock(ctx: LayerContext<DeepseekConfig>, w: PartWeights): void {
   const { be, cfg, T } = ctx;
   const ds = deepseekShape(cfg), D = cfg.hiddenSize, H = cfg.numHeads, hd = cfg.headDim;
   const { nope, rope, v } = ds, qk = nope + rope, L = ds.kvLoraRank, kvw = nope + v;
@@ -545,7 +558,11 @@ function hostVector(ctx: LayerContext, wt: Weight): Float32Array {
 }
 
 /** The routing of one MoE layer from its router logits. */
-function routeLayer(ctx: LayerContext, w: PartWeights, logits: Float32Array): Routing {
+function routeLayer(
+  ctx: LayerContext<DeepseekConfig>,
+  w: PartWeights,
+  logits: Float32Array,
+): Routing {
   const r = deepseekShape(ctx.cfg).router;
   if (r.method !== "noaux_tc") return routeSoftmax(logits, ctx.T, r);
   const bias = hostVector(ctx, w.get("mlp.gate.e_score_correction_bias"));
@@ -553,7 +570,10 @@ function routeLayer(ctx: LayerContext, w: PartWeights, logits: Float32Array): Ro
 }
 
 /** x += routed experts + shared experts of post_attention_layernorm(x). */
-export function deepseekMoeBlock(ctx: LayerContext, w: PartWeights): Promise<void> {
+export function deepseekMoeBlock(
+  ctx: LayerContext<DeepseekConfig>,
+  w: PartWeights,
+): Promise<void> {
   const ds = deepseekShape(ctx.cfg);
   return sparseMoeBlock(ctx, w, {
     router: "mlp.gate.weight",
@@ -597,7 +617,7 @@ const V3_DEFAULTS: Defaults = {
   mtpLayers: 1,
 };
 
-export const deepseekV2: Family = {
+export const deepseekV2: Family<DeepseekConfig> = {
   architectures: ["DeepseekV2ForCausalLM"],
   parseConfig(raw, source) {
     return parseDeepseek(raw, source, V2_DEFAULTS, (raw) => {
@@ -623,7 +643,7 @@ export const deepseekV2: Family = {
 };
 
 /** V3: V2's layer with `noaux_tc` routing (any `topk_method` key is ignored, as transformers). */
-export const deepseekV3: Family = {
+export const deepseekV3: Family<DeepseekConfig> = {
   ...deepseekV2,
   architectures: ["DeepseekV3ForCausalLM"],
   parseConfig(raw, source) {

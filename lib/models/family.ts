@@ -1,6 +1,8 @@
 /**
  * What a model family file provides. One small file per family (llama.ts, mistral.ts, ...);
- * variants compose by reusing another family's pieces, not by flags in a base class.
+ * variants compose by reusing another family's pieces, not by flags in a base class. A family
+ * parses config.json into its own config type `C` (ModelConfig plus its typed fields, e.g.
+ * QwenMoeConfig), which every other hook then receives.
  *
  * @module
  */
@@ -71,9 +73,9 @@ export interface AttentionCall {
  * What the engine gives a family's layer forward: the backend, the step's shape, scratch buffers
  * and the attention mechanism (KV cache append + attention per sequence, handled by the engine).
  */
-export interface LayerContext {
+export interface LayerContext<C extends ModelConfig = ModelConfig> {
   be: Backend;
-  cfg: ModelConfig;
+  cfg: C;
   /** Index of the layer being run. */
   layer: number;
   /** Tokens in this step (batch × new tokens per row). */
@@ -91,37 +93,43 @@ export interface LayerContext {
   onRoute?(experts: Int32Array): void;
 }
 
-/** One architecture family. */
-export interface Family {
+/**
+ * One architecture family, over its config type `C`. The engine holds it as `Family` (of
+ * ModelConfig) and hands each hook the config that family's own parseConfig returned.
+ */
+export interface Family<C extends ModelConfig = ModelConfig> {
   /** `architectures[0]` values this file implements, exactly. */
   architectures: readonly string[];
-  /** Parses config.json (already JSON) into a ModelConfig; `source` names the file in errors. */
-  parseConfig(raw: Record<string, unknown>, source: string): ModelConfig;
+  /**
+   * Parses config.json (already JSON, never modified) into the family's config; `source` names
+   * the file in errors.
+   */
+  parseConfig(raw: Readonly<Record<string, unknown>>, source: string): C;
   /** Where a checkpoint tensor goes; `undefined` when the name is unknown to the family. */
-  place(name: string, cfg: ModelConfig): Placement | undefined;
+  place(name: string, cfg: C): Placement | undefined;
   /** Tensors a part must carry (used to validate at split and load time). */
-  expected(part: Part, cfg: ModelConfig): ExpectedTensor[];
+  expected(part: Part, cfg: C): ExpectedTensor[];
   /**
    * The on-demand group of a layer tensor (a MoE expert: "expert.3"), or null for tensors every
    * step needs. A layer's group-less tensors load with the layer; a group loads only when the
    * forward asks for it ({@link PartWeights.load}), so a streamed MoE layer reads only the experts
    * its tokens route to. Default: no groups.
    */
-  lazyGroup?(local: string, cfg: ModelConfig): string | null;
+  lazyGroup?(local: string, cfg: C): string | null;
   /** One decoder layer, in place on ctx.x (async when it waits for on-demand groups). */
-  forwardLayer(ctx: LayerContext, w: PartWeights): void | Promise<void>;
+  forwardLayer(ctx: LayerContext<C>, w: PartWeights): void | Promise<void>;
   /**
    * true: drop the KV cache and recompute the whole sequence before this decode step, which grows
    * the cached `past` tokens to `total` (Phi-3 longrope, when `total` first passes the original
    * context: its rope factors change). Default never.
    */
-  recomputeCache?(cfg: ModelConfig, past: number, total: number): boolean;
+  recomputeCache?(cfg: C, past: number, total: number): boolean;
   /** Multiplies the embeddings after the lookup (Gemma: √hidden); default none. */
-  embedScale?(cfg: ModelConfig): number;
+  embedScale?(cfg: C): number;
   /** The final norm of `rows` rows of x into out; default RMSNorm (weight "weight"). */
   finalNorm?(
     be: Backend,
-    cfg: ModelConfig,
+    cfg: C,
     w: PartWeights,
     out: DevPtr,
     x: DevPtr,

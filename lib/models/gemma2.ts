@@ -60,7 +60,7 @@ export const GEMMA2_DEFAULTS: GemmaDefaults = {
  * config.json has no `layer_types`.
  */
 export function parseGemmaLike(
-  raw: Record<string, unknown>,
+  raw: Readonly<Record<string, unknown>>,
   source: string,
   d: GemmaDefaults,
   defaultSliding: (layer: number) => boolean,
@@ -74,9 +74,10 @@ export function parseGemmaLike(
   for (const key of ["head_dim", "num_key_value_heads"]) {
     if (raw[key] === null) fail(key, "expected a positive integer, got null");
   }
-  const withDefaults = { head_dim: d.headDim, num_key_value_heads: d.numKvHeads, ...raw };
-  const cfg = parseCommonConfig(withDefaults, source, d);
-  cfg.raw = raw;
+  const cfg = parseCommonConfig(raw, source, d, {
+    headDim: "head_dim" in raw ? undefined : d.headDim,
+    numKvHeads: "num_key_value_heads" in raw ? undefined : d.numKvHeads,
+  });
   if (cfg.hiddenSize % cfg.numHeads !== 0) {
     fail(
       "num_attention_heads",
@@ -180,9 +181,12 @@ function norm(
  * x += post_norm(o_proj(attn(rope(q), rope(k), v))) of input_norm(x); with `qkNorm` (Gemma 3)
  * q and k are Gemma-RMS-normed per head before the rope.
  */
-export function gemmaAttentionBlock(ctx: LayerContext, w: PartWeights, qkNorm: boolean): void {
-  const { be, T } = ctx;
-  const cfg = ctx.cfg as GemmaConfig;
+export function gemmaAttentionBlock(
+  ctx: LayerContext<GemmaConfig>,
+  w: PartWeights,
+  qkNorm: boolean,
+): void {
+  const { be, cfg, T } = ctx;
   const D = cfg.hiddenSize, hd = cfg.headDim;
   const qDim = cfg.numHeads * hd, kvDim = cfg.numKvHeads * hd;
   const h = ctx.buf("h", T * D);
@@ -236,7 +240,7 @@ export function gemmaMlpBlock(ctx: LayerContext, w: PartWeights): void {
 }
 
 /** The model-level hooks Gemma 2 and 3 share: √hidden embedding scale, (1 + w) final norm. */
-export const GEMMA_HOOKS: Pick<Family, "embedScale" | "finalNorm"> = {
+export const GEMMA_HOOKS: Pick<Family<GemmaConfig>, "embedScale" | "finalNorm"> = {
   embedScale: (cfg) => Math.sqrt(cfg.hiddenSize),
   finalNorm(be, cfg, w, out, x, rows) {
     const n = w.get("weight");
@@ -244,7 +248,7 @@ export const GEMMA_HOOKS: Pick<Family, "embedScale" | "finalNorm"> = {
   },
 };
 
-export const gemma2: Family = {
+export const gemma2: Family<GemmaConfig> = {
   ...GEMMA_HOOKS,
   architectures: ["Gemma2ForCausalLM"],
   parseConfig(raw, source) {

@@ -16,6 +16,7 @@ import {
   GEMMA2_DEFAULTS,
   GEMMA_HOOKS,
   gemmaAttentionBlock,
+  type GemmaConfig,
   type GemmaDefaults,
   gemmaMlpBlock,
   parseGemmaLike,
@@ -43,7 +44,13 @@ function dict(v: unknown, source: string, key: string): Raw | null {
 }
 
 /** One layer type's rope dict (after Gemma3TextConfig's defaulting) as a RopeConfig. */
-function ropeOf(p: Raw, raw: Raw, maxPositions: number, source: string, key: string): RopeConfig {
+function ropeOf(
+  p: Raw,
+  raw: Readonly<Raw>,
+  maxPositions: number,
+  source: string,
+  key: string,
+): RopeConfig {
   const theta = p.rope_theta;
   if (typeof theta !== "number" || !(theta > 0)) {
     throw new ConfigError(source, `${key}.rope_theta`, `expected a positive number, got ${theta}`);
@@ -63,7 +70,7 @@ function ropeOf(p: Raw, raw: Raw, maxPositions: number, source: string, key: str
   return rope;
 }
 
-export const gemma3: Family = {
+export const gemma3: Family<GemmaConfig> = {
   ...GEMMA_HOOKS,
   architectures: ["Gemma3ForCausalLM"],
   parseConfig(raw, source) {

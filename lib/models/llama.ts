@@ -4,7 +4,12 @@
  *
  * @module
  */
-import { type ConfigDefaults, type ModelConfig, parseCommonConfig } from "../config.ts";
+import {
+  type ConfigDefaults,
+  type ConfigOverrides,
+  type ModelConfig,
+  parseCommonConfig,
+} from "../config.ts";
 import type { Activation } from "../../ffi/backend.ts";
 import { ConfigError } from "../errors.ts";
 import { checkRopeType } from "../rope.ts";
@@ -37,11 +42,12 @@ export const ACTIVATIONS: Readonly<Record<string, Activation>> = {
 
 /** Parses the Llama-shaped config keys with the given defaults and validates what we run. */
 export function parseLlamaLike(
-  raw: Record<string, unknown>,
+  raw: Readonly<Record<string, unknown>>,
   source: string,
   defaults: ConfigDefaults,
+  overrides: ConfigOverrides = {},
 ): ModelConfig {
-  const cfg = parseCommonConfig(raw, source, defaults);
+  const cfg = parseCommonConfig(raw, source, defaults, overrides);
   checkRopeType(cfg.rope, source);
   if (!(cfg.hiddenAct in ACTIVATIONS)) {
     throw new ConfigError(
@@ -84,10 +90,10 @@ const expectedNames = new WeakMap<ModelConfig, Map<number, Set<string>>>();
  * {@link placeLlamaLike}, with layer tensors limited to the names `expected` lists for their
  * layer (anything else is unknown, so the split names it); for families stricter than Llama.
  */
-export function placeExpected(
+export function placeExpected<C extends ModelConfig>(
   name: string,
-  cfg: ModelConfig,
-  expected: (part: Part, cfg: ModelConfig) => ExpectedTensor[],
+  cfg: C,
+  expected: (part: Part, cfg: C) => ExpectedTensor[],
 ): Placement | undefined {
   const p = placeLlamaLike(name, cfg);
   if (p?.part?.kind !== "layer") return p;

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { optionalInt } from "../config.ts";
+import { type ModelConfig, optionalInt } from "../config.ts";
 import { ConfigError } from "../errors.ts";
 import type { ExpectedTensor, Family, LayerContext, PartWeights } from "./family.ts";
 import {
@@ -19,7 +19,7 @@ import { expertGroup, softmaxTopK, sparseMoeBlock } from "./moe.ts";
 
 /** A positive integer config key (MoE sizes), with a fallback when absent. */
 export function moeInt(
-  raw: Record<string, unknown>,
+  raw: Readonly<Record<string, unknown>>,
   source: string,
   key: string,
   fallback?: number,
@@ -31,15 +31,19 @@ export function moeInt(
   return v;
 }
 
-function experts(cfg: { raw: Record<string, unknown> }): { E: number; k: number } {
-  return { E: cfg.raw.num_local_experts as number, k: cfg.raw.num_experts_per_tok as number };
+/** A Mixtral config: the common one plus its expert counts (MixtralConfig's when absent). */
+export interface MixtralConfig extends ModelConfig {
+  /** `num_local_experts`. */
+  experts: number;
+  /** `num_experts_per_tok`. */
+  expertsPerToken: number;
 }
 
-function moeBlock(ctx: LayerContext, w: PartWeights): Promise<void> {
-  const { E, k } = experts(ctx.cfg);
+function moeBlock(ctx: LayerContext<MixtralConfig>, w: PartWeights): Promise<void> {
+  const { experts, expertsPerToken } = ctx.cfg;
   return sparseMoeBlock(ctx, w, {
     router: "block_sparse_moe.gate.weight",
-    route: (logits) => softmaxTopK(logits, ctx.T, E, k, true),
+    route: (logits) => softmaxTopK(logits, ctx.T, experts, expertsPerToken, true),
     expert: (e) => ({
       gate: `block_sparse_moe.experts.${e}.w1.weight`,
       up: `block_sparse_moe.experts.${e}.w3.weight`,
@@ -49,7 +53,7 @@ function moeBlock(ctx: LayerContext, w: PartWeights): Promise<void> {
   });
 }
 
-export const mixtral: Family = {
+export const mixtral: Family<MixtralConfig> = {
   architectures: ["MixtralForCausalLM"],
   parseConfig(raw, source) {
     const cfg = parseLlamaLike(raw, source, {
@@ -63,14 +67,13 @@ export const mixtral: Family = {
     if (k > E) {
       throw new ConfigError(source, "num_experts_per_tok", `${k} exceeds num_local_experts ${E}`);
     }
-    cfg.raw = { ...raw, num_local_experts: E, num_experts_per_tok: k };
-    return cfg;
+    return { ...cfg, experts: E, expertsPerToken: k };
   },
   place: (name, cfg) => placeExpected(name, cfg, mixtral.expected),
   expected(part, cfg) {
     const t = expectedLlamaLike(part, cfg);
     if (part.kind !== "layer") return t;
-    const D = cfg.hiddenSize, I = cfg.intermediateSize, { E } = experts(cfg);
+    const D = cfg.hiddenSize, I = cfg.intermediateSize, E = cfg.experts;
     const out: ExpectedTensor[] = t.filter((e) => !e.local.startsWith("mlp."));
     out.push({ local: "block_sparse_moe.gate.weight", shape: [E, D] });
     for (let e = 0; e < E; e++) {

@@ -12,7 +12,11 @@ import { ConfigError } from "../errors.ts";
 import type { ExpectedTensor, Family, LayerContext, PartWeights } from "./family.ts";
 import { ACTIVATIONS, LLAMA_DEFAULTS, parseLlamaLike, placeExpected } from "./llama.ts";
 
-const qkLayerNorm = (cfg: ModelConfig) => cfg.raw.qk_layernorm === true;
+/** A Phi config: the common one plus `qk_layernorm`. */
+export interface PhiConfig extends ModelConfig {
+  /** LayerNorm on each query and key head before the rope. */
+  qkLayerNorm: boolean;
+}
 
 let ones = new Float32Array(0);
 /** n host ones (one buffer, grown as needed). */
@@ -35,7 +39,7 @@ function layernorm(
   ctx.be.layernorm(out, x, wt.ptr, b.ptr, wt.dtype, rows, dim, ctx.cfg.rmsNormEps);
 }
 
-function forwardLayer(ctx: LayerContext, w: PartWeights): void {
+function forwardLayer(ctx: LayerContext<PhiConfig>, w: PartWeights): void {
   const { be, cfg, T } = ctx;
   const D = cfg.hiddenSize, I = cfg.intermediateSize, hd = cfg.headDim;
   const H = cfg.numHeads, KV = cfg.numKvHeads, qDim = H * hd, kvDim = KV * hd;
@@ -53,7 +57,7 @@ function forwardLayer(ctx: LayerContext, w: PartWeights): void {
   linear(q, h, "self_attn.q_proj", qDim, D);
   linear(k, h, "self_attn.k_proj", kvDim, D);
   linear(v, h, "self_attn.v_proj", kvDim, D);
-  if (qkLayerNorm(cfg)) {
+  if (cfg.qkLayerNorm) {
     layernorm(ctx, w, "self_attn.q_layernorm", q, q, T * H, hd);
     layernorm(ctx, w, "self_attn.k_layernorm", k, k, T * KV, hd);
   }
@@ -69,7 +73,7 @@ function forwardLayer(ctx: LayerContext, w: PartWeights): void {
   be.add(ctx.x, ctx.x, o, T * D);
 }
 
-export const phi: Family = {
+export const phi: Family<PhiConfig> = {
   architectures: ["PhiForCausalLM"],
   parseConfig(raw, source) {
     const cfg = parseLlamaLike(raw, source, {
@@ -112,7 +116,7 @@ export const phi: Family = {
       cfg.rope = { ...cfg.rope, partialRotaryFactor: 0.5 };
       cfg.layerRopes.fill(cfg.rope);
     }
-    return cfg;
+    return { ...cfg, qkLayerNorm: raw.qk_layernorm === true };
   },
   place(name, cfg) {
     if (name === "model.final_layernorm.weight") return { part: { kind: "norm" }, local: "weight" };
@@ -143,7 +147,7 @@ export const phi: Family = {
           ...withBias("self_attn.k_proj.", kvDim, D),
           ...withBias("self_attn.v_proj.", kvDim, D),
           ...withBias("self_attn.dense.", D, qDim),
-          ...(qkLayerNorm(cfg)
+          ...(cfg.qkLayerNorm
             ? [...withBias("self_attn.q_layernorm.", hd), ...withBias("self_attn.k_layernorm.", hd)]
             : []),
           ...withBias("mlp.fc1.", I, D),

@@ -23,13 +23,7 @@ import {
 } from "./llama.ts";
 
 /** Phi3Config reads the legacy rope types "su" and "yarn" as longrope. */
-function withLongropeAliases(raw: Record<string, unknown>): Record<string, unknown> {
-  const key = raw.rope_parameters != null ? "rope_parameters" : "rope_scaling";
-  const p = raw[key] as Record<string, unknown> | null | undefined;
-  const type = p?.rope_type ?? p?.type;
-  if (type !== "su" && type !== "yarn") return raw;
-  return { ...raw, [key]: { ...p, rope_type: "longrope", type: "longrope" } };
-}
+const LONGROPE_ALIASES = { su: "longrope", yarn: "longrope" };
 
 /** Llama's weight names as row views of the fused ones (a row range of W is a weight). */
 function unfused(be: Backend, cfg: ModelConfig, w: PartWeights): PartWeights {
@@ -60,12 +54,11 @@ export const phi3: Family = {
   ...llama,
   architectures: ["Phi3ForCausalLM"],
   parseConfig(raw, source) {
-    const cfg = parseLlamaLike(withLongropeAliases(raw), source, {
+    const cfg = parseLlamaLike(raw, source, {
       ...LLAMA_DEFAULTS,
       rmsNormEps: 1e-5,
       maxPositionEmbeddings: 4096,
-    });
-    cfg.raw = raw;
+    }, { ropeTypeAliases: LONGROPE_ALIASES });
     cfg.attentionBias = false; // Phi3Attention has no biases, whatever attention_bias says
     if (cfg.rope.type !== "default" && cfg.rope.type !== "longrope") {
       throw new ConfigError(

@@ -33,21 +33,29 @@ export interface QwenMoe {
   moeLayers: boolean[];
 }
 
-/** The normalized MoE shape stored by parseQwenMoe. */
-export function qwenMoe(cfg: ModelConfig): QwenMoe {
-  return cfg.raw.__moe as QwenMoe;
+/** A Qwen-MoE config (Qwen2-MoE, Qwen3-MoE): the common one plus its MoE shape. */
+export interface QwenMoeConfig extends ModelConfig {
+  moe: QwenMoe;
+  /** `moe.topK`. */
+  expertsPerToken: number;
+}
+
+/** The normalized MoE shape parsed by {@link parseQwenMoe}. */
+export function qwenMoe(cfg: QwenMoeConfig): QwenMoe {
+  return cfg.moe;
 }
 
 /**
- * Reads the Qwen-MoE keys. `expertsKey` names the expert count (Qwen3-MoE files may say
- * `num_local_experts`, transformers' own name, or `num_experts`, the hub's).
+ * Reads the Qwen-MoE keys (the expert count: Qwen3-MoE files may say `num_local_experts`,
+ * transformers' own name, or `num_experts`, the hub's) onto `cfg`; `d` holds the config class's
+ * defaults.
  */
 export function parseQwenMoe(
-  raw: Record<string, unknown>,
+  raw: Readonly<Record<string, unknown>>,
   source: string,
   cfg: ModelConfig,
   d: { experts: number; topK: number; moeIntermediate: number; shared: number | null },
-): void {
+): QwenMoeConfig {
   const key = raw.num_experts !== undefined ? "num_experts" : "num_local_experts";
   const E = moeInt(raw, source, key, d.experts);
   const k = moeInt(raw, source, "num_experts_per_tok", d.topK);
@@ -74,11 +82,11 @@ export function parseQwenMoe(
       (_, i) => !only.includes(i) && (i + 1) % step === 0,
     ),
   };
-  cfg.raw = { ...raw, __moe: moe };
+  return { ...cfg, moe, expertsPerToken: k };
 }
 
 /** A layer's MLP tensors: dense, or router + experts (+ shared expert). */
-export function expectedQwenMoe(part: Part, cfg: ModelConfig, base: ExpectedTensor[]) {
+export function expectedQwenMoe(part: Part, cfg: QwenMoeConfig, base: ExpectedTensor[]) {
   if (part.kind !== "layer") return base;
   const moe = qwenMoe(cfg);
   if (!moe.moeLayers[part.index]) return base;
@@ -105,7 +113,7 @@ export function expectedQwenMoe(part: Part, cfg: ModelConfig, base: ExpectedTens
 }
 
 /** x += routed experts (+ sigmoid-gated shared expert) of post_attention_layernorm(x). */
-export function qwenMoeBlock(ctx: LayerContext, w: PartWeights): Promise<void> {
+export function qwenMoeBlock(ctx: LayerContext<QwenMoeConfig>, w: PartWeights): Promise<void> {
   const moe = qwenMoe(ctx.cfg);
   return sparseMoeBlock(ctx, w, {
     router: "mlp.gate.weight",
@@ -122,7 +130,7 @@ export function qwenMoeBlock(ctx: LayerContext, w: PartWeights): Promise<void> {
   });
 }
 
-export const qwen2Moe: Family = {
+export const qwen2Moe: Family<QwenMoeConfig> = {
   architectures: ["Qwen2MoeForCausalLM"],
   parseConfig(raw, source) {
     const cfg = parseLlamaLike(raw, source, { ...LLAMA_DEFAULTS, maxPositionEmbeddings: 32768 });
@@ -144,8 +152,12 @@ export const qwen2Moe: Family = {
         cfg.layerWindows[i] = sliding ? window ?? 0 : 0;
       });
     }
-    parseQwenMoe(raw, source, cfg, { experts: 60, topK: 4, moeIntermediate: 1408, shared: 5632 });
-    return cfg;
+    return parseQwenMoe(raw, source, cfg, {
+      experts: 60,
+      topK: 4,
+      moeIntermediate: 1408,
+      shared: 5632,
+    });
   },
   place: (name, cfg) => placeExpected(name, cfg, qwen2Moe.expected),
   expected: (part, cfg) => expectedQwenMoe(part, cfg, expectedLlamaLike(part, cfg)),

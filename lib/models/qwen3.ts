@@ -8,7 +8,7 @@
 import { ConfigError } from "../errors.ts";
 import type { ExpectedTensor, Family, LayerContext, PartWeights } from "./family.ts";
 import { expectedLlamaLike, llama, mlpBlock, placeExpected } from "./llama.ts";
-import { qwen2 } from "./qwen2.ts";
+import { parseQwen2Like } from "./qwen2.ts";
 
 /** x += o_proj(attn(rope(q_norm(q)), rope(k_norm(k)), v)), pre-norm. */
 export function qkNormAttentionBlock(ctx: LayerContext, w: PartWeights): void {
@@ -45,17 +45,16 @@ export const qwen3: Family = {
   parseConfig(raw, source) {
     // Qwen3Config: head_dim 128 and 32 KV heads when absent (not hidden / heads and heads);
     // windows as Qwen2Config (use_sliding_window, max_window_layers, layer_types).
-    const cfg = qwen2.parseConfig({
-      ...raw,
-      head_dim: "head_dim" in raw ? raw.head_dim : 128,
-      num_key_value_heads: "num_key_value_heads" in raw ? raw.num_key_value_heads : 32,
-    }, source);
+    // A key present with null takes the common rule (hidden / heads, one KV head per head).
+    const cfg = parseQwen2Like(raw, source, {
+      headDim: "head_dim" in raw ? undefined : 128,
+      numKvHeads: "num_key_value_heads" in raw ? undefined : 32,
+    });
     const bias = raw.attention_bias ?? false;
     if (typeof bias !== "boolean") {
       throw new ConfigError(source, "attention_bias", `expected true or false, got ${bias}`);
     }
     cfg.attentionBias = bias;
-    cfg.raw = raw;
     return cfg;
   },
   place: (name, cfg) => placeExpected(name, cfg, qwen3.expected),

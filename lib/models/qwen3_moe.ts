@@ -12,15 +12,23 @@ import type { Family } from "./family.ts";
 import { LLAMA_DEFAULTS, mlpBlock, parseLlamaLike, placeExpected } from "./llama.ts";
 import { expertGroup } from "./moe.ts";
 import { qkNormAttentionBlock, qwen3 } from "./qwen3.ts";
-import { expectedQwenMoe, parseQwenMoe, qwenMoe, qwenMoeBlock } from "./qwen2_moe.ts";
+import {
+  expectedQwenMoe,
+  parseQwenMoe,
+  qwenMoe,
+  qwenMoeBlock,
+  type QwenMoeConfig,
+} from "./qwen2_moe.ts";
 
-export const qwen3Moe: Family = {
+export const qwen3Moe: Family<QwenMoeConfig> = {
   architectures: ["Qwen3MoeForCausalLM"],
   parseConfig(raw, source) {
+    // Qwen3MoeConfig: 4 KV heads when absent (or null); head_dim hidden / heads when absent.
     const cfg = parseLlamaLike(
-      { ...raw, num_key_value_heads: raw.num_key_value_heads ?? 4 },
+      raw,
       source,
       { ...LLAMA_DEFAULTS, maxPositionEmbeddings: 32768 },
+      { numKvHeads: raw.num_key_value_heads == null ? 4 : undefined },
     );
     const bias = raw.attention_bias ?? false;
     if (typeof bias !== "boolean") {
@@ -31,8 +39,12 @@ export const qwen3Moe: Family = {
       const window = "sliding_window" in raw ? optionalInt(raw, source, "sliding_window") : 4096;
       cfg.layerWindows.fill(window ?? 0);
     }
-    parseQwenMoe(raw, source, cfg, { experts: 128, topK: 8, moeIntermediate: 768, shared: null });
-    return cfg;
+    return parseQwenMoe(raw, source, cfg, {
+      experts: 128,
+      topK: 8,
+      moeIntermediate: 768,
+      shared: null,
+    });
   },
   place: (name, cfg) => placeExpected(name, cfg, qwen3Moe.expected),
   expected: (part, cfg) => expectedQwenMoe(part, cfg, qwen3.expected(part, cfg)),
