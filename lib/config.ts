@@ -3,9 +3,10 @@
  *
  * Reads both forms found in the wild: transformers 5 writes `rope_parameters` and `dtype`; most hub
  * checkpoints carry `rope_theta` + `rope_scaling`, `torch_dtype` and often no `head_dim`.
- * Family files (lib/models/) call {@link parseCommonConfig} with their defaults, read their own keys
- * with the same {@link ConfigReader}, and return their own config type extending ModelConfig: a
- * family's values live in typed fields, never in `raw`.
+ * Family files (lib/models/) call {@link parseCommonConfig} with their defaults (and
+ * {@link ConfigOverrides}), read their own keys with the readers exported here ({@link ConfigReader},
+ * {@link optionalInt}), and return their own config type extending ModelConfig: a family's values
+ * live in typed fields, never in `raw`.
  *
  * @module
  */

@@ -11,7 +11,6 @@ import type { ModelConfig } from "./config.ts";
 import { workBytes } from "./engine/kv_cache.ts";
 import {
   type Bandwidths,
-  expertsPerToken,
   type Plan,
   type PlanInput,
   type PlanLayer,
@@ -45,7 +44,8 @@ export interface ModelInfo {
   layerBytes: { max: number; total: number };
   /**
    * Weight bytes a batch-1 decode step reads when every layer streams (layers + head); a MoE
-   * layer counts its always-needed tensors plus `num_experts_per_tok` average experts.
+   * layer counts its always-needed tensors plus the config's experts per token (its config class's
+   * default when config.json omits `num_experts_per_tok`) average experts.
    */
   streamedPerToken: number;
   /** MoE only: experts per layer (on-demand groups of the largest layer) and chosen per token. */
@@ -95,7 +95,7 @@ export async function modelInfo(
   }
   const ids = Array.from({ length: c.numLayers }, (_, i) => `layer.${i}`);
   const lazy = ck.family.lazyGroup && ((local: string) => ck.family.lazyGroup!(local, c));
-  const k = expertsPerToken(c);
+  const k = c.expertsPerToken; // the typed config's, class default included
   const layers = planLayers(
     ids.map((id) => ({ dataBytes: partBytes[id] ?? 0, tensors: layerTensors.get(id) ?? [] })),
     lazy,
