@@ -47,8 +47,8 @@ export function qwenMoe(cfg: QwenMoeConfig): QwenMoe {
 
 /**
  * Reads the Qwen-MoE keys (the expert count: Qwen3-MoE files may say `num_local_experts`,
- * transformers' own name, or `num_experts`, the hub's) onto `cfg`; `d` holds the config class's
- * defaults.
+ * transformers' own name, or `num_experts`, the hub's) with the config class's defaults `d`, and
+ * returns `cfg` with them.
  */
 export function parseQwenMoe(
   raw: Readonly<Record<string, unknown>>,
