@@ -52,6 +52,20 @@ const batches = args.batches.split(",").map(Number);
 const here = (p: string) => new URL(p, import.meta.url).pathname;
 const tmp = here("../tests/.tmp/bench");
 
+// On a GPU the pinned host→device bound is measured first: a broken GPU or driver fails here in a
+// second, not after a synthetic checkpoint (a minute or more) was written.
+let h2d: { device: string; pinned_gbps: number; pageable_gbps: number } | null = null;
+if (device === "cuda") {
+  const out = await new Deno.Command(here("../build/bench_h2d"), {
+    args: ["1024"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  if (!out.success) throw new Error(`bench_h2d failed: ${text(out.stderr)}`);
+  h2d = lastJson(text(out.stdout));
+}
+
 // ---- the checkpoint and its split -------------------------------------------------------------
 
 let dir: string, label: string;
@@ -296,12 +310,6 @@ async function diskNow(): Promise<number> {
 console.log(`\nbounds ...`);
 const mem = device === "cpu" ? (await benchIo("mem")).memory_gbps : null;
 await diskNow();
-let h2d: { device: string; pinned_gbps: number; pageable_gbps: number } | null = null;
-if (device === "cuda") {
-  const r = await run(here("../build/bench_h2d"), ["1024"]);
-  if (!r.ok) throw new Error(`bench_h2d failed: ${r.stderr}`);
-  h2d = lastJson(r.stdout);
-}
 
 console.log(`rows (${label}, ${device}) ...`);
 const tag = `rabbitllm ${device}`;

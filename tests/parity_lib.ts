@@ -107,6 +107,7 @@ export async function runParity(f: Fixture, mode: Mode): Promise<ParityResult> {
     asyncCopy: mode.asyncCopy,
     layerShardsSavingPath: split,
     maxResidentBytes: 0, // stream every layer every step: the path under test
+    maxCpuMemory: 0, // CUDA: from the files, not the pinned host tier (tests/gpu covers that one)
   });
   const ids = f.ref.logits.input_ids;
   const [B, S, V] = f.ref.logits.dims;
