@@ -1,5 +1,5 @@
 /**
- * The streaming loop (DESIGN.md "one forward pass"), forward(), generate() and stream().
+ * The streaming loop (ARCHITECTURE.md "One forward pass"), forward(), generate() and stream().
  *
  * @module
  */
