@@ -50,6 +50,8 @@ export {
   ConfigError,
   HubError,
   InputError,
+  InternalError,
+  ModelClosedError,
   NonFiniteError,
   RabbitError,
   SafetensorsError,

@@ -76,6 +76,20 @@ export class BackendError extends RabbitError {
 /** A request the engine cannot serve: bad input ids, sequence past maxSeqLen, closed model. */
 export class InputError extends RabbitError {}
 
+/** A call on a model (or its weight store) after `close()`. */
+export class ModelClosedError extends InputError {
+  constructor(readonly source: string) {
+    super(`${source}: the model was closed`);
+  }
+}
+
+/** A broken invariant inside rabbitllm (a bug, not bad input): please report it. */
+export class InternalError extends RabbitError {
+  constructor(what: string) {
+    super(`internal: ${what}`);
+  }
+}
+
 /** A forward pass produced NaN or ±Inf; names the first stage whose output went non-finite. */
 export class NonFiniteError extends RabbitError {
   constructor(

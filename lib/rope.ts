@@ -6,7 +6,7 @@
  * @module
  */
 import type { RopeConfig } from "./config.ts";
-import { ConfigError } from "./errors.ts";
+import { ConfigError, InternalError } from "./errors.ts";
 
 /** What the backend's rope op needs for one forward pass. */
 export interface RopeTable {
@@ -120,7 +120,7 @@ export function ropeTable(
       return longrope(rope, shape, dim, seqLen, source);
   }
   checkRopeType(rope, source);
-  throw new Error("unreachable");
+  throw new InternalError("unreachable rope type");
 }
 
 function yarn(rope: RopeConfig, shape: RopeShape, dim: number, source: string): RopeTable {

@@ -3,6 +3,7 @@ import {
   AutoModel,
   InputError,
   isFlashAttentionAvailable,
+  ModelClosedError,
   type Plan,
   plan,
   type TraceEvent,
@@ -177,6 +178,7 @@ Deno.test("engine: close frees every device allocation and later calls fail", as
   model.close();
   await assert.rejects(model.forward(PROMPT), /closed/);
   assert.throws(() => be.stats(), /closed/);
+  await assert.rejects(model.forward(PROMPT), ModelClosedError);
 });
 
 Deno.test("engine: attention implementation options on the CPU backend", async () => {

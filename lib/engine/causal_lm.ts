@@ -5,7 +5,7 @@
  */
 import type { Backend, DevPtr } from "../../ffi/backend.ts";
 import type { ModelConfig, RopeConfig } from "../config.ts";
-import { InputError, NonFiniteError } from "../errors.ts";
+import { InputError, InternalError, ModelClosedError, NonFiniteError } from "../errors.ts";
 import type { AttentionCall, Family, LayerContext, PartWeights } from "../models/family.ts";
 import type { ProfileCategory, Profiler } from "../profiler.ts";
 import { ropeDependsOnLength, type RopeTable, ropeTable } from "../rope.ts";
@@ -173,7 +173,7 @@ export class CausalLM {
 
   /** Waits for every earlier call: calls share scratch buffers and the cache. */
   async #lock(): Promise<() => void> {
-    if (this.#closed) throw new InputError(`${this.#source}: the model was closed`);
+    if (this.#closed) throw new ModelClosedError(this.#source);
     const prev = this.#busy;
     let release!: () => void;
     this.#busy = new Promise<void>((r) => release = r);
@@ -591,7 +591,7 @@ export class CausalLM {
     this.#store.close();
     const leaked = this.backend.stats().liveAllocs;
     this.backend.close();
-    if (leaked !== 0) throw new Error(`internal: ${leaked} device allocations leaked at close`);
+    if (leaked !== 0) throw new InternalError(`${leaked} device allocations leaked at close`);
   }
 
   [Symbol.dispose](): void {

@@ -20,7 +20,7 @@
  */
 import { type Backend, cstr, type DevPtr, type WeightDType } from "../../ffi/backend.ts";
 import type { Manifest, ManifestPart } from "../checkpoint.ts";
-import { CheckpointError } from "../errors.ts";
+import { CheckpointError, InternalError, ModelClosedError } from "../errors.ts";
 import type { PartWeights, Weight } from "../models/family.ts";
 import type { Profiler } from "../profiler.ts";
 import type { Plan, Tier } from "./planner.ts";
@@ -165,8 +165,8 @@ export class LayerStore {
     this.#mapped = be.canMap && opts.mapFiles !== false;
     this.#layers = manifest.parts.filter((p) => p.id.startsWith("layer."));
     if (opts.plan.tiers.length !== this.#layers.length) {
-      throw new Error(
-        `internal: a plan of ${opts.plan.tiers.length} layers for ${this.#layers.length}`,
+      throw new InternalError(
+        `a plan of ${opts.plan.tiers.length} layers for ${this.#layers.length}`,
       );
     }
     this.#layouts = this.#layers.map((p) => layoutOf(p, opts.lazyGroup));
@@ -354,7 +354,7 @@ export class LayerStore {
     const check = (local: string) => {
       const g = layout?.groupOf.get(local);
       if (g !== undefined && !slot!.groups.has(g)) {
-        throw new Error(`internal: ${part.id} tensor ${local} used before load(["${g}"])`);
+        throw new InternalError(`${part.id} tensor ${local} used before load(["${g}"])`);
       }
     };
     const weights: PartWeights = {
@@ -505,10 +505,10 @@ export class LayerStore {
 
   /** The weights of `layer` on the device, waiting for its load when needed. */
   async acquire(layer: number): Promise<PartWeights> {
-    if (this.#closed) throw new CheckpointError(this.#dir, "the model was closed");
+    if (this.#closed) throw new ModelClosedError(this.#dir);
     this.#startLoad(layer, new Set([layer]));
     const slot = this.#slotHolding(layer);
-    if (!slot) throw new Error(`internal: no free slot for layer ${layer}`);
+    if (!slot) throw new InternalError(`no free slot for layer ${layer}`);
     slot.inUse = true;
     if (!slot.loaded) {
       const t0 = performance.now();
