@@ -326,27 +326,8 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
                             int32_t q_start, int32_t kv_len, int32_t n_heads, int32_t n_kv_heads,
                             int32_t head_dim, float scale, int32_t window, float softcap,
                             const uint8_t *kv_valid) {
-  REQUIRE_CTX();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(q);
-  REQUIRE_PTR(k);
-  REQUIRE_PTR(v);
-  REQUIRE_POS(n_q);
-  REQUIRE_POS(kv_len);
-  REQUIRE_POS(n_heads);
-  REQUIRE_POS(n_kv_heads);
-  REQUIRE_POS(head_dim);
-  REQUIRE(n_heads % n_kv_heads == 0, "n_heads %d is not a multiple of n_kv_heads %d", n_heads,
-          n_kv_heads);
-  REQUIRE(q_start >= 0, "q_start must be >= 0, got %d", q_start);
-  REQUIRE((int64_t)q_start + n_q <= kv_len,
-          "q_start %d + n_q %d exceeds kv_len %d (the new tokens' keys must be in the cache)",
-          q_start, n_q, kv_len);
-  REQUIRE((int64_t)n_heads * head_dim <= q_stride,
-          "q_stride %d is less than n_heads * head_dim = %d * %d", q_stride, n_heads, head_dim);
-  REQUIRE((int64_t)n_kv_heads * head_dim <= kv_stride,
-          "kv_stride %d is less than n_kv_heads * head_dim = %d * %d", kv_stride, n_kv_heads,
-          head_dim);
+  CHECK_ARGS(rl_check_attention, out, q, q_stride, k, v, kv_stride, n_q, q_start, kv_len, n_heads,
+             n_kv_heads, head_dim);
 
   const att_args a = {out,     q,       k,          v,        q_stride, kv_stride,
                       q_start, n_heads, n_heads / n_kv_heads, head_dim, window,   scale,

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "rabbitllm.h"
+#include "rl_shared.h"
 
 /* ----------------------------------------------------------------------------------------------
  * The context */
@@ -86,18 +87,28 @@ int cpu_table_contains(const alloc_table *t, const void *p, uint64_t bytes);
 int32_t cpu_fail(rl_ctx *ctx, int32_t status, const char *op, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* The checks below return RL_ERR_INVALID from the calling entry, naming it via __func__.
- * They expect a variable named ctx in scope. */
+/* Argument checks. They return the failed check's status from the calling entry, naming it via
+ * __func__ (CHECK_ARGS_AS names another op), and expect a variable named ctx in scope.
+ * CHECK_ARGS(rl_check_<op>, args...) is an op's entry check: ctx must not be NULL, then the
+ * arguments must pass rl_check_<op>, the check shared with the CUDA backend (ffi/rl_shared.h). */
+#define CHECK_ARGS_AS(op, check, ...)                                                             \
+  do {                                                                                            \
+    char m_[RL_MSG_CAP];                                                                          \
+    const int32_t s_ = check(m_, sizeof m_, __VA_ARGS__);                                         \
+    if (s_ != RL_OK) return cpu_fail(ctx, s_, (op), "%s", m_);                                    \
+  } while (0)
+#define CHECK_ARGS(check, ...)                                                                    \
+  do {                                                                                            \
+    REQUIRE_CTX();                                                                                \
+    CHECK_ARGS_AS(__func__, check, __VA_ARGS__);                                                  \
+  } while (0)
 #define REQUIRE(cond, ...)                                                                        \
   do {                                                                                            \
     if (!(cond)) return cpu_fail(ctx, RL_ERR_INVALID, __func__, __VA_ARGS__);                     \
   } while (0)
 #define REQUIRE_CTX() REQUIRE(ctx != NULL, "ctx is NULL")
-#define REQUIRE_PTR(p) REQUIRE((p) != NULL, "%s is NULL", #p)
-#define REQUIRE_POS(n) REQUIRE((n) > 0, "%s must be > 0, got %lld", #n, (long long)(n))
-#define REQUIRE_DTYPE(dt)                                                                         \
-  REQUIRE((dt) == RL_F32 || (dt) == RL_F16 || (dt) == RL_BF16,                                     \
-          "%s %d is not a dtype (0=f32, 1=f16, 2=bf16)", #dt, (int)(dt))
+#define REQUIRE_PTR(p) CHECK_ARGS_AS(__func__, rl_check_ptr, (p), #p)
+#define REQUIRE_POS(n) CHECK_ARGS_AS(__func__, rl_check_pos, (n) > 0, (long long)(n), #n)
 
 /* ----------------------------------------------------------------------------------------------
  * Exact scalar conversion to f32 */

@@ -5,7 +5,6 @@
 #include <math.h>
 
 #include "internal.h"
-#include "rl_shared.h"
 #include "simd.h"
 
 /* ----------------------------------------------------------------------------------------------
@@ -13,17 +12,7 @@
 
 RL_API int32_t rl_embedding(rl_ctx *ctx, float *out, const void *table, int32_t dtype,
                             const int32_t *ids, int32_t n, int32_t dim, int32_t vocab) {
-  REQUIRE_CTX();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(table);
-  REQUIRE_PTR(ids);
-  REQUIRE_DTYPE(dtype);
-  REQUIRE_POS(n);
-  REQUIRE_POS(dim);
-  REQUIRE_POS(vocab);
-  for (int32_t i = 0; i < n; i++)
-    REQUIRE(ids[i] >= 0 && ids[i] < vocab, "id %d at position %d out of range [0, %d)", ids[i], i,
-            vocab);
+  CHECK_ARGS(rl_check_embedding, out, table, dtype, ids, n, dim, vocab);
 #pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
     if ((int64_t)n * dim >= PAR_MIN_WORK)
   for (int32_t i = 0; i < n; i++) {
@@ -39,14 +28,7 @@ RL_API int32_t rl_embedding(rl_ctx *ctx, float *out, const void *table, int32_t 
 
 RL_API int32_t rl_rmsnorm(rl_ctx *ctx, float *out, const float *x, const void *w, int32_t wdtype,
                           int32_t rows, int32_t dim, float eps, float weight_offset) {
-  REQUIRE_CTX();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(x);
-  REQUIRE_PTR(w);
-  REQUIRE_DTYPE(wdtype);
-  REQUIRE_POS(rows);
-  REQUIRE_POS(dim);
-  REQUIRE(eps >= 0.0f, "eps must be >= 0, got %g", (double)eps);
+  CHECK_ARGS(rl_check_norm, out, x, w, wdtype, rows, dim, eps);
 #pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
     if ((int64_t)rows * dim >= PAR_MIN_WORK)
   for (int32_t r = 0; r < rows; r++) {
@@ -60,14 +42,7 @@ RL_API int32_t rl_rmsnorm(rl_ctx *ctx, float *out, const float *x, const void *w
 
 RL_API int32_t rl_layernorm(rl_ctx *ctx, float *out, const float *x, const void *w, const void *b,
                             int32_t wdtype, int32_t rows, int32_t dim, float eps) {
-  REQUIRE_CTX();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(x);
-  REQUIRE_PTR(w);
-  REQUIRE_DTYPE(wdtype);
-  REQUIRE_POS(rows);
-  REQUIRE_POS(dim);
-  REQUIRE(eps >= 0.0f, "eps must be >= 0, got %g", (double)eps);
+  CHECK_ARGS(rl_check_norm, out, x, w, wdtype, rows, dim, eps);
 #pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
     if ((int64_t)rows * dim >= PAR_MIN_WORK)
   for (int32_t r = 0; r < rows; r++) {
@@ -87,11 +62,7 @@ RL_API int32_t rl_layernorm(rl_ctx *ctx, float *out, const float *x, const void 
 }
 
 RL_API int32_t rl_softcap(rl_ctx *ctx, float *out, const float *x, float cap, int64_t n) {
-  REQUIRE_CTX();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(x);
-  REQUIRE_POS(n);
-  REQUIRE(cap > 0.0f, "cap must be > 0, got %g", (double)cap);
+  CHECK_ARGS(rl_check_softcap, out, x, cap, n);
 #pragma omp parallel for schedule(static) num_threads(ctx->n_threads) if (n >= PAR_MIN_WORK)
   for (int64_t i = 0; i < n; i++) out[i] = cap * tanhf(x[i] / cap);
   return RL_OK;
@@ -103,18 +74,8 @@ RL_API int32_t rl_softcap(rl_ctx *ctx, float *out, const float *x, float cap, in
 RL_API int32_t rl_rope(rl_ctx *ctx, float *x, int32_t n_tokens, int32_t row_stride,
                        int32_t n_heads, int32_t head_dim, int32_t rot_dim,
                        const int32_t *positions, const float *inv_freq, float mscale) {
-  REQUIRE_CTX();
-  REQUIRE_PTR(x);
-  REQUIRE_PTR(positions);
-  REQUIRE_PTR(inv_freq);
-  REQUIRE_POS(n_tokens);
-  REQUIRE_POS(n_heads);
-  REQUIRE_POS(head_dim);
-  REQUIRE_POS(rot_dim);
-  REQUIRE(rot_dim % 2 == 0, "rot_dim %d must be even", rot_dim);
-  REQUIRE(rot_dim <= head_dim, "rot_dim %d must be <= head_dim %d", rot_dim, head_dim);
-  REQUIRE((int64_t)n_heads * head_dim <= row_stride,
-          "row_stride %d is less than n_heads * head_dim = %d * %d", row_stride, n_heads, head_dim);
+  CHECK_ARGS(rl_check_rope, x, n_tokens, row_stride, n_heads, head_dim, rot_dim, positions,
+             inv_freq);
   const int32_t half = rot_dim / 2;
 #pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
     if ((int64_t)n_tokens * n_heads * rot_dim >= PAR_MIN_WORK)
@@ -155,25 +116,12 @@ static inline float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.7071067
 
 RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const float *up,
                           int32_t rows, int32_t cols, int32_t in_stride, int32_t act) {
-  REQUIRE_CTX();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(gate);
-  REQUIRE_PTR(up);
-  REQUIRE_POS(rows);
-  REQUIRE_POS(cols);
-  REQUIRE(in_stride >= cols, "in_stride %d is less than cols %d", in_stride, cols);
-  REQUIRE(act_mul_aliasing_ok(out, gate, up, rows, cols, in_stride),
-          "out %p overlaps gate %p or up %p other than in place (out == gate or up with "
-          "in_stride == cols; in_stride %d, cols %d)", (void *)out, (const void *)gate,
-          (const void *)up, in_stride, cols);
+  CHECK_ARGS(rl_check_act_mul, out, gate, up, rows, cols, in_stride, act);
   const int parallel = (int64_t)rows * cols * 8 >= PAR_MIN_WORK; /* 8: exp/tanh/erf cost more */
   switch (act) {
   case RL_ACT_SILU: ACT_MUL_LOOP(silu) break;
   case RL_ACT_GELU_TANH: ACT_MUL_LOOP(gelu_tanh) break;
-  case RL_ACT_GELU: ACT_MUL_LOOP(gelu) break;
-  default:
-    return cpu_fail(ctx, RL_ERR_INVALID, __func__,
-                    "act %d is not an activation (0=silu, 1=gelu_tanh, 2=gelu)", act);
+  default: ACT_MUL_LOOP(gelu) break; /* RL_ACT_GELU (checked) */
   }
   return RL_OK;
 }
@@ -182,21 +130,14 @@ RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const floa
  * Elementwise and reductions */
 
 RL_API int32_t rl_add(rl_ctx *ctx, float *out, const float *a, const float *b, int64_t n) {
-  REQUIRE_CTX();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(a);
-  REQUIRE_PTR(b);
-  REQUIRE_POS(n);
+  CHECK_ARGS(rl_check_add, out, a, b, n);
 #pragma omp parallel for schedule(static) num_threads(ctx->n_threads) if (n >= 8 * PAR_MIN_WORK)
   for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
   return RL_OK;
 }
 
 RL_API int32_t rl_scale(rl_ctx *ctx, float *out, const float *x, float s, int64_t n) {
-  REQUIRE_CTX();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(x);
-  REQUIRE_POS(n);
+  CHECK_ARGS(rl_check_scale, out, x, n);
 #pragma omp parallel for schedule(static) num_threads(ctx->n_threads) if (n >= 8 * PAR_MIN_WORK)
   for (int64_t i = 0; i < n; i++) out[i] = x[i] * s;
   return RL_OK;
@@ -204,11 +145,7 @@ RL_API int32_t rl_scale(rl_ctx *ctx, float *out, const float *x, float s, int64_
 
 /* First index of the largest value; NaN never wins (a row of NaN gives 0). */
 RL_API int32_t rl_argmax(rl_ctx *ctx, int32_t *out, const float *x, int32_t rows, int32_t cols) {
-  REQUIRE_CTX();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(x);
-  REQUIRE_POS(rows);
-  REQUIRE_POS(cols);
+  CHECK_ARGS(rl_check_argmax, out, x, rows, cols);
 #pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
     if ((int64_t)rows * cols >= PAR_MIN_WORK)
   for (int32_t r = 0; r < rows; r++) {

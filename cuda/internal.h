@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "rabbitllm.h"
+#include "rl_shared.h"
 
 /* ----------------------------------------------------------------------------------------------
  * The context */
@@ -186,11 +187,16 @@ bool sync_every_op();
   CUDA_CHECK(cudaSetDevice(ctx->device))
 #define ENTER() ENTER_AS(__func__)
 
-#define REQUIRE_PTR(p) REQUIRE((p) != NULL, "%s is NULL", #p)
-#define REQUIRE_POS(n) REQUIRE((n) > 0, "%s must be > 0, got %lld", #n, (long long)(n))
-#define REQUIRE_DTYPE(dt)                                                                         \
-  REQUIRE((dt) == RL_F32 || (dt) == RL_F16 || (dt) == RL_BF16,                                     \
-          "%s %d is not a dtype (0=f32, 1=f16, 2=bf16)", #dt, (int)(dt))
+/* The argument checks of each op are shared with the CPU backend (ffi/rl_shared.h):
+ * CHECK_ARGS(rl_check_<op>, args...) runs one and returns its status, naming op. */
+#define CHECK_ARGS(check, ...)                                                                    \
+  do {                                                                                            \
+    char m_[RL_MSG_CAP];                                                                          \
+    const int32_t s_ = check(m_, sizeof m_, __VA_ARGS__);                                         \
+    if (s_ != RL_OK) return cu_fail(ctx, s_, op, "%s", m_);                                       \
+  } while (0)
+#define REQUIRE_PTR(p) CHECK_ARGS(rl_check_ptr, (p), #p)
+#define REQUIRE_POS(n) CHECK_ARGS(rl_check_pos, (n) > 0, (long long)(n), #n)
 /* A device pointer must be aligned to its element size, or the kernel would fault. */
 #define REQUIRE_ALIGNED(p, align)                                                                 \
   REQUIRE((uintptr_t)(p) % (uintptr_t)(align) == 0, "%s %p is not aligned to %d bytes", #p,       \

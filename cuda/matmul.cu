@@ -225,16 +225,7 @@ template <int DT> static gemv_fn *gemv_for(int M, bool vec) {
 RL_API int32_t rl_matmul(rl_ctx *ctx, float *out, const float *x, const void *w, int32_t wdtype,
                          const void *bias, int32_t bias_dtype, int32_t M, int32_t N, int32_t K) {
   ENTER();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(x);
-  REQUIRE_PTR(w);
-  REQUIRE_DTYPE(wdtype);
-  if (bias) REQUIRE_DTYPE(bias_dtype);
-  REQUIRE_POS(M);
-  REQUIRE_POS(N);
-  REQUIRE_POS(K);
-  REQUIRE(out + (int64_t)M * N <= x || x + (int64_t)M * K <= out,
-          "out [%d,%d] overlaps x [%d,%d]", M, N, M, K);
+  CHECK_ARGS(rl_check_matmul, out, x, w, wdtype, bias, bias_dtype, M, N, K);
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(x, 4);
   REQUIRE_ALIGNED(w, dtype_size(wdtype));

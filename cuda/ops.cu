@@ -7,7 +7,6 @@
 #include <limits.h>
 
 #include "internal.h"
-#include "rl_shared.h"
 
 constexpr int ROW_THREADS = 256;  /* one block per row: embedding, rmsnorm, argmax */
 constexpr int ELEM_THREADS = 256; /* grid-stride elementwise kernels */
@@ -28,18 +27,9 @@ __global__ void __launch_bounds__(ROW_THREADS)
 RL_API int32_t rl_embedding(rl_ctx *ctx, float *out, const void *table, int32_t dtype,
                             const int32_t *ids, int32_t n, int32_t dim, int32_t vocab) {
   ENTER();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(table);
-  REQUIRE_PTR(ids);
-  REQUIRE_DTYPE(dtype);
-  REQUIRE_POS(n);
-  REQUIRE_POS(dim);
-  REQUIRE_POS(vocab);
+  CHECK_ARGS(rl_check_embedding, out, table, dtype, ids, n, dim, vocab);
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(table, dtype_size(dtype));
-  for (int32_t i = 0; i < n; i++) /* ids is a host buffer: checked before anything is issued */
-    REQUIRE(ids[i] >= 0 && ids[i] < vocab, "id %d at position %d out of range [0, %d)", ids[i], i,
-            vocab);
   void *d_ids = NULL;
   TRY(upload_params(ctx, op, SCR_IDS, ids, sizeof(int32_t) * (uint64_t)n, &d_ids));
   const int32_t *dids = static_cast<const int32_t *>(d_ids);
@@ -80,13 +70,7 @@ __global__ void __launch_bounds__(ROW_THREADS)
 RL_API int32_t rl_rmsnorm(rl_ctx *ctx, float *out, const float *x, const void *w, int32_t wdtype,
                           int32_t rows, int32_t dim, float eps, float weight_offset) {
   ENTER();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(x);
-  REQUIRE_PTR(w);
-  REQUIRE_DTYPE(wdtype);
-  REQUIRE_POS(rows);
-  REQUIRE_POS(dim);
-  REQUIRE(eps >= 0.0f, "eps must be >= 0, got %g", (double)eps);
+  CHECK_ARGS(rl_check_norm, out, x, w, wdtype, rows, dim, eps);
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(x, 4);
   REQUIRE_ALIGNED(w, dtype_size(wdtype));
@@ -139,13 +123,7 @@ __global__ void __launch_bounds__(ROW_THREADS)
 RL_API int32_t rl_layernorm(rl_ctx *ctx, float *out, const float *x, const void *w, const void *b,
                             int32_t wdtype, int32_t rows, int32_t dim, float eps) {
   ENTER();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(x);
-  REQUIRE_PTR(w);
-  REQUIRE_DTYPE(wdtype);
-  REQUIRE_POS(rows);
-  REQUIRE_POS(dim);
-  REQUIRE(eps >= 0.0f, "eps must be >= 0, got %g", (double)eps);
+  CHECK_ARGS(rl_check_norm, out, x, w, wdtype, rows, dim, eps);
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(x, 4);
   REQUIRE_ALIGNED(w, dtype_size(wdtype));
@@ -194,17 +172,8 @@ RL_API int32_t rl_rope(rl_ctx *ctx, float *x, int32_t n_tokens, int32_t row_stri
                        int32_t n_heads, int32_t head_dim, int32_t rot_dim,
                        const int32_t *positions, const float *inv_freq, float mscale) {
   ENTER();
-  REQUIRE_PTR(x);
-  REQUIRE_PTR(positions);
-  REQUIRE_PTR(inv_freq);
-  REQUIRE_POS(n_tokens);
-  REQUIRE_POS(n_heads);
-  REQUIRE_POS(head_dim);
-  REQUIRE_POS(rot_dim);
-  REQUIRE(rot_dim % 2 == 0, "rot_dim %d must be even", rot_dim);
-  REQUIRE(rot_dim <= head_dim, "rot_dim %d must be <= head_dim %d", rot_dim, head_dim);
-  REQUIRE((int64_t)n_heads * head_dim <= row_stride,
-          "row_stride %d is less than n_heads * head_dim = %d * %d", row_stride, n_heads, head_dim);
+  CHECK_ARGS(rl_check_rope, x, n_tokens, row_stride, n_heads, head_dim, rot_dim, positions,
+             inv_freq);
   REQUIRE_ALIGNED(x, 4);
   const int32_t half = rot_dim / 2;
   void *d_pos = NULL, *d_freq = NULL;
@@ -250,16 +219,7 @@ __global__ void __launch_bounds__(ELEM_THREADS)
 RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const float *up,
                           int32_t rows, int32_t cols, int32_t in_stride, int32_t act) {
   ENTER();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(gate);
-  REQUIRE_PTR(up);
-  REQUIRE_POS(rows);
-  REQUIRE_POS(cols);
-  REQUIRE(in_stride >= cols, "in_stride %d is less than cols %d", in_stride, cols);
-  REQUIRE(act_mul_aliasing_ok(out, gate, up, rows, cols, in_stride),
-          "out %p overlaps gate %p or up %p other than in place (out == gate or up with "
-          "in_stride == cols; in_stride %d, cols %d)", (void *)out, (const void *)gate,
-          (const void *)up, in_stride, cols);
+  CHECK_ARGS(rl_check_act_mul, out, gate, up, rows, cols, in_stride, act);
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(gate, 4);
   REQUIRE_ALIGNED(up, 4);
@@ -273,13 +233,10 @@ RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const floa
     act_mul_kernel<RL_ACT_GELU_TANH><<<blocks, ELEM_THREADS, 0, ctx->compute>>>(
         out, gate, up, rows, cols, in_stride);
     break;
-  case RL_ACT_GELU:
+  default: /* RL_ACT_GELU (checked) */
     act_mul_kernel<RL_ACT_GELU><<<blocks, ELEM_THREADS, 0, ctx->compute>>>(out, gate, up, rows,
                                                                            cols, in_stride);
     break;
-  default:
-    return cu_fail(ctx, RL_ERR_INVALID, op,
-                   "act %d is not an activation (0=silu, 1=gelu_tanh, 2=gelu)", act);
   }
   LAUNCH_CHECK();
   return RL_OK;
@@ -313,10 +270,7 @@ __global__ void __launch_bounds__(ELEM_THREADS)
 
 RL_API int32_t rl_softcap(rl_ctx *ctx, float *out, const float *x, float cap, int64_t n) {
   ENTER();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(x);
-  REQUIRE_POS(n);
-  REQUIRE(cap > 0.0f, "cap must be > 0, got %g", (double)cap);
+  CHECK_ARGS(rl_check_softcap, out, x, cap, n);
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(x, 4);
   softcap_kernel<<<grid_for(n, ELEM_THREADS), ELEM_THREADS, 0, ctx->compute>>>(out, x, cap, n);
@@ -326,10 +280,7 @@ RL_API int32_t rl_softcap(rl_ctx *ctx, float *out, const float *x, float cap, in
 
 RL_API int32_t rl_add(rl_ctx *ctx, float *out, const float *a, const float *b, int64_t n) {
   ENTER();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(a);
-  REQUIRE_PTR(b);
-  REQUIRE_POS(n);
+  CHECK_ARGS(rl_check_add, out, a, b, n);
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(a, 4);
   REQUIRE_ALIGNED(b, 4);
@@ -340,9 +291,7 @@ RL_API int32_t rl_add(rl_ctx *ctx, float *out, const float *a, const float *b, i
 
 RL_API int32_t rl_scale(rl_ctx *ctx, float *out, const float *x, float s, int64_t n) {
   ENTER();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(x);
-  REQUIRE_POS(n);
+  CHECK_ARGS(rl_check_scale, out, x, n);
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(x, 4);
   scale_kernel<<<grid_for(n, ELEM_THREADS), ELEM_THREADS, 0, ctx->compute>>>(out, x, s, n);
@@ -402,10 +351,7 @@ __global__ void __launch_bounds__(ROW_THREADS)
 
 RL_API int32_t rl_argmax(rl_ctx *ctx, int32_t *out, const float *x, int32_t rows, int32_t cols) {
   ENTER();
-  REQUIRE_PTR(out);
-  REQUIRE_PTR(x);
-  REQUIRE_POS(rows);
-  REQUIRE_POS(cols);
+  CHECK_ARGS(rl_check_argmax, out, x, rows, cols);
   REQUIRE_ALIGNED(x, 4);
   void *d_out = NULL;
   TRY(scratch_reserve(ctx, op, SCR_ARGMAX, sizeof(int32_t) * (uint64_t)rows, &d_out));
