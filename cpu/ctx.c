@@ -35,21 +35,10 @@ int32_t cpu_fail(rl_ctx *ctx, int32_t status, const char *op, const char *fmt, .
   return status;
 }
 
-/* Copies src into buf (cap bytes, NUL-terminated, truncated to fit); returns strlen(src). */
-static int64_t copy_string(const char *src, uint8_t *buf, int64_t cap) {
-  size_t len = strlen(src);
-  if (buf && cap > 0) {
-    size_t n = len < (size_t)cap - 1 ? len : (size_t)cap - 1;
-    memcpy(buf, src, n);
-    buf[n] = 0;
-  }
-  return (int64_t)len;
-}
-
 RL_API int64_t rl_last_error(rl_ctx *ctx, uint8_t *buf, int64_t cap) {
-  if (ctx) return copy_string(ctx->err, buf, cap);
+  if (ctx) return rl_copy_string(ctx->err, buf, cap);
   pthread_mutex_lock(&g_err_lock);
-  int64_t len = copy_string(g_err, buf, cap);
+  int64_t len = rl_copy_string(g_err, buf, cap);
   pthread_mutex_unlock(&g_err_lock);
   return len;
 }
@@ -63,7 +52,7 @@ RL_API int64_t rl_backend_info(uint8_t *buf, int64_t cap) {
   char info[128];
   snprintf(info, sizeof info, "cpu %s openmp procs=%d gcc %d.%d", RL_SIMD_NAME,
            omp_get_num_procs(), __GNUC__, __GNUC_MINOR__);
-  return copy_string(info, buf, cap);
+  return rl_copy_string(info, buf, cap);
 }
 
 RL_API rl_ctx *rl_create(int32_t n_threads, int32_t device) {
@@ -92,9 +81,7 @@ RL_API void rl_destroy(rl_ctx *ctx) {
 }
 
 RL_API int32_t rl_stats(rl_ctx *ctx, uint64_t *out, int32_t n) {
-  REQUIRE_CTX();
-  REQUIRE_PTR(out);
-  REQUIRE_POS(n);
+  CHECK_ARGS(rl_check_stats, out, n);
   memcpy(out, ctx->stats, (size_t)(n < RL_STAT_COUNT ? n : RL_STAT_COUNT) * sizeof *out);
   return RL_OK;
 }
@@ -242,11 +229,9 @@ RL_API int32_t rl_host_free(rl_ctx *ctx, void *p) {
 
 RL_API int64_t rl_upload_start(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) {
   if (!ctx) return cpu_fail(NULL, RL_ERR_INVALID, __func__, "ctx is NULL"), 0;
-  if (!dst || !src || bytes == 0) {
-    cpu_fail(ctx, RL_ERR_INVALID, __func__, "%s",
-             !dst ? "dst is NULL" : !src ? "src is NULL" : "bytes must be > 0, got 0");
-    return 0;
-  }
+  char m[RL_MSG_CAP];
+  if (rl_check_copy(m, sizeof m, dst, src, bytes) != RL_OK)
+    return cpu_fail(ctx, RL_ERR_INVALID, __func__, "%s", m), 0;
   if (!cpu_table_contains(&ctx->host_allocs, src, bytes)) {
     cpu_fail(ctx, RL_ERR_INVALID, __func__,
              "src %p + %llu bytes is not inside one rl_host_alloc block", src,
@@ -263,9 +248,7 @@ RL_API void *rl_view(void *base, uint64_t byte_offset) { return (uint8_t *)base 
 static int32_t copy_bytes(rl_ctx *ctx, const char *op, void *dst, const void *src, uint64_t bytes,
                           int stat) {
   if (!ctx) return cpu_fail(NULL, RL_ERR_INVALID, op, "ctx is NULL");
-  if (!dst) return cpu_fail(ctx, RL_ERR_INVALID, op, "dst is NULL");
-  if (!src) return cpu_fail(ctx, RL_ERR_INVALID, op, "src is NULL");
-  if (bytes == 0) return cpu_fail(ctx, RL_ERR_INVALID, op, "bytes must be > 0, got 0");
+  CHECK_ARGS_AS(op, rl_check_copy, dst, src, bytes);
   memmove(dst, src, (size_t)bytes);
   if (stat >= 0) ctx->stats[stat] += bytes;
   return RL_OK;

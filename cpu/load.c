@@ -334,11 +334,9 @@ int64_t cpu_loader_submit(rl_ctx *ctx, const char *op, const job_spec *spec) {
 RL_API int64_t rl_load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64_t file_offset,
                              uint64_t bytes) {
   if (!ctx) return cpu_fail(NULL, RL_ERR_INVALID, __func__, "ctx is NULL"), 0;
-  if (!dst || !path || bytes == 0) {
-    cpu_fail(ctx, RL_ERR_INVALID, __func__, "%s", !dst ? "dst is NULL" : !path ? "path is NULL"
-                                                                                : "bytes must be > 0");
-    return 0;
-  }
+  char m[RL_MSG_CAP];
+  if (rl_check_load(m, sizeof m, dst, path, bytes) != RL_OK)
+    return cpu_fail(ctx, RL_ERR_INVALID, __func__, "%s", m), 0;
   const job_spec spec = {.kind = JOB_READ,
                          .dst = dst,
                          .path = (const char *)path,

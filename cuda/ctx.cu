@@ -108,20 +108,9 @@ static void give_staging(void *p) {
   (void)cudaFreeHost(p);
 }
 
-/* Copies src into buf (cap bytes, NUL-terminated, truncated to fit); returns strlen(src). */
-static int64_t copy_string(const char *src, uint8_t *buf, int64_t cap) {
-  size_t len = strlen(src);
-  if (buf && cap > 0) {
-    size_t n = len < (size_t)cap - 1 ? len : (size_t)cap - 1;
-    memcpy(buf, src, n);
-    buf[n] = 0;
-  }
-  return (int64_t)len;
-}
-
 RL_API int64_t rl_last_error(rl_ctx *ctx, uint8_t *buf, int64_t cap) {
   std::lock_guard<std::mutex> guard(ctx ? ctx->err_lock : g_err_lock);
-  return copy_string(ctx ? ctx->err : g_err, buf, cap);
+  return rl_copy_string(ctx ? ctx->err : g_err, buf, cap);
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -145,7 +134,7 @@ RL_API int64_t rl_backend_info(uint8_t *buf, int64_t cap) {
              prop.major, prop.minor, prop.name, count, driver / 1000, driver % 1000 / 10,
              runtime / 1000, runtime % 1000 / 10);
   }
-  return copy_string(info, buf, cap);
+  return rl_copy_string(info, buf, cap);
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -267,8 +256,7 @@ RL_API void rl_destroy(rl_ctx *ctx) {
 
 RL_API int32_t rl_stats(rl_ctx *ctx, uint64_t *out, int32_t n) {
   ENTER();
-  REQUIRE_PTR(out);
-  REQUIRE_POS(n);
+  CHECK_ARGS(rl_check_stats, out, n);
   std::lock_guard<std::mutex> guard(ctx->stats_lock);
   memcpy(out, ctx->stats, (size_t)(n < RL_STAT_COUNT ? n : RL_STAT_COUNT) * sizeof *out);
   return RL_OK;
@@ -417,9 +405,7 @@ RL_API int32_t rl_host_free(rl_ctx *ctx, void *p) {
 static int32_t copy_bytes(rl_ctx *ctx, const char *name, void *dst, const void *src,
                           uint64_t bytes, cudaMemcpyKind kind, int stat) {
   ENTER_AS(name);
-  REQUIRE_PTR(dst);
-  REQUIRE_PTR(src);
-  REQUIRE(bytes > 0, "bytes must be > 0, got 0");
+  CHECK_ARGS(rl_check_copy, dst, src, bytes);
   if (kind == cudaMemcpyDeviceToDevice)
     REQUIRE((const uint8_t *)dst + bytes <= (const uint8_t *)src ||
                 (const uint8_t *)src + bytes <= (const uint8_t *)dst,
@@ -948,9 +934,7 @@ static int32_t queue_job(rl_ctx *ctx, const char *op, load_job &job, const char 
 static int32_t load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64_t file_offset,
                           uint64_t bytes, int64_t *ticket) {
   ENTER_AS("rl_load_start");
-  REQUIRE_PTR(dst);
-  REQUIRE_PTR(path);
-  REQUIRE(bytes > 0, "bytes must be > 0, got 0");
+  CHECK_ARGS(rl_check_load, dst, path, bytes);
   REQUIRE(path[0] != 0, "path is empty");
   uintptr_t base = 0;
   uint64_t size = 0;
@@ -988,9 +972,7 @@ RL_API int64_t rl_load_start(rl_ctx *ctx, void *dst, const uint8_t *path, uint64
 static int32_t upload_start(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes,
                             int64_t *ticket) {
   ENTER_AS("rl_upload_start");
-  REQUIRE_PTR(dst);
-  REQUIRE_PTR(src);
-  REQUIRE(bytes > 0, "bytes must be > 0, got 0");
+  CHECK_ARGS(rl_check_copy, dst, src, bytes);
   uintptr_t base = 0;
   uint64_t size = 0;
   REQUIRE(find_host_block(ctx, src, &base, &size),
