@@ -69,7 +69,8 @@ export class BackendError extends RabbitError {
     options?: { cause?: unknown },
     readonly status?: number,
   ) {
-    super(`${op}: ${what}`, options);
+    // The native library's messages already start with "<op>: ".
+    super(what.startsWith(`${op}: `) ? what : `${op}: ${what}`, options);
   }
 }
 
