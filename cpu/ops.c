@@ -1,8 +1,13 @@
 /*
- * CPU backend: the elementwise and row-wise ops (embedding, rmsnorm, rope, activations, add,
- * scale, argmax). Plain loops that gcc vectorizes; OpenMP over rows once there is enough work.
+ * CPU backend: the elementwise and row-wise ops (embedding, rmsnorm, rope, activations, row
+ * gather and scatter-add, add, scale, argmax). Plain loops that gcc vectorizes; OpenMP over rows
+ * once there is enough work.
  */
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <string.h>
 
 #include "internal.h"
 #include "simd.h"
@@ -122,6 +127,66 @@ RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const floa
   case RL_ACT_SILU: ACT_MUL_LOOP(silu) break;
   case RL_ACT_GELU_TANH: ACT_MUL_LOOP(gelu_tanh) break;
   default: ACT_MUL_LOOP(gelu) break; /* RL_ACT_GELU (checked) */
+  }
+  return RL_OK;
+}
+
+/* Activation without a gate: out = act(x), in place allowed. */
+#define ACT_LOOP(fn)                                                                              \
+  _Pragma("omp parallel for schedule(static) num_threads(ctx->n_threads) if (parallel)")         \
+  for (int64_t i = 0; i < n; i++) out[i] = fn(x[i]);
+
+RL_API int32_t rl_act(rl_ctx *ctx, float *out, const float *x, int64_t n, int32_t act) {
+  CHECK_ARGS(rl_check_act, out, x, n, act);
+  const int parallel = n * 8 >= PAR_MIN_WORK; /* as rl_act_mul */
+  switch (act) {
+  case RL_ACT_SILU: ACT_LOOP(silu) break;
+  case RL_ACT_GELU_TANH: ACT_LOOP(gelu_tanh) break;
+  default: ACT_LOOP(gelu) break; /* RL_ACT_GELU (checked) */
+  }
+  return RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Row gather and weighted scatter-add (a MoE layer's routed rows, one call per expert) */
+
+RL_API int32_t rl_gather_rows(rl_ctx *ctx, float *out, const float *x, const int32_t *rows,
+                              int32_t n, int32_t cols, int32_t x_rows) {
+  CHECK_ARGS(rl_check_gather_rows, out, x, rows, n, cols, x_rows);
+#pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
+    if ((int64_t)n * cols >= 8 * PAR_MIN_WORK)
+  for (int32_t i = 0; i < n; i++)
+    memcpy(out + (int64_t)i * cols, x + (int64_t)rows[i] * cols, sizeof(float) * (size_t)cols);
+  return RL_OK;
+}
+
+/* Sequential in i (the order the header defines for duplicate rows); threads split the columns,
+ * so each element still sees its contributions in increasing i. p is rounded before the add
+ * (-std=c11 does not contract it into an FMA). */
+RL_API int32_t rl_scatter_add_rows(rl_ctx *ctx, float *out, const float *x, const int32_t *rows,
+                                   const float *weights, int32_t n, int32_t cols,
+                                   int32_t out_rows) {
+  CHECK_ARGS(rl_check_scatter_add_rows, out, x, rows, weights, n, cols, out_rows);
+  const int parallel = (int64_t)n * cols >= 8 * PAR_MIN_WORK && cols >= 64 * ctx->n_threads;
+#pragma omp parallel num_threads(ctx->n_threads) if (parallel)
+  {
+    int32_t lo = 0, hi = cols;
+#ifdef _OPENMP
+    if (parallel) {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int32_t chunk = (cols + nt - 1) / nt;
+      lo = t * chunk < cols ? t * chunk : cols;
+      hi = lo + chunk < cols ? lo + chunk : cols;
+    }
+#endif
+    for (int32_t i = 0; i < n; i++) {
+      float *o = out + (int64_t)rows[i] * cols;
+      const float *xi = x + (int64_t)i * cols, w = weights[i];
+      for (int32_t c = lo; c < hi; c++) {
+        const float p = w * xi[c];
+        o[c] = o[c] + p;
+      }
+    }
   }
   return RL_OK;
 }

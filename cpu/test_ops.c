@@ -201,7 +201,8 @@ static uint64_t stat_of(rl_ctx *ctx, int which) {
  * Library, context, memory */
 
 static void test_library(void) {
-  check(rl_abi_version() == RL_ABI_VERSION, "rl_abi_version %u", rl_abi_version());
+  check(rl_abi_version() == RL_ABI_VERSION && RL_ABI_VERSION == 4, "rl_abi_version %u",
+        rl_abi_version()); /* 4: rl_act, rl_gather_rows, rl_scatter_add_rows */
   char info[256], small[4];
   const int64_t len = rl_backend_info((uint8_t *)info, sizeof info);
   check(len > 3 && (size_t)len == strlen(info) && strncmp(info, "cpu ", 4) == 0,
@@ -615,6 +616,116 @@ static void test_act_mul(rl_ctx *ctx) {
   }
 }
 
+/* rl_act against the double formulas; in place; and bit for bit rl_act_mul with up = 1 (what
+ * Phi computed before it had rl_act). */
+static void test_act(rl_ctx *ctx) {
+  static const char *names[] = {"silu", "gelu_tanh", "gelu"};
+  static const int64_t ns[] = {1, 1003, 300001}; /* the largest runs on every thread */
+  for (int act = RL_ACT_SILU; act <= RL_ACT_GELU; act++)
+    for (int ni = 0; ni < 3; ni++)
+      for (int in_place = 0; in_place < 2; in_place++) {
+        const int64_t n = ns[ni];
+        float *x = rand_floats(n, -8.0f, 8.0f), *ones = malloc(sizeof(float) * (size_t)n);
+        if (n > 2) {
+          x[0] = -100.0f; /* saturated and zero inputs */
+          x[1] = 100.0f;
+          x[2] = 0.0f;
+        }
+        double *ref = doubles(n);
+        for (int64_t i = 0; i < n; i++) {
+          ref[i] = ref_act(act, x[i]);
+          ones[i] = 1.0f;
+        }
+        float *dx = to_device(ctx, x, n * 4), *dout = in_place ? dx : device_floats(ctx, n);
+        const int32_t st = rl_act(ctx, dout, dx, n, act);
+        float *got = malloc(sizeof(float) * (size_t)n);
+        rl_download(ctx, got, dout, (uint64_t)n * 4);
+        check_close(got, ref, n, st == RL_OK ? TOL : -1.0, "rl_act %s n=%lld%s", names[act],
+                    (long long)n, in_place ? " in place" : "");
+        if (!in_place) {
+          float *dg = to_device(ctx, x, n * 4), *du = to_device(ctx, ones, n * 4);
+          const int32_t st2 = rl_act_mul(ctx, dg, dg, du, 1, (int32_t)n, (int32_t)n, act);
+          float *gated = download_free(ctx, dg, n);
+          int64_t bad = st2 == RL_OK ? -1 : 0;
+          for (int64_t i = 0; i < n && bad < 0; i++)
+            if (memcmp(&gated[i], &got[i], sizeof(float)) != 0) bad = i;
+          check(bad < 0, "rl_act %s n=%lld equals rl_act_mul with up = 1: differs at %lld",
+                names[act], (long long)n, (long long)bad);
+          rl_free(ctx, du);
+          rl_free(ctx, dout);
+          free(gated);
+        }
+        rl_free(ctx, dx);
+        free(x);
+        free(ones);
+        free(ref);
+        free(got);
+      }
+}
+
+/* rl_gather_rows is a copy (exact); rl_scatter_add_rows is, per element, o = o + (float)(w * x)
+ * in increasing i (exact against that float recurrence, and within TOL of the double sum). Rows
+ * repeat in both. cols 5000 with n 60 runs on every thread (columns split). */
+static void test_rows(rl_ctx *ctx) {
+  static const int shapes[][3] = {{1, 1, 1}, {50, 130, 37}, {60, 5000, 11}}; /* n, cols, rows */
+  for (int si = 0; si < 3; si++) {
+    const int n = shapes[si][0], cols = shapes[si][1], table_rows = shapes[si][2];
+    int32_t *rows = malloc(sizeof(int32_t) * (size_t)n);
+    float *weights = rand_floats(n, -2.0f, 2.0f);
+    for (int i = 0; i < n; i++) rows[i] = (int32_t)(rand_u32() % (uint32_t)table_rows);
+    if (n > 2) rows[n - 1] = rows[0]; /* a repeated row, at least once */
+
+    /* gather: out[i] = x[rows[i]] */
+    float *x = rand_floats((int64_t)table_rows * cols, -5.0f, 5.0f);
+    float *dx = to_device(ctx, x, (int64_t)table_rows * cols * 4);
+    float *dout = device_floats(ctx, (int64_t)n * cols);
+    int32_t st = rl_gather_rows(ctx, dout, dx, rows, n, cols, table_rows);
+    float *got = download_free(ctx, dout, (int64_t)n * cols);
+    int64_t bad = st == RL_OK ? -1 : 0;
+    for (int64_t i = 0; i < (int64_t)n * cols && bad < 0; i++)
+      if (got[i] != x[(int64_t)rows[i / cols] * cols + i % cols]) bad = i;
+    check(bad < 0, "rl_gather_rows n=%d cols=%d x_rows=%d: wrong at element %lld", n, cols,
+          table_rows, (long long)bad);
+    rl_free(ctx, dx);
+    free(x);
+    free(got);
+
+    /* scatter-add: out[rows[i]] += weights[i] * y[i], i in order */
+    float *y = rand_floats((int64_t)n * cols, -5.0f, 5.0f);
+    float *o = rand_floats((int64_t)table_rows * cols, -5.0f, 5.0f);
+    float *exact = malloc(sizeof(float) * (size_t)table_rows * cols);
+    double *ref = doubles((int64_t)table_rows * cols);
+    memcpy(exact, o, sizeof(float) * (size_t)table_rows * cols);
+    for (int64_t j = 0; j < (int64_t)table_rows * cols; j++) ref[j] = o[j];
+    for (int i = 0; i < n; i++)
+      for (int c = 0; c < cols; c++) {
+        const int64_t j = (int64_t)rows[i] * cols + c;
+        const float p = weights[i] * y[(int64_t)i * cols + c];
+        exact[j] = exact[j] + p;
+        ref[j] += (double)weights[i] * y[(int64_t)i * cols + c];
+      }
+    float *dy = to_device(ctx, y, (int64_t)n * cols * 4);
+    float *dsum = to_device(ctx, o, (int64_t)table_rows * cols * 4);
+    st = rl_scatter_add_rows(ctx, dsum, dy, rows, weights, n, cols, table_rows);
+    got = download_free(ctx, dsum, (int64_t)table_rows * cols);
+    bad = st == RL_OK ? -1 : 0;
+    for (int64_t j = 0; j < (int64_t)table_rows * cols && bad < 0; j++)
+      if (memcmp(&got[j], &exact[j], sizeof(float)) != 0) bad = j;
+    check(bad < 0, "rl_scatter_add_rows n=%d cols=%d out_rows=%d: differs from the sequential "
+          "f32 order at element %lld", n, cols, table_rows, (long long)bad);
+    check_close(got, ref, (int64_t)table_rows * cols, st == RL_OK ? TOL : -1.0,
+                "rl_scatter_add_rows n=%d cols=%d against the double sum", n, cols);
+    rl_free(ctx, dy);
+    free(y);
+    free(o);
+    free(exact);
+    free(ref);
+    free(got);
+    free(rows);
+    free(weights);
+  }
+}
+
 /* rl_add and rl_scale are exact: a float add or multiply is the double result rounded.
  * alias 0: out is a separate buffer; 1: out == first input; 2: out == second input (rl_add). */
 static void check_elementwise(rl_ctx *ctx, const char *op, int64_t n, int alias) {
@@ -811,6 +922,30 @@ static void test_errors(rl_ctx *ctx) {
               "rl_act_mul", "overlaps gate");
   check_error(ctx, rl_act_mul(ctx, f, f, f, 2, 8, 4, RL_ACT_SILU), RL_ERR_INVALID, "rl_act_mul",
               "in_stride");
+  check_error(ctx, rl_act(ctx, f, f, 8, 3), RL_ERR_INVALID, "rl_act", "act 3");
+  check_error(ctx, rl_act(ctx, f + 1, f, 8, RL_ACT_SILU), RL_ERR_INVALID, "rl_act",
+              "other than in place");
+  check_error(ctx, rl_act(ctx, f, f, 0, RL_ACT_SILU), RL_ERR_INVALID, "rl_act", "n must be > 0");
+  {
+    const int32_t rows[] = {0, 3, 4};
+    const float weights[] = {1.0f, 1.0f, 1.0f};
+    check_error(ctx, rl_gather_rows(ctx, f, f + 1024, rows, 3, 8, 4), RL_ERR_INVALID,
+                "rl_gather_rows", "row 4 at position 2 out of range [0, 4)");
+    check_error(ctx, rl_gather_rows(ctx, f, f + 1024, NULL, 3, 8, 8), RL_ERR_INVALID,
+                "rl_gather_rows", "rows is NULL");
+    check_error(ctx, rl_gather_rows(ctx, f, f + 1024, rows, 3, 0, 8), RL_ERR_INVALID,
+                "rl_gather_rows", "cols");
+    check_error(ctx, rl_gather_rows(ctx, f, f + 8, rows, 3, 8, 8), RL_ERR_INVALID,
+                "rl_gather_rows", "overlaps");
+    check_error(ctx, rl_scatter_add_rows(ctx, f, f + 1024, rows, weights, 3, 8, 4),
+                RL_ERR_INVALID, "rl_scatter_add_rows", "row 4 at position 2");
+    check_error(ctx, rl_scatter_add_rows(ctx, f, f + 1024, rows, NULL, 3, 8, 8), RL_ERR_INVALID,
+                "rl_scatter_add_rows", "weights is NULL");
+    check_error(ctx, rl_scatter_add_rows(ctx, f, f + 1024, rows, weights, 3, 8, 0),
+                RL_ERR_INVALID, "rl_scatter_add_rows", "out_rows must be > 0");
+    check_error(ctx, rl_scatter_add_rows(ctx, f, f + 16, rows, weights, 3, 8, 8), RL_ERR_INVALID,
+                "rl_scatter_add_rows", "overlaps");
+  }
   check_error(ctx, rl_add(ctx, f, f, f, 0), RL_ERR_INVALID, "rl_add", "n");
   check_error(ctx, rl_scale(ctx, f, NULL, 2.0f, 4), RL_ERR_INVALID, "rl_scale", "x");
   check_error(ctx, rl_argmax(ctx, out_ids, f, 1, 0), RL_ERR_INVALID, "rl_argmax", "cols");
@@ -990,6 +1125,8 @@ int main(void) {
   test_rope(ctx);
   test_attention(ctx);
   test_act_mul(ctx);
+  test_act(ctx);
+  test_rows(ctx);
   test_add_scale(ctx);
   test_argmax(ctx);
   test_embedding(ctx);

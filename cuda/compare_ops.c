@@ -5,15 +5,17 @@
  * implementations, loads from a temp file under every pin_memory/async_copy combination, error
  * statuses, statistics, options and timing marks; the ABI 3 entries: the host tier (rl_host_alloc,
  * loads into host blocks, rl_upload_start), the drop_behind option, and mapped files (rl_map on
- * the CPU; refused by CUDA).
+ * the CPU; refused by CUDA); the ABI 4 entries: rl_act, rl_gather_rows and rl_scatter_add_rows
+ * (groups "act" and "rows", with repeated rows; and their error statuses).
  *
  * Both libraries are dlopen'ed (RTLD_LOCAL) and resolved into two function tables, so this
  * program links nothing but libdl and libm:
  *   gcc -std=c11 -O2 -Wall -Wextra -Iffi -o build/compare_ops cuda/compare_ops.c -ldl -lm
  *   build/compare_ops [cpu.so] [cuda.so]      (sh cuda/test.sh builds everything and runs it)
  * COMPARE_ONLY=attention,loads runs only the named groups.
- * A library without the ABI 3 entries (rl_map ... rl_load_ready) fails a check per missing entry
- * and per group that needs them, and the other groups still run.
+ * A library without the ABI 3 entries (rl_map ... rl_load_ready) or the ABI 4 ones (rl_act,
+ * rl_gather_rows, rl_scatter_add_rows) fails a check per missing entry and per group that needs
+ * them, and the other groups still run.
  * Prints one line per failing check, then "N passed, N failed"; exits 1 on any failure.
  */
 #define _DEFAULT_SOURCE /* mincore */
@@ -99,22 +101,27 @@ static void compare(const float *ref, const float *got, int64_t n, double tol, c
 #define RL_ENTRIES_V3(X)                                                                          \
   X(map) X(unmap) X(prefetch_start) X(evict) X(host_alloc) X(host_free) X(upload_start)         \
   X(load_ready)
+/* New in ABI 4: the groups that use them check b->v4 first. */
+#define RL_ENTRIES_V4(X) X(act) X(gather_rows) X(scatter_add_rows)
 
 typedef struct {
   const char *name; /* "cpu" or "cuda" */
   void *handle;
   rl_ctx *ctx;
   int v3; /* every entry of RL_ENTRIES_V3 resolved */
+  int v4; /* every entry of RL_ENTRIES_V4 resolved */
 #define FIELD(s) __typeof__(rl_##s) *s;
   RL_ENTRIES(FIELD)
   RL_ENTRIES_V3(FIELD)
+  RL_ENTRIES_V4(FIELD)
 #undef FIELD
 } backend;
 
 static backend CPU = {.name = "cpu"}, GPU = {.name = "cuda"};
 
 /* dlopens path and resolves every entry; a missing one is a failed check (and stays NULL).
- * Returns whether the entries of RL_ENTRIES are complete (sets b->v3 for RL_ENTRIES_V3). */
+ * Returns whether the entries of RL_ENTRIES are complete (sets b->v3 for RL_ENTRIES_V3, b->v4
+ * for RL_ENTRIES_V4). */
 static int open_backend(backend *b, const char *path) {
   b->handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (!b->handle) {
@@ -129,8 +136,11 @@ static int open_backend(backend *b, const char *path) {
   RL_ENTRIES(RESOLVE)
   const int core = complete;
   RL_ENTRIES_V3(RESOLVE)
-#undef RESOLVE
   b->v3 = complete;
+  complete = core;
+  RL_ENTRIES_V4(RESOLVE)
+#undef RESOLVE
+  b->v4 = complete;
   return core;
 }
 
@@ -139,6 +149,14 @@ static int has_v3(backend *b, const char *group) {
   check(b->v3, "%s: %s checks not run: the library lacks ABI 3 entries (see above)", b->name,
         group);
   return b->v3;
+}
+
+/* Whether b has the ABI 4 entries (rl_act, rl_gather_rows, rl_scatter_add_rows); if not, a
+ * failed check saying which group could not run. */
+static int has_v4(backend *b, const char *group) {
+  check(b->v4, "%s: %s checks not run: the library lacks ABI 4 entries (see above)", b->name,
+        group);
+  return b->v4;
 }
 
 static const char *last_error(backend *b, rl_ctx *ctx) {
@@ -492,6 +510,96 @@ static void test_act_mul(void) {
     }
 }
 
+/* rl_act, out separate or in place (out == x). */
+static int run_act(backend *b, float *out, const float *x, int64_t n, int act, int in_place) {
+  const uint64_t bytes = sizeof(float) * (uint64_t)n;
+  float *dx = dev_upload(b, x, bytes);
+  float *dout = in_place ? dx : dev_poison(b, bytes);
+  int good = dx && dout && ok(b, b->act(b->ctx, dout, dx, n, act), "rl_act") &&
+             dev_download(b, out, dout, bytes);
+  dev_free(b, dx);
+  if (!in_place) dev_free(b, dout);
+  return good;
+}
+
+static void test_act(void) {
+  if (!has_v4(&CPU, "act") || !has_v4(&GPU, "act")) return;
+  static const int64_t sizes[] = {1, 67, 1000003};
+  for (int act = 0; act < 3; act++)
+    for (int s = 0; s < 3; s++)
+      for (int in_place = 0; in_place < 2; in_place++) {
+        const int64_t n = sizes[s];
+        float *x = rand_floats(n, -8.0f, 8.0f);
+        if (n > 2) {
+          x[0] = -100.0f;
+          x[1] = 100.0f;
+          x[2] = 0.0f;
+        }
+        float *ref = malloc(sizeof(float) * (size_t)n), *got = malloc(sizeof(float) * (size_t)n);
+        if (run_act(&CPU, ref, x, n, act, in_place) && run_act(&GPU, got, x, n, act, in_place))
+          compare(ref, got, n, TOL_F32, "rl_act act=%d n=%lld%s", act, (long long)n,
+                  in_place ? " in place" : "");
+        free(x);
+        free(ref);
+        free(got);
+      }
+}
+
+/* rl_gather_rows then rl_scatter_add_rows of the gathered rows, scaled, back onto a random
+ * destination: the MoE pattern, with repeated rows in both (sequential order on both backends). */
+static int run_rows(backend *b, float *gathered, float *summed, const float *x, const float *dst,
+                    const int32_t *rows, const float *weights, int n, int cols, int table_rows) {
+  const uint64_t table_b = sizeof(float) * (uint64_t)table_rows * cols;
+  const uint64_t dense_b = sizeof(float) * (uint64_t)n * cols;
+  void *dx = dev_upload(b, x, table_b), *dd = dev_upload(b, dst, table_b);
+  void *dg = dev_poison(b, dense_b);
+  int good = dx && dd && dg &&
+             ok(b, b->gather_rows(b->ctx, dg, dx, rows, n, cols, table_rows), "rl_gather_rows") &&
+             ok(b, b->scatter_add_rows(b->ctx, dd, dg, rows, weights, n, cols, table_rows),
+                "rl_scatter_add_rows") &&
+             dev_download(b, gathered, dg, dense_b) && dev_download(b, summed, dd, table_b);
+  dev_free(b, dx);
+  dev_free(b, dd);
+  dev_free(b, dg);
+  return good;
+}
+
+static void test_rows(void) {
+  if (!has_v4(&CPU, "rows") || !has_v4(&GPU, "rows")) return;
+  /* n, cols, table rows: one element; repeats on a small table; more columns than one block */
+  static const int shapes[][3] = {{1, 1, 1}, {40, 67, 9}, {130, 3000, 64}, {5, 20000, 3}};
+  for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+    const int n = shapes[s][0], cols = shapes[s][1], table_rows = shapes[s][2];
+    int32_t *rows = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) rows[i] = (int32_t)(rand_u32() % (uint32_t)table_rows);
+    if (n > 2) rows[n - 1] = rows[0];
+    float *weights = rand_floats(n, -2.0f, 2.0f);
+    const int64_t table_n = (int64_t)table_rows * cols, dense_n = (int64_t)n * cols;
+    float *x = rand_floats(table_n, -5.0f, 5.0f), *dst = rand_floats(table_n, -5.0f, 5.0f);
+    const size_t dense_b = sizeof(float) * (size_t)dense_n, table_b = sizeof(float) * (size_t)table_n;
+    float *g_ref = malloc(dense_b), *g_got = malloc(dense_b);
+    float *s_ref = malloc(table_b), *s_got = malloc(table_b);
+    if (run_rows(&CPU, g_ref, s_ref, x, dst, rows, weights, n, cols, table_rows) &&
+        run_rows(&GPU, g_got, s_got, x, dst, rows, weights, n, cols, table_rows)) {
+      check(memcmp(g_ref, g_got, dense_b) == 0,
+            "rl_gather_rows n=%d cols=%d x_rows=%d: cuda differs from cpu", n, cols, table_rows);
+      /* the same products and sums in the same order: equal, not just close */
+      check(memcmp(s_ref, s_got, table_b) == 0,
+            "rl_scatter_add_rows n=%d cols=%d out_rows=%d: cuda differs from cpu", n, cols,
+            table_rows);
+      compare(s_ref, s_got, table_n, TOL_F32, "rl_scatter_add_rows n=%d cols=%d", n, cols);
+    }
+    free(rows);
+    free(weights);
+    free(x);
+    free(dst);
+    free(g_ref);
+    free(g_got);
+    free(s_ref);
+    free(s_got);
+  }
+}
+
 /* op 0: add(out, a, b); 1: add in place (out = a); 2: scale; 3: scale in place; 4: softcap;
  * 5: softcap in place. */
 static int run_elementwise(backend *b, int op, float *out, const float *a, const float *bb,
@@ -800,6 +908,33 @@ static void test_errors(void) {
               GPU.act_mul(GPU.ctx, gb, gb, gb, 1, 8, 4, 0));
   same_status("rl_act_mul", CPU.act_mul(CPU.ctx, cb, cb, cb + 8, 2, 8, 16, 0),
               GPU.act_mul(GPU.ctx, gb, gb, gb + 8, 2, 8, 16, 0)); /* in place with a stride */
+  if (CPU.v4 && GPU.v4) {
+    const int32_t rows[3] = {0, 3, 4};
+    const float wts[3] = {1, 1, 1};
+    same_status("rl_act", CPU.act(CPU.ctx, cb, cb, 8, 3), GPU.act(GPU.ctx, gb, gb, 8, 3));
+    same_status("rl_act", CPU.act(CPU.ctx, cb + 1, cb, 8, 0), GPU.act(GPU.ctx, gb + 1, gb, 8, 0));
+    same_status("rl_act", CPU.act(CPU.ctx, cb, cb, 0, 0), GPU.act(GPU.ctx, gb, gb, 0, 0));
+    same_status("rl_gather_rows", CPU.gather_rows(CPU.ctx, cb, cb + 512, rows, 3, 8, 4),
+                GPU.gather_rows(GPU.ctx, gb, gb + 512, rows, 3, 8, 4)); /* row 4 of 4 */
+    same_status("rl_gather_rows", CPU.gather_rows(CPU.ctx, cb, cb + 8, rows, 3, 8, 8),
+                GPU.gather_rows(GPU.ctx, gb, gb + 8, rows, 3, 8, 8)); /* out overlaps x */
+    same_status("rl_gather_rows", CPU.gather_rows(CPU.ctx, cb, cb + 512, NULL, 3, 8, 8),
+                GPU.gather_rows(GPU.ctx, gb, gb + 512, NULL, 3, 8, 8));
+    same_status("rl_scatter_add_rows",
+                CPU.scatter_add_rows(CPU.ctx, cb, cb + 512, rows, wts, 3, 8, 4),
+                GPU.scatter_add_rows(GPU.ctx, gb, gb + 512, rows, wts, 3, 8, 4));
+    same_status("rl_scatter_add_rows",
+                CPU.scatter_add_rows(CPU.ctx, cb, cb + 512, rows, NULL, 3, 8, 8),
+                GPU.scatter_add_rows(GPU.ctx, gb, gb + 512, rows, NULL, 3, 8, 8));
+    same_status("rl_scatter_add_rows",
+                CPU.scatter_add_rows(CPU.ctx, cb, cb + 16, rows, wts, 3, 8, 8),
+                GPU.scatter_add_rows(GPU.ctx, gb, gb + 16, rows, wts, 3, 8, 8)); /* overlap */
+    same_status("rl_scatter_add_rows",
+                CPU.scatter_add_rows(CPU.ctx, cb, cb + 512, rows, wts, 0, 8, 8),
+                GPU.scatter_add_rows(GPU.ctx, gb, gb + 512, rows, wts, 0, 8, 8));
+  } else {
+    has_v4(CPU.v4 ? &GPU : &CPU, "errors of the ABI 4 ops");
+  }
   same_status("rl_rmsnorm", CPU.rmsnorm(CPU.ctx, cb, cb, cb, 0, 1, 8, -1.0f, 0.0f),
               GPU.rmsnorm(GPU.ctx, gb, gb, gb, 0, 1, 8, -1.0f, 0.0f));
   same_status("rl_layernorm", CPU.layernorm(CPU.ctx, cb, cb, cb, NULL, 3, 1, 8, 1e-5f),
@@ -1409,6 +1544,7 @@ int main(int argc, char **argv) {
       } tests[] = {{"library", test_library},   {"matmul", test_matmul},
                    {"embedding", test_embedding}, {"norms", test_norms},
                    {"rope", test_rope},           {"act_mul", test_act_mul},
+                   {"act", test_act},             {"rows", test_rows},
                    {"elementwise", test_elementwise}, {"argmax", test_argmax},
                    {"attention", test_attention}, {"copies and stats", test_copies_and_stats},
                    {"errors", test_errors},       {"options and marks", test_options_and_marks},

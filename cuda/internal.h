@@ -43,6 +43,8 @@ enum scratch_id {
   SCR_ARGMAX,    /* rl_argmax: int32 result per row */
   SCR_SCORES,    /* rl_attention eager: scores/probabilities + row sums */
   SCR_PARTIAL,   /* rl_attention flash split-K: partial outputs + (max, sum) */
+  SCR_ROWS,      /* rl_gather_rows, rl_scatter_add_rows: int32 row indices */
+  SCR_ROW_WEIGHTS, /* rl_scatter_add_rows: float weights */
   SCR_COUNT,
 };
 

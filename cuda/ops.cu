@@ -1,8 +1,8 @@
 /*
  * CUDA backend: the elementwise and row-wise ops (embedding, rmsnorm, layernorm, rope,
- * activations, softcap, add, scale, argmax). Each follows the CPU formula in cpu/ops.c operation
- * for operation; row-wise ops use one block per row, elementwise ops a grid-stride loop over
- * 64-bit indices.
+ * activations, row gather and scatter-add, softcap, add, scale, argmax). Each follows the CPU
+ * formula in cpu/ops.c operation for operation; row-wise ops use one block per row, elementwise
+ * ops a grid-stride loop over 64-bit indices.
  */
 #include <limits.h>
 
@@ -238,6 +238,99 @@ RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const floa
                                                                            cols, in_stride);
     break;
   }
+  LAUNCH_CHECK();
+  return RL_OK;
+}
+
+/* Activation without a gate: out = act(x); out may equal x (each element read, then written, by
+ * the same thread). */
+template <int ACT>
+__global__ void __launch_bounds__(ELEM_THREADS) act_kernel(float *out, const float *x, int64_t n) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const float v = x[i];
+    out[i] = ACT == RL_ACT_SILU ? silu(v) : ACT == RL_ACT_GELU_TANH ? gelu_tanh(v) : gelu(v);
+  }
+}
+
+RL_API int32_t rl_act(rl_ctx *ctx, float *out, const float *x, int64_t n, int32_t act) {
+  ENTER();
+  CHECK_ARGS(rl_check_act, out, x, n, act);
+  REQUIRE_ALIGNED(out, 4);
+  REQUIRE_ALIGNED(x, 4);
+  const unsigned blocks = grid_for(n, ELEM_THREADS);
+  switch (act) {
+  case RL_ACT_SILU:
+    act_kernel<RL_ACT_SILU><<<blocks, ELEM_THREADS, 0, ctx->compute>>>(out, x, n);
+    break;
+  case RL_ACT_GELU_TANH:
+    act_kernel<RL_ACT_GELU_TANH><<<blocks, ELEM_THREADS, 0, ctx->compute>>>(out, x, n);
+    break;
+  default: /* RL_ACT_GELU (checked) */
+    act_kernel<RL_ACT_GELU><<<blocks, ELEM_THREADS, 0, ctx->compute>>>(out, x, n);
+    break;
+  }
+  LAUNCH_CHECK();
+  return RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Row gather and weighted scatter-add (a MoE layer's routed rows, one call per expert) */
+
+/* Grid-stride over the n * cols output elements. */
+__global__ void __launch_bounds__(ELEM_THREADS)
+    gather_rows_kernel(float *__restrict__ out, const float *__restrict__ x,
+                       const int32_t *__restrict__ rows, int n, int cols) {
+  const int64_t total = (int64_t)n * cols;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t i = idx / cols, c = idx - i * cols;
+    out[idx] = x[(int64_t)rows[i] * cols + c];
+  }
+}
+
+/* One thread per column (grid-stride), each walking i = 0 .. n-1 in order: a destination row
+ * named more than once gets its contributions in increasing i, like the CPU, with no atomics.
+ * __fmul_rn/__fadd_rn are never fused, so the rounding is the CPU's p = w * x; o = o + p. */
+constexpr int SCATTER_THREADS = 64; /* small blocks: the parallelism is only `cols` wide */
+__global__ void __launch_bounds__(SCATTER_THREADS)
+    scatter_add_rows_kernel(float *__restrict__ out, const float *__restrict__ x,
+                            const int32_t *__restrict__ rows, const float *__restrict__ weights,
+                            int n, int cols) {
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x)
+    for (int i = 0; i < n; i++) {
+      float *o = out + (int64_t)rows[i] * cols + c;
+      *o = __fadd_rn(*o, __fmul_rn(weights[i], x[(int64_t)i * cols + c]));
+    }
+}
+
+RL_API int32_t rl_gather_rows(rl_ctx *ctx, float *out, const float *x, const int32_t *rows,
+                              int32_t n, int32_t cols, int32_t x_rows) {
+  ENTER();
+  CHECK_ARGS(rl_check_gather_rows, out, x, rows, n, cols, x_rows);
+  REQUIRE_ALIGNED(out, 4);
+  REQUIRE_ALIGNED(x, 4);
+  void *d_rows = NULL;
+  TRY(upload_params(ctx, op, SCR_ROWS, rows, sizeof(int32_t) * (uint64_t)n, &d_rows));
+  gather_rows_kernel<<<grid_for((int64_t)n * cols, ELEM_THREADS), ELEM_THREADS, 0,
+                       ctx->compute>>>(out, x, static_cast<const int32_t *>(d_rows), n, cols);
+  LAUNCH_CHECK();
+  return RL_OK;
+}
+
+RL_API int32_t rl_scatter_add_rows(rl_ctx *ctx, float *out, const float *x, const int32_t *rows,
+                                   const float *weights, int32_t n, int32_t cols,
+                                   int32_t out_rows) {
+  ENTER();
+  CHECK_ARGS(rl_check_scatter_add_rows, out, x, rows, weights, n, cols, out_rows);
+  REQUIRE_ALIGNED(out, 4);
+  REQUIRE_ALIGNED(x, 4);
+  void *d_rows = NULL, *d_weights = NULL;
+  TRY(upload_params(ctx, op, SCR_ROWS, rows, sizeof(int32_t) * (uint64_t)n, &d_rows));
+  TRY(upload_params(ctx, op, SCR_ROW_WEIGHTS, weights, sizeof(float) * (uint64_t)n, &d_weights));
+  scatter_add_rows_kernel<<<grid_for(cols, SCATTER_THREADS), SCATTER_THREADS, 0, ctx->compute>>>(
+      out, x, static_cast<const int32_t *>(d_rows), static_cast<const float *>(d_weights), n,
+      cols);
   LAUNCH_CHECK();
   return RL_OK;
 }

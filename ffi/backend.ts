@@ -11,7 +11,7 @@
 import { BackendError } from "../lib/errors.ts";
 
 /** The ABI version this binding speaks; must equal the library's `rl_abi_version()`. */
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
 
 /** Weight dtypes the backend understands (rl_dtype). */
 export type WeightDType = "F32" | "F16" | "BF16";
@@ -129,6 +129,15 @@ export const SYMBOLS = {
   },
   rl_act_mul: {
     parameters: ["pointer", "pointer", "pointer", "pointer", "i32", "i32", "i32", "i32"],
+    result: "i32",
+  },
+  rl_act: { parameters: ["pointer", "pointer", "pointer", "i64", "i32"], result: "i32" },
+  rl_gather_rows: {
+    parameters: ["pointer", "pointer", "pointer", "buffer", "i32", "i32", "i32"],
+    result: "i32",
+  },
+  rl_scatter_add_rows: {
+    parameters: ["pointer", "pointer", "pointer", "buffer", "buffer", "i32", "i32", "i32"],
     result: "i32",
   },
   rl_add: { parameters: ["pointer", "pointer", "pointer", "pointer", "i64"], result: "i32" },
@@ -624,6 +633,54 @@ export class Backend {
     this.#check(
       this.#lib.symbols.rl_act_mul(this.#c, out, gate, up, rows, cols, inStride, ACT_CODE[act]),
       "rl_act_mul",
+    );
+  }
+
+  /** out = act(x) elementwise (no gate); out may equal x. */
+  act(out: DevPtr, x: DevPtr, n: number, act: Activation): void {
+    this.#check(this.#lib.symbols.rl_act(this.#c, out, x, BigInt(n), ACT_CODE[act]), "rl_act");
+  }
+
+  /** out[i, :] = x[rows[i], :] for i < rows.length; x is [xRows, cols]. */
+  gatherRows(out: DevPtr, x: DevPtr, rows: Int32Array, cols: number, xRows: number): void {
+    this.#check(
+      this.#lib.symbols.rl_gather_rows(this.#c, out, x, rows, rows.length, cols, xRows),
+      "rl_gather_rows",
+    );
+  }
+
+  /**
+   * out[rows[i], :] += weights[i] · x[i, :] for i = 0 … rows.length − 1 in order (a repeated row
+   * accumulates in that order); out is [outRows, cols].
+   */
+  scatterAddRows(
+    out: DevPtr,
+    x: DevPtr,
+    rows: Int32Array,
+    weights: Float32Array,
+    cols: number,
+    outRows: number,
+  ): void {
+    if (weights.length !== rows.length) {
+      throw new BackendError(
+        "rl_scatter_add_rows",
+        `${weights.length} weights for ${rows.length} rows`,
+        undefined,
+        1, // RL_ERR_INVALID
+      );
+    }
+    this.#check(
+      this.#lib.symbols.rl_scatter_add_rows(
+        this.#c,
+        out,
+        x,
+        rows,
+        weights,
+        rows.length,
+        cols,
+        outRows,
+      ),
+      "rl_scatter_add_rows",
     );
   }
 

@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define RL_ABI_VERSION 3
+#define RL_ABI_VERSION 4
 
 #if defined(_WIN32)
 #define RL_API __declspec(dllexport)
@@ -254,6 +254,27 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
  * any other overlap of out with gate or up is RL_ERR_INVALID. */
 RL_API int32_t rl_act_mul(rl_ctx *ctx, float *out, const float *gate, const float *up,
                           int32_t rows, int32_t cols, int32_t in_stride, int32_t act);
+
+/* out[i] = act(x[i]), i < n: the activation without a gate (the formulas of enum rl_act, as in
+ * rl_act_mul). out may equal x; any other overlap is RL_ERR_INVALID. (ABI 4) */
+RL_API int32_t rl_act(rl_ctx *ctx, float *out, const float *x, int64_t n, int32_t act);
+
+/* Row gather: out[i, :] = x[rows[i], :] for i < n; x is [x_rows, cols], out [n, cols].
+ * rows is a host buffer of n int32, each in [0, x_rows) (all checked before anything runs); a
+ * row may be gathered more than once. out must not overlap x. (ABI 4) */
+RL_API int32_t rl_gather_rows(rl_ctx *ctx, float *out, const float *x, const int32_t *rows,
+                              int32_t n, int32_t cols, int32_t x_rows);
+
+/* Weighted row scatter-add: for i = 0, 1, ..., n - 1 in this order,
+ *   out[rows[i], c] = out[rows[i], c] + weights[i] * x[i, c]   (c < cols)
+ * with the product rounded to f32 before the add (never fused into an FMA), so a destination row
+ * named more than once accumulates its contributions in increasing i on every backend, and one
+ * named once gets exactly rl_scale then rl_add. x is [n, cols], out [out_rows, cols]. rows (n
+ * int32, each in [0, out_rows), checked) and weights (n float) are host buffers. out must not
+ * overlap x. (ABI 4) */
+RL_API int32_t rl_scatter_add_rows(rl_ctx *ctx, float *out, const float *x, const int32_t *rows,
+                                   const float *weights, int32_t n, int32_t cols,
+                                   int32_t out_rows);
 
 /* out[i] = a[i] + b[i], i < n. out may alias a or b. */
 RL_API int32_t rl_add(rl_ctx *ctx, float *out, const float *a, const float *b, int64_t n);

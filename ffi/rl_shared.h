@@ -242,6 +242,61 @@ static inline int32_t rl_check_act_mul(char *msg, size_t msg_cap, const float *o
   return RL_OK;
 }
 
+static inline int32_t rl_check_act(char *msg, size_t msg_cap, const float *out, const float *x,
+                                   int64_t n, int32_t act) {
+  RL_PTR(out);
+  RL_PTR(x);
+  RL_POS(n);
+  RL_REQUIRE(out == x || !rl_ranges_overlap(out, (uint64_t)n * sizeof(float), x,
+                                            (uint64_t)n * sizeof(float)),
+             "out %p overlaps x %p other than in place (out == x)", (const void *)out,
+             (const void *)x);
+  RL_REQUIRE(act == RL_ACT_SILU || act == RL_ACT_GELU_TANH || act == RL_ACT_GELU,
+             "act %d is not an activation (0=silu, 1=gelu_tanh, 2=gelu)", act);
+  return RL_OK;
+}
+
+/* rl_gather_rows (table_rows = x_rows) and rl_scatter_add_rows (table_rows = out_rows; weights
+ * not NULL): rows is a host buffer, every index is checked before anything runs. `table` is the
+ * [table_rows, cols] matrix the indices point into, `dense` the [n, cols] one; they must not
+ * overlap. */
+static inline int32_t rl_check_rows(char *msg, size_t msg_cap, const float *out, const float *x,
+                                    const int32_t *rows, int32_t n, int32_t cols,
+                                    int32_t table_rows, const char *table_rows_name) {
+  RL_PTR(out);
+  RL_PTR(x);
+  RL_PTR(rows);
+  RL_POS(n);
+  RL_POS(cols);
+  RL_TRY(rl_check_pos(msg, msg_cap, table_rows > 0, (long long)table_rows, table_rows_name));
+  for (int32_t i = 0; i < n; i++)
+    RL_REQUIRE(rows[i] >= 0 && rows[i] < table_rows, "row %d at position %d out of range [0, %d)",
+               rows[i], i, table_rows);
+  return RL_OK;
+}
+
+static inline int32_t rl_check_gather_rows(char *msg, size_t msg_cap, const float *out,
+                                           const float *x, const int32_t *rows, int32_t n,
+                                           int32_t cols, int32_t x_rows) {
+  RL_TRY(rl_check_rows(msg, msg_cap, out, x, rows, n, cols, x_rows, "x_rows"));
+  RL_REQUIRE(!rl_ranges_overlap(out, (uint64_t)n * (uint64_t)cols * sizeof(float), x,
+                                (uint64_t)x_rows * (uint64_t)cols * sizeof(float)),
+             "out [%d,%d] overlaps x [%d,%d]", n, cols, x_rows, cols);
+  return RL_OK;
+}
+
+static inline int32_t rl_check_scatter_add_rows(char *msg, size_t msg_cap, const float *out,
+                                                const float *x, const int32_t *rows,
+                                                const float *weights, int32_t n, int32_t cols,
+                                                int32_t out_rows) {
+  RL_TRY(rl_check_rows(msg, msg_cap, out, x, rows, n, cols, out_rows, "out_rows"));
+  RL_PTR(weights);
+  RL_REQUIRE(!rl_ranges_overlap(out, (uint64_t)out_rows * (uint64_t)cols * sizeof(float), x,
+                                (uint64_t)n * (uint64_t)cols * sizeof(float)),
+             "out [%d,%d] overlaps x [%d,%d]", out_rows, cols, n, cols);
+  return RL_OK;
+}
+
 static inline int32_t rl_check_add(char *msg, size_t msg_cap, const float *out, const float *a,
                                    const float *b, int64_t n) {
   RL_PTR(out);
