@@ -123,7 +123,10 @@ export function gatedMlp(
  * acc[T, D] = Σ over each token's choices of weight · expert(h[token]), experts in ascending
  * order (as transformers accumulates them). Issues the reads of all chosen experts' groups at
  * once, in that order, and runs each expert as soon as its bytes are there, so later reads overlap
- * earlier experts' compute; experts no token chose are neither read nor run.
+ * earlier experts' compute; experts no token chose are neither read nor run. Each expert costs a
+ * fixed number of backend calls, whatever the number of tokens: one gather of its tokens' rows
+ * (none when every token chose it), its MLP on that batch, one weighted scatter-add into acc
+ * (rl_scatter_add_rows rounds weight · row before the add, as rl_scale then rl_add did).
  */
 export async function routedExperts(
   ctx: LayerContext,
@@ -134,7 +137,7 @@ export async function routedExperts(
   names: (expert: number) => MlpNames,
   inter: number,
 ): Promise<void> {
-  const { be, cfg, T } = ctx, D = cfg.hiddenSize, row = D * 4;
+  const { be, cfg, T } = ctx, D = cfg.hiddenSize;
   const { k, experts, weights } = routing;
   const byExpert = new Map<number, { tokens: number[]; weights: number[] }>();
   for (let t = 0; t < T; t++) {
@@ -154,18 +157,14 @@ export async function routedExperts(
   for (const e of order) {
     await w.load([`expert.${e}`]);
     const { tokens, weights: wts } = byExpert.get(e)!;
-    const n = tokens.length;
+    const n = tokens.length, rows = Int32Array.from(tokens);
     let x = h;
     if (n < T) {
-      tokens.forEach((t, i) => be.copy(be.view(xin, i * row), be.view(h, t * row), row));
+      be.gatherRows(xin, h, rows, D, T);
       x = xin;
     }
     gatedMlp(ctx, w, names(e), inter, x, out, n);
-    tokens.forEach((t, i) => {
-      const o = be.view(out, i * row), a = be.view(acc, t * row);
-      be.scale(o, o, wts[i], D);
-      be.add(a, a, o, D);
-    });
+    be.scatterAddRows(acc, out, rows, Float32Array.from(wts), D, T);
   }
 }
 
@@ -211,13 +210,17 @@ export async function sparseMoeBlock(
     const shared = ctx.buf("moe_shared", T * D);
     gatedMlp(ctx, w, moe.shared.names, moe.shared.inter, h, shared, T);
     if (moe.shared.gate) {
+      // acc[t] += sigmoid(gate[t]) · shared[t]: one weighted scatter-add onto the same rows.
       const gate = routerLogits(ctx, h, w.get(moe.shared.gate)); // [T, 1]
+      const s = new Float32Array(T), rows = new Int32Array(T);
       for (let t = 0; t < T; t++) {
-        const row = be.view(shared, t * D * 4);
-        be.scale(row, row, Math.fround(1 / (1 + Math.exp(-gate[t]))), D);
+        s[t] = 1 / (1 + Math.exp(-gate[t]));
+        rows[t] = t;
       }
+      be.scatterAddRows(acc, shared, rows, s, D, T);
+    } else {
+      be.add(acc, acc, shared, T * D);
     }
-    be.add(acc, acc, shared, T * D);
   }
   be.add(ctx.x, ctx.x, acc, T * D);
 }

@@ -18,13 +18,6 @@ export interface PhiConfig extends ModelConfig {
   qkLayerNorm: boolean;
 }
 
-let ones = new Float32Array(0);
-/** n host ones (one buffer, grown as needed). */
-function hostOnes(n: number): Float32Array {
-  if (ones.length < n) ones = new Float32Array(n).fill(1);
-  return ones.subarray(0, n);
-}
-
 /** LayerNorm of `rows` rows of `dim` with `<prefix>.weight` and `<prefix>.bias`. */
 function layernorm(
   ctx: LayerContext,
@@ -46,9 +39,7 @@ function forwardLayer(ctx: LayerContext<PhiConfig>, w: PartWeights): void {
   const h = ctx.buf("h", T * D);
   const q = ctx.buf("q", T * qDim), k = ctx.buf("k", T * kvDim), v = ctx.buf("v", T * kvDim);
   const attn = ctx.buf("attn", T * qDim), o = ctx.buf("o", T * D), mlp = ctx.buf("mlp", T * D);
-  const fc = ctx.buf("gate", T * I), ones = ctx.buf("phi.ones", T * I);
-  // actMul is act(gate) * up: the plain activation multiplies by ones, written once per step.
-  if (ctx.layer === 0) be.upload(ones, hostOnes(T * I));
+  const fc = ctx.buf("gate", T * I);
   const linear = (out: DevPtr, x: DevPtr, name: string, n: number, inDim: number) => {
     const wt = w.get(`${name}.weight`);
     be.matmul(out, x, wt.ptr, wt.dtype, w.get(`${name}.bias`).ptr, T, n, inDim);
@@ -67,7 +58,7 @@ function forwardLayer(ctx: LayerContext<PhiConfig>, w: PartWeights): void {
   ctx.attention({ q, qStride: qDim, k, v, kvStride: kvDim, out: attn, scale: 1 / Math.sqrt(hd) });
   linear(o, attn, "self_attn.dense", D, qDim);
   linear(fc, h, "mlp.fc1", I, D);
-  be.actMul(fc, fc, ones, T, I, I, ACTIVATIONS[cfg.hiddenAct]);
+  be.act(fc, fc, T * I, ACTIVATIONS[cfg.hiddenAct]); // no gate
   linear(mlp, fc, "mlp.fc2", D, I);
   be.add(o, o, mlp, T * D); // (attn + mlp) + residual, transformers' order
   be.add(ctx.x, ctx.x, o, T * D);
