@@ -1,14 +1,14 @@
 /**
- * The streaming loop (ARCHITECTURE.md "One forward pass"), forward(), generate() and stream().
+ * The public model: forward(), generate() and stream(), one call at a time, and close(). The
+ * per-step loop is step.ts; the session KV cache and prefix reuse are prefix.ts.
  *
  * @module
  */
-import type { Backend, DevPtr } from "../../ffi/backend.ts";
-import type { ModelConfig, RopeConfig } from "../config.ts";
-import { InputError, InternalError, ModelClosedError, NonFiniteError } from "../errors.ts";
-import type { AttentionCall, Family, LayerContext, PartWeights } from "../models/family.ts";
-import type { ProfileCategory, Profiler } from "../profiler.ts";
-import { ropeDependsOnLength, type RopeTable, ropeTable } from "../rope.ts";
+import type { Backend } from "../../ffi/backend.ts";
+import type { ModelConfig } from "../config.ts";
+import { InputError, InternalError, ModelClosedError } from "../errors.ts";
+import type { Family } from "../models/family.ts";
+import type { Profiler } from "../profiler.ts";
 import {
   type GenerateInput,
   type GenerateOptions,
@@ -19,9 +19,11 @@ import {
   resolveGenerate,
   type TextCodec,
 } from "./generate.ts";
-import { KVCache, workBytes } from "./kv_cache.ts";
+import { workBytes } from "./kv_cache.ts";
 import type { Plan } from "./planner.ts";
+import { SessionCache } from "./prefix.ts";
 import { nextToken, Rng } from "./sampling.ts";
+import { StepLoop } from "./step.ts";
 import type { LayerStore, TraceEvent } from "./store.ts";
 
 /** Logits of a forward pass: [batch, seq, vocab] row-major, with their dims. */
@@ -50,27 +52,6 @@ export interface StreamChunk {
   finishReason?: "eos" | "stop string" | "length";
 }
 
-/** Device scratch buffers by name, grown only when a step needs more. */
-class Scratch {
-  readonly #bufs = new Map<string, { ptr: DevPtr; floats: number }>();
-  constructor(private readonly be: Backend) {}
-
-  get(name: string, floats: number): DevPtr {
-    const b = this.#bufs.get(name);
-    if (b && b.floats >= floats) return b.ptr;
-    if (b) this.be.free(b.ptr);
-    const size = Math.max(floats, (b?.floats ?? 0) * 2);
-    const ptr = this.be.alloc(size * 4);
-    this.#bufs.set(name, { ptr, floats: size });
-    return ptr;
-  }
-
-  free(): void {
-    for (const b of this.#bufs.values()) this.be.free(b.ptr);
-    this.#bufs.clear();
-  }
-}
-
 /** Parts a CausalLM is built from (see AutoModel.fromPretrained). */
 export interface CausalLMParts {
   config: ModelConfig;
@@ -90,9 +71,6 @@ export interface CausalLMParts {
   planFor?: (workBytes: number) => Plan;
 }
 
-/** Checks a stage's output on the host; used only to find where a non-finite value came from. */
-type Probe = (stage: string, layer: number | null, x: DevPtr, floats: number) => void;
-
 /** A decoder-only causal LM whose layers stream through a backend. */
 export class CausalLM {
   readonly config: ModelConfig;
@@ -108,18 +86,12 @@ export class CausalLM {
   /** The attention implementation that runs ("flash" or "eager"). */
   readonly activeAttentionImplementation: "flash" | "eager";
   readonly #store: LayerStore;
-  readonly #scratch: Scratch;
   readonly #source: string;
-  readonly #trace?: TraceEvent[];
   readonly #planFor?: (workBytes: number) => Plan;
-  #cache: KVCache | null = null;
-  /** Backend timing marks of the running step. */
-  readonly #marks: { category: ProfileCategory; layer: number | null; from: number; to: number }[] =
-    [];
-  /** The token ids whose K/V the session cache holds (one sequence), for prefix reuse. */
-  #cachedIds: number[] = [];
-  /** Rope tables by rope config (one per distinct config; "dynamic" ones per length). */
-  readonly #ropes = new Map<RopeConfig, { seqLen: number; table: RopeTable }>();
+  /** The per-step loop: embed, layers, norm and head. */
+  readonly #loop: StepLoop;
+  /** The KV cache kept between calls and the ids it holds. */
+  readonly #kv: SessionCache;
   #busy: Promise<unknown> = Promise.resolve();
   #closed = false;
 
@@ -134,9 +106,9 @@ export class CausalLM {
     this.activeAttentionImplementation = p.attention;
     this.#store = p.store;
     this.#source = p.source;
-    this.#trace = p.trace;
     this.#planFor = p.planFor;
-    this.#scratch = new Scratch(p.backend);
+    this.#loop = new StepLoop(p);
+    this.#kv = new SessionCache(p.backend, p.config, p.maxSeqLen, p.source);
   }
 
   /** The memory plan in force: where each layer lives (see `rabbit info --memory`). */
@@ -161,14 +133,12 @@ export class CausalLM {
 
   /** Slots used in the model's KV cache (per sequence). */
   get cacheLength(): number {
-    return this.#cache?.length ?? 0;
+    return this.#kv.length;
   }
 
   /** Empties the model's KV cache. */
   resetCache(): void {
-    this.#cache?.free();
-    this.#cache = null;
-    this.#cachedIds = [];
+    this.#kv.reset();
   }
 
   /** Waits for every earlier call: calls share scratch buffers and the cache. */
@@ -194,12 +164,12 @@ export class CausalLM {
   forward(inputIds: number[][], opts: ForwardOptions = {}): Promise<Logits> {
     return this.#exclusive(async () => {
       const { batch, seq } = this.#checkIds(inputIds, opts.attentionMask);
-      const past = opts.useCache && this.#cache?.batch === batch ? this.#cache.length : 0;
+      const past = opts.useCache && this.#kv.batch === batch ? this.#kv.length : 0;
       this.#planWork(batch, past + seq, batch * seq, batch * seq);
-      const cache = opts.useCache ? this.#sessionCache(batch) : this.#tempCache(batch, seq);
-      if (opts.useCache) this.#cachedIds = []; // ids fed by hand are not tracked
+      const cache = opts.useCache ? this.#kv.session(batch) : this.#kv.temp(batch, seq);
+      if (opts.useCache) this.#kv.remember([]); // ids fed by hand are not tracked
       try {
-        const logits = await this.#checkedStep(inputIds, opts.attentionMask ?? null, cache, false);
+        const logits = await this.#loop.step(inputIds, opts.attentionMask ?? null, cache, false);
         return Object.assign(logits, {
           dims: [batch, seq, this.config.vocabSize] as [number, number, number],
         });
@@ -268,38 +238,29 @@ export class CausalLM {
     const host = new Float32Array(B * V);
     // Prefix reuse: one prompt extending the ids already cached (a chat's earlier turns) feeds
     // only its new tokens.
-    const cached = this.#cachedIds;
-    const reuse = o.reuseCache && o.useCache && B === 1 && this.#cache?.batch === 1 &&
-      cached.length > 0 && cached.length < rows[0].length &&
-      cached.every((t, i) => rows[0][i] === t);
-    if (!reuse) this.resetCache();
+    const reused = this.#kv.begin(rows, o.reuseCache && o.useCache);
     for (let step = 0; step < o.maxNewTokens; step++) {
       // Feed: the padded prompt first, then one token per row (finished rows get the pad id). A
       // family may ask to recompute the cache (Phi-3 longrope crossing its original length).
       const recompute = o.useCache && step > 0 &&
-        (this.family.recomputeCache?.(
-          this.config,
-          this.#cache?.length ?? 0,
-          this.#cache!.length + 1,
-        ) ??
-          false);
+        (this.family.recomputeCache?.(this.config, this.#kv.length, this.#kv.length + 1) ?? false);
       if (recompute) this.resetCache();
       const full = !o.useCache || step === 0 || recompute;
-      const { ids, mask } = reuse && step === 0 && !recompute
-        ? { ids: [seqs[0].slice(cached.length)], mask: null }
+      const { ids, mask } = reused > 0 && step === 0 && !recompute
+        ? { ids: [seqs[0].slice(reused)], mask: null }
         : full
         ? leftPad(seqs, pad)
         : { ids: seqs.map((s) => [s.at(-1)!]), mask: null };
-      const cache = o.useCache ? this.#sessionCache(B) : this.#tempCache(B, ids[0].length);
+      const cache = o.useCache ? this.#kv.session(B) : this.#kv.temp(B, ids[0].length);
       try {
-        host.set(await this.#checkedStep(ids, mask, cache, true));
+        host.set(await this.#loop.step(ids, mask, cache, true));
       } catch (e) {
         this.resetCache(); // a step that failed half-way leaves the cache unusable
         throw e;
       } finally {
         if (!o.useCache) cache.free();
       }
-      this.#cachedIds = o.useCache && B === 1 ? [...seqs[0]] : [];
+      this.#kv.remember(o.useCache && B === 1 ? seqs[0] : []);
       const t0 = performance.now();
       const chunks: StreamChunk[] = [];
       for (let b = 0; b < B; b++) {
@@ -352,242 +313,12 @@ export class CausalLM {
     return { batch: ids.length, seq };
   }
 
-  #sessionCache(batch: number): KVCache {
-    if (this.#cache && this.#cache.batch !== batch) {
-      if (this.#cache.length > 0) {
-        throw new InputError(
-          `the KV cache holds ${this.#cache.batch} sequences, the input has ${batch}; call resetCache() first`,
-        );
-      }
-      this.resetCache();
-    }
-    this.#cache ??= new KVCache(this.backend, this.config, batch, this.maxSeqLen);
-    return this.#cache;
-  }
-
-  #tempCache(batch: number, seq: number): KVCache {
-    if (seq > this.maxSeqLen) {
-      throw new InputError(`${this.#source}: ${seq} tokens exceed maxSeqLen ${this.maxSeqLen}`);
-    }
-    return new KVCache(this.backend, this.config, batch, seq);
-  }
-
-  #ropeFor(rope: RopeConfig, seqLen: number): RopeTable {
-    const have = this.#ropes.get(rope);
-    if (have && (!ropeDependsOnLength(rope) || have.seqLen === seqLen)) return have.table;
-    const shape = {
-      headDim: this.config.ropeHeadDim ?? this.config.headDim,
-      maxPositionEmbeddings: this.config.maxPositionEmbeddings,
-    };
-    const table = ropeTable(rope, shape, seqLen, this.#source);
-    this.#ropes.set(rope, { seqLen, table });
-    return table;
-  }
-
-  /** Turns the step's backend marks into profiler entries (the step has completed). */
-  #resolveMarks(): void {
-    for (const m of this.#marks) {
-      this.profiler.add(m.category, this.backend.elapsedMs(m.from, m.to), m.layer);
-    }
-    this.#marks.length = 0;
-    this.backend.resetMarks();
-  }
-
-  /**
-   * One step, its logits on the host ([batch, seq, vocab] or [batch, vocab] when lastOnly),
-   * checked for NaN/Inf; a non-finite result is replayed stage by stage to name where it began.
-   */
-  async #checkedStep(
-    ids: number[][],
-    mask: number[][] | null,
-    cache: KVCache,
-    lastOnly: boolean,
-  ): Promise<Float32Array> {
-    const past = cache.length, pos = cache.nextPosition.slice();
-    const rows = lastOnly ? ids.length : ids.length * ids[0].length;
-    this.#marks.length = 0; // a failed step may have left some
-    this.backend.resetMarks();
-    const logits = await this.#step(ids, mask, cache, lastOnly);
-    const t0 = performance.now();
-    const host = new Float32Array(rows * this.config.vocabSize);
-    this.backend.download(host, logits);
-    this.profiler.add("logits download", performance.now() - t0);
-    this.#resolveMarks();
-    this.profiler.step(ids.length * ids[0].length);
-    if (host.every(Number.isFinite)) return host;
-    cache.length = past;
-    cache.nextPosition.set(pos);
-    let found: NonFiniteError | null = null;
-    await this.#step(ids, mask, cache, lastOnly, (stage, layer, x, floats) => {
-      if (found) return;
-      const v = new Float32Array(floats);
-      this.backend.download(v, x);
-      if (!v.every(Number.isFinite)) found = new NonFiniteError(stage, layer, this.#source);
-    });
-    throw found ?? new NonFiniteError("lm_head", null, this.#source);
-  }
-
-  /**
-   * One pass of the streaming loop over `ids` appended to `cache`. Returns device logits:
-   * [batch, seq, vocab], or [batch, vocab] for the last position only.
-   */
-  async #step(
-    ids: number[][],
-    mask: number[][] | null,
-    cache: KVCache,
-    lastOnly: boolean,
-    probe?: Probe,
-  ): Promise<DevPtr> {
-    const be = this.backend, cfg = this.config;
-    const B = ids.length, S = ids[0].length, T = B * S, D = cfg.hiddenSize, V = cfg.vocabSize;
-    const past = cache.length;
-    if (past + S > cache.capacity) {
-      throw new InputError(
-        `${this.#source}: ${past} cached + ${S} new tokens exceed maxSeqLen ${cache.capacity}`,
-      );
-    }
-    // Positions count real tokens only (left padding does not shift them), as transformers does.
-    const positions = new Int32Array(T);
-    for (let b = 0; b < B; b++) {
-      for (let j = 0; j < S; j++) {
-        const real = mask ? mask[b][j] === 1 : true;
-        cache.valid[b][past + j] = real ? 1 : 0;
-        positions[b * S + j] = real ? cache.nextPosition[b]++ : 0;
-      }
-    }
-    const seqLen = Math.max(...cache.nextPosition);
-
-    // Compute is timed with backend marks (device events on a GPU), resolved after the step.
-    const marks = this.#marks;
-    let m0 = be.mark();
-    const x = this.#scratch.get("x", T * D);
-    const embed = this.#store.part("embed").get("weight");
-    be.embedding(x, embed.ptr, embed.dtype, Int32Array.from(ids.flat()), D, V);
-    const embedScale = this.family.embedScale?.(cfg);
-    if (embedScale !== undefined) be.scale(x, x, embedScale, T * D);
-    probe?.("embedding", null, x, T * D);
-    marks.push({ category: "embed + head", layer: null, from: m0, to: be.mark() });
-
-    const ctx: LayerContext = {
-      be,
-      cfg,
-      layer: 0,
-      T,
-      x,
-      positions,
-      rope: this.#ropeFor(cfg.layerRopes[0], seqLen),
-      buf: (name, floats) => this.#scratch.get(name, floats),
-      attention: (call) => this.#attend(ctx.layer, call, cache, B, S),
-      onRoute: this.#trace &&
-        ((experts) =>
-          this.#trace!.push({ kind: "route", part: `layer.${ctx.layer}`, experts: [...experts] })),
-    };
-    const n = this.#store.numLayers;
-    for (let layer = 0; layer < n; layer++) {
-      const stored = await this.#store.acquire(layer);
-      this.#store.prefetchAfter(layer);
-      const id = `layer.${layer}`;
-      this.#trace?.push({ kind: "compute-start", part: id });
-      m0 = be.mark();
-      // Waiting for on-demand groups (routed experts) is read time, not this layer's compute.
-      const w: PartWeights = {
-        get: stored.get,
-        opt: stored.opt,
-        prefetch: stored.prefetch,
-        load: async (groups) => {
-          marks.push({ category: "layers", layer, from: m0, to: be.mark() });
-          try {
-            await stored.load(groups);
-          } finally {
-            m0 = be.mark();
-          }
-        },
-      };
-      ctx.layer = layer;
-      ctx.rope = this.#ropeFor(cfg.layerRopes[layer], seqLen);
-      try {
-        await this.family.forwardLayer(ctx, w);
-      } finally {
-        this.#store.release(layer); // a failed layer must not keep its slot
-      }
-      marks.push({ category: "layers", layer, from: m0, to: be.mark() });
-      this.#trace?.push({ kind: "compute-end", part: id });
-      probe?.(`layer ${layer}`, layer, x, T * D);
-    }
-    cache.length = past + S;
-
-    m0 = be.mark();
-    let rows = T, h = x;
-    if (lastOnly && S > 1) {
-      rows = B;
-      h = this.#scratch.get("last", B * D);
-      for (let b = 0; b < B; b++) {
-        be.copy(be.view(h, b * D * 4), be.view(x, ((b + 1) * S - 1) * D * 4), D * 4);
-      }
-    } else if (lastOnly) rows = B;
-    const normed = this.#scratch.get("h", rows * D);
-    const normPart = this.#store.part("norm");
-    if (this.family.finalNorm) this.family.finalNorm(be, cfg, normPart, normed, h, rows);
-    else {
-      const norm = normPart.get("weight");
-      be.rmsnorm(normed, h, norm.ptr, norm.dtype, rows, D, cfg.rmsNormEps);
-    }
-    probe?.("final norm", null, normed, rows * D);
-    const headPart = this.#head(), head = headPart.get("weight");
-    const logits = this.#scratch.get("logits", rows * V);
-    const bias = this.config.tieWordEmbeddings ? null : headPart.opt("bias")?.ptr ?? null;
-    be.matmul(logits, normed, head.ptr, head.dtype, bias, rows, V, D);
-    if (cfg.finalLogitSoftcap > 0) be.softcap(logits, logits, cfg.finalLogitSoftcap, rows * V);
-    marks.push({ category: "embed + head", layer: null, from: m0, to: be.mark() });
-    return logits;
-  }
-
-  /** lm_head, or the embedding itself when tied (one copy on the device). */
-  #head(): PartWeights {
-    return this.#store.part(this.config.tieWordEmbeddings ? "embed" : "lm_head");
-  }
-
-  /** Appends this step's K/V to the cache and runs attention for each sequence. */
-  #attend(layer: number, c: AttentionCall, cache: KVCache, B: number, S: number): void {
-    const be = this.backend, cfg = this.config;
-    const kvDim = cache.kvDim, qDim = cfg.numHeads * cfg.headDim;
-    if (c.kvStride !== kvDim) {
-      throw new InputError(`layer ${layer}: attention needs contiguous k/v rows (stride ${kvDim})`);
-    }
-    const { k, v } = cache.layer(layer);
-    const past = cache.length;
-    for (let b = 0; b < B; b++) {
-      const rowK = be.view(k, cache.offset(b, 0)), rowV = be.view(v, cache.offset(b, 0));
-      const src = b * S * kvDim * 4, dst = cache.offset(b, past), bytes = S * kvDim * 4;
-      be.copy(be.view(k, dst), be.view(c.k, src), bytes);
-      be.copy(be.view(v, dst), be.view(c.v, src), bytes);
-      be.attention({
-        out: be.view(c.out, b * S * qDim * 4),
-        q: be.view(c.q, b * S * c.qStride * 4),
-        qStride: c.qStride,
-        k: rowK,
-        v: rowV,
-        kvStride: kvDim,
-        nQ: S,
-        qStart: past,
-        kvLen: past + S,
-        nHeads: cfg.numHeads,
-        nKvHeads: cfg.numKvHeads,
-        headDim: cfg.headDim,
-        scale: c.scale,
-        window: cfg.layerWindows[layer],
-        softcap: c.softcap,
-        kvValid: cache.valid[b].subarray(0, past + S),
-      });
-    }
-  }
-
   /** Frees the device memory and the backend. Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#cache?.free();
-    this.#scratch.free();
+    this.#kv.free();
+    this.#loop.free();
     this.#store.close();
     const leaked = this.backend.stats().liveAllocs;
     this.backend.close();

@@ -1,0 +1,297 @@
+/**
+ * One step of the streaming loop (ARCHITECTURE.md "One forward pass"): embed, every decoder layer
+ * as the store hands it over (read-ahead of the next ones started), final norm and head. Also the
+ * NaN replay that names the stage a non-finite value began at, and the backend timing marks the
+ * profiler gets. Knows nothing of generation, locking or which cache to use.
+ *
+ * @module
+ */
+import type { Backend, DevPtr } from "../../ffi/backend.ts";
+import type { ModelConfig, RopeConfig } from "../config.ts";
+import { InputError, NonFiniteError } from "../errors.ts";
+import type { AttentionCall, Family, LayerContext, PartWeights } from "../models/family.ts";
+import type { ProfileCategory, Profiler } from "../profiler.ts";
+import { ropeDependsOnLength, type RopeTable, ropeTable } from "../rope.ts";
+import type { KVCache } from "./kv_cache.ts";
+import type { LayerStore, TraceEvent } from "./store.ts";
+
+/** Device scratch buffers by name, grown only when a step needs more. */
+export class Scratch {
+  readonly #bufs = new Map<string, { ptr: DevPtr; floats: number }>();
+  constructor(private readonly be: Backend) {}
+
+  get(name: string, floats: number): DevPtr {
+    const b = this.#bufs.get(name);
+    if (b && b.floats >= floats) return b.ptr;
+    if (b) this.be.free(b.ptr);
+    const size = Math.max(floats, (b?.floats ?? 0) * 2);
+    const ptr = this.be.alloc(size * 4);
+    this.#bufs.set(name, { ptr, floats: size });
+    return ptr;
+  }
+
+  free(): void {
+    for (const b of this.#bufs.values()) this.be.free(b.ptr);
+    this.#bufs.clear();
+  }
+}
+
+/** What a {@link StepLoop} runs on. */
+export interface StepLoopParts {
+  config: ModelConfig;
+  family: Family;
+  backend: Backend;
+  store: LayerStore;
+  profiler: Profiler;
+  /** Names the model in messages. */
+  source: string;
+  trace?: TraceEvent[];
+}
+
+/** Checks a stage's output on the host; used only to find where a non-finite value came from. */
+type Probe = (stage: string, layer: number | null, x: DevPtr, floats: number) => void;
+
+/** The per-step loop over the decoder layers, with its scratch buffers and rope tables. */
+export class StepLoop {
+  readonly #cfg: ModelConfig;
+  readonly #family: Family;
+  readonly #be: Backend;
+  readonly #store: LayerStore;
+  readonly #profiler: Profiler;
+  readonly #source: string;
+  readonly #trace?: TraceEvent[];
+  readonly #scratch: Scratch;
+  /** Backend timing marks of the running step. */
+  readonly #marks: { category: ProfileCategory; layer: number | null; from: number; to: number }[] =
+    [];
+  /** Rope tables by rope config (one per distinct config; "dynamic" ones per length). */
+  readonly #ropes = new Map<RopeConfig, { seqLen: number; table: RopeTable }>();
+
+  constructor(p: StepLoopParts) {
+    this.#cfg = p.config;
+    this.#family = p.family;
+    this.#be = p.backend;
+    this.#store = p.store;
+    this.#profiler = p.profiler;
+    this.#source = p.source;
+    this.#trace = p.trace;
+    this.#scratch = new Scratch(p.backend);
+  }
+
+  /**
+   * One step over `ids` ([batch][seq]; `mask` 1 = real token, null = all real) appended to
+   * `cache`. Returns its logits on the host ([batch, seq, vocab], or [batch, vocab] when
+   * lastOnly), checked for NaN/Inf; a non-finite result is replayed stage by stage to name where
+   * it began (and thrown as a NonFiniteError).
+   */
+  async step(
+    ids: number[][],
+    mask: number[][] | null,
+    cache: KVCache,
+    lastOnly: boolean,
+  ): Promise<Float32Array> {
+    const past = cache.length, pos = cache.nextPosition.slice();
+    const rows = lastOnly ? ids.length : ids.length * ids[0].length;
+    this.#marks.length = 0; // a failed step may have left some
+    this.#be.resetMarks();
+    const logits = await this.#pass(ids, mask, cache, lastOnly);
+    const t0 = performance.now();
+    const host = new Float32Array(rows * this.#cfg.vocabSize);
+    this.#be.download(host, logits);
+    this.#profiler.add("logits download", performance.now() - t0);
+    this.#resolveMarks();
+    this.#profiler.step(ids.length * ids[0].length);
+    if (host.every(Number.isFinite)) return host;
+    cache.length = past;
+    cache.nextPosition.set(pos);
+    let found: NonFiniteError | null = null;
+    await this.#pass(ids, mask, cache, lastOnly, (stage, layer, x, floats) => {
+      if (found) return;
+      const v = new Float32Array(floats);
+      this.#be.download(v, x);
+      if (!v.every(Number.isFinite)) found = new NonFiniteError(stage, layer, this.#source);
+    });
+    throw found ?? new NonFiniteError("lm_head", null, this.#source);
+  }
+
+  /** Frees the scratch buffers. */
+  free(): void {
+    this.#scratch.free();
+  }
+
+  /** Turns the step's backend marks into profiler entries (the step has completed). */
+  #resolveMarks(): void {
+    for (const m of this.#marks) {
+      this.#profiler.add(m.category, this.#be.elapsedMs(m.from, m.to), m.layer);
+    }
+    this.#marks.length = 0;
+    this.#be.resetMarks();
+  }
+
+  /**
+   * One pass of the streaming loop over `ids` appended to `cache`. Returns device logits:
+   * [batch, seq, vocab], or [batch, vocab] for the last position only.
+   */
+  async #pass(
+    ids: number[][],
+    mask: number[][] | null,
+    cache: KVCache,
+    lastOnly: boolean,
+    probe?: Probe,
+  ): Promise<DevPtr> {
+    const be = this.#be, cfg = this.#cfg, store = this.#store, family = this.#family;
+    const B = ids.length, S = ids[0].length, T = B * S, D = cfg.hiddenSize, V = cfg.vocabSize;
+    const past = cache.length;
+    if (past + S > cache.capacity) {
+      throw new InputError(
+        `${this.#source}: ${past} cached + ${S} new tokens exceed maxSeqLen ${cache.capacity}`,
+      );
+    }
+    // Positions count real tokens only (left padding does not shift them), as transformers does.
+    const positions = new Int32Array(T);
+    for (let b = 0; b < B; b++) {
+      for (let j = 0; j < S; j++) {
+        const real = mask ? mask[b][j] === 1 : true;
+        cache.valid[b][past + j] = real ? 1 : 0;
+        positions[b * S + j] = real ? cache.nextPosition[b]++ : 0;
+      }
+    }
+    const seqLen = Math.max(...cache.nextPosition);
+
+    // Compute is timed with backend marks (device events on a GPU), resolved after the step.
+    const marks = this.#marks;
+    let m0 = be.mark();
+    const x = this.#scratch.get("x", T * D);
+    const embed = store.part("embed").get("weight");
+    be.embedding(x, embed.ptr, embed.dtype, Int32Array.from(ids.flat()), D, V);
+    const embedScale = family.embedScale?.(cfg);
+    if (embedScale !== undefined) be.scale(x, x, embedScale, T * D);
+    probe?.("embedding", null, x, T * D);
+    marks.push({ category: "embed + head", layer: null, from: m0, to: be.mark() });
+
+    const ctx: LayerContext = {
+      be,
+      cfg,
+      layer: 0,
+      T,
+      x,
+      positions,
+      rope: this.#ropeFor(cfg.layerRopes[0], seqLen),
+      buf: (name, floats) => this.#scratch.get(name, floats),
+      attention: (call) => this.#attend(ctx.layer, call, cache, B, S),
+      onRoute: this.#trace &&
+        ((experts) =>
+          this.#trace!.push({ kind: "route", part: `layer.${ctx.layer}`, experts: [...experts] })),
+    };
+    const n = store.numLayers;
+    for (let layer = 0; layer < n; layer++) {
+      const stored = await store.acquire(layer);
+      store.prefetchAfter(layer);
+      const id = `layer.${layer}`;
+      this.#trace?.push({ kind: "compute-start", part: id });
+      m0 = be.mark();
+      // Waiting for on-demand groups (routed experts) is read time, not this layer's compute.
+      const w: PartWeights = {
+        get: stored.get,
+        opt: stored.opt,
+        prefetch: stored.prefetch,
+        load: async (groups) => {
+          marks.push({ category: "layers", layer, from: m0, to: be.mark() });
+          try {
+            await stored.load(groups);
+          } finally {
+            m0 = be.mark();
+          }
+        },
+      };
+      ctx.layer = layer;
+      ctx.rope = this.#ropeFor(cfg.layerRopes[layer], seqLen);
+      try {
+        await family.forwardLayer(ctx, w);
+      } finally {
+        store.release(layer); // a failed layer must not keep its slot
+      }
+      marks.push({ category: "layers", layer, from: m0, to: be.mark() });
+      this.#trace?.push({ kind: "compute-end", part: id });
+      probe?.(`layer ${layer}`, layer, x, T * D);
+    }
+    cache.length = past + S;
+
+    m0 = be.mark();
+    let rows = T, h = x;
+    if (lastOnly && S > 1) {
+      rows = B;
+      h = this.#scratch.get("last", B * D);
+      for (let b = 0; b < B; b++) {
+        be.copy(be.view(h, b * D * 4), be.view(x, ((b + 1) * S - 1) * D * 4), D * 4);
+      }
+    } else if (lastOnly) rows = B;
+    const normed = this.#scratch.get("h", rows * D);
+    const normPart = store.part("norm");
+    if (family.finalNorm) family.finalNorm(be, cfg, normPart, normed, h, rows);
+    else {
+      const norm = normPart.get("weight");
+      be.rmsnorm(normed, h, norm.ptr, norm.dtype, rows, D, cfg.rmsNormEps);
+    }
+    probe?.("final norm", null, normed, rows * D);
+    const headPart = this.#head(), head = headPart.get("weight");
+    const logits = this.#scratch.get("logits", rows * V);
+    const bias = cfg.tieWordEmbeddings ? null : headPart.opt("bias")?.ptr ?? null;
+    be.matmul(logits, normed, head.ptr, head.dtype, bias, rows, V, D);
+    if (cfg.finalLogitSoftcap > 0) be.softcap(logits, logits, cfg.finalLogitSoftcap, rows * V);
+    marks.push({ category: "embed + head", layer: null, from: m0, to: be.mark() });
+    return logits;
+  }
+
+  #ropeFor(rope: RopeConfig, seqLen: number): RopeTable {
+    const have = this.#ropes.get(rope);
+    if (have && (!ropeDependsOnLength(rope) || have.seqLen === seqLen)) return have.table;
+    const shape = {
+      headDim: this.#cfg.ropeHeadDim ?? this.#cfg.headDim,
+      maxPositionEmbeddings: this.#cfg.maxPositionEmbeddings,
+    };
+    const table = ropeTable(rope, shape, seqLen, this.#source);
+    this.#ropes.set(rope, { seqLen, table });
+    return table;
+  }
+
+  /** lm_head, or the embedding itself when tied (one copy on the device). */
+  #head(): PartWeights {
+    return this.#store.part(this.#cfg.tieWordEmbeddings ? "embed" : "lm_head");
+  }
+
+  /** Appends this step's K/V to the cache and runs attention for each sequence. */
+  #attend(layer: number, c: AttentionCall, cache: KVCache, B: number, S: number): void {
+    const be = this.#be, cfg = this.#cfg;
+    const kvDim = cache.kvDim, qDim = cfg.numHeads * cfg.headDim;
+    if (c.kvStride !== kvDim) {
+      throw new InputError(`layer ${layer}: attention needs contiguous k/v rows (stride ${kvDim})`);
+    }
+    const { k, v } = cache.layer(layer);
+    const past = cache.length;
+    for (let b = 0; b < B; b++) {
+      const rowK = be.view(k, cache.offset(b, 0)), rowV = be.view(v, cache.offset(b, 0));
+      const src = b * S * kvDim * 4, dst = cache.offset(b, past), bytes = S * kvDim * 4;
+      be.copy(be.view(k, dst), be.view(c.k, src), bytes);
+      be.copy(be.view(v, dst), be.view(c.v, src), bytes);
+      be.attention({
+        out: be.view(c.out, b * S * qDim * 4),
+        q: be.view(c.q, b * S * c.qStride * 4),
+        qStride: c.qStride,
+        k: rowK,
+        v: rowV,
+        kvStride: kvDim,
+        nQ: S,
+        qStart: past,
+        kvLen: past + S,
+        nHeads: cfg.numHeads,
+        nKvHeads: cfg.numKvHeads,
+        headDim: cfg.headDim,
+        scale: c.scale,
+        window: cfg.layerWindows[layer],
+        softcap: c.softcap,
+        kvValid: cache.valid[b].subarray(0, past + S),
+      });
+    }
+  }
+}
