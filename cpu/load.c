@@ -182,20 +182,15 @@ static void run_job(job *j) {
   }
 }
 
-static int ranges_overlap(const void *a, uint64_t an, const void *b, uint64_t bn) {
-  const uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
-  return x < y + bn && y < x + an;
-}
-
 /* Whether job j must wait for the earlier job k: one writes bytes the other reads or writes (a
  * load into a host block, then an upload out of it; an upload, then a load over its source).
  * Prefetches write nothing. */
 static int depends_on(const job *j, const job *k) {
   const job_spec *a = &k->spec, *b = &j->spec;
   if (a->kind == JOB_PREFETCH || b->kind == JOB_PREFETCH) return 0;
-  return ranges_overlap(a->dst, a->bytes, b->dst, b->bytes) ||
-         (b->kind == JOB_COPY && ranges_overlap(a->dst, a->bytes, b->src, b->bytes)) ||
-         (a->kind == JOB_COPY && ranges_overlap(a->src, a->bytes, b->dst, b->bytes));
+  return rl_ranges_overlap(a->dst, a->bytes, b->dst, b->bytes) ||
+         (b->kind == JOB_COPY && rl_ranges_overlap(a->dst, a->bytes, b->src, b->bytes)) ||
+         (a->kind == JOB_COPY && rl_ranges_overlap(a->src, a->bytes, b->dst, b->bytes));
 }
 
 /* The oldest job not started whose earlier dependencies are all done (under the lock), or NULL. */

@@ -407,9 +407,8 @@ static int32_t copy_bytes(rl_ctx *ctx, const char *name, void *dst, const void *
   ENTER_AS(name);
   CHECK_ARGS(rl_check_copy, dst, src, bytes);
   if (kind == cudaMemcpyDeviceToDevice)
-    REQUIRE((const uint8_t *)dst + bytes <= (const uint8_t *)src ||
-                (const uint8_t *)src + bytes <= (const uint8_t *)dst,
-            "dst %p and src %p overlap (%llu bytes)", dst, src, (unsigned long long)bytes);
+    REQUIRE(!rl_ranges_overlap(dst, bytes, src, bytes), "dst %p and src %p overlap (%llu bytes)",
+            dst, src, (unsigned long long)bytes);
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, ctx->compute));
   /* Host buffers from Deno are pageable and may be reused as soon as we return. */
   if (kind != cudaMemcpyDeviceToDevice || sync_every_op())
