@@ -21,6 +21,11 @@
  *    keys. Each task leaves a partial (max, sum, unnormalized output) per row; the parts are
  *    merged by rescaling to the largest max.
  *
+ * Keys and values are read with their own row strides and head sizes (k_stride, head_dim;
+ * v_stride, v_head_dim): scores use head_dim dims, outputs have v_head_dim, so an MLA latent
+ * cache (v pointing into k's rows, v_head_dim < head_dim) runs through the same kernels. With
+ * v == k's layout the operations, and so the results, are those of one shared kv_stride.
+ *
  * Masking: scores of keys a row may not see become -inf (their exp is 0); running maxima start
  * at -FLT_MAX, not -inf, so a row that has seen no key yet never computes inf - inf. A row that
  * sees no key at all keeps a zero sum and yields zeros.
@@ -49,8 +54,8 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 typedef struct {
   float *out;
   const float *q, *k, *v;
-  int64_t q_stride, kv_stride;
-  int32_t q_start, n_heads, group, head_dim, window;
+  int64_t q_stride, k_stride, v_stride;
+  int32_t q_start, n_heads, group, head_dim, v_head_dim, window;
   float scale, softcap;
   const uint8_t *kv_valid;
 } att_args;
@@ -119,14 +124,14 @@ static inline float clamped_f32(int64_t n) {
 }
 
 /* Rows [f0, f1) of kv head g (row f is query f / group, head g * group + f % group). ws holds
- * (2 * head_dim + ATT_KB + 3) * ATT_ROWS floats. */
+ * (head_dim + v_head_dim + ATT_KB + 3) * ATT_ROWS floats. */
 static void attend(const att_args *a, float *ws, int32_t g, int64_t f0, int64_t f1) {
-  const int64_t D = a->head_dim, R = f1 - f0, group = a->group;
+  const int64_t D = a->head_dim, Dv = a->v_head_dim, R = f1 - f0, group = a->group;
   const int rv = (int)((R + VL - 1) / VL);
   const int64_t ld = rv * VL; /* floats per transposed row */
-  float *qt = ws, *ot = qt + D * ld, *st = ot + D * ld, *mx = st + ATT_KB * ld, *sum = mx + ld;
+  float *qt = ws, *ot = qt + D * ld, *st = ot + Dv * ld, *mx = st + ATT_KB * ld, *sum = mx + ld;
   float *posf = sum + ld; /* each row's query's cache index - the first row's */
-  const float *k = a->k + g * D, *v = a->v + g * D; /* first cache row of this kv head */
+  const float *k = a->k + g * D, *v = a->v + g * Dv; /* first cache row of this kv head */
 
   for (int64_t r = 0; r < ld; r++) {
     const int64_t f = f0 + (r < R ? r : 0), t = f / group, h = g * group + f % group;
@@ -136,7 +141,7 @@ static void attend(const att_args *a, float *ws, int32_t g, int64_t f0, int64_t 
     mx[r] = -FLT_MAX;
     sum[r] = 0.0f;
   }
-  for (int64_t i = 0; i < D * ld; i++) ot[i] = 0.0f;
+  for (int64_t i = 0; i < Dv * ld; i++) ot[i] = 0.0f;
 
   /* keys of the first row's window .. the last row's position */
   const int64_t pos_first = a->q_start + f0 / group, hi = a->q_start + (f1 - 1) / group;
@@ -144,7 +149,7 @@ static void attend(const att_args *a, float *ws, int32_t g, int64_t f0, int64_t 
   for (int64_t j0 = lo; j0 <= hi; j0 += ATT_KB) {
     const int64_t kb = min64(ATT_KB, hi + 1 - j0);
     /* S^T[j][:] = K[j0 + j] . Q^T */
-    outer_all(st, k + j0 * a->kv_stride, a->kv_stride, 1, qt, ld, D, kb, rv, 0);
+    outer_all(st, k + j0 * a->k_stride, a->k_stride, 1, qt, ld, D, kb, rv, 0);
     for (int64_t i = 0; i < kb * ld; i += VL)
       vf_store(st + i, vf_mul(vf_load(st + i), vf_set1(a->scale)));
     if (a->softcap > 0.0f)
@@ -179,27 +184,27 @@ static void attend(const att_args *a, float *ws, int32_t g, int64_t f0, int64_t 
       }
       vf_store(mx + r, m);
       vf_store(sum + r, s);
-      for (int64_t d = 0; d < D; d++)
+      for (int64_t d = 0; d < Dv; d++)
         vf_store(ot + d * ld + r, vf_mul(vf_load(ot + d * ld + r), f));
     }
     /* O^T[d][:] += sum_j V[j0 + j][d] * P^T[j][:] */
-    outer_all(ot, v + j0 * a->kv_stride, 1, a->kv_stride, st, ld, kb, D, rv, 1);
+    outer_all(ot, v + j0 * a->v_stride, 1, a->v_stride, st, ld, kb, Dv, rv, 1);
   }
 
   for (int64_t r = 0; r < R; r++) {
     const int64_t f = f0 + r, t = f / group, h = g * group + f % group;
     const float inv = sum[r] > 0.0f ? 1.0f / sum[r] : 0.0f; /* no key seen: zeros */
-    float *o = a->out + (t * a->n_heads + h) * D;
-    for (int64_t d = 0; d < D; d++) o[d] = ot[d * ld + r] * inv;
+    float *o = a->out + (t * a->n_heads + h) * Dv;
+    for (int64_t d = 0; d < Dv; d++) o[d] = ot[d * ld + r] * inv;
   }
 }
 
 /* ----------------------------------------------------------------------------------------------
  * Fewer rows than lanes: dot products, keys split among tasks */
 
-/* s[j] = q . k_j for j < kb, keys kv_stride apart, D elements each: 8 keys at a time, their lane
+/* s[j] = q . k_j for j < kb, keys k_stride apart, D elements each: 8 keys at a time, their lane
  * sums reduced together. */
-static void scores(float *s, const float *q, const float *k, int64_t kv_stride, int64_t D,
+static void scores(float *s, const float *q, const float *k, int64_t k_stride, int64_t D,
                    int64_t kb) {
   int64_t j = 0;
   for (; j + 8 <= kb; j += 8) {
@@ -208,29 +213,29 @@ static void scores(float *s, const float *q, const float *k, int64_t kv_stride, 
     int64_t d = 0;
     for (; d + VL <= D; d += VL) {
       const vf qv = vf_load(q + d);
-      for (int u = 0; u < 8; u++) acc[u] = vf_fma(qv, vf_load(k + (j + u) * kv_stride + d), acc[u]);
+      for (int u = 0; u < 8; u++) acc[u] = vf_fma(qv, vf_load(k + (j + u) * k_stride + d), acc[u]);
     }
     if (d < D) {
       const int n = (int)(D - d);
       const vf qv = vf_load_part(q + d, n);
       for (int u = 0; u < 8; u++)
-        acc[u] = vf_fma(qv, vf_load_part(k + (j + u) * kv_stride + d, n), acc[u]);
+        acc[u] = vf_fma(qv, vf_load_part(k + (j + u) * k_stride + d, n), acc[u]);
     }
     vf_sum4(s + j, acc[0], acc[1], acc[2], acc[3]);
     vf_sum4(s + j + 4, acc[4], acc[5], acc[6], acc[7]);
   }
-  for (; j < kb; j++) s[j] = dot_f32(q, k + j * kv_stride, D);
+  for (; j < kb; j++) s[j] = dot_f32(q, k + j * k_stride, D);
 }
 
-/* o[:nv*VL] = o * f + sum_{j < kb} p[j] * v_j[:nv*VL] (rows kv_stride apart), the last vector of
+/* o[:nv*VL] = o * f + sum_{j < kb} p[j] * v_j[:nv*VL] (rows v_stride apart), the last vector of
  * v_j only last_n lanes long. nv is a compile-time constant at every call site. */
-ALWAYS_INLINE void pv_chunk(float *o, float f, const float *p, const float *v, int64_t kv_stride,
+ALWAYS_INLINE void pv_chunk(float *o, float f, const float *p, const float *v, int64_t v_stride,
                             int64_t kb, int nv, int last_n) {
   vf acc[4];
   for (int c = 0; c < nv; c++) acc[c] = vf_mul(vf_load(o + c * VL), vf_set1(f));
   for (int64_t j = 0; j < kb; j++) {
     const vf pj = vf_set1(p[j]);
-    const float *vj = v + j * kv_stride;
+    const float *vj = v + j * v_stride;
     for (int c = 0; c < nv; c++)
       acc[c] = vf_fma(pj, c < nv - 1 || last_n == VL ? vf_load(vj + c * VL)
                                                      : vf_load_part(vj + c * VL, last_n),
@@ -241,29 +246,29 @@ ALWAYS_INLINE void pv_chunk(float *o, float f, const float *p, const float *v, i
 
 /* o[:D] = o[:D] * f + sum_{j < kb} p[j] * v_j, 4 vectors of o at a time (o is padded to whole
  * vectors). */
-static void accumulate_pv(float *o, float f, const float *p, const float *v, int64_t kv_stride,
+static void accumulate_pv(float *o, float f, const float *p, const float *v, int64_t v_stride,
                           int64_t D, int64_t kb) {
   for (int64_t d0 = 0; d0 < D; d0 += 4 * VL) {
     const int nv = (int)min64(4, (D - d0 + VL - 1) / VL);
     const int last_n = (int)min64(VL, D - d0 - (nv - 1) * VL);
     switch (nv) {
-    case 1: pv_chunk(o + d0, f, p, v + d0, kv_stride, kb, 1, last_n); break;
-    case 2: pv_chunk(o + d0, f, p, v + d0, kv_stride, kb, 2, last_n); break;
-    case 3: pv_chunk(o + d0, f, p, v + d0, kv_stride, kb, 3, last_n); break;
-    default: pv_chunk(o + d0, f, p, v + d0, kv_stride, kb, 4, last_n); break;
+    case 1: pv_chunk(o + d0, f, p, v + d0, v_stride, kb, 1, last_n); break;
+    case 2: pv_chunk(o + d0, f, p, v + d0, v_stride, kb, 2, last_n); break;
+    case 3: pv_chunk(o + d0, f, p, v + d0, v_stride, kb, 3, last_n); break;
+    default: pv_chunk(o + d0, f, p, v + d0, v_stride, kb, 4, last_n); break;
     }
   }
 }
 
 /* Rows [0, R) of kv head g over the keys [j_begin, j_end), one row at a time: scores are dot
  * products and the softmax runs along the keys. Writes each row's running max, sum and
- * unnormalized output to part[r * (D + 2) ...] for merge_parts. ws holds ATT_KB + D + VL
- * floats. */
+ * unnormalized output to part[r * (v_head_dim + 2) ...] for merge_parts. ws holds
+ * ATT_KB + v_head_dim + VL floats. */
 static void attend_few(const att_args *a, float *ws, int32_t g, int64_t R, int64_t j_begin,
                        int64_t j_end, float *part) {
-  const int64_t D = a->head_dim, group = a->group;
+  const int64_t D = a->head_dim, Dv = a->v_head_dim, group = a->group;
   float *s = ws, *o = s + ATT_KB;
-  const float *k = a->k + g * D, *v = a->v + g * D; /* first cache row of this kv head */
+  const float *k = a->k + g * D, *v = a->v + g * Dv; /* first cache row of this kv head */
   for (int64_t r = 0; r < R; r++) {
     const int64_t t = r / group, h = g * group + r % group, pos = a->q_start + t;
     const float *q = a->q + t * a->q_stride + h * D;
@@ -271,10 +276,10 @@ static void attend_few(const att_args *a, float *ws, int32_t g, int64_t R, int64
                                                                           : j_begin;
     const int64_t last = pos < j_end - 1 ? pos : j_end - 1;
     float m = -FLT_MAX, l = 0.0f;
-    for (int64_t d = 0; d < (D + VL - 1) / VL * VL; d++) o[d] = 0.0f;
+    for (int64_t d = 0; d < (Dv + VL - 1) / VL * VL; d++) o[d] = 0.0f;
     for (int64_t j0 = first; j0 <= last; j0 += ATT_KB) {
       const int64_t kb = min64(ATT_KB, last + 1 - j0), kv = (kb + VL - 1) / VL * VL;
-      scores(s, q, k + j0 * a->kv_stride, a->kv_stride, D, kb);
+      scores(s, q, k + j0 * a->k_stride, a->k_stride, D, kb);
       for (int64_t j = 0; j < kb; j++) {
         s[j] *= a->scale;
         if (a->softcap > 0.0f) s[j] = a->softcap * tanhf(s[j] / a->softcap);
@@ -292,13 +297,13 @@ static void attend_few(const att_args *a, float *ws, int32_t g, int64_t R, int64
       }
       const float f = expf(m - m_new); /* 1 when the max did not grow */
       l = l * f + vf_sum(sum);
-      accumulate_pv(o, f, s, v + j0 * a->kv_stride, a->kv_stride, D, kb);
+      accumulate_pv(o, f, s, v + j0 * a->v_stride, a->v_stride, Dv, kb);
       m = m_new;
     }
-    float *pr = part + r * (D + 2);
+    float *pr = part + r * (Dv + 2);
     pr[0] = m;
     pr[1] = l;
-    memcpy(pr + 2, o, sizeof(float) * (size_t)D);
+    memcpy(pr + 2, o, sizeof(float) * (size_t)Dv);
   }
 }
 
@@ -306,7 +311,7 @@ static void attend_few(const att_args *a, float *ws, int32_t g, int64_t R, int64
  * the outputs and sums rescaled to the largest max, then normalized. */
 static void merge_parts(const att_args *a, const float *parts, int64_t n_parts, int64_t stride,
                         int32_t g, int64_t r) {
-  const int64_t D = a->head_dim, t = r / a->group, h = g * a->group + r % a->group;
+  const int64_t D = a->v_head_dim, t = r / a->group, h = g * a->group + r % a->group;
   float m = -FLT_MAX, l = 0.0f;
   for (int64_t p = 0; p < n_parts; p++) m = parts[p * stride] > m ? parts[p * stride] : m;
   float *o = a->out + (t * a->n_heads + h) * D;
@@ -322,18 +327,19 @@ static void merge_parts(const att_args *a, const float *parts, int64_t n_parts, 
 }
 
 RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
-                            const float *k, const float *v, int32_t kv_stride, int32_t n_q,
-                            int32_t q_start, int32_t kv_len, int32_t n_heads, int32_t n_kv_heads,
-                            int32_t head_dim, float scale, int32_t window, float softcap,
-                            const uint8_t *kv_valid) {
-  CHECK_ARGS(rl_check_attention, out, q, q_stride, k, v, kv_stride, n_q, q_start, kv_len, n_heads,
-             n_kv_heads, head_dim);
+                            const float *k, int32_t k_stride, const float *v, int32_t v_stride,
+                            int32_t n_q, int32_t q_start, int32_t kv_len, int32_t n_heads,
+                            int32_t n_kv_heads, int32_t head_dim, int32_t v_head_dim, float scale,
+                            int32_t window, float softcap, const uint8_t *kv_valid) {
+  CHECK_ARGS(rl_check_attention, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
+             n_heads, n_kv_heads, head_dim, v_head_dim);
 
-  const att_args a = {out,     q,       k,          v,        q_stride, kv_stride,
-                      q_start, n_heads, n_heads / n_kv_heads, head_dim, window,   scale,
-                      softcap, kv_valid};
+  const att_args a = {out,        q,          k,       v,       q_stride,
+                      k_stride,   v_stride,   q_start, n_heads, n_heads / n_kv_heads,
+                      head_dim,   v_head_dim, window,  scale,   softcap,
+                      kv_valid};
   const int64_t rows = (int64_t)n_q * a.group; /* per kv head */
-  const int64_t work = (int64_t)n_q * n_heads * (q_start + n_q) * head_dim;
+  const int64_t work = (int64_t)n_q * n_heads * (q_start + n_q) * ((head_dim + v_head_dim) / 2);
   const int n_threads = work >= PAR_MIN_WORK ? ctx->n_threads : 1;
   const int few = rows < VL;
   /* few rows: tasks split the keys (every row's, from the first query's window on) and leave
@@ -345,10 +351,10 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
   const int64_t split_len = (keys + splits - 1) / splits;
   const int64_t blocks = (rows + ATT_ROWS - 1) / ATT_ROWS;
   const int64_t tasks = (few ? splits : blocks) * n_kv_heads;
-  const int64_t part_floats = rows * (head_dim + 2); /* per kv head and split */
+  const int64_t part_floats = rows * (v_head_dim + 2); /* per kv head and split */
   /* work areas (multiples of 16 floats), then the parts */
-  const size_t ws_floats = few ? (size_t)(ATT_KB + head_dim + VL + 15) / 16 * 16
-                               : (size_t)(2 * head_dim + ATT_KB + 3) * ATT_ROWS;
+  const size_t ws_floats = few ? (size_t)(ATT_KB + v_head_dim + VL + 15) / 16 * 16
+                               : (size_t)(head_dim + v_head_dim + ATT_KB + 3) * ATT_ROWS;
   const size_t parts_floats = few ? (size_t)(tasks * part_floats) : 0;
   const size_t floats = ws_floats * (size_t)n_threads + parts_floats;
   float *ws = aligned_alloc(64, (sizeof(float) * floats + 63) / 64 * 64);
@@ -374,7 +380,7 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < n_kv_heads * rows; i++) {
         const int32_t g = (int32_t)(i / rows);
-        merge_parts(&a, parts + g * splits * part_floats + (i % rows) * (head_dim + 2), splits,
+        merge_parts(&a, parts + g * splits * part_floats + (i % rows) * (v_head_dim + 2), splits,
                     part_floats, g, i % rows);
       }
     }

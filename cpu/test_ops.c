@@ -201,8 +201,9 @@ static uint64_t stat_of(rl_ctx *ctx, int which) {
  * Library, context, memory */
 
 static void test_library(void) {
-  check(rl_abi_version() == RL_ABI_VERSION && RL_ABI_VERSION == 4, "rl_abi_version %u",
-        rl_abi_version()); /* 4: rl_act, rl_gather_rows, rl_scatter_add_rows */
+  check(rl_abi_version() == RL_ABI_VERSION && RL_ABI_VERSION == 5, "rl_abi_version %u",
+        rl_abi_version()); /* 5: tensor descriptors (rl_matmul_nd, rl_copy_nd), rl_attention's
+                            * v_stride and v_head_dim */
   char info[256], small[4];
   const int64_t len = rl_backend_info((uint8_t *)info, sizeof info);
   check(len > 3 && (size_t)len == strlen(info) && strncmp(info, "cpu ", 4) == 0,
@@ -396,6 +397,260 @@ static void test_matmul(rl_ctx *ctx) {
   test_matmul_case(ctx, 130, 33, 64, RL_F32, RL_F32);
 }
 
+/* ----------------------------------------------------------------------------------------------
+ * ABI 5: ops over strided 4-D views (tensor descriptors) */
+
+/* A descriptor: dtype, offset, shape[4], stride[4]. */
+static void make_desc(int64_t d[RL_DESC_LEN], int dt, int64_t offset, const int64_t shape[4],
+                      const int64_t stride[4]) {
+  d[RL_DESC_DTYPE] = dt;
+  d[RL_DESC_OFFSET] = offset;
+  for (int i = 0; i < 4; i++) {
+    d[RL_DESC_SHAPE + i] = shape[i];
+    d[RL_DESC_STRIDE + i] = stride[i];
+  }
+}
+
+/* Element offset of index (i0, i1, i2, i3) of descriptor d. */
+static int64_t desc_at(const int64_t d[RL_DESC_LEN], int64_t i0, int64_t i1, int64_t i2,
+                       int64_t i3) {
+  return d[RL_DESC_OFFSET] + i0 * d[RL_DESC_STRIDE] + i1 * d[RL_DESC_STRIDE + 1] +
+         i2 * d[RL_DESC_STRIDE + 2] + i3 * d[RL_DESC_STRIDE + 3];
+}
+
+#define SENTINEL 7.25f /* out elements outside the view keep it */
+
+/* rl_matmul_nd on host buffers: x (x_n floats), w (w_n elements of dtype dt, with its exact
+ * values), out (out_n floats, filled with SENTINEL). Checks the view against a naive double
+ * reference and that every out element outside the view is untouched. */
+static void check_matmul_nd(rl_ctx *ctx, const char *what, const float *x, int64_t x_n,
+                            const int64_t xd[RL_DESC_LEN], tensor w, int dt, int64_t w_n,
+                            const int64_t wd[RL_DESC_LEN], int64_t out_n,
+                            const int64_t od[RL_DESC_LEN]) {
+  const int64_t A = od[RL_DESC_SHAPE], B = od[RL_DESC_SHAPE + 1], M = od[RL_DESC_SHAPE + 2],
+                N = od[RL_DESC_SHAPE + 3], K = xd[RL_DESC_SHAPE + 3];
+  const int64_t n_view = A * B * M * N;
+  double *ref = doubles(n_view);
+  for (int64_t a = 0; a < A; a++)
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+          double acc = 0.0;
+          for (int64_t k = 0; k < K; k++)
+            acc += (double)x[desc_at(xd, a, b, m, k)] * w.val[desc_at(wd, a, b, k, n)];
+          ref[((a * B + b) * M + m) * N + n] = acc;
+        }
+  float *host_out = malloc(sizeof(float) * (size_t)out_n);
+  for (int64_t i = 0; i < out_n; i++) host_out[i] = SENTINEL;
+  float *dx = to_device(ctx, x, x_n * 4), *dout = to_device(ctx, host_out, out_n * 4);
+  void *dw = to_device(ctx, w.data, w_n * dtype_size(dt));
+  const int32_t st = rl_matmul_nd(ctx, dout, od, dx, xd, dw, wd);
+  float *got = download_free(ctx, dout, out_n);
+  float *view = malloc(sizeof(float) * (size_t)n_view);
+  uint8_t *in_view = calloc((size_t)out_n, 1);
+  for (int64_t a = 0; a < A; a++)
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+          const int64_t at = desc_at(od, a, b, m, n);
+          view[((a * B + b) * M + m) * N + n] = got[at];
+          in_view[at] = 1;
+        }
+  check_close(view, ref, n_view, st == RL_OK ? TOL : -1.0, "rl_matmul_nd %s w %s (status %d)",
+              what, dtype_name[dt], st);
+  int64_t touched = 0;
+  for (int64_t i = 0; i < out_n; i++) touched += !in_view[i] && got[i] != SENTINEL;
+  check(touched == 0, "rl_matmul_nd %s w %s: %lld elements outside out's view changed", what,
+        dtype_name[dt], (long long)touched);
+  rl_free(ctx, dx);
+  rl_free(ctx, dw);
+  free(host_out);
+  free(got);
+  free(view);
+  free(in_view);
+  free(ref);
+}
+
+static void test_matmul_nd(rl_ctx *ctx) {
+  int64_t xd[RL_DESC_LEN], wd[RL_DESC_LEN], od[RL_DESC_LEN];
+  for (int dt = RL_F32; dt <= RL_BF16; dt++) {
+    /* a plain [K, N] w (n-stride 1), several shapes: vector tails, one row, enough work for
+     * every thread with a row's columns split among tasks */
+    static const int64_t mnk[][3] = {{5, 70, 37}, {1, 1, 9}, {3, 16, 1}, {1, 1000, 64},
+                                     {40, 130, 33}};
+    for (int i = 0; i < 5; i++) {
+      const int64_t M = mnk[i][0], N = mnk[i][1], K = mnk[i][2];
+      float *x = rand_floats(M * K, -1.0f, 1.0f);
+      tensor w = rand_tensor(dt, K * N);
+      make_desc(xd, RL_F32, 0, (int64_t[]){1, 1, M, K}, (int64_t[]){0, 0, K, 1});
+      make_desc(wd, dt, 0, (int64_t[]){1, 1, K, N}, (int64_t[]){0, 0, N, 1});
+      make_desc(od, RL_F32, 0, (int64_t[]){1, 1, M, N}, (int64_t[]){0, 0, N, 1});
+      char what[96];
+      snprintf(what, sizeof what, "plain [K,N] w M=%lld N=%lld K=%lld", (long long)M,
+               (long long)N, (long long)K);
+      check_matmul_nd(ctx, what, x, M * K, xd, w, dt, K * N, wd, M * N, od);
+      /* the same w as nn.Linear rows: W[N, K] viewed with strides (.., 1, K) */
+      make_desc(wd, dt, 0, (int64_t[]){1, 1, K, N}, (int64_t[]){0, 0, 1, K});
+      snprintf(what, sizeof what, "nn.Linear view M=%lld N=%lld K=%lld", (long long)M,
+               (long long)N, (long long)K);
+      check_matmul_nd(ctx, what, x, M * K, xd, w, dt, K * N, wd, M * N, od);
+      free(x);
+      free_tensor(w);
+    }
+    {
+      /* x transposed (k-stride M: copied to a row) against nn.Linear rows; out transposed */
+      const int64_t M = 6, N = 19, K = 45;
+      float *x = rand_floats(K * M, -1.0f, 1.0f);
+      tensor w = rand_tensor(dt, N * K);
+      make_desc(xd, RL_F32, 0, (int64_t[]){1, 1, M, K}, (int64_t[]){0, 0, 1, M});
+      make_desc(wd, dt, 0, (int64_t[]){1, 1, K, N}, (int64_t[]){0, 0, 1, K});
+      make_desc(od, RL_F32, 0, (int64_t[]){1, 1, M, N}, (int64_t[]){0, 0, 1, M});
+      check_matmul_nd(ctx, "x and out transposed, nn.Linear w", x, K * M, xd, w, dt, N * K, wd,
+                      M * N, od);
+      /* the same with a plain w and out */
+      make_desc(wd, dt, 0, (int64_t[]){1, 1, K, N}, (int64_t[]){0, 0, N, 1});
+      make_desc(od, RL_F32, 0, (int64_t[]){1, 1, M, N}, (int64_t[]){0, 0, N, 1});
+      check_matmul_nd(ctx, "x transposed, plain w", x, K * M, xd, w, dt, N * K, wd, M * N, od);
+      free(x);
+      free_tensor(w);
+    }
+    {
+      /* broadcast batch: [2, 3] batches; w shared (strides 0, 0), then x shared across a
+       * (stride 0) with a w per batch */
+      const int64_t A = 2, B = 3, M = 4, N = 21, K = 17;
+      float *x = rand_floats(A * B * M * K, -1.0f, 1.0f);
+      tensor w = rand_tensor(dt, A * B * K * N);
+      make_desc(xd, RL_F32, 0, (int64_t[]){A, B, M, K}, (int64_t[]){B * M * K, M * K, K, 1});
+      make_desc(wd, dt, 0, (int64_t[]){A, B, K, N}, (int64_t[]){0, 0, N, 1});
+      make_desc(od, RL_F32, 0, (int64_t[]){A, B, M, N}, (int64_t[]){B * M * N, M * N, N, 1});
+      check_matmul_nd(ctx, "w broadcast over [2,3] batches", x, A * B * M * K, xd, w, dt,
+                      A * B * K * N, wd, A * B * M * N, od);
+      make_desc(xd, RL_F32, 0, (int64_t[]){A, B, M, K}, (int64_t[]){0, M * K, K, 1});
+      make_desc(wd, dt, 0, (int64_t[]){A, B, K, N}, (int64_t[]){B * N * K, N * K, 1, K});
+      check_matmul_nd(ctx, "x broadcast over a, nn.Linear w per batch", x, A * B * M * K, xd, w,
+                      dt, A * B * K * N, wd, A * B * M * N, od);
+      free(x);
+      free_tensor(w);
+    }
+    {
+      /* MLA absorption, per-head views with offsets. q is [T, H*qk], qk = nope + rope; its
+       * nope part per head is the view [1, H, T, nope], strides (0, qk, H*qk, 1). kv_b_proj is
+       * W[H*(nope+vd), L] (nn.Linear): head h's rows h*(nope+vd) + i, the first nope for keys,
+       * the next vd for values.
+       *  q_lat[h, t, l] = sum_i q_nope[h, t, i] * W[h*(nope+vd) + i, l]  (w view [nope, L]:
+       *                   strides ((nope+vd)*L, L, 1), plain layout), written into a [T, H*L]
+       *                   buffer at an offset;
+       *  o[h, t, j] = sum_l q_lat[h, t, l] * W[h*(nope+vd) + nope + j, l]  (w view [L, vd]:
+       *                   strides ((nope+vd)*L, 1, L), offset nope*L, nn.Linear layout). */
+      const int64_t T = 5, H = 3, nope = 8, rope = 4, qk = nope + rope, vd = 6, L = 20;
+      const int64_t pad = 3;
+      float *q = rand_floats(T * H * qk, -1.0f, 1.0f);
+      tensor w = rand_tensor(dt, H * (nope + vd) * L);
+      make_desc(xd, RL_F32, 0, (int64_t[]){1, H, T, nope}, (int64_t[]){0, qk, H * qk, 1});
+      make_desc(wd, dt, 0, (int64_t[]){1, H, nope, L}, (int64_t[]){0, (nope + vd) * L, L, 1});
+      make_desc(od, RL_F32, pad, (int64_t[]){1, H, T, L}, (int64_t[]){0, L, H * L, 1});
+      check_matmul_nd(ctx, "per-head q_nope x W_UK (offsets)", q, T * H * qk, xd, w, dt,
+                      H * (nope + vd) * L, wd, pad + T * H * L + pad, od);
+      float *lat = rand_floats(pad + T * H * L, -1.0f, 1.0f);
+      make_desc(xd, RL_F32, pad, (int64_t[]){1, H, T, L}, (int64_t[]){0, L, H * L, 1});
+      make_desc(wd, dt, nope * L, (int64_t[]){1, H, L, vd}, (int64_t[]){0, (nope + vd) * L, 1, L});
+      make_desc(od, RL_F32, 1, (int64_t[]){1, H, T, vd}, (int64_t[]){0, vd, H * vd, 1});
+      check_matmul_nd(ctx, "per-head latent x W_UV (offsets)", lat, pad + T * H * L, xd, w, dt,
+                      H * (nope + vd) * L, wd, 1 + T * H * vd, od);
+      free(q);
+      free(lat);
+      free_tensor(w);
+    }
+    {
+      /* neither w stride 1 (every 2nd row, every 3rd column of a [2K, 3N] matrix); out with
+       * column stride 2 */
+      const int64_t M = 3, N = 11, K = 13;
+      float *x = rand_floats(M * K, -1.0f, 1.0f);
+      tensor w = rand_tensor(dt, 2 * K * 3 * N);
+      make_desc(xd, RL_F32, 0, (int64_t[]){1, 1, M, K}, (int64_t[]){0, 0, K, 1});
+      make_desc(wd, dt, 1, (int64_t[]){1, 1, K, N}, (int64_t[]){0, 0, 2 * 3 * N, 3});
+      make_desc(od, RL_F32, 0, (int64_t[]){1, 1, M, N}, (int64_t[]){0, 0, 2 * N, 2});
+      check_matmul_nd(ctx, "generic strides", x, M * K, xd, w, dt, 2 * K * 3 * N, wd, 2 * M * N,
+                      od);
+      free(x);
+      free_tensor(w);
+    }
+  }
+}
+
+/* rl_copy_nd of host src (src_n elements of dtype dt) into dst (dst_n elements, bytes 0xA5):
+ * the view's elements are src's bit for bit, the rest of dst is untouched. */
+static void check_copy_nd(rl_ctx *ctx, const char *what, int dt, const void *src, int64_t src_n,
+                          const int64_t sd[RL_DESC_LEN], int64_t dst_n,
+                          const int64_t dd[RL_DESC_LEN]) {
+  const int64_t es = dtype_size(dt);
+  uint8_t *host = malloc((size_t)(dst_n * es));
+  memset(host, 0xA5, (size_t)(dst_n * es));
+  void *dsrc = to_device(ctx, src, src_n * es), *ddst = to_device(ctx, host, dst_n * es);
+  const int32_t st = rl_copy_nd(ctx, ddst, dd, dsrc, sd);
+  uint8_t *got = malloc((size_t)(dst_n * es)), *in_view = calloc((size_t)dst_n, 1);
+  rl_download(ctx, got, ddst, (uint64_t)(dst_n * es));
+  int64_t wrong = 0, touched = 0;
+  const int64_t *sh = dd + RL_DESC_SHAPE;
+  for (int64_t a = 0; a < sh[0]; a++)
+    for (int64_t b = 0; b < sh[1]; b++)
+      for (int64_t c = 0; c < sh[2]; c++)
+        for (int64_t d = 0; d < sh[3]; d++) {
+          const int64_t o = desc_at(dd, a, b, c, d), i = desc_at(sd, a, b, c, d);
+          wrong += memcmp(got + o * es, (const uint8_t *)src + i * es, (size_t)es) != 0;
+          in_view[o] = 1;
+        }
+  for (int64_t i = 0; i < dst_n; i++)
+    if (!in_view[i]) touched += memcmp(got + i * es, host + i * es, (size_t)es) != 0;
+  check(st == RL_OK && wrong == 0 && touched == 0,
+        "rl_copy_nd %s %s: status %d, %lld elements wrong, %lld outside the view changed", what,
+        dtype_name[dt], st, (long long)wrong, (long long)touched);
+  rl_free(ctx, dsrc);
+  rl_free(ctx, ddst);
+  free(host);
+  free(got);
+  free(in_view);
+}
+
+static void test_copy_nd(rl_ctx *ctx) {
+  int64_t sd[RL_DESC_LEN], dd[RL_DESC_LEN];
+  for (int dt = RL_F32; dt <= RL_BF16; dt++) {
+    tensor src = rand_tensor(dt, 600 * 700);
+    {
+      /* de-interleave rope pairs: rows [T*H, qk], rope part (from nope on) interleaved
+       * (x0 y0 x1 y1 ...) -> [T*H, 2, half] halves: src strides (qk, 1, 2), dst (2*half, half, 1) */
+      const int64_t TH = 10, nope = 6, half = 5, qk = nope + 2 * half;
+      make_desc(sd, dt, nope, (int64_t[]){1, TH, 2, half}, (int64_t[]){0, qk, 1, 2});
+      make_desc(dd, dt, 0, (int64_t[]){1, TH, 2, half}, (int64_t[]){0, 2 * half, half, 1});
+      check_copy_nd(ctx, "de-interleave rope pairs", dt, src.data, TH * qk, sd, TH * 2 * half,
+                    dd);
+    }
+    {
+      /* a column range of a [R, C] matrix into a column range of a [R, C2] one (memcpy rows),
+       * small and big enough for every thread */
+      static const int64_t rc[][2] = {{7, 30}, {600, 700}};
+      for (int i = 0; i < 2; i++) {
+        const int64_t R = rc[i][0], C = rc[i][1], c0 = 3, w = C - 9, C2 = C + 5;
+        make_desc(sd, dt, c0, (int64_t[]){1, 1, R, w}, (int64_t[]){0, 0, C, 1});
+        make_desc(dd, dt, 2, (int64_t[]){1, 1, R, w}, (int64_t[]){0, 0, C2, 1});
+        check_copy_nd(ctx, R > 100 ? "column range (big)" : "column range", dt, src.data, R * C,
+                      sd, R * C2, dd);
+      }
+    }
+    {
+      /* a transpose of [R, C] with 4-D batch dims, and a broadcast source (stride 0) */
+      const int64_t R = 9, C = 13;
+      make_desc(sd, dt, 0, (int64_t[]){2, 1, C, R}, (int64_t[]){R * C, 0, 1, C});
+      make_desc(dd, dt, 0, (int64_t[]){2, 1, C, R}, (int64_t[]){C * R, 0, R, 1});
+      check_copy_nd(ctx, "transpose", dt, src.data, 2 * R * C, sd, 2 * C * R, dd);
+      make_desc(sd, dt, 4, (int64_t[]){3, 2, 1, C}, (int64_t[]){0, C, 0, 1});
+      make_desc(dd, dt, 0, (int64_t[]){3, 2, 1, C}, (int64_t[]){2 * C, C, 0, 1});
+      check_copy_nd(ctx, "broadcast src", dt, src.data, 4 + 2 * C, sd, 6 * C, dd);
+    }
+    free_tensor(src);
+  }
+}
+
 static void test_rmsnorm(rl_ctx *ctx) {
   static const int shapes[][2] = {{1, 67}, {3, 67}, {5, 576}, {64, 600}};
   for (int dt = RL_F32; dt <= RL_BF16; dt++)
@@ -476,21 +731,28 @@ typedef struct {
   int head_dim, n_heads, n_kv_heads, n_q, q_start, window;
   float softcap;
   int mask; /* 0: no kv_valid, 1: kv_valid with holes, 2: kv_valid hides query 0's only key */
+  int v_head_dim; /* 0: head_dim, v in its own buffer with k's stride (as before ABI 5) */
+  int mla;        /* 1: v = k, v_stride = k_stride (an MLA latent cache: the value is the first
+                   * v_head_dim floats of each key row); else v in its own buffer */
 } attn_case;
 
 static void test_attention_case(rl_ctx *ctx, attn_case c) {
   const int D = c.head_dim, H = c.n_heads, G = c.n_kv_heads;
+  const int Dv = c.v_head_dim ? c.v_head_dim : D;
   const int kv_len = c.q_start + c.n_q + 2; /* two later cache rows the queries must not see */
-  const int q_stride = H * D + 3, kv_stride = G * D + 5;
+  const int q_stride = H * D + 3, k_stride = G * D + 5;
+  /* v: k's stride when Dv == D (the pre-ABI 5 layout), else its own */
+  const int v_stride = c.mla ? k_stride : Dv == D ? k_stride : G * Dv + 7;
   const float scale = 1.0f / sqrtf((float)D);
   float *q = rand_floats((int64_t)c.n_q * q_stride, -3.0f, 3.0f);
-  float *k = rand_floats((int64_t)kv_len * kv_stride, -1.0f, 1.0f);
-  float *v = rand_floats((int64_t)kv_len * kv_stride, -1.0f, 1.0f);
-  uint8_t valid[64];
+  float *k = rand_floats((int64_t)kv_len * k_stride, -1.0f, 1.0f);
+  float *v = c.mla ? k : rand_floats((int64_t)kv_len * v_stride, -1.0f, 1.0f);
+  uint8_t valid[128];
   for (int j = 0; j < kv_len; j++) valid[j] = c.mask == 1 ? j % 3 != 1 : c.mask != 2 || j != 0;
   const uint8_t *kv_valid = c.mask ? valid : NULL;
 
-  double *ref = doubles((int64_t)c.n_q * H * D), *p = doubles(kv_len);
+  const int64_t n_out = (int64_t)c.n_q * H * Dv;
+  double *ref = doubles(n_out), *p = doubles(kv_len);
   for (int t = 0; t < c.n_q; t++)
     for (int h = 0; h < H; h++) {
       const int pos = c.q_start + t, g = h / (H / G);
@@ -501,7 +763,7 @@ static void test_attention_case(rl_ctx *ctx, attn_case c) {
           continue;
         double s = 0.0;
         for (int d = 0; d < D; d++)
-          s += (double)q[t * q_stride + h * D + d] * k[j * kv_stride + g * D + d];
+          s += (double)q[t * q_stride + h * D + d] * k[(int64_t)j * k_stride + g * D + d];
         s *= scale;
         if (c.softcap > 0) s = c.softcap * tanh(s / c.softcap);
         p[j] = s;
@@ -509,35 +771,39 @@ static void test_attention_case(rl_ctx *ctx, attn_case c) {
       }
       for (int j = 0; j < kv_len; j++)
         if (!isnan(p[j])) sum += p[j] = exp(p[j] - max);
-      for (int d = 0; d < D; d++) {
+      for (int d = 0; d < Dv; d++) {
         double o = 0.0;
         for (int j = 0; j < kv_len; j++)
-          if (!isnan(p[j])) o += p[j] / sum * v[j * kv_stride + g * D + d];
-        ref[(t * H + h) * D + d] = o;
+          if (!isnan(p[j])) o += p[j] / sum * v[(int64_t)j * v_stride + g * Dv + d];
+        ref[((int64_t)t * H + h) * Dv + d] = o;
       }
     }
 
   float *dq = to_device(ctx, q, (int64_t)c.n_q * q_stride * 4);
-  float *dk = to_device(ctx, k, (int64_t)kv_len * kv_stride * 4);
-  float *dv = to_device(ctx, v, (int64_t)kv_len * kv_stride * 4);
-  float *dout = device_floats(ctx, (int64_t)c.n_q * H * D);
-  const int32_t st = rl_attention(ctx, dout, dq, q_stride, dk, dv, kv_stride, c.n_q, c.q_start,
-                                  kv_len, H, G, D, scale, c.window, c.softcap, kv_valid);
-  float *got = download_free(ctx, dout, (int64_t)c.n_q * H * D);
-  check_close(got, ref, (int64_t)c.n_q * H * D, st == RL_OK ? TOL : -1.0,
-              "rl_attention head_dim=%d heads=%d/%d n_q=%d q_start=%d window=%d softcap=%g mask=%d",
-              D, H, G, c.n_q, c.q_start, c.window, (double)c.softcap, c.mask);
+  float *dk = to_device(ctx, k, (int64_t)kv_len * k_stride * 4);
+  float *dv = c.mla ? dk : to_device(ctx, v, (int64_t)kv_len * v_stride * 4);
+  float *dout = device_floats(ctx, n_out);
+  const int32_t st = rl_attention(ctx, dout, dq, q_stride, dk, k_stride, dv, v_stride, c.n_q,
+                                  c.q_start, kv_len, H, G, D, Dv, scale, c.window, c.softcap,
+                                  kv_valid);
+  float *got = download_free(ctx, dout, n_out);
+  check_close(got, ref, n_out, st == RL_OK ? TOL : -1.0,
+              "rl_attention head_dim=%d v_head_dim=%d%s heads=%d/%d n_q=%d q_start=%d window=%d "
+              "softcap=%g mask=%d attn_impl=%lld",
+              D, Dv, c.mla ? " (v = k)" : "", H, G, c.n_q, c.q_start, c.window,
+              (double)c.softcap, c.mask,
+              (long long)rl_get_option(ctx, (const uint8_t *)"attn_impl"));
   if (c.mask == 2 && c.q_start == 0) { /* query 0 sees only key 0, which is masked */
     int zeros = 1;
-    for (int i = 0; i < H * D; i++) zeros &= got[i] == 0.0f;
+    for (int i = 0; i < H * Dv; i++) zeros &= got[i] == 0.0f;
     check(zeros, "rl_attention: a query that sees no key yields zeros");
   }
   rl_free(ctx, dq);
   rl_free(ctx, dk);
-  rl_free(ctx, dv);
+  if (!c.mla) rl_free(ctx, dv);
   free(q);
   free(k);
-  free(v);
+  if (!c.mla) free(v);
   free(got);
   free(ref);
   free(p);
@@ -555,9 +821,39 @@ static void test_attention(rl_ctx *ctx) {
           for (int cap = 0; cap < 2; cap++)
             for (int mask = 0; mask < 3; mask++)
               test_attention_case(ctx, (attn_case){dims[di], 2 * gqa[gi], 2, qs[qi][0], qs[qi][1],
-                                                   windows[wi], cap ? 5.0f : 0.0f, mask});
+                                                   windows[wi], cap ? 5.0f : 0.0f, mask, 0, 0});
   /* one long prefill with many (query, head) pairs across threads */
-  test_attention_case(ctx, (attn_case){64, 9, 3, 40, 20, 0, 0.0f, 1});
+  test_attention_case(ctx, (attn_case){64, 9, 3, 40, 20, 0, 0.0f, 1, 0, 0});
+}
+
+/* Run after the older tests, so that their random inputs stay what they were. */
+static void test_attention_v(rl_ctx *ctx) {
+  /* ABI 5: v_head_dim != head_dim, and v read from k's rows (MLA latent attention). Under every
+   * attn_impl (the CPU has one implementation; the option must not change results), with few
+   * (query, head) rows per kv head (decode: keys split among tasks) and many (prefill: row
+   * tiles). */
+  for (int impl = 0; impl <= 2; impl += 2) {
+    check(rl_set_option(ctx, (const uint8_t *)"attn_impl", impl) == RL_OK, "attn_impl %d", impl);
+    static const attn_case vd[] = {
+        /* head_dim, heads, kv heads, n_q, q_start, window, softcap, mask, v_head_dim, mla */
+        {32, 4, 1, 1, 70, 0, 0.0f, 0, 24, 1},   /* MLA decode: latent 24 | rope 8, v = k */
+        {32, 16, 1, 1, 70, 0, 0.0f, 1, 24, 1},  /* MLA decode, 16 heads */
+        {32, 16, 1, 7, 60, 0, 0.0f, 0, 24, 1},  /* MLA prefill */
+        {32, 16, 1, 9, 0, 5, 0.0f, 2, 24, 1},   /* MLA prefill, window, a query sees no key */
+        {32, 3, 1, 20, 50, 0, 4.0f, 1, 24, 1},  /* MLA, softcap, masked keys */
+        {20, 8, 2, 1, 80, 0, 0.0f, 0, 12, 0},   /* GQA, v_head_dim < head_dim, own v buffer */
+        {20, 8, 2, 6, 30, 7, 0.0f, 1, 12, 0},   /* GQA prefill, window, mask */
+        {12, 6, 3, 3, 10, 0, 0.0f, 0, 40, 0},   /* v_head_dim > head_dim */
+        {12, 6, 3, 30, 10, 0, 0.0f, 0, 40, 0},  /* v_head_dim > head_dim, prefill */
+        {576, 16, 1, 1, 69, 0, 0.0f, 0, 512, 1}, /* DeepSeek MLA sizes, decode */
+        {576, 2, 1, 1, 69, 0, 0.0f, 0, 512, 1},  /* few rows */
+        {576, 16, 1, 3, 66, 0, 0.0f, 1, 512, 1}, /* prefill */
+        {1024, 2, 1, 2, 70, 0, 0.0f, 0, 1024, 0}, /* the largest sizes, decode and prefill */
+        {1024, 4, 2, 20, 5, 0, 0.0f, 0, 768, 0},
+    };
+    for (size_t i = 0; i < sizeof vd / sizeof vd[0]; i++) test_attention_case(ctx, vd[i]);
+  }
+  rl_set_option(ctx, (const uint8_t *)"attn_impl", 0);
 }
 
 static double ref_act(int act, double x) {
@@ -902,18 +1198,150 @@ static void test_errors(rl_ctx *ctx) {
   check_error(ctx, rl_rope(ctx, f, 2, 64, 2, 32, 4, NULL, freq, 1.0f), RL_ERR_INVALID, "rl_rope",
               "positions");
 
-  check_error(ctx, rl_attention(ctx, f, f, 64, f, f, 64, 1, 0, 4, 6, 4, 8, 1.0f, 0, 0.0f, NULL),
+  check_error(ctx,
+              rl_attention(ctx, f, f, 64, f, 64, f, 64, 1, 0, 4, 6, 4, 8, 8, 1.0f, 0, 0.0f, NULL),
               RL_ERR_INVALID, "rl_attention", "n_kv_heads");
-  check_error(ctx, rl_attention(ctx, f, f, 64, f, f, 64, 2, 3, 4, 4, 2, 8, 1.0f, 0, 0.0f, NULL),
+  check_error(ctx,
+              rl_attention(ctx, f, f, 64, f, 64, f, 64, 2, 3, 4, 4, 2, 8, 8, 1.0f, 0, 0.0f, NULL),
               RL_ERR_INVALID, "rl_attention", "kv_len");
-  check_error(ctx, rl_attention(ctx, f, f, 16, f, f, 64, 1, 0, 4, 4, 2, 8, 1.0f, 0, 0.0f, NULL),
+  check_error(ctx,
+              rl_attention(ctx, f, f, 16, f, 64, f, 64, 1, 0, 4, 4, 2, 8, 8, 1.0f, 0, 0.0f, NULL),
               RL_ERR_INVALID, "rl_attention", "q_stride");
-  check_error(ctx, rl_attention(ctx, f, f, 64, f, f, 8, 1, 0, 4, 4, 2, 8, 1.0f, 0, 0.0f, NULL),
-              RL_ERR_INVALID, "rl_attention", "kv_stride");
-  check_error(ctx, rl_attention(ctx, f, f, 64, f, f, 64, 1, 0, 4, 4, 2, 0, 1.0f, 0, 0.0f, NULL),
+  check_error(ctx,
+              rl_attention(ctx, f, f, 64, f, 8, f, 8, 1, 0, 4, 4, 2, 8, 8, 1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "k_stride");
+  check_error(ctx,
+              rl_attention(ctx, f, f, 64, f, 64, f, 64, 1, 0, 4, 4, 2, 0, 0, 1.0f, 0, 0.0f, NULL),
               RL_ERR_INVALID, "rl_attention", "head_dim");
-  check_error(ctx, rl_attention(ctx, f, f, 64, NULL, f, 64, 1, 0, 4, 4, 2, 8, 1.0f, 0, 0.0f, NULL),
+  check_error(ctx,
+              rl_attention(ctx, f, f, 64, NULL, 64, f, 64, 1, 0, 4, 4, 2, 8, 8, 1.0f, 0, 0.0f, NULL),
               RL_ERR_INVALID, "rl_attention", "k");
+  /* ABI 5: v's stride and head size, overlaps (out [1, 2*8] at f; q, k, v elsewhere) */
+  check_error(ctx,
+              rl_attention(ctx, f, f + 512, 64, f + 1024, 64, f + 2048, 12, 1, 0, 4, 4, 2, 8, 8,
+                           1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "v_stride 12 is less than");
+  check_error(ctx,
+              rl_attention(ctx, f, f + 512, 64, f + 1024, 64, f + 2048, 64, 1, 0, 4, 4, 2, 8, 0,
+                           1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "v_head_dim must be > 0");
+  check_error(ctx,
+              rl_attention(ctx, f, f, 64, f + 1024, 64, NULL, 64, 1, 0, 4, 4, 2, 8, 8, 1.0f, 0,
+                           0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "v is NULL");
+  check_error(ctx,
+              rl_attention(ctx, f + 512, f + 520, 64, f + 1024, 64, f + 2048, 64, 1, 0, 4, 2, 1,
+                           8, 8, 1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "out overlaps q");
+  check_error(ctx,
+              rl_attention(ctx, f + 1024 + 3 * 64, f, 64, f + 1024, 64, f + 1024, 64, 1, 0, 4, 2,
+                           1, 8, 8, 1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "out overlaps k");
+  /* out past k's rows but inside v's (v = k with a wider head) */
+  check_error(ctx,
+              rl_attention(ctx, f + 1024 + 3 * 64 + 16, f, 64, f + 1024, 64, f + 1024, 64, 1, 0, 4,
+                           2, 1, 8, 24, 1.0f, 0, 0.0f, NULL),
+              RL_ERR_INVALID, "rl_attention", "out overlaps v");
+
+  /* ABI 5 descriptors (rl_matmul_nd, rl_copy_nd): the shared checks. out [1,1,2,8] at f,
+   * x [1,1,2,4] at f + 1024, w [1,1,4,8] at f + 2048. */
+  {
+    int64_t od[RL_DESC_LEN], xd[RL_DESC_LEN], wd[RL_DESC_LEN], bad[RL_DESC_LEN];
+    make_desc(od, RL_F32, 0, (int64_t[]){1, 1, 2, 8}, (int64_t[]){0, 0, 8, 1});
+    make_desc(xd, RL_F32, 0, (int64_t[]){1, 1, 2, 4}, (int64_t[]){0, 0, 4, 1});
+    make_desc(wd, RL_BF16, 0, (int64_t[]){1, 1, 4, 8}, (int64_t[]){0, 0, 8, 1});
+    float *x = f + 1024, *w = f + 2048;
+    check(rl_matmul_nd(ctx, f, od, x, xd, w, wd) == RL_OK, "rl_matmul_nd: the valid call");
+    check_error(ctx, rl_matmul_nd(ctx, f, NULL, x, xd, w, wd), RL_ERR_INVALID, "rl_matmul_nd",
+                "out_desc is NULL");
+    check_error(ctx, rl_matmul_nd(ctx, f, od, x, xd, w, NULL), RL_ERR_INVALID, "rl_matmul_nd",
+                "w_desc is NULL");
+    check_error(ctx, rl_matmul_nd(ctx, f, od, NULL, xd, w, wd), RL_ERR_INVALID, "rl_matmul_nd",
+                "x is NULL");
+    memcpy(bad, xd, sizeof bad);
+    bad[RL_DESC_DTYPE] = 5;
+    check_error(ctx, rl_matmul_nd(ctx, f, od, x, bad, w, wd), RL_ERR_INVALID, "rl_matmul_nd",
+                "x_desc dtype 5");
+    bad[RL_DESC_DTYPE] = RL_F16;
+    check_error(ctx, rl_matmul_nd(ctx, f, od, x, bad, w, wd), RL_ERR_INVALID, "rl_matmul_nd",
+                "x_desc dtype must be f32");
+    memcpy(bad, od, sizeof bad);
+    bad[RL_DESC_DTYPE] = RL_BF16;
+    check_error(ctx, rl_matmul_nd(ctx, f, bad, x, xd, w, wd), RL_ERR_INVALID, "rl_matmul_nd",
+                "out_desc dtype must be f32");
+    memcpy(bad, wd, sizeof bad);
+    bad[RL_DESC_SHAPE + 2] = 0;
+    check_error(ctx, rl_matmul_nd(ctx, f, od, x, xd, w, bad), RL_ERR_INVALID, "rl_matmul_nd",
+                "w_desc shape[2]");
+    memcpy(bad, xd, sizeof bad);
+    bad[RL_DESC_STRIDE + 3] = -1;
+    check_error(ctx, rl_matmul_nd(ctx, f, od, x, bad, w, wd), RL_ERR_INVALID, "rl_matmul_nd",
+                "x_desc stride[3]");
+    memcpy(bad, wd, sizeof bad);
+    bad[RL_DESC_OFFSET] = -4;
+    check_error(ctx, rl_matmul_nd(ctx, f, od, x, xd, w, bad), RL_ERR_INVALID, "rl_matmul_nd",
+                "w_desc offset");
+    memcpy(bad, od, sizeof bad);
+    bad[RL_DESC_STRIDE + 2] = 0; /* both rows of out on the same elements */
+    check_error(ctx, rl_matmul_nd(ctx, f, bad, x, xd, w, wd), RL_ERR_INVALID, "rl_matmul_nd",
+                "out_desc names an element more than once");
+    bad[RL_DESC_STRIDE + 2] = 4; /* rows 4 apart, 8 wide: overlapping rows */
+    check_error(ctx, rl_matmul_nd(ctx, f, bad, x, xd, w, wd), RL_ERR_INVALID, "rl_matmul_nd",
+                "out_desc names an element more than once");
+    memcpy(bad, xd, sizeof bad);
+    bad[RL_DESC_SHAPE + 2] = 3;
+    check_error(ctx, rl_matmul_nd(ctx, f, od, x, bad, w, wd), RL_ERR_INVALID, "rl_matmul_nd",
+                "(M)");
+    memcpy(bad, wd, sizeof bad);
+    bad[RL_DESC_SHAPE + 3] = 7;
+    check_error(ctx, rl_matmul_nd(ctx, f, od, x, xd, w, bad), RL_ERR_INVALID, "rl_matmul_nd",
+                "(N)");
+    bad[RL_DESC_SHAPE + 3] = 8;
+    bad[RL_DESC_SHAPE + 2] = 5;
+    check_error(ctx, rl_matmul_nd(ctx, f, od, x, xd, w, bad), RL_ERR_INVALID, "rl_matmul_nd",
+                "(K)");
+    memcpy(bad, wd, sizeof bad);
+    bad[RL_DESC_SHAPE + 1] = 2;
+    check_error(ctx, rl_matmul_nd(ctx, f, od, x, xd, w, bad), RL_ERR_INVALID, "rl_matmul_nd",
+                "batch dims differ");
+    check_error(ctx, rl_matmul_nd(ctx, f, od, f + 8, xd, w, wd), RL_ERR_INVALID, "rl_matmul_nd",
+                "out overlaps x");
+    check_error(ctx, rl_matmul_nd(ctx, f, od, x, xd, f + 12, wd), RL_ERR_INVALID, "rl_matmul_nd",
+                "out overlaps w");
+    memcpy(bad, xd, sizeof bad);
+    bad[RL_DESC_OFFSET] = 1024; /* x's view at f + 1024 itself: out's offset reaches it */
+    check_error(ctx, rl_matmul_nd(ctx, f + 1024, od, f, bad, w, wd), RL_ERR_INVALID,
+                "rl_matmul_nd", "out overlaps x");
+
+    /* rl_copy_nd: dst [1,1,2,8] at f, src at f + 1024 */
+    check(rl_copy_nd(ctx, f, od, x, od) == RL_OK, "rl_copy_nd: the valid call");
+    check_error(ctx, rl_copy_nd(ctx, f, od, x, NULL), RL_ERR_INVALID, "rl_copy_nd",
+                "src_desc is NULL");
+    check_error(ctx, rl_copy_nd(ctx, NULL, od, x, od), RL_ERR_INVALID, "rl_copy_nd",
+                "dst is NULL");
+    memcpy(bad, od, sizeof bad);
+    bad[RL_DESC_DTYPE] = RL_F16;
+    check_error(ctx, rl_copy_nd(ctx, f, od, x, bad), RL_ERR_INVALID, "rl_copy_nd",
+                "dst dtype 0 differs from src dtype 1");
+    bad[RL_DESC_DTYPE] = -1;
+    check_error(ctx, rl_copy_nd(ctx, f, bad, x, od), RL_ERR_INVALID, "rl_copy_nd",
+                "dst_desc dtype -1");
+    memcpy(bad, od, sizeof bad);
+    bad[RL_DESC_SHAPE + 3] = 4;
+    check_error(ctx, rl_copy_nd(ctx, f, od, x, bad), RL_ERR_INVALID, "rl_copy_nd",
+                "shape[3] differs");
+    bad[RL_DESC_SHAPE + 3] = 8;
+    bad[RL_DESC_SHAPE] = 0;
+    check_error(ctx, rl_copy_nd(ctx, f, od, x, bad), RL_ERR_INVALID, "rl_copy_nd",
+                "src_desc shape[0]");
+    memcpy(bad, od, sizeof bad);
+    bad[RL_DESC_STRIDE + 3] = 0;
+    check_error(ctx, rl_copy_nd(ctx, f, bad, x, od), RL_ERR_INVALID, "rl_copy_nd",
+                "dst_desc names an element more than once");
+    check(rl_copy_nd(ctx, f, od, x, bad) == RL_OK, "rl_copy_nd: a broadcast src (stride 0) is valid");
+    check_error(ctx, rl_copy_nd(ctx, f, od, f + 15, od), RL_ERR_INVALID, "rl_copy_nd",
+                "dst overlaps src");
+  }
 
   check_error(ctx, rl_act_mul(ctx, f, f, f, 2, 8, 8, 5), RL_ERR_INVALID, "rl_act_mul", "act 5");
   check_error(ctx, rl_act_mul(ctx, f, f, f + 8, 2, 8, 16, RL_ACT_SILU), RL_ERR_INVALID,
@@ -1132,6 +1560,10 @@ int main(void) {
   test_embedding(ctx);
   test_threads(ctx);
   test_errors(ctx);
+  /* ABI 5 (after the rest: their random inputs stay those of before) */
+  test_attention_v(ctx);
+  test_matmul_nd(ctx);
+  test_copy_nd(ctx);
   check(stat_of(ctx, RL_STAT_LIVE_ALLOCS) == 0 && stat_of(ctx, RL_STAT_LIVE_BYTES) == 0,
         "every test freed its device buffers (%llu live)",
         (unsigned long long)stat_of(ctx, RL_STAT_LIVE_ALLOCS));

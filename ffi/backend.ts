@@ -11,7 +11,7 @@
 import { BackendError } from "../lib/errors.ts";
 
 /** The ABI version this binding speaks; must equal the library's `rl_abi_version()`. */
-export const ABI_VERSION = 4;
+export const ABI_VERSION = 5;
 
 /** Weight dtypes the backend understands (rl_dtype). */
 export type WeightDType = "F32" | "F16" | "BF16";
@@ -112,14 +112,16 @@ export const SYMBOLS = {
       "pointer", // q
       "i32", // q_stride
       "pointer", // k
+      "i32", // k_stride
       "pointer", // v
-      "i32", // kv_stride
+      "i32", // v_stride
       "i32", // n_q
       "i32", // q_start
       "i32", // kv_len
       "i32", // n_heads
       "i32", // n_kv_heads
       "i32", // head_dim
+      "i32", // v_head_dim
       "f32", // scale
       "i32", // window
       "f32", // softcap
@@ -140,6 +142,11 @@ export const SYMBOLS = {
     parameters: ["pointer", "pointer", "pointer", "buffer", "buffer", "i32", "i32", "i32"],
     result: "i32",
   },
+  rl_matmul_nd: {
+    parameters: ["pointer", "pointer", "buffer", "pointer", "buffer", "pointer", "buffer"],
+    result: "i32",
+  },
+  rl_copy_nd: { parameters: ["pointer", "pointer", "buffer", "pointer", "buffer"], result: "i32" },
   rl_add: { parameters: ["pointer", "pointer", "pointer", "pointer", "i64"], result: "i32" },
   rl_scale: { parameters: ["pointer", "pointer", "pointer", "f32", "i64"], result: "i32" },
   rl_argmax: { parameters: ["pointer", "buffer", "pointer", "i32", "i32"], result: "i32" },
@@ -604,14 +611,16 @@ export class Backend {
         a.q,
         a.qStride,
         a.k,
+        a.kStride,
         a.v,
-        a.kvStride,
+        a.vStride ?? a.kStride,
         a.nQ,
         a.qStart,
         a.kvLen,
         a.nHeads,
         a.nKvHeads,
         a.headDim,
+        a.vHeadDim ?? a.headDim,
         a.scale,
         a.window ?? 0,
         a.softcap ?? 0,
@@ -684,6 +693,46 @@ export class Backend {
     );
   }
 
+  /**
+   * Batched matmul over strided views (rl_matmul_nd): out[a,b,m,n] = Σ_k x[a,b,m,k]·w[a,b,k,n].
+   * Views have up to 4 dims (missing leading ones are 1); see {@link TensorView}.
+   */
+  matmulNd(
+    out: DevPtr,
+    outView: TensorView,
+    x: DevPtr,
+    xView: TensorView,
+    w: DevPtr,
+    wView: TensorView,
+  ): void {
+    this.#check(
+      this.#lib.symbols.rl_matmul_nd(
+        this.#c,
+        out,
+        descriptor(outView, "out", "rl_matmul_nd"),
+        x,
+        descriptor(xView, "x", "rl_matmul_nd"),
+        w,
+        descriptor(wView, "w", "rl_matmul_nd"),
+      ),
+      "rl_matmul_nd",
+    );
+  }
+
+  /** Strided copy between equal-shaped views of one dtype (rl_copy_nd). */
+  copyNd(dst: DevPtr, dstView: TensorView, src: DevPtr, srcView: TensorView): void {
+    this.#check(
+      this.#lib.symbols.rl_copy_nd(
+        this.#c,
+        dst,
+        descriptor(dstView, "dst", "rl_copy_nd"),
+        src,
+        descriptor(srcView, "src", "rl_copy_nd"),
+      ),
+      "rl_copy_nd",
+    );
+  }
+
   add(out: DevPtr, a: DevPtr, b: DevPtr, n: number): void {
     this.#check(this.#lib.symbols.rl_add(this.#c, out, a, b, BigInt(n)), "rl_add");
   }
@@ -714,18 +763,61 @@ export interface AttentionArgs {
   q: DevPtr;
   qStride: number;
   k: DevPtr;
+  /** Floats between consecutive key rows. */
+  kStride: number;
+  /** Values; may equal k (an MLA latent cache: a value is the first vHeadDim floats of a key). */
   v: DevPtr;
-  kvStride: number;
+  /** Floats between consecutive value rows (default kStride). */
+  vStride?: number;
   nQ: number;
   qStart: number;
   kvLen: number;
   nHeads: number;
   nKvHeads: number;
   headDim: number;
+  /** Value dims per head (default headDim); the output is [nQ, nHeads * vHeadDim]. */
+  vHeadDim?: number;
   scale: number;
   window?: number;
   softcap?: number;
   kvValid?: Uint8Array | null;
+}
+
+/**
+ * A strided view of device memory (rabbitllm.h "tensor descriptors"): element (i0, …) sits at
+ * `offset + Σ i_d · strides[d]` elements of `dtype` from the pointer passed beside the view.
+ * Up to 4 dims; fewer are padded in front with extent 1. A stride of 0 broadcasts an input.
+ */
+export interface TensorView {
+  /** Default F32. */
+  dtype?: WeightDType;
+  /** In elements; default 0. */
+  offset?: number;
+  shape: readonly number[];
+  /** In elements, one per dim of `shape`. */
+  strides: readonly number[];
+}
+
+/** The RL_DESC_LEN int64 descriptor of a view. */
+function descriptor(v: TensorView, name: string, op: string): BigInt64Array {
+  const n = v.shape.length;
+  if (n < 1 || n > 4 || v.strides.length !== n) {
+    throw new BackendError(
+      op,
+      `${name}: a view needs 1 to 4 dims with one stride each, got shape [${v.shape}] strides [${v.strides}]`,
+      undefined,
+      1, // RL_ERR_INVALID
+    );
+  }
+  const d = new BigInt64Array(10);
+  d[0] = BigInt(DTYPE_CODE[v.dtype ?? "F32"]);
+  d[1] = BigInt(v.offset ?? 0);
+  for (let i = 0; i < 4; i++) {
+    const j = i - (4 - n);
+    d[2 + i] = BigInt(j < 0 ? 1 : v.shape[j]);
+    d[6 + i] = BigInt(j < 0 ? 0 : v.strides[j]);
+  }
+  return d;
 }
 
 const libraries = new Map<string, Lib>();

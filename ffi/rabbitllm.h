@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define RL_ABI_VERSION 4
+#define RL_ABI_VERSION 5
 
 #if defined(_WIN32)
 #define RL_API __declspec(dllexport)
@@ -197,6 +197,41 @@ RL_API double rl_elapsed_ms(rl_ctx *ctx, int64_t from_mark, int64_t to_mark);
 /* Forgets every mark (their ids may be reused). */
 RL_API int32_t rl_marks_reset(rl_ctx *ctx);
 
+/* ---- tensor descriptors (ABI 5) ----------------------------------------------------------
+ *
+ * A descriptor says how to read a strided view of device memory starting at a device pointer
+ * `base` passed beside it: a host buffer of RL_DESC_LEN int64,
+ *   [dtype, offset, shape0, shape1, shape2, shape3, stride0, stride1, stride2, stride3]
+ * Element (i0, i1, i2, i3) (0 <= i_d < shape_d) is at base + (offset + sum_d i_d * stride_d)
+ * elements of dtype (enum rl_dtype). Views always have 4 dims: a matrix [M, N] is
+ * [1, 1, M, N]. Shapes are >= 1; offset and strides are >= 0, in elements, so head splits,
+ * transposes and column ranges are views, not copies. A stride of 0 broadcasts (every index of
+ * that dim reads the same elements; inputs only). An output view must name each element once
+ * (its strides, sorted, each exceed the span of the smaller ones). Every descriptor is checked
+ * before anything runs; a bad one is RL_ERR_INVALID naming the argument and the field.
+ * (Quantized block dtypes will index blocks; none exist yet.) */
+enum rl_desc_field {
+  RL_DESC_DTYPE = 0,
+  RL_DESC_OFFSET = 1,
+  RL_DESC_SHAPE = 2,  /* 4 entries */
+  RL_DESC_STRIDE = 6, /* 4 entries */
+  RL_DESC_LEN = 10,
+};
+
+/* Batched matmul over views: for every batch index (a, b) < (shape0, shape1) of out,
+ *   out[a, b, m, n] = sum_k x[a, b, m, k] * w[a, b, k, n]   (fp32 accumulation)
+ * out [A, B, M, N] and x [A, B, M, K] are f32; w [A, B, K, N] is f32, f16 or bf16. All three
+ * share A and B (broadcast an input with stride 0). nn.Linear's W[N, K] is the view with strides
+ * (.., .., 1, K) of its rows: w[k, n] = W[n, k]; a plain [K, N] matrix is (.., .., N, 1). out
+ * must not overlap x or w. (ABI 5) */
+RL_API int32_t rl_matmul_nd(rl_ctx *ctx, float *out, const int64_t *out_desc, const float *x,
+                            const int64_t *x_desc, const void *w, const int64_t *w_desc);
+
+/* Strided copy: dst[i0, i1, i2, i3] = src[i0, i1, i2, i3] for every index of the (equal) shapes;
+ * dtypes equal (no conversion). dst must not overlap src. (ABI 5) */
+RL_API int32_t rl_copy_nd(rl_ctx *ctx, void *dst, const int64_t *dst_desc, const void *src,
+                          const int64_t *src_desc);
+
 /* ---- ops (all tensors are device pointers unless said otherwise) ------------------------ */
 
 /* out[n, dim] (f32) = table[ids[i], :] converted to f32. ids is a host buffer of n int32;
@@ -235,19 +270,24 @@ RL_API int32_t rl_rope(rl_ctx *ctx, float *x, int32_t n_tokens, int32_t row_stri
 
 /* Causal attention with GQA for one sequence, reading its KV cache.
  * q:   [n_q, q_stride]; head h occupies q[t, h*head_dim : (h+1)*head_dim]
- * k,v: [kv_len, kv_stride] cache rows; kv head g at [j, g*head_dim ...]; query head h reads kv
- *      head h / (n_heads / n_kv_heads)
- * out: [n_q, n_heads*head_dim]
+ * k:   [kv_len, k_stride] cache rows; kv head g at k[j, g*head_dim ...]
+ * v:   [kv_len, v_stride] cache rows; kv head g at v[j, g*v_head_dim ...]. v may equal k (or point
+ *      into k's rows): an MLA latent cache keeps one row per token, whose first v_head_dim floats
+ *      are the value (k and v are only read).
+ * Query head h reads kv head h / (n_heads / n_kv_heads).
+ * out: [n_q, n_heads*v_head_dim]; it must not overlap q, k or v.
  * Query t sits at cache index q_start + t and sees key j iff
  *   j <= q_start + t, (window <= 0 || q_start + t - j < window), and (kv_valid == NULL || kv_valid[j]).
  * Requires q_start + n_q <= kv_len: the new tokens' keys are already in the cache.
  * kv_valid is an optional host buffer of kv_len uint8 (0 = padding key). A query that sees no
- * key yields zeros. score = (q.k) * scale; if softcap > 0: score = softcap * tanh(score / softcap). */
+ * key yields zeros. score = (q.k) * scale over head_dim dims; if softcap > 0:
+ * score = softcap * tanh(score / softcap). (ABI 5: v_stride and v_head_dim; before, v shared
+ * k's stride and head_dim.) */
 RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
-                            const float *k, const float *v, int32_t kv_stride, int32_t n_q,
-                            int32_t q_start, int32_t kv_len, int32_t n_heads, int32_t n_kv_heads,
-                            int32_t head_dim, float scale, int32_t window, float softcap,
-                            const uint8_t *kv_valid);
+                            const float *k, int32_t k_stride, const float *v, int32_t v_stride,
+                            int32_t n_q, int32_t q_start, int32_t kv_len, int32_t n_heads,
+                            int32_t n_kv_heads, int32_t head_dim, int32_t v_head_dim, float scale,
+                            int32_t window, float softcap, const uint8_t *kv_valid);
 
 /* out[r, c] = act(gate[r*in_stride + c]) * up[r*in_stride + c] for r < rows, c < cols.
  * out is [rows, cols] contiguous. In place: out may equal gate or up when in_stride == cols;

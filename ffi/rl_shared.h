@@ -198,9 +198,10 @@ static inline int32_t rl_check_rope(char *msg, size_t msg_cap, const float *x, i
 
 static inline int32_t rl_check_attention(char *msg, size_t msg_cap, const float *out,
                                          const float *q, int32_t q_stride, const float *k,
-                                         const float *v, int32_t kv_stride, int32_t n_q,
-                                         int32_t q_start, int32_t kv_len, int32_t n_heads,
-                                         int32_t n_kv_heads, int32_t head_dim) {
+                                         int32_t k_stride, const float *v, int32_t v_stride,
+                                         int32_t n_q, int32_t q_start, int32_t kv_len,
+                                         int32_t n_heads, int32_t n_kv_heads, int32_t head_dim,
+                                         int32_t v_head_dim) {
   RL_PTR(out);
   RL_PTR(q);
   RL_PTR(k);
@@ -210,6 +211,7 @@ static inline int32_t rl_check_attention(char *msg, size_t msg_cap, const float 
   RL_POS(n_heads);
   RL_POS(n_kv_heads);
   RL_POS(head_dim);
+  RL_POS(v_head_dim);
   RL_REQUIRE(n_heads % n_kv_heads == 0, "n_heads %d is not a multiple of n_kv_heads %d", n_heads,
              n_kv_heads);
   RL_REQUIRE(q_start >= 0, "q_start must be >= 0, got %d", q_start);
@@ -218,9 +220,24 @@ static inline int32_t rl_check_attention(char *msg, size_t msg_cap, const float 
              q_start, n_q, kv_len);
   RL_REQUIRE((int64_t)n_heads * head_dim <= q_stride,
              "q_stride %d is less than n_heads * head_dim = %d * %d", q_stride, n_heads, head_dim);
-  RL_REQUIRE((int64_t)n_kv_heads * head_dim <= kv_stride,
-             "kv_stride %d is less than n_kv_heads * head_dim = %d * %d", kv_stride, n_kv_heads,
+  RL_REQUIRE((int64_t)n_kv_heads * head_dim <= k_stride,
+             "k_stride %d is less than n_kv_heads * head_dim = %d * %d", k_stride, n_kv_heads,
              head_dim);
+  RL_REQUIRE((int64_t)n_kv_heads * v_head_dim <= v_stride,
+             "v_stride %d is less than n_kv_heads * v_head_dim = %d * %d", v_stride, n_kv_heads,
+             v_head_dim);
+  const uint64_t out_b = (uint64_t)n_q * (uint64_t)n_heads * (uint64_t)v_head_dim * sizeof(float);
+  const uint64_t q_b = ((uint64_t)(n_q - 1) * (uint64_t)q_stride + (uint64_t)n_heads * head_dim) *
+                       sizeof(float);
+  const uint64_t k_b =
+      ((uint64_t)(kv_len - 1) * (uint64_t)k_stride + (uint64_t)n_kv_heads * head_dim) *
+      sizeof(float);
+  const uint64_t v_b =
+      ((uint64_t)(kv_len - 1) * (uint64_t)v_stride + (uint64_t)n_kv_heads * v_head_dim) *
+      sizeof(float);
+  RL_REQUIRE(!rl_ranges_overlap(out, out_b, q, q_b), "out overlaps q");
+  RL_REQUIRE(!rl_ranges_overlap(out, out_b, k, k_b), "out overlaps k");
+  RL_REQUIRE(!rl_ranges_overlap(out, out_b, v, v_b), "out overlaps v");
   return RL_OK;
 }
 
@@ -328,6 +345,148 @@ static inline int32_t rl_check_argmax(char *msg, size_t msg_cap, const int32_t *
   RL_PTR(x);
   RL_POS(rows);
   RL_POS(cols);
+  return RL_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Tensor descriptors (rabbitllm.h "tensor descriptors") */
+
+/* A checked descriptor, decoded. */
+typedef struct rl_view4 {
+  int32_t dtype;
+  int64_t offset;
+  int64_t shape[4];
+  int64_t stride[4];
+} rl_view4;
+
+static inline uint64_t rl_dtype_size(int32_t dt) { return dt == RL_F32 ? 4u : 2u; }
+
+/* Elements from the view's first to its last element, inclusive (the span its strides reach). */
+static inline uint64_t rl_view_span(const rl_view4 *v) {
+  uint64_t last = 0;
+  for (int d = 0; d < 4; d++) last += (uint64_t)v->stride[d] * (uint64_t)(v->shape[d] - 1);
+  return last + 1;
+}
+
+static inline uint64_t rl_view_count(const rl_view4 *v) {
+  return (uint64_t)v->shape[0] * (uint64_t)v->shape[1] * (uint64_t)v->shape[2] *
+         (uint64_t)v->shape[3];
+}
+
+/* Byte range [first, first + bytes) of the view at base. */
+static inline const void *rl_view_first(const void *base, const rl_view4 *v) {
+  return (const char *)base + v->offset * (int64_t)rl_dtype_size(v->dtype);
+}
+static inline uint64_t rl_view_bytes(const rl_view4 *v) {
+  return rl_view_span(v) * rl_dtype_size(v->dtype);
+}
+
+/* Each element of the view is named once: the dims of extent > 1, by increasing stride, each
+ * have a stride beyond the span of the smaller ones (a sufficient condition). */
+static inline int rl_view_unique(const rl_view4 *v) {
+  int idx[4], n = 0;
+  for (int d = 0; d < 4; d++)
+    if (v->shape[d] > 1) idx[n++] = d;
+  for (int i = 1; i < n; i++) /* insertion sort by stride */
+    for (int j = i; j > 0 && v->stride[idx[j]] < v->stride[idx[j - 1]]; j--) {
+      const int t = idx[j];
+      idx[j] = idx[j - 1];
+      idx[j - 1] = t;
+    }
+  uint64_t span = 0; /* of the dims so far: last element offset */
+  for (int i = 0; i < n; i++) {
+    const int d = idx[i];
+    if ((uint64_t)v->stride[d] <= span) return 0;
+    span += (uint64_t)v->stride[d] * (uint64_t)(v->shape[d] - 1);
+  }
+  return 1;
+}
+
+/* Decodes and checks the descriptor `desc` (a host buffer of RL_DESC_LEN int64) of the argument
+ * `name`; output views must name each element once. Dims and spans are bounded (2^40 elements)
+ * so no product overflows. */
+static inline int32_t rl_check_desc(char *msg, size_t msg_cap, const int64_t *desc,
+                                    const char *name, int output, rl_view4 *v) {
+  RL_REQUIRE(desc != NULL, "%s_desc is NULL", name);
+  const int64_t dt = desc[RL_DESC_DTYPE];
+  RL_REQUIRE(dt == RL_F32 || dt == RL_F16 || dt == RL_BF16,
+             "%s_desc dtype %lld is not a dtype (0=f32, 1=f16, 2=bf16)", name, (long long)dt);
+  v->dtype = (int32_t)dt;
+  v->offset = desc[RL_DESC_OFFSET];
+  RL_REQUIRE(v->offset >= 0 && v->offset < ((int64_t)1 << 40),
+             "%s_desc offset %lld must be in [0, 2^40)", name, (long long)v->offset);
+  for (int d = 0; d < 4; d++) {
+    v->shape[d] = desc[RL_DESC_SHAPE + d];
+    v->stride[d] = desc[RL_DESC_STRIDE + d];
+    RL_REQUIRE(v->shape[d] >= 1 && v->shape[d] <= ((int64_t)1 << 31),
+               "%s_desc shape[%d] must be in [1, 2^31], got %lld", name, d,
+               (long long)v->shape[d]);
+    RL_REQUIRE(v->stride[d] >= 0 && v->stride[d] < ((int64_t)1 << 40),
+               "%s_desc stride[%d] must be in [0, 2^40), got %lld", name, d,
+               (long long)v->stride[d]);
+  }
+  RL_REQUIRE(rl_view_count(v) < ((uint64_t)1 << 40), "%s_desc names 2^40 or more elements", name);
+  RL_REQUIRE(rl_view_span(v) < ((uint64_t)1 << 42), "%s_desc spans 2^42 or more elements", name);
+  if (output)
+    RL_REQUIRE(rl_view_unique(v),
+               "%s_desc names an element more than once (strides %lld,%lld,%lld,%lld over shape "
+               "%lld,%lld,%lld,%lld)",
+               name, (long long)v->stride[0], (long long)v->stride[1], (long long)v->stride[2],
+               (long long)v->stride[3], (long long)v->shape[0], (long long)v->shape[1],
+               (long long)v->shape[2], (long long)v->shape[3]);
+  return RL_OK;
+}
+
+/* rl_matmul_nd: fills o, xv, wv with the decoded views. */
+static inline int32_t rl_check_matmul_nd(char *msg, size_t msg_cap, const float *out,
+                                         const int64_t *out_desc, const float *x,
+                                         const int64_t *x_desc, const void *w,
+                                         const int64_t *w_desc, rl_view4 *o, rl_view4 *xv,
+                                         rl_view4 *wv) {
+  RL_PTR(out);
+  RL_PTR(x);
+  RL_PTR(w);
+  RL_TRY(rl_check_desc(msg, msg_cap, out_desc, "out", 1, o));
+  RL_TRY(rl_check_desc(msg, msg_cap, x_desc, "x", 0, xv));
+  RL_TRY(rl_check_desc(msg, msg_cap, w_desc, "w", 0, wv));
+  RL_REQUIRE(o->dtype == RL_F32, "out_desc dtype must be f32 (0), got %d", o->dtype);
+  RL_REQUIRE(xv->dtype == RL_F32, "x_desc dtype must be f32 (0), got %d", xv->dtype);
+  RL_REQUIRE(o->shape[0] == xv->shape[0] && o->shape[1] == xv->shape[1] &&
+                 o->shape[0] == wv->shape[0] && o->shape[1] == wv->shape[1],
+             "batch dims differ: out %lldx%lld, x %lldx%lld, w %lldx%lld", (long long)o->shape[0],
+             (long long)o->shape[1], (long long)xv->shape[0], (long long)xv->shape[1],
+             (long long)wv->shape[0], (long long)wv->shape[1]);
+  RL_REQUIRE(xv->shape[2] == o->shape[2], "x has %lld rows, out %lld (M)", (long long)xv->shape[2],
+             (long long)o->shape[2]);
+  RL_REQUIRE(wv->shape[3] == o->shape[3], "w has %lld columns, out %lld (N)",
+             (long long)wv->shape[3], (long long)o->shape[3]);
+  RL_REQUIRE(xv->shape[3] == wv->shape[2], "x has %lld columns, w %lld rows (K)",
+             (long long)xv->shape[3], (long long)wv->shape[2]);
+  RL_REQUIRE(!rl_ranges_overlap(rl_view_first(out, o), rl_view_bytes(o), rl_view_first(x, xv),
+                                rl_view_bytes(xv)),
+             "out overlaps x");
+  RL_REQUIRE(!rl_ranges_overlap(rl_view_first(out, o), rl_view_bytes(o), rl_view_first(w, wv),
+                                rl_view_bytes(wv)),
+             "out overlaps w");
+  return RL_OK;
+}
+
+/* rl_copy_nd: fills d and sv with the decoded views. */
+static inline int32_t rl_check_copy_nd(char *msg, size_t msg_cap, const void *dst,
+                                       const int64_t *dst_desc, const void *src,
+                                       const int64_t *src_desc, rl_view4 *d, rl_view4 *sv) {
+  RL_PTR(dst);
+  RL_PTR(src);
+  RL_TRY(rl_check_desc(msg, msg_cap, dst_desc, "dst", 1, d));
+  RL_TRY(rl_check_desc(msg, msg_cap, src_desc, "src", 0, sv));
+  RL_REQUIRE(d->dtype == sv->dtype, "dst dtype %d differs from src dtype %d", d->dtype,
+             sv->dtype);
+  for (int i = 0; i < 4; i++)
+    RL_REQUIRE(d->shape[i] == sv->shape[i], "shape[%d] differs: dst %lld, src %lld", i,
+               (long long)d->shape[i], (long long)sv->shape[i]);
+  RL_REQUIRE(!rl_ranges_overlap(rl_view_first(dst, d), rl_view_bytes(d), rl_view_first(src, sv),
+                                rl_view_bytes(sv)),
+             "dst overlaps src");
   return RL_OK;
 }
 
