@@ -68,10 +68,40 @@ export interface ModelConfig {
    */
   expertsPerToken: number | null;
   /**
+   * What the KV cache keeps per token and layer, when it is not keys and values of numKvHeads ×
+   * headDim each (DeepSeek's MLA caches one latent row per token); see {@link cacheLayout}.
+   */
+  kvCache?: CacheLayout;
+  /**
    * config.json as read, unchanged. Families read their keys at parse time into typed fields of
    * their own config type (e.g. QwenMoeConfig); nothing reads or writes family values here.
    */
   raw: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * The attention's cache rows. Keys are kvHeads × keyDim floats per token; values kvHeads ×
+ * valueDim, either in rows of their own or, with `sharedKV`, read from the key rows (each kv
+ * head's value is the first valueDim floats of its key: an MLA latent cache, one row per token).
+ * The attention output is numHeads × valueDim per token.
+ */
+export interface CacheLayout {
+  kvHeads: number;
+  keyDim: number;
+  valueDim: number;
+  sharedKV: boolean;
+}
+
+/** The config's cache layout: its own, else keys and values of numKvHeads × headDim. */
+export function cacheLayout(cfg: ModelConfig): CacheLayout {
+  return cfg.kvCache ??
+    { kvHeads: cfg.numKvHeads, keyDim: cfg.headDim, valueDim: cfg.headDim, sharedKV: false };
+}
+
+/** fp32 floats the KV cache keeps per token and layer. */
+export function cacheFloatsPerToken(cfg: ModelConfig): number {
+  const c = cacheLayout(cfg);
+  return c.kvHeads * (c.keyDim + (c.sharedKV ? 0 : c.valueDim));
 }
 
 /** Defaults a family supplies for keys its transformers config class defaults. */

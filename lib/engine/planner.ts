@@ -19,7 +19,7 @@
  * Layers are kept in order of bytes saved per token per byte held (a dense layer saves all its
  * bytes every token; a MoE layer only the experts a token routes to), then by index.
  *
- * Pure: no I/O, no timing; tests/planner_test.ts covers it.
+ * Pure: no I/O, no timing; tests/engine/planner_test.ts covers it.
  *
  * @module
  */

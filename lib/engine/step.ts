@@ -8,7 +8,7 @@
  */
 import type { Backend, DevPtr } from "../../ffi/backend.ts";
 import type { ModelConfig, RopeConfig } from "../config.ts";
-import { InputError, NonFiniteError } from "../errors.ts";
+import { InputError, InternalError, NonFiniteError } from "../errors.ts";
 import type { AttentionCall, Family, LayerContext, PartWeights } from "../models/family.ts";
 import type { ProfileCategory, Profiler } from "../profiler.ts";
 import { ropeDependsOnLength, type RopeTable, ropeTable } from "../rope.ts";
@@ -61,6 +61,8 @@ export class StepLoop {
   readonly #source: string;
   readonly #trace?: TraceEvent[];
   readonly #scratch: Scratch;
+  /** The family's scratch struct: floats per token row of each buffer. */
+  readonly #scratchSizes: [string, number][];
   /** Backend timing marks of the running step. */
   readonly #marks: { category: ProfileCategory; layer: number | null; from: number; to: number }[] =
     [];
@@ -76,6 +78,8 @@ export class StepLoop {
     this.#source = p.source;
     this.#trace = p.trace;
     this.#scratch = new Scratch(p.backend);
+    // Family buffers live beside the engine's own (x, last, final_norm, logits) under a prefix.
+    this.#scratchSizes = Object.entries(p.family.scratch(p.config)).map(([n, f]) => [n, f]);
   }
 
   /**
@@ -177,7 +181,7 @@ export class StepLoop {
       x,
       positions,
       rope: this.#ropeFor(cfg.layerRopes[0], seqLen),
-      buf: (name, floats) => this.#scratch.get(name, floats),
+      s: this.#layerScratch(T),
       attention: (call) => this.#attend(ctx.layer, call, cache, B, S),
       onRoute: this.#trace &&
         ((experts) =>
@@ -226,7 +230,7 @@ export class StepLoop {
         be.copy(be.view(h, b * D * 4), be.view(x, ((b + 1) * S - 1) * D * 4), D * 4);
       }
     } else if (lastOnly) rows = B;
-    const normed = this.#scratch.get("h", rows * D);
+    const normed = this.#scratch.get("final_norm", rows * D);
     const normPart = store.part("norm");
     if (family.finalNorm) family.finalNorm(be, cfg, normPart, normed, h, rows);
     else {
@@ -241,6 +245,15 @@ export class StepLoop {
     if (cfg.finalLogitSoftcap > 0) be.softcap(logits, logits, cfg.finalLogitSoftcap, rows * V);
     marks.push({ category: "embed + head", layer: null, from: m0, to: be.mark() });
     return logits;
+  }
+
+  /** The family's scratch struct for T token rows (grown buffers are reallocated). */
+  #layerScratch(T: number): Record<string, DevPtr> {
+    const s: Record<string, DevPtr> = {};
+    for (const [name, floats] of this.#scratchSizes) {
+      s[name] = this.#scratch.get(`layer.${name}`, T * floats);
+    }
+    return s;
   }
 
   #ropeFor(rope: RopeConfig, seqLen: number): RopeTable {
@@ -262,31 +275,47 @@ export class StepLoop {
 
   /** Appends this step's K/V to the cache and runs attention for each sequence. */
   #attend(layer: number, c: AttentionCall, cache: KVCache, B: number, S: number): void {
-    const be = this.#be, cfg = this.#cfg;
-    const kvDim = cache.kvDim, qDim = cfg.numHeads * cfg.headDim;
-    if (c.kvStride !== kvDim) {
-      throw new InputError(`layer ${layer}: attention needs contiguous k/v rows (stride ${kvDim})`);
+    const be = this.#be, cfg = this.#cfg, L = cache.layout;
+    const kF = cache.keyFloats, vF = cache.valueFloats, outDim = cfg.numHeads * L.valueDim;
+    if (c.kvStride !== kF || (vF > 0 && c.kvStride !== vF)) {
+      throw new InternalError(
+        `layer ${layer}: attention needs contiguous k/v rows (stride ${kF}${
+          vF > 0 ? `/${vF}` : ""
+        }), got ${c.kvStride}`,
+      );
+    }
+    if ((vF > 0) !== (c.v !== undefined)) {
+      throw new InternalError(
+        `layer ${layer}: the cache layout ${
+          L.sharedKV ? "reads values from the keys" : "needs values"
+        }`,
+      );
     }
     const { k, v } = cache.layer(layer);
     const past = cache.length;
     for (let b = 0; b < B; b++) {
-      const rowK = be.view(k, cache.offset(b, 0)), rowV = be.view(v, cache.offset(b, 0));
-      const src = b * S * kvDim * 4, dst = cache.offset(b, past), bytes = S * kvDim * 4;
-      be.copy(be.view(k, dst), be.view(c.k, src), bytes);
-      be.copy(be.view(v, dst), be.view(c.v, src), bytes);
+      const rowK = be.view(k, cache.offset(b, 0, kF));
+      be.copy(be.view(k, cache.offset(b, past, kF)), be.view(c.k, b * S * kF * 4), S * kF * 4);
+      let rowV = rowK;
+      if (v && c.v) {
+        rowV = be.view(v, cache.offset(b, 0, vF));
+        be.copy(be.view(v, cache.offset(b, past, vF)), be.view(c.v, b * S * vF * 4), S * vF * 4);
+      }
       be.attention({
-        out: be.view(c.out, b * S * qDim * 4),
+        out: be.view(c.out, b * S * outDim * 4),
         q: be.view(c.q, b * S * c.qStride * 4),
         qStride: c.qStride,
         k: rowK,
+        kStride: kF,
         v: rowV,
-        kvStride: kvDim,
+        vStride: v ? vF : kF,
         nQ: S,
         qStart: past,
         kvLen: past + S,
         nHeads: cfg.numHeads,
-        nKvHeads: cfg.numKvHeads,
-        headDim: cfg.headDim,
+        nKvHeads: L.kvHeads,
+        headDim: L.keyDim,
+        vHeadDim: L.valueDim,
         scale: c.scale,
         window: cfg.layerWindows[layer],
         softcap: c.softcap,

@@ -506,6 +506,9 @@ export class LayerStore {
   /** The weights of `layer` on the device, waiting for its load when needed. */
   async acquire(layer: number): Promise<PartWeights> {
     if (this.#closed) throw new ModelClosedError(this.#dir);
+    if (!Number.isInteger(layer) || layer < 0 || layer >= this.numLayers) {
+      throw new InternalError(`layer ${layer} is not in [0, ${this.numLayers})`);
+    }
     this.#startLoad(layer, new Set([layer]));
     const slot = this.#slotHolding(layer);
     if (!slot) throw new InternalError(`no free slot for layer ${layer}`);

@@ -9,12 +9,11 @@
  * mscale_all_dim)² with yarn; q_a_layernorm and kv_a_layernorm use eps 1e-6 (transformers builds
  * them without `rms_norm_eps`).
  *
- * The engine caches keys and values per head (numKvHeads = heads, headDim = max(nope + rope, v)),
- * and its attention takes one head_dim for q, k and v, so each layer builds, with exact 0/1
- * matrix products (x·1 + 0 is exact in fp32), keys [k_nope_h | k_rope], values [v_h | 0…] and
- * queries [q_nope | q_rope], the rope dims de-interleaved in both (q·k is unchanged) so the
- * backend's rotate-half rope applies at an offset of nope dims; the attention output is compacted
- * back to v dims per head before `o_proj`.
+ * The KV cache holds the latent, not per-head keys and values: one row [normed latent | roped
+ * rope key] of kv_lora_rank + qk_rope_head_dim floats per token and layer (576 at V3 size, 2.3 KB
+ * fp32, where per-head keys and values would take 196 KB). `kv_b_proj` is absorbed into the
+ * queries and applied to the attention output per head (see mlaBlock), with batched matmuls over
+ * strided views of its rows (rl_matmul_nd) and strided copies (rl_copy_nd): no head is padded.
  *
  * MoE: layers from `first_k_dense_replace` on; a shared MLP of `moe_intermediate_size ·
  * n_shared_experts` is added to the routed experts. V2 routes with a softmax (`greedy`, or
@@ -26,18 +25,53 @@
  * @module
  */
 import type { ModelConfig } from "../config.ts";
-import type { DevPtr } from "../../ffi/backend.ts";
+import type { DevPtr, TensorView } from "../../ffi/backend.ts";
 import { bf16ToF32, f16ToF32 } from "../dtype.ts";
 import { ConfigError } from "../errors.ts";
-import type { ExpectedTensor, Family, LayerContext, Part, PartWeights, Weight } from "./family.ts";
+import type {
+  ExpectedTensor,
+  Family,
+  LayerContext,
+  Part,
+  PartWeights,
+  ScratchSizes,
+  Weight,
+} from "./family.ts";
 import {
-  expectedLlamaLike,
+  gatedMlpNames,
+  type LayerBuffers,
+  layerScratch,
+  linear,
+  type LinearSpec,
+  linearTensors,
+  type MlpBuffers,
+  mlpScratch,
+  norm,
+  type NormSpec,
+  normTensors,
+  plain,
+  residual,
+} from "./blocks.ts";
+import {
+  expectedGlobal,
   LLAMA_DEFAULTS,
+  llamaLayerSpec,
   mlpBlock,
+  mlpLayerTensors,
   parseLlamaLike,
   placeExpected,
 } from "./llama.ts";
-import { expertGroup, mlpNames, type Routing, softmaxRows, sparseMoeBlock, topK } from "./moe.ts";
+import {
+  expertGroup,
+  type MoeBuffers,
+  moeScratch,
+  type MoeSpec,
+  moeTensors,
+  type Routing,
+  softmaxRows,
+  sparseMoeBlock,
+  topK,
+} from "./moe.ts";
 
 /** How a MoE layer picks its experts. */
 export type TopkMethod = "greedy" | "group_limited_greedy" | "noaux_tc";
@@ -162,9 +196,10 @@ function parseDeepseek(
     throw new ConfigError(source, "qk_rope_head_dim", `must be even, got ${rope}`);
   }
   const v = int(raw, source, "v_head_dim", 128);
-  const headDim = Math.max(nope + rope, v);
-  // head_dim in the file is transformers' rope dim; attention runs on the padded qk head, with
-  // keys and values cached per query head.
+  const headDim = nope + rope;
+  // head_dim in the file is transformers' rope dim; a query/key head is nope + rope (transformers'
+  // qk_head_dim), KV heads one per query head as transformers has them. The cache holds the
+  // latent instead (kvCache below).
   const cfg = parseLlamaLike(
     raw,
     source,
@@ -258,54 +293,85 @@ function parseDeepseek(
     firstDense: int(raw, source, "first_k_dense_replace", d.firstDense, 0),
     mtpLayers: raw[mtpKey] === null ? 0 : int(raw, source, mtpKey, d.mtpLayers, 0),
   };
-  return { ...cfg, deepseek: ds, expertsPerToken: k };
+  // One cache row per token: [latent | rope key], the value being the latent (mlaBlock).
+  const kvCache = { kvHeads: 1, keyDim: kvLora + rope, valueDim: kvLora, sharedKV: true };
+  return { ...cfg, deepseek: ds, expertsPerToken: k, kvCache };
 }
 
 // ------------------------------------------------------------------------------------------------
 // Tensors
 
+/** The MLA tensors of a layer, each named once; q/kv LoRA norms use eps 1e-6 (transformers). */
+interface MlaSpec {
+  inputNorm: NormSpec;
+  /** q_proj, or the q LoRA q_b(q_a_layernorm(q_a(x))). */
+  q: { proj: LinearSpec } | { a: LinearSpec; norm: NormSpec; b: LinearSpec };
+  kvA: LinearSpec;
+  kvANorm: NormSpec;
+  kvB: LinearSpec;
+  o: LinearSpec;
+}
+
+function mlaSpec(cfg: DeepseekConfig): MlaSpec {
+  const bias = cfg.attentionBias,
+    lora = (name: string): NormSpec => ({ name, kind: "rms", eps: 1e-6 });
+  return {
+    inputNorm: { name: "input_layernorm", kind: "rms" },
+    q: cfg.deepseek.qLoraRank === null ? { proj: plain("self_attn.q_proj") } : {
+      a: { name: "self_attn.q_a_proj", bias },
+      norm: lora("self_attn.q_a_layernorm"),
+      b: plain("self_attn.q_b_proj"),
+    },
+    kvA: { name: "self_attn.kv_a_proj_with_mqa", bias },
+    kvANorm: lora("self_attn.kv_a_layernorm"),
+    kvB: plain("self_attn.kv_b_proj"),
+    o: { name: "self_attn.o_proj", bias },
+  };
+}
+
+/** noaux_tc's per-expert bias added to the router's choice scores (not to its logits). */
+const CORRECTION_BIAS = "mlp.gate.e_score_correction_bias";
+
+/** The MoE of a layer from `first_k_dense_replace` on (shared experts: `mlp.shared_experts`). */
+function deepseekMoeSpec(cfg: DeepseekConfig): MoeSpec {
+  const ds = cfg.deepseek;
+  return {
+    norm: { name: "post_attention_layernorm", kind: "rms" },
+    router: plain("mlp.gate"),
+    experts: ds.router.experts,
+    expert: (e) => gatedMlpNames(`mlp.experts.${e}`),
+    inter: ds.moeIntermediate,
+    shared: ds.sharedIntermediate > 0
+      ? { mlp: gatedMlpNames("mlp.shared_experts"), inter: ds.sharedIntermediate }
+      : undefined,
+  };
+}
+
 function expectedDeepseek(part: Part, cfg: DeepseekConfig): ExpectedTensor[] {
-  const base = expectedLlamaLike(part, cfg);
-  if (part.kind !== "layer") return base;
+  if (part.kind !== "layer") return expectedGlobal(part, cfg);
   const ds = deepseekShape(cfg), D = cfg.hiddenSize, H = cfg.numHeads;
-  const qk = ds.nope + ds.rope, L = ds.kvLoraRank, bias = cfg.attentionBias;
-  const a = (name: string, shape: number[]) => ({ local: `self_attn.${name}`, shape });
-  const t: ExpectedTensor[] = base.filter((e) =>
-    !e.local.startsWith("self_attn.") && !e.local.startsWith("mlp.")
-  );
-  if (ds.qLoraRank === null) t.push(a("q_proj.weight", [H * qk, D]));
+  const qk = ds.nope + ds.rope, L = ds.kvLoraRank, s = mlaSpec(cfg);
+  const t = normTensors(s.inputNorm, D);
+  if ("proj" in s.q) t.push(...linearTensors(s.q.proj, H * qk, D));
   else {
-    const R = ds.qLoraRank;
+    const R = ds.qLoraRank!;
     t.push(
-      a("q_a_proj.weight", [R, D]),
-      a("q_a_layernorm.weight", [R]),
-      a("q_b_proj.weight", [H * qk, R]),
+      ...linearTensors(s.q.a, R, D),
+      ...normTensors(s.q.norm, R),
+      ...linearTensors(s.q.b, H * qk, R),
     );
-    if (bias) t.push(a("q_a_proj.bias", [R]));
   }
   t.push(
-    a("kv_a_proj_with_mqa.weight", [L + ds.rope, D]),
-    a("kv_a_layernorm.weight", [L]),
-    a("kv_b_proj.weight", [H * (ds.nope + ds.v), L]),
-    a("o_proj.weight", [D, H * ds.v]),
+    ...linearTensors(s.kvA, L + ds.rope, D),
+    ...normTensors(s.kvANorm, L),
+    ...linearTensors(s.kvB, H * (ds.nope + ds.v), L),
+    ...linearTensors(s.o, D, H * ds.v),
   );
-  if (bias) t.push(a("kv_a_proj_with_mqa.bias", [L + ds.rope]), a("o_proj.bias", [D]));
-  if (part.index < ds.firstDense) {
-    return t.concat(base.filter((e) => e.local.startsWith("mlp.")));
-  }
-  const E = ds.router.experts, I = ds.moeIntermediate, S = ds.sharedIntermediate;
-  t.push({ local: "mlp.gate.weight", shape: [E, D] });
+  if (part.index < ds.firstDense) return t.concat(mlpLayerTensors(llamaLayerSpec(cfg), cfg));
+  t.push(...moeTensors(deepseekMoeSpec(cfg), D));
   if (ds.router.method === "noaux_tc") {
-    t.push({ local: "mlp.gate.e_score_correction_bias", shape: [E] });
+    t.push({ local: CORRECTION_BIAS, shape: [ds.router.experts] });
   }
-  const mlp = (p: string, inter: number) =>
-    t.push(
-      { local: `${p}.gate_proj.weight`, shape: [inter, D] },
-      { local: `${p}.up_proj.weight`, shape: [inter, D] },
-      { local: `${p}.down_proj.weight`, shape: [D, inter] },
-    );
-  if (S > 0) mlp("mlp.shared_experts", S);
-  for (let e = 0; e < E; e++) mlp(`mlp.experts.${e}`, I);
   return t;
 }
 
@@ -323,149 +389,143 @@ function placeDeepseek(name: string, cfg: DeepseekConfig) {
 // ------------------------------------------------------------------------------------------------
 // Multi-head latent attention
 
-/** Scratch buffers this module has filled with a constant (by pointer: a regrown one refills). */
-const filled = new WeakSet<DevPtr>();
-
-/** A constant fp32 matrix on the device, in a scratch buffer of its own, uploaded once. */
-function constant(ctx: LayerContext, name: string, floats: number, build: () => Float32Array) {
-  const p = ctx.buf(name, floats);
-  if (!filled.has(p)) {
-    ctx.be.upload(p, build());
-    filled.add(p);
-  }
-  return p;
-}
-
-/** Source index inside the rope part of attention dim j (de-interleaving pairs, or identity). */
-function ropeSource(ds: DeepseekShape, j: number): number {
-  const half = ds.rope / 2;
-  if (!ds.interleaved) return j;
-  return j < half ? 2 * j : 2 * (j - half) + 1;
-}
-
-/** 0/1 matrix [rows, cols] with ones at (r, c) for each given pair. */
-function selection(rows: number, cols: number, ones: [number, number][]): Float32Array {
-  const m = new Float32Array(rows * cols);
-  for (const [r, c] of ones) m[r * cols + c] = 1;
-  return m;
-}
-
 function range<T>(n: number, f: (i: number) => T): T[] {
   return Array.from({ length: n }, (_, i) => f(i));
 }
 
-/** x += o_proj(MLA(input_layernorm(x))). */
-export function mlaBlock(ctx: LayerContext<DeepseekConfig>, w: PartWeights): void {
+/**
+ * The rope dims of `rows` rows into rotate-half order: with interleaved pairs, a view
+ * [rows, 2, rope/2] reading element 2j + i of the source into i·rope/2 + j of the destination.
+ */
+function ropeViews(
+  ds: DeepseekShape,
+  rows: number,
+  src: { offset: number; stride: number },
+  dst: { offset: number; stride: number },
+): [TensorView, TensorView] {
+  const half = ds.rope / 2;
+  if (!ds.interleaved) {
+    return [
+      { offset: dst.offset, shape: [rows, ds.rope], strides: [dst.stride, 1] },
+      { offset: src.offset, shape: [rows, ds.rope], strides: [src.stride, 1] },
+    ];
+  }
+  return [
+    { offset: dst.offset, shape: [rows, 2, half], strides: [dst.stride, half, 1] },
+    { offset: src.offset, shape: [rows, 2, half], strides: [src.stride, 1, 2] },
+  ];
+}
+
+/** MLA's buffers (per token row: see mlaScratch). */
+type MlaBuffers =
+  | "mla_q"
+  | "mla_qa"
+  | "mla_kv_a"
+  | "mla_latent"
+  | "mla_rows"
+  | "mla_q_latent"
+  | "attn"
+  | "mla_values";
+
+/** The scratch of a DeepSeek model: MLA, dense MLP layers and MoE layers. */
+export type DeepseekBuffers = LayerBuffers | MlpBuffers | MoeBuffers | MlaBuffers;
+
+function deepseekScratch(cfg: DeepseekConfig): ScratchSizes<DeepseekBuffers> {
+  const ds = cfg.deepseek, H = cfg.numHeads, L = ds.kvLoraRank, R = L + ds.rope;
+  return {
+    ...layerScratch(cfg),
+    ...mlpScratch(cfg.intermediateSize),
+    ...moeScratch(deepseekMoeSpec(cfg), cfg.hiddenSize),
+    mla_q: H * (ds.nope + ds.rope),
+    mla_qa: ds.qLoraRank ?? 1,
+    mla_kv_a: R,
+    mla_latent: L,
+    mla_rows: R,
+    mla_q_latent: H * R,
+    attn: H * L,
+    mla_values: H * ds.v,
+  };
+}
+
+/**
+ * x += o_proj(MLA(input_layernorm(x))), with `kv_b_proj` absorbed so the cache holds the latent.
+ *
+ * Per head h, kv_b_proj's rows are W_uk(h) [nope, L] then W_uv(h) [v, L]. Key j of head h is
+ * [W_uk(h)·c_j | r_j] (c_j the normed latent, r_j the shared rope key), so
+ *   q_h · k_j = (W_uk(h)ᵀ q_nope) · c_j + q_rope · r_j,
+ * an attention of queries [W_uk(h)ᵀ q_nope | q_rope] over one shared key row [c_j | r_j] per
+ * token; and Σ_j p_j W_uv(h)·c_j = W_uv(h)·(Σ_j p_j c_j), so the values are the c_j (the first L
+ * floats of the same row) and W_uv(h) applies after the attention. Both per-head products are
+ * one batched rl_matmul_nd over views of kv_b_proj. Rope pairs are moved into rotate-half order
+ * in q and k alike (q·k is unchanged), so the backend's rope applies at offset L of each row.
+ */
+export function mlaBlock(ctx: LayerContext<DeepseekConfig, DeepseekBuffers>, w: PartWeights): void {
   const { be, cfg, T } = ctx;
-  const ds = deepseekShape(cfg), D = cfg.hiddenSize, H = cfg.numHeads, hd = cfg.headDim;
-  const { nope, rope, v } = ds, qk = nope + rope, L = ds.kvLoraRank, kvw = nope + v;
-  const tag = `${nope}.${rope}.${v}.${hd}.${ds.interleaved ? "i" : "h"}`;
-  const h = ctx.buf("h", T * D);
-  const norm = w.get("input_layernorm.weight");
-  be.rmsnorm(h, ctx.x, norm.ptr, norm.dtype, T, D, cfg.rmsNormEps);
-  const mm = (out: DevPtr, x: DevPtr, wt: Weight, N: number, K: number, bias: Weight | null) =>
-    be.matmul(out, x, wt.ptr, wt.dtype, bias?.ptr ?? null, T, N, K);
-  const f32 = (out: DevPtr, x: DevPtr, m: DevPtr, rows: number, N: number, K: number) =>
-    be.matmul(out, x, m, "F32", null, rows, N, K);
+  const ds = deepseekShape(cfg), D = cfg.hiddenSize, H = cfg.numHeads;
+  const { nope, rope, v } = ds, qk = nope + rope, L = ds.kvLoraRank, R = L + rope;
+  const s = mlaSpec(cfg), b = ctx.s, h = b.h;
+  norm(ctx, w, s.inputNorm, h, ctx.x, T, D);
 
   // Queries [T, H·qk], per head [nope | rope].
-  let q = ctx.buf("mla_q", T * H * qk);
-  if (ds.qLoraRank === null) mm(q, h, w.get("self_attn.q_proj.weight"), H * qk, D, null);
+  const q = b.mla_q;
+  if ("proj" in s.q) linear(ctx, w, s.q.proj, q, h, T, H * qk, D);
   else {
-    const R = ds.qLoraRank, qa = ctx.buf("mla_qa", T * R);
-    mm(qa, h, w.get("self_attn.q_a_proj.weight"), R, D, w.opt("self_attn.q_a_proj.bias"));
-    const qn = w.get("self_attn.q_a_layernorm.weight");
-    be.rmsnorm(qa, qa, qn.ptr, qn.dtype, T, R, 1e-6);
-    mm(q, qa, w.get("self_attn.q_b_proj.weight"), H * qk, R, null);
-  }
-  if (ds.interleaved || hd !== qk) {
-    // Per head [nope | rope de-interleaved | 0…]: rows of qk → rows of hd.
-    const P = constant(ctx, `mla_Pq.${tag}`, hd * qk, () =>
-      selection(hd, qk, [
-        ...range(nope, (i): [number, number] => [i, i]),
-        ...range(rope, (j): [number, number] => [nope + j, nope + ropeSource(ds, j)]),
-      ]));
-    const qh = ctx.buf("q", T * H * hd);
-    f32(qh, q, P, T * H, hd, qk);
-    q = qh;
+    const Rq = ds.qLoraRank!, qa = b.mla_qa;
+    linear(ctx, w, s.q.a, qa, h, T, Rq, D);
+    norm(ctx, w, s.q.norm, qa, qa, T, Rq);
+    linear(ctx, w, s.q.b, q, qa, T, H * qk, Rq);
   }
 
-  // Latent [T, L] (normed) and the shared rope key [T, rope]: the two row ranges of kv_a.
-  const kva = w.get("self_attn.kv_a_proj_with_mqa.weight"),
-    kvaBias = w.opt(
-      "self_attn.kv_a_proj_with_mqa.bias",
-    );
-  const rowBytes = D * (kva.dtype === "F32" ? 4 : 2), biasBytes = kva.dtype === "F32" ? 4 : 2;
-  const lat = ctx.buf("mla_lat", T * L), kr = ctx.buf("mla_kr", T * rope);
-  be.matmul(lat, h, kva.ptr, kva.dtype, kvaBias?.ptr ?? null, T, L, D);
-  be.matmul(
-    kr,
-    h,
-    be.view(kva.ptr, L * rowBytes),
-    kva.dtype,
-    kvaBias ? be.view(kvaBias.ptr, L * biasBytes) : null,
-    T,
-    rope,
-    D,
-  );
-  const kvn = w.get("self_attn.kv_a_layernorm.weight");
-  be.rmsnorm(lat, lat, kvn.ptr, kvn.dtype, T, L, 1e-6);
-  // Per head [k_nope | v] = kv_b(latent): [T, H·(nope + v)], i.e. T·H rows of nope + v.
-  const kv = ctx.buf("mla_kv", T * H * kvw);
-  mm(kv, lat, w.get("self_attn.kv_b_proj.weight"), H * kvw, L, null);
+  // The new tokens' cache rows [T, R] = [normed latent | rope key].
+  const kvRaw = b.mla_kv_a, lat = b.mla_latent;
+  linear(ctx, w, s.kvA, kvRaw, h, T, R, D);
+  be.copyNd(lat, { shape: [T, L], strides: [L, 1] }, kvRaw, { shape: [T, L], strides: [R, 1] });
+  norm(ctx, w, s.kvANorm, lat, lat, T, L);
+  const rows = b.mla_rows;
+  be.copyNd(rows, { shape: [T, L], strides: [R, 1] }, lat, { shape: [T, L], strides: [L, 1] });
+  const [kDst, kSrc] = ropeViews(ds, T, { offset: L, stride: R }, { offset: L, stride: R });
+  be.copyNd(rows, kDst, kvRaw, kSrc);
 
-  // Keys per head [k_nope | rope key de-interleaved | 0…], values [v | 0…].
-  const k = ctx.buf("k", T * H * hd), kRope = ctx.buf("mla_krope", T * H * hd);
-  const vals = ctx.buf("v", T * H * hd);
-  const Sk = constant(
-    ctx,
-    `mla_Sk.${tag}`,
-    hd * kvw,
-    () => selection(hd, kvw, range(nope, (i): [number, number] => [i, i])),
+  // Latent queries [T, H, R]: W_uk(h)ᵀ q_nope(h) | q_rope(h).
+  const kvb = w.get(`${s.kvB.name}.weight`), headRows = (nope + v) * L;
+  const ql = b.mla_q_latent;
+  be.matmulNd(
+    ql,
+    { shape: [H, T, L], strides: [R, H * R, 1] },
+    q,
+    { shape: [H, T, nope], strides: [qk, H * qk, 1] },
+    kvb.ptr,
+    { dtype: kvb.dtype, shape: [H, nope, L], strides: [headRows, L, 1] },
   );
-  const Sv = constant(
-    ctx,
-    `mla_Sv.${tag}`,
-    hd * kvw,
-    () => selection(hd, kvw, range(v, (j): [number, number] => [j, nope + j])),
-  );
-  const B = constant(ctx, `mla_Bk.${H}.${tag}`, H * hd * rope, () =>
-    selection(
-      H * hd,
-      rope,
-      range(H * rope, (i): [number, number] => {
-        const head = Math.floor(i / rope), j = i % rope;
-        return [head * hd + nope + j, ropeSource(ds, j)];
-      }),
-    ));
-  f32(k, kv, Sk, T * H, hd, kvw);
-  f32(kRope, kr, B, T, H * hd, rope);
-  be.add(k, k, kRope, T * H * hd);
-  f32(vals, kv, Sv, T * H, hd, kvw);
+  const [qDst, qSrc] = ropeViews(ds, T * H, { offset: nope, stride: qk }, {
+    offset: L,
+    stride: R,
+  });
+  be.copyNd(ql, qDst, q, qSrc);
 
-  // Rotate-half rope on the rope dims of every head (at offset nope).
+  // Rotate-half rope on the rope dims (offset L of every row).
   const { rotDim, invFreq, mscale } = ctx.rope;
-  const at = (p: DevPtr) => be.view(p, nope * 4);
-  be.rope(at(q), T, H * hd, H, hd, rotDim, ctx.positions, invFreq, mscale);
-  be.rope(at(k), T, H * hd, H, hd, rotDim, ctx.positions, invFreq, mscale);
+  const at = (p: DevPtr) => be.view(p, L * Float32Array.BYTES_PER_ELEMENT);
+  be.rope(at(ql), T, H * R, H, R, rotDim, ctx.positions, invFreq, mscale);
+  be.rope(at(rows), T, R, 1, R, rotDim, ctx.positions, invFreq, mscale);
 
-  const attn = ctx.buf("attn", T * H * hd);
-  ctx.attention({ q, qStride: H * hd, k, v: vals, kvStride: H * hd, out: attn, scale: ds.scale });
-  let out = attn;
-  if (hd !== v) {
-    // [T·H, hd] → [T·H, v]: the values' dims of each head.
-    const So = constant(
-      ctx,
-      `mla_So.${tag}`,
-      v * hd,
-      () => selection(v, hd, range(v, (j): [number, number] => [j, j])),
-    );
-    out = ctx.buf("mla_attn_v", T * H * v);
-    f32(out, attn, So, T * H, v, hd);
-  }
-  const o = ctx.buf("o", T * D);
-  mm(o, out, w.get("self_attn.o_proj.weight"), D, H * v, w.opt("self_attn.o_proj.bias"));
-  be.add(ctx.x, ctx.x, o, T * D);
+  // Attention over the latent rows: out [T, H·L] = Σ_j p_j c_j per head.
+  const attn = b.attn;
+  ctx.attention({ q: ql, qStride: H * R, k: rows, kvStride: R, out: attn, scale: ds.scale });
+
+  // Values per head: W_uv(h) · out(h) → [T, H·v].
+  const vals = b.mla_values;
+  be.matmulNd(
+    vals,
+    { shape: [H, T, v], strides: [v, H * v, 1] },
+    attn,
+    { shape: [H, T, L], strides: [L, H * L, 1] },
+    kvb.ptr,
+    { dtype: kvb.dtype, offset: nope * L, shape: [H, L, v], strides: [headRows, 1, L] },
+  );
+  const o = b.o;
+  linear(ctx, w, s.o, o, vals, T, D, H * v);
+  residual(ctx, o);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -565,25 +625,16 @@ function routeLayer(
 ): Routing {
   const r = deepseekShape(ctx.cfg).router;
   if (r.method !== "noaux_tc") return routeSoftmax(logits, ctx.T, r);
-  const bias = hostVector(ctx, w.get("mlp.gate.e_score_correction_bias"));
+  const bias = hostVector(ctx, w.get(CORRECTION_BIAS));
   return routeNoauxTc(logits, bias, ctx.T, r);
 }
 
 /** x += routed experts + shared experts of post_attention_layernorm(x). */
 export function deepseekMoeBlock(
-  ctx: LayerContext<DeepseekConfig>,
+  ctx: LayerContext<DeepseekConfig, DeepseekBuffers>,
   w: PartWeights,
 ): Promise<void> {
-  const ds = deepseekShape(ctx.cfg);
-  return sparseMoeBlock(ctx, w, {
-    router: "mlp.gate.weight",
-    route: (logits) => routeLayer(ctx, w, logits),
-    expert: (e) => mlpNames(`mlp.experts.${e}`),
-    inter: ds.moeIntermediate,
-    shared: ds.sharedIntermediate > 0
-      ? { names: mlpNames("mlp.shared_experts"), inter: ds.sharedIntermediate }
-      : undefined,
-  });
+  return sparseMoeBlock(ctx, w, deepseekMoeSpec(ctx.cfg), (logits) => routeLayer(ctx, w, logits));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -617,8 +668,9 @@ const V3_DEFAULTS: Defaults = {
   mtpLayers: 1,
 };
 
-export const deepseekV2: Family<DeepseekConfig> = {
+export const deepseekV2: Family<DeepseekConfig, DeepseekBuffers> = {
   architectures: ["DeepseekV2ForCausalLM"],
+  scratch: deepseekScratch,
   parseConfig(raw, source) {
     return parseDeepseek(raw, source, V2_DEFAULTS, (raw) => {
       const m = raw.topk_method ?? "greedy";
@@ -637,13 +689,13 @@ export const deepseekV2: Family<DeepseekConfig> = {
   lazyGroup: (local) => expertGroup(local),
   async forwardLayer(ctx, w) {
     mlaBlock(ctx, w);
-    if (ctx.layer < deepseekShape(ctx.cfg).firstDense) mlpBlock(ctx, w);
+    if (ctx.layer < deepseekShape(ctx.cfg).firstDense) mlpBlock(ctx, w, llamaLayerSpec(ctx.cfg));
     else await deepseekMoeBlock(ctx, w);
   },
 };
 
 /** V3: V2's layer with `noaux_tc` routing (any `topk_method` key is ignored, as transformers). */
-export const deepseekV3: Family<DeepseekConfig> = {
+export const deepseekV3: Family<DeepseekConfig, DeepseekBuffers> = {
   ...deepseekV2,
   architectures: ["DeepseekV3ForCausalLM"],
   parseConfig(raw, source) {

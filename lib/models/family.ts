@@ -55,25 +55,34 @@ export interface PartWeights {
   prefetch(groups: readonly string[]): void;
 }
 
-/** Arguments of {@link LayerContext.attention}. */
+/** Arguments of {@link LayerContext.attention}; shapes per config.ts `cacheLayout`. */
 export interface AttentionCall {
-  /** Rotated queries [T, qStride]; keys/values [T, kvStride] of the new tokens. */
+  /** Rotated queries [T, qStride], numHeads heads of keyDim each. */
   q: DevPtr;
   qStride: number;
+  /** Keys [T, kvStride] of the new tokens (kvStride = kvHeads · keyDim). */
   k: DevPtr;
-  v: DevPtr;
+  /** Values [T, kvStride] of the new tokens; omitted when the layout reads values from keys. */
+  v?: DevPtr;
   kvStride: number;
-  /** Output [T, numHeads * headDim]. */
+  /** Output [T, numHeads * valueDim]. */
   out: DevPtr;
   scale: number;
   softcap?: number;
 }
 
 /**
+ * A family's scratch buffers as one typed struct: fp32 floats per token row of each buffer, by
+ * name (blocks.ts declares those of the shared blocks). The engine allocates each for the step's
+ * T rows before the layers run and hands them to the forward as {@link LayerContext.s}.
+ */
+export type ScratchSizes<S extends string> = Readonly<Record<S, number>>;
+
+/**
  * What the engine gives a family's layer forward: the backend, the step's shape, scratch buffers
  * and the attention mechanism (KV cache append + attention per sequence, handled by the engine).
  */
-export interface LayerContext<C extends ModelConfig = ModelConfig> {
+export interface LayerContext<C extends ModelConfig = ModelConfig, S extends string = string> {
   be: Backend;
   cfg: C;
   /** Index of the layer being run. */
@@ -85,8 +94,8 @@ export interface LayerContext<C extends ModelConfig = ModelConfig> {
   /** Absolute position of each of the T tokens. */
   positions: Int32Array;
   rope: RopeTable;
-  /** A scratch buffer of at least `floats` fp32, reused across layers and steps. */
-  buf(name: string, floats: number): DevPtr;
+  /** The family's scratch buffers ({@link Family.scratch}), each T × its floats per row. */
+  s: Readonly<Record<S, DevPtr>>;
   /** Appends k/v of this step to the layer's cache and writes attention output. */
   attention(call: AttentionCall): void;
   /** Records a MoE layer's routing (every token's chosen experts, token-major) when tracing. */
@@ -97,7 +106,7 @@ export interface LayerContext<C extends ModelConfig = ModelConfig> {
  * One architecture family, over its config type `C`. The engine holds it as `Family` (of
  * ModelConfig) and hands each hook the config that family's own parseConfig returned.
  */
-export interface Family<C extends ModelConfig = ModelConfig> {
+export interface Family<C extends ModelConfig = ModelConfig, S extends string = string> {
   /** `architectures[0]` values this file implements, exactly. */
   architectures: readonly string[];
   /**
@@ -116,8 +125,10 @@ export interface Family<C extends ModelConfig = ModelConfig> {
    * its tokens route to. Default: no groups.
    */
   lazyGroup?(local: string, cfg: C): string | null;
+  /** The scratch buffers its forward uses: fp32 floats per token row of each. */
+  scratch(cfg: C): ScratchSizes<S>;
   /** One decoder layer, in place on ctx.x (async when it waits for on-demand groups). */
-  forwardLayer(ctx: LayerContext<C>, w: PartWeights): void | Promise<void>;
+  forwardLayer(ctx: LayerContext<C, S>, w: PartWeights): void | Promise<void>;
   /**
    * true: drop the KV cache and recompute the whole sequence before this decode step, which grows
    * the cached `past` tokens to `total` (Phi-3 longrope, when `total` first passes the original

@@ -13,7 +13,6 @@ import {
   optionalInt,
   parseCommonConfig,
 } from "../config.ts";
-import type { DevPtr } from "../../ffi/backend.ts";
 import { ConfigError } from "../errors.ts";
 import { checkRopeType } from "../rope.ts";
 import type {
@@ -24,7 +23,22 @@ import type {
   PartWeights,
   Placement,
 } from "./family.ts";
-import { ACTIVATIONS, expectedLlamaLike, placeLlamaLike } from "./llama.ts";
+import { ACTIVATIONS } from "./activations.ts";
+import {
+  attention,
+  type AttentionSpec,
+  attentionTensors,
+  denseLayerScratch,
+  gatedMlp,
+  gatedMlpNames,
+  type GatedMlpSpec,
+  gatedMlpTensors,
+  norm,
+  type NormSpec,
+  normTensors,
+  residual,
+} from "./blocks.ts";
+import { type DenseBuffers, expectedGlobal, placeLlamaLike } from "./llama.ts";
 
 /** A Gemma config: the common one plus the attention constants Gemma reads from config.json. */
 export interface GemmaConfig extends ModelConfig {
@@ -130,29 +144,59 @@ export function parseGemmaLike(
   };
 }
 
-/** Expected tensors of a Gemma part: Llama's, the extra norms, and o_proj's bias with the others. */
-export function expectedGemmaLike(part: Part, cfg: ModelConfig, qkNorm: boolean): ExpectedTensor[] {
-  const t = expectedLlamaLike(part, cfg);
-  if (part.kind !== "layer") return t;
-  const D = cfg.hiddenSize, hd = cfg.headDim;
-  t.push(
-    { local: "pre_feedforward_layernorm.weight", shape: [D] },
-    { local: "post_feedforward_layernorm.weight", shape: [D] },
-  );
-  if (qkNorm) {
-    t.push(
-      { local: "self_attn.q_norm.weight", shape: [hd] },
-      { local: "self_attn.k_norm.weight", shape: [hd] },
-    );
-  }
-  if (cfg.attentionBias) t.push({ local: "self_attn.o_proj.bias", shape: [D] });
-  return t;
+/** The tensors of a Gemma layer, each named once (blocks.ts). */
+export interface GemmaLayerSpec {
+  inputNorm: NormSpec;
+  attn: AttentionSpec;
+  postAttnNorm: NormSpec;
+  preMlpNorm: NormSpec;
+  mlp: GatedMlpSpec;
+  postMlpNorm: NormSpec;
+}
+
+/**
+ * A Gemma layer: (1 + w) RMSNorms around attention and MLP, q_norm / k_norm with `qkNorm`
+ * (Gemma 3), biases on every projection with `attention_bias`, the query_pre_attn_scalar scale
+ * and the attention soft-cap.
+ */
+export function gemmaLayerSpec(cfg: GemmaConfig, qkNorm: boolean): GemmaLayerSpec {
+  const bias = cfg.attentionBias, n = (name: string): NormSpec => ({ name, kind: "rms1" });
+  return {
+    inputNorm: n("input_layernorm"),
+    attn: {
+      q: { name: "self_attn.q_proj", bias },
+      k: { name: "self_attn.k_proj", bias },
+      v: { name: "self_attn.v_proj", bias },
+      o: { name: "self_attn.o_proj", bias },
+      qkNorm: qkNorm ? { q: n("self_attn.q_norm"), k: n("self_attn.k_norm") } : undefined,
+      scale: cfg.attnScale,
+      softcap: cfg.attnSoftcap,
+    },
+    postAttnNorm: n("post_attention_layernorm"),
+    preMlpNorm: n("pre_feedforward_layernorm"),
+    mlp: gatedMlpNames("mlp"),
+    postMlpNorm: n("post_feedforward_layernorm"),
+  };
+}
+
+/** Expected tensors of a Gemma part (layer tensors from {@link gemmaLayerSpec}). */
+export function expectedGemmaLike(part: Part, cfg: GemmaConfig, qkNorm: boolean): ExpectedTensor[] {
+  if (part.kind !== "layer") return expectedGlobal(part, cfg);
+  const s = gemmaLayerSpec(cfg, qkNorm), D = cfg.hiddenSize;
+  return [
+    ...normTensors(s.inputNorm, D),
+    ...attentionTensors(s.attn, D, cfg.numHeads, cfg.numKvHeads, cfg.headDim),
+    ...normTensors(s.postAttnNorm, D),
+    ...normTensors(s.preMlpNorm, D),
+    ...gatedMlpTensors(s.mlp, D, cfg.intermediateSize),
+    ...normTensors(s.postMlpNorm, D),
+  ];
 }
 
 /** Where a Gemma tensor goes; exactly the names {@link expectedGemmaLike} lists, else undefined. */
 export function placeGemmaLike(
   name: string,
-  cfg: ModelConfig,
+  cfg: GemmaConfig,
   qkNorm: boolean,
 ): Placement | undefined {
   const p = placeLlamaLike(name, cfg);
@@ -163,80 +207,24 @@ export function placeGemmaLike(
   return known ? p : undefined;
 }
 
-/** Gemma RMSNorm, x · (1 + w) in fp32, of `rows` rows of `dim` into out (may equal x). */
-function norm(
-  ctx: LayerContext,
-  w: PartWeights,
-  name: string,
-  out: DevPtr,
-  x: DevPtr,
-  rows: number,
-  dim: number,
-): void {
-  const n = w.get(name);
-  ctx.be.rmsnorm(out, x, n.ptr, n.dtype, rows, dim, ctx.cfg.rmsNormEps, 1);
-}
-
 /**
- * x += post_norm(o_proj(attn(rope(q), rope(k), v))) of input_norm(x); with `qkNorm` (Gemma 3)
- * q and k are Gemma-RMS-normed per head before the rope.
+ * A Gemma layer: x += post_attention_norm(attention(input_norm(x))), then
+ * x += post_feedforward_norm(mlp(pre_feedforward_norm(x))).
  */
-export function gemmaAttentionBlock(
-  ctx: LayerContext<GemmaConfig>,
+export function gemmaLayer(
+  ctx: LayerContext<GemmaConfig, DenseBuffers>,
   w: PartWeights,
   qkNorm: boolean,
 ): void {
-  const { be, cfg, T } = ctx;
-  const D = cfg.hiddenSize, hd = cfg.headDim;
-  const qDim = cfg.numHeads * hd, kvDim = cfg.numKvHeads * hd;
-  const h = ctx.buf("h", T * D);
-  const q = ctx.buf("q", T * qDim), k = ctx.buf("k", T * kvDim), v = ctx.buf("v", T * kvDim);
-  const attn = ctx.buf("attn", T * qDim), o = ctx.buf("o", T * D);
-  norm(ctx, w, "input_layernorm.weight", h, ctx.x, T, D);
-  const proj = (out: DevPtr, x: DevPtr, name: string, n: number, inDim: number) => {
-    const wt = w.get(`self_attn.${name}.weight`);
-    be.matmul(out, x, wt.ptr, wt.dtype, w.opt(`self_attn.${name}.bias`)?.ptr ?? null, T, n, inDim);
-  };
-  proj(q, h, "q_proj", qDim, D);
-  proj(k, h, "k_proj", kvDim, D);
-  proj(v, h, "v_proj", kvDim, D);
-  if (qkNorm) {
-    norm(ctx, w, "self_attn.q_norm.weight", q, q, T * cfg.numHeads, hd);
-    norm(ctx, w, "self_attn.k_norm.weight", k, k, T * cfg.numKvHeads, hd);
-  }
-  const { rotDim, invFreq, mscale } = ctx.rope;
-  be.rope(q, T, qDim, cfg.numHeads, hd, rotDim, ctx.positions, invFreq, mscale);
-  be.rope(k, T, kvDim, cfg.numKvHeads, hd, rotDim, ctx.positions, invFreq, mscale);
-  ctx.attention({
-    q,
-    qStride: qDim,
-    k,
-    v,
-    kvStride: kvDim,
-    out: attn,
-    scale: cfg.attnScale,
-    softcap: cfg.attnSoftcap,
-  });
-  proj(o, attn, "o_proj", D, qDim);
-  norm(ctx, w, "post_attention_layernorm.weight", o, o, T, D);
-  be.add(ctx.x, ctx.x, o, T * D);
-}
-
-/** x += post_norm(down(act(gate(h)) · up(h))), h = pre_norm(x). */
-export function gemmaMlpBlock(ctx: LayerContext, w: PartWeights): void {
-  const { be, cfg, T } = ctx;
-  const D = cfg.hiddenSize, I = cfg.intermediateSize;
-  const h = ctx.buf("h", T * D), o = ctx.buf("o", T * D);
-  const gate = ctx.buf("gate", T * I), up = ctx.buf("up", T * I);
-  norm(ctx, w, "pre_feedforward_layernorm.weight", h, ctx.x, T, D);
-  const wg = w.get("mlp.gate_proj.weight"), wu = w.get("mlp.up_proj.weight");
-  be.matmul(gate, h, wg.ptr, wg.dtype, null, T, I, D);
-  be.matmul(up, h, wu.ptr, wu.dtype, null, T, I, D);
-  be.actMul(gate, gate, up, T, I, I, ACTIVATIONS[cfg.hiddenAct]);
-  const wd = w.get("mlp.down_proj.weight");
-  be.matmul(o, gate, wd.ptr, wd.dtype, null, T, D, I);
-  norm(ctx, w, "post_feedforward_layernorm.weight", o, o, T, D);
-  be.add(ctx.x, ctx.x, o, T * D);
+  const { cfg, T } = ctx, D = cfg.hiddenSize, s = gemmaLayerSpec(cfg, qkNorm), { h, o } = ctx.s;
+  norm(ctx, w, s.inputNorm, h, ctx.x, T, D);
+  attention(ctx, w, s.attn, h, o);
+  norm(ctx, w, s.postAttnNorm, o, o, T, D);
+  residual(ctx, o);
+  norm(ctx, w, s.preMlpNorm, h, ctx.x, T, D);
+  gatedMlp(ctx, w, s.mlp, h, o, T, cfg.intermediateSize, ctx.s);
+  norm(ctx, w, s.postMlpNorm, o, o, T, D);
+  residual(ctx, o);
 }
 
 /** The model-level hooks Gemma 2 and 3 share: √hidden embedding scale, (1 + w) final norm. */
@@ -248,8 +236,9 @@ export const GEMMA_HOOKS: Pick<Family<GemmaConfig>, "embedScale" | "finalNorm"> 
   },
 };
 
-export const gemma2: Family<GemmaConfig> = {
+export const gemma2: Family<GemmaConfig, DenseBuffers> = {
   ...GEMMA_HOOKS,
+  scratch: denseLayerScratch,
   architectures: ["Gemma2ForCausalLM"],
   parseConfig(raw, source) {
     // Gemma2Config: layer i slides when i is even.
@@ -267,8 +256,5 @@ export const gemma2: Family<GemmaConfig> = {
   },
   place: (name, cfg) => placeGemmaLike(name, cfg, false),
   expected: (part, cfg) => expectedGemmaLike(part, cfg, false),
-  forwardLayer(ctx, w) {
-    gemmaAttentionBlock(ctx, w, false);
-    gemmaMlpBlock(ctx, w);
-  },
+  forwardLayer: (ctx, w) => gemmaLayer(ctx, w, false),
 };

@@ -11,14 +11,15 @@ import { optionalInt, type RopeConfig, ropeScalingParams } from "../config.ts";
 import { ConfigError } from "../errors.ts";
 import { checkRopeType } from "../rope.ts";
 import type { Family } from "./family.ts";
+import { denseLayerScratch } from "./blocks.ts";
+import type { DenseBuffers } from "./llama.ts";
 import {
   expectedGemmaLike,
   GEMMA2_DEFAULTS,
   GEMMA_HOOKS,
-  gemmaAttentionBlock,
   type GemmaConfig,
   type GemmaDefaults,
-  gemmaMlpBlock,
+  gemmaLayer,
   parseGemmaLike,
   placeGemmaLike,
 } from "./gemma2.ts";
@@ -70,8 +71,9 @@ function ropeOf(
   return rope;
 }
 
-export const gemma3: Family<GemmaConfig> = {
+export const gemma3: Family<GemmaConfig, DenseBuffers> = {
   ...GEMMA_HOOKS,
+  scratch: denseLayerScratch,
   architectures: ["Gemma3ForCausalLM"],
   parseConfig(raw, source) {
     // Gemma3TextConfig: layer i slides unless (i + 1) is a multiple of sliding_window_pattern.
@@ -103,8 +105,5 @@ export const gemma3: Family<GemmaConfig> = {
   },
   place: (name, cfg) => placeGemmaLike(name, cfg, true),
   expected: (part, cfg) => expectedGemmaLike(part, cfg, true),
-  forwardLayer(ctx, w) {
-    gemmaAttentionBlock(ctx, w, true);
-    gemmaMlpBlock(ctx, w);
-  },
+  forwardLayer: (ctx, w) => gemmaLayer(ctx, w, true),
 };

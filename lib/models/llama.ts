@@ -10,7 +10,6 @@ import {
   type ModelConfig,
   parseCommonConfig,
 } from "../config.ts";
-import type { Activation } from "../../ffi/backend.ts";
 import { ConfigError } from "../errors.ts";
 import { checkRopeType } from "../rope.ts";
 import type {
@@ -21,6 +20,24 @@ import type {
   PartWeights,
   Placement,
 } from "./family.ts";
+import { ACTIVATIONS } from "./activations.ts";
+import {
+  attention,
+  type AttentionBuffers,
+  type AttentionSpec,
+  attentionTensors,
+  denseLayerScratch,
+  gatedMlp,
+  gatedMlpNames,
+  type GatedMlpSpec,
+  gatedMlpTensors,
+  type LayerBuffers,
+  type MlpBuffers,
+  norm,
+  type NormSpec,
+  normTensors,
+  residual,
+} from "./blocks.ts";
 
 /** LlamaConfig's defaults for keys a checkpoint may omit. */
 export const LLAMA_DEFAULTS: ConfigDefaults = {
@@ -31,14 +48,7 @@ export const LLAMA_DEFAULTS: ConfigDefaults = {
   tieWordEmbeddings: false,
 };
 
-/** `hidden_act` names (transformers' ACT2FN) → the backend's activation; every family uses it. */
-export const ACTIVATIONS: Readonly<Record<string, Activation>> = {
-  silu: "silu",
-  swish: "silu",
-  gelu_pytorch_tanh: "gelu_tanh",
-  gelu_new: "gelu_tanh",
-  gelu: "gelu",
-};
+export { ACTIVATIONS };
 
 /** Parses the Llama-shaped config keys with the given defaults and validates what we run. */
 export function parseLlamaLike(
@@ -105,10 +115,37 @@ export function placeExpected<C extends ModelConfig>(
   return names.has(p.local) ? p : undefined;
 }
 
-/** Expected tensors of a Llama-shaped part (qkv biases when cfg.attentionBias). */
-export function expectedLlamaLike(part: Part, cfg: ModelConfig): ExpectedTensor[] {
-  const D = cfg.hiddenSize, I = cfg.intermediateSize, V = cfg.vocabSize;
-  const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
+/** The tensors of a Llama-shaped layer, each named once (blocks.ts). */
+export interface LlamaLayerSpec {
+  inputNorm: NormSpec;
+  attn: AttentionSpec;
+  postNorm: NormSpec;
+  mlp: GatedMlpSpec;
+}
+
+/**
+ * Llama's layer: q/k/v biases with `attention_bias`; an o_proj bias only when `oBias` (LlamaConfig
+ * puts one there with attention_bias, Qwen2's qkv bias does not).
+ */
+export function llamaLayerSpec(cfg: ModelConfig, oBias = false): LlamaLayerSpec {
+  const bias = cfg.attentionBias;
+  return {
+    inputNorm: { name: "input_layernorm", kind: "rms" },
+    attn: {
+      q: { name: "self_attn.q_proj", bias },
+      k: { name: "self_attn.k_proj", bias },
+      v: { name: "self_attn.v_proj", bias },
+      o: { name: "self_attn.o_proj", bias: oBias },
+      scale: 1 / Math.sqrt(cfg.headDim),
+    },
+    postNorm: { name: "post_attention_layernorm", kind: "rms" },
+    mlp: gatedMlpNames("mlp"),
+  };
+}
+
+/** Expected tensors of the global parts shared by the Llama-shaped families. */
+export function expectedGlobal(part: Exclude<Part, { kind: "layer" }>, cfg: ModelConfig) {
+  const D = cfg.hiddenSize, V = cfg.vocabSize;
   switch (part.kind) {
     case "embed":
       return [{ local: "weight", shape: [V, D] }];
@@ -116,87 +153,80 @@ export function expectedLlamaLike(part: Part, cfg: ModelConfig): ExpectedTensor[
       return [{ local: "weight", shape: [D] }];
     case "lm_head":
       return [{ local: "weight", shape: [V, D] }];
-    case "layer": {
-      const t: ExpectedTensor[] = [
-        { local: "input_layernorm.weight", shape: [D] },
-        { local: "self_attn.q_proj.weight", shape: [qDim, D] },
-        { local: "self_attn.k_proj.weight", shape: [kvDim, D] },
-        { local: "self_attn.v_proj.weight", shape: [kvDim, D] },
-        { local: "self_attn.o_proj.weight", shape: [D, qDim] },
-        { local: "post_attention_layernorm.weight", shape: [D] },
-        { local: "mlp.gate_proj.weight", shape: [I, D] },
-        { local: "mlp.up_proj.weight", shape: [I, D] },
-        { local: "mlp.down_proj.weight", shape: [D, I] },
-      ];
-      if (cfg.attentionBias) {
-        t.push(
-          { local: "self_attn.q_proj.bias", shape: [qDim] },
-          { local: "self_attn.k_proj.bias", shape: [kvDim] },
-          { local: "self_attn.v_proj.bias", shape: [kvDim] },
-        );
-      }
-      return t;
-    }
   }
 }
 
-/** Pre-norm attention block: x += o_proj(attn(rope(q), rope(k), v)). */
-export function attentionBlock(ctx: LayerContext, w: PartWeights): void {
-  const { be, cfg, T } = ctx;
-  const D = cfg.hiddenSize, hd = cfg.headDim;
-  const qDim = cfg.numHeads * hd, kvDim = cfg.numKvHeads * hd;
-  const h = ctx.buf("h", T * D);
-  const q = ctx.buf("q", T * qDim), k = ctx.buf("k", T * kvDim), v = ctx.buf("v", T * kvDim);
-  const attn = ctx.buf("attn", T * qDim), o = ctx.buf("o", T * D);
-  const norm = w.get("input_layernorm.weight");
-  be.rmsnorm(h, ctx.x, norm.ptr, norm.dtype, T, D, cfg.rmsNormEps);
-  const proj = (out: typeof q, name: string, n: number) => {
-    const wt = w.get(`self_attn.${name}.weight`);
-    be.matmul(out, h, wt.ptr, wt.dtype, w.opt(`self_attn.${name}.bias`)?.ptr ?? null, T, n, D);
-  };
-  proj(q, "q_proj", qDim);
-  proj(k, "k_proj", kvDim);
-  proj(v, "v_proj", kvDim);
-  const { rotDim, invFreq, mscale } = ctx.rope;
-  be.rope(q, T, qDim, cfg.numHeads, hd, rotDim, ctx.positions, invFreq, mscale);
-  be.rope(k, T, kvDim, cfg.numKvHeads, hd, rotDim, ctx.positions, invFreq, mscale);
-  ctx.attention({ q, qStride: qDim, k, v, kvStride: kvDim, out: attn, scale: 1 / Math.sqrt(hd) });
-  const wo = w.get("self_attn.o_proj.weight");
-  be.matmul(o, attn, wo.ptr, wo.dtype, w.opt("self_attn.o_proj.bias")?.ptr ?? null, T, D, qDim);
-  be.add(ctx.x, ctx.x, o, T * D);
+/** The tensors of a layer of `spec` (attention over the config's heads, MLP of intermediate). */
+export function llamaLayerTensors(spec: LlamaLayerSpec, cfg: ModelConfig): ExpectedTensor[] {
+  return attentionLayerTensors(spec, cfg).concat(mlpLayerTensors(spec, cfg));
 }
 
-/** Pre-norm gated MLP block: x += down(act(gate(h)) * up(h)). */
-export function mlpBlock(ctx: LayerContext, w: PartWeights): void {
-  const { be, cfg, T } = ctx;
-  const D = cfg.hiddenSize, I = cfg.intermediateSize;
-  const h = ctx.buf("h", T * D), o = ctx.buf("o", T * D);
-  const gate = ctx.buf("gate", T * I), up = ctx.buf("up", T * I);
-  const norm = w.get("post_attention_layernorm.weight");
-  be.rmsnorm(h, ctx.x, norm.ptr, norm.dtype, T, D, cfg.rmsNormEps);
-  const wg = w.get("mlp.gate_proj.weight"), wu = w.get("mlp.up_proj.weight");
-  be.matmul(gate, h, wg.ptr, wg.dtype, null, T, I, D);
-  be.matmul(up, h, wu.ptr, wu.dtype, null, T, I, D);
-  be.actMul(gate, gate, up, T, I, I, ACTIVATIONS[cfg.hiddenAct]);
-  const wd = w.get("mlp.down_proj.weight");
-  be.matmul(o, gate, wd.ptr, wd.dtype, null, T, D, I);
-  be.add(ctx.x, ctx.x, o, T * D);
+/** The input norm and attention tensors of a layer of `spec` (a MoE layer adds its own MLP). */
+export function attentionLayerTensors(spec: LlamaLayerSpec, cfg: ModelConfig): ExpectedTensor[] {
+  const D = cfg.hiddenSize;
+  return [
+    ...normTensors(spec.inputNorm, D),
+    ...attentionTensors(spec.attn, D, cfg.numHeads, cfg.numKvHeads, cfg.headDim),
+  ];
 }
 
-export const llama: Family = {
+/** The post-attention norm and MLP tensors of a dense layer of `spec`. */
+export function mlpLayerTensors(spec: LlamaLayerSpec, cfg: ModelConfig): ExpectedTensor[] {
+  const D = cfg.hiddenSize;
+  return [...normTensors(spec.postNorm, D), ...gatedMlpTensors(spec.mlp, D, cfg.intermediateSize)];
+}
+
+/** Expected tensors of a Llama-shaped part (qkv biases when cfg.attentionBias, no o_proj bias). */
+export function expectedLlamaLike(part: Part, cfg: ModelConfig): ExpectedTensor[] {
+  if (part.kind !== "layer") return expectedGlobal(part, cfg);
+  return llamaLayerTensors(llamaLayerSpec(cfg), cfg);
+}
+
+/** Pre-norm attention: x += o_proj(attention(input_layernorm(x))). */
+export function attentionBlock(
+  ctx: LayerContext<ModelConfig, LayerBuffers | AttentionBuffers>,
+  w: PartWeights,
+  spec: LlamaLayerSpec,
+): void {
+  const { T, cfg } = ctx, D = cfg.hiddenSize, { h, o } = ctx.s;
+  norm(ctx, w, spec.inputNorm, h, ctx.x, T, D);
+  attention(ctx, w, spec.attn, h, o);
+  residual(ctx, o);
+}
+
+/** Pre-norm gated MLP: x += down(act(gate(h)) · up(h)), h = post_attention_layernorm(x). */
+export function mlpBlock(
+  ctx: LayerContext<ModelConfig, LayerBuffers | MlpBuffers>,
+  w: PartWeights,
+  spec: LlamaLayerSpec,
+): void {
+  const { T, cfg } = ctx, D = cfg.hiddenSize, { h, o } = ctx.s;
+  norm(ctx, w, spec.postNorm, h, ctx.x, T, D);
+  gatedMlp(ctx, w, spec.mlp, h, o, T, cfg.intermediateSize, ctx.s);
+  residual(ctx, o);
+}
+
+/** A Llama-shaped layer of `spec`: attention, then the gated MLP. */
+export function llamaLayer(
+  ctx: LayerContext<ModelConfig, DenseBuffers>,
+  w: PartWeights,
+  spec: LlamaLayerSpec,
+): void {
+  attentionBlock(ctx, w, spec);
+  mlpBlock(ctx, w, spec);
+}
+
+/** The scratch of a Llama-shaped dense layer. */
+export type DenseBuffers = LayerBuffers | AttentionBuffers | MlpBuffers;
+
+export const llama: Family<ModelConfig, DenseBuffers> = {
   architectures: ["LlamaForCausalLM"],
+  scratch: denseLayerScratch,
   parseConfig: (raw, source) => parseLlamaLike(raw, source, LLAMA_DEFAULTS),
   place: placeLlamaLike,
-  expected(part, cfg) {
-    // LlamaConfig's attention_bias puts a bias on o_proj too (Qwen2's qkv bias does not).
-    const t = expectedLlamaLike(part, cfg);
-    if (part.kind === "layer" && cfg.attentionBias) {
-      t.push({ local: "self_attn.o_proj.bias", shape: [cfg.hiddenSize] });
-    }
-    return t;
-  },
-  forwardLayer(ctx, w) {
-    attentionBlock(ctx, w);
-    mlpBlock(ctx, w);
-  },
+  expected: (part, cfg) =>
+    part.kind === "layer"
+      ? llamaLayerTensors(llamaLayerSpec(cfg, cfg.attentionBias), cfg)
+      : expectedGlobal(part, cfg),
+  forwardLayer: (ctx, w) => llamaLayer(ctx, w, llamaLayerSpec(ctx.cfg, ctx.cfg.attentionBias)),
 };

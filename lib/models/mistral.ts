@@ -5,11 +5,19 @@
  */
 import { optionalInt } from "../config.ts";
 import { type Family } from "./family.ts";
-import { expectedLlamaLike, llama, LLAMA_DEFAULTS, parseLlamaLike } from "./llama.ts";
+import {
+  expectedLlamaLike,
+  llama,
+  LLAMA_DEFAULTS,
+  llamaLayer,
+  llamaLayerSpec,
+  parseLlamaLike,
+} from "./llama.ts";
 
 export const mistral: Family = {
   ...llama,
   expected: expectedLlamaLike,
+  forwardLayer: (ctx, w) => llamaLayer(ctx, w, llamaLayerSpec(ctx.cfg)),
   architectures: ["MistralForCausalLM"],
   parseConfig(raw, source) {
     const cfg = parseLlamaLike(raw, source, {

@@ -7,15 +7,27 @@
  */
 import { type ModelConfig, optionalInt } from "../config.ts";
 import { ConfigError } from "../errors.ts";
-import type { ExpectedTensor, Family, LayerContext, PartWeights } from "./family.ts";
+import type { Family } from "./family.ts";
+import { denseLayerScratch, plain } from "./blocks.ts";
 import {
   attentionBlock,
-  expectedLlamaLike,
+  attentionLayerTensors,
+  type DenseBuffers,
+  expectedGlobal,
   LLAMA_DEFAULTS,
+  llamaLayerSpec,
   parseLlamaLike,
   placeExpected,
 } from "./llama.ts";
-import { expertGroup, softmaxTopK, sparseMoeBlock } from "./moe.ts";
+import {
+  expertGroup,
+  type MoeBuffers,
+  moeScratch,
+  type MoeSpec,
+  moeTensors,
+  softmaxTopK,
+  sparseMoeBlock,
+} from "./moe.ts";
 
 /** A positive integer config key (MoE sizes), with a fallback when absent. */
 export function moeInt(
@@ -39,22 +51,24 @@ export interface MixtralConfig extends ModelConfig {
   expertsPerToken: number;
 }
 
-function moeBlock(ctx: LayerContext<MixtralConfig>, w: PartWeights): Promise<void> {
-  const { experts, expertsPerToken } = ctx.cfg;
-  return sparseMoeBlock(ctx, w, {
-    router: "block_sparse_moe.gate.weight",
-    route: (logits) => softmaxTopK(logits, ctx.T, experts, expertsPerToken, true),
+/** Mixtral's MoE: `block_sparse_moe` with experts w1 (gate), w3 (up), w2 (down). */
+function moeSpec(cfg: MixtralConfig): MoeSpec {
+  return {
+    norm: { name: "post_attention_layernorm", kind: "rms" },
+    router: plain("block_sparse_moe.gate"),
+    experts: cfg.experts,
     expert: (e) => ({
-      gate: `block_sparse_moe.experts.${e}.w1.weight`,
-      up: `block_sparse_moe.experts.${e}.w3.weight`,
-      down: `block_sparse_moe.experts.${e}.w2.weight`,
+      gate: plain(`block_sparse_moe.experts.${e}.w1`),
+      up: plain(`block_sparse_moe.experts.${e}.w3`),
+      down: plain(`block_sparse_moe.experts.${e}.w2`),
     }),
-    inter: ctx.cfg.intermediateSize,
-  });
+    inter: cfg.intermediateSize,
+  };
 }
 
-export const mixtral: Family<MixtralConfig> = {
+export const mixtral: Family<MixtralConfig, DenseBuffers | MoeBuffers> = {
   architectures: ["MixtralForCausalLM"],
+  scratch: (cfg) => ({ ...denseLayerScratch(cfg), ...moeScratch(moeSpec(cfg), cfg.hiddenSize) }),
   parseConfig(raw, source) {
     const cfg = parseLlamaLike(raw, source, {
       ...LLAMA_DEFAULTS,
@@ -71,24 +85,20 @@ export const mixtral: Family<MixtralConfig> = {
   },
   place: (name, cfg) => placeExpected(name, cfg, mixtral.expected),
   expected(part, cfg) {
-    const t = expectedLlamaLike(part, cfg);
-    if (part.kind !== "layer") return t;
-    const D = cfg.hiddenSize, I = cfg.intermediateSize, E = cfg.experts;
-    const out: ExpectedTensor[] = t.filter((e) => !e.local.startsWith("mlp."));
-    out.push({ local: "block_sparse_moe.gate.weight", shape: [E, D] });
-    for (let e = 0; e < E; e++) {
-      const p = `block_sparse_moe.experts.${e}`;
-      out.push(
-        { local: `${p}.w1.weight`, shape: [I, D] },
-        { local: `${p}.w2.weight`, shape: [D, I] },
-        { local: `${p}.w3.weight`, shape: [I, D] },
-      );
-    }
-    return out;
+    if (part.kind !== "layer") return expectedGlobal(part, cfg);
+    return attentionLayerTensors(llamaLayerSpec(cfg), cfg).concat(
+      moeTensors(moeSpec(cfg), cfg.hiddenSize),
+    );
   },
   lazyGroup: (local) => expertGroup(local),
   async forwardLayer(ctx, w) {
-    attentionBlock(ctx, w);
-    await moeBlock(ctx, w);
+    const { experts, expertsPerToken } = ctx.cfg;
+    attentionBlock(ctx, w, llamaLayerSpec(ctx.cfg));
+    await sparseMoeBlock(
+      ctx,
+      w,
+      moeSpec(ctx.cfg),
+      (logits) => softmaxTopK(logits, ctx.T, experts, expertsPerToken, true),
+    );
   },
 };

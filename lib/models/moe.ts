@@ -7,8 +7,18 @@
  * @module
  */
 import type { DevPtr } from "../../ffi/backend.ts";
-import type { LayerContext, PartWeights, Weight } from "./family.ts";
-import { ACTIVATIONS } from "./llama.ts";
+import type { ModelConfig } from "../config.ts";
+import type { ExpectedTensor, LayerContext, PartWeights, ScratchSizes, Weight } from "./family.ts";
+import {
+  gatedMlp,
+  type GatedMlpSpec,
+  gatedMlpTensors,
+  type LinearSpec,
+  linearTensors,
+  norm,
+  type NormSpec,
+  normTensors,
+} from "./blocks.ts";
 
 /** The experts each token chose and their weights, token-major. */
 export interface Routing {
@@ -29,10 +39,13 @@ export function expertGroup(local: string): string | null {
 }
 
 /** x[T, D] · W[E, D]ᵀ on the device, downloaded: [T, E] router logits on the host. */
-export function routerLogits(ctx: LayerContext, x: DevPtr, w: Weight): Float32Array {
+export function routerLogits(
+  ctx: LayerContext<ModelConfig, "router">,
+  x: DevPtr,
+  w: Weight,
+): Float32Array {
   const { be, T, cfg } = ctx;
-  const E = w.shape[0];
-  const out = ctx.buf("router", T * E);
+  const E = w.shape[0], out = ctx.s.router;
   be.matmul(out, x, w.ptr, w.dtype, null, T, E, cfg.hiddenSize);
   const host = new Float32Array(T * E);
   be.download(host, out);
@@ -90,35 +103,6 @@ export function softmaxTopK(
   return { k, experts, weights };
 }
 
-/** Local names of one gated MLP's weights. */
-export interface MlpNames {
-  gate: string;
-  up: string;
-  down: string;
-}
-
-/**
- * out[rows, D] = down(act(gate(x)) · up(x)) for x [rows, D], intermediate size `inter`
- * (scratch buffers "moe_gate" / "moe_up").
- */
-export function gatedMlp(
-  ctx: LayerContext,
-  w: PartWeights,
-  names: MlpNames,
-  inter: number,
-  x: DevPtr,
-  out: DevPtr,
-  rows: number,
-): void {
-  const { be, cfg } = ctx, D = cfg.hiddenSize;
-  const gate = ctx.buf("moe_gate", rows * inter), up = ctx.buf("moe_up", rows * inter);
-  const wg = w.get(names.gate), wu = w.get(names.up), wd = w.get(names.down);
-  be.matmul(gate, x, wg.ptr, wg.dtype, null, rows, inter, D);
-  be.matmul(up, x, wu.ptr, wu.dtype, null, rows, inter, D);
-  be.actMul(gate, gate, up, rows, inter, inter, ACTIVATIONS[cfg.hiddenAct]);
-  be.matmul(out, gate, wd.ptr, wd.dtype, null, rows, D, inter);
-}
-
 /**
  * acc[T, D] = Σ over each token's choices of weight · expert(h[token]), experts in ascending
  * order (as transformers accumulates them). Issues the reads of all chosen experts' groups at
@@ -129,12 +113,12 @@ export function gatedMlp(
  * (rl_scatter_add_rows rounds weight · row before the add, as rl_scale then rl_add did).
  */
 export async function routedExperts(
-  ctx: LayerContext,
+  ctx: LayerContext<ModelConfig, MoeBuffers>,
   w: PartWeights,
   h: DevPtr,
   acc: DevPtr,
   routing: Routing,
-  names: (expert: number) => MlpNames,
+  names: (expert: number) => GatedMlpSpec,
   inter: number,
 ): Promise<void> {
   const { be, cfg, T } = ctx, D = cfg.hiddenSize;
@@ -153,7 +137,7 @@ export async function routedExperts(
   const order = [...byExpert.keys()].sort((a, b) => a - b);
   w.prefetch(order.map((e) => `expert.${e}`));
   be.scale(acc, h, 0, T * D); // zeros (h is finite: a non-finite h is reported by the engine)
-  const xin = ctx.buf("moe_in", T * D), out = ctx.buf("moe_out", T * D);
+  const { moe_in: xin, moe_out: out } = ctx.s;
   for (const e of order) {
     await w.load([`expert.${e}`]);
     const { tokens, weights: wts } = byExpert.get(e)!;
@@ -163,55 +147,91 @@ export async function routedExperts(
       be.gatherRows(xin, h, rows, D, T);
       x = xin;
     }
-    gatedMlp(ctx, w, names(e), inter, x, out, n);
+    gatedMlp(ctx, w, names(e), x, out, n, inter, expertBuffers(ctx));
     be.scatterAddRows(acc, out, rows, Float32Array.from(wts), D, T);
   }
 }
 
-/** `{prefix}.gate_proj / up_proj / down_proj.weight` (the Llama MLP names). */
-export function mlpNames(prefix: string): MlpNames {
+/** The scratch of a MoE MLP (expert MLPs run on varying row counts: buffers of their own). */
+export type MoeBuffers =
+  | "h"
+  | "router"
+  | "moe_in"
+  | "moe_out"
+  | "moe_acc"
+  | "moe_shared"
+  | "moe_gate"
+  | "moe_up";
+
+/** Floats per token row of each MoE buffer. */
+export function moeScratch(spec: MoeSpec, D: number): ScratchSizes<MoeBuffers> {
+  const inter = Math.max(spec.inter, spec.shared?.inter ?? 0);
   return {
-    gate: `${prefix}.gate_proj.weight`,
-    up: `${prefix}.up_proj.weight`,
-    down: `${prefix}.down_proj.weight`,
+    h: D,
+    router: spec.experts,
+    moe_in: D,
+    moe_out: D,
+    moe_acc: D,
+    moe_shared: D,
+    moe_gate: inter,
+    moe_up: inter,
   };
 }
 
-/** One family's sparse MoE MLP, run by {@link sparseMoeBlock}. */
-export interface SparseMoe {
-  /** Local name of the router weight [E, D]. */
-  router: string;
-  /** The family's routing rule over the router logits [T, E]. */
-  route(logits: Float32Array): Routing;
+function expertBuffers(ctx: LayerContext<ModelConfig, MoeBuffers>) {
+  return { gate: ctx.s.moe_gate, up: ctx.s.moe_up };
+}
+
+/** One family's sparse MoE MLP: its tensors (each named once) and sizes. */
+export interface MoeSpec {
+  /** The norm before the MoE (post_attention_layernorm). */
+  norm: NormSpec;
+  /** The router, a linear [experts, D]. */
+  router: LinearSpec;
+  experts: number;
   /** Weight names of expert e. */
-  expert(e: number): MlpNames;
+  expert(e: number): GatedMlpSpec;
   /** Intermediate size of one expert. */
   inter: number;
   /**
    * Shared expert(s) every token runs, added to the routed ones; with `gate` (a [1, D] linear,
    * Qwen2-MoE) each token's output is scaled by the sigmoid of it first.
    */
-  shared?: { names: MlpNames; inter: number; gate?: string };
+  shared?: { mlp: GatedMlpSpec; inter: number; gate?: LinearSpec };
 }
 
-/** x += routed experts (+ shared expert) of post_attention_layernorm(x), pre-norm. */
+/** The tensors of a MoE MLP of `spec` over hidden size D. */
+export function moeTensors(spec: MoeSpec, D: number): ExpectedTensor[] {
+  const t = [...normTensors(spec.norm, D), ...linearTensors(spec.router, spec.experts, D)];
+  for (let e = 0; e < spec.experts; e++) t.push(...gatedMlpTensors(spec.expert(e), D, spec.inter));
+  if (spec.shared) {
+    t.push(...gatedMlpTensors(spec.shared.mlp, D, spec.shared.inter));
+    if (spec.shared.gate) t.push(...linearTensors(spec.shared.gate, 1, D));
+  }
+  return t;
+}
+
+/**
+ * x += routed experts (+ shared expert) of norm(x), pre-norm; `route` is the family's routing
+ * rule over the router logits [T, E].
+ */
 export async function sparseMoeBlock(
-  ctx: LayerContext,
+  ctx: LayerContext<ModelConfig, MoeBuffers>,
   w: PartWeights,
-  moe: SparseMoe,
+  moe: MoeSpec,
+  route: (logits: Float32Array) => Routing,
 ): Promise<void> {
   const { be, cfg, T } = ctx, D = cfg.hiddenSize;
-  const h = ctx.buf("h", T * D), acc = ctx.buf("moe_acc", T * D);
-  const norm = w.get("post_attention_layernorm.weight");
-  be.rmsnorm(h, ctx.x, norm.ptr, norm.dtype, T, D, cfg.rmsNormEps);
-  const routing = moe.route(routerLogits(ctx, h, w.get(moe.router)));
+  const { h, moe_acc: acc } = ctx.s;
+  norm(ctx, w, moe.norm, h, ctx.x, T, D);
+  const routing = route(routerLogits(ctx, h, w.get(`${moe.router.name}.weight`)));
   await routedExperts(ctx, w, h, acc, routing, moe.expert, moe.inter);
   if (moe.shared) {
-    const shared = ctx.buf("moe_shared", T * D);
-    gatedMlp(ctx, w, moe.shared.names, moe.shared.inter, h, shared, T);
+    const shared = ctx.s.moe_shared;
+    gatedMlp(ctx, w, moe.shared.mlp, h, shared, T, moe.shared.inter, expertBuffers(ctx));
     if (moe.shared.gate) {
       // acc[t] += sigmoid(gate[t]) · shared[t]: one weighted scatter-add onto the same rows.
-      const gate = routerLogits(ctx, h, w.get(moe.shared.gate)); // [T, 1]
+      const gate = routerLogits(ctx, h, w.get(`${moe.shared.gate.name}.weight`)); // [T, 1]
       const s = new Float32Array(T), rows = new Int32Array(T);
       for (let t = 0; t < T; t++) {
         s[t] = 1 / (1 + Math.exp(-gate[t]));

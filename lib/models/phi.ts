@@ -6,11 +6,26 @@
  *
  * @module
  */
-import type { DevPtr } from "../../ffi/backend.ts";
 import type { ModelConfig } from "../config.ts";
 import { ConfigError } from "../errors.ts";
 import type { ExpectedTensor, Family, LayerContext, PartWeights } from "./family.ts";
 import { ACTIVATIONS, LLAMA_DEFAULTS, parseLlamaLike, placeExpected } from "./llama.ts";
+import {
+  attention,
+  type AttentionBuffers,
+  attentionScratch,
+  type AttentionSpec,
+  attentionTensors,
+  type LayerBuffers,
+  layerScratch,
+  linear,
+  type LinearSpec,
+  linearTensors,
+  norm,
+  type NormSpec,
+  normTensors,
+  residual,
+} from "./blocks.ts";
 
 /** A Phi config: the common one plus `qk_layernorm`. */
 export interface PhiConfig extends ModelConfig {
@@ -18,54 +33,50 @@ export interface PhiConfig extends ModelConfig {
   qkLayerNorm: boolean;
 }
 
-/** LayerNorm of `rows` rows of `dim` with `<prefix>.weight` and `<prefix>.bias`. */
-function layernorm(
-  ctx: LayerContext,
-  w: PartWeights,
-  prefix: string,
-  out: DevPtr,
-  x: DevPtr,
-  rows: number,
-  dim: number,
-): void {
-  const wt = w.get(`${prefix}.weight`), b = w.get(`${prefix}.bias`);
-  ctx.be.layernorm(out, x, wt.ptr, b.ptr, wt.dtype, rows, dim, ctx.cfg.rmsNormEps);
-}
-
-function forwardLayer(ctx: LayerContext<PhiConfig>, w: PartWeights): void {
-  const { be, cfg, T } = ctx;
-  const D = cfg.hiddenSize, I = cfg.intermediateSize, hd = cfg.headDim;
-  const H = cfg.numHeads, KV = cfg.numKvHeads, qDim = H * hd, kvDim = KV * hd;
-  const h = ctx.buf("h", T * D);
-  const q = ctx.buf("q", T * qDim), k = ctx.buf("k", T * kvDim), v = ctx.buf("v", T * kvDim);
-  const attn = ctx.buf("attn", T * qDim), o = ctx.buf("o", T * D), mlp = ctx.buf("mlp", T * D);
-  const fc = ctx.buf("gate", T * I);
-  const linear = (out: DevPtr, x: DevPtr, name: string, n: number, inDim: number) => {
-    const wt = w.get(`${name}.weight`);
-    be.matmul(out, x, wt.ptr, wt.dtype, w.get(`${name}.bias`).ptr, T, n, inDim);
+/** The tensors of a Phi layer, each named once (blocks.ts): everything biased, LayerNorms. */
+function phiLayerSpec(cfg: PhiConfig) {
+  const linear = (name: string): LinearSpec => ({ name, bias: true });
+  const ln = (name: string): NormSpec => ({ name, kind: "layer" });
+  const attn: AttentionSpec = {
+    q: linear("self_attn.q_proj"),
+    k: linear("self_attn.k_proj"),
+    v: linear("self_attn.v_proj"),
+    o: linear("self_attn.dense"),
+    qkNorm: cfg.qkLayerNorm
+      ? { q: ln("self_attn.q_layernorm"), k: ln("self_attn.k_layernorm") }
+      : undefined,
+    scale: 1 / Math.sqrt(cfg.headDim),
   };
-  layernorm(ctx, w, "input_layernorm", h, ctx.x, T, D);
-  linear(q, h, "self_attn.q_proj", qDim, D);
-  linear(k, h, "self_attn.k_proj", kvDim, D);
-  linear(v, h, "self_attn.v_proj", kvDim, D);
-  if (cfg.qkLayerNorm) {
-    layernorm(ctx, w, "self_attn.q_layernorm", q, q, T * H, hd);
-    layernorm(ctx, w, "self_attn.k_layernorm", k, k, T * KV, hd);
-  }
-  const { rotDim, invFreq, mscale } = ctx.rope;
-  be.rope(q, T, qDim, H, hd, rotDim, ctx.positions, invFreq, mscale);
-  be.rope(k, T, kvDim, KV, hd, rotDim, ctx.positions, invFreq, mscale);
-  ctx.attention({ q, qStride: qDim, k, v, kvStride: kvDim, out: attn, scale: 1 / Math.sqrt(hd) });
-  linear(o, attn, "self_attn.dense", D, qDim);
-  linear(fc, h, "mlp.fc1", I, D);
-  be.act(fc, fc, T * I, ACTIVATIONS[cfg.hiddenAct]); // no gate
-  linear(mlp, fc, "mlp.fc2", D, I);
-  be.add(o, o, mlp, T * D); // (attn + mlp) + residual, transformers' order
-  be.add(ctx.x, ctx.x, o, T * D);
+  return { inputNorm: ln("input_layernorm"), attn, fc1: linear("mlp.fc1"), fc2: linear("mlp.fc2") };
 }
 
-export const phi: Family<PhiConfig> = {
+/** Phi's scratch: the attention's, fc1's output `fc` [I] and fc2's `mlp` [D] per row. */
+type PhiBuffers = LayerBuffers | AttentionBuffers | "fc" | "mlp";
+
+/** Parallel attention and MLP on one LayerNorm: x += dense(attn(h)) + fc2(act(fc1(h))). */
+function forwardLayer(ctx: LayerContext<PhiConfig, PhiBuffers>, w: PartWeights): void {
+  const { be, cfg, T } = ctx, s = phiLayerSpec(cfg);
+  const D = cfg.hiddenSize, I = cfg.intermediateSize, { h, o, mlp, fc } = ctx.s;
+  norm(ctx, w, s.inputNorm, h, ctx.x, T, D);
+  attention(ctx, w, s.attn, h, o);
+  linear(ctx, w, s.fc1, fc, h, T, I, D);
+  be.act(fc, fc, T * I, ACTIVATIONS[cfg.hiddenAct]); // no gate
+  linear(ctx, w, s.fc2, mlp, fc, T, D, I);
+  be.add(o, o, mlp, T * D); // (attn + mlp) + residual, transformers' order
+  residual(ctx, o);
+}
+
+/** A global part's tensor spec of name "" is `.weight`/`.bias`: its local names drop the dot. */
+const unprefixed = (t: ExpectedTensor): ExpectedTensor => ({ ...t, local: t.local.slice(1) });
+
+export const phi: Family<PhiConfig, PhiBuffers> = {
   architectures: ["PhiForCausalLM"],
+  scratch: (cfg) => ({
+    ...layerScratch(cfg),
+    ...attentionScratch(cfg),
+    fc: cfg.intermediateSize,
+    mlp: cfg.hiddenSize,
+  }),
   parseConfig(raw, source) {
     const cfg = parseLlamaLike(raw, source, {
       ...LLAMA_DEFAULTS,
@@ -117,33 +128,23 @@ export const phi: Family<PhiConfig> = {
     return placeExpected(name, cfg, phi.expected);
   },
   expected(part, cfg) {
-    const D = cfg.hiddenSize, I = cfg.intermediateSize, hd = cfg.headDim;
-    const qDim = cfg.numHeads * hd, kvDim = cfg.numKvHeads * hd;
-    // weight [n, k] (a norm: [n]) and bias [n] under `<name>.`
-    const withBias = (name: string, n: number, k?: number): ExpectedTensor[] => [
-      { local: `${name}weight`, shape: k === undefined ? [n] : [n, k] },
-      { local: `${name}bias`, shape: [n] },
-    ];
+    const D = cfg.hiddenSize, I = cfg.intermediateSize, V = cfg.vocabSize;
     switch (part.kind) {
       case "embed":
-        return [{ local: "weight", shape: [cfg.vocabSize, D] }];
-      case "norm":
-        return withBias("", D);
+        return [{ local: "weight", shape: [V, D] }];
+      case "norm": // final_layernorm
+        return normTensors({ name: "", kind: "layer" }, D).map(unprefixed);
       case "lm_head":
-        return withBias("", cfg.vocabSize, D);
-      case "layer":
+        return linearTensors({ name: "", bias: true }, V, D).map(unprefixed);
+      case "layer": {
+        const s = phiLayerSpec(cfg);
         return [
-          ...withBias("input_layernorm.", D),
-          ...withBias("self_attn.q_proj.", qDim, D),
-          ...withBias("self_attn.k_proj.", kvDim, D),
-          ...withBias("self_attn.v_proj.", kvDim, D),
-          ...withBias("self_attn.dense.", D, qDim),
-          ...(cfg.qkLayerNorm
-            ? [...withBias("self_attn.q_layernorm.", hd), ...withBias("self_attn.k_layernorm.", hd)]
-            : []),
-          ...withBias("mlp.fc1.", I, D),
-          ...withBias("mlp.fc2.", D, I),
+          ...normTensors(s.inputNorm, D),
+          ...attentionTensors(s.attn, D, cfg.numHeads, cfg.numKvHeads, cfg.headDim),
+          ...linearTensors(s.fc1, I, D),
+          ...linearTensors(s.fc2, D, I),
         ];
+      }
     }
   },
   forwardLayer,

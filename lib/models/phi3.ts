@@ -13,34 +13,42 @@ import { ConfigError } from "../errors.ts";
 import { ropeTable } from "../rope.ts";
 import type { Family, PartWeights, Weight } from "./family.ts";
 import {
-  attentionBlock,
-  expectedLlamaLike,
+  expectedGlobal,
   llama,
   LLAMA_DEFAULTS,
-  mlpBlock,
+  llamaLayer,
+  type LlamaLayerSpec,
+  llamaLayerSpec,
   parseLlamaLike,
   placeExpected,
 } from "./llama.ts";
+import { linearTensors, normTensors, plain } from "./blocks.ts";
 
 /** Phi3Config reads the legacy rope types "su" and "yarn" as longrope. */
 const LONGROPE_ALIASES = { su: "longrope", yarn: "longrope" };
 
-/** Llama's weight names as row views of the fused ones (a row range of W is a weight). */
+/** The fused projections: q, k, v rows in `qkv_proj`, gate and up rows in `gate_up_proj`. */
+const QKV = plain("self_attn.qkv_proj"), GATE_UP = plain("mlp.gate_up_proj");
+
+/** Llama's layer (no biases), run over row views of the fused weights. */
+const spec = (cfg: ModelConfig): LlamaLayerSpec => llamaLayerSpec({ ...cfg, attentionBias: false });
+
+/** The spec's q/k/v and gate/up weights as row views of the fused ones (a row range of W is a weight). */
 function unfused(be: Backend, cfg: ModelConfig, w: PartWeights): PartWeights {
-  const D = cfg.hiddenSize, I = cfg.intermediateSize;
+  const D = cfg.hiddenSize, I = cfg.intermediateSize, s = spec(cfg);
   const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
   const rows = (wt: Weight, from: number, n: number): Weight => ({
     ptr: be.view(wt.ptr, from * D * DTYPE_SIZE[wt.dtype]),
     dtype: wt.dtype,
     shape: [n, D],
   });
-  const qkv = w.get("self_attn.qkv_proj.weight"), gateUp = w.get("mlp.gate_up_proj.weight");
+  const qkv = w.get(`${QKV.name}.weight`), gateUp = w.get(`${GATE_UP.name}.weight`);
   const views = new Map([
-    ["self_attn.q_proj.weight", rows(qkv, 0, qDim)],
-    ["self_attn.k_proj.weight", rows(qkv, qDim, kvDim)],
-    ["self_attn.v_proj.weight", rows(qkv, qDim + kvDim, kvDim)],
-    ["mlp.gate_proj.weight", rows(gateUp, 0, I)],
-    ["mlp.up_proj.weight", rows(gateUp, I, I)],
+    [`${s.attn.q.name}.weight`, rows(qkv, 0, qDim)],
+    [`${s.attn.k.name}.weight`, rows(qkv, qDim, kvDim)],
+    [`${s.attn.v.name}.weight`, rows(qkv, qDim + kvDim, kvDim)],
+    [`${s.mlp.gate.name}.weight`, rows(gateUp, 0, I)],
+    [`${s.mlp.up.name}.weight`, rows(gateUp, I, I)],
   ]);
   return {
     get: (name) => views.get(name) ?? w.get(name),
@@ -84,23 +92,19 @@ export const phi3: Family = {
   },
   place: (name, cfg) => placeExpected(name, cfg, phi3.expected),
   expected(part, cfg) {
-    if (part.kind !== "layer") return expectedLlamaLike(part, cfg);
-    const D = cfg.hiddenSize, I = cfg.intermediateSize;
+    if (part.kind !== "layer") return expectedGlobal(part, cfg);
+    const D = cfg.hiddenSize, I = cfg.intermediateSize, s = spec(cfg);
     const qkvDim = (cfg.numHeads + 2 * cfg.numKvHeads) * cfg.headDim;
     return [
-      { local: "input_layernorm.weight", shape: [D] },
-      { local: "self_attn.qkv_proj.weight", shape: [qkvDim, D] }, // [q; k; v] rows
-      { local: "self_attn.o_proj.weight", shape: [D, cfg.numHeads * cfg.headDim] },
-      { local: "post_attention_layernorm.weight", shape: [D] },
-      { local: "mlp.gate_up_proj.weight", shape: [2 * I, D] }, // [gate; up] rows
-      { local: "mlp.down_proj.weight", shape: [D, I] },
+      ...normTensors(s.inputNorm, D),
+      ...linearTensors(QKV, qkvDim, D), // [q; k; v] rows
+      ...linearTensors(s.attn.o, D, cfg.numHeads * cfg.headDim),
+      ...normTensors(s.postNorm, D),
+      ...linearTensors(GATE_UP, 2 * I, D), // [gate; up] rows
+      ...linearTensors(s.mlp.down, D, I),
     ];
   },
-  forwardLayer(ctx, w) {
-    const split = unfused(ctx.be, ctx.cfg, w);
-    attentionBlock(ctx, split);
-    mlpBlock(ctx, split);
-  },
+  forwardLayer: (ctx, w) => llamaLayer(ctx, unfused(ctx.be, ctx.cfg, w), spec(ctx.cfg)),
   // Phi3ForCausalLM.prepare_inputs_for_generation: the first time the sequence passes the original
   // context, longrope switches to the long factors and the cache is recomputed with them.
   recomputeCache(cfg, past, total) {

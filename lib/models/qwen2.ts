@@ -6,7 +6,14 @@
  */
 import { type ConfigOverrides, type ModelConfig, optionalInt } from "../config.ts";
 import { type Family } from "./family.ts";
-import { expectedLlamaLike, llama, LLAMA_DEFAULTS, parseLlamaLike } from "./llama.ts";
+import {
+  expectedLlamaLike,
+  llama,
+  LLAMA_DEFAULTS,
+  llamaLayer,
+  llamaLayerSpec,
+  parseLlamaLike,
+} from "./llama.ts";
 
 /**
  * A Qwen2Config: Llama's keys with Qwen2's defaults, q/k/v biases and window rules; `overrides`
@@ -43,6 +50,7 @@ export function parseQwen2Like(
 export const qwen2: Family = {
   ...llama,
   expected: expectedLlamaLike,
+  forwardLayer: (ctx, w) => llamaLayer(ctx, w, llamaLayerSpec(ctx.cfg)),
   architectures: ["Qwen2ForCausalLM"],
   parseConfig: (raw, source) => parseQwen2Like(raw, source),
 };

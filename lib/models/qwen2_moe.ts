@@ -9,17 +9,31 @@
  */
 import { type ModelConfig, optionalInt } from "../config.ts";
 import { ConfigError } from "../errors.ts";
-import type { ExpectedTensor, Family, LayerContext, Part, PartWeights } from "./family.ts";
+import type { Family, LayerContext, Part, PartWeights, ScratchSizes } from "./family.ts";
+import { denseLayerScratch, gatedMlpNames, plain } from "./blocks.ts";
 import {
   attentionBlock,
-  expectedLlamaLike,
+  attentionLayerTensors,
+  type DenseBuffers,
+  expectedGlobal,
   LLAMA_DEFAULTS,
+  type LlamaLayerSpec,
+  llamaLayerSpec,
   mlpBlock,
+  mlpLayerTensors,
   parseLlamaLike,
   placeExpected,
 } from "./llama.ts";
 import { moeInt } from "./mixtral.ts";
-import { expertGroup, mlpNames, softmaxTopK, sparseMoeBlock } from "./moe.ts";
+import {
+  expertGroup,
+  type MoeBuffers,
+  moeScratch,
+  type MoeSpec,
+  moeTensors,
+  softmaxTopK,
+  sparseMoeBlock,
+} from "./moe.ts";
 
 /** The MoE shape of a Qwen-MoE config, normalized by {@link parseQwenMoe}. */
 export interface QwenMoe {
@@ -85,53 +99,60 @@ export function parseQwenMoe(
   return { ...cfg, moe, expertsPerToken: k };
 }
 
-/** A layer's MLP tensors: dense, or router + experts (+ shared expert). */
-export function expectedQwenMoe(part: Part, cfg: QwenMoeConfig, base: ExpectedTensor[]) {
-  if (part.kind !== "layer") return base;
+/** The MoE of a Qwen-MoE layer: `mlp.experts.{e}`, a shared expert with its sigmoid gate. */
+export function qwenMoeSpec(cfg: QwenMoeConfig): MoeSpec {
   const moe = qwenMoe(cfg);
-  if (!moe.moeLayers[part.index]) return base;
-  const D = cfg.hiddenSize, I = moe.moeIntermediate, S = moe.sharedIntermediate;
-  const t = base.filter((e) => !e.local.startsWith("mlp."));
-  t.push({ local: "mlp.gate.weight", shape: [moe.experts, D] });
-  for (let e = 0; e < moe.experts; e++) {
-    const p = `mlp.experts.${e}`;
-    t.push(
-      { local: `${p}.gate_proj.weight`, shape: [I, D] },
-      { local: `${p}.up_proj.weight`, shape: [I, D] },
-      { local: `${p}.down_proj.weight`, shape: [D, I] },
-    );
-  }
-  if (S > 0) {
-    t.push(
-      { local: "mlp.shared_expert.gate_proj.weight", shape: [S, D] },
-      { local: "mlp.shared_expert.up_proj.weight", shape: [S, D] },
-      { local: "mlp.shared_expert.down_proj.weight", shape: [D, S] },
-      { local: "mlp.shared_expert_gate.weight", shape: [1, D] },
-    );
-  }
-  return t;
-}
-
-/** x += routed experts (+ sigmoid-gated shared expert) of post_attention_layernorm(x). */
-export function qwenMoeBlock(ctx: LayerContext<QwenMoeConfig>, w: PartWeights): Promise<void> {
-  const moe = qwenMoe(ctx.cfg);
-  return sparseMoeBlock(ctx, w, {
-    router: "mlp.gate.weight",
-    route: (logits) => softmaxTopK(logits, ctx.T, moe.experts, moe.topK, moe.normTopK),
-    expert: (e) => mlpNames(`mlp.experts.${e}`),
+  return {
+    norm: { name: "post_attention_layernorm", kind: "rms" },
+    router: plain("mlp.gate"),
+    experts: moe.experts,
+    expert: (e) => gatedMlpNames(`mlp.experts.${e}`),
     inter: moe.moeIntermediate,
     shared: moe.sharedIntermediate > 0
       ? {
-        names: mlpNames("mlp.shared_expert"),
+        mlp: gatedMlpNames("mlp.shared_expert"),
         inter: moe.sharedIntermediate,
-        gate: "mlp.shared_expert_gate.weight",
+        gate: plain("mlp.shared_expert_gate"),
       }
       : undefined,
-  });
+  };
 }
 
-export const qwen2Moe: Family<QwenMoeConfig> = {
+/** Part tensors of a Qwen-MoE model whose attention layers are `spec`'s. */
+export function expectedQwenMoe(part: Part, cfg: QwenMoeConfig, spec: LlamaLayerSpec) {
+  if (part.kind !== "layer") return expectedGlobal(part, cfg);
+  const attn = attentionLayerTensors(spec, cfg);
+  if (!qwenMoe(cfg).moeLayers[part.index]) return attn.concat(mlpLayerTensors(spec, cfg));
+  return attn.concat(moeTensors(qwenMoeSpec(cfg), cfg.hiddenSize));
+}
+
+/** The scratch of a Qwen-MoE model: dense layers' and MoE layers'. */
+export type QwenMoeBuffers = DenseBuffers | MoeBuffers;
+
+export function qwenMoeScratch(cfg: QwenMoeConfig): ScratchSizes<QwenMoeBuffers> {
+  return { ...denseLayerScratch(cfg), ...moeScratch(qwenMoeSpec(cfg), cfg.hiddenSize) };
+}
+
+/** A Qwen-MoE layer: attention of `spec`, then the MoE (or the dense MLP below the sparse step). */
+export async function qwenMoeLayer(
+  ctx: LayerContext<QwenMoeConfig, QwenMoeBuffers>,
+  w: PartWeights,
+  spec: LlamaLayerSpec,
+): Promise<void> {
+  const moe = qwenMoe(ctx.cfg);
+  attentionBlock(ctx, w, spec);
+  if (!moe.moeLayers[ctx.layer]) return mlpBlock(ctx, w, spec);
+  await sparseMoeBlock(
+    ctx,
+    w,
+    qwenMoeSpec(ctx.cfg),
+    (logits) => softmaxTopK(logits, ctx.T, moe.experts, moe.topK, moe.normTopK),
+  );
+}
+
+export const qwen2Moe: Family<QwenMoeConfig, QwenMoeBuffers> = {
   architectures: ["Qwen2MoeForCausalLM"],
+  scratch: qwenMoeScratch,
   parseConfig(raw, source) {
     const cfg = parseLlamaLike(raw, source, { ...LLAMA_DEFAULTS, maxPositionEmbeddings: 32768 });
     const bias = raw.qkv_bias ?? true;
@@ -160,11 +181,7 @@ export const qwen2Moe: Family<QwenMoeConfig> = {
     });
   },
   place: (name, cfg) => placeExpected(name, cfg, qwen2Moe.expected),
-  expected: (part, cfg) => expectedQwenMoe(part, cfg, expectedLlamaLike(part, cfg)),
+  expected: (part, cfg) => expectedQwenMoe(part, cfg, llamaLayerSpec(cfg)),
   lazyGroup: (local) => expertGroup(local),
-  async forwardLayer(ctx, w) {
-    attentionBlock(ctx, w);
-    if (qwenMoe(ctx.cfg).moeLayers[ctx.layer]) await qwenMoeBlock(ctx, w);
-    else mlpBlock(ctx, w);
-  },
+  forwardLayer: (ctx, w) => qwenMoeLayer(ctx, w, llamaLayerSpec(ctx.cfg)),
 };

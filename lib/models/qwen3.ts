@@ -5,38 +5,28 @@
  *
  * @module
  */
+import type { ModelConfig } from "../config.ts";
 import { ConfigError } from "../errors.ts";
-import type { ExpectedTensor, Family, LayerContext, PartWeights } from "./family.ts";
-import { expectedLlamaLike, llama, mlpBlock, placeExpected } from "./llama.ts";
+import type { Family } from "./family.ts";
+import {
+  expectedGlobal,
+  llama,
+  llamaLayer,
+  type LlamaLayerSpec,
+  llamaLayerSpec,
+  llamaLayerTensors,
+  placeExpected,
+} from "./llama.ts";
 import { parseQwen2Like } from "./qwen2.ts";
 
-/** x += o_proj(attn(rope(q_norm(q)), rope(k_norm(k)), v)), pre-norm. */
-export function qkNormAttentionBlock(ctx: LayerContext, w: PartWeights): void {
-  const { be, cfg, T } = ctx;
-  const D = cfg.hiddenSize, hd = cfg.headDim, H = cfg.numHeads, KV = cfg.numKvHeads;
-  const qDim = H * hd, kvDim = KV * hd, eps = cfg.rmsNormEps;
-  const h = ctx.buf("h", T * D);
-  const q = ctx.buf("q", T * qDim), k = ctx.buf("k", T * kvDim), v = ctx.buf("v", T * kvDim);
-  const attn = ctx.buf("attn", T * qDim), o = ctx.buf("o", T * D);
-  const norm = w.get("input_layernorm.weight");
-  be.rmsnorm(h, ctx.x, norm.ptr, norm.dtype, T, D, eps);
-  const proj = (out: typeof q, x: typeof q, name: string, n: number, inDim: number) => {
-    const wt = w.get(`self_attn.${name}.weight`);
-    be.matmul(out, x, wt.ptr, wt.dtype, w.opt(`self_attn.${name}.bias`)?.ptr ?? null, T, n, inDim);
+/** Llama's layer with q_norm / k_norm, every projection biased with `attention_bias`. */
+export function qwen3LayerSpec(cfg: ModelConfig): LlamaLayerSpec {
+  const spec = llamaLayerSpec(cfg, cfg.attentionBias);
+  spec.attn.qkNorm = {
+    q: { name: "self_attn.q_norm", kind: "rms" },
+    k: { name: "self_attn.k_norm", kind: "rms" },
   };
-  proj(q, h, "q_proj", qDim, D);
-  proj(k, h, "k_proj", kvDim, D);
-  proj(v, h, "v_proj", kvDim, D);
-  // [T, heads * hd] is T * heads rows of hd: one norm row per head.
-  const qn = w.get("self_attn.q_norm.weight"), kn = w.get("self_attn.k_norm.weight");
-  be.rmsnorm(q, q, qn.ptr, qn.dtype, T * H, hd, eps);
-  be.rmsnorm(k, k, kn.ptr, kn.dtype, T * KV, hd, eps);
-  const { rotDim, invFreq, mscale } = ctx.rope;
-  be.rope(q, T, qDim, H, hd, rotDim, ctx.positions, invFreq, mscale);
-  be.rope(k, T, kvDim, KV, hd, rotDim, ctx.positions, invFreq, mscale);
-  ctx.attention({ q, qStride: qDim, k, v, kvStride: kvDim, out: attn, scale: 1 / Math.sqrt(hd) });
-  proj(o, attn, "o_proj", D, qDim);
-  be.add(ctx.x, ctx.x, o, T * D);
+  return spec;
 }
 
 export const qwen3: Family = {
@@ -58,19 +48,7 @@ export const qwen3: Family = {
     return cfg;
   },
   place: (name, cfg) => placeExpected(name, cfg, qwen3.expected),
-  expected(part, cfg) {
-    const t: ExpectedTensor[] = expectedLlamaLike(part, cfg);
-    if (part.kind === "layer") {
-      t.push(
-        { local: "self_attn.q_norm.weight", shape: [cfg.headDim] },
-        { local: "self_attn.k_norm.weight", shape: [cfg.headDim] },
-      );
-      if (cfg.attentionBias) t.push({ local: "self_attn.o_proj.bias", shape: [cfg.hiddenSize] });
-    }
-    return t;
-  },
-  forwardLayer(ctx, w) {
-    qkNormAttentionBlock(ctx, w);
-    mlpBlock(ctx, w);
-  },
+  expected: (part, cfg) =>
+    part.kind === "layer" ? llamaLayerTensors(qwen3LayerSpec(cfg), cfg) : expectedGlobal(part, cfg),
+  forwardLayer: (ctx, w) => llamaLayer(ctx, w, qwen3LayerSpec(ctx.cfg)),
 };

@@ -9,19 +9,21 @@
 import { optionalInt } from "../config.ts";
 import { ConfigError } from "../errors.ts";
 import type { Family } from "./family.ts";
-import { LLAMA_DEFAULTS, mlpBlock, parseLlamaLike, placeExpected } from "./llama.ts";
+import { LLAMA_DEFAULTS, parseLlamaLike, placeExpected } from "./llama.ts";
 import { expertGroup } from "./moe.ts";
-import { qkNormAttentionBlock, qwen3 } from "./qwen3.ts";
+import { qwen3LayerSpec } from "./qwen3.ts";
 import {
   expectedQwenMoe,
   parseQwenMoe,
-  qwenMoe,
-  qwenMoeBlock,
+  type QwenMoeBuffers,
   type QwenMoeConfig,
+  qwenMoeLayer,
+  qwenMoeScratch,
 } from "./qwen2_moe.ts";
 
-export const qwen3Moe: Family<QwenMoeConfig> = {
+export const qwen3Moe: Family<QwenMoeConfig, QwenMoeBuffers> = {
   architectures: ["Qwen3MoeForCausalLM"],
+  scratch: qwenMoeScratch,
   parseConfig(raw, source) {
     // Qwen3MoeConfig: 4 KV heads when absent (or null); head_dim hidden / heads when absent.
     const cfg = parseLlamaLike(
@@ -47,11 +49,7 @@ export const qwen3Moe: Family<QwenMoeConfig> = {
     });
   },
   place: (name, cfg) => placeExpected(name, cfg, qwen3Moe.expected),
-  expected: (part, cfg) => expectedQwenMoe(part, cfg, qwen3.expected(part, cfg)),
+  expected: (part, cfg) => expectedQwenMoe(part, cfg, qwen3LayerSpec(cfg)),
   lazyGroup: (local) => expertGroup(local),
-  async forwardLayer(ctx, w) {
-    qkNormAttentionBlock(ctx, w);
-    if (qwenMoe(ctx.cfg).moeLayers[ctx.layer]) await qwenMoeBlock(ctx, w);
-    else mlpBlock(ctx, w);
-  },
+  forwardLayer: (ctx, w) => qwenMoeLayer(ctx, w, qwen3LayerSpec(ctx.cfg)),
 };
