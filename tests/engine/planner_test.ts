@@ -8,7 +8,7 @@ import {
   planLayers,
   predictSecondsPerToken,
   runtimeMargin,
-} from "../lib/engine/planner.ts";
+} from "../../lib/engine/planner.ts";
 
 const MiB = 2 ** 20;
 

@@ -3,10 +3,10 @@
  * device memory. Runs on a counting stand-in for the backend.
  */
 import assert from "node:assert/strict";
-import type { Backend } from "../ffi/backend.ts";
-import type { ModelConfig } from "../lib/config.ts";
-import { InputError } from "../lib/errors.ts";
-import { SessionCache } from "../lib/engine/prefix.ts";
+import type { Backend } from "../../ffi/backend.ts";
+import type { ModelConfig } from "../../lib/config.ts";
+import { InputError } from "../../lib/errors.ts";
+import { SessionCache } from "../../lib/engine/prefix.ts";
 
 function fakeBackend() {
   const live = new Set<number>();

@@ -4,8 +4,8 @@
  * itself is checked against transformers by the parity fixtures.
  */
 import assert from "node:assert/strict";
-import type { ModelConfig } from "../lib/config.ts";
-import { ConfigError } from "../lib/errors.ts";
+import type { ModelConfig } from "../../lib/config.ts";
+import { ConfigError } from "../../lib/errors.ts";
 import {
   deepseekShape,
   deepseekV2,
@@ -13,13 +13,13 @@ import {
   routeNoauxTc,
   type Router,
   routeSoftmax,
-} from "../lib/models/deepseek.ts";
-import { ropeTable } from "../lib/rope.ts";
+} from "../../lib/models/deepseek.ts";
+import { ropeTable } from "../../lib/rope.ts";
 
 type Raw = Record<string, unknown>;
 
 const fixture = (name: string) =>
-  new URL(`./fixtures/${name}/config.json`, import.meta.url).pathname;
+  new URL(`../fixtures/${name}/config.json`, import.meta.url).pathname;
 
 async function rawConfig(name: string): Promise<Raw> {
   return JSON.parse(await Deno.readTextFile(fixture(name)));
