@@ -285,7 +285,8 @@ RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value) {
   if (i < 0) return cpu_fail(ctx, RL_ERR_UNSUPPORTED, __func__, "unknown option \"%s\"", key);
   if (i == OPT_ATTN_IMPL && value == 1)
     return cpu_fail(ctx, RL_ERR_UNSUPPORTED, __func__,
-                    "attn_impl flash: the CPU backend has one attention (eager, exact softmax)");
+                    "attn_impl flash: the CPU backend has one attention (cpu/attention.c, an "
+                    "online softmax over key blocks), reported as eager");
   REQUIRE(value >= 0 && value <= (i == OPT_ATTN_IMPL ? 2 : 1), "%s: value %lld out of range", key,
           (long long)value);
   /* pin_memory and async_copy concern GPU transfers; the CPU reads straight into place. */

@@ -1,16 +1,20 @@
 /*
  * rl_attention: causal GQA attention of n_q new queries over one sequence's KV cache, fp32.
- * Two implementations, chosen by the option attn_impl (0 auto = flash when it supports head_dim):
+ * Two implementations, chosen by the option attn_impl (0 auto = flash when it supports the head
+ * dims: head_dim and v_head_dim both <= FA_MAX_HEAD_DIM, on sm_80+; else eager):
  *
  *  eager  the reference: scores S[t*n_heads + h, j] materialized in scratch (masked = -inf),
  *         then a softmax per row (unnormalized p and the row sum), then out = (p . V) / sum.
- *         Three kernels; scratch of n_q * n_heads * (kv_len + 1) floats.
+ *         Three kernels; scratch of n_q * n_heads * (kv_len + 1) floats. Any head_dim and
+ *         v_head_dim (no shared memory but the block reductions'): DeepSeek's MLA 576 / 512.
  *
  *  flash  one fused kernel, online softmax over tiles of FA_KT keys staged in shared memory.
  *         A block serves FA_WARPS * QW "slots", each slot one (query t, head h) pair; the pairs
  *         of a block all read the same kv head g, so a K/V tile is loaded once for the query
  *         heads of a GQA group and for consecutive queries. Lanes own keys for the scores
- *         (lane = key within the tile) and dims for the output (d = lane + 32 i).
+ *         (lane = key within the tile) and dims for the output (d = lane + 32 i). Templated on
+ *         DMAX in {64, 128, 256} >= max(head_dim, v_head_dim): keys use head_dim dims, values and
+ *         the output v_head_dim (they may differ, e.g. an MLA latent cache where v == k).
  *         When there are too few blocks to fill the device (decode), the keys are split across
  *         gridDim.z blocks that each write a partial (unnormalized output, max, sum), and a
  *         second kernel combines them (flash-decoding).
@@ -19,6 +23,8 @@
  * j <= pos, (window <= 0 || pos - j < window), (kv_valid == NULL || kv_valid[j]):
  *   s_j = (q . k_j) * scale; s_j = softcap * tanh(s_j / softcap) if softcap > 0;
  *   out = sum_j exp(s_j - max) v_j * (1 / sum_j exp(s_j - max)); zeros when nothing is visible.
+ * k_j of kv head g is k[j * k_stride + g * head_dim ..], v_j is v[j * v_stride + g * v_head_dim ..]
+ * (ABI 5); k and v are only read, so v may point into k's rows.
  */
 #include "internal.h"
 
@@ -32,11 +38,13 @@ constexpr int EAGER_THREADS = 256;
 constexpr int EAGER_PV_THREADS = 128;
 
 struct attn_args {
-  float *out;          /* [n_q, n_heads * head_dim] */
+  float *out;          /* [n_q, n_heads * v_head_dim] */
   const float *q;      /* [n_q, q_stride] */
-  const float *k, *v;  /* [kv_len, kv_stride] */
+  const float *k;      /* [kv_len, k_stride] */
+  const float *v;      /* [kv_len, v_stride]; may point into k's rows */
   const uint8_t *kv_valid; /* device copy, or NULL */
-  int q_stride, kv_stride, n_q, q_start, kv_len, n_heads, group, head_dim, window;
+  int q_stride, k_stride, v_stride, n_q, q_start, kv_len, n_heads, group, head_dim, v_head_dim,
+      window;
   float scale, softcap;
 };
 
@@ -65,7 +73,7 @@ __global__ void __launch_bounds__(EAGER_THREADS)
     float s = -INFINITY;
     if (visible(a, pos, j)) {
       const float *qr = a.q + (int64_t)t * a.q_stride + (int64_t)h * a.head_dim;
-      const float *kr = a.k + (int64_t)j * a.kv_stride + (int64_t)(h / a.group) * a.head_dim;
+      const float *kr = a.k + (int64_t)j * a.k_stride + (int64_t)(h / a.group) * a.head_dim;
       float dot = 0.0f;
       for (int d = 0; d < a.head_dim; d++) dot = fmaf(qr[d], kr[d], dot);
       s = cap_score(dot * a.scale, a.softcap);
@@ -101,11 +109,11 @@ __global__ void __launch_bounds__(EAGER_PV_THREADS)
   const float *pr = p + row * a.kv_len;
   const float sum = sums[row];
   const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-  const float *vh = a.v + (int64_t)(h / a.group) * a.head_dim;
-  for (int d = threadIdx.x; d < a.head_dim; d += blockDim.x) {
+  const float *vh = a.v + (int64_t)(h / a.group) * a.v_head_dim;
+  for (int d = threadIdx.x; d < a.v_head_dim; d += blockDim.x) {
     float acc = 0.0f;
-    for (int j = 0; j <= pos; j++) acc = fmaf(pr[j], vh[(int64_t)j * a.kv_stride + d], acc);
-    a.out[row * a.head_dim + d] = sum > 0.0f ? acc * inv : 0.0f;
+    for (int j = 0; j <= pos; j++) acc = fmaf(pr[j], vh[(int64_t)j * a.v_stride + d], acc);
+    a.out[row * a.v_head_dim + d] = sum > 0.0f ? acc * inv : 0.0f;
   }
 }
 
@@ -136,7 +144,7 @@ static int32_t attention_eager(rl_ctx *ctx, const char *op, const attn_args &a) 
 /* ----------------------------------------------------------------------------------------------
  * Flash */
 
-/* Dynamic shared memory of flash_kernel<DMAX, QW>, in floats. */
+/* Dynamic shared memory of flash_kernel<DMAX, QW>, in floats (DMAX >= head_dim, v_head_dim). */
 static constexpr int flash_smem_floats(int dmax, int qw) {
   return FA_WARPS * qw * dmax  /* q_s[slot][d] */
          + FA_KT * (dmax + 1)  /* k_s[key][d], padded: lane-per-key reads hit distinct banks */
@@ -163,7 +171,7 @@ __global__ void __launch_bounds__(FA_THREADS)
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = blockIdx.y, split = blockIdx.z;
-  const int hd = a.head_dim;
+  const int hd = a.head_dim, vd = a.v_head_dim;
   const int64_t P = (int64_t)a.n_q * a.group;
   const int64_t p0 = (int64_t)blockIdx.x * SLOTS;
   const int64_t p_end = p0 + SLOTS < P ? p0 + SLOTS : P; /* exclusive */
@@ -205,16 +213,16 @@ __global__ void __launch_bounds__(FA_THREADS)
 #pragma unroll
     for (int i = 0; i < DPL; i++) acc[qi][i] = 0.0f;
   }
-  const float *kg = a.k + (int64_t)g * hd, *vg = a.v + (int64_t)g * hd;
+  const float *kg = a.k + (int64_t)g * hd, *vg = a.v + (int64_t)g * vd;
 
   for (int j0 = lo; j0 <= hi; j0 += FA_KT) { /* lo, hi are the same for the whole block */
     __syncthreads(); /* q_s is staged / the previous tile is consumed */
     for (int i = threadIdx.x; i < FA_KT * DMAX; i += FA_THREADS) {
       const int r = i / DMAX, d = i - r * DMAX, j = j0 + r;
       float kv = 0.0f, vv = 0.0f;
-      if (j <= hi && d < hd) {
-        kv = kg[(int64_t)j * a.kv_stride + d];
-        vv = vg[(int64_t)j * a.kv_stride + d];
+      if (j <= hi) {
+        if (d < hd) kv = kg[(int64_t)j * a.k_stride + d];
+        if (d < vd) vv = vg[(int64_t)j * a.v_stride + d];
       }
       k_s[r * (DMAX + 1) + d] = kv;
       v_s[r * DMAX + d] = vv;
@@ -283,14 +291,14 @@ __global__ void __launch_bounds__(FA_THREADS)
 #pragma unroll
       for (int i = 0; i < DPL; i++) {
         const int d = lane + 32 * i;
-        if (d < hd) a.out[pair * hd + d] = l[qi] > 0.0f ? acc[qi][i] * inv : 0.0f;
+        if (d < vd) a.out[pair * vd + d] = l[qi] > 0.0f ? acc[qi][i] * inv : 0.0f;
       }
     } else {
       const int64_t base = (int64_t)split * a.n_q * a.n_heads + pair;
 #pragma unroll
       for (int i = 0; i < DPL; i++) {
         const int d = lane + 32 * i;
-        if (d < hd) part_acc[base * hd + d] = acc[qi][i];
+        if (d < vd) part_acc[base * vd + d] = acc[qi][i];
       }
       if (lane == 0) {
         part_ml[base * 2] = m[qi];
@@ -303,7 +311,8 @@ __global__ void __launch_bounds__(FA_THREADS)
 /* One block per (t, h) pair, threads over dims: merges the splits' partial softmaxes. */
 __global__ void __launch_bounds__(COMBINE_THREADS)
     flash_combine_kernel(float *__restrict__ out, const float *__restrict__ part_acc,
-                         const float *__restrict__ part_ml, int n_splits, int64_t pairs, int hd) {
+                         const float *__restrict__ part_ml, int n_splits, int64_t pairs,
+                         int hd /* v_head_dim */) {
   for (int64_t pair = blockIdx.x; pair < pairs; pair += gridDim.x) {
     float mx = -INFINITY;
     for (int s = 0; s < n_splits; s++) mx = fmaxf(mx, part_ml[(s * pairs + pair) * 2]);
@@ -332,9 +341,9 @@ static int32_t launch_flash(rl_ctx *ctx, const char *op, const attn_args &a, dim
   const size_t smem = sizeof(float) * (size_t)flash_smem_floats(DMAX, QW);
   if (smem > ctx->smem_optin)
     return cu_fail(ctx, RL_ERR_UNSUPPORTED, op,
-                   "head_dim %d needs %zu bytes of shared memory per block (device max %llu); "
-                   "use attn_impl 2 (eager)",
-                   a.head_dim, smem, (unsigned long long)ctx->smem_optin);
+                   "head_dim %d / v_head_dim %d need %zu bytes of shared memory per block (device "
+                   "max %llu); use attn_impl 2 (eager)",
+                   a.head_dim, a.v_head_dim, smem, (unsigned long long)ctx->smem_optin);
   if (smem > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(flash_kernel<DMAX, QW>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -347,9 +356,10 @@ static int32_t launch_flash(rl_ctx *ctx, const char *op, const attn_args &a, dim
 template <int QW>
 static int32_t launch_flash_qw(rl_ctx *ctx, const char *op, const attn_args &a, dim3 grid,
                                int split_len, float *part_acc, float *part_ml) {
-  if (a.head_dim <= 64)
+  const int dmax = a.head_dim > a.v_head_dim ? a.head_dim : a.v_head_dim;
+  if (dmax <= 64)
     return launch_flash<64, QW>(ctx, op, a, grid, split_len, part_acc, part_ml);
-  if (a.head_dim <= 128)
+  if (dmax <= 128)
     return launch_flash<128, QW>(ctx, op, a, grid, split_len, part_acc, part_ml);
   return launch_flash<256, QW>(ctx, op, a, grid, split_len, part_acc, part_ml);
 }
@@ -380,11 +390,11 @@ static int32_t attention_flash(rl_ctx *ctx, const char *op, const attn_args &a, 
   float *part_acc = NULL, *part_ml = NULL;
   const int64_t pairs = (int64_t)a.n_q * a.n_heads;
   if (n_splits > 1) {
-    const uint64_t floats = (uint64_t)n_splits * pairs * ((uint64_t)a.head_dim + 2);
+    const uint64_t floats = (uint64_t)n_splits * pairs * ((uint64_t)a.v_head_dim + 2);
     void *buf = NULL;
     TRY(scratch_reserve(ctx, op, SCR_PARTIAL, sizeof(float) * floats, &buf));
     part_acc = static_cast<float *>(buf);
-    part_ml = part_acc + (uint64_t)n_splits * pairs * a.head_dim;
+    part_ml = part_acc + (uint64_t)n_splits * pairs * a.v_head_dim;
   }
   const dim3 grid((unsigned)grid_x, (unsigned)n_kv_heads, (unsigned)n_splits);
   if (QW == 1) TRY(launch_flash_qw<1>(ctx, op, a, grid, (int)split_len, part_acc, part_ml));
@@ -392,7 +402,7 @@ static int32_t attention_flash(rl_ctx *ctx, const char *op, const attn_args &a, 
   if (n_splits > 1) {
     flash_combine_kernel<<<grid_for(pairs * COMBINE_THREADS, COMBINE_THREADS), COMBINE_THREADS, 0,
                            ctx->compute>>>(a.out, part_acc, part_ml, (int)n_splits, pairs,
-                                           a.head_dim);
+                                           a.v_head_dim);
     LAUNCH_CHECK();
   }
   return RL_OK;
@@ -402,26 +412,29 @@ static int32_t attention_flash(rl_ctx *ctx, const char *op, const attn_args &a, 
  * Entry */
 
 RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
-                            const float *k, const float *v, int32_t kv_stride, int32_t n_q,
-                            int32_t q_start, int32_t kv_len, int32_t n_heads, int32_t n_kv_heads,
-                            int32_t head_dim, float scale, int32_t window, float softcap,
-                            const uint8_t *kv_valid) {
+                            const float *k, int32_t k_stride, const float *v, int32_t v_stride,
+                            int32_t n_q, int32_t q_start, int32_t kv_len, int32_t n_heads,
+                            int32_t n_kv_heads, int32_t head_dim, int32_t v_head_dim, float scale,
+                            int32_t window, float softcap, const uint8_t *kv_valid) {
   ENTER();
-  CHECK_ARGS(rl_check_attention, out, q, q_stride, k, v, kv_stride, n_q, q_start, kv_len, n_heads,
-             n_kv_heads, head_dim);
+  CHECK_ARGS(rl_check_attention, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
+             n_heads, n_kv_heads, head_dim, v_head_dim);
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(q, 4);
   REQUIRE_ALIGNED(k, 4);
   REQUIRE_ALIGNED(v, 4);
 
-  const bool flash_ok = ctx->cc_major >= 8 && head_dim <= FA_MAX_HEAD_DIM;
+  /* Flash stages head_dim dims of keys and v_head_dim dims of values per tile: both must fit its
+   * largest template (they need not be equal). */
+  const bool flash_ok =
+      ctx->cc_major >= 8 && head_dim <= FA_MAX_HEAD_DIM && v_head_dim <= FA_MAX_HEAD_DIM;
   int64_t impl = ctx->attn_impl;
   if (impl == 0) impl = flash_ok ? 1 : 2;
   if (impl == 1 && !flash_ok)
     return cu_fail(ctx, RL_ERR_UNSUPPORTED, op,
-                   "head_dim %d is not supported by flash attention (max %d); "
-                   "use attn_impl 2 (eager) or 0 (auto)",
-                   head_dim, FA_MAX_HEAD_DIM);
+                   "head_dim %d / v_head_dim %d is not supported by flash attention (max %d "
+                   "each); use attn_impl 2 (eager) or 0 (auto)",
+                   head_dim, v_head_dim, FA_MAX_HEAD_DIM);
 
   attn_args a;
   a.out = out;
@@ -430,13 +443,15 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
   a.v = v;
   a.kv_valid = NULL;
   a.q_stride = q_stride;
-  a.kv_stride = kv_stride;
+  a.k_stride = k_stride;
+  a.v_stride = v_stride;
   a.n_q = n_q;
   a.q_start = q_start;
   a.kv_len = kv_len;
   a.n_heads = n_heads;
   a.group = n_heads / n_kv_heads;
   a.head_dim = head_dim;
+  a.v_head_dim = v_head_dim;
   a.window = window;
   a.scale = scale;
   a.softcap = softcap;

@@ -6,16 +6,19 @@
  * statuses, statistics, options and timing marks; the ABI 3 entries: the host tier (rl_host_alloc,
  * loads into host blocks, rl_upload_start), the drop_behind option, and mapped files (rl_map on
  * the CPU; refused by CUDA); the ABI 4 entries: rl_act, rl_gather_rows and rl_scatter_add_rows
- * (groups "act" and "rows", with repeated rows; and their error statuses).
+ * (groups "act" and "rows", with repeated rows; and their error statuses); the ABI 5 ones:
+ * rl_matmul_nd (group "bmm": plain, transposed, broadcast and per-head views, every w dtype) and
+ * rl_copy_nd (group "copy_nd"), with their error statuses, and rl_attention's separate v_stride
+ * and v_head_dim (group "attention": v_head_dim != head_dim, an MLA latent cache with v == k).
  *
  * Both libraries are dlopen'ed (RTLD_LOCAL) and resolved into two function tables, so this
  * program links nothing but libdl and libm:
  *   gcc -std=c11 -O2 -Wall -Wextra -Iffi -o build/compare_ops cuda/compare_ops.c -ldl -lm
  *   build/compare_ops [cpu.so] [cuda.so]      (sh cuda/test.sh builds everything and runs it)
  * COMPARE_ONLY=attention,loads runs only the named groups.
- * A library without the ABI 3 entries (rl_map ... rl_load_ready) or the ABI 4 ones (rl_act,
- * rl_gather_rows, rl_scatter_add_rows) fails a check per missing entry and per group that needs
- * them, and the other groups still run.
+ * A library without the ABI 3 entries (rl_map ... rl_load_ready), the ABI 4 ones (rl_act,
+ * rl_gather_rows, rl_scatter_add_rows) or the ABI 5 ones (rl_matmul_nd, rl_copy_nd) fails a check
+ * per missing entry and per group that needs them, and the other groups still run.
  * Prints one line per failing check, then "N passed, N failed"; exits 1 on any failure.
  */
 #define _DEFAULT_SOURCE /* mincore */
@@ -103,6 +106,8 @@ static void compare(const float *ref, const float *got, int64_t n, double tol, c
   X(load_ready)
 /* New in ABI 4: the groups that use them check b->v4 first. */
 #define RL_ENTRIES_V4(X) X(act) X(gather_rows) X(scatter_add_rows)
+/* New in ABI 5: the groups that use them check b->v5 first. */
+#define RL_ENTRIES_V5(X) X(matmul_nd) X(copy_nd)
 
 typedef struct {
   const char *name; /* "cpu" or "cuda" */
@@ -110,10 +115,12 @@ typedef struct {
   rl_ctx *ctx;
   int v3; /* every entry of RL_ENTRIES_V3 resolved */
   int v4; /* every entry of RL_ENTRIES_V4 resolved */
+  int v5; /* every entry of RL_ENTRIES_V5 resolved */
 #define FIELD(s) __typeof__(rl_##s) *s;
   RL_ENTRIES(FIELD)
   RL_ENTRIES_V3(FIELD)
   RL_ENTRIES_V4(FIELD)
+  RL_ENTRIES_V5(FIELD)
 #undef FIELD
 } backend;
 
@@ -121,7 +128,7 @@ static backend CPU = {.name = "cpu"}, GPU = {.name = "cuda"};
 
 /* dlopens path and resolves every entry; a missing one is a failed check (and stays NULL).
  * Returns whether the entries of RL_ENTRIES are complete (sets b->v3 for RL_ENTRIES_V3, b->v4
- * for RL_ENTRIES_V4). */
+ * for RL_ENTRIES_V4, b->v5 for RL_ENTRIES_V5). */
 static int open_backend(backend *b, const char *path) {
   b->handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (!b->handle) {
@@ -139,8 +146,11 @@ static int open_backend(backend *b, const char *path) {
   b->v3 = complete;
   complete = core;
   RL_ENTRIES_V4(RESOLVE)
-#undef RESOLVE
   b->v4 = complete;
+  complete = core;
+  RL_ENTRIES_V5(RESOLVE)
+#undef RESOLVE
+  b->v5 = complete;
   return core;
 }
 
@@ -157,6 +167,14 @@ static int has_v4(backend *b, const char *group) {
   check(b->v4, "%s: %s checks not run: the library lacks ABI 4 entries (see above)", b->name,
         group);
   return b->v4;
+}
+
+/* Whether b has the ABI 5 entries (rl_matmul_nd, rl_copy_nd); if not, a failed check saying
+ * which group could not run. */
+static int has_v5(backend *b, const char *group) {
+  check(b->v5, "%s: %s checks not run: the library lacks ABI 5 entries (see above)", b->name,
+        group);
+  return b->v5;
 }
 
 static const char *last_error(backend *b, rl_ctx *ctx) {
@@ -689,53 +707,71 @@ static void test_argmax(void) {
 /* ----------------------------------------------------------------------------------------------
  * Attention */
 
+/* v_head_dim 0 means head_dim. latent: an MLA cache, v == k (v_stride = k_stride): the values are
+ * the first v_head_dim floats of each kv head's key (n_kv_heads 1 in practice). impls: bit i set
+ * runs the CUDA side with attn_impl i (0 auto, 1 flash, 2 eager); 0 means flash and eager. */
 typedef struct {
   int n_q, q_start, kv_len, n_heads, n_kv_heads, head_dim, window, q_extra, kv_extra;
   float scale, softcap;
   const uint8_t *kv_valid;
+  int v_head_dim, latent, impls;
 } attn_case;
+
+static int attn_vd(const attn_case *c) { return c->v_head_dim ? c->v_head_dim : c->head_dim; }
+static int attn_k_stride(const attn_case *c) {
+  return c->n_kv_heads * c->head_dim + c->kv_extra;
+}
+static int attn_v_stride(const attn_case *c) {
+  return c->latent ? attn_k_stride(c) : c->n_kv_heads * attn_vd(c) + c->kv_extra;
+}
 
 static int run_attention(backend *b, float *out, const float *q, const float *k, const float *v,
                          const attn_case *c) {
+  const int vd = attn_vd(c);
   const int q_stride = c->n_heads * c->head_dim + c->q_extra;
-  const int kv_stride = c->n_kv_heads * c->head_dim + c->kv_extra;
+  const int k_stride = attn_k_stride(c), v_stride = attn_v_stride(c);
   const uint64_t qb = sizeof(float) * (uint64_t)c->n_q * q_stride;
-  const uint64_t kvb = sizeof(float) * (uint64_t)c->kv_len * kv_stride;
-  const uint64_t ob = sizeof(float) * (uint64_t)c->n_q * c->n_heads * c->head_dim;
-  void *dq = dev_upload(b, q, qb), *dk = dev_upload(b, k, kvb), *dv = dev_upload(b, v, kvb);
+  const uint64_t kb = sizeof(float) * (uint64_t)c->kv_len * k_stride;
+  const uint64_t vb = sizeof(float) * (uint64_t)c->kv_len * v_stride;
+  const uint64_t ob = sizeof(float) * (uint64_t)c->n_q * c->n_heads * vd;
+  void *dq = dev_upload(b, q, qb), *dk = dev_upload(b, k, kb);
+  void *dv = c->latent ? dk : dev_upload(b, v, vb);
   void *dout = dev_poison(b, ob);
   int good = dq && dk && dv && dout &&
-             ok(b, b->attention(b->ctx, dout, dq, q_stride, dk, dv, kv_stride, c->n_q, c->q_start,
-                                c->kv_len, c->n_heads, c->n_kv_heads, c->head_dim, c->scale,
-                                c->window, c->softcap, c->kv_valid),
+             ok(b, b->attention(b->ctx, dout, dq, q_stride, dk, k_stride, dv, v_stride, c->n_q,
+                                c->q_start, c->kv_len, c->n_heads, c->n_kv_heads, c->head_dim, vd,
+                                c->scale, c->window, c->softcap, c->kv_valid),
                 "rl_attention") &&
              dev_download(b, out, dout, ob);
   dev_free(b, dq);
   dev_free(b, dk);
-  dev_free(b, dv);
+  if (!c->latent) dev_free(b, dv);
   dev_free(b, dout);
   return good;
 }
 
 static void attention_case(attn_case c) {
   const int q_stride = c.n_heads * c.head_dim + c.q_extra;
-  const int kv_stride = c.n_kv_heads * c.head_dim + c.kv_extra;
   float *q = rand_floats((int64_t)c.n_q * q_stride, -1.0f, 1.0f);
-  float *k = rand_floats((int64_t)c.kv_len * kv_stride, -1.0f, 1.0f);
-  float *v = rand_floats((int64_t)c.kv_len * kv_stride, -1.0f, 1.0f);
-  const int64_t n = (int64_t)c.n_q * c.n_heads * c.head_dim;
+  float *k = rand_floats((int64_t)c.kv_len * attn_k_stride(&c), -1.0f, 1.0f);
+  float *v = c.latent ? NULL : rand_floats((int64_t)c.kv_len * attn_v_stride(&c), -1.0f, 1.0f);
+  const int64_t n = (int64_t)c.n_q * c.n_heads * attn_vd(&c);
   float *ref = malloc(sizeof(float) * (size_t)n), *got = malloc(sizeof(float) * (size_t)n);
+  const int impls = c.impls ? c.impls : 1 << 1 | 1 << 2;
+  static const char *impl_name[] = {"auto", "flash", "eager"};
   if (run_attention(&CPU, ref, q, k, v, &c)) {
-    for (int impl = 1; impl <= 2; impl++) {
+    for (int impl = 0; impl <= 2; impl++) {
+      if (!(impls >> impl & 1)) continue;
       if (!ok(&GPU, GPU.set_option(GPU.ctx, (const uint8_t *)"attn_impl", impl), "rl_set_option"))
         continue;
       if (run_attention(&GPU, got, q, k, v, &c))
         compare(ref, got, n, TOL_F32,
-                "rl_attention %s n_q=%d q_start=%d kv_len=%d heads=%d/%d head_dim=%d window=%d "
-                "softcap=%g scale=%g mask=%s strides +%d/+%d",
-                impl == 1 ? "flash" : "eager", c.n_q, c.q_start, c.kv_len, c.n_heads,
-                c.n_kv_heads, c.head_dim, c.window, (double)c.softcap, (double)c.scale,
-                c.kv_valid ? "yes" : "no", c.q_extra, c.kv_extra);
+                "rl_attention %s n_q=%d q_start=%d kv_len=%d heads=%d/%d head_dim=%d "
+                "v_head_dim=%d%s window=%d softcap=%g scale=%g mask=%s strides +%d/+%d",
+                impl_name[impl], c.n_q, c.q_start, c.kv_len, c.n_heads, c.n_kv_heads,
+                c.head_dim, attn_vd(&c), c.latent ? " (latent, v == k)" : "", c.window,
+                (double)c.softcap, (double)c.scale, c.kv_valid ? "yes" : "no", c.q_extra,
+                c.kv_extra);
     }
     GPU.set_option(GPU.ctx, (const uint8_t *)"attn_impl", 0);
   }
@@ -796,8 +832,8 @@ static void test_attention(void) {
     void *dkv = dev_upload(&GPU, kv, sizeof(float) * 5 * 264);
     void *dout = dev_alloc(&GPU, sizeof(float) * 2 * 2 * 264);
     if (dq && dkv && dout) {
-      const int32_t st = GPU.attention(GPU.ctx, dout, dq, 2 * 264, dkv, dkv, 264, 2, 3, 5, 2, 1,
-                                       264, 0.06f, 0, 0.0f, NULL);
+      const int32_t st = GPU.attention(GPU.ctx, dout, dq, 2 * 264, dkv, 264, dkv, 264, 2, 3, 5, 2,
+                                       1, 264, 264, 0.06f, 0, 0.0f, NULL);
       const char *msg = last_error(&GPU, GPU.ctx);
       check(st == RL_ERR_UNSUPPORTED && strstr(msg, "264") != NULL,
             "cuda: flash with head_dim 264: status %d, \"%s\"", st, msg);
@@ -812,6 +848,74 @@ static void test_attention(void) {
     free(kv);
     free(ref);
     free(got);
+  }
+  /* ABI 5: v_head_dim != head_dim (flash supports both <= 256, DMAX = the larger). */
+  {
+    static const int vdims[][2] = {{64, 128}, {72, 32}, {40, 40}}; /* head_dim, v_head_dim */
+    for (size_t i = 0; i < sizeof vdims / sizeof *vdims; i++)
+      for (int variant = 0; variant < 2; variant++) {
+        attn_case c = {.n_q = variant ? 5 : 1, .q_start = variant ? 30 : 40,
+                       .kv_len = variant ? 35 : 41, .n_heads = 4, .n_kv_heads = 2,
+                       .head_dim = vdims[i][0], .v_head_dim = vdims[i][1],
+                       .scale = 1.0f / sqrtf((float)vdims[i][0])};
+        if (variant) { /* padded rows, separate strides */
+          c.kv_extra = 8;
+          c.q_extra = 3;
+          c.softcap = 5.0f;
+        }
+        attention_case(c);
+      }
+  }
+  /* An MLA latent cache: key rows [latent 64 | rope 16], v == k, the value is the latent part. */
+  {
+    static const int shapes[][3] = {{1, 40, 41}, {7, 0, 7}, {5, 30, 35}, {3, 200, 203}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+      for (int variant = 0; variant < 3; variant++) {
+        attn_case c = {.n_q = shapes[s][0], .q_start = shapes[s][1], .kv_len = shapes[s][2],
+                       .n_heads = 4, .n_kv_heads = 1, .head_dim = 80, .v_head_dim = 64,
+                       .latent = 1, .scale = 0.11f};
+        if (variant == 1) c.window = 16;
+        if (variant == 2) {
+          c.kv_valid = mask;
+          c.softcap = 5.0f;
+          c.kv_extra = 4;
+        }
+        attention_case(c);
+      }
+    /* auto (0) picks flash here: both dims fit */
+    attention_case((attn_case){.n_q = 2, .q_start = 9, .kv_len = 11, .n_heads = 4,
+                               .n_kv_heads = 1, .head_dim = 80, .v_head_dim = 64, .latent = 1,
+                               .scale = 0.11f, .impls = 1 << 0});
+  }
+  /* DeepSeek's MLA sizes, 576 / 512 with 16 heads on one latent head: flash refuses naming both
+   * dims, auto (0) and eager (2) run. */
+  {
+    const attn_case c = {.n_q = 2, .q_start = 4, .kv_len = 6, .n_heads = 16, .n_kv_heads = 1,
+                         .head_dim = 576, .v_head_dim = 512, .latent = 1, .scale = 0.04f};
+    float *q = rand_floats(2 * 16 * 576, -1, 1), *kv = rand_floats(6 * 576, -1, 1);
+    void *dq = dev_upload(&GPU, q, sizeof(float) * 2 * 16 * 576);
+    void *dkv = dev_upload(&GPU, kv, sizeof(float) * 6 * 576);
+    void *dout = dev_alloc(&GPU, sizeof(float) * 2 * 16 * 512);
+    GPU.set_option(GPU.ctx, (const uint8_t *)"attn_impl", 1);
+    if (dq && dkv && dout) {
+      const int32_t st = GPU.attention(GPU.ctx, dout, dq, 16 * 576, dkv, 576, dkv, 576, 2, 4, 6,
+                                       16, 1, 576, 512, 0.04f, 0, 0.0f, NULL);
+      const char *msg = last_error(&GPU, GPU.ctx);
+      check(st == RL_ERR_UNSUPPORTED && strstr(msg, "576") != NULL && strstr(msg, "512") != NULL,
+            "cuda: flash with head_dim 576 / v_head_dim 512: status %d, \"%s\"", st, msg);
+    }
+    GPU.set_option(GPU.ctx, (const uint8_t *)"attn_impl", 0);
+    dev_free(&GPU, dq);
+    dev_free(&GPU, dkv);
+    dev_free(&GPU, dout);
+    free(q);
+    free(kv);
+    attn_case a = c;
+    a.impls = 1 << 0 | 1 << 2; /* auto and eager */
+    attention_case(a);
+    a.impls = 1 << 2;
+    a.window = 3;
+    attention_case(a);
   }
   free(mask);
 }
@@ -867,6 +971,201 @@ static void same_status(const char *op, int32_t cpu, int32_t cuda) {
         "%s: cpu status %d, cuda status %d, cuda message \"%s\"", op, cpu, cuda, msg);
 }
 
+/* ----------------------------------------------------------------------------------------------
+ * Views (ABI 5): rl_matmul_nd (group "bmm") and rl_copy_nd (group "copy_nd") */
+
+/* A descriptor: dtype, offset, shape[4], stride[4]. */
+typedef struct {
+  int64_t d[RL_DESC_LEN];
+} desc4;
+
+static desc4 mkdesc(int dt, int64_t off, int64_t s0, int64_t s1, int64_t s2, int64_t s3,
+                    int64_t t0, int64_t t1, int64_t t2, int64_t t3) {
+  desc4 r = {{dt, off, s0, s1, s2, s3, t0, t1, t2, t3}};
+  return r;
+}
+
+/* Elements a buffer must hold for the view: offset + span. */
+static int64_t desc_elems(const desc4 *v) {
+  int64_t last = v->d[RL_DESC_OFFSET];
+  for (int i = 0; i < 4; i++) last += v->d[RL_DESC_STRIDE + i] * (v->d[RL_DESC_SHAPE + i] - 1);
+  return last + 1;
+}
+
+/* rl_matmul_nd on b over buffers of the descriptors' sizes; out_buf (the whole out buffer,
+ * poisoned with NaN before the op) is downloaded. */
+static int run_matmul_nd(backend *b, float *out_buf, const desc4 *od, const float *x,
+                         const desc4 *xd, const void *w, const desc4 *wd) {
+  const uint64_t ob = sizeof(float) * (uint64_t)desc_elems(od);
+  const uint64_t xb = sizeof(float) * (uint64_t)desc_elems(xd);
+  const uint64_t wb = (uint64_t)dtype_size((int)wd->d[0]) * (uint64_t)desc_elems(wd);
+  void *dx = dev_upload(b, x, xb), *dw = dev_upload(b, w, wb), *dout = dev_poison(b, ob);
+  int good = dx && dw && dout &&
+             ok(b, b->matmul_nd(b->ctx, dout, od->d, dx, xd->d, dw, wd->d), "rl_matmul_nd") &&
+             dev_download(b, out_buf, dout, ob);
+  dev_free(b, dx);
+  dev_free(b, dw);
+  dev_free(b, dout);
+  return good;
+}
+
+static void matmul_nd_case(const char *what, desc4 od, desc4 xd, desc4 wd) {
+  const int dt = (int)wd.d[0];
+  const int64_t on = desc_elems(&od);
+  float *x = rand_floats(desc_elems(&xd), -1.0f, 1.0f);
+  void *w = rand_tensor(dt, desc_elems(&wd));
+  float *ref = malloc(sizeof(float) * (size_t)on), *got = malloc(sizeof(float) * (size_t)on);
+  if (run_matmul_nd(&CPU, ref, &od, x, &xd, w, &wd) &&
+      run_matmul_nd(&GPU, got, &od, x, &xd, w, &wd))
+    compare(ref, got, on, dtype_tol(dt), "rl_matmul_nd %s %s: out %lldx%lldx%lldx%lld K=%lld",
+            what, dtype_name[dt], (long long)od.d[2], (long long)od.d[3], (long long)od.d[4],
+            (long long)od.d[5], (long long)xd.d[5]);
+  free(x);
+  free(w);
+  free(ref);
+  free(got);
+}
+
+static void test_matmul_nd(void) {
+  if (!has_v5(&CPU, "bmm") || !has_v5(&GPU, "bmm")) return;
+  static const int MNK[][3] = {{1, 37, 45}, {3, 33, 70}, {5, 1, 33}, {2, 65, 300}, {1, 1, 1}};
+  for (int dt = 0; dt < 3; dt++)
+    for (size_t s = 0; s < sizeof MNK / sizeof *MNK; s++) {
+      const int64_t M = MNK[s][0], N = MNK[s][1], K = MNK[s][2];
+      const desc4 od = mkdesc(0, 0, 1, 1, M, N, 0, 0, N, 1);
+      const desc4 xd = mkdesc(0, 0, 1, 1, M, K, 0, 0, K, 1);
+      /* a plain [K, N] w (strides N, 1) and nn.Linear's W[N, K] (strides 1, K) */
+      matmul_nd_case("plain [K,N] w", od, xd, mkdesc(dt, 0, 1, 1, K, N, 0, 0, N, 1));
+      matmul_nd_case("nn.Linear W[N,K] view", od, xd, mkdesc(dt, 0, 1, 1, K, N, 0, 0, 1, K));
+      /* batch [2, 3] with w broadcast (stride 0), both layouts */
+      const desc4 ob = mkdesc(0, 0, 2, 3, M, N, 3 * M * N, M * N, N, 1);
+      const desc4 xb = mkdesc(0, 0, 2, 3, M, K, 3 * M * K, M * K, K, 1);
+      matmul_nd_case("batch 2x3, w broadcast", ob, xb, mkdesc(dt, 0, 2, 3, K, N, 0, 0, N, 1));
+      matmul_nd_case("batch 2x3, W[N,K] broadcast", ob, xb, mkdesc(dt, 0, 2, 3, K, N, 0, 0, 1, K));
+      /* x broadcast over the first batch dim, w batched with padding and an offset */
+      matmul_nd_case("batch 2x3, x broadcast", ob, mkdesc(0, 0, 2, 3, M, K, 0, M * K, K, 1),
+                     mkdesc(dt, 7, 2, 3, K, N, 3 * (K * N + 5), K * N + 5, N, 1));
+    }
+  /* Per-head attention products over a fused [T, H * D] layout: q rows with padding and an
+   * offset, keys and values as views of cache rows, the output written into [M, H * D]. */
+  for (int dt = 0; dt < 3; dt++) {
+    const int64_t H = 4, D = 16, M = 5, T = 9, qs = H * D + 7, ks = H * D + 2;
+    /* scores[h, m, j] = q[m, h] . k[j, h]: w[h, d, j] = K[j, h*D + d] (k stride 1) */
+    matmul_nd_case("per-head q . k^T", mkdesc(0, 0, 1, H, M, T, 0, M * T, T, 1),
+                   mkdesc(0, 3, 1, H, M, D, 0, D, qs, 1), mkdesc(dt, 5, 1, H, D, T, 0, D, 1, ks));
+    /* out[m, h*D + d] = sum_j p[h, m, j] V[j, h*D + d] (w's k stride is a row) */
+    matmul_nd_case("per-head p . v", mkdesc(0, 0, 1, H, M, D, 0, D, H * D, 1),
+                   mkdesc(0, 0, 1, H, M, T, 0, M * T, T, 1),
+                   mkdesc(dt, 5, 1, H, T, D, 0, D, ks, 1));
+    /* GQA: 2 kv heads for 4 query heads as a [2, 2] batch, kv head stride 0 over the group */
+    matmul_nd_case("GQA q . k^T", mkdesc(0, 0, 2, 2, M, T, 2 * M * T, M * T, T, 1),
+                   mkdesc(0, 0, 2, 2, M, D, 2 * D, D, qs, 1),
+                   mkdesc(dt, 0, 2, 2, D, T, D, 0, 1, 2 * D + 1));
+  }
+
+  /* Error statuses: the same for the same bad descriptor. */
+  float *cb = CPU.alloc(CPU.ctx, 4096), *gb = GPU.alloc(GPU.ctx, 4096);
+  if (!cb || !gb) {
+    check(0, "bmm error tests: allocations");
+    return;
+  }
+  const desc4 od = mkdesc(0, 0, 1, 1, 2, 4, 0, 0, 4, 1), xd = mkdesc(0, 0, 1, 1, 2, 3, 0, 0, 3, 1);
+  const desc4 wd = mkdesc(0, 0, 1, 1, 3, 4, 0, 0, 4, 1);
+  const desc4 bad[] = {
+      mkdesc(1, 0, 1, 1, 2, 4, 0, 0, 4, 1),  /* out f16 */
+      mkdesc(0, 0, 1, 1, 2, 4, 0, 0, 0, 1),  /* out names elements twice (stride 0) */
+      mkdesc(0, -1, 1, 1, 2, 4, 0, 0, 4, 1), /* negative offset */
+      mkdesc(0, 0, 1, 1, 2, 5, 0, 0, 5, 1),  /* N differs from w's */
+      mkdesc(0, 0, 1, 0, 2, 4, 0, 0, 4, 1),  /* shape 0 */
+      mkdesc(7, 0, 1, 1, 2, 4, 0, 0, 4, 1),  /* not a dtype */
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+    same_status("rl_matmul_nd", CPU.matmul_nd(CPU.ctx, cb, bad[i].d, cb + 512, xd.d, cb + 768, wd.d),
+                GPU.matmul_nd(GPU.ctx, gb, bad[i].d, gb + 512, xd.d, gb + 768, wd.d));
+  const desc4 xk = mkdesc(0, 0, 1, 1, 2, 5, 0, 0, 5, 1), wneg = mkdesc(0, 0, 1, 1, 3, 4, 0, 0, -4, 1);
+  same_status("rl_matmul_nd", CPU.matmul_nd(CPU.ctx, cb, od.d, cb + 512, xk.d, cb + 768, wd.d),
+              GPU.matmul_nd(GPU.ctx, gb, od.d, gb + 512, xk.d, gb + 768, wd.d)); /* K differs */
+  same_status("rl_matmul_nd", CPU.matmul_nd(CPU.ctx, cb, od.d, cb + 512, xd.d, cb + 768, wneg.d),
+              GPU.matmul_nd(GPU.ctx, gb, od.d, gb + 512, xd.d, gb + 768, wneg.d));
+  same_status("rl_matmul_nd", CPU.matmul_nd(CPU.ctx, cb, od.d, cb + 4, xd.d, cb + 768, wd.d),
+              GPU.matmul_nd(GPU.ctx, gb, od.d, gb + 4, xd.d, gb + 768, wd.d)); /* out overlaps x */
+  same_status("rl_matmul_nd", CPU.matmul_nd(CPU.ctx, cb, od.d, cb + 512, NULL, cb + 768, wd.d),
+              GPU.matmul_nd(GPU.ctx, gb, od.d, gb + 512, NULL, gb + 768, wd.d));
+  CPU.free(CPU.ctx, cb);
+  GPU.free(GPU.ctx, gb);
+}
+
+/* rl_copy_nd on b: dst_buf (the whole dst buffer, poisoned with 0xff first) is downloaded. */
+static int run_copy_nd(backend *b, void *dst_buf, const desc4 *dd, const void *src,
+                       const desc4 *sd) {
+  const int64_t es = dtype_size((int)dd->d[0]);
+  const uint64_t db = (uint64_t)(es * desc_elems(dd)), sb = (uint64_t)(es * desc_elems(sd));
+  void *ds = dev_upload(b, src, sb), *ddst = dev_poison(b, db);
+  int good = ds && ddst && ok(b, b->copy_nd(b->ctx, ddst, dd->d, ds, sd->d), "rl_copy_nd") &&
+             dev_download(b, dst_buf, ddst, db);
+  dev_free(b, ds);
+  dev_free(b, ddst);
+  return good;
+}
+
+static void copy_nd_case(const char *what, desc4 dd, desc4 sd) {
+  const int dt = (int)dd.d[0];
+  const uint64_t db = (uint64_t)(dtype_size(dt) * desc_elems(&dd));
+  void *src = rand_tensor(dt, desc_elems(&sd));
+  uint8_t *ref = malloc(db), *got = malloc(db);
+  if (run_copy_nd(&CPU, ref, &dd, src, &sd) && run_copy_nd(&GPU, got, &dd, src, &sd)) {
+    int64_t diff = 0;
+    for (uint64_t i = 0; i < db; i++) diff += ref[i] != got[i];
+    check(diff == 0, "rl_copy_nd %s %s: %lld of %llu bytes differ", what, dtype_name[dt],
+          (long long)diff, (unsigned long long)db);
+  }
+  free(src);
+  free(ref);
+  free(got);
+}
+
+static void test_copy_nd(void) {
+  if (!has_v5(&CPU, "copy_nd") || !has_v5(&GPU, "copy_nd")) return;
+  for (int dt = 0; dt < 3; dt++) {
+    const int64_t R = 7, C = 13, W = 40;
+    /* de-interleave [R, 2C] pairs into [2, R, C] */
+    copy_nd_case("de-interleave", mkdesc(dt, 0, 2, 1, R, C, R * C, R * C, C, 1),
+                 mkdesc(dt, 0, 2, 1, R, C, 1, 0, 2 * C, 2));
+    /* columns [5, 5 + C) of [R, W] into columns [3, 3 + C) of [R, W + 1] */
+    copy_nd_case("column range", mkdesc(dt, 3, 1, 1, R, C, 0, 0, W + 1, 1),
+                 mkdesc(dt, 5, 1, 1, R, C, 0, 0, W, 1));
+    /* [T, H, D] -> [H, T, D] (heads to the front) */
+    const int64_t T = 5, H = 3, D = 33;
+    copy_nd_case("head transpose", mkdesc(dt, 0, 1, H, T, D, 0, T * D, D, 1),
+                 mkdesc(dt, 0, 1, H, T, D, 0, D, H * D, 1));
+    /* one row broadcast to R rows (src stride 0), a full 4-D transpose */
+    copy_nd_case("broadcast row", mkdesc(dt, 0, 1, 1, R, W, 0, 0, W, 1),
+                 mkdesc(dt, 2, 1, 1, R, W, 0, 0, 0, 1));
+    copy_nd_case("4-D permute", mkdesc(dt, 0, 2, 3, 4, 5, 60, 20, 5, 1),
+                 mkdesc(dt, 1, 2, 3, 4, 5, 1, 2 * 5 * 4, 2, 2 * 3 * 4 * 5 + 3));
+  }
+  uint8_t *cb = CPU.alloc(CPU.ctx, 4096), *gb = GPU.alloc(GPU.ctx, 4096);
+  if (!cb || !gb) {
+    check(0, "copy_nd error tests: allocations");
+    return;
+  }
+  const desc4 d = mkdesc(0, 0, 1, 1, 4, 8, 0, 0, 8, 1), s = mkdesc(0, 0, 1, 1, 4, 8, 0, 0, 8, 1);
+  const desc4 s16 = mkdesc(1, 0, 1, 1, 4, 8, 0, 0, 8, 1), s5 = mkdesc(0, 0, 1, 1, 4, 5, 0, 0, 8, 1);
+  const desc4 dtwice = mkdesc(0, 0, 1, 1, 4, 8, 0, 0, 4, 1);
+  same_status("rl_copy_nd", CPU.copy_nd(CPU.ctx, cb, d.d, cb + 2048, s16.d),
+              GPU.copy_nd(GPU.ctx, gb, d.d, gb + 2048, s16.d)); /* dtypes differ */
+  same_status("rl_copy_nd", CPU.copy_nd(CPU.ctx, cb, d.d, cb + 2048, s5.d),
+              GPU.copy_nd(GPU.ctx, gb, d.d, gb + 2048, s5.d)); /* shapes differ */
+  same_status("rl_copy_nd", CPU.copy_nd(CPU.ctx, cb, dtwice.d, cb + 2048, s.d),
+              GPU.copy_nd(GPU.ctx, gb, dtwice.d, gb + 2048, s.d)); /* dst not one-to-one */
+  same_status("rl_copy_nd", CPU.copy_nd(CPU.ctx, cb, d.d, cb + 64, s.d),
+              GPU.copy_nd(GPU.ctx, gb, d.d, gb + 64, s.d)); /* dst overlaps src */
+  same_status("rl_copy_nd", CPU.copy_nd(CPU.ctx, cb, NULL, cb + 2048, s.d),
+              GPU.copy_nd(GPU.ctx, gb, NULL, gb + 2048, s.d));
+  CPU.free(CPU.ctx, cb);
+  GPU.free(GPU.ctx, gb);
+}
+
 static void test_errors(void) {
   float *cb = CPU.alloc(CPU.ctx, 4096), *gb = GPU.alloc(GPU.ctx, 4096);
   if (!cb || !gb) {
@@ -897,11 +1196,27 @@ static void test_errors(void) {
   same_status("rl_rope", CPU.rope(CPU.ctx, cb, 2, 60, 2, 32, 32, pos, freq, 1.0f),
               GPU.rope(GPU.ctx, gb, 2, 60, 2, 32, 32, pos, freq, 1.0f));
   same_status("rl_attention",
-              CPU.attention(CPU.ctx, cb, cb, 64, cb, cb, 64, 3, 2, 4, 2, 2, 32, 1, 0, 0, NULL),
-              GPU.attention(GPU.ctx, gb, gb, 64, gb, gb, 64, 3, 2, 4, 2, 2, 32, 1, 0, 0, NULL));
+              CPU.attention(CPU.ctx, cb, cb, 64, cb, 64, cb, 64, 3, 2, 4, 2, 2, 32, 32, 1, 0, 0, NULL),
+              GPU.attention(GPU.ctx, gb, gb, 64, gb, 64, gb, 64, 3, 2, 4, 2, 2, 32, 32, 1, 0, 0, NULL));
   same_status("rl_attention",
-              CPU.attention(CPU.ctx, cb, cb, 96, cb, cb, 64, 1, 0, 4, 3, 2, 32, 1, 0, 0, NULL),
-              GPU.attention(GPU.ctx, gb, gb, 96, gb, gb, 64, 1, 0, 4, 3, 2, 32, 1, 0, 0, NULL));
+              CPU.attention(CPU.ctx, cb, cb, 96, cb, 64, cb, 64, 1, 0, 4, 3, 2, 32, 32, 1, 0, 0, NULL),
+              GPU.attention(GPU.ctx, gb, gb, 96, gb, 64, gb, 64, 1, 0, 4, 3, 2, 32, 32, 1, 0, 0, NULL));
+  /* ABI 5: v_head_dim 0; v_stride < n_kv_heads * v_head_dim; out overlapping v (not q or k) */
+  same_status("rl_attention",
+              CPU.attention(CPU.ctx, cb, cb + 512, 64, cb + 640, 64, cb + 640, 64, 1, 0, 4, 2, 2,
+                            32, 0, 1, 0, 0, NULL),
+              GPU.attention(GPU.ctx, gb, gb + 512, 64, gb + 640, 64, gb + 640, 64, 1, 0, 4, 2, 2,
+                            32, 0, 1, 0, 0, NULL));
+  same_status("rl_attention",
+              CPU.attention(CPU.ctx, cb, cb + 512, 64, cb + 640, 64, cb + 640, 64, 1, 0, 4, 2, 2,
+                            32, 40, 1, 0, 0, NULL),
+              GPU.attention(GPU.ctx, gb, gb + 512, 64, gb + 640, 64, gb + 640, 64, 1, 0, 4, 2, 2,
+                            32, 40, 1, 0, 0, NULL));
+  same_status("rl_attention",
+              CPU.attention(CPU.ctx, cb, cb + 512, 64, cb + 640, 64, cb + 32, 64, 1, 0, 4, 2, 2,
+                            32, 32, 1, 0, 0, NULL),
+              GPU.attention(GPU.ctx, gb, gb + 512, 64, gb + 640, 64, gb + 32, 64, 1, 0, 4, 2, 2,
+                            32, 32, 1, 0, 0, NULL));
   same_status("rl_act_mul", CPU.act_mul(CPU.ctx, cb, cb, cb, 1, 8, 8, 9),
               GPU.act_mul(GPU.ctx, gb, gb, gb, 1, 8, 8, 9));
   same_status("rl_act_mul", CPU.act_mul(CPU.ctx, cb, cb, cb, 1, 8, 4, 0),
@@ -1546,7 +1861,8 @@ int main(int argc, char **argv) {
                    {"rope", test_rope},           {"act_mul", test_act_mul},
                    {"act", test_act},             {"rows", test_rows},
                    {"elementwise", test_elementwise}, {"argmax", test_argmax},
-                   {"attention", test_attention}, {"copies and stats", test_copies_and_stats},
+                   {"attention", test_attention}, {"bmm", test_matmul_nd},
+                   {"copy_nd", test_copy_nd}, {"copies and stats", test_copies_and_stats},
                    {"errors", test_errors},       {"options and marks", test_options_and_marks},
                    {"loads", test_loads},         {"host tier", test_host_tier},
                    {"drop behind", test_drop_behind}, {"mapped files", test_mapped_files},
