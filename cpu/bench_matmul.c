@@ -11,8 +11,12 @@
  *    rl_matmul.
  * Each line shows the best call (or pass) and the median: other processes share the cores.
  *
+ *  - quant: the block formats against f32/f16 at N=K=4096 and the SmolLM2 up/gate shape
+ *    (N=1536, K=576): M = 1 cold (GB/s of weight bytes, ggml's block bytes for the quantized
+ *    ones) and M = 64 hot.
+ *
  * Build and run: sh cpu/bench.sh [n_threads] [sections], sections a comma list of
- * memory,gemv,gemm,decode,prefill (default: all).
+ * memory,gemv,gemm,decode,prefill,quant (default: all but quant).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <omp.h>
@@ -22,6 +26,7 @@
 #include <time.h>
 
 #include "rabbitllm.h"
+#include "rl_shared.h" /* rl_row_bytes, rl_dtype_name (header-only helpers) */
 
 #define COLD_BYTES (512ull << 20) /* total weight bytes cycled through for "cold" runs */
 #define MIN_SECONDS 0.3
@@ -46,9 +51,24 @@ static void *xmalloc(size_t bytes) {
   return p;
 }
 
-/* n elements of dtype dt, all 0.5 (so no product is subnormal: those take slow microcode paths) */
+/* n elements of dtype dt, all 0.5 (so no product is subnormal: those take slow microcode paths);
+ * a block format (n a multiple of its block) gets pseudo-random quants and every f16 scale
+ * (d, m, dmin) 2^-6. */
 static void *half_values(size_t n, int dt) {
-  void *p = xmalloc(n * (dt == RL_F32 ? 4 : 2));
+  const size_t bytes = dt > RL_BF16 ? rl_row_bytes(dt, (int64_t)n) : n * (dt == RL_F32 ? 4 : 2);
+  void *p = xmalloc(bytes);
+  if (dt > RL_BF16) {
+    uint8_t *b = p;
+    uint32_t r = 12345;
+    for (size_t i = 0; i < bytes; i++) b[i] = (uint8_t)((r = r * 1664525u + 1013904223u) >> 24);
+    const size_t bb = (size_t)rl_block_bytes(dt);
+    const int offs = dt == RL_Q6_K ? 208 : 0, two = dt == RL_Q4_1 || dt == RL_Q5_1 || dt >= RL_Q4_K;
+    for (size_t blk = 0; blk < bytes; blk += bb) {
+      b[blk + offs] = 0x00, b[blk + offs + 1] = 0x24; /* f16 2^-6 */
+      if (two && dt != RL_Q6_K) b[blk + 2] = 0x00, b[blk + 3] = 0x24;
+    }
+    return p;
+  }
   const uint16_t h = dt == RL_F16 ? 0x3800 : 0x3f00;
   for (size_t i = 0; i < n; i++)
     if (dt == RL_F32) ((float *)p)[i] = 0.5f;
@@ -105,7 +125,7 @@ static void bench_memory(int n_threads) {
 /* ----------------------------------------------------------------------------------------------
  * Matmul */
 
-static const char *dtype_name[] = {"f32", "f16", "bf16"};
+static const char *dtype_name(int dt) { return rl_dtype_name(dt); }
 
 static size_t dtype_bytes(int dt) { return dt == RL_F32 ? 4 : 2; }
 
@@ -135,16 +155,22 @@ static void time_matmul(rl_ctx *ctx, float *out, const float *x, void **w, int n
   best_median(t, n, best, median);
 }
 
+/* cold: cycle through that many times COLD_BYTES of weight copies (0: one hot copy). */
 static void bench_matmul(rl_ctx *ctx, int M, int N, int K, int dt, int cold) {
-  const size_t wbytes = (size_t)N * K * dtype_bytes(dt);
-  int n_w = cold ? (int)((COLD_BYTES + wbytes - 1) / wbytes) : 1;
+  if (K % rl_block_elems(dt) != 0) {
+    printf("M=%-3d N=%-6d K=%-4d %-4s: K is not a multiple of the %s block (%d)\n", M, N, K,
+           dtype_name(dt), dtype_name(dt), rl_block_elems(dt));
+    return;
+  }
+  const size_t wbytes = (size_t)N * rl_row_bytes(dt, K);
+  int n_w = cold ? (int)((COLD_BYTES * (size_t)cold + wbytes - 1) / wbytes) : 1;
   void **w = malloc(sizeof(void *) * (size_t)n_w);
   for (int i = 0; i < n_w; i++) w[i] = half_values((size_t)N * K, dt);
   float *x = half_values((size_t)M * K, RL_F32), *out = xmalloc(sizeof(float) * (size_t)M * N);
   double t, median;
   time_matmul(ctx, out, x, w, n_w, dt, M, N, K, &t, &median);
   printf("M=%-3d N=%-6d K=%-4d %-4s %-4s %9.1f us %7.1f GB/s %7.1f GFLOP/s  (median %.1f us)\n",
-         M, N, K, dtype_name[dt], cold ? "cold" : "hot", t * 1e6, (double)wbytes / t * 1e-9,
+         M, N, K, dtype_name(dt), cold ? "cold" : "hot", t * 1e6, (double)wbytes / t * 1e-9,
          2.0 * M * N * K / t * 1e-9, median * 1e6);
   for (int i = 0; i < n_w; i++) free(w[i]);
   free(w);
@@ -189,7 +215,7 @@ static void bench_model(rl_ctx *ctx, int M, int dt) {
   double best, median;
   best_median(t, n, &best, &median);
   printf("%-7s M=%-3d %-4s %8.2f ms %7.1f GB/s %7.1f GFLOP/s  (median %.2f ms)\n",
-         M == 1 ? "decode" : "prefill", M, dtype_name[dt], best * 1e3, bytes / best * 1e-9,
+         M == 1 ? "decode" : "prefill", M, dtype_name(dt), best * 1e3, bytes / best * 1e-9,
          flop / best * 1e-9, median * 1e3);
   for (int l = 0; l < N_LAYERS; l++)
     for (int i = 0; i < 7; i++) free(w[l][i]);
@@ -233,6 +259,16 @@ int main(int argc, char **argv) {
       for (int s = 0; s < 4; s++) bench_matmul(ctx, 64, gemm[s][0], gemm[s][1], dt, 0);
     static const int gemm_m[] = {2, 5, 16, 256};
     for (int i = 0; i < 4; i++) bench_matmul(ctx, gemm_m[i], 1536, 576, RL_F32, 0);
+  }
+
+  if (strstr(sections, "quant")) {
+    printf("\nBlock formats; GB/s counts weight bytes (M = 1 cycles through 1 GiB of copies)\n");
+    static const int dts[] = {RL_F32, RL_F16, RL_Q8_0, RL_Q4_0, RL_Q4_1, RL_Q4_K, RL_Q6_K};
+    static const int shapes[][2] = {{4096, 4096}, {1536, 576}};
+    for (int s = 0; s < 2; s++)
+      for (int i = 0; i < 7; i++) bench_matmul(ctx, 1, shapes[s][0], shapes[s][1], dts[i], 2);
+    for (int s = 0; s < 2; s++)
+      for (int i = 0; i < 7; i++) bench_matmul(ctx, 64, shapes[s][0], shapes[s][1], dts[i], 0);
   }
 
   if (strstr(sections, "decode") || strstr(sections, "prefill"))

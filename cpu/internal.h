@@ -145,6 +145,10 @@ static inline float load_f32(const void *p, int dt, int64_t i) {
   }
 }
 
+/* Dequantizes a row of k elements (k a multiple of the block) of block format dt (or f16/bf16)
+ * into out, as f32 (matmul.c, quant.h). */
+void cpu_dequantize_row(float *out, const void *row, int dt, int64_t k);
+
 /* Run an OpenMP loop in parallel only when it has enough work to pay for waking the team. */
 #define PAR_MIN_WORK 32768
 

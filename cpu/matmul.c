@@ -1,5 +1,6 @@
 /*
- * rl_matmul: out[M,N] = x[M,K] . W[N,K]^T (+ bias[N]); W and bias f32/f16/bf16; fp32 accumulate.
+ * rl_matmul: out[M,N] = x[M,K] . W[N,K]^T (+ bias[N]); W f32/f16/bf16 or a ggml block format,
+ * bias f32/f16/bf16; fp32 accumulate.
  *
  * Each output element is the dot product of an x row with a W row (both K-contiguous), computed
  * in VL-lane accumulators (simd.h: 16 lanes with AVX-512, 8 with AVX2) and summed across lanes
@@ -19,11 +20,16 @@
  *    small M) have their own instantiations; a W tile narrower than GEMM_NR computes copies of
  *    its last row and drops them.
  * Threads split W rows (whole tiles) evenly, each a contiguous range; a GEMM with fewer W tiles
- * than threads splits the x rows instead. */
+ * than threads splits the x rows instead.
+ * Block formats (Q8_0 ... Q6_K, quant.h): the GEMV dequantizes each block in registers and
+ * multiplies it into x at once (two accumulator chains per row), prefetching like the others;
+ * the GEMM dequantizes its W tiles into the per-thread f32 buffer (as for f16/bf16), with K
+ * chunks cut at block boundaries. */
 #include <omp.h>
 #include <stdlib.h>
 
 #include "internal.h"
+#include "quant.h"
 #include "simd.h"
 
 #if RL_VREGS >= 32
@@ -91,7 +97,62 @@ typedef void gemv_fn(float *out, const float *x, const void *w, const void *bias
 GEMV_FN(RL_F32)
 GEMV_FN(RL_F16)
 GEMV_FN(RL_BF16)
-static gemv_fn *const gemvs[3] = {gemv_RL_F32, gemv_RL_F16, gemv_RL_BF16};
+
+/* gemv() for a block format dt (a compile-time constant): each W row is K / QK blocks, each
+ * dequantized in registers and multiplied into x (quant.h). The prefetch runs GEMV_PREFETCH bytes
+ * ahead of the block in use, a cache line at a time. */
+ALWAYS_INLINE void gemv_q(float *out, const float *x, const void *w, int dt, const void *bias,
+                          int bdt, int64_t K, int64_t n_begin, int64_t n_end) {
+  const int64_t qk = rl_block_elems(dt), bb = rl_block_bytes(dt), nb = K / qk, rowb = nb * bb;
+  const uint8_t *pf = (const uint8_t *)w + n_begin * rowb;
+  int64_t n = n_begin;
+  while (n < n_end) {
+    const int rows = (int)min64(4, n_end - n);
+    vf row_acc[4];
+    for (int r = 0; r < 4; r++) row_acc[r] = vf_zero();
+    for (int r = 0; r < rows; r++) {
+      const uint8_t *row = (const uint8_t *)w + (n + r) * rowb;
+      vf acc[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
+      int64_t b = 0;
+      if (qk == 32) /* two blocks at a time, on chains 0, 1 and 2, 3 */
+        for (; b + 2 <= nb; b += 2) {
+          const uint8_t *blk = row + b * bb;
+          for (; pf < blk + GEMV_PREFETCH; pf += 64) __builtin_prefetch(pf, 0, 2);
+          qblock(dt, QB_DOT, blk, x + b * qk, acc, NULL);
+          qblock(dt, QB_DOT, blk + bb, x + (b + 1) * qk, acc + 2, NULL);
+        }
+      for (; b < nb; b++) {
+        const uint8_t *blk = row + b * bb;
+        for (; pf < blk + GEMV_PREFETCH; pf += 64) __builtin_prefetch(pf, 0, 2);
+        qblock(dt, QB_DOT, blk, x + b * qk, acc, NULL);
+      }
+      row_acc[r] = vf_add(vf_add(acc[0], acc[1]), vf_add(acc[2], acc[3]));
+    }
+    float s[4];
+    vf_sum4(s, row_acc[0], row_acc[1], row_acc[2], row_acc[3]);
+    for (int r = 0; r < rows; r++) out[n + r] = s[r] + (bias ? load_f32(bias, bdt, n + r) : 0.0f);
+    n += rows;
+  }
+}
+
+#define GEMV_Q_FN(dt)                                                                             \
+  static void gemv_##dt(float *out, const float *x, const void *w, const void *bias, int bdt,     \
+                        int64_t K, int64_t n_begin, int64_t n_end) {                              \
+    gemv_q(out, x, w, dt, bias, bdt, K, n_begin, n_end);                                          \
+  }
+GEMV_Q_FN(RL_Q8_0)
+GEMV_Q_FN(RL_Q4_0)
+GEMV_Q_FN(RL_Q4_1)
+GEMV_Q_FN(RL_Q5_0)
+GEMV_Q_FN(RL_Q5_1)
+GEMV_Q_FN(RL_Q4_K)
+GEMV_Q_FN(RL_Q5_K)
+GEMV_Q_FN(RL_Q6_K)
+
+/* Indexed by enum rl_dtype. */
+static gemv_fn *const gemvs[RL_DTYPE_COUNT] = {
+    gemv_RL_F32,  gemv_RL_F16,  gemv_RL_BF16, gemv_RL_Q8_0, gemv_RL_Q4_0, gemv_RL_Q4_1,
+    gemv_RL_Q5_0, gemv_RL_Q5_1, gemv_RL_Q4_K, gemv_RL_Q5_K, gemv_RL_Q6_K};
 
 /* ----------------------------------------------------------------------------------------------
  * GEMM (M > 1) */
@@ -178,28 +239,64 @@ ALWAYS_INLINE void convert_rows(float *buf, int64_t ldb, const void *w, int dt, 
   }
 }
 
-static void convert_f16(float *buf, int64_t ldb, const void *w, int64_t K, int64_t n0, int nr,
-                        int64_t k0, int64_t kc) {
-  convert_rows(buf, ldb, w, RL_F16, K, n0, nr, k0, kc);
-}
-static void convert_bf16(float *buf, int64_t ldb, const void *w, int64_t K, int64_t n0, int nr,
-                         int64_t k0, int64_t kc) {
-  convert_rows(buf, ldb, w, RL_BF16, K, n0, nr, k0, kc);
+/* convert_rows() for a block format: k0 and kc are multiples of its block. */
+ALWAYS_INLINE void convert_rows_q(float *buf, int64_t ldb, const void *w, int dt, int64_t K,
+                                  int64_t n0, int nr, int64_t k0, int64_t kc) {
+  const int64_t qk = rl_block_elems(dt), bb = rl_block_bytes(dt), rowb = K / qk * bb;
+  for (int r = 0; r < nr; r++) {
+    const uint8_t *row = (const uint8_t *)w + (n0 + r) * rowb + k0 / qk * bb;
+    for (int64_t b = 0; b < kc / qk; b++)
+      qblock(dt, QB_STORE, row + b * bb, NULL, NULL, buf + r * ldb + b * qk);
+  }
 }
 
-/* out[m_begin:m_end, n_begin:n_end]; buf holds GEMM_NR x kc floats (f16/bf16 W). While a W
+typedef void convert_fn(float *buf, int64_t ldb, const void *w, int64_t K, int64_t n0, int nr,
+                        int64_t k0, int64_t kc);
+#define CONVERT_FN(dt, impl)                                                                      \
+  static void convert_##dt(float *buf, int64_t ldb, const void *w, int64_t K, int64_t n0, int nr, \
+                           int64_t k0, int64_t kc) {                                              \
+    impl(buf, ldb, w, dt, K, n0, nr, k0, kc);                                                     \
+  }
+CONVERT_FN(RL_F16, convert_rows)
+CONVERT_FN(RL_BF16, convert_rows)
+CONVERT_FN(RL_Q8_0, convert_rows_q)
+CONVERT_FN(RL_Q4_0, convert_rows_q)
+CONVERT_FN(RL_Q4_1, convert_rows_q)
+CONVERT_FN(RL_Q5_0, convert_rows_q)
+CONVERT_FN(RL_Q5_1, convert_rows_q)
+CONVERT_FN(RL_Q4_K, convert_rows_q)
+CONVERT_FN(RL_Q5_K, convert_rows_q)
+CONVERT_FN(RL_Q6_K, convert_rows_q)
+
+/* Indexed by enum rl_dtype (f32 W is used in place). */
+static convert_fn *const converts[RL_DTYPE_COUNT] = {
+    NULL,            convert_RL_F16,  convert_RL_BF16, convert_RL_Q8_0,
+    convert_RL_Q4_0, convert_RL_Q4_1, convert_RL_Q5_0, convert_RL_Q5_1,
+    convert_RL_Q4_K, convert_RL_Q5_K, convert_RL_Q6_K};
+
+float cpu_f16_table[65536];
+
+__attribute__((constructor)) static void fill_f16_table(void) {
+  for (uint32_t h = 0; h < 65536; h++) cpu_f16_table[h] = f16_to_f32((uint16_t)h);
+}
+
+void cpu_dequantize_row(float *out, const void *row, int dt, int64_t k) {
+  converts[dt](out, k, row, k, 0, 1, 0, k);
+}
+
+/* out[m_begin:m_end, n_begin:n_end]; buf holds GEMM_NR x kc floats (W not f32). While a W
  * tile is in use, the next one is prefetched into L2, a slice per x tile. */
 static void gemm_part(const mm_args *a, float *buf, int64_t m_begin, int64_t m_end,
                       int64_t n_begin, int64_t n_end) {
   if (m_begin >= m_end || n_begin >= n_end) return;
-  const int64_t K = a->K, es = a->dt == RL_F32 ? 4 : 2;
+  const int64_t K = a->K, rowb = (int64_t)rl_row_bytes(a->dt, K);
   const int64_t calls = (K + a->kc - 1) / a->kc * ((m_end - m_begin + GEMM_MR - 1) / GEMM_MR);
   for (int64_t n0 = n_begin; n0 < n_end; n0 += GEMM_NR) {
     const int nr = (int)min64(GEMM_NR, n_end - n0);
     const void *bias = a->bias ? (const char *)a->bias + n0 * (a->bdt == RL_F32 ? 4 : 2) : NULL;
     /* the next tile's rows, contiguous */
-    const char *pf = (const char *)a->w + (n0 + nr) * K * es;
-    const char *pf_end = (const char *)a->w + min64(n_end, n0 + nr + GEMM_NR) * K * es;
+    const char *pf = (const char *)a->w + (n0 + nr) * rowb;
+    const char *pf_end = (const char *)a->w + min64(n_end, n0 + nr + GEMM_NR) * rowb;
     const int64_t pf_step = ((pf_end - pf + 63) / 64 + calls - 1) / calls * 64;
     for (int64_t k0 = 0; k0 < K; k0 += a->kc) {
       const int64_t kc = min64(a->kc, K - k0);
@@ -209,7 +306,7 @@ static void gemm_part(const mm_args *a, float *buf, int64_t m_begin, int64_t m_e
         w = (const float *)a->w + n0 * K + k0;
         ldw = K;
       } else {
-        (a->dt == RL_F16 ? convert_f16 : convert_bf16)(buf, a->kc, a->w, K, n0, nr, k0, kc);
+        converts[a->dt](buf, a->kc, a->w, K, n0, nr, k0, kc);
       }
       for (int64_t m0 = m_begin; m0 < m_end; m0 += GEMM_MR) {
         for (const char *p = pf; p < pf + pf_step && p < pf_end; p += 64)
@@ -249,11 +346,13 @@ RL_API int32_t rl_matmul(rl_ctx *ctx, float *out, const float *x, const void *w,
     return RL_OK;
   }
 
+  /* equal chunks of whole vectors (whole blocks: a block is a multiple of VL) */
+  const int64_t align = rl_block_elems(wdtype) > VL ? rl_block_elems(wdtype) : VL;
   const int64_t chunks = (K + GEMM_KC - 1) / GEMM_KC;
-  const int64_t kc = ((K + chunks - 1) / chunks + VL - 1) / VL * VL; /* equal, whole vectors */
+  const int64_t kc = ((K + chunks - 1) / chunks + align - 1) / align * align;
   const mm_args a = {x, w, bias, out, M, N, K, wdtype, bias_dtype, kc};
   const int by_rows_of_w = (N + GEMM_NR - 1) / GEMM_NR >= n_threads;
-  float *bufs = NULL; /* f16/bf16: GEMM_NR x kc floats per thread */
+  float *bufs = NULL; /* W not f32: GEMM_NR x kc floats per thread */
   const size_t buf_floats = (size_t)GEMM_NR * (size_t)kc;
   if (wdtype != RL_F32) {
     bufs = aligned_alloc(64, sizeof(float) * buf_floats * (size_t)n_threads);

@@ -21,8 +21,13 @@ RL_API int32_t rl_embedding(rl_ctx *ctx, float *out, const void *table, int32_t 
 #pragma omp parallel for schedule(static) num_threads(ctx->n_threads)                            \
     if ((int64_t)n * dim >= PAR_MIN_WORK)
   for (int32_t i = 0; i < n; i++) {
-    const int64_t row = (int64_t)ids[i] * dim;
     float *o = out + (int64_t)i * dim; /* (dim) */
+    if (rl_block_elems(dtype) > 1) { /* a block format: the row's bytes, dequantized */
+      cpu_dequantize_row(o, (const uint8_t *)table + (uint64_t)ids[i] * rl_row_bytes(dtype, dim),
+                         dtype, dim);
+      continue;
+    }
+    const int64_t row = (int64_t)ids[i] * dim;
     for (int32_t c = 0; c < dim; c++) o[c] = load_f32(table, dtype, row + c);
   }
   return RL_OK;

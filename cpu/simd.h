@@ -9,6 +9,8 @@
  *
  * Conversions are exact: f16 through F16C (vcvtph2ps), bf16 by a 16-bit shift; both equal
  * f16_to_f32 / bf16_to_f32 for every input.
+ * `vi` is the matching vector of VL int32 lanes, with the few integer ops that unpack the block
+ * formats' bytes (quant.h); AVX-512 adds register table lookups (RL_LUT: vf_lut16, vf_lut32).
  */
 #ifndef RL_CPU_SIMD_H
 #define RL_CPU_SIMD_H
@@ -83,6 +85,50 @@ static inline void vf_sum4(float *s, vf a, vf b, vf c, vf d) {
   _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 
+/* VL int32 lanes, for the block formats' integer unpacking (quant.h). */
+typedef __m512i vi;
+#define RL_LUT 1 /* vf_lut16 / vf_lut32: table lookups in a register */
+static inline vi vi_u8(const uint8_t *p) { /* VL bytes, zero-extended */
+  return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+static inline vi vi_i8(const uint8_t *p) { /* VL bytes, sign-extended */
+  return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+static inline vi vi_set1(int32_t a) { return _mm512_set1_epi32(a); }
+static inline vi vi_and(vi a, int32_t b) { return _mm512_and_si512(a, _mm512_set1_epi32(b)); }
+static inline vi vi_or(vi a, vi b) { return _mm512_or_si512(a, b); }
+static inline vi vi_srl(vi a, int n) { return _mm512_srli_epi32(a, (unsigned)n); }
+static inline vi vi_sll(vi a, int n) { return _mm512_slli_epi32(a, (unsigned)n); }
+/* a | 16 in lane i where bit i of bits is set */
+static inline vi vi_or16_lanes(vi a, uint32_t bits) {
+  return _mm512_mask_or_epi32(a, (__mmask16)bits, a, _mm512_set1_epi32(16));
+}
+/* a | 16 in the lanes where bit `bit` of h is set */
+static inline vi vi_or16_bit(vi a, vi h, int bit) {
+  return _mm512_mask_or_epi32(a, _mm512_test_epi32_mask(h, _mm512_set1_epi32(1 << bit)), a,
+                              _mm512_set1_epi32(16));
+}
+static inline vf vf_from_vi(vi a) { return _mm512_cvtepi32_ps(a); }
+/* vi_u8 of the VL bytes held in the words u[0 .. VL/4) (little-endian), built in registers */
+static inline vi vi_u8_words(const uint32_t *u) {
+  return _mm512_cvtepu8_epi32(_mm_setr_epi32((int)u[0], (int)u[1], (int)u[2], (int)u[3]));
+}
+/* a in lanes [0, VL/2), b in the rest */
+static inline vf vf_halves(float a, float b) {
+  return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
+}
+static inline vf vf_iota(void) {
+  return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+/* t[idx] lane-wise (idx in [0, 16)), and lo/hi[idx] (idx in [0, 32)) */
+static inline vf vf_lut16(vi idx, vf t) { return _mm512_permutexvar_ps(idx, t); }
+static inline vf vf_lut32(vi idx, vf lo, vf hi) { return _mm512_permutex2var_ps(lo, idx, hi); }
+#ifdef __F16C__
+static inline float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
+#else
+static inline float f16_scalar(uint16_t h) { return f16_to_f32(h); }
+#endif
+
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 
@@ -151,6 +197,36 @@ static inline void vf_sum4(float *s, vf a, vf b, vf c, vf d) {
   const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
   _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
 }
+
+/* VL int32 lanes, for the block formats' integer unpacking (quant.h). */
+typedef __m256i vi;
+static inline vi vi_u8(const uint8_t *p) { /* VL bytes, zero-extended */
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+}
+static inline vi vi_i8(const uint8_t *p) { /* VL bytes, sign-extended */
+  return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
+}
+static inline vi vi_set1(int32_t a) { return _mm256_set1_epi32(a); }
+static inline vi vi_and(vi a, int32_t b) { return _mm256_and_si256(a, _mm256_set1_epi32(b)); }
+static inline vi vi_or(vi a, vi b) { return _mm256_or_si256(a, b); }
+static inline vi vi_srl(vi a, int n) { return _mm256_srli_epi32(a, n); }
+static inline vi vi_sll(vi a, int n) { return _mm256_slli_epi32(a, n); }
+static inline vi vi_or16_lanes(vi a, uint32_t bits) {
+  const vi b = _mm256_srlv_epi32(_mm256_set1_epi32((int32_t)bits),
+                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return _mm256_or_si256(a, _mm256_slli_epi32(vi_and(b, 1), 4));
+}
+static inline vi vi_or16_bit(vi a, vi h, int bit) {
+  return _mm256_or_si256(a, _mm256_slli_epi32(vi_and(_mm256_srli_epi32(h, bit), 1), 4));
+}
+static inline vf vf_from_vi(vi a) { return _mm256_cvtepi32_ps(a); }
+static inline vi vi_u8_words(const uint32_t *u) {
+  return _mm256_cvtepu8_epi32(_mm_setr_epi32((int)u[0], (int)u[1], 0, 0));
+}
+static inline vf vf_halves(float a, float b) {
+  return _mm256_set_m128(_mm_set1_ps(b), _mm_set1_ps(a));
+}
+static inline float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 
 #else
 
@@ -249,6 +325,66 @@ static inline void vf_sum4(float *s, vf a, vf b, vf c, vf d) {
   s[2] = vf_sum(c);
   s[3] = vf_sum(d);
 }
+
+/* VL int32 lanes, for the block formats' integer unpacking (quant.h). */
+typedef struct {
+  int32_t i[8];
+} vi;
+static inline vi vi_u8(const uint8_t *p) {
+  vi r;
+  for (int l = 0; l < 8; l++) r.i[l] = p[l];
+  return r;
+}
+static inline vi vi_i8(const uint8_t *p) {
+  vi r;
+  for (int l = 0; l < 8; l++) r.i[l] = (int8_t)p[l];
+  return r;
+}
+static inline vi vi_set1(int32_t a) {
+  vi r;
+  for (int l = 0; l < 8; l++) r.i[l] = a;
+  return r;
+}
+static inline vi vi_and(vi a, int32_t b) {
+  for (int l = 0; l < 8; l++) a.i[l] &= b;
+  return a;
+}
+static inline vi vi_or(vi a, vi b) {
+  for (int l = 0; l < 8; l++) a.i[l] |= b.i[l];
+  return a;
+}
+static inline vi vi_srl(vi a, int n) {
+  for (int l = 0; l < 8; l++) a.i[l] = (int32_t)((uint32_t)a.i[l] >> n);
+  return a;
+}
+static inline vi vi_sll(vi a, int n) {
+  for (int l = 0; l < 8; l++) a.i[l] = (int32_t)((uint32_t)a.i[l] << n);
+  return a;
+}
+static inline vi vi_or16_lanes(vi a, uint32_t bits) {
+  for (int l = 0; l < 8; l++) a.i[l] |= (int32_t)((bits >> l) & 1u) << 4;
+  return a;
+}
+static inline vi vi_or16_bit(vi a, vi h, int bit) {
+  for (int l = 0; l < 8; l++) a.i[l] |= ((h.i[l] >> bit) & 1) << 4;
+  return a;
+}
+static inline vf vf_from_vi(vi a) {
+  vf r;
+  for (int l = 0; l < 8; l++) r.f[l] = (float)a.i[l];
+  return r;
+}
+static inline vi vi_u8_words(const uint32_t *u) {
+  vi r;
+  for (int l = 0; l < 8; l++) r.i[l] = (int32_t)((u[l / 4] >> (8 * (l % 4))) & 0xffu);
+  return r;
+}
+static inline vf vf_halves(float a, float b) {
+  vf r;
+  for (int l = 0; l < 8; l++) r.f[l] = l < 4 ? a : b;
+  return r;
+}
+static inline float f16_scalar(uint16_t h) { return f16_to_f32(h); }
 
 #endif
 

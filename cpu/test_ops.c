@@ -201,9 +201,10 @@ static uint64_t stat_of(rl_ctx *ctx, int which) {
  * Library, context, memory */
 
 static void test_library(void) {
-  check(rl_abi_version() == RL_ABI_VERSION && RL_ABI_VERSION == 5, "rl_abi_version %u",
+  check(rl_abi_version() == RL_ABI_VERSION && RL_ABI_VERSION == 6, "rl_abi_version %u",
         rl_abi_version()); /* 5: tensor descriptors (rl_matmul_nd, rl_copy_nd), rl_attention's
-                            * v_stride and v_head_dim */
+                            * v_stride and v_head_dim; 6: ggml block formats (rl_matmul weights,
+                            * rl_embedding tables) */
   char info[256], small[4];
   const int64_t len = rl_backend_info((uint8_t *)info, sizeof info);
   check(len > 3 && (size_t)len == strlen(info) && strncmp(info, "cpu ", 4) == 0,
@@ -1538,6 +1539,182 @@ static void test_files(void) {
   free(back);
 }
 
+/* ----------------------------------------------------------------------------------------------
+ * ggml block formats (ABI 6) against tests/fixtures/quant/ (scripts/make_quant_reference.py):
+ * blocks and gguf-py's dequantization of them. Run from the repository root (cpu/test.sh). */
+
+#define QUANT_DIR "tests/fixtures/quant/"
+
+typedef struct {
+  char name[16];
+  int dtype, rows, k, qk, bb;
+  uint8_t *blocks; /* rows * k / qk blocks of bb bytes */
+  float *values;   /* rows * k: the dequantized weights */
+} quant_fixture;
+
+/* The whole file at path (NULL when unreadable); *size its bytes. */
+static void *read_whole(const char *path, long *size) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  *size = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  void *p = malloc((size_t)*size + 1);
+  const int ok = p && fread(p, 1, (size_t)*size, f) == (size_t)*size;
+  fclose(f);
+  if (!ok) {
+    free(p);
+    return NULL;
+  }
+  return p;
+}
+
+/* Reads manifest.txt and every format's files; returns the count (0 on failure, reported). */
+static int load_quant_fixtures(quant_fixture *fx, int cap) {
+  FILE *m = fopen(QUANT_DIR "manifest.txt", "r");
+  check(m != NULL, "%s readable (run from the repository root)", QUANT_DIR "manifest.txt");
+  if (!m) return 0;
+  int n = 0;
+  quant_fixture q;
+  while (n < cap && fscanf(m, "%15s %d %d %d %d %d", q.name, &q.dtype, &q.rows, &q.k, &q.qk,
+                           &q.bb) == 6) {
+    char path[256];
+    long bsize = 0, vsize = 0;
+    snprintf(path, sizeof path, QUANT_DIR "%s.bin", q.name);
+    q.blocks = read_whole(path, &bsize);
+    snprintf(path, sizeof path, QUANT_DIR "%s.f32", q.name);
+    q.values = read_whole(path, &vsize);
+    const int ok = q.blocks && q.values && q.k % q.qk == 0 &&
+                   bsize == (long)q.rows * (q.k / q.qk) * q.bb &&
+                   vsize == (long)q.rows * q.k * 4;
+    check(ok, "quant fixture %s: files present with %d rows of %d", q.name, q.rows, q.k);
+    if (!ok) {
+      free(q.blocks);
+      free(q.values);
+      continue;
+    }
+    fx[n++] = q;
+  }
+  fclose(m);
+  check(n == RL_DTYPE_COUNT - 3, "quant fixtures: %d formats, want %d", n, RL_DTYPE_COUNT - 3);
+  return n;
+}
+
+/* rl_matmul of x [M,K] with W [N,K] in q's format: block j of W (row-major over (n, block)) is
+ * fixture block src[j]; reference in double from the fixture's dequantized values. */
+static void check_quant_matmul(rl_ctx *ctx, const quant_fixture *q, int M, int N, int K,
+                               const int64_t *src, int bias_dt) {
+  const int64_t nbr = K / q->qk; /* blocks per W row */
+  uint8_t *w = malloc((size_t)(N * nbr * q->bb));
+  double *wv = doubles((int64_t)N * K);
+  for (int64_t j = 0; j < N * nbr; j++) {
+    memcpy(w + j * q->bb, q->blocks + src[j] * q->bb, (size_t)q->bb);
+    for (int e = 0; e < q->qk; e++) wv[j * q->qk + e] = q->values[src[j] * q->qk + e];
+  }
+  float *x = rand_floats((int64_t)M * K, -1.0f, 1.0f);
+  tensor b = rand_tensor(bias_dt < 0 ? RL_F32 : bias_dt, N);
+  double *ref = doubles((int64_t)M * N);
+  for (int m = 0; m < M; m++)
+    for (int n = 0; n < N; n++) {
+      double s = bias_dt < 0 ? 0.0 : b.val[n];
+      for (int k = 0; k < K; k++) s += (double)x[m * K + k] * wv[(int64_t)n * K + k];
+      ref[m * N + n] = s;
+    }
+  float *dx = to_device(ctx, x, (int64_t)M * K * 4), *dout = device_floats(ctx, (int64_t)M * N);
+  void *dw = to_device(ctx, w, N * nbr * q->bb);
+  void *db = bias_dt < 0 ? NULL : to_device(ctx, b.data, N * dtype_size(bias_dt));
+  const int32_t st = rl_matmul(ctx, dout, dx, dw, q->dtype, db, bias_dt < 0 ? 0 : bias_dt, M, N, K);
+  float *got = download_free(ctx, dout, (int64_t)M * N);
+  check_close(got, ref, (int64_t)M * N, st == RL_OK ? TOL : -1.0,
+              "rl_matmul M=%d N=%d K=%d w %s bias %s", M, N, K, q->name,
+              bias_dt < 0 ? "none" : dtype_name[bias_dt]);
+  rl_free(ctx, dx);
+  rl_free(ctx, dw);
+  if (db) rl_free(ctx, db);
+  free(x);
+  free(got);
+  free(ref);
+  free(w);
+  free(wv);
+  free_tensor(b);
+}
+
+static void test_quant(rl_ctx *ctx) {
+  quant_fixture fx[16];
+  const int n_fx = load_quant_fixtures(fx, 16);
+  for (int f = 0; f < n_fx; f++) {
+    const quant_fixture *q = &fx[f];
+    const int64_t nb = (int64_t)q->rows * (q->k / q->qk); /* fixture blocks */
+
+    /* rl_embedding: rows (repeated, out of order) equal gguf-py's dequantization exactly (as
+     * values: a weight d * 0 may come out +0 where gguf-py has -0 for a negative d) */
+    const int32_t ids[] = {2 % q->rows, 0, 1 % q->rows, 2 % q->rows};
+    const int n = 4;
+    void *table = to_device(ctx, q->blocks, nb * q->bb);
+    float *dout = device_floats(ctx, (int64_t)n * q->k);
+    const int32_t st = rl_embedding(ctx, dout, table, q->dtype, ids, n, q->k, q->rows);
+    float *got = download_free(ctx, dout, (int64_t)n * q->k);
+    double *ref = doubles((int64_t)n * q->k);
+    int64_t differ = 0;
+    for (int i = 0; i < n; i++)
+      for (int c = 0; c < q->k; c++) {
+        ref[i * q->k + c] = q->values[(int64_t)ids[i] * q->k + c];
+        differ += got[i * q->k + c] != ref[i * q->k + c];
+      }
+    check_close(got, ref, (int64_t)n * q->k, st == RL_OK ? 1e-6 : -1.0, "rl_embedding %s",
+                q->name);
+    check(st == RL_OK && differ == 0, "rl_embedding %s: %lld values differ from gguf-py's",
+          q->name, (long long)differ);
+    rl_free(ctx, table);
+    free(got);
+    free(ref);
+
+    /* rl_matmul: the fixture's rows as W (GEMV and GEMM paths), then a larger W of fixture blocks
+     * in another order: 67 rows (tiles with a remainder) of 1280 (two K chunks for the GEMM) */
+    static const int ms[] = {1, 3, 17, 64};
+    int64_t *src = malloc(sizeof(int64_t) * (size_t)(67 * (1280 / q->qk)));
+    for (int64_t j = 0; j < nb; j++) src[j] = j;
+    for (int i = 0; i < 4; i++)
+      check_quant_matmul(ctx, q, ms[i], q->rows, q->k, src, i == 1 ? RL_F32 : -1);
+    const int64_t nbr = 1280 / q->qk;
+    for (int64_t j = 0; j < 67 * nbr; j++) src[j] = (j * 7 + j / nbr * 3) % nb;
+    for (int i = 0; i < 4; i++)
+      check_quant_matmul(ctx, q, ms[i], 67, 1280, src, i == 0 ? RL_F16 : i == 3 ? RL_BF16 : -1);
+    free(src);
+  }
+
+  /* errors: a row length not a multiple of the block names the dtype and the length; dtype 11 is
+   * not a dtype; a bias never has a block format */
+  float *f = device_floats(ctx, 4096);
+  const int32_t eids[] = {0, 1};
+  char msg[512];
+  check_error(ctx, rl_matmul(ctx, f, f + 64, f, RL_Q4_0, NULL, 0, 1, 8, 48), RL_ERR_INVALID,
+              "rl_matmul", "K 48");
+  rl_last_error(ctx, (uint8_t *)msg, sizeof msg);
+  check(strstr(msg, "q4_0") != NULL && strstr(msg, "32") != NULL, "rl_matmul q4_0 K 48: \"%s\"",
+        msg);
+  check_error(ctx, rl_matmul(ctx, f, f + 64, f, RL_Q6_K, NULL, 0, 3, 8, 512 + 32),
+              RL_ERR_INVALID, "rl_matmul", "q6_k");
+  rl_last_error(ctx, (uint8_t *)msg, sizeof msg);
+  check(strstr(msg, "K 544") != NULL && strstr(msg, "256") != NULL, "rl_matmul q6_k K 544: \"%s\"",
+        msg);
+  check_error(ctx, rl_matmul(ctx, f, f + 64, f, RL_DTYPE_COUNT, NULL, 0, 1, 8, 32),
+              RL_ERR_INVALID, "rl_matmul", "wdtype 11");
+  check_error(ctx, rl_matmul(ctx, f, f + 64, f, RL_Q8_0, f + 2048, RL_Q8_0, 1, 8, 32),
+              RL_ERR_INVALID, "rl_matmul", "bias_dtype 3");
+  check_error(ctx, rl_embedding(ctx, f, f, RL_Q4_K, eids, 2, 128, 4), RL_ERR_INVALID,
+              "rl_embedding", "dim 128");
+  rl_last_error(ctx, (uint8_t *)msg, sizeof msg);
+  check(strstr(msg, "q4_k") != NULL, "rl_embedding q4_k dim 128: \"%s\"", msg);
+  check_error(ctx, rl_embedding(ctx, f, f, RL_DTYPE_COUNT, eids, 2, 32, 4), RL_ERR_INVALID,
+              "rl_embedding", "dtype 11");
+  rl_free(ctx, f);
+  for (int i = 0; i < n_fx; i++) {
+    free(fx[i].blocks);
+    free(fx[i].values);
+  }
+}
+
 int main(void) {
   test_library();
   test_memory();
@@ -1564,6 +1741,8 @@ int main(void) {
   test_attention_v(ctx);
   test_matmul_nd(ctx);
   test_copy_nd(ctx);
+  /* ABI 6 */
+  test_quant(ctx);
   check(stat_of(ctx, RL_STAT_LIVE_ALLOCS) == 0 && stat_of(ctx, RL_STAT_LIVE_BYTES) == 0,
         "every test freed its device buffers (%llu live)",
         (unsigned long long)stat_of(ctx, RL_STAT_LIVE_ALLOCS));

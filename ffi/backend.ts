@@ -11,11 +11,37 @@
 import { BackendError } from "../lib/errors.ts";
 
 /** The ABI version this binding speaks; must equal the library's `rl_abi_version()`. */
-export const ABI_VERSION = 5;
+export const ABI_VERSION = 6;
 
-/** Weight dtypes the backend understands (rl_dtype). */
-export type WeightDType = "F32" | "F16" | "BF16";
-const DTYPE_CODE: Record<WeightDType, number> = { F32: 0, F16: 1, BF16: 2 };
+/**
+ * Weight dtypes the backend understands (rl_dtype): plain floats, and ggml's block formats (matmul
+ * weights and embedding tables only; lib/quant.ts).
+ */
+export type WeightDType =
+  | "F32"
+  | "F16"
+  | "BF16"
+  | "Q8_0"
+  | "Q4_0"
+  | "Q4_1"
+  | "Q5_0"
+  | "Q5_1"
+  | "Q4_K"
+  | "Q5_K"
+  | "Q6_K";
+const DTYPE_CODE: Record<WeightDType, number> = {
+  F32: 0,
+  F16: 1,
+  BF16: 2,
+  Q8_0: 3,
+  Q4_0: 4,
+  Q4_1: 5,
+  Q5_0: 6,
+  Q5_1: 7,
+  Q4_K: 8,
+  Q5_K: 9,
+  Q6_K: 10,
+};
 
 /** Gated-MLP activations (rl_act). */
 export type Activation = "silu" | "gelu_tanh" | "gelu";
@@ -557,7 +583,10 @@ export class Backend {
     this.#check(this.#lib.symbols.rl_softcap(this.#c, out, x, cap, BigInt(n)), "rl_softcap");
   }
 
-  /** out[M,N] = x[M,K] · W[N,K]ᵀ (+ bias). */
+  /**
+   * out[M,N] = x[M,K] · W[N,K]ᵀ (+ bias). The bias is of `biasDType` (default: wdtype when that
+   * is a float type, else F32 — a block-format weight's bias is a float vector).
+   */
   matmul(
     out: DevPtr,
     x: DevPtr,
@@ -567,10 +596,12 @@ export class Backend {
     M: number,
     N: number,
     K: number,
+    biasDType?: WeightDType,
   ): void {
     const code = DTYPE_CODE[wdtype];
+    const bcode = DTYPE_CODE[biasDType ?? (code <= 2 ? wdtype : "F32")];
     this.#check(
-      this.#lib.symbols.rl_matmul(this.#c, out, x, w, code, bias, code, M, N, K),
+      this.#lib.symbols.rl_matmul(this.#c, out, x, w, code, bias, bcode, M, N, K),
       "rl_matmul",
     );
   }

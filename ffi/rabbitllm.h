@@ -11,8 +11,8 @@
  *  - Pointer arithmetic on device memory is done by the library: rl_view(base, byte_offset).
  *  - Every entry that can fail returns int32 status (RL_OK = 0). On failure the context keeps a
  *    message naming the op and the bad argument; rl_last_error copies it out. Nothing calls exit().
- *  - Activations, KV cache and outputs are fp32. Weights may be f32, f16 or bf16 (enum rl_dtype);
- *    all accumulation is fp32.
+ *  - Activations, KV cache and outputs are fp32. Weights may be f32, f16, bf16 or (matmul and
+ *    embedding) ggml block formats (enum rl_dtype); all arithmetic and accumulation is fp32.
  *  - Shapes are row-major. A matrix "W[N,K]" is N rows of K elements (the nn.Linear layout).
  *  - Ops on one context are ordered: each op sees the results of the ops issued before it.
  *    rl_sync waits until all issued work is done (a no-op on the CPU backend).
@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define RL_ABI_VERSION 5
+#define RL_ABI_VERSION 6
 
 #if defined(_WIN32)
 #define RL_API __declspec(dllexport)
@@ -47,7 +47,37 @@ enum rl_status {
   RL_ERR_DEVICE = 4,      /* device/runtime failure (driver, launch) */
 };
 
-enum rl_dtype { RL_F32 = 0, RL_F16 = 1, RL_BF16 = 2 };
+/* Element types. F32/F16/BF16 are plain arrays. The block formats (ABI 6) are ggml's (the layouts
+ * of GGUF files, bit for bit): a row of K elements is K / QK blocks of the bytes below, QK = 32
+ * (Q8_0 ... Q5_1) or 256 (the K formats); d, dmin, m are IEEE f16, little-endian.
+ *   Q8_0 (34 B)  d, qs[32] int8:                 w[i] = d * qs[i]
+ *   Q4_0 (18 B)  d, qs[16]:                      w[i] = d * (nib(i) - 8)
+ *   Q4_1 (20 B)  d, m, qs[16]:                   w[i] = d * nib(i) + m
+ *   Q5_0 (22 B)  d, qh uint32, qs[16]:           w[i] = d * ((nib(i) | bit(qh, i) << 4) - 16)
+ *   Q5_1 (24 B)  d, m, qh uint32, qs[16]:        w[i] = d * (nib(i) | bit(qh, i) << 4) + m
+ *       nib(i) = qs[i] & 15 for i < 16, qs[i - 16] >> 4 for i >= 16.
+ *   Q4_K (144 B) d, dmin, scales[12], qs[128]:   8 sub-blocks j of 32: w = d*sc[j] * q - dmin*mn[j]
+ *   Q5_K (176 B) d, dmin, scales[12], qh[32], qs[128]: as Q4_K with a fifth bit from qh
+ *   Q6_K (210 B) ql[128], qh[64], scales[16] int8, d: 16 sub-blocks j of 16: w = d*scales[j] * (q - 32)
+ *       (sc/mn: 6-bit pairs packed in scales[12]; the nibble and high-bit orders are ggml's
+ *       dequantize_row_q4_K / q5_K / q6_K, as gguf-py's dequantize implements them).
+ * Block formats are accepted as the weights of rl_matmul and the table of rl_embedding (K, resp.
+ * dim, a multiple of QK; the weights are dequantized to f32 in registers and all arithmetic is f32,
+ * so results are those of f32 math on the dequantized values). Everything else takes f32/f16/bf16. */
+enum rl_dtype {
+  RL_F32 = 0,
+  RL_F16 = 1,
+  RL_BF16 = 2,
+  RL_Q8_0 = 3,
+  RL_Q4_0 = 4,
+  RL_Q4_1 = 5,
+  RL_Q5_0 = 6,
+  RL_Q5_1 = 7,
+  RL_Q4_K = 8,
+  RL_Q5_K = 9,
+  RL_Q6_K = 10,
+  RL_DTYPE_COUNT = 11,
+};
 
 enum rl_act {
   RL_ACT_SILU = 0,      /* x * sigmoid(x) */

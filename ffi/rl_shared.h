@@ -84,6 +84,43 @@ static inline int32_t rl_check_dtype(char *msg, size_t msg_cap, int32_t dt, cons
              : rl_invalid(msg, msg_cap, "%s %d is not a dtype (0=f32, 1=f16, 2=bf16)", name, (int)dt);
 }
 
+/* Elements per block and bytes per block of a dtype (plain types: a block of one element). */
+static inline int32_t rl_block_elems(int32_t dt) {
+  switch (dt) {
+  case RL_Q8_0: case RL_Q4_0: case RL_Q4_1: case RL_Q5_0: case RL_Q5_1: return 32;
+  case RL_Q4_K: case RL_Q5_K: case RL_Q6_K: return 256;
+  default: return 1;
+  }
+}
+static inline int32_t rl_block_bytes(int32_t dt) {
+  static const int32_t bytes[RL_DTYPE_COUNT] = {4, 2, 2, 34, 18, 20, 22, 24, 144, 176, 210};
+  return dt >= 0 && dt < RL_DTYPE_COUNT ? bytes[dt] : 0;
+}
+/* Bytes of a row of k elements (k a multiple of the block). */
+static inline uint64_t rl_row_bytes(int32_t dt, int64_t k) {
+  return (uint64_t)(k / rl_block_elems(dt)) * (uint64_t)rl_block_bytes(dt);
+}
+static inline const char *rl_dtype_name(int32_t dt) {
+  static const char *const names[RL_DTYPE_COUNT] = {"f32",  "f16",  "bf16", "q8_0", "q4_0", "q4_1",
+                                                     "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"};
+  return dt >= 0 && dt < RL_DTYPE_COUNT ? names[dt] : "?";
+}
+
+/* A weight dtype of rl_matmul / rl_embedding: a plain one or a block format whose block divides
+ * the row length k (named `k_name`). */
+static inline int32_t rl_check_weight_dtype(char *msg, size_t msg_cap, int32_t dt, const char *name,
+                                            int64_t k, const char *k_name) {
+  if (dt < 0 || dt >= RL_DTYPE_COUNT)
+    return rl_invalid(msg, msg_cap,
+                      "%s %d is not a dtype (0=f32, 1=f16, 2=bf16, 3..10=q8_0, q4_0, q4_1, q5_0, "
+                      "q5_1, q4_k, q5_k, q6_k)",
+                      name, (int)dt);
+  if (k > 0 && k % rl_block_elems(dt) != 0)
+    return rl_invalid(msg, msg_cap, "%s %s has blocks of %d elements; %s %lld is not a multiple",
+                      name, rl_dtype_name(dt), (int)rl_block_elems(dt), k_name, (long long)k);
+  return RL_OK;
+}
+
 /* Within the rl_check_* functions below (msg and msg_cap in scope); #undef'd at the end. */
 #define RL_TRY(expr)                                                                              \
   do {                                                                                            \
@@ -136,7 +173,7 @@ static inline int32_t rl_check_matmul(char *msg, size_t msg_cap, const float *ou
   RL_PTR(out);
   RL_PTR(x);
   RL_PTR(w);
-  RL_DTYPE(wdtype);
+  RL_TRY(rl_check_weight_dtype(msg, msg_cap, wdtype, "wdtype", K, "K"));
   if (bias) RL_DTYPE(bias_dtype);
   RL_POS(M);
   RL_POS(N);
@@ -153,7 +190,7 @@ static inline int32_t rl_check_embedding(char *msg, size_t msg_cap, const float 
   RL_PTR(out);
   RL_PTR(table);
   RL_PTR(ids);
-  RL_DTYPE(dtype);
+  RL_TRY(rl_check_weight_dtype(msg, msg_cap, dtype, "dtype", dim, "dim"));
   RL_POS(n);
   RL_POS(dim);
   RL_POS(vocab);

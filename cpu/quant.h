@@ -1,0 +1,228 @@
+/*
+ * ggml's block formats (rabbitllm.h, enum rl_dtype RL_Q8_0 ... RL_Q6_K): dequantization of one
+ * block in registers, shared by rl_matmul's GEMV (each weight vector multiplied into x at once)
+ * and its GEMM and rl_embedding (the weights stored as f32).
+ *
+ * Every weight is computed as gguf-py's dequantize computes it, to the bit: products of an f16
+ * scale and a small integer are exact in f32, and where a minimum is added (Q4_1, Q5_1, the K
+ * formats) an fma rounds the exact d*q + m once, as the two f32 operations of gguf-py do (their
+ * product is exact). With AVX-512 the 4- and 5-bit formats look the weight up in a table of the
+ * block's 16 or 32 possible values (vpermps / vpermt2ps) built per block (sub-block for the K
+ * formats) with the same fma; elsewhere they convert the integer and apply the fma per vector.
+ * (One difference of sign only: where an offset format's weight is d * 0 with d < 0, the fma
+ * d*q - 8d gives +0 and gguf-py -0; Q6_K everywhere, Q4_0 / Q5_0 without AVX-512.)
+ * So results are those of f32 math on the dequantized weights, up to the order of summation.
+ */
+#ifndef RL_CPU_QUANT_H
+#define RL_CPU_QUANT_H
+
+#include <string.h>
+
+#include "internal.h"
+#include "simd.h"
+
+#define QB_INLINE static inline __attribute__((always_inline))
+
+/* What a block kernel does with each vector w of weights [e, e + VL) of the block. */
+enum { QB_DOT, QB_STORE };
+
+/* QB_DOT: acc[a] += x[e:e+VL] * w (a in [0, 4): independent chains, so the fma latency does
+ * not bound a row; the 32-element formats use 0 and 1 and the GEMV runs two blocks at a time on
+ * acc and acc + 2, the K formats use all four); QB_STORE: out[e:] = w. mode and a are
+ * compile-time constants at every call site. */
+QB_INLINE void qb_emit(int mode, vf w, int64_t e, int a, const float *x, vf *acc, float *out) {
+  if (mode == QB_STORE) vf_store(out + e, w);
+  else acc[a] = vf_fma(vf_load(x + e), w, acc[a]);
+}
+
+/* f16 -> f32 of every bit pattern (matmul.c fills it when the library loads): a scale read
+ * through it is a plain f32 load, which a broadcast takes straight from memory (a load port,
+ * where vcvtph2ps and a register broadcast would take the shuffle port the unpacking needs). */
+extern float cpu_f16_table[65536];
+
+static inline float qb_f16(const uint8_t *p) {
+  uint16_t h;
+  memcpy(&h, p, 2);
+  return cpu_f16_table[h];
+}
+
+/* The map from a block's integer q to its weight s * q + b (one rounding; exact when b == 0 or
+ * s*q + b is representable): the fma per vector, or with RL_LUT the table of q in [0, 16) (t0)
+ * and [16, 32) (t1). */
+typedef struct {
+  vf s, b;
+#ifdef RL_LUT
+  vf t0, t1;
+#endif
+} qmap;
+
+/* off != 0 (Q4_0: -8, Q5_0: -16; a compile-time constant): b is off * s and the table is
+ * s * (q + off), exactly gguf-py's product (its sign of zero included). */
+QB_INLINE qmap qmap_make(float s, float b, int n_values, int off) {
+  qmap m;
+  m.s = vf_set1(s);
+  m.b = vf_set1(b);
+#ifdef RL_LUT
+  const vf q0 = off ? vf_add(vf_iota(), vf_set1((float)off)) : vf_iota();
+  const vf q1 = vf_add(q0, vf_set1(16.0f));
+  m.t0 = off ? vf_mul(m.s, q0) : vf_fma(m.s, q0, m.b);
+  m.t1 = n_values <= 16 ? m.t0 : off ? vf_mul(m.s, q1) : vf_fma(m.s, q1, m.b);
+#else
+  (void)n_values;
+  (void)off;
+#endif
+  return m;
+}
+
+/* q in [0, 16) (n_values 16) or [0, 32) (32) -> weights */
+QB_INLINE vf qmap_apply(const qmap *m, vi q, int n_values) {
+#ifdef RL_LUT
+  return n_values > 16 ? vf_lut32(q, m->t0, m->t1) : vf_lut16(q, m->t0);
+#else
+  (void)n_values;
+  return vf_fma(m->s, vf_from_vi(q), m->b);
+#endif
+}
+
+/* The low nibbles of the bytes v as table indices: vf_lut16 reads only an index's low 4 bits. */
+QB_INLINE vi qb_lo4(vi v, int n_values) {
+#ifdef RL_LUT
+  if (n_values <= 16) return v;
+#endif
+  (void)n_values;
+  return vi_and(v, 15);
+}
+
+/* The K formats' 6-bit scales and mins of the 8 sub-blocks (gguf-py's get_scale_min) from the
+ * 12 bytes at s: the bytes of u[0:2] are the scales, of u[2:4] the mins; four at a time (as
+ * ggml's vec_dot_q4_K does). */
+QB_INLINE void qb_scale_min_k4(const uint8_t *s, uint32_t u[4]) {
+  memcpy(u, s, 12);
+  const uint32_t m6 = 0x3f3f3f3fu, m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
+  u[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4); /* mins 4..7 */
+  const uint32_t mins03 = u[1] & m6;
+  u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4); /* scales 4..7 */
+  u[2] = mins03;
+  u[0] &= m6; /* scales 0..3 */
+}
+
+/* Keeps the per-block scale tables in memory (the compiler would otherwise hold them in a vector
+ * register and broadcast lanes with shuffles, on the port the unpacking needs): a broadcast from
+ * memory is a plain load. */
+#define QB_TABLES_IN_MEMORY() __asm__ volatile("" ::: "memory")
+
+/* One block of dtype dt (a compile-time constant) at blk: QB_DOT accumulates x[0:QK] . w into
+ * acc[0] + acc[1] (+ acc[2] + acc[3] for the K formats); QB_STORE writes the QK weights to
+ * out. */
+QB_INLINE void qblock(int dt, int mode, const uint8_t *blk, const float *x, vf *acc, float *out) {
+  switch (dt) {
+  case RL_Q8_0: { /* d, qs[32] int8 */
+    const vf d = vf_set1(qb_f16(blk));
+#pragma GCC unroll 4
+    for (int e = 0; e < 32; e += VL)
+      qb_emit(mode, vf_mul(d, vf_from_vi(vi_i8(blk + 2 + e))), e, (e / VL) & 1, x, acc, out);
+    break;
+  }
+  case RL_Q4_0:   /* d, qs[16] */
+  case RL_Q4_1: { /* d, m, qs[16] */
+    const float d = qb_f16(blk);
+    const qmap m = qmap_make(d, dt == RL_Q4_0 ? -8.0f * d : qb_f16(blk + 2), 16,
+                             dt == RL_Q4_0 ? -8 : 0);
+    const uint8_t *qs = blk + (dt == RL_Q4_0 ? 2 : 4);
+#pragma GCC unroll 4
+    for (int e = 0; e < 16; e += VL) {
+      const vi v = vi_u8(qs + e);
+      qb_emit(mode, qmap_apply(&m, qb_lo4(v, 16), 16), e, 0, x, acc, out);
+      qb_emit(mode, qmap_apply(&m, vi_srl(v, 4), 16), e + 16, 1, x, acc, out);
+    }
+    break;
+  }
+  case RL_Q5_0:   /* d, qh uint32, qs[16] */
+  case RL_Q5_1: { /* d, m, qh uint32, qs[16] */
+    const float d = qb_f16(blk);
+    const qmap m = qmap_make(d, dt == RL_Q5_0 ? -16.0f * d : qb_f16(blk + 2), 32,
+                             dt == RL_Q5_0 ? -16 : 0);
+    const uint8_t *p = blk + (dt == RL_Q5_0 ? 2 : 4);
+    uint32_t qh;
+    memcpy(&qh, p, 4);
+#pragma GCC unroll 4
+    for (int e = 0; e < 16; e += VL) {
+      const vi v = vi_u8(p + 4 + e);
+      qb_emit(mode, qmap_apply(&m, vi_or16_lanes(vi_and(v, 15), qh >> e), 32), e, 0, x, acc, out);
+      qb_emit(mode, qmap_apply(&m, vi_or16_lanes(vi_srl(v, 4), qh >> (e + 16)), 32), e + 16, 1, x,
+              acc, out);
+    }
+    break;
+  }
+  case RL_Q4_K:   /* d, dmin, scales[12], qs[128] */
+  case RL_Q5_K: { /* d, dmin, scales[12], qh[32], qs[128] */
+    const float d = qb_f16(blk), dmin = qb_f16(blk + 2);
+    uint32_t scm[4]; /* the 8 scales, then the 8 mins, as bytes */
+    qb_scale_min_k4(blk + 4, scm);
+    float sb[16]; /* per sub-block j: w = sb[j] * q + sb[8 + j] (d * sc, -(dmin * m)) */
+#pragma GCC unroll 2
+    for (int i = 0; i < 16; i += VL)
+      vf_store(sb + i, vf_mul(VL == 16 ? vf_halves(d, -dmin) : vf_set1(i < 8 ? d : -dmin),
+                              vf_from_vi(vi_u8_words(scm + i / 4))));
+    QB_TABLES_IN_MEMORY();
+    const float *s = sb, *b = sb + 8;
+    const int nv = dt == RL_Q4_K ? 16 : 32;
+    const uint8_t *qh = blk + 16, *qs = blk + (dt == RL_Q4_K ? 16 : 48);
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) { /* 32 bytes of qs: sub-blocks 2c (low nibbles), 2c + 1 */
+      const qmap lo = qmap_make(s[2 * c], b[2 * c], nv, 0);
+      const qmap hi = qmap_make(s[2 * c + 1], b[2 * c + 1], nv, 0);
+#pragma GCC unroll 4
+      for (int e = 0; e < 32; e += VL) {
+        const vi v = vi_u8(qs + 32 * c + e);
+        vi ql = qb_lo4(v, nv), qhi = vi_srl(v, 4);
+        if (dt == RL_Q5_K) {
+          const vi h = vi_u8(qh + e);
+          ql = vi_or16_bit(ql, h, 2 * c);
+          qhi = vi_or16_bit(qhi, h, 2 * c + 1);
+        }
+        qb_emit(mode, qmap_apply(&lo, ql, nv), 64 * c + e, 2 * (c & 1), x, acc, out);
+        qb_emit(mode, qmap_apply(&hi, qhi, nv), 64 * c + 32 + e, 2 * (c & 1) + 1, x, acc, out);
+      }
+    }
+    break;
+  }
+  case RL_Q6_K: { /* ql[128], qh[64], scales[16] int8, d */
+    const float d = qb_f16(blk + 208);
+    float s[16], b[16]; /* per group of 16: w = s * q + b (b = -32 s) */
+#pragma GCC unroll 2
+    for (int i = 0; i < 16; i += VL) {
+      const vf v = vf_mul(vf_set1(d), vf_from_vi(vi_i8(blk + 192 + i)));
+      vf_store(s + i, v);
+      vf_store(b + i, vf_mul(v, vf_set1(-32.0f)));
+    }
+    QB_TABLES_IN_MEMORY();
+    for (int h = 0; h < 2; h++) {
+      const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+      const float *sh = s + 8 * h, *bh = b + 8 * h;
+#pragma GCC unroll 4
+      for (int e = 0; e < 32; e += VL) {
+        const vi a = vi_u8(ql + e), b = vi_u8(ql + 32 + e), q = vi_u8(qh + e);
+        const int g = e / 16; /* scale group of 16 within the 32 */
+        const vi q1 = vi_or(vi_and(a, 15), vi_and(vi_sll(q, 4), 0x30));
+        const vi q2 = vi_or(vi_and(b, 15), vi_and(vi_sll(q, 2), 0x30));
+        const vi q3 = vi_or(vi_srl(a, 4), vi_and(q, 0x30));
+        const vi q4 = vi_or(vi_srl(b, 4), vi_and(vi_srl(q, 2), 0x30));
+        const int64_t e0 = 128 * h + e;
+#define QB_Q6(q, t, e_, a)                                                                        \
+  qb_emit(mode, vf_fma(vf_set1(sh[2 * (t) + g]), vf_from_vi(q), vf_set1(bh[2 * (t) + g])), e_, a, \
+          x, acc, out)
+        QB_Q6(q1, 0, e0, 0);
+        QB_Q6(q2, 1, e0 + 32, 1);
+        QB_Q6(q3, 2, e0 + 64, 2);
+        QB_Q6(q4, 3, e0 + 96, 3);
+#undef QB_Q6
+      }
+    }
+    break;
+  }
+  default: break;
+  }
+}
+
+#endif /* RL_CPU_QUANT_H */
