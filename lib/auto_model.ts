@@ -9,6 +9,7 @@ import { type Progress, progress } from "./progress.ts";
 import { snapshotDownload } from "./hub.ts";
 import { Tokenizer } from "./tokenizer.ts";
 import { architectureOf, readConfigJson, type StorageDType } from "./config.ts";
+import { type BlockDType, QUANTIZABLE } from "./quant.ts";
 import { CheckpointError, HubError, InputError } from "./errors.ts";
 import { CausalLM } from "./engine/causal_lm.ts";
 import { readGenerationDefaults } from "./engine/generate.ts";
@@ -25,8 +26,13 @@ import { familyFor } from "./models/registry.ts";
 export interface FromPretrainedOptions {
   /** "cpu" (default), "cuda", "cuda:N", or "auto" (CUDA when its library loads, else CPU). */
   device?: "cpu" | "cuda" | `cuda:${number}` | "auto";
-  /** "auto" (default) keeps the config's dtype (float16 when it names none). */
-  dtype?: "auto" | StorageDType;
+  /**
+   * "auto" (default) keeps the config's dtype (float16 when it names none). A block format
+   * ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1") quantizes the matmul weights and the embedding table
+   * at split time (norms and biases stay in the config's dtype); the manifest records each
+   * quantized tensor's error.
+   */
+  dtype?: "auto" | StorageDType | Lowercase<BlockDType>;
   /** Read the next layers while the current one computes (default true). */
   prefetching?: boolean;
   /** Layers read ahead when prefetching (default 2). */
@@ -268,6 +274,8 @@ export interface Checkpoint {
   config: ModelConfig;
   /** The dtype the split stores (the config's, or the one asked for). */
   dtype: StorageDType;
+  /** The block format matmul weights are quantized to, or null. */
+  quantize: BlockDType | null;
 }
 
 /** Finds the checkpoint directory and reads its config (no weights are touched). */
@@ -284,11 +292,19 @@ export async function openCheckpoint(
   const family = familyFor(architectureOf(raw, source), source);
   const config = family.parseConfig(raw, source);
   const wanted = opts.dtype ?? "auto";
+  const block = String(wanted).toUpperCase();
+  if (QUANTIZABLE.includes(block as BlockDType)) {
+    return { dir, family, config, dtype: config.dtype, quantize: block as BlockDType };
+  }
   const dtype = wanted === "auto" ? config.dtype : DTYPE_ALIASES[wanted];
   if (!dtype) {
-    throw new InputError(`dtype: expected "auto", float32, float16 or bfloat16, got ${wanted}`);
+    throw new InputError(
+      `dtype: expected "auto", float32, float16, bfloat16 or a block format (${
+        QUANTIZABLE.map((q) => q.toLowerCase()).join(", ")
+      }), got ${wanted}`,
+    );
   }
-  return { dir, family, config, dtype };
+  return { dir, family, config, dtype, quantize: null };
 }
 
 const stat = (p: string) => {
@@ -343,6 +359,7 @@ export async function splitWithProgress(
   let bar: Progress | null = null;
   const split = await splitCheckpoint(ck.dir, ck.family, ck.config, {
     dtype: ck.dtype,
+    quantize: ck.quantize ?? undefined,
     layerShardsSavingPath: opts.layerShardsSavingPath,
     onProgress: (done, total) => {
       bar ??= progress(`split ${ck.dir}`, total, { quiet: opts.quiet });

@@ -14,6 +14,15 @@ import type { ModelConfig, StorageDType } from "./config.ts";
 import { bf16ToF32, type DType, f16ToF32, f32ToBf16, f32ToF16 } from "./dtype.ts";
 import { CheckpointError } from "./errors.ts";
 import type { Family, Part } from "./models/family.ts";
+import {
+  BLOCK,
+  type BlockDType,
+  dequantize,
+  isBlockDType,
+  type QuantError,
+  quantError,
+  quantize,
+} from "./quant.ts";
 import { SafetensorsFile, SafetensorsWriter } from "./safetensors.ts";
 
 /** Format tag of manifest.json; a different tag means "redo the split". */
@@ -33,6 +42,8 @@ export interface ManifestTensor {
   shape: number[];
   offset: number;
   nbytes: number;
+  /** Quantized at split time: how far the stored blocks are from the source values. */
+  quantError?: QuantError;
 }
 
 /** One part file of a split. */
@@ -55,6 +66,8 @@ export interface Manifest {
   format: string;
   architecture: string;
   dtype: StorageDType;
+  /** The block format matmul weights were quantized to at split time (absent: none). */
+  quantize?: BlockDType;
   /** Identity of the source files: a changed checkpoint invalidates the split. */
   source: { file: string; size: number; mtimeMs: number }[];
   parts: ManifestPart[];
@@ -176,6 +189,12 @@ export interface SplitOptions {
   layerShardsSavingPath?: string;
   /** Storage dtype of the split. */
   dtype: StorageDType;
+  /**
+   * Quantize every matmul weight (and the embedding table) whose rows hold whole blocks to this
+   * block format; norms, biases and the rest stay in `dtype`. The manifest records each
+   * quantized tensor's error.
+   */
+  quantize?: BlockDType;
   /** Called with (bytesDone, bytesTotal) while writing. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -239,7 +258,8 @@ export async function splitCheckpoint(
   cfg: ModelConfig,
   opts: SplitOptions,
 ): Promise<Split> {
-  const out = opts.layerShardsSavingPath ?? `${dir}/rabbitllm_split_${opts.dtype}`;
+  const suffix = opts.quantize ? `_${opts.quantize.toLowerCase()}` : "";
+  const out = opts.layerShardsSavingPath ?? `${dir}/rabbitllm_split_${opts.dtype}${suffix}`;
   const { files, weightMap } = await listShards(dir);
   const source = files.map((f) => {
     const st = Deno.statSync(`${dir}/${f}`);
@@ -249,6 +269,7 @@ export async function splitCheckpoint(
   const old = await readManifest(manifestPath);
   if (
     old && old.format === MANIFEST_FORMAT && old.dtype === opts.dtype &&
+    old.quantize === opts.quantize &&
     old.architecture === cfg.architecture && sameSource(old.source, source) &&
     splitIsComplete(out, old)
   ) {
@@ -269,8 +290,10 @@ export async function splitCheckpoint(
     let done = 0;
     const manifestParts: ManifestPart[] = [];
     for (const [id, tensors] of parts) {
+      const blocks = opts.quantize ? quantizedLocals(family, cfg, id, opts.quantize) : new Set();
+      const targets = tensors.map((t) => blocks.has(t.local) ? opts.quantize! : target);
       manifestParts.push(
-        await writePart(out, id, tensors, target, (n) => {
+        await writePart(out, id, tensors, targets, (n) => {
           done += n;
           opts.onProgress?.(done, total);
         }),
@@ -280,6 +303,7 @@ export async function splitCheckpoint(
       format: MANIFEST_FORMAT,
       architecture: cfg.architecture,
       dtype: opts.dtype,
+      ...(opts.quantize ? { quantize: opts.quantize } : {}),
       source,
       parts: manifestParts,
     };
@@ -388,17 +412,44 @@ function assignTensors(
   return parts;
 }
 
+/** The local names of part `id` that a quantized split stores in `q` blocks. */
+function quantizedLocals(family: Family, cfg: ModelConfig, id: string, q: BlockDType): Set<string> {
+  const part: Part = id.startsWith("layer.")
+    ? { kind: "layer", index: Number(id.slice(6)) }
+    : { kind: id as "embed" | "norm" | "lm_head" };
+  return new Set(
+    family.expected(part, cfg)
+      .filter((e) => e.matmul && e.shape.length === 2 && e.shape[1] % BLOCK[q].elems === 0)
+      .map((e) => e.local),
+  );
+}
+
+/** The tensor's bytes in `to`: a float conversion, or quantization (with its error). */
+function encode(
+  data: Uint8Array,
+  from: DType,
+  to: DType,
+  shape: readonly number[],
+  where: string,
+): { data: Uint8Array; error?: QuantError } {
+  if (!isBlockDType(to)) return { data: convert(data, from, to, where) };
+  const f = convert(data, from, "F32", where);
+  const x = new Float32Array(f.buffer, f.byteOffset, f.byteLength / 4);
+  const blocks = quantize(x, to, shape[shape.length - 1]);
+  return { data: blocks, error: quantError(x, dequantize(blocks, to)) };
+}
+
 async function writePart(
   out: string,
   id: string,
   tensors: SourceTensor[],
-  target: DType,
+  targets: DType[],
   progress: (bytes: number) => void,
 ): Promise<ManifestPart> {
   const file = `${id}.safetensors`;
-  const specs = tensors.map((t) => {
+  const specs = tensors.map((t, i) => {
     const info = t.shard.tensors.get(t.name)!;
-    return { name: t.local, dtype: target, shape: info.shape };
+    return { name: t.local, dtype: targets[i], shape: info.shape };
   });
   // Data page-aligned: a streamed layer is read with direct I/O straight into its slot.
   const writer = await SafetensorsWriter.create(`${out}/${file}`, specs, undefined, {
@@ -408,22 +459,24 @@ async function writePart(
   const manifestTensors: ManifestTensor[] = [];
   let offset = 0;
   try {
-    for (const t of tensors) {
+    for (const [i, t] of tensors.entries()) {
       const info = t.shard.tensors.get(t.name)!;
-      const data = convert(
+      const { data, error } = encode(
         await t.shard.read(t.name),
         info.dtype,
-        target,
+        targets[i],
+        info.shape,
         `${t.shard.path}: ${t.name}`,
       );
       await writer.write(t.local, data);
       hash.update(data);
       manifestTensors.push({
         name: t.local,
-        dtype: target,
+        dtype: targets[i],
         shape: info.shape,
         offset,
         nbytes: data.byteLength,
+        ...(error ? { quantError: error } : {}),
       });
       offset += data.byteLength;
       progress(info.nbytes);

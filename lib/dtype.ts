@@ -15,12 +15,19 @@
  *
  * @module
  */
+import { type BlockDType, blockRowBytes, isBlockDType } from "./quant.ts";
 
-/** Element types rabbitllm reads and writes, by their safetensors names. */
-export type DType = "F32" | "F16" | "BF16" | "I8" | "U8" | "I32" | "I64";
+/** Element types of plain arrays, by their safetensors names. */
+export type PlainDType = "F32" | "F16" | "BF16" | "I8" | "U8" | "I32" | "I64";
 
-/** Bytes per element of each dtype. */
-export const DTYPE_SIZE: Readonly<Record<DType, number>> = Object.freeze({
+/**
+ * Element types rabbitllm reads and writes: the plain ones, and ggml's block formats (lib/quant.ts),
+ * which our own quantized split files carry under their GGUF names.
+ */
+export type DType = PlainDType | BlockDType;
+
+/** Bytes per element of each plain dtype. */
+export const DTYPE_SIZE: Readonly<Record<PlainDType, number>> = Object.freeze({
   F32: 4,
   F16: 2,
   BF16: 2,
@@ -30,16 +37,34 @@ export const DTYPE_SIZE: Readonly<Record<DType, number>> = Object.freeze({
   I64: 8,
 });
 
-/** Every supported dtype, in the order error messages list them. */
-export const DTYPES: readonly DType[] = Object.freeze(Object.keys(DTYPE_SIZE) as DType[]);
+/** Every plain dtype, in the order error messages list them (then the block formats). */
+export const DTYPES: readonly PlainDType[] = Object.freeze(
+  Object.keys(DTYPE_SIZE) as PlainDType[],
+);
 
 /** Whether `name` is a supported dtype name (case-sensitive, as in safetensors headers). */
 export function isDType(name: unknown): name is DType {
-  return typeof name === "string" && Object.hasOwn(DTYPE_SIZE, name);
+  return typeof name === "string" && (Object.hasOwn(DTYPE_SIZE, name) || isBlockDType(name));
 }
 
-/** Bytes per element of `dtype`. */
-export function dtypeSize(dtype: DType): number {
+/**
+ * Bytes of a tensor of `shape`: elements × size for plain dtypes; for a block format, rows of the
+ * last dim, which must hold whole blocks (RangeError otherwise).
+ */
+export function tensorByteSize(dtype: DType, shape: readonly number[]): number {
+  if (!isBlockDType(dtype)) return shape.reduce((n, d) => n * d, DTYPE_SIZE[dtype]);
+  if (shape.length === 0) throw new RangeError(`a ${dtype} tensor needs at least one dim`);
+  const rows = shape.slice(0, -1).reduce((n, d) => n * d, 1);
+  return rows * blockRowBytes(dtype, shape[shape.length - 1]);
+}
+
+/** Bytes of one row of `k` elements (byte offsets of row views into a weight). */
+export function rowByteSize(dtype: DType, k: number): number {
+  return isBlockDType(dtype) ? blockRowBytes(dtype, k) : k * DTYPE_SIZE[dtype];
+}
+
+/** Bytes per element of a plain `dtype`. */
+export function dtypeSize(dtype: PlainDType): number {
   return DTYPE_SIZE[dtype];
 }
 

@@ -32,6 +32,20 @@ export class SafetensorsError extends RabbitError {
   }
 }
 
+/** A GGUF file is malformed, or holds what we cannot use: names the metadata key or tensor. */
+export class GgufError extends RabbitError {
+  readonly file: string;
+  /** The metadata key or tensor the problem is about (`key <name>` / `tensor <name>`), if any. */
+  readonly where?: string;
+
+  /** Message: `"<file>: <where>: <what>"`, or `"<file>: <what>"`. */
+  constructor(file: string, where: string | undefined, what: string) {
+    super(where === undefined ? `${file}: ${what}` : `${file}: ${where}: ${what}`);
+    this.file = file;
+    if (where !== undefined) this.where = where;
+  }
+}
+
 /** config.json is missing a needed key or holds a value we cannot use. */
 export class ConfigError extends RabbitError {
   readonly file: string;

@@ -23,7 +23,8 @@
  * @module
  */
 
-import { DTYPE_SIZE, DTYPES, isDType } from "./dtype.ts";
+import { DTYPES, isDType, tensorByteSize } from "./dtype.ts";
+import { BLOCK } from "./quant.ts";
 import type { DType } from "./dtype.ts";
 import { SafetensorsError } from "./errors.ts";
 
@@ -82,13 +83,18 @@ function checkDType(file: string, name: string, dtype: unknown): DType {
   throw new SafetensorsError(
     file,
     name,
-    `${what} is not supported; expected one of ${DTYPES.join(", ")}`,
+    `${what} is not supported; expected one of ${DTYPES.join(", ")} (or, in a quantized split, ${
+      Object.keys(BLOCK).join(", ")
+    })`,
   );
 }
 
-/** Bytes a tensor of this shape and dtype occupies. */
+/**
+ * Bytes a tensor of this shape and dtype occupies (a block format: rows of its last dim, each a
+ * whole number of blocks).
+ */
 export function tensorBytes(dtype: DType, shape: readonly number[]): number {
-  return shape.reduce((n, d) => n * d, DTYPE_SIZE[dtype]);
+  return tensorByteSize(dtype, shape);
 }
 
 /** Validates a parsed header; offsets in the result are relative to the data section. */
@@ -123,7 +129,17 @@ function parseHeader(file: string, header: unknown, dataBytes: number) {
       );
     }
     const [begin, end] = offsets as [number, number];
-    const nbytes = tensorBytes(dtype, shape);
+    let nbytes: number;
+    try {
+      nbytes = tensorBytes(dtype, shape);
+    } catch (e) {
+      // A block format whose last dim is not whole blocks.
+      throw new SafetensorsError(
+        file,
+        name,
+        `shape ${JSON.stringify(shape)}: ${(e as Error).message}`,
+      );
+    }
     if (nbytes !== end - begin) {
       throw new SafetensorsError(
         file,
@@ -369,7 +385,16 @@ function encodeHeader(
     }
     checkDType(path, name, dtype);
     checkShape(path, name, shape);
-    const n = tensorBytes(dtype, shape);
+    let n: number;
+    try {
+      n = tensorBytes(dtype, shape);
+    } catch (e) {
+      throw new SafetensorsError(
+        path,
+        name,
+        `shape ${JSON.stringify(shape)}: ${(e as Error).message}`,
+      );
+    }
     obj[name] = { dtype, shape, data_offsets: [offset, offset + n] };
     sizes.push(n);
     offset += n;

@@ -2,7 +2,7 @@
  * `deno task bench`: the side-by-side table, every row measured in one run on this machine.
  *
  *   deno task bench [--model DIR | --shape smollm2-135m|llama3-8b|qwen3-30b-a3b]
- *                   [--dtype F32|F16|BF16] [--layers N] [--device cpu|cuda]
+ *                   [--dtype F32|F16|BF16|q8_0|q4_0|q4_1|q5_0|q5_1] [--layers N] [--device cpu|cuda]
  *                   [--prompt 64] [--new 64] [--batches 1,4,16] [--memory-limit 0.75]
  *                   [--repeat 3] [--peers] [--no-hf] [--json FILE]
  *
@@ -24,6 +24,7 @@
  */
 import { parseArgs } from "node:util";
 import { openCheckpoint, splitWithProgress } from "../lib/auto_model.ts";
+import { type BlockDType, QUANTIZABLE } from "../lib/quant.ts";
 import { modelInfo } from "../lib/info.ts";
 import { BENCH_LAYERS, makeBenchModel } from "./make_bench_model.ts";
 import type { RowResult } from "./bench_run.ts";
@@ -68,13 +69,21 @@ if (device === "cuda") {
 
 // ---- the checkpoint and its split -------------------------------------------------------------
 
+/** `--dtype q8_0` etc.: the block format our split and llama.cpp's GGUF are quantized to. */
+const quantArg = args.dtype && QUANTIZABLE.includes(args.dtype.toUpperCase() as BlockDType)
+  ? args.dtype.toLowerCase() as Lowercase<BlockDType>
+  : undefined;
 let dir: string, label: string;
 if (args.model) {
   dir = await Deno.realPath(args.model);
   label = dir.slice(dir.lastIndexOf("/") + 1);
 } else {
   const shape = args.shape ?? (device === "cuda" ? "llama3-8b" : "smollm2-135m");
-  const dtype = (args.dtype ?? (device === "cuda" ? "BF16" : "F32")) as "F32" | "F16" | "BF16";
+  // A block format quantizes an F32 synthetic checkpoint at split time (llama.cpp: the same type).
+  const dtype = (quantArg || !args.dtype ? (device === "cuda" ? "BF16" : "F32") : args.dtype) as
+    | "F32"
+    | "F16"
+    | "BF16";
   const layers = args.layers ? Number(args.layers) : BENCH_LAYERS[shape];
   label = `${shape}${layers ? `-${layers}l` : ""} (synthetic) ${dtype}`;
   dir = `${tmp}/${shape}-${dtype}${layers ? `-${layers}l` : ""}`;
@@ -86,11 +95,13 @@ if (args.model) {
     await makeBenchModel(shape, dir, dtype, layers);
   }
 }
-const dtypeArg = args.model && args.dtype
-  ? ({ F32: "float32", F16: "float16", BF16: "bfloat16" } as const)[args.dtype as "F32"]
-  : undefined;
+const dtypeArg = quantArg ??
+  (args.model && args.dtype
+    ? ({ F32: "float32", F16: "float16", BF16: "bfloat16" } as const)[args.dtype as "F32"]
+    : undefined);
 const ck = await openCheckpoint(dir, { quiet: true, dtype: dtypeArg });
-const splitDir = `${tmp}/splits/${label.replace(/[^\w.-]+/g, "_")}-${ck.dtype}`;
+const storage = ck.quantize ? `${ck.dtype}+${ck.quantize.toLowerCase()}` : ck.dtype;
+const splitDir = `${tmp}/splits/${label.replace(/[^\w.-]+/g, "_")}-${storage}`;
 const split = await splitWithProgress(ck, { layerShardsSavingPath: splitDir });
 const layerFiles = split.manifest.parts.filter((p) => p.id.startsWith("layer."))
   .map((p) => `${split.dir}/${p.file}`);
@@ -252,7 +263,41 @@ async function llamaCpp(): Promise<{ python: string; gguf: string } | string> {
     ]);
     if (!r.ok) return `convert_hf_to_gguf.py failed: ${r.stderr.trim().split("\n").slice(-3)}`;
   }
-  return { python, gguf };
+  if (!quantArg) return { python, gguf };
+  const quantized = await llamaQuantize(python, gguf, quantArg);
+  return typeof quantized === "string" && !quantized.endsWith(".gguf")
+    ? quantized
+    : { python, gguf: quantized };
+}
+
+/** llama.cpp's ftype of each block format (llama_ftype: LLAMA_FTYPE_MOSTLY_*). */
+const LLAMA_FTYPE: Record<string, number> = { q8_0: 7, q4_0: 2, q4_1: 3, q5_0: 8, q5_1: 9 };
+
+/**
+ * The GGUF at `base` quantized to `type` by llama.cpp's own quantizer (llama_model_quantize through
+ * llama-cpp-python), once: its path, or why it failed.
+ */
+async function llamaQuantize(python: string, base: string, type: string): Promise<string> {
+  const gguf = base.replace(/-[a-z0-9]+\.gguf$/, `-${type}.gguf`);
+  if ((await Deno.stat(gguf).catch(() => null)) !== null) return gguf;
+  console.log(`quantizing ${base} to ${gguf} (llama_model_quantize) ...`);
+  const code = [
+    "import ctypes, sys, llama_cpp",
+    "p = llama_cpp.llama_model_quantize_default_params()",
+    `p.ftype = ${LLAMA_FTYPE[type]}`,
+    "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))",
+  ].join("\n");
+  const r = await run("sh", [
+    "-c",
+    'exec "$0" -c "$1" "$2" "$3"',
+    python,
+    code,
+    base,
+    `${gguf}.tmp`,
+  ]);
+  if (!r.ok) return `llama_model_quantize failed: ${r.stderr.trim().split("\n").slice(-3)}`;
+  await Deno.rename(`${gguf}.tmp`, gguf);
+  return gguf;
 }
 
 // ---- the rows ---------------------------------------------------------------------------------
@@ -370,7 +415,7 @@ if (device === "cpu" && args.peers) {
       args.repeat,
     ];
     for (const regime of ["resident", "limit"] as const) {
-      const name = `llama.cpp ${LLAMA_CPP} (mmap)${
+      const name = `llama.cpp ${LLAMA_CPP}${quantArg ? ` ${quantArg}` : ""} (mmap)${
         regime === "limit" ? `, ${args["memory-limit"]}× memory limit` : ""
       }`;
       let cg: Cgroup | string | undefined;
@@ -445,7 +490,7 @@ const say = (s = "") => {
 };
 say();
 say(
-  `${label}, ${ck.dtype}: ${MB(modelBytes)} MB of weights, ${
+  `${label}, ${storage}: ${MB(modelBytes)} MB of weights, ${
     MB(weightsPerToken)
   } MB read per decoded token; prompt ${promptLen}, ${newTokens} new tokens, greedy, best of ${args.repeat}`,
 );

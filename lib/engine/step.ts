@@ -240,8 +240,8 @@ export class StepLoop {
     probe?.("final norm", null, normed, rows * D);
     const headPart = this.#head(), head = headPart.get("weight");
     const logits = this.#scratch.get("logits", rows * V);
-    const bias = cfg.tieWordEmbeddings ? null : headPart.opt("bias")?.ptr ?? null;
-    be.matmul(logits, normed, head.ptr, head.dtype, bias, rows, V, D);
+    const bias = cfg.tieWordEmbeddings ? null : headPart.opt("bias");
+    be.matmul(logits, normed, head.ptr, head.dtype, bias?.ptr ?? null, rows, V, D, bias?.dtype);
     if (cfg.finalLogitSoftcap > 0) be.softcap(logits, logits, cfg.finalLogitSoftcap, rows * V);
     marks.push({ category: "embed + head", layer: null, from: m0, to: be.mark() });
     return logits;

@@ -105,7 +105,7 @@ export function normTensors(n: NormSpec, dim: number): ExpectedTensor[] {
 }
 
 export function linearTensors(l: LinearSpec, out: number, inDim: number): ExpectedTensor[] {
-  const t = [{ local: `${l.name}.weight`, shape: [out, inDim] }];
+  const t: ExpectedTensor[] = [{ local: `${l.name}.weight`, shape: [out, inDim], matmul: true }];
   if (l.bias) t.push({ local: `${l.name}.bias`, shape: [out] });
   return t;
 }
@@ -167,9 +167,8 @@ export function linear(
   N: number,
   K: number,
 ): void {
-  const wt = w.get(`${l.name}.weight`);
-  const bias = l.bias ? w.get(`${l.name}.bias`).ptr : null;
-  ctx.be.matmul(out, x, wt.ptr, wt.dtype, bias, rows, N, K);
+  const wt = w.get(`${l.name}.weight`), bias = l.bias ? w.get(`${l.name}.bias`) : null;
+  ctx.be.matmul(out, x, wt.ptr, wt.dtype, bias?.ptr ?? null, rows, N, K, bias?.dtype);
 }
 
 /**

@@ -364,7 +364,8 @@ function expectedDeepseek(part: Part, cfg: DeepseekConfig): ExpectedTensor[] {
   t.push(
     ...linearTensors(s.kvA, L + ds.rope, D),
     ...normTensors(s.kvANorm, L),
-    ...linearTensors(s.kvB, H * (ds.nope + ds.v), L),
+    // Read through strided views (rl_matmul_nd), which take float weights only.
+    ...linearTensors(s.kvB, H * (ds.nope + ds.v), L).map((t) => ({ ...t, matmul: false })),
     ...linearTensors(s.o, D, H * ds.v),
   );
   if (part.index < ds.firstDense) return t.concat(mlpLayerTensors(llamaLayerSpec(cfg), cfg));

@@ -28,6 +28,11 @@ export interface Placement {
 export interface ExpectedTensor {
   local: string;
   shape: number[];
+  /**
+   * The weight W [N, K] of an rl_matmul (or an embedding table): a quantized split may store it
+   * in a block format (lib/quant.ts). Anything else stays a float tensor.
+   */
+  matmul?: boolean;
 }
 
 /** A weight as the engine hands it to a family's forward. */

@@ -147,12 +147,12 @@ export function llamaLayerSpec(cfg: ModelConfig, oBias = false): LlamaLayerSpec 
 export function expectedGlobal(part: Exclude<Part, { kind: "layer" }>, cfg: ModelConfig) {
   const D = cfg.hiddenSize, V = cfg.vocabSize;
   switch (part.kind) {
-    case "embed":
-      return [{ local: "weight", shape: [V, D] }];
+    case "embed": // a table, and the head when tied
+      return [{ local: "weight", shape: [V, D], matmul: true }];
     case "norm":
       return [{ local: "weight", shape: [D] }];
     case "lm_head":
-      return [{ local: "weight", shape: [V, D] }];
+      return [{ local: "weight", shape: [V, D], matmul: true }];
   }
 }
 

@@ -131,7 +131,7 @@ export const phi: Family<PhiConfig, PhiBuffers> = {
     const D = cfg.hiddenSize, I = cfg.intermediateSize, V = cfg.vocabSize;
     switch (part.kind) {
       case "embed":
-        return [{ local: "weight", shape: [V, D] }];
+        return [{ local: "weight", shape: [V, D], matmul: true }];
       case "norm": // final_layernorm
         return normTensors({ name: "", kind: "layer" }, D).map(unprefixed);
       case "lm_head":

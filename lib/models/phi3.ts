@@ -8,7 +8,7 @@
  */
 import type { Backend } from "../../ffi/backend.ts";
 import { type ModelConfig, optionalInt } from "../config.ts";
-import { DTYPE_SIZE } from "../dtype.ts";
+import { rowByteSize } from "../dtype.ts";
 import { ConfigError } from "../errors.ts";
 import { ropeTable } from "../rope.ts";
 import type { Family, PartWeights, Weight } from "./family.ts";
@@ -38,7 +38,7 @@ function unfused(be: Backend, cfg: ModelConfig, w: PartWeights): PartWeights {
   const D = cfg.hiddenSize, I = cfg.intermediateSize, s = spec(cfg);
   const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
   const rows = (wt: Weight, from: number, n: number): Weight => ({
-    ptr: be.view(wt.ptr, from * D * DTYPE_SIZE[wt.dtype]),
+    ptr: be.view(wt.ptr, from * rowByteSize(wt.dtype, D)),
     dtype: wt.dtype,
     shape: [n, D],
   });

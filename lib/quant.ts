@@ -1,0 +1,220 @@
+/**
+ * ggml's block formats (the layouts of GGUF files; ffi/rabbitllm.h enum rl_dtype): sizes, and the
+ * reference quantizers of the 32-element formats, bit-exact with ggml's `quantize_row_*_ref` (and
+ * gguf-py's quantize_blocks; tests/quant_test.ts checks every byte against gguf-py's output).
+ *
+ * Arithmetic is f32 step by step, as in the C code: every product, quotient and sum is rounded to
+ * f32 (`Math.fround`) where ggml rounds it, so the blocks are the same bytes.
+ *
+ * @module
+ */
+import { f16ToF32, f32ToF16 } from "./dtype.ts";
+
+/** A ggml block format, by its GGUF name. */
+export type BlockDType = "Q8_0" | "Q4_0" | "Q4_1" | "Q5_0" | "Q5_1" | "Q4_K" | "Q5_K" | "Q6_K";
+
+/** Elements per block and bytes per block. */
+export const BLOCK: Readonly<Record<BlockDType, { elems: number; bytes: number }>> = Object.freeze({
+  Q8_0: { elems: 32, bytes: 34 },
+  Q4_0: { elems: 32, bytes: 18 },
+  Q4_1: { elems: 32, bytes: 20 },
+  Q5_0: { elems: 32, bytes: 22 },
+  Q5_1: { elems: 32, bytes: 24 },
+  Q4_K: { elems: 256, bytes: 144 },
+  Q5_K: { elems: 256, bytes: 176 },
+  Q6_K: { elems: 256, bytes: 210 },
+});
+
+/** The formats {@link quantize} writes (the K formats need ggml's iterative search: not yet). */
+export const QUANTIZABLE: readonly BlockDType[] = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"];
+
+export function isBlockDType(name: unknown): name is BlockDType {
+  return typeof name === "string" && Object.hasOwn(BLOCK, name);
+}
+
+/** Bytes of a row of `k` elements (k a multiple of the block). */
+export function blockRowBytes(dtype: BlockDType, k: number): number {
+  const b = BLOCK[dtype];
+  if (k % b.elems !== 0) {
+    throw new RangeError(`${dtype} rows hold multiples of ${b.elems} elements, not ${k}`);
+  }
+  return (k / b.elems) * b.bytes;
+}
+
+const f = Math.fround;
+
+/** ggml's roundf-like rounding of gguf-py's np_roundf: half away from zero. */
+function roundAway(x: number): number {
+  const a = Math.abs(x), fl = Math.floor(a);
+  return Math.sign(x) * (fl + Math.floor(2 * (a - fl)));
+}
+
+function f16Bits(x: number): number {
+  return f32ToF16(Float32Array.of(x))[0];
+}
+
+/** Writes one block of 32 values at out[o...]. */
+type BlockWriter = (x: Float32Array, out: Uint8Array, o: number) => void;
+
+/** Index of the first element of largest magnitude, and that element. */
+function absMax(x: Float32Array): number {
+  let best = 0, i = 0;
+  for (let j = 0; j < x.length; j++) {
+    if (Math.abs(x[j]) > best) {
+      best = Math.abs(x[j]);
+      i = j;
+    }
+  }
+  return x[i];
+}
+
+function minMax(x: Float32Array): [number, number] {
+  let lo = x[0], hi = x[0];
+  for (const v of x) {
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  return [lo, hi];
+}
+
+function put16(out: Uint8Array, o: number, bits: number): void {
+  out[o] = bits & 0xff;
+  out[o + 1] = bits >> 8;
+}
+
+/** Packs 32 values of 4 bits (q[j] low nibble, q[j + 16] high) into 16 bytes at out[o]. */
+function packNibbles(q: Uint8Array, out: Uint8Array, o: number): void {
+  for (let j = 0; j < 16; j++) out[o + j] = (q[j] & 15) | ((q[j + 16] & 15) << 4);
+}
+
+/** The fifth bits of 32 values as a little-endian uint32 at out[o]. */
+function packHighBits(q: Uint8Array, out: Uint8Array, o: number): void {
+  let h = 0;
+  for (let j = 0; j < 32; j++) h |= ((q[j] >> 4) & 1) << j;
+  new DataView(out.buffer, out.byteOffset).setUint32(o, h >>> 0, true);
+}
+
+/** Symmetric: d = max / -levels (the signed largest value), q = trunc(x/d + levels + 0.5). */
+function symmetric(levels: number, maxQ: number, x: Float32Array, q: Uint8Array): number {
+  const max = absMax(x);
+  const d = f(max / -levels), id = d === 0 ? 0 : f(1 / d);
+  for (let j = 0; j < 32; j++) q[j] = Math.min(maxQ, Math.trunc(f(f(x[j] * id) + levels + 0.5)));
+  return d;
+}
+
+/** Asymmetric: d = (max - min) / maxQ, q = trunc((x - min)/d + 0.5). */
+function asymmetric(maxQ: number, x: Float32Array, q: Uint8Array): [number, number] {
+  const [min, max] = minMax(x);
+  const d = f(f(max - min) / maxQ), id = d === 0 ? 0 : f(1 / d);
+  for (let j = 0; j < 32; j++) q[j] = Math.min(maxQ, Math.trunc(f(f(f(x[j] - min) * id) + 0.5)));
+  return [d, min];
+}
+
+const WRITERS: Readonly<Record<string, BlockWriter>> = {
+  Q8_0(x, out, o) {
+    let amax = 0;
+    for (const v of x) amax = Math.max(amax, Math.abs(v));
+    const d = f(amax / 127), id = d === 0 ? 0 : f(1 / d);
+    put16(out, o, f16Bits(d));
+    for (let j = 0; j < 32; j++) out[o + 2 + j] = roundAway(f(x[j] * id)) & 0xff;
+  },
+  Q4_0(x, out, o) {
+    const q = new Uint8Array(32);
+    put16(out, o, f16Bits(symmetric(8, 15, x, q)));
+    packNibbles(q, out, o + 2);
+  },
+  Q4_1(x, out, o) {
+    const q = new Uint8Array(32);
+    const [d, min] = asymmetric(15, x, q);
+    put16(out, o, f16Bits(d));
+    put16(out, o + 2, f16Bits(min));
+    packNibbles(q, out, o + 4);
+  },
+  Q5_0(x, out, o) {
+    const q = new Uint8Array(32);
+    put16(out, o, f16Bits(symmetric(16, 31, x, q)));
+    packHighBits(q, out, o + 2);
+    packNibbles(q, out, o + 6);
+  },
+  Q5_1(x, out, o) {
+    const q = new Uint8Array(32);
+    const [d, min] = asymmetric(31, x, q);
+    put16(out, o, f16Bits(d));
+    put16(out, o + 2, f16Bits(min));
+    packHighBits(q, out, o + 4);
+    packNibbles(q, out, o + 8);
+  },
+};
+
+/**
+ * Quantizes `x` (rows of `k` values, k a multiple of 32) into `dtype` blocks, row-major as the
+ * source (a row of k values becomes k / 32 blocks).
+ */
+export function quantize(x: Float32Array, dtype: BlockDType, k: number): Uint8Array {
+  const write = WRITERS[dtype];
+  if (!write) throw new RangeError(`quantizing to ${dtype} is not implemented`);
+  const rowBytes = blockRowBytes(dtype, k), rows = x.length / k;
+  if (!Number.isInteger(rows)) throw new RangeError(`${x.length} values are not rows of ${k}`);
+  const out = new Uint8Array(rows * rowBytes), size = BLOCK[dtype].bytes;
+  for (let b = 0; b < x.length / 32; b++) write(x.subarray(b * 32, b * 32 + 32), out, b * size);
+  return out;
+}
+
+/** Dequantizes blocks written by {@link quantize} (the 32-element formats) to f32. */
+export function dequantize(blocks: Uint8Array, dtype: BlockDType): Float32Array {
+  const { bytes, elems } = BLOCK[dtype];
+  if (elems !== 32 || !WRITERS[dtype]) {
+    throw new RangeError(`dequantizing ${dtype} is not implemented`);
+  }
+  const n = blocks.length / bytes, out = new Float32Array(n * 32);
+  const dv = new DataView(blocks.buffer, blocks.byteOffset, blocks.byteLength);
+  const half = (o: number) => f16ToF32(Uint16Array.of(dv.getUint16(o, true)))[0];
+  for (let b = 0; b < n; b++) {
+    const o = b * bytes, y = out.subarray(b * 32, b * 32 + 32);
+    const d = half(o);
+    const nib = (qs: number, j: number) => j < 16 ? blocks[qs + j] & 15 : blocks[qs + j - 16] >> 4;
+    switch (dtype) {
+      case "Q8_0":
+        for (let j = 0; j < 32; j++) y[j] = d * ((blocks[o + 2 + j] << 24) >> 24);
+        break;
+      case "Q4_0":
+        for (let j = 0; j < 32; j++) y[j] = d * (nib(o + 2, j) - 8);
+        break;
+      case "Q4_1": {
+        const m = half(o + 2);
+        for (let j = 0; j < 32; j++) y[j] = f(d * nib(o + 4, j)) + m;
+        break;
+      }
+      case "Q5_0": {
+        const qh = dv.getUint32(o + 2, true);
+        for (let j = 0; j < 32; j++) y[j] = d * ((nib(o + 6, j) | (((qh >>> j) & 1) << 4)) - 16);
+        break;
+      }
+      case "Q5_1": {
+        const m = half(o + 2), qh = dv.getUint32(o + 4, true);
+        for (let j = 0; j < 32; j++) y[j] = f(d * (nib(o + 8, j) | (((qh >>> j) & 1) << 4))) + m;
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+/** How far quantized weights are from the source: what a split's manifest records per tensor. */
+export interface QuantError {
+  /** √(Σ(w − ŵ)² / Σw²). */
+  relRms: number;
+  /** max |w − ŵ|. */
+  maxAbs: number;
+}
+
+export function quantError(w: Float32Array, q: Float32Array): QuantError {
+  let num = 0, den = 0, maxAbs = 0;
+  for (let i = 0; i < w.length; i++) {
+    const e = w[i] - q[i];
+    num += e * e;
+    den += w[i] * w[i];
+    maxAbs = Math.max(maxAbs, Math.abs(e));
+  }
+  return { relRms: den === 0 ? 0 : Math.sqrt(num / den), maxAbs };
+}
