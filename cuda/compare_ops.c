@@ -9,7 +9,10 @@
  * (groups "act" and "rows", with repeated rows; and their error statuses); the ABI 5 ones:
  * rl_matmul_nd (group "bmm": plain, transposed, broadcast and per-head views, every w dtype) and
  * rl_copy_nd (group "copy_nd"), with their error statuses, and rl_attention's separate v_stride
- * and v_head_dim (group "attention": v_head_dim != head_dim, an MLA latent cache with v == k).
+ * and v_head_dim (group "attention": v_head_dim != head_dim, an MLA latent cache with v == k);
+ * ABI 6: the ggml block formats Q8_0 ... Q6_K as rl_matmul weights and rl_embedding tables (group
+ * "quant": CUDA vs CPU and both vs a reference dequantization here, unaligned rows too; their
+ * error statuses in "errors").
  *
  * Both libraries are dlopen'ed (RTLD_LOCAL) and resolved into two function tables, so this
  * program links nothing but libdl and libm:
@@ -289,9 +292,9 @@ static void test_library(void) {
 
 /* out[M,N] of rl_matmul on b. W is uploaded after `pad` bytes and passed as a view, so pad 2/4
  * makes every W row unaligned (the scalar GEMV path). */
-static int run_matmul(backend *b, float *out, const float *x, const void *w, int wdt,
-                      const void *bias, int bdt, int M, int N, int K, int pad) {
-  const uint64_t wbytes = (uint64_t)N * K * dtype_size(wdt);
+static int run_matmul_bytes(backend *b, float *out, const float *x, const void *w,
+                            uint64_t wbytes, int wdt, const void *bias, int bdt, int M, int N,
+                            int K, int pad) {
   uint8_t *wpad = calloc(1, wbytes + (uint64_t)pad);
   memcpy(wpad + pad, w, wbytes);
   void *dx = dev_upload(b, x, sizeof(float) * (uint64_t)M * K);
@@ -308,6 +311,12 @@ static int run_matmul(backend *b, float *out, const float *x, const void *w, int
   dev_free(b, dout);
   free(wpad);
   return good;
+}
+
+static int run_matmul(backend *b, float *out, const float *x, const void *w, int wdt,
+                      const void *bias, int bdt, int M, int N, int K, int pad) {
+  return run_matmul_bytes(b, out, x, w, (uint64_t)N * K * dtype_size(wdt), wdt, bias, bdt, M, N,
+                          K, pad);
 }
 
 static void test_matmul(void) {
@@ -340,16 +349,27 @@ static void test_matmul(void) {
 /* ----------------------------------------------------------------------------------------------
  * Embedding, norms */
 
-static int run_embedding(backend *b, float *out, const void *table, int dt, const int32_t *ids,
-                         int n, int dim, int vocab) {
-  void *dt_ = dev_upload(b, table, (uint64_t)vocab * dim * dtype_size(dt));
+/* The table (tbytes) is uploaded after `pad` bytes and passed as a view. */
+static int run_embedding_bytes(backend *b, float *out, const void *table, uint64_t tbytes, int dt,
+                               const int32_t *ids, int n, int dim, int vocab, int pad) {
+  uint8_t *tpad = calloc(1, tbytes + (uint64_t)pad);
+  memcpy(tpad + pad, table, tbytes);
+  void *dt_ = dev_upload(b, tpad, tbytes + (uint64_t)pad);
   void *dout = dev_poison(b, sizeof(float) * (uint64_t)n * dim);
   int good = dt_ && dout &&
-             ok(b, b->embedding(b->ctx, dout, dt_, dt, ids, n, dim, vocab), "rl_embedding") &&
+             ok(b, b->embedding(b->ctx, dout, b->view(dt_, (uint64_t)pad), dt, ids, n, dim, vocab),
+                "rl_embedding") &&
              dev_download(b, out, dout, sizeof(float) * (uint64_t)n * dim);
   dev_free(b, dt_);
   dev_free(b, dout);
+  free(tpad);
   return good;
+}
+
+static int run_embedding(backend *b, float *out, const void *table, int dt, const int32_t *ids,
+                         int n, int dim, int vocab) {
+  return run_embedding_bytes(b, out, table, (uint64_t)vocab * dim * dtype_size(dt), dt, ids, n,
+                             dim, vocab, 0);
 }
 
 static void test_embedding(void) {
@@ -370,6 +390,272 @@ static void test_embedding(void) {
       free(ref);
       free(got);
     }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * ggml block formats (ABI 6, group "quant"): rl_matmul weights and rl_embedding tables in
+ * Q8_0 ... Q6_K. Random blocks (random bytes, with the f16 scales written as finite normal f16
+ * values), compared CUDA vs CPU and both against a reference here: ggml's dequantize_row_* (the
+ * arithmetic of gguf-py's dequantize_blocks: each product and sum rounded to f32), so a weight
+ * must dequantize bit for bit, and a matmul must equal f64 math on the dequantized weights within
+ * the f32 tolerance (summation order). */
+
+typedef struct {
+  int dt;
+  const char *name;
+  int qk, bytes;
+} qformat;
+
+static const qformat QFORMATS[] = {
+    {RL_Q8_0, "q8_0", 32, 34},   {RL_Q4_0, "q4_0", 32, 18},   {RL_Q4_1, "q4_1", 32, 20},
+    {RL_Q5_0, "q5_0", 32, 22},   {RL_Q5_1, "q5_1", 32, 24},   {RL_Q4_K, "q4_k", 256, 144},
+    {RL_Q5_K, "q5_k", 256, 176}, {RL_Q6_K, "q6_k", 256, 210},
+};
+
+static float f16_value(const uint8_t *p) { /* little-endian IEEE binary16 -> f32, exact */
+  const unsigned h = (unsigned)p[0] | (unsigned)p[1] << 8;
+  const unsigned sign = h >> 15, exp = h >> 10 & 31, man = h & 1023;
+  float f = exp == 0 ? ldexpf((float)man, -24) : ldexpf((float)(man | 1024), (int)exp - 25);
+  if (exp == 31) f = man ? NAN : INFINITY;
+  return sign ? -f : f;
+}
+
+/* A finite normal f16 of magnitude in [2^-10, 2^-4), random sign, at p. */
+static void put_rand_scale(uint8_t *p) {
+  const unsigned exp = 5 + rand_u32() % 6, man = rand_u32() & 1023, sign = rand_u32() & 1;
+  const unsigned h = sign << 15 | exp << 10 | man;
+  p[0] = (uint8_t)h;
+  p[1] = (uint8_t)(h >> 8);
+}
+
+/* nblocks random blocks of format f. */
+static uint8_t *rand_blocks(const qformat *f, int64_t nblocks) {
+  const size_t n = (size_t)(nblocks * f->bytes);
+  uint8_t *p = malloc(n ? n : 1);
+  for (size_t i = 0; i < n; i++) p[i] = (uint8_t)rand_u32();
+  for (int64_t b = 0; b < nblocks; b++) {
+    uint8_t *blk = p + b * f->bytes;
+    if (f->dt == RL_Q6_K) {
+      put_rand_scale(blk + 208);
+    } else {
+      put_rand_scale(blk); /* d */
+      if (f->dt == RL_Q4_1 || f->dt == RL_Q5_1 || f->dt == RL_Q4_K || f->dt == RL_Q5_K)
+        put_rand_scale(blk + 2); /* m, dmin */
+    }
+  }
+  return p;
+}
+
+static void scale_min_k4(int j, const uint8_t *q, int *d, int *m) { /* ggml's get_scale_min_k4 */
+  if (j < 4) {
+    *d = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4);
+  }
+}
+
+/* One block of format dt -> f->qk floats, as ggml's dequantize_row_* (f32 ops, no FMA). */
+static void ref_dequant_block(int dt, const uint8_t *b, float *y) {
+  switch (dt) {
+  case RL_Q8_0: {
+    const float d = f16_value(b);
+    for (int j = 0; j < 32; j++) y[j] = d * (float)(int8_t)b[2 + j];
+    break;
+  }
+  case RL_Q4_0:
+  case RL_Q4_1: {
+    const float d = f16_value(b), m = dt == RL_Q4_1 ? f16_value(b + 2) : 0.0f;
+    const uint8_t *qs = b + (dt == RL_Q4_0 ? 2 : 4);
+    for (int j = 0; j < 16; j++) {
+      if (dt == RL_Q4_0) {
+        y[j] = (float)((qs[j] & 0x0F) - 8) * d;
+        y[j + 16] = (float)((qs[j] >> 4) - 8) * d;
+      } else {
+        const float p0 = (float)(qs[j] & 0x0F) * d, p1 = (float)(qs[j] >> 4) * d;
+        y[j] = p0 + m;
+        y[j + 16] = p1 + m;
+      }
+    }
+    break;
+  }
+  case RL_Q5_0:
+  case RL_Q5_1: {
+    const int one = dt == RL_Q5_1;
+    const float d = f16_value(b), m = one ? f16_value(b + 2) : 0.0f;
+    const uint8_t *qhp = b + (one ? 4 : 2), *qs = qhp + 4;
+    const uint32_t qh = (uint32_t)qhp[0] | (uint32_t)qhp[1] << 8 | (uint32_t)qhp[2] << 16 |
+                        (uint32_t)qhp[3] << 24;
+    for (int j = 0; j < 16; j++) {
+      const int xh0 = (int)(((qh >> j) << 4) & 0x10), xh1 = (int)((qh >> (j + 12)) & 0x10);
+      const int x0 = (qs[j] & 0x0F) | xh0, x1 = (qs[j] >> 4) | xh1;
+      if (!one) {
+        y[j] = (float)(x0 - 16) * d;
+        y[j + 16] = (float)(x1 - 16) * d;
+      } else {
+        const float p0 = (float)x0 * d, p1 = (float)x1 * d;
+        y[j] = p0 + m;
+        y[j + 16] = p1 + m;
+      }
+    }
+    break;
+  }
+  case RL_Q4_K:
+  case RL_Q5_K: {
+    const int five = dt == RL_Q5_K;
+    const float d = f16_value(b), min = f16_value(b + 2);
+    const uint8_t *scales = b + 4, *qh = b + 16, *ql = b + (five ? 48 : 16);
+    int is = 0;
+    unsigned u1 = 1, u2 = 2;
+    for (int j = 0; j < 256; j += 64) {
+      int sc, m;
+      scale_min_k4(is + 0, scales, &sc, &m);
+      const float d1 = d * (float)sc, m1 = min * (float)m;
+      scale_min_k4(is + 1, scales, &sc, &m);
+      const float d2 = d * (float)sc, m2 = min * (float)m;
+      for (int l = 0; l < 32; l++) {
+        const int h1 = five && (qh[l] & u1) ? 16 : 0, h2 = five && (qh[l] & u2) ? 16 : 0;
+        const float p1 = d1 * (float)((ql[l] & 0xF) + h1), p2 = d2 * (float)((ql[l] >> 4) + h2);
+        y[j + l] = p1 - m1;
+        y[j + 32 + l] = p2 - m2;
+      }
+      ql += 32;
+      is += 2;
+      u1 <<= 2;
+      u2 <<= 2;
+    }
+    break;
+  }
+  case RL_Q6_K: {
+    const float d = f16_value(b + 208);
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    for (int n = 0; n < 256; n += 128) {
+      for (int l = 0; l < 32; l++) {
+        const int is = l / 16;
+        const int q1 = (int)((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        const int q2 = (int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        const int q3 = (int)((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        const int q4 = (int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        const float s1 = d * (float)sc[is + 0], s2 = d * (float)sc[is + 2],
+                    s3 = d * (float)sc[is + 4], s4 = d * (float)sc[is + 6];
+        y[n + l + 0] = s1 * (float)q1;
+        y[n + l + 32] = s2 * (float)q2;
+        y[n + l + 64] = s3 * (float)q3;
+        y[n + l + 96] = s4 * (float)q4;
+      }
+      ql += 64;
+      qh += 32;
+      sc += 8;
+    }
+    break;
+  }
+  }
+}
+
+/* rows x k weights of format f (k a multiple of the block) -> f32. */
+static float *ref_dequant(const qformat *f, const uint8_t *w, int64_t rows, int64_t k) {
+  float *y = malloc(sizeof(float) * (size_t)(rows * k));
+  const int64_t nb = rows * k / f->qk;
+  for (int64_t b = 0; b < nb; b++) ref_dequant_block(f->dt, w + b * f->bytes, y + b * f->qk);
+  return y;
+}
+
+static void test_quant(void) {
+  static const int Ms[] = {1, 2, 5, 8, 9, 64, 70};
+  static const int NK[][2] = {{67, 256}, {67, 512}, {19, 288}, {21, 2048}}; /* N, K */
+  for (size_t fi = 0; fi < sizeof QFORMATS / sizeof *QFORMATS; fi++) {
+    const qformat *f = &QFORMATS[fi];
+    /* matmul: plain, + bias, + bias with W one byte off alignment */
+    for (size_t s = 0; s < sizeof NK / sizeof *NK; s++) {
+      const int N = NK[s][0], K = NK[s][1];
+      if (K % f->qk) continue;
+      const int64_t wbytes = (int64_t)N * (K / f->qk) * f->bytes;
+      uint8_t *w = rand_blocks(f, (int64_t)N * (K / f->qk));
+      float *wf = ref_dequant(f, w, N, K);
+      for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+        for (int variant = 0; variant < 3; variant++) {
+          const int M = Ms[mi];
+          if (K == 2048 && M != 1 && M != 5 && M != 8 && M != 70) continue; /* x in chunks */
+          const int bdt = (int)((fi + s + mi) % 3), pad = variant == 2 ? 1 : 0;
+          float *x = rand_floats((int64_t)M * K, -1.0f, 1.0f);
+          void *bias = variant >= 1 ? rand_tensor(bdt, N) : NULL;
+          float *bf = NULL;
+          if (bias) { /* the bias as f32 */
+            bf = malloc(sizeof(float) * (size_t)N);
+            for (int n = 0; n < N; n++) {
+              if (bdt == RL_F32) bf[n] = ((float *)bias)[n];
+              else if (bdt == RL_F16) bf[n] = f16_value((uint8_t *)bias + 2 * n);
+              else {
+                const uint32_t u = (uint32_t)((uint16_t *)bias)[n] << 16;
+                memcpy(&bf[n], &u, 4);
+              }
+            }
+          }
+          float *want = malloc(sizeof(float) * (size_t)M * N);
+          for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+              double acc = 0.0;
+              for (int k = 0; k < K; k++)
+                acc += (double)x[(int64_t)m * K + k] * (double)wf[(int64_t)n * K + k];
+              want[(int64_t)m * N + n] = (float)(acc + (bf ? bf[n] : 0.0));
+            }
+          float *ref = malloc(sizeof(float) * (size_t)M * N), *got = malloc(sizeof(float) * (size_t)M * N);
+          char what[160];
+          snprintf(what, sizeof what, "rl_matmul %s M=%d N=%d K=%d%s%s", f->name, M, N, K,
+                   bias ? " +bias " : "", bias ? dtype_name[bdt] : "");
+          if (pad) strncat(what, " unaligned W", sizeof what - strlen(what) - 1);
+          const int c = run_matmul_bytes(&CPU, ref, x, w, wbytes, f->dt, bias, bdt, M, N, K, pad);
+          const int g = run_matmul_bytes(&GPU, got, x, w, wbytes, f->dt, bias, bdt, M, N, K, pad);
+          if (c && g) compare(ref, got, (int64_t)M * N, TOL_F32, "%s: cuda vs cpu", what);
+          if (c) compare(want, ref, (int64_t)M * N, TOL_F32, "%s: cpu vs reference", what);
+          if (g) compare(want, got, (int64_t)M * N, TOL_F32, "%s: cuda vs reference", what);
+          free(x);
+          free(bias);
+          free(bf);
+          free(want);
+          free(ref);
+          free(got);
+        }
+      free(w);
+      free(wf);
+    }
+    /* embedding: bit for bit the reference dequantization (table also one byte off alignment) */
+    static const int shapes[][3] = {{5, 512, 11}, {3, 256, 2}, {4, 96, 7}}; /* n, dim, vocab */
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+      for (int pad = 0; pad < 2; pad++) {
+        const int n = shapes[s][0], dim = shapes[s][1], vocab = shapes[s][2];
+        if (dim % f->qk) continue;
+        const int64_t nblocks = (int64_t)vocab * (dim / f->qk);
+        uint8_t *table = rand_blocks(f, nblocks);
+        float *tf = ref_dequant(f, table, vocab, dim);
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+        for (int i = 0; i < n; i++) ids[i] = i == 0 ? vocab - 1 : (int32_t)(rand_u32() % (uint32_t)vocab);
+        float *want = malloc(sizeof(float) * (size_t)n * dim);
+        for (int i = 0; i < n; i++)
+          memcpy(want + (int64_t)i * dim, tf + (int64_t)ids[i] * dim, sizeof(float) * (size_t)dim);
+        float *ref = malloc(sizeof(float) * (size_t)n * dim), *got = malloc(sizeof(float) * (size_t)n * dim);
+        const uint64_t tb = (uint64_t)nblocks * (uint64_t)f->bytes;
+        const int c = run_embedding_bytes(&CPU, ref, table, tb, f->dt, ids, n, dim, vocab, pad);
+        const int g = run_embedding_bytes(&GPU, got, table, tb, f->dt, ids, n, dim, vocab, pad);
+        if (c && g)
+          compare(ref, got, (int64_t)n * dim, 0.0, "rl_embedding %s n=%d dim=%d%s: cuda vs cpu",
+                  f->name, n, dim, pad ? " unaligned table" : "");
+        if (c)
+          compare(want, ref, (int64_t)n * dim, 0.0, "rl_embedding %s n=%d dim=%d%s: cpu vs reference",
+                  f->name, n, dim, pad ? " unaligned table" : "");
+        if (g)
+          compare(want, got, (int64_t)n * dim, 0.0, "rl_embedding %s n=%d dim=%d%s: cuda vs reference",
+                  f->name, n, dim, pad ? " unaligned table" : "");
+        free(table);
+        free(tf);
+        free(ids);
+        free(want);
+        free(ref);
+        free(got);
+      }
+  }
 }
 
 /* rmsnorm (b_host == NULL and !layer) or layernorm (layer); in_place uses x's buffer as out. */
@@ -1182,6 +1468,27 @@ static void test_errors(void) {
               GPU.matmul(GPU.ctx, gb, gb + 512, gb, 7, NULL, 0, 1, 4, 4));
   same_status("rl_matmul", CPU.matmul(CPU.ctx, cb, cb + 2, cb + 512, 0, NULL, 0, 2, 4, 4),
               GPU.matmul(GPU.ctx, gb, gb + 2, gb + 512, 0, NULL, 0, 2, 4, 4)); /* out overlaps x */
+  /* ABI 6 block formats: K (dim) not a multiple of the block; no dtype 11 or -1 */
+  same_status("rl_matmul", CPU.matmul(CPU.ctx, cb, cb + 512, cb + 800, RL_Q4_K, NULL, 0, 1, 4, 288),
+              GPU.matmul(GPU.ctx, gb, gb + 512, gb + 800, RL_Q4_K, NULL, 0, 1, 4, 288));
+  same_status("rl_matmul", CPU.matmul(CPU.ctx, cb, cb + 512, cb + 800, RL_Q8_0, NULL, 0, 1, 4, 48),
+              GPU.matmul(GPU.ctx, gb, gb + 512, gb + 800, RL_Q8_0, NULL, 0, 1, 4, 48));
+  same_status("rl_matmul", CPU.matmul(CPU.ctx, cb, cb + 512, cb + 800, 11, NULL, 0, 1, 4, 256),
+              GPU.matmul(GPU.ctx, gb, gb + 512, gb + 800, 11, NULL, 0, 1, 4, 256));
+  same_status("rl_matmul", CPU.matmul(CPU.ctx, cb, cb + 512, cb + 800, -1, NULL, 0, 1, 4, 256),
+              GPU.matmul(GPU.ctx, gb, gb + 512, gb + 800, -1, NULL, 0, 1, 4, 256));
+  same_status("rl_matmul", CPU.matmul(CPU.ctx, cb, cb + 512, cb + 800, RL_Q4_0, cb, 3, 1, 4, 256),
+              GPU.matmul(GPU.ctx, gb, gb + 512, gb + 800, RL_Q4_0, gb, 3, 1, 4, 256)); /* bias q8_0 */
+  {
+    const char *msg = last_error(&GPU, GPU.ctx);
+    check(strstr(msg, "bias_dtype") != NULL, "rl_matmul names a block-format bias: \"%s\"", msg);
+  }
+  same_status("rl_embedding", CPU.embedding(CPU.ctx, cb, cb + 512, RL_Q6_K, ids_bad, 1, 128, 11),
+              GPU.embedding(GPU.ctx, gb, gb + 512, RL_Q6_K, ids_bad, 1, 128, 11));
+  same_status("rl_embedding", CPU.embedding(CPU.ctx, cb, cb + 512, RL_Q5_1, ids_bad, 1, 48, 11),
+              GPU.embedding(GPU.ctx, gb, gb + 512, RL_Q5_1, ids_bad, 1, 48, 11));
+  same_status("rl_embedding", CPU.embedding(CPU.ctx, cb, cb + 512, 11, ids_bad, 1, 32, 11),
+              GPU.embedding(GPU.ctx, gb, gb + 512, 11, ids_bad, 1, 32, 11));
   same_status("rl_embedding", CPU.embedding(CPU.ctx, cb, cb + 512, 0, ids_bad, 3, 4, 11),
               GPU.embedding(GPU.ctx, gb, gb + 512, 0, ids_bad, 3, 4, 11));
   {
@@ -1857,7 +2164,8 @@ int main(int argc, char **argv) {
         const char *name;
         void (*run)(void);
       } tests[] = {{"library", test_library},   {"matmul", test_matmul},
-                   {"embedding", test_embedding}, {"norms", test_norms},
+                   {"embedding", test_embedding}, {"quant", test_quant},
+                   {"norms", test_norms},
                    {"rope", test_rope},           {"act_mul", test_act_mul},
                    {"act", test_act},             {"rows", test_rows},
                    {"elementwise", test_elementwise}, {"argmax", test_argmax},

@@ -204,7 +204,20 @@ bool sync_every_op();
   REQUIRE((uintptr_t)(p) % (uintptr_t)(align) == 0, "%s %p is not aligned to %d bytes", #p,       \
           (const void *)(p), (int)(align))
 
+/* Bytes of an element of a plain dtype (f32, f16, bf16; the block formats have none). */
 static inline int dtype_size(int dt) { return dt == RL_F32 ? 4 : 2; }
+static inline bool is_plain_dtype(int dt) { return dt == RL_F32 || dt == RL_F16 || dt == RL_BF16; }
+
+/* ----------------------------------------------------------------------------------------------
+ * ggml block formats (quant.cu): rl_matmul weights and rl_embedding tables of dtype RL_Q8_0 ..
+ * RL_Q6_K, after the op's argument checks (K resp. dim a multiple of the block). Any other dtype
+ * is refused with RL_ERR_UNSUPPORTED naming it. w / table may have any alignment (bytes are read
+ * one by one); ids is the device copy. Launched on the compute stream. */
+int32_t launch_quant_matmul(rl_ctx *ctx, const char *op, float *out, const float *x,
+                            const void *w, int32_t wdtype, const void *bias, int32_t bias_dtype,
+                            int32_t M, int32_t N, int32_t K);
+int32_t launch_quant_embedding(rl_ctx *ctx, const char *op, float *out, const void *table,
+                               int32_t dtype, const int32_t *d_ids, int32_t n, int32_t dim);
 
 /* ----------------------------------------------------------------------------------------------
  * Scratch and parameter uploads (ctx.cu) */

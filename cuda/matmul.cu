@@ -1,5 +1,6 @@
 /*
  * rl_matmul: out[M,N] = x[M,K] . W[N,K]^T (+ bias[N]); W and bias f32/f16/bf16; fp32 accumulate.
+ * W in a ggml block format (Q8_0 ... Q6_K) goes to quant.cu's kernels.
  *
  *  - M <= GEMV_MAX_M (decode, a few rows): memory bound on W. One warp computes GEMV_ROWS output
  *    columns (W rows) for all M x rows; the lanes of the warp stream the W rows, 16 bytes per
@@ -228,8 +229,11 @@ RL_API int32_t rl_matmul(rl_ctx *ctx, float *out, const float *x, const void *w,
   CHECK_ARGS(rl_check_matmul, out, x, w, wdtype, bias, bias_dtype, M, N, K);
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(x, 4);
-  REQUIRE_ALIGNED(w, dtype_size(wdtype));
   if (bias) REQUIRE_ALIGNED(bias, dtype_size(bias_dtype));
+  /* ggml block formats: quant.cu (byte-aligned rows, no alignment to check) */
+  if (!is_plain_dtype(wdtype))
+    return launch_quant_matmul(ctx, op, out, x, w, wdtype, bias, bias_dtype, M, N, K);
+  REQUIRE_ALIGNED(w, dtype_size(wdtype));
 
   if (M <= GEMV_MAX_M) {
     const int es = dtype_size(wdtype), per_vec = 16 / es;

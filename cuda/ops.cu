@@ -29,10 +29,13 @@ RL_API int32_t rl_embedding(rl_ctx *ctx, float *out, const void *table, int32_t 
   ENTER();
   CHECK_ARGS(rl_check_embedding, out, table, dtype, ids, n, dim, vocab);
   REQUIRE_ALIGNED(out, 4);
-  REQUIRE_ALIGNED(table, dtype_size(dtype));
+  if (is_plain_dtype(dtype)) REQUIRE_ALIGNED(table, dtype_size(dtype));
   void *d_ids = NULL;
   TRY(upload_params(ctx, op, SCR_IDS, ids, sizeof(int32_t) * (uint64_t)n, &d_ids));
   const int32_t *dids = static_cast<const int32_t *>(d_ids);
+  /* ggml block formats: quant.cu */
+  if (!is_plain_dtype(dtype))
+    return launch_quant_embedding(ctx, op, out, table, dtype, dids, n, dim);
   switch (dtype) {
   case RL_F32:
     embedding_kernel<RL_F32><<<n, ROW_THREADS, 0, ctx->compute>>>(out, table, dids, dim);
