@@ -413,7 +413,12 @@ function assignTensors(
 }
 
 /** The local names of part `id` that a quantized split stores in `q` blocks. */
-function quantizedLocals(family: Family, cfg: ModelConfig, id: string, q: BlockDType): Set<string> {
+export function quantizedLocals(
+  family: Family,
+  cfg: ModelConfig,
+  id: string,
+  q: BlockDType,
+): Set<string> {
   const part: Part = id.startsWith("layer.")
     ? { kind: "layer", index: Number(id.slice(6)) }
     : { kind: id as "embed" | "norm" | "lm_head" };

@@ -6,7 +6,8 @@
  */
 import { type Backend, cstr } from "../ffi/backend.ts";
 import type { Checkpoint } from "./auto_model.ts";
-import { listShards, partId } from "./checkpoint.ts";
+import { listShards, partId, quantizedLocals } from "./checkpoint.ts";
+import { tensorByteSize } from "./dtype.ts";
 import type { ModelConfig } from "./config.ts";
 import { workBytes } from "./engine/kv_cache.ts";
 import {
@@ -76,6 +77,7 @@ export async function modelInfo(
   /** Per layer part: its tensors (local name, bytes in the storage dtype). */
   const layerTensors = new Map<string, { name: string; nbytes: number }[]>();
   let parameters = 0;
+  const quantized = new Map<string, Set<string>>();
   const { files } = await listShards(ck.dir);
   for (const f of files) {
     using shard = await SafetensorsFile.open(`${ck.dir}/${f}`);
@@ -85,10 +87,19 @@ export async function modelInfo(
       const n = t.shape.reduce((a, b) => a * b, 1);
       parameters += n;
       const id = partId(placed.part);
-      partBytes[id] = (partBytes[id] ?? 0) + n * size;
+      // What the split stores: blocks for the tensors a quantized split quantizes.
+      let blocks = quantized.get(id);
+      if (!blocks) {
+        blocks = ck.quantize ? quantizedLocals(ck.family, c, id, ck.quantize) : new Set<string>();
+        quantized.set(id, blocks);
+      }
+      const nbytes = ck.quantize && blocks.has(placed.local)
+        ? tensorByteSize(ck.quantize, t.shape)
+        : n * size;
+      partBytes[id] = (partBytes[id] ?? 0) + nbytes;
       if (placed.part.kind === "layer") {
         const list = layerTensors.get(id) ?? [];
-        list.push({ name: placed.local, nbytes: n * size });
+        list.push({ name: placed.local, nbytes });
         layerTensors.set(id, list);
       }
     }
@@ -123,7 +134,7 @@ export async function modelInfo(
   return {
     dir: ck.dir,
     architecture: c.architecture,
-    dtype: ck.dtype,
+    dtype: ck.quantize ? `${ck.dtype} + ${ck.quantize.toLowerCase()} matmul weights` : ck.dtype,
     parameters,
     layers: c.numLayers,
     hiddenSize: c.hiddenSize,

@@ -209,6 +209,7 @@ function ours(mode: string, batch: number): string[] {
     here("./bench_run.ts"),
     `--model=${dir}`,
     `--split=${split.dir}`,
+    `--dtype=${quantArg ?? ck.dtype}`,
     `--device=${device}`,
     `--mode=${mode}`,
     `--prompt=${promptLen}`,

@@ -29,6 +29,8 @@ const { values: a } = parseArgs({
     batch: { type: "string", default: "1" },
     repeat: { type: "string", default: "3" },
     depth: { type: "string" },
+    /** The split's dtype as fromPretrained takes it (float32, q8_0, ...): the same split is reused. */
+    dtype: { type: "string", default: "auto" },
   },
 });
 if (!a.model || !a.split) throw new Error("bench_run: --model and --split are required");
@@ -63,6 +65,7 @@ await using model = await AutoModel.fromPretrained(a.model, {
   ...opts,
   device: a.device as "cpu" | "cuda",
   layerShardsSavingPath: a.split,
+  dtype: a.dtype as "auto",
   maxSeqLen: P + N + 8,
   prefetchDepth: a.depth === undefined ? undefined : Number(a.depth),
   quiet: true,
