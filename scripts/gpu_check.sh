@@ -189,7 +189,7 @@ libs="RABBITLLM_LIB=build/librabbitllm_cpu.so RABBITLLM_CUDA_LIB=build/librabbit
 sanitizer=$(command -v compute-sanitizer 2>/dev/null ||
   for f in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
     /usr/local/cuda-*/bin/compute-sanitizer; do [ -x "$f" ] && echo "$f" && break; done)
-groups=${GPU_CHECK_MEMCHECK_GROUPS:-matmul,embedding,norms,rope,act_mul,elementwise,argmax,attention,copies and stats}
+groups=${GPU_CHECK_MEMCHECK_GROUPS:-matmul,embedding,norms,rope,act_mul,elementwise,argmax,attention,copies and stats,bmm,copy_nd,quant}
 if [ -n "$sanitizer" ]; then
   step memcheck 150 "COMPARE_ONLY='$groups' COMPARE_RUNNER='$sanitizer --tool memcheck --error-exitcode 9 --print-limit 50' $libs sh cuda/test.sh"
 else
