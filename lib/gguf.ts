@@ -344,13 +344,9 @@ export function ggufValue<T extends "string" | "number" | "boolean" | "array">(
   : GgufValue[] {
   const v = h.metadata.get(key);
   if (v === undefined) throw new GgufError(h.file, `key ${key}`, "missing");
-  const ok = kind === "array" ? Array.isArray(v) : typeof v === kind;
-  if (!ok) {
-    throw new GgufError(
-      h.file,
-      `key ${key}`,
-      `expected a ${kind}, got ${Array.isArray(v) ? "array" : typeof v}`,
-    );
+  const actual: string = Array.isArray(v) ? "array" : typeof v;
+  if (actual !== kind) {
+    throw new GgufError(h.file, `key ${key}`, `expected a ${kind}, got ${actual}`);
   }
   return v as never;
 }

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { GgufError } from "../lib/errors.ts";
-import { readGgufHeader } from "../lib/gguf.ts";
+import { ggufValue, readGgufHeader } from "../lib/gguf.ts";
 import { Backend } from "../ffi/backend.ts";
 
 const fixture = new URL("./fixtures/gguf/", import.meta.url);
@@ -267,4 +267,16 @@ Deno.test("gguf: the backend dequantizes every block format as gguf-py does (rl_
     checked++;
   }
   assert.deepEqual(checked, 6); // bf16, q8_0, q4_0, q5_1, q4_k, q6_k
+});
+
+Deno.test("gguf: ggufValue returns a value of the asked kind or names the key", async () => {
+  const h = await readGgufHeader(tiny);
+  assert.equal(ggufValue(h, "test.string", "string"), "héllo ✓");
+  assert.equal(ggufValue(h, "test.u32", "number"), 4000000000);
+  assert.deepEqual(ggufValue(h, "test.strings", "array"), ["a", "", "ü"]);
+  assert.throws(
+    () => ggufValue(h, "test.u32", "string"),
+    /key test.u32: expected a string, got number/,
+  );
+  assert.throws(() => ggufValue(h, "test.nope", "number"), /key test.nope: missing/);
 });
