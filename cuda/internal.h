@@ -273,6 +273,63 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+/* ---- pieces shared by the f32/f16/bf16 kernels (matmul.cu) and the block-format ones (quant.cu) */
+
+/* GEMV epilogue: sums each W row's lanes and, from lane 0, writes out[m, n0 + r] = acc + bias. */
+template <int ROWS, int M>
+__device__ __forceinline__ void gemv_store(float (&acc)[ROWS][M], float *out, const void *bias,
+                                           int bias_dt, int N, int n0, int lane) {
+#pragma unroll
+  for (int r = 0; r < ROWS; r++) {
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[r][m] = warp_sum(acc[r][m]);
+    const int n = n0 + r;
+    if (lane == 0 && n < N) {
+      const float b = bias ? load_any(bias, bias_dt, n) : 0.0f;
+#pragma unroll
+      for (int m = 0; m < M; m++) out[(int64_t)m * N + n] = acc[r][m] + b;
+    }
+  }
+}
+
+/* The 64 x 64 output tile of a GEMM block of 256 threads, thread (ty, tx) = (tid / 16, tid % 16)
+ * owning rows ty + 16 i and columns tx + 16 j (i, j < 4). TILE_LD is the padded row of the
+ * transposed shared tiles xs[k][m], ws[k][n]. One K step: acc[i][j] += sum_kk xs * ws. */
+constexpr int TILE_LD = 64 + 4;
+template <int BK>
+__device__ __forceinline__ void tile_fma(const float (*xs)[TILE_LD], const float (*ws)[TILE_LD],
+                                         float (&acc)[4][4], int tx, int ty) {
+#pragma unroll
+  for (int kk = 0; kk < BK; kk++) {
+    float a[4], b[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) a[i] = xs[kk][ty + 16 * i];
+#pragma unroll
+    for (int j = 0; j < 4; j++) b[j] = ws[kk][tx + 16 * j];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+  }
+}
+
+/* out[m0 + ty + 16 i, n0 + tx + 16 j] = acc[i][j] + bias, inside M x N. */
+__device__ __forceinline__ void tile_store(const float (&acc)[4][4], float *out, const void *bias,
+                                           int bias_dt, int M, int N, int m0, int n0, int tx,
+                                           int ty) {
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const int n = n0 + tx + 16 * j;
+    if (n >= N) continue;
+    const float b = bias ? load_any(bias, bias_dt, n) : 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const int m = m0 + ty + 16 * i;
+      if (m < M) out[(int64_t)m * N + n] = acc[i][j] + b;
+    }
+  }
+}
+
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;

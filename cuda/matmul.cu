@@ -24,6 +24,7 @@ constexpr int GEMM_BM = 64, GEMM_BN = 64, GEMM_BK = 16, GEMM_THREADS = 256;
 static_assert(GEMM_BM * GEMM_BK == 4 * GEMM_THREADS, "each thread stages 4 x elements");
 static_assert(GEMM_BN * GEMM_BK == 4 * GEMM_THREADS, "each thread stages 4 W elements");
 static_assert(GEMM_BM == 4 * 16 && GEMM_BN == 4 * 16, "16 x 16 threads, 4 x 4 outputs each");
+static_assert(TILE_LD == GEMM_BM + 4 && TILE_LD == GEMM_BN + 4, "the shared tile_fma / tile_store tiles");
 
 /* Bytes of one W element, and elements per 16-byte vector load. */
 template <int DT> struct wtype {
@@ -131,17 +132,7 @@ __global__ void __launch_bounds__(GEMV_THREADS)
     }
   }
 
-#pragma unroll
-  for (int r = 0; r < GEMV_ROWS; r++) {
-#pragma unroll
-    for (int m = 0; m < M; m++) acc[r][m] = warp_sum(acc[r][m]);
-    const int n = n0 + r;
-    if (lane == 0 && n < N) {
-      const float b = bias ? load_any(bias, bias_dt, n) : 0.0f;
-#pragma unroll
-      for (int m = 0; m < M; m++) out[(int64_t)m * N + n] = acc[r][m] + b;
-    }
-  }
+  gemv_store<GEMV_ROWS, M>(acc, out, bias, bias_dt, N, n0, lane);
 }
 
 /* Grid: (ceil(N / 64), ceil(M / 64)) blocks of 256 threads; block (bx, by) computes
@@ -151,8 +142,8 @@ template <int DT>
 __global__ void __launch_bounds__(GEMM_THREADS)
     gemm_kernel(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
                 const void *__restrict__ bias, int bias_dt, int M, int N, int K) {
-  __shared__ float xs[GEMM_BK][GEMM_BM + 4]; /* x tile, transposed: xs[k][m] */
-  __shared__ float ws[GEMM_BK][GEMM_BN + 4]; /* W tile, transposed: ws[k][n] */
+  __shared__ float xs[GEMM_BK][TILE_LD]; /* x tile, transposed: xs[k][m] */
+  __shared__ float ws[GEMM_BK][TILE_LD]; /* W tile, transposed: ws[k][n] */
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int m0 = blockIdx.y * GEMM_BM, n0 = blockIdx.x * GEMM_BN;
   float acc[4][4];
@@ -171,32 +162,11 @@ __global__ void __launch_bounds__(GEMM_THREADS)
       ws[kk][r] = n < N && k < K ? load_elt<DT>(w, (int64_t)n * K + k) : 0.0f;
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < GEMM_BK; kk++) {
-      float a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; i++) a[i] = xs[kk][ty + 16 * i];
-#pragma unroll
-      for (int j = 0; j < 4; j++) b[j] = ws[kk][tx + 16 * j];
-#pragma unroll
-      for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-    }
+    tile_fma<GEMM_BK>(xs, ws, acc, tx, ty);
     __syncthreads();
   }
 
-#pragma unroll
-  for (int j = 0; j < 4; j++) {
-    const int n = n0 + tx + 16 * j;
-    if (n >= N) continue;
-    const float b = bias ? load_any(bias, bias_dt, n) : 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const int m = m0 + ty + 16 * i;
-      if (m < M) out[(int64_t)m * N + n] = acc[i][j] + b;
-    }
-  }
+  tile_store(acc, out, bias, bias_dt, M, N, m0, n0, tx, ty);
 }
 
 /* ----------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ constexpr int QGEMV_STEP = 32 * 8;   /* elements of K per warp step */
 constexpr int QGEMM_BM = 64, QGEMM_BN = 64, QGEMM_BK = 32, QGEMM_THREADS = 256;
 static_assert(QGEMM_BN * QGEMM_BK == 8 * QGEMM_THREADS, "each thread dequantizes one part");
 static_assert(QGEMM_BM * QGEMM_BK == 8 * QGEMM_THREADS, "each thread stages 8 x elements");
+static_assert(TILE_LD == QGEMM_BM + 4 && TILE_LD == QGEMM_BN + 4, "the shared tile_fma / tile_store tiles");
 
 constexpr int QEMB_THREADS = 256;
 
@@ -195,17 +196,7 @@ __global__ void __launch_bounds__(QGEMV_THREADS)
     }
   }
 
-#pragma unroll
-  for (int r = 0; r < QGEMV_ROWS; r++) {
-#pragma unroll
-    for (int m = 0; m < M; m++) acc[r][m] = warp_sum(acc[r][m]);
-    const int n = n0 + r;
-    if (lane == 0 && n < N) {
-      const float b = bias ? load_any(bias, bias_dt, n) : 0.0f;
-#pragma unroll
-      for (int m = 0; m < M; m++) out[(int64_t)m * N + n] = acc[r][m] + b;
-    }
-  }
+  gemv_store<QGEMV_ROWS, M>(acc, out, bias, bias_dt, N, n0, lane);
 }
 
 /* Grid: (ceil(N / 64), ceil(M / 64)) blocks of 256 threads; block (bx, by) computes
@@ -217,8 +208,8 @@ __global__ void __launch_bounds__(QGEMM_THREADS)
     qgemm_kernel(float *__restrict__ out, const float *__restrict__ x,
                  const uint8_t *__restrict__ w, const void *__restrict__ bias, int bias_dt, int M,
                  int N, int K) {
-  __shared__ float xs[QGEMM_BK][QGEMM_BM + 4]; /* x tile, transposed: xs[k][m] */
-  __shared__ float ws[QGEMM_BK][QGEMM_BN + 4]; /* W tile, transposed: ws[k][n] */
+  __shared__ float xs[QGEMM_BK][TILE_LD]; /* x tile, transposed: xs[k][m] */
+  __shared__ float ws[QGEMM_BK][TILE_LD]; /* W tile, transposed: ws[k][n] */
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int m0 = blockIdx.y * QGEMM_BM, n0 = blockIdx.x * QGEMM_BN;
   const int64_t row_bytes = (int64_t)(K / qfmt<DT>::qk) * qfmt<DT>::bytes;
@@ -247,32 +238,11 @@ __global__ void __launch_bounds__(QGEMM_THREADS)
 #pragma unroll
     for (int i = 0; i < 8; i++) ws[8 * wp + i][wr] = wv[i];
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < QGEMM_BK; kk++) {
-      float a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; i++) a[i] = xs[kk][ty + 16 * i];
-#pragma unroll
-      for (int j = 0; j < 4; j++) b[j] = ws[kk][tx + 16 * j];
-#pragma unroll
-      for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-    }
+    tile_fma<QGEMM_BK>(xs, ws, acc, tx, ty);
     __syncthreads();
   }
 
-#pragma unroll
-  for (int j = 0; j < 4; j++) {
-    const int n = n0 + tx + 16 * j;
-    if (n >= N) continue;
-    const float b = bias ? load_any(bias, bias_dt, n) : 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const int m = m0 + ty + 16 * i;
-      if (m < M) out[(int64_t)m * N + n] = acc[i][j] + b;
-    }
-  }
+  tile_store(acc, out, bias, bias_dt, M, N, m0, n0, tx, ty);
 }
 
 /* Grid: n blocks (one per id); each thread dequantizes parts of the row (dim a multiple of the
