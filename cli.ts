@@ -76,7 +76,7 @@ commands:
       --token TOKEN           hub access token (default: $HF_TOKEN); never printed
       --device DEV            cpu | cuda | cuda:N | auto (default cpu)
       --dtype DTYPE           auto | float32 | float16 | bfloat16 (default auto: the config's),
-                              or q8_0 | q4_0 | q4_1 | q5_0 | q5_1: matmul weights quantized
+                              or q8_0 | q4_0 | q4_1 | q5_0 | q5_1 | q4_k: matmul weights quantized
       --max-seq-len N         KV cache length
       --split-dir DIR         where the per-layer split goes
   -q, --quiet                 no progress bars`,

@@ -28,7 +28,8 @@ export interface FromPretrainedOptions {
   device?: "cpu" | "cuda" | `cuda:${number}` | "auto";
   /**
    * "auto" (default) keeps the config's dtype (float16 when it names none). A block format
-   * ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1") quantizes the matmul weights and the embedding table
+   * ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k"; q4_k rows that are not whole 256-blocks take
+   * q5_0, as llama.cpp does) quantizes the matmul weights and the embedding table
    * at split time (norms and biases stay in the config's dtype); the manifest records each
    * quantized tensor's error.
    */

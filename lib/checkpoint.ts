@@ -290,8 +290,8 @@ export async function splitCheckpoint(
     let done = 0;
     const manifestParts: ManifestPart[] = [];
     for (const [id, tensors] of parts) {
-      const blocks = opts.quantize ? quantizedLocals(family, cfg, id, opts.quantize) : new Set();
-      const targets = tensors.map((t) => blocks.has(t.local) ? opts.quantize! : target);
+      const blocks = opts.quantize ? quantizedLocals(family, cfg, id, opts.quantize) : new Map();
+      const targets = tensors.map((t): DType => blocks.get(t.local) ?? target);
       manifestParts.push(
         await writePart(out, id, tensors, targets, (n) => {
           done += n;
@@ -412,22 +412,33 @@ function assignTensors(
   return parts;
 }
 
-/** The local names of part `id` that a quantized split stores in `q` blocks. */
+/**
+ * The block format a quantized split stores each quantized tensor of part `id` in, by local name:
+ * matmul weights (and the embedding table) whose rows hold whole blocks of `q`; a row of whole
+ * 32-blocks but not 256-blocks takes the 32-element fallback of a K format (llama.cpp's: Q4_K →
+ * Q5_0). Tensors not listed stay in the split's float dtype.
+ */
 export function quantizedLocals(
   family: Family,
   cfg: ModelConfig,
   id: string,
   q: BlockDType,
-): Set<string> {
+): Map<string, BlockDType> {
   const part: Part = id.startsWith("layer.")
     ? { kind: "layer", index: Number(id.slice(6)) }
     : { kind: id as "embed" | "norm" | "lm_head" };
-  return new Set(
-    family.expected(part, cfg)
-      .filter((e) => e.matmul && e.shape.length === 2 && e.shape[1] % BLOCK[q].elems === 0)
-      .map((e) => e.local),
-  );
+  const out = new Map<string, BlockDType>();
+  for (const e of family.expected(part, cfg)) {
+    if (!e.matmul || e.shape.length !== 2) continue;
+    const k = e.shape[1];
+    if (k % BLOCK[q].elems === 0) out.set(e.local, q);
+    else if (K_FALLBACK[q] && k % 32 === 0) out.set(e.local, K_FALLBACK[q]!);
+  }
+  return out;
 }
+
+/** The 32-element format a K format falls back to for rows that are not whole 256-blocks. */
+const K_FALLBACK: Partial<Record<BlockDType, BlockDType>> = { Q4_K: "Q5_0" };
 
 /** The tensor's bytes in `to`: a float conversion, or quantization (with its error). */
 function encode(

@@ -8,6 +8,7 @@ import { type Backend, cstr } from "../ffi/backend.ts";
 import type { Checkpoint } from "./auto_model.ts";
 import { listShards, partId, quantizedLocals } from "./checkpoint.ts";
 import { tensorByteSize } from "./dtype.ts";
+import type { BlockDType } from "./quant.ts";
 import type { ModelConfig } from "./config.ts";
 import { workBytes } from "./engine/kv_cache.ts";
 import {
@@ -77,7 +78,7 @@ export async function modelInfo(
   /** Per layer part: its tensors (local name, bytes in the storage dtype). */
   const layerTensors = new Map<string, { name: string; nbytes: number }[]>();
   let parameters = 0;
-  const quantized = new Map<string, Set<string>>();
+  const quantized = new Map<string, Map<string, BlockDType>>();
   const { files } = await listShards(ck.dir);
   for (const f of files) {
     using shard = await SafetensorsFile.open(`${ck.dir}/${f}`);
@@ -90,12 +91,11 @@ export async function modelInfo(
       // What the split stores: blocks for the tensors a quantized split quantizes.
       let blocks = quantized.get(id);
       if (!blocks) {
-        blocks = ck.quantize ? quantizedLocals(ck.family, c, id, ck.quantize) : new Set<string>();
+        blocks = ck.quantize ? quantizedLocals(ck.family, c, id, ck.quantize) : new Map();
         quantized.set(id, blocks);
       }
-      const nbytes = ck.quantize && blocks.has(placed.local)
-        ? tensorByteSize(ck.quantize, t.shape)
-        : n * size;
+      const block = blocks.get(placed.local);
+      const nbytes = block ? tensorByteSize(block, t.shape) : n * size;
       partBytes[id] = (partBytes[id] ?? 0) + nbytes;
       if (placed.part.kind === "layer") {
         const list = layerTensors.get(id) ?? [];

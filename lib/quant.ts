@@ -25,8 +25,8 @@ export const BLOCK: Readonly<Record<BlockDType, { elems: number; bytes: number }
   Q6_K: { elems: 256, bytes: 210 },
 });
 
-/** The formats {@link quantize} writes (the K formats need ggml's iterative search: not yet). */
-export const QUANTIZABLE: readonly BlockDType[] = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"];
+/** The formats {@link quantize} writes. */
+export const QUANTIZABLE: readonly BlockDType[] = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K"];
 
 export function isBlockDType(name: unknown): name is BlockDType {
   return typeof name === "string" && Object.hasOwn(BLOCK, name);
@@ -146,23 +146,164 @@ const WRITERS: Readonly<Record<string, BlockWriter>> = {
   },
 };
 
+// ------------------------------------------------------------------------------------------------
+// Q4_K: ggml's quantize_row_q4_K_ref. Per super-block of 256: eight sub-blocks of 32 each get a
+// scale and a min by a weighted least-squares search over candidate scales (fitMinScale); the
+// scales and mins are quantized to 6 bits against the super-block's d and dmin (f16), then every
+// value is re-quantized to 4 bits with the 6-bit scales actually stored.
+
+/** ggml's nearest_int: round half to even through the f32 addition of 1.5 · 2^23. */
+function nearestInt(v: number): number {
+  return f(v + 12582912) - 12582912;
+}
+
 /**
- * Quantizes `x` (rows of `k` values, k a multiple of 32) into `dtype` blocks, row-major as the
- * source (a row of k values becomes k / 32 blocks).
+ * ggml's make_qkx2_quants for n values, levels 0..nmax: the scale and min (returned as -min >= 0)
+ * minimizing Σ w (scale·l + min − x)² over nstep + 1 candidate scales; L gets the levels.
+ */
+function fitMinScale(
+  x: Float32Array,
+  w: Float32Array,
+  nmax: number,
+  L: Uint8Array,
+  rmin: number,
+  rdelta: number,
+  nstep: number,
+): { scale: number; min: number } {
+  const n = x.length, aux = new Uint8Array(n);
+  let min = x[0], max = x[0], sumW = w[0], sumX = f(w[0] * x[0]);
+  for (let i = 1; i < n; i++) {
+    if (x[i] < min) min = x[i];
+    if (x[i] > max) max = x[i];
+    sumW = f(sumW + w[i]);
+    sumX = f(sumX + f(w[i] * x[i]));
+  }
+  if (min > 0) min = 0;
+  if (max === min) {
+    L.fill(0);
+    return { scale: 0, min: -min };
+  }
+  const range = f(max - min);
+  let iscale = f(nmax / range), scale = f(1 / iscale), best = 0;
+  for (let i = 0; i < n; i++) {
+    L[i] = Math.max(0, Math.min(nmax, nearestInt(f(iscale * f(x[i] - min)))));
+    const diff = f(f(f(scale * L[i]) + min) - x[i]);
+    best = f(best + f(w[i] * f(diff * diff)));
+  }
+  for (let is = 0; is <= nstep; is++) {
+    iscale = f(f(f(rmin + f(rdelta * is)) + nmax) / range);
+    let sumL = 0, sumL2 = 0, sumXL = 0;
+    for (let i = 0; i < n; i++) {
+      const l = Math.max(0, Math.min(nmax, nearestInt(f(iscale * f(x[i] - min)))));
+      aux[i] = l;
+      const wl = f(w[i] * l);
+      sumL = f(sumL + wl);
+      sumL2 = f(sumL2 + f(wl * l));
+      sumXL = f(sumXL + f(wl * x[i]));
+    }
+    const D = f(f(sumW * sumL2) - f(sumL * sumL));
+    if (!(D > 0)) continue;
+    let thisScale = f(f(f(sumW * sumXL) - f(sumX * sumL)) / D);
+    let thisMin = f(f(f(sumL2 * sumX) - f(sumL * sumXL)) / D);
+    if (thisMin > 0) {
+      thisMin = 0;
+      thisScale = f(sumXL / sumL2);
+    }
+    let err = 0;
+    for (let i = 0; i < n; i++) {
+      const diff = f(f(f(thisScale * aux[i]) + thisMin) - x[i]);
+      err = f(err + f(w[i] * f(diff * diff)));
+    }
+    if (err < best) {
+      L.set(aux);
+      best = err;
+      scale = thisScale;
+      min = thisMin;
+    }
+  }
+  return { scale, min: -min };
+}
+
+/** The 6-bit scale and min of sub-block j from the 12 packed bytes (ggml's get_scale_min_k4). */
+function scaleMinK4(j: number, q: Uint8Array, o: number): [number, number] {
+  if (j < 4) return [q[o + j] & 63, q[o + j + 4] & 63];
+  return [
+    (q[o + j + 4] & 0xf) | ((q[o + j - 4] >> 6) << 4),
+    (q[o + j + 4] >> 4) | ((q[o + j] >> 6) << 4),
+  ];
+}
+
+/** One Q4_K super-block of 256 values at out[o...] (144 bytes). */
+function writeQ4K(x: Float32Array, out: Uint8Array, o: number): void {
+  const L = new Uint8Array(256), w = new Float32Array(32);
+  const scales = new Float32Array(8), mins = new Float32Array(8);
+  let maxScale = 0, maxMin = 0;
+  for (let j = 0; j < 8; j++) {
+    const xs = x.subarray(32 * j, 32 * j + 32);
+    let sumX2 = 0;
+    for (const v of xs) sumX2 = f(sumX2 + f(v * v));
+    const avX = f(Math.sqrt(f(sumX2 / 32)));
+    for (let l = 0; l < 32; l++) w[l] = f(avX + Math.abs(xs[l]));
+    const r = fitMinScale(xs, w, 15, L.subarray(32 * j, 32 * j + 32), -1, f(0.1), 20);
+    scales[j] = r.scale;
+    mins[j] = r.min;
+    if (r.scale > maxScale) maxScale = r.scale;
+    if (r.min > maxMin) maxMin = r.min;
+  }
+  const invScale = maxScale > 0 ? f(63 / maxScale) : 0, invMin = maxMin > 0 ? f(63 / maxMin) : 0;
+  const sc = o + 4; // scales[12] after d and dmin
+  out.fill(0, sc, sc + 12);
+  for (let j = 0; j < 8; j++) {
+    const ls = Math.min(63, nearestInt(f(invScale * scales[j])) & 0xff);
+    const lm = Math.min(63, nearestInt(f(invMin * mins[j])) & 0xff);
+    if (j < 4) {
+      out[sc + j] = ls;
+      out[sc + j + 4] = lm;
+    } else {
+      out[sc + j + 4] = (ls & 0xf) | ((lm & 0xf) << 4);
+      out[sc + j - 4] |= (ls >> 4) << 6;
+      out[sc + j] |= (lm >> 4) << 6;
+    }
+  }
+  const dBits = f16Bits(f(maxScale / 63)), mBits = f16Bits(f(maxMin / 63));
+  put16(out, o, dBits);
+  put16(out, o + 2, mBits);
+  const d16 = f16ToF32(Uint16Array.of(dBits))[0], m16 = f16ToF32(Uint16Array.of(mBits))[0];
+  for (let j = 0; j < 8; j++) {
+    const [s, m] = scaleMinK4(j, out, sc);
+    const d = f(d16 * s);
+    if (d === 0) continue;
+    const dm = f(m16 * m);
+    for (let i = 0; i < 32; i++) {
+      L[32 * j + i] = Math.max(0, Math.min(15, nearestInt(f(f(x[32 * j + i] + dm) / d))));
+    }
+  }
+  const qs = o + 16;
+  for (let j = 0; j < 256; j += 64) {
+    for (let l = 0; l < 32; l++) out[qs + j / 2 + l] = L[j + l] | (L[j + l + 32] << 4);
+  }
+}
+
+/**
+ * Quantizes `x` (rows of `k` values, k a multiple of the block) into `dtype` blocks, row-major as
+ * the source (a row of k values becomes k / block blocks).
  */
 export function quantize(x: Float32Array, dtype: BlockDType, k: number): Uint8Array {
-  const write = WRITERS[dtype];
+  const write = dtype === "Q4_K" ? writeQ4K : WRITERS[dtype];
   if (!write) throw new RangeError(`quantizing to ${dtype} is not implemented`);
   const rowBytes = blockRowBytes(dtype, k), rows = x.length / k;
   if (!Number.isInteger(rows)) throw new RangeError(`${x.length} values are not rows of ${k}`);
-  const out = new Uint8Array(rows * rowBytes), size = BLOCK[dtype].bytes;
-  for (let b = 0; b < x.length / 32; b++) write(x.subarray(b * 32, b * 32 + 32), out, b * size);
+  const out = new Uint8Array(rows * rowBytes), { elems, bytes } = BLOCK[dtype];
+  for (let b = 0; b < x.length / elems; b++) {
+    write(x.subarray(b * elems, (b + 1) * elems), out, b * bytes);
+  }
   return out;
 }
 
 /** Dequantizes blocks written by {@link quantize} (the 32-element formats) to f32. */
 export function dequantize(blocks: Uint8Array, dtype: BlockDType): Float32Array {
   const { bytes, elems } = BLOCK[dtype];
+  if (dtype === "Q4_K") return dequantizeQ4K(blocks);
   if (elems !== 32 || !WRITERS[dtype]) {
     throw new RangeError(`dequantizing ${dtype} is not implemented`);
   }
@@ -194,6 +335,24 @@ export function dequantize(blocks: Uint8Array, dtype: BlockDType): Float32Array 
         const m = half(o + 2), qh = dv.getUint32(o + 4, true);
         for (let j = 0; j < 32; j++) y[j] = f(d * (nib(o + 8, j) | (((qh >>> j) & 1) << 4))) + m;
         break;
+      }
+    }
+  }
+  return out;
+}
+
+function dequantizeQ4K(blocks: Uint8Array): Float32Array {
+  const n = blocks.length / 144, out = new Float32Array(n * 256);
+  const half = (o: number) => f16ToF32(Uint16Array.of(blocks[o] | (blocks[o + 1] << 8)))[0];
+  for (let b = 0; b < n; b++) {
+    const o = b * 144, d = half(o), dmin = half(o + 2);
+    for (let j = 0; j < 8; j++) {
+      const [s, m] = scaleMinK4(j, blocks, o + 4);
+      const d1 = f(d * s), m1 = f(dmin * m);
+      // Sub-blocks 2i and 2i + 1 share 32 bytes: low nibbles, then high nibbles.
+      const qs = o + 16 + 32 * (j >> 1), shift = (j & 1) * 4;
+      for (let l = 0; l < 32; l++) {
+        out[b * 256 + 32 * j + l] = f(f(d1 * ((blocks[qs + l] >> shift) & 15)) - m1);
       }
     }
   }

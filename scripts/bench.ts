@@ -2,7 +2,8 @@
  * `deno task bench`: the side-by-side table, every row measured in one run on this machine.
  *
  *   deno task bench [--model DIR | --shape smollm2-135m|llama3-8b|qwen3-30b-a3b]
- *                   [--dtype F32|F16|BF16|q8_0|q4_0|q4_1|q5_0|q5_1] [--layers N] [--device cpu|cuda]
+ *                   [--dtype F32|F16|BF16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k] [--layers N]
+ *                   [--device cpu|cuda]
  *                   [--prompt 64] [--new 64] [--batches 1,4,16] [--memory-limit 0.75]
  *                   [--repeat 3] [--peers] [--no-hf] [--json FILE]
  *
@@ -272,7 +273,14 @@ async function llamaCpp(): Promise<{ python: string; gguf: string } | string> {
 }
 
 /** llama.cpp's ftype of each block format (llama_ftype: LLAMA_FTYPE_MOSTLY_*). */
-const LLAMA_FTYPE: Record<string, number> = { q8_0: 7, q4_0: 2, q4_1: 3, q5_0: 8, q5_1: 9 };
+const LLAMA_FTYPE: Record<string, number> = {
+  q8_0: 7,
+  q4_0: 2,
+  q4_1: 3,
+  q5_0: 8,
+  q5_1: 9,
+  q4_k: 14, // LLAMA_FTYPE_MOSTLY_Q4_K_S
+};
 
 /**
  * The GGUF at `base` quantized to `type` by llama.cpp's own quantizer (llama_model_quantize through

@@ -88,7 +88,7 @@ def write(out: Path) -> None:
         (out / f"{name}.bin").write_bytes(blocks.tobytes())
         deq = quants.dequantize(blocks, getattr(T, name)).astype("<f4")
         (out / f"{name}.dequant.f32").write_bytes(deq.tobytes())
-    for name in ("Q8_0", "Q4_0"):
+    for name in ("Q8_0", "Q4_0", "Q5_0"):
         logits = stories_logits(name).astype("<f4")
         (out / f"stories260k_{name}.logits.f32").write_bytes(logits.tobytes())
     meta = {"rows": ROWS, "cols": COLS, "types": TYPES, "generator": "gguf " + quants.__name__}
