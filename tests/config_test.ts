@@ -1,21 +1,7 @@
 import assert from "node:assert/strict";
 import { ConfigError, UnsupportedArchitectureError } from "../lib/errors.ts";
-import { familyFor, SUPPORTED_ARCHITECTURES } from "../lib/models/registry.ts";
-
-const base = {
-  architectures: ["LlamaForCausalLM"],
-  model_type: "llama",
-  vocab_size: 256,
-  hidden_size: 64,
-  intermediate_size: 128,
-  num_hidden_layers: 2,
-  num_attention_heads: 4,
-};
-
-function parse(raw: Record<string, unknown>) {
-  const arch = (raw.architectures as string[])[0];
-  return familyFor(arch, "m/config.json").parseConfig(raw, "m/config.json");
-}
+import { SUPPORTED_ARCHITECTURES } from "../lib/models/registry.ts";
+import { base, parse } from "./models/_helpers.ts";
 
 Deno.test("config: transformers 5 rope_parameters and legacy rope_theta + rope_scaling agree", () => {
   const scaling = {
