@@ -89,14 +89,15 @@ ALWAYS_INLINE void gemv(float *out, const float *x, const void *w, int dt, const
 typedef void gemv_fn(float *out, const float *x, const void *w, const void *bias, int bdt,
                      int64_t K, int64_t n_begin, int64_t n_end);
 
-#define GEMV_FN(dt)                                                                               \
+/* gemv_<dt>: the row kernel `kernel` specialised to one dtype (a gemvs[] entry). */
+#define GEMV_FN(kernel, dt)                                                                       \
   static void gemv_##dt(float *out, const float *x, const void *w, const void *bias, int bdt,     \
                         int64_t K, int64_t n_begin, int64_t n_end) {                              \
-    gemv(out, x, w, dt, bias, bdt, K, n_begin, n_end);                                            \
+    kernel(out, x, w, dt, bias, bdt, K, n_begin, n_end);                                          \
   }
-GEMV_FN(RL_F32)
-GEMV_FN(RL_F16)
-GEMV_FN(RL_BF16)
+GEMV_FN(gemv, RL_F32)
+GEMV_FN(gemv, RL_F16)
+GEMV_FN(gemv, RL_BF16)
 
 /* gemv() for a block format dt (a compile-time constant): each W row is K / QK blocks, each
  * dequantized in registers and multiplied into x (quant.h). The prefetch runs GEMV_PREFETCH bytes
@@ -135,19 +136,14 @@ ALWAYS_INLINE void gemv_q(float *out, const float *x, const void *w, int dt, con
   }
 }
 
-#define GEMV_Q_FN(dt)                                                                             \
-  static void gemv_##dt(float *out, const float *x, const void *w, const void *bias, int bdt,     \
-                        int64_t K, int64_t n_begin, int64_t n_end) {                              \
-    gemv_q(out, x, w, dt, bias, bdt, K, n_begin, n_end);                                          \
-  }
-GEMV_Q_FN(RL_Q8_0)
-GEMV_Q_FN(RL_Q4_0)
-GEMV_Q_FN(RL_Q4_1)
-GEMV_Q_FN(RL_Q5_0)
-GEMV_Q_FN(RL_Q5_1)
-GEMV_Q_FN(RL_Q4_K)
-GEMV_Q_FN(RL_Q5_K)
-GEMV_Q_FN(RL_Q6_K)
+GEMV_FN(gemv_q, RL_Q8_0)
+GEMV_FN(gemv_q, RL_Q4_0)
+GEMV_FN(gemv_q, RL_Q4_1)
+GEMV_FN(gemv_q, RL_Q5_0)
+GEMV_FN(gemv_q, RL_Q5_1)
+GEMV_FN(gemv_q, RL_Q4_K)
+GEMV_FN(gemv_q, RL_Q5_K)
+GEMV_FN(gemv_q, RL_Q6_K)
 
 /* Indexed by enum rl_dtype. */
 static gemv_fn *const gemvs[RL_DTYPE_COUNT] = {

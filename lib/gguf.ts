@@ -14,7 +14,6 @@
  * @module
  */
 import { GgufError } from "./errors.ts";
-import { BLOCK, type BlockDType } from "./quant.ts";
 
 /** A metadata value: numbers (u64/i64 as bigint when beyond 2^53), strings, booleans, arrays. */
 export type GgufValue = number | bigint | string | boolean | GgufValue[];
@@ -54,9 +53,6 @@ const GGML_TYPES: Readonly<Record<number, { name: string; elems: number; bytes: 
   35: { name: "TQ2_0", elems: 256, bytes: 66 },
 };
 
-/** The ggml types the engine computes with: floats and the block formats of lib/quant.ts. */
-export type GgufComputeType = "F32" | "F16" | "BF16" | BlockDType;
-
 /** One tensor of a GGUF file. */
 export interface GgufTensor {
   name: string;
@@ -81,11 +77,6 @@ export interface GgufHeader {
   dataOffset: number;
   /** Size of the file. */
   fileBytes: number;
-}
-
-/** Whether the engine computes with tensors of this ggml type name (else it must refuse them). */
-export function isComputeType(type: string): type is GgufComputeType {
-  return type === "F32" || type === "F16" || type === "BF16" || Object.hasOwn(BLOCK, type);
 }
 
 /** Bounds that keep a hostile header from costing more than the file itself. */

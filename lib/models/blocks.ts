@@ -51,6 +51,19 @@ export interface GatedMlpSpec {
   down: LinearSpec;
 }
 
+/**
+ * `build(cfg)` once per config object: a spec is read by every layer of every step, so it is built
+ * once and shared (treat it as immutable).
+ */
+export function perConfig<C extends object, T>(build: (cfg: C) => T): (cfg: C) => T {
+  const cache = new WeakMap<C, T>();
+  return (cfg) => {
+    let v = cache.get(cfg);
+    if (v === undefined) cache.set(cfg, v = build(cfg));
+    return v;
+  };
+}
+
 /** A linear spec without bias (`<prefix>.<name>`). */
 export function plain(name: string): LinearSpec {
   return { name, bias: false };

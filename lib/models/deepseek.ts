@@ -49,6 +49,7 @@ import {
   norm,
   type NormSpec,
   normTensors,
+  perConfig,
   plain,
   residual,
 } from "./blocks.ts";
@@ -312,7 +313,7 @@ interface MlaSpec {
   o: LinearSpec;
 }
 
-function mlaSpec(cfg: DeepseekConfig): MlaSpec {
+const mlaSpec = perConfig((cfg: DeepseekConfig): MlaSpec => {
   const bias = cfg.attentionBias,
     lora = (name: string): NormSpec => ({ name, kind: "rms", eps: 1e-6 });
   return {
@@ -327,13 +328,13 @@ function mlaSpec(cfg: DeepseekConfig): MlaSpec {
     kvB: plain("self_attn.kv_b_proj"),
     o: { name: "self_attn.o_proj", bias },
   };
-}
+});
 
 /** noaux_tc's per-expert bias added to the router's choice scores (not to its logits). */
 const CORRECTION_BIAS = "mlp.gate.e_score_correction_bias";
 
 /** The MoE of a layer from `first_k_dense_replace` on (shared experts: `mlp.shared_experts`). */
-function deepseekMoeSpec(cfg: DeepseekConfig): MoeSpec {
+const deepseekMoeSpec = perConfig((cfg: DeepseekConfig): MoeSpec => {
   const ds = cfg.deepseek;
   return {
     norm: { name: "post_attention_layernorm", kind: "rms" },
@@ -345,7 +346,7 @@ function deepseekMoeSpec(cfg: DeepseekConfig): MoeSpec {
       ? { mlp: gatedMlpNames("mlp.shared_experts"), inter: ds.sharedIntermediate }
       : undefined,
   };
-}
+});
 
 function expectedDeepseek(part: Part, cfg: DeepseekConfig): ExpectedTensor[] {
   if (part.kind !== "layer") return expectedGlobal(part, cfg);

@@ -36,6 +36,7 @@ import {
   norm,
   type NormSpec,
   normTensors,
+  perConfig,
   residual,
 } from "./blocks.ts";
 import { type DenseBuffers, expectedGlobal, placeLlamaLike } from "./llama.ts";
@@ -160,6 +161,15 @@ export interface GemmaLayerSpec {
  * and the attention soft-cap.
  */
 export function gemmaLayerSpec(cfg: GemmaConfig, qkNorm: boolean): GemmaLayerSpec {
+  return GEMMA_SPECS[qkNorm ? 1 : 0](cfg);
+}
+
+const GEMMA_SPECS = [
+  perConfig((cfg: GemmaConfig) => buildGemmaLayerSpec(cfg, false)),
+  perConfig((cfg: GemmaConfig) => buildGemmaLayerSpec(cfg, true)),
+];
+
+function buildGemmaLayerSpec(cfg: GemmaConfig, qkNorm: boolean): GemmaLayerSpec {
   const bias = cfg.attentionBias, n = (name: string): NormSpec => ({ name, kind: "rms1" });
   return {
     inputNorm: n("input_layernorm"),

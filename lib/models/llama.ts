@@ -36,6 +36,7 @@ import {
   norm,
   type NormSpec,
   normTensors,
+  perConfig,
   residual,
 } from "./blocks.ts";
 
@@ -47,8 +48,6 @@ export const LLAMA_DEFAULTS: ConfigDefaults = {
   hiddenAct: "silu",
   tieWordEmbeddings: false,
 };
-
-export { ACTIVATIONS };
 
 /** Parses the Llama-shaped config keys with the given defaults and validates what we run. */
 export function parseLlamaLike(
@@ -128,6 +127,10 @@ export interface LlamaLayerSpec {
  * puts one there with attention_bias, Qwen2's qkv bias does not).
  */
 export function llamaLayerSpec(cfg: ModelConfig, oBias = false): LlamaLayerSpec {
+  return LLAMA_SPECS[oBias ? 1 : 0](cfg);
+}
+
+function buildLlamaLayerSpec(cfg: ModelConfig, oBias: boolean): LlamaLayerSpec {
   const bias = cfg.attentionBias;
   return {
     inputNorm: { name: "input_layernorm", kind: "rms" },
@@ -142,6 +145,11 @@ export function llamaLayerSpec(cfg: ModelConfig, oBias = false): LlamaLayerSpec 
     mlp: gatedMlpNames("mlp"),
   };
 }
+
+const LLAMA_SPECS = [
+  perConfig((cfg: ModelConfig) => buildLlamaLayerSpec(cfg, false)),
+  perConfig((cfg: ModelConfig) => buildLlamaLayerSpec(cfg, true)),
+];
 
 /** Expected tensors of the global parts shared by the Llama-shaped families. */
 export function expectedGlobal(part: Exclude<Part, { kind: "layer" }>, cfg: ModelConfig) {

@@ -8,7 +8,7 @@
 import { type ModelConfig, optionalInt } from "../config.ts";
 import { ConfigError } from "../errors.ts";
 import type { Family } from "./family.ts";
-import { denseLayerScratch, plain } from "./blocks.ts";
+import { denseLayerScratch, perConfig, plain } from "./blocks.ts";
 import {
   attentionBlock,
   attentionLayerTensors,
@@ -52,7 +52,7 @@ export interface MixtralConfig extends ModelConfig {
 }
 
 /** Mixtral's MoE: `block_sparse_moe` with experts w1 (gate), w3 (up), w2 (down). */
-function moeSpec(cfg: MixtralConfig): MoeSpec {
+const moeSpec = perConfig((cfg: MixtralConfig): MoeSpec => {
   return {
     norm: { name: "post_attention_layernorm", kind: "rms" },
     router: plain("block_sparse_moe.gate"),
@@ -64,7 +64,7 @@ function moeSpec(cfg: MixtralConfig): MoeSpec {
     }),
     inter: cfg.intermediateSize,
   };
-}
+});
 
 export const mixtral: Family<MixtralConfig, DenseBuffers | MoeBuffers> = {
   architectures: ["MixtralForCausalLM"],

@@ -9,7 +9,8 @@
 import type { ModelConfig } from "../config.ts";
 import { ConfigError } from "../errors.ts";
 import type { ExpectedTensor, Family, LayerContext, PartWeights } from "./family.ts";
-import { ACTIVATIONS, LLAMA_DEFAULTS, parseLlamaLike, placeExpected } from "./llama.ts";
+import { LLAMA_DEFAULTS, parseLlamaLike, placeExpected } from "./llama.ts";
+import { ACTIVATIONS } from "./activations.ts";
 import {
   attention,
   type AttentionBuffers,
@@ -24,6 +25,7 @@ import {
   norm,
   type NormSpec,
   normTensors,
+  perConfig,
   residual,
 } from "./blocks.ts";
 
@@ -34,7 +36,7 @@ export interface PhiConfig extends ModelConfig {
 }
 
 /** The tensors of a Phi layer, each named once (blocks.ts): everything biased, LayerNorms. */
-function phiLayerSpec(cfg: PhiConfig) {
+const phiLayerSpec = perConfig((cfg: PhiConfig) => {
   const linear = (name: string): LinearSpec => ({ name, bias: true });
   const ln = (name: string): NormSpec => ({ name, kind: "layer" });
   const attn: AttentionSpec = {
@@ -48,7 +50,7 @@ function phiLayerSpec(cfg: PhiConfig) {
     scale: 1 / Math.sqrt(cfg.headDim),
   };
   return { inputNorm: ln("input_layernorm"), attn, fc1: linear("mlp.fc1"), fc2: linear("mlp.fc2") };
-}
+});
 
 /** Phi's scratch: the attention's, fc1's output `fc` [I] and fc2's `mlp` [D] per row. */
 type PhiBuffers = LayerBuffers | AttentionBuffers | "fc" | "mlp";

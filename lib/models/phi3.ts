@@ -31,7 +31,7 @@ const LONGROPE_ALIASES = { su: "longrope", yarn: "longrope" };
 const QKV = plain("self_attn.qkv_proj"), GATE_UP = plain("mlp.gate_up_proj");
 
 /** Llama's layer (no biases), run over row views of the fused weights. */
-const spec = (cfg: ModelConfig): LlamaLayerSpec => llamaLayerSpec({ ...cfg, attentionBias: false });
+const spec = (cfg: ModelConfig): LlamaLayerSpec => llamaLayerSpec(cfg); // attentionBias is false
 
 /** The spec's q/k/v and gate/up weights as row views of the fused ones (a row range of W is a weight). */
 function unfused(be: Backend, cfg: ModelConfig, w: PartWeights): PartWeights {

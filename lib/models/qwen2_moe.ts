@@ -10,7 +10,7 @@
 import { type ModelConfig, optionalInt } from "../config.ts";
 import { ConfigError } from "../errors.ts";
 import type { Family, LayerContext, Part, PartWeights, ScratchSizes } from "./family.ts";
-import { denseLayerScratch, gatedMlpNames, plain } from "./blocks.ts";
+import { denseLayerScratch, gatedMlpNames, perConfig, plain } from "./blocks.ts";
 import {
   attentionBlock,
   attentionLayerTensors,
@@ -100,7 +100,7 @@ export function parseQwenMoe(
 }
 
 /** The MoE of a Qwen-MoE layer: `mlp.experts.{e}`, a shared expert with its sigmoid gate. */
-export function qwenMoeSpec(cfg: QwenMoeConfig): MoeSpec {
+export const qwenMoeSpec = perConfig((cfg: QwenMoeConfig): MoeSpec => {
   const moe = qwenMoe(cfg);
   return {
     norm: { name: "post_attention_layernorm", kind: "rms" },
@@ -116,7 +116,7 @@ export function qwenMoeSpec(cfg: QwenMoeConfig): MoeSpec {
       }
       : undefined,
   };
-}
+});
 
 /** Part tensors of a Qwen-MoE model whose attention layers are `spec`'s. */
 export function expectedQwenMoe(part: Part, cfg: QwenMoeConfig, spec: LlamaLayerSpec) {

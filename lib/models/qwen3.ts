@@ -18,16 +18,17 @@ import {
   placeExpected,
 } from "./llama.ts";
 import { parseQwen2Like } from "./qwen2.ts";
+import { perConfig } from "./blocks.ts";
 
 /** Llama's layer with q_norm / k_norm, every projection biased with `attention_bias`. */
-export function qwen3LayerSpec(cfg: ModelConfig): LlamaLayerSpec {
+export const qwen3LayerSpec = perConfig((cfg: ModelConfig): LlamaLayerSpec => {
   const spec = llamaLayerSpec(cfg, cfg.attentionBias);
-  spec.attn.qkNorm = {
-    q: { name: "self_attn.q_norm", kind: "rms" },
-    k: { name: "self_attn.k_norm", kind: "rms" },
+  const qkNorm = {
+    q: { name: "self_attn.q_norm", kind: "rms" as const },
+    k: { name: "self_attn.k_norm", kind: "rms" as const },
   };
-  return spec;
-}
+  return { ...spec, attn: { ...spec.attn, qkNorm } };
+});
 
 export const qwen3: Family = {
   ...llama,
