@@ -38,6 +38,8 @@ import {
   Tokenizer as HfTokenizer,
 } from "@huggingface/tokenizers";
 import { TokenizerError } from "./errors.ts";
+import type { GgufHeader } from "./gguf.ts";
+import { ggufTokenizerFiles } from "./gguf_tokenizer.ts";
 
 /** One chat message. Keys other than role and content (tool_calls, reasoning_content...) reach the template. */
 export interface ChatMessage {
@@ -209,6 +211,28 @@ export class Tokenizer {
     const config = await readJson(`${dir}/tokenizer_config.json`, false) ?? {};
     const templates = await readChatTemplates(dir, config);
     return new Tokenizer(dir, tokenizerJson!, config, templates);
+  }
+
+  /**
+   * Builds the tokenizer a GGUF file's metadata describes (see lib/gguf_tokenizer.ts):
+   * `tokenizer.chat_template` is the "default" template, `tokenizer.chat_template.<name>` the
+   * named ones.
+   *
+   * @param h a header from `readGgufHeader`
+   * @returns the tokenizer
+   * @throws {GgufError} a tokenizer key is missing or malformed
+   * @throws {TokenizerError} the tokenizer model or pre-tokenizer is not supported
+   */
+  static fromGguf(h: GgufHeader): Tokenizer {
+    const files = ggufTokenizerFiles(h);
+    const templates = new Map<string, ChatTemplateSource>();
+    if (files.chatTemplate !== null) {
+      templates.set("default", { template: files.chatTemplate, file: h.file });
+    }
+    for (const [name, template] of Object.entries(files.namedChatTemplates)) {
+      templates.set(name, { template, file: h.file });
+    }
+    return new Tokenizer(h.file, files.tokenizerJson, files.tokenizerConfig, templates);
   }
 
   /**

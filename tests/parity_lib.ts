@@ -50,6 +50,7 @@ export async function loadAllFixtures(): Promise<Fixture[]> {
     } catch {
       continue;
     }
+    if (!ref.logits) continue; // another kind of reference (tokenizers)
     const bytes = await Deno.readFile(new URL(ref.logits.file, dir));
     const modelDir = new URL(ref.model_dir ? `${ref.model_dir.replace(/\/?$/, "/")}` : "./", dir);
     out.push({ name: e.name, dir: modelDir.pathname, ref, logits: new Float32Array(bytes.buffer) });
