@@ -39,6 +39,7 @@ const DEFAULT_MODEL = new URL("./models/stories260k", import.meta.url).pathname;
 const COMMON = {
   model: { type: "string", short: "m", default: DEFAULT_MODEL },
   revision: { type: "string" },
+  "gguf-file": { type: "string" },
   token: { type: "string" },
   device: { type: "string", default: "cpu" },
   dtype: { type: "string", default: "auto" },
@@ -71,12 +72,16 @@ commands:
   split      pre-split a checkpoint into per-layer files (with progress)
   info       config summary, layer sizes, bytes streamed per token, estimated memory`,
   common: `model options:
-  -m, --model PATH|ORG/NAME   checkpoint directory or a hub repo id (default: the embedded stories260k)
+  -m, --model PATH|ORG/NAME   checkpoint directory, a .gguf file or a hub repo id (default: the
+                              embedded stories260k)
+      --gguf-file NAME        the GGUF file of a directory or hub repo to load (only it is fetched)
       --revision REV          hub branch, tag or commit
       --token TOKEN           hub access token (default: $HF_TOKEN); never printed
       --device DEV            cpu | cuda | cuda:N | auto (default cpu)
       --dtype DTYPE           auto | float32 | float16 | bfloat16 (default auto: the config's),
-                              or q8_0 | q4_0 | q4_1 | q5_0 | q5_1 | q4_k: matmul weights quantized
+                              or q8_0 | q4_0 | q4_1 | q5_0 | q5_1 | q4_k | q5_k | q6_k: matmul
+                              weights quantized
+                              (a GGUF keeps its own types: leave auto)
       --max-seq-len N         KV cache length
       --split-dir DIR         where the per-layer split goes
   -q, --quiet                 no progress bars`,
@@ -127,6 +132,7 @@ function loadOptions(v: Values): FromPretrainedOptions {
     device: v.device as FromPretrainedOptions["device"],
     dtype: v.dtype as FromPretrainedOptions["dtype"],
     revision: v.revision as string | undefined,
+    ggufFile: v["gguf-file"] as string | undefined,
     token: v.token as string | undefined,
     maxSeqLen: num(v, "max-seq-len"),
     layerShardsSavingPath: v["split-dir"] as string | undefined,
@@ -308,8 +314,10 @@ async function memoryPlan(ck: Checkpoint, i: ModelInfo, v: Values) {
     deviceFree: gpu,
     maxCpuMemory: bytesOption(v, "cpu-memory"),
   }));
-  const { files } = await listShards(ck.dir);
-  const bw = await measureBandwidths(be, files.map((f) => `${ck.dir}/${f}`));
+  const files = ck.gguf
+    ? [ck.gguf.file]
+    : (await listShards(ck.dir)).files.map((f) => `${ck.dir}/${f}`);
+  const bw = await measureBandwidths(be, files);
   if (device === "cuda") {
     // Host→device bandwidth needs the GPU: measured when the CUDA backend loads here.
     try {

@@ -4,13 +4,20 @@
  * @module
  */
 import { Backend } from "../ffi/backend.ts";
-import { findCheckpoint, type Manifest, type Split, splitCheckpoint } from "./checkpoint.ts";
+import {
+  findCheckpoint,
+  type Manifest,
+  type Split,
+  splitCheckpoint,
+  splitGguf,
+} from "./checkpoint.ts";
+import { type GgufCheckpoint, openGguf } from "./gguf_model.ts";
 import { type Progress, progress } from "./progress.ts";
 import { snapshotDownload } from "./hub.ts";
 import { Tokenizer } from "./tokenizer.ts";
 import { architectureOf, readConfigJson, type StorageDType } from "./config.ts";
 import { type BlockDType, QUANTIZABLE } from "./quant.ts";
-import { CheckpointError, HubError, InputError } from "./errors.ts";
+import { CheckpointError, HubError, InputError, TokenizerError } from "./errors.ts";
 import { CausalLM } from "./engine/causal_lm.ts";
 import { readGenerationDefaults } from "./engine/generate.ts";
 import { Profiler } from "./profiler.ts";
@@ -28,8 +35,9 @@ export interface FromPretrainedOptions {
   device?: "cpu" | "cuda" | `cuda:${number}` | "auto";
   /**
    * "auto" (default) keeps the config's dtype (float16 when it names none). A block format
-   * ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k"; q4_k rows that are not whole 256-blocks take
-   * q5_0, as llama.cpp does) quantizes the matmul weights and the embedding table
+   * ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"; K-format rows that are not
+   * whole 256-blocks take llama.cpp's fallback: q5_0, q5_1, q8_0) quantizes the matmul weights and
+   * the embedding table
    * at split time (norms and biases stay in the config's dtype); the manifest records each
    * quantized tensor's error.
    */
@@ -76,6 +84,12 @@ export interface FromPretrainedOptions {
   maxCpuMemory?: number;
   /** CPU worker threads; 0 = all cores. */
   threads?: number;
+  /**
+   * A GGUF file inside the directory or hub repo to load (transformers' `gguf_file`); only that
+   * file is downloaded. Not needed when the path is the .gguf file itself, or a directory holding
+   * exactly one .gguf and no config.json.
+   */
+  ggufFile?: string;
   /** Hub revision (branch, tag or commit) for an `org/name` id. */
   revision?: string;
   /** Hub access token for gated/private repos (default `HF_TOKEN`); never printed. */
@@ -277,6 +291,8 @@ export interface Checkpoint {
   dtype: StorageDType;
   /** The block format matmul weights are quantized to, or null. */
   quantize: BlockDType | null;
+  /** The GGUF file the model comes from (its tensors keep their types), or null. */
+  gguf: GgufCheckpoint | null;
 }
 
 /** Finds the checkpoint directory and reads its config (no weights are touched). */
@@ -284,9 +300,23 @@ export async function openCheckpoint(
   pathOrRepoId: string,
   opts: Pick<
     FromPretrainedOptions,
-    "revision" | "dtype" | "token" | "hubUrl" | "offline" | "quiet"
+    "revision" | "dtype" | "token" | "hubUrl" | "offline" | "quiet" | "ggufFile"
   > = {},
 ): Promise<Checkpoint> {
+  const ggufPath = await locateGguf(pathOrRepoId, opts);
+  if (ggufPath) {
+    const gguf = await openGguf(ggufPath);
+    const family = familyFor(gguf.architecture, ggufPath);
+    const config = family.parseConfig(gguf.config, ggufPath);
+    const wanted = opts.dtype ?? "auto";
+    if (wanted !== "auto") {
+      throw new InputError(
+        `dtype: a GGUF file keeps its own tensor types; got ${wanted} (leave dtype "auto")`,
+      );
+    }
+    const dir = ggufPath.slice(0, ggufPath.lastIndexOf("/"));
+    return { dir, family, config, dtype: "float32", quantize: null, gguf };
+  }
   const dir = await locate(pathOrRepoId, opts);
   const raw = await readConfigJson(dir);
   const source = `${dir}/config.json`;
@@ -295,7 +325,14 @@ export async function openCheckpoint(
   const wanted = opts.dtype ?? "auto";
   const block = String(wanted).toUpperCase();
   if (QUANTIZABLE.includes(block as BlockDType)) {
-    return { dir, family, config, dtype: config.dtype, quantize: block as BlockDType };
+    return {
+      dir,
+      family,
+      config,
+      dtype: config.dtype,
+      quantize: block as BlockDType,
+      gguf: null,
+    };
   }
   const dtype = wanted === "auto" ? config.dtype : DTYPE_ALIASES[wanted];
   if (!dtype) {
@@ -305,7 +342,56 @@ export async function openCheckpoint(
       }), got ${wanted}`,
     );
   }
-  return { dir, family, config, dtype, quantize: null };
+  return { dir, family, config, dtype, quantize: null, gguf: null };
+}
+
+const absolute = (p: string) => (p.startsWith("/") ? p : `${Deno.cwd()}/${p}`).replace(/\/+$/, "");
+
+/**
+ * The GGUF file to load, or null for a safetensors checkpoint: `ggufFile` inside the directory or
+ * hub repo (only that file is fetched), the path itself when it is a .gguf file, or the one .gguf
+ * of a directory without config.json.
+ */
+async function locateGguf(
+  pathOrRepoId: string,
+  opts: Pick<
+    FromPretrainedOptions,
+    "revision" | "token" | "hubUrl" | "offline" | "quiet" | "ggufFile"
+  >,
+): Promise<string | null> {
+  if (opts.ggufFile !== undefined) {
+    const name = opts.ggufFile;
+    if (!/\.gguf$/i.test(name) || name.split("/").includes("..")) {
+      throw new InputError(`ggufFile: expected a .gguf file name inside the repo, got ${name}`);
+    }
+    const dir = isDir(pathOrRepoId) ? absolute(pathOrRepoId) : await snapshotDownload(
+      pathOrRepoId,
+      {
+        revision: opts.revision,
+        token: opts.token,
+        hubUrl: opts.hubUrl,
+        offline: opts.offline,
+        quiet: opts.quiet,
+        allowPatterns: [name],
+      },
+    );
+    if (!isFile(`${dir}/${name}`)) throw new CheckpointError(`${dir}/${name}`, "no such GGUF file");
+    return `${dir}/${name}`;
+  }
+  if (isFile(pathOrRepoId) && /\.gguf$/i.test(pathOrRepoId)) return absolute(pathOrRepoId);
+  if (!isDir(pathOrRepoId) || isFile(`${pathOrRepoId}/config.json`)) return null;
+  const ggufs: string[] = [];
+  for (const e of Deno.readDirSync(pathOrRepoId)) {
+    if (e.isFile && /\.gguf$/i.test(e.name)) ggufs.push(e.name);
+  }
+  if (ggufs.length === 0) return null;
+  if (ggufs.length > 1) {
+    throw new CheckpointError(
+      pathOrRepoId,
+      `holds ${ggufs.length} GGUF files (${ggufs.sort().join(", ")}): name one with ggufFile`,
+    );
+  }
+  return `${absolute(pathOrRepoId)}/${ggufs[0]}`;
 }
 
 const stat = (p: string) => {
@@ -358,17 +444,42 @@ export async function splitWithProgress(
   opts: Pick<FromPretrainedOptions, "layerShardsSavingPath" | "quiet"> = {},
 ): Promise<Split> {
   let bar: Progress | null = null;
-  const split = await splitCheckpoint(ck.dir, ck.family, ck.config, {
-    dtype: ck.dtype,
-    quantize: ck.quantize ?? undefined,
-    layerShardsSavingPath: opts.layerShardsSavingPath,
-    onProgress: (done, total) => {
-      bar ??= progress(`split ${ck.dir}`, total, { quiet: opts.quiet });
-      bar.update(done);
-    },
-  });
+  const onProgress = (done: number, total: number) => {
+    bar ??= progress(`split ${ck.gguf?.file ?? ck.dir}`, total, { quiet: opts.quiet });
+    bar.update(done);
+  };
+  const split = ck.gguf
+    ? await splitGguf(ck.gguf, ck.family, ck.config, {
+      dtype: ck.dtype,
+      layerShardsSavingPath: opts.layerShardsSavingPath,
+      onProgress,
+    })
+    : await splitCheckpoint(ck.dir, ck.family, ck.config, {
+      dtype: ck.dtype,
+      quantize: ck.quantize ?? undefined,
+      layerShardsSavingPath: opts.layerShardsSavingPath,
+      onProgress,
+    });
   (bar as Progress | null)?.done();
   return split;
+}
+
+/**
+ * The tokenizer a GGUF file carries; null (said once) when it carries none or one we cannot build
+ * exactly — the model then runs on token ids.
+ */
+function ggufTokenizer(g: GgufCheckpoint): Tokenizer | null {
+  if (!g.header.metadata.has("tokenizer.ggml.tokens")) {
+    logOnce(`${g.file}: no tokenizer in the GGUF metadata; the model runs on token ids`);
+    return null;
+  }
+  try {
+    return Tokenizer.fromGguf(g.header);
+  } catch (e) {
+    if (!(e instanceof TokenizerError)) throw e;
+    logOnce(`${e.message}; the model runs on token ids`);
+    return null;
+  }
 }
 
 /** Entry point: loads any supported checkpoint as a streaming {@link CausalLM}. */
@@ -391,7 +502,11 @@ export class AutoModel {
     checkManifest(split.manifest, family, config, split.dir);
     const generationDefaults = await readGenerationDefaults(dir, config.eosTokenIds);
     // A checkpoint without tokenizer.json still runs on token ids.
-    const tokenizer = isFile(`${dir}/tokenizer.json`) ? await Tokenizer.fromDir(dir) : null;
+    const tokenizer = ck.gguf
+      ? ggufTokenizer(ck.gguf)
+      : isFile(`${dir}/tokenizer.json`)
+      ? await Tokenizer.fromDir(dir)
+      : null;
     const profiler = new Profiler();
     const backend = openBackend(opts.device ?? "cpu", opts.threads);
     try {
@@ -425,7 +540,7 @@ export class AutoModel {
         backend,
         store,
         maxSeqLen,
-        source: dir,
+        source: ck.gguf?.file ?? dir,
         tokenizer,
         generationDefaults,
         profiler,

@@ -24,6 +24,7 @@ import {
   quantize,
 } from "./quant.ts";
 import { SafetensorsFile, SafetensorsWriter } from "./safetensors.ts";
+import { type GgufCheckpoint, readGgufTensor } from "./gguf_model.ts";
 
 /** Format tag of manifest.json; a different tag means "redo the split". */
 export const MANIFEST_FORMAT = "rabbitllm-split/1";
@@ -207,11 +208,21 @@ export interface Split {
   reused: boolean;
 }
 
+/** One tensor of the source checkpoint, placed in a part under its local name. */
 interface SourceTensor {
-  shard: SafetensorsFile;
+  /** The file it is read from (named in errors). */
+  path: string;
+  /** Its name in the checkpoint. */
   name: string;
   local: string;
+  dtype: DType;
+  shape: number[];
+  nbytes: number;
+  read(): Promise<Uint8Array>;
 }
+
+/** A checkpoint tensor before placement. */
+type Unplaced = Omit<SourceTensor, "local">;
 
 async function readManifest(path: string): Promise<Manifest | null> {
   try {
@@ -279,50 +290,155 @@ export async function splitCheckpoint(
   const shards: SafetensorsFile[] = [];
   try {
     for (const f of files) shards.push(await SafetensorsFile.open(`${dir}/${f}`));
-    const parts = assignTensors(dir, shards, weightMap, family, cfg);
-    await Deno.mkdir(out, { recursive: true });
-    await Deno.remove(manifestPath).catch(() => {});
+    const parts = assignTensors(dir, safetensorsSources(dir, shards, weightMap), family, cfg);
     const target = STORAGE_TO_DTYPE[opts.dtype];
-    const total = [...parts.values()].flat().reduce(
-      (s, t) => s + t.shard.tensors.get(t.name)!.nbytes,
-      0,
-    );
-    let done = 0;
-    const manifestParts: ManifestPart[] = [];
-    for (const [id, tensors] of parts) {
+    const manifest = await writeSplit(out, parts, cfg, source, opts, (id, tensors) => {
       const blocks = opts.quantize ? quantizedLocals(family, cfg, id, opts.quantize) : new Map();
-      const targets = tensors.map((t): DType => blocks.get(t.local) ?? target);
-      manifestParts.push(
-        await writePart(out, id, tensors, targets, (n) => {
-          done += n;
-          opts.onProgress?.(done, total);
-        }),
-      );
-    }
-    const manifest: Manifest = {
-      format: MANIFEST_FORMAT,
-      architecture: cfg.architecture,
-      dtype: opts.dtype,
-      ...(opts.quantize ? { quantize: opts.quantize } : {}),
-      source,
-      parts: manifestParts,
-    };
-    const tmp = `${manifestPath}.tmp-${crypto.randomUUID()}`;
-    await Deno.writeTextFile(tmp, JSON.stringify(manifest, null, 1));
-    await Deno.rename(tmp, manifestPath);
+      return tensors.map((t): DType => blocks.get(t.local) ?? target);
+    });
     return { dir: out, manifest, reused: false };
   } finally {
     for (const s of shards) s.close();
   }
 }
 
-/** Places every tensor of the shards into parts (in model order) and validates names/shapes. */
-function assignTensors(
+/** Writes every part, then the manifest (last, atomically: a split without one is redone). */
+async function writeSplit(
+  out: string,
+  parts: Map<string, SourceTensor[]>,
+  cfg: ModelConfig,
+  source: Manifest["source"],
+  opts: SplitOptions,
+  targetsOf: (id: string, tensors: SourceTensor[]) => DType[],
+): Promise<Manifest> {
+  const manifestPath = `${out}/manifest.json`;
+  await Deno.mkdir(out, { recursive: true });
+  await Deno.remove(manifestPath).catch(() => {});
+  const total = [...parts.values()].flat().reduce((s, t) => s + t.nbytes, 0);
+  let done = 0;
+  const manifestParts: ManifestPart[] = [];
+  for (const [id, tensors] of parts) {
+    manifestParts.push(
+      await writePart(out, id, tensors, targetsOf(id, tensors), (n) => {
+        done += n;
+        opts.onProgress?.(done, total);
+      }),
+    );
+  }
+  const manifest: Manifest = {
+    format: MANIFEST_FORMAT,
+    architecture: cfg.architecture,
+    dtype: opts.dtype,
+    ...(opts.quantize ? { quantize: opts.quantize } : {}),
+    source,
+    parts: manifestParts,
+  };
+  const tmp = `${manifestPath}.tmp-${crypto.randomUUID()}`;
+  await Deno.writeTextFile(tmp, JSON.stringify(manifest, null, 1));
+  await Deno.rename(tmp, manifestPath);
+  return manifest;
+}
+
+/**
+ * Splits a GGUF file (lib/gguf_model.ts) like a safetensors checkpoint: every tensor keeps its
+ * GGUF type — blocks are copied as they are, never requantized — with llama.cpp's q/k row
+ * permutation and Gemma's stored 1 + w undone. The split goes to
+ * `<dir of the file>/rabbitllm_split_<file name without .gguf>` unless told otherwise.
+ */
+export async function splitGguf(
+  g: GgufCheckpoint,
+  family: Family,
+  cfg: ModelConfig,
+  opts: Omit<SplitOptions, "quantize">,
+): Promise<Split> {
+  const slash = g.file.lastIndexOf("/");
+  const base = g.file.slice(slash + 1).replace(/\.gguf$/i, "");
+  const out = opts.layerShardsSavingPath ?? `${g.file.slice(0, slash)}/rabbitllm_split_${base}`;
+  const st = Deno.statSync(g.file);
+  const source = [{
+    file: g.file.slice(slash + 1),
+    size: st.size,
+    mtimeMs: st.mtime?.getTime() ?? 0,
+  }];
+  const old = await readManifest(`${out}/manifest.json`);
+  if (
+    old && old.format === MANIFEST_FORMAT && old.dtype === opts.dtype && !old.quantize &&
+    old.architecture === cfg.architecture && sameSource(old.source, source) &&
+    splitIsComplete(out, old)
+  ) {
+    return { dir: out, manifest: old, reused: true };
+  }
+  using f = await Deno.open(g.file, { read: true });
+  const sources: Unplaced[] = g.tensors.map((t) => ({
+    path: g.file,
+    name: t.gguf === t.name ? t.name : `${t.name} (from ${t.gguf})`,
+    dtype: t.dtype,
+    shape: t.shape,
+    nbytes: t.nbytes,
+    read: () => readGgufTensor(f, t),
+  }));
+  // Placement is by the Hugging Face name; errors name the GGUF tensor too.
+  const byHf = sources.map((s, i) => ({ ...s, hf: g.tensors[i].name }));
+  const parts = assignTensors(g.file, byHf, family, cfg, "the GGUF metadata");
+  const manifest = await writeSplit(
+    out,
+    parts,
+    cfg,
+    source,
+    opts,
+    (_id, ts) => ts.map((t) => t.dtype),
+  );
+  return { dir: out, manifest, reused: false };
+}
+
+/** The tensors of safetensors shards, checked against the index's weight map. */
+function safetensorsSources(
   dir: string,
   shards: SafetensorsFile[],
   weightMap: Map<string, string> | null,
+): (Unplaced & { hf: string })[] {
+  const out: (Unplaced & { hf: string })[] = [];
+  for (const shard of shards) {
+    const shardName = shard.path.slice(shard.path.lastIndexOf("/") + 1);
+    for (const [name, info] of shard.tensors) {
+      if (weightMap && weightMap.get(name) !== shardName) {
+        throw new CheckpointError(
+          shard.path,
+          `tensor ${name} is not mapped to this shard by model.safetensors.index.json`,
+        );
+      }
+      out.push({
+        path: shard.path,
+        name,
+        hf: name,
+        dtype: info.dtype,
+        shape: info.shape,
+        nbytes: info.nbytes,
+        read: () => shard.read(name),
+      });
+    }
+  }
+  if (weightMap) {
+    const seen = new Set(out.map((t) => t.name));
+    for (const name of weightMap.keys()) {
+      if (!seen.has(name)) {
+        throw new CheckpointError(
+          `${dir}/${weightMap.get(name)}`,
+          `tensor ${name} listed in the index is missing`,
+        );
+      }
+    }
+  }
+  return out;
+}
+
+/** Places every tensor of the shards into parts (in model order) and validates names/shapes. */
+function assignTensors(
+  dir: string,
+  sources: (Unplaced & { hf: string })[],
   family: Family,
   cfg: ModelConfig,
+  configSource = "config.json",
 ): Map<string, SourceTensor[]> {
   const order: Part[] = [
     { kind: "embed" },
@@ -332,36 +448,18 @@ function assignTensors(
   ];
   const parts = new Map<string, SourceTensor[]>(order.map((p) => [partId(p), []]));
   const seen = new Set<string>();
-  for (const shard of shards) {
-    const shardName = shard.path.slice(shard.path.lastIndexOf("/") + 1);
-    for (const name of shard.tensors.keys()) {
-      if (weightMap && weightMap.get(name) !== shardName) {
-        throw new CheckpointError(
-          shard.path,
-          `tensor ${name} is not mapped to this shard by model.safetensors.index.json`,
-        );
-      }
-      if (seen.has(name)) throw new CheckpointError(shard.path, `tensor ${name} appears twice`);
-      seen.add(name);
-      const placed = family.place(name, cfg);
-      if (!placed) {
-        throw new CheckpointError(
-          shard.path,
-          `unknown tensor ${name} for ${cfg.architecture} with ${cfg.numLayers} layers`,
-        );
-      }
-      if (placed.part) parts.get(partId(placed.part))!.push({ shard, name, local: placed.local });
+  for (const src of sources) {
+    const { hf, ...t } = src;
+    if (seen.has(hf)) throw new CheckpointError(t.path, `tensor ${t.name} appears twice`);
+    seen.add(hf);
+    const placed = family.place(hf, cfg);
+    if (!placed) {
+      throw new CheckpointError(
+        t.path,
+        `unknown tensor ${t.name} for ${cfg.architecture} with ${cfg.numLayers} layers`,
+      );
     }
-  }
-  if (weightMap) {
-    for (const name of weightMap.keys()) {
-      if (!seen.has(name)) {
-        throw new CheckpointError(
-          `${dir}/${weightMap.get(name)}`,
-          `tensor ${name} listed in the index is missing`,
-        );
-      }
-    }
+    if (placed.part) parts.get(partId(placed.part))!.push({ ...t, local: placed.local });
   }
   for (const part of order) {
     const have = parts.get(partId(part))!;
@@ -375,11 +473,10 @@ function assignTensors(
           `missing tensor ${e.local} of part ${partId(part)} (${cfg.architecture})`,
         );
       }
-      const info = t.shard.tensors.get(t.name)!;
-      if (info.shape.join(",") !== e.shape.join(",")) {
+      if (t.shape.join(",") !== e.shape.join(",")) {
         throw new CheckpointError(
-          t.shard.path,
-          `tensor ${t.name} has shape [${info.shape}], expected [${e.shape}] from config.json`,
+          t.path,
+          `tensor ${t.name} has shape [${t.shape}], expected [${e.shape}] from ${configSource}`,
         );
       }
     }
@@ -387,7 +484,7 @@ function assignTensors(
     for (const t of have) {
       if (!names.has(t.local)) {
         throw new CheckpointError(
-          t.shard.path,
+          t.path,
           `unexpected tensor ${t.name} for ${cfg.architecture}`,
         );
       }
@@ -416,7 +513,7 @@ function assignTensors(
  * The block format a quantized split stores each quantized tensor of part `id` in, by local name:
  * matmul weights (and the embedding table) whose rows hold whole blocks of `q`; a row of whole
  * 32-blocks but not 256-blocks takes the 32-element fallback of a K format (llama.cpp's: Q4_K →
- * Q5_0). Tensors not listed stay in the split's float dtype.
+ * Q5_0, Q5_K → Q5_1, Q6_K → Q8_0). Tensors not listed stay in the split's float dtype.
  */
 export function quantizedLocals(
   family: Family,
@@ -438,7 +535,11 @@ export function quantizedLocals(
 }
 
 /** The 32-element format a K format falls back to for rows that are not whole 256-blocks. */
-const K_FALLBACK: Partial<Record<BlockDType, BlockDType>> = { Q4_K: "Q5_0" };
+const K_FALLBACK: Partial<Record<BlockDType, BlockDType>> = {
+  Q4_K: "Q5_0",
+  Q5_K: "Q5_1",
+  Q6_K: "Q8_0",
+};
 
 /** The tensor's bytes in `to`: a float conversion, or quantization (with its error). */
 function encode(
@@ -463,10 +564,7 @@ async function writePart(
   progress: (bytes: number) => void,
 ): Promise<ManifestPart> {
   const file = `${id}.safetensors`;
-  const specs = tensors.map((t, i) => {
-    const info = t.shard.tensors.get(t.name)!;
-    return { name: t.local, dtype: targets[i], shape: info.shape };
-  });
+  const specs = tensors.map((t, i) => ({ name: t.local, dtype: targets[i], shape: t.shape }));
   // Data page-aligned: a streamed layer is read with direct I/O straight into its slot.
   const writer = await SafetensorsWriter.create(`${out}/${file}`, specs, undefined, {
     dataAlign: SPLIT_DATA_ALIGN,
@@ -476,26 +574,25 @@ async function writePart(
   let offset = 0;
   try {
     for (const [i, t] of tensors.entries()) {
-      const info = t.shard.tensors.get(t.name)!;
       const { data, error } = encode(
-        await t.shard.read(t.name),
-        info.dtype,
+        await t.read(),
+        t.dtype,
         targets[i],
-        info.shape,
-        `${t.shard.path}: ${t.name}`,
+        t.shape,
+        `${t.path}: ${t.name}`,
       );
       await writer.write(t.local, data);
       hash.update(data);
       manifestTensors.push({
         name: t.local,
         dtype: targets[i],
-        shape: info.shape,
+        shape: t.shape,
         offset,
         nbytes: data.byteLength,
         ...(error ? { quantError: error } : {}),
       });
       offset += data.byteLength;
-      progress(info.nbytes);
+      progress(t.nbytes);
     }
     await writer.commit();
   } catch (e) {

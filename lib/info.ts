@@ -67,6 +67,28 @@ export interface ModelInfo {
   headBytes: number;
 }
 
+/** A GGUF's tensor types by count, most first ("Q4_K ×120, F32 ×61"). */
+function ggufTypes(ck: Checkpoint): string {
+  const n = new Map<string, number>();
+  for (const t of ck.gguf!.header.tensors) n.set(t.type, (n.get(t.type) ?? 0) + 1);
+  return [...n].sort((a, b) => b[1] - a[1]).map(([t, c]) => `${t} ×${c}`).join(", ");
+}
+
+/** The checkpoint's tensors by Hugging Face name; a GGUF tensor with the bytes it keeps. */
+async function* checkpointTensors(
+  ck: Checkpoint,
+): AsyncGenerator<{ name: string; shape: number[]; nbytes?: number }> {
+  if (ck.gguf) {
+    yield* ck.gguf.tensors;
+    return;
+  }
+  const { files } = await listShards(ck.dir);
+  for (const f of files) {
+    using shard = await SafetensorsFile.open(`${ck.dir}/${f}`);
+    for (const [name, t] of shard.tensors) yield { name, shape: t.shape };
+  }
+}
+
 /** Sizes from the headers; `maxSeqLen` and `prefetchDepth` as fromPretrained would use them. */
 export async function modelInfo(
   ck: Checkpoint,
@@ -79,29 +101,26 @@ export async function modelInfo(
   const layerTensors = new Map<string, { name: string; nbytes: number }[]>();
   let parameters = 0;
   const quantized = new Map<string, Map<string, BlockDType>>();
-  const { files } = await listShards(ck.dir);
-  for (const f of files) {
-    using shard = await SafetensorsFile.open(`${ck.dir}/${f}`);
-    for (const [name, t] of shard.tensors) {
-      const placed = ck.family.place(name, c);
-      if (!placed?.part) continue;
-      const n = t.shape.reduce((a, b) => a * b, 1);
-      parameters += n;
-      const id = partId(placed.part);
-      // What the split stores: blocks for the tensors a quantized split quantizes.
-      let blocks = quantized.get(id);
-      if (!blocks) {
-        blocks = ck.quantize ? quantizedLocals(ck.family, c, id, ck.quantize) : new Map();
-        quantized.set(id, blocks);
-      }
-      const block = blocks.get(placed.local);
-      const nbytes = block ? tensorByteSize(block, t.shape) : n * size;
-      partBytes[id] = (partBytes[id] ?? 0) + nbytes;
-      if (placed.part.kind === "layer") {
-        const list = layerTensors.get(id) ?? [];
-        list.push({ name: placed.local, nbytes });
-        layerTensors.set(id, list);
-      }
+  for await (const t of checkpointTensors(ck)) {
+    const placed = ck.family.place(t.name, c);
+    if (!placed?.part) continue;
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    parameters += n;
+    const id = partId(placed.part);
+    // What the split stores: blocks for the tensors a quantized split quantizes; a GGUF tensor
+    // as it is.
+    let blocks = quantized.get(id);
+    if (!blocks) {
+      blocks = ck.quantize ? quantizedLocals(ck.family, c, id, ck.quantize) : new Map();
+      quantized.set(id, blocks);
+    }
+    const block = blocks.get(placed.local);
+    const nbytes = t.nbytes ?? (block ? tensorByteSize(block, t.shape) : n * size);
+    partBytes[id] = (partBytes[id] ?? 0) + nbytes;
+    if (placed.part.kind === "layer") {
+      const list = layerTensors.get(id) ?? [];
+      list.push({ name: placed.local, nbytes });
+      layerTensors.set(id, list);
     }
   }
   const ids = Array.from({ length: c.numLayers }, (_, i) => `layer.${i}`);
@@ -134,7 +153,11 @@ export async function modelInfo(
   return {
     dir: ck.dir,
     architecture: c.architecture,
-    dtype: ck.quantize ? `${ck.dtype} + ${ck.quantize.toLowerCase()} matmul weights` : ck.dtype,
+    dtype: ck.gguf
+      ? `GGUF (${ggufTypes(ck)})`
+      : ck.quantize
+      ? `${ck.dtype} + ${ck.quantize.toLowerCase()} matmul weights`
+      : ck.dtype,
     parameters,
     layers: c.numLayers,
     hiddenSize: c.hiddenSize,
