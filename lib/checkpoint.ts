@@ -549,6 +549,7 @@ function encode(
   shape: readonly number[],
   where: string,
 ): { data: Uint8Array; error?: QuantError } {
+  if (from === to) return { data }; // a GGUF's blocks, or a float tensor kept as it is
   if (!isBlockDType(to)) return { data: convert(data, from, to, where) };
   const f = convert(data, from, "F32", where);
   const x = new Float32Array(f.buffer, f.byteOffset, f.byteLength / 4);

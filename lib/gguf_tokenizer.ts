@@ -140,6 +140,8 @@ function bytePre(pre: string): BytePre | null {
 }
 
 /** Reads the tokenizer metadata of a GGUF header, each key checked and named on error. */
+const saidNoPre = new Set<string>();
+
 class Meta {
   constructor(readonly h: GgufHeader) {}
 
@@ -274,7 +276,18 @@ export function ggufTokenizerFiles(h: GgufHeader): GgufTokenizerFiles {
       },
     };
   } else if (model === "gpt2") {
-    const preName = m.string("tokenizer.ggml.pre");
+    // GGUF files written before llama.cpp recorded the pre-tokenizer (spring 2024) lack the key;
+    // llama.cpp then uses GPT-2's split, and so do we, saying so once.
+    let preName = m.optionalString("tokenizer.ggml.pre");
+    if (preName === null) {
+      preName = "default";
+      if (!saidNoPre.has(h.file)) {
+        saidNoPre.add(h.file);
+        console.error(
+          `rabbitllm: ${h.file}: no tokenizer.ggml.pre; using GPT-2's pre-tokenizer as llama.cpp does (text may split differently from the original tokenizer)`,
+        );
+      }
+    }
     const pre = bytePre(preName);
     if (pre === null) {
       throw new TokenizerError(

@@ -1,14 +1,17 @@
 /**
  * `deno task bench`: the side-by-side table, every row measured in one run on this machine.
  *
- *   deno task bench [--model DIR | --shape smollm2-135m|llama3-8b|qwen3-30b-a3b]
+ *   deno task bench [--model DIR|FILE.gguf | --shape smollm2-135m|llama3-8b|qwen3-30b-a3b]
  *                   [--dtype F32|F16|BF16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k] [--layers N]
  *                   [--device cpu|cuda]
  *                   [--prompt 64] [--new 64] [--batches 1,4,16] [--memory-limit 0.75]
+ *                   [--limit-basis own|fp16]
  *                   [--repeat 3] [--peers] [--no-hf] [--json FILE]
  *
  * CPU rows: ours with every layer resident; streamed from the page cache (maxResidentBytes 0);
- * under a memory limit of `--memory-limit` × the model's bytes with default options (the engine
+ * under a memory limit of `--memory-limit` × the model's bytes (its split's own bytes, or with
+ * `--limit-basis fp16` the fp16 model's: 2 bytes per parameter, the same limit whatever `--dtype`
+ * says, so runs at different types compare under one limit) with default options (the engine
  * runs in a child cgroup, its files dropped from the page cache first); batches 1, 4, 16 resident
  * and under the limit; HF transformers; with `--peers`, llama.cpp (llama-cpp-python 0.3.36 built
  * from source with GGML_NATIVE into a cached venv, the checkpoint converted with the sdist's
@@ -16,6 +19,9 @@
  * sequential disk read GB/s (page cache dropped), measured by build/bench_io. Every row runs in
  * its own process. Memory limits need root and cgroups (v1 or v2); without them the table says
  * so and leaves those rows out.
+ *
+ * A `.gguf` as `--model` runs as it is (its tensor types), and llama.cpp's peer rows read that
+ * same file.
  *
  * GPU (`--device cuda`): resident, streamed from disk, and streamed from the pinned host tier,
  * against the measured pinned host→device bandwidth (build/bench_h2d).
@@ -42,6 +48,7 @@ const { values: args } = parseArgs({
     new: { type: "string", default: "64" },
     batches: { type: "string", default: "1,4,16" },
     "memory-limit": { type: "string", default: "0.75" },
+    "limit-basis": { type: "string", default: "own" },
     repeat: { type: "string", default: "3" },
     peers: { type: "boolean", default: false },
     "no-hf": { type: "boolean", default: false },
@@ -77,7 +84,7 @@ const quantArg = args.dtype && QUANTIZABLE.includes(args.dtype.toUpperCase() as 
 let dir: string, label: string;
 if (args.model) {
   dir = await Deno.realPath(args.model);
-  label = dir.slice(dir.lastIndexOf("/") + 1);
+  label = dir.slice(dir.lastIndexOf("/") + 1).replace(/\.gguf$/i, "");
 } else {
   const shape = args.shape ?? (device === "cuda" ? "llama3-8b" : "smollm2-135m");
   // A block format quantizes an F32 synthetic checkpoint at split time (llama.cpp: the same type).
@@ -101,7 +108,11 @@ const dtypeArg = quantArg ??
     ? ({ F32: "float32", F16: "float16", BF16: "bfloat16" } as const)[args.dtype as "F32"]
     : undefined);
 const ck = await openCheckpoint(dir, { quiet: true, dtype: dtypeArg });
-const storage = ck.quantize ? `${ck.dtype}+${ck.quantize.toLowerCase()}` : ck.dtype;
+const storage = ck.gguf
+  ? "gguf"
+  : ck.quantize
+  ? `${ck.dtype}+${ck.quantize.toLowerCase()}`
+  : ck.dtype;
 const splitDir = `${tmp}/splits/${label.replace(/[^\w.-]+/g, "_")}-${storage}`;
 const split = await splitWithProgress(ck, { layerShardsSavingPath: splitDir });
 const layerFiles = split.manifest.parts.filter((p) => p.id.startsWith("layer."))
@@ -210,7 +221,7 @@ function ours(mode: string, batch: number): string[] {
     here("./bench_run.ts"),
     `--model=${dir}`,
     `--split=${split.dir}`,
-    `--dtype=${quantArg ?? ck.dtype}`,
+    `--dtype=${ck.gguf ? "auto" : quantArg ?? ck.dtype}`,
     `--device=${device}`,
     `--mode=${mode}`,
     `--prompt=${promptLen}`,
@@ -253,6 +264,7 @@ async function llamaCpp(): Promise<{ python: string; gguf: string } | string> {
     ]);
     if (!r.ok) return `llama-cpp-python sdist download failed: ${r.stderr.trim()}`;
   }
+  if (ck.gguf) return { python, gguf: ck.gguf.file }; // the very file ours runs
   const outtype = { float32: "f32", float16: "f16", bfloat16: "bf16" }[ck.dtype];
   const gguf = `${tmp}/gguf/${label.replace(/[^\w.-]+/g, "_")}-${outtype}.gguf`;
   if ((await Deno.stat(gguf).catch(() => null)) === null) {
@@ -325,7 +337,12 @@ interface Row {
   note?: string;
 }
 const rows: Row[] = [];
-const limitBytes = Math.round(Number(args["memory-limit"]) * modelBytes);
+if (args["limit-basis"] !== "own" && args["limit-basis"] !== "fp16") {
+  throw new Error(`--limit-basis: expected own or fp16, got ${args["limit-basis"]}`);
+}
+const fp16Bytes = 2 * (await modelInfo(ck)).parameters;
+const limitBasis = args["limit-basis"] === "fp16" ? fp16Bytes : modelBytes;
+const limitBytes = Math.round(Number(args["memory-limit"]) * limitBasis);
 const MB = (n: number) => (n / 1e6).toFixed(0);
 
 async function oursRow(name: string, mode: string, regime: Row["regime"], batch: number) {
@@ -516,7 +533,11 @@ const bounds = [
   h2d
     ? `${h2d.device}: pinned host→device ${h2d.pinned_gbps} GB/s, pageable ${h2d.pageable_gbps} GB/s`
     : "",
-  device === "cpu" ? `memory limit ${MB(limitBytes)} MB (${args["memory-limit"]}× the model)` : "",
+  device === "cpu"
+    ? `memory limit ${MB(limitBytes)} MB (${args["memory-limit"]}× the ${
+      args["limit-basis"] === "fp16" ? "fp16 model's bytes" : "model's own bytes"
+    })`
+    : "",
 ].filter(Boolean);
 say(`bounds: ${bounds.join("; ")}`);
 say();

@@ -1,6 +1,8 @@
 """transformers baseline for `deno task bench`: prefill and decode tok/s on the same checkpoint.
 
-    python3 scripts/bench_hf.py <model_dir> <prompt_len> <new_tokens>
+    python3 scripts/bench_hf.py <model_dir | file.gguf> <prompt_len> <new_tokens>
+
+A .gguf is read by transformers' GGUF loader (dequantized to float32).
 
 Prints one JSON line: {"prefill", "decode", "transformers", "torch", "threads"}.
 """
@@ -13,7 +15,11 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 model_dir, prompt_len, new_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
+if model_dir.endswith(".gguf"):
+    folder, name = model_dir.rsplit("/", 1)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+else:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
 prompt = torch.tensor([[3 + (i * 7919) % 1000 for i in range(prompt_len)]])
 
 

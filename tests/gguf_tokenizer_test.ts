@@ -171,7 +171,6 @@ Deno.test("gguf tokenizer: malformed or unsupported metadata is a typed error na
       "tokenizer.ggml.pre",
       /"made-up"/,
     ],
-    ["llama3", { "tokenizer.ggml.pre": undefined }, GgufError, "tokenizer.ggml.pre", /missing/],
     [
       "llama3",
       { "tokenizer.ggml.merges": undefined },
@@ -278,4 +277,24 @@ Deno.test("gguf tokenizer: add_space_prefix false and add_eos_token true are hon
   const withPrefix = Tokenizer.fromGguf(await readGgufHeader(`${DIR}stories260k.gguf`));
   assert.notDeepEqual(ids.slice(1, -1), withPrefix.encode("Hello").slice(1));
   assert.equal(tok.decode(ids, { skipSpecialTokens: true }), "Hello");
+});
+
+Deno.test("gguf tokenizer: a gpt2 vocabulary without tokenizer.ggml.pre splits as GPT-2 (llama.cpp's default), said once", async () => {
+  const h = await patched("llama3", { "tokenizer.ggml.pre": undefined });
+  const said: string[] = [];
+  const error = console.error;
+  console.error = (...a: unknown[]) => said.push(a.join(" "));
+  try {
+    const tok = Tokenizer.fromGguf(h);
+    Tokenizer.fromGguf(h);
+    const text = "in 1234567 years";
+    assert.deepEqual(tok.decode(tok.encode(text, { addSpecialTokens: false })), text);
+    const pre = (x: GgufHeader) =>
+      (ggufTokenizerFiles(x).tokenizerJson as { pre_tokenizer: unknown }).pre_tokenizer;
+    assert.deepEqual(pre(h), pre(await patched("llama3", { "tokenizer.ggml.pre": "default" })));
+    assert.notDeepEqual(pre(h), pre(await patched("llama3", {})));
+  } finally {
+    console.error = error;
+  }
+  assert.equal(said.filter((l) => l.includes("no tokenizer.ggml.pre")).length, 1);
 });
