@@ -17,7 +17,7 @@ import { snapshotDownload } from "./hub.ts";
 import { Tokenizer } from "./tokenizer.ts";
 import { architectureOf, readConfigJson, type StorageDType } from "./config.ts";
 import { type BlockDType, QUANTIZABLE } from "./quant.ts";
-import { CheckpointError, HubError, InputError, TokenizerError } from "./errors.ts";
+import { CheckpointError, GgufError, HubError, InputError, TokenizerError } from "./errors.ts";
 import { CausalLM } from "./engine/causal_lm.ts";
 import { readGenerationDefaults } from "./engine/generate.ts";
 import { Profiler } from "./profiler.ts";
@@ -476,8 +476,10 @@ function ggufTokenizer(g: GgufCheckpoint): Tokenizer | null {
   try {
     return Tokenizer.fromGguf(g.header);
   } catch (e) {
-    if (!(e instanceof TokenizerError)) throw e;
-    logOnce(`${e.message}; the model runs on token ids`);
+    // The weights load whatever the tokenizer metadata holds (transformers reads them alike); a
+    // tokenizer we cannot build exactly is said, never guessed.
+    if (!(e instanceof TokenizerError || e instanceof GgufError)) throw e;
+    logOnce(`${e.message}; no tokenizer: the model runs on token ids`);
     return null;
   }
 }

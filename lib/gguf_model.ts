@@ -54,7 +54,6 @@ interface ArchInfo {
 
 const ARCHES: Readonly<Record<string, ArchInfo>> = {
   llama: { architecture: "LlamaForCausalLM", modelType: "llama", permuteQK: true },
-  // transformers reads a llama GGUF whose general.name mentions mistral as Mistral (see below).
   qwen2: { architecture: "Qwen2ForCausalLM", modelType: "qwen2" },
   qwen3: { architecture: "Qwen3ForCausalLM", modelType: "qwen3" },
   qwen2moe: { architecture: "Qwen2MoeForCausalLM", modelType: "qwen2_moe", moe: "qwen2moe" },
@@ -205,6 +204,8 @@ function buildConfig(h: GgufHeader, arch: ArchInfo, a: string, names: Set<string
     if (window !== undefined) cfg.sliding_window = num(h, `${a}.attention.sliding_window`);
     const attnCap = meta(h, `${a}.attn_logit_softcapping`);
     if (attnCap !== undefined) cfg.attn_logit_softcapping = num(h, `${a}.attn_logit_softcapping`);
+    const swaBase = meta(h, `${a}.rope.freq_base_swa`);
+    if (swaBase !== undefined) cfg.rope_local_base_freq = num(h, `${a}.rope.freq_base_swa`);
     const finalCap = meta(h, `${a}.final_logit_softcapping`);
     if (finalCap !== undefined) {
       cfg.final_logit_softcapping = num(h, `${a}.final_logit_softcapping`);
@@ -268,7 +269,7 @@ export async function openGguf(path: string): Promise<GgufCheckpoint> {
   const h = await readGgufHeader(path);
   const a = str(h, "general.architecture");
   if (a === undefined) throw new GgufError(path, "key general.architecture", "missing");
-  let arch = ARCHES[a];
+  const arch = ARCHES[a];
   if (!arch) {
     throw new GgufError(
       path,
@@ -276,11 +277,8 @@ export async function openGguf(path: string): Promise<GgufCheckpoint> {
       `"${a}" is not supported (supported: ${GGUF_ARCHITECTURES.join(", ")})`,
     );
   }
-  // As transformers: a llama GGUF named for Mistral loads as Mistral (llama.cpp writes Mistral as
-  // llama, permutation included).
-  if (a === "llama" && (str(h, "general.name") ?? "").toLowerCase().includes("mistral")) {
-    arch = { ...arch, architecture: "MistralForCausalLM", modelType: "mistral" };
-  }
+  // Mistral is written as llama (permutation included) and loads as Llama, as transformers loads
+  // it: the GGUF carries no sliding window, so the two compute alike.
   if (a === "llama" && meta(h, "llama.expert_count") !== undefined) {
     throw new GgufError(
       path,

@@ -438,11 +438,16 @@ function select(ctx: Ctx, repoFiles: Set<string>): string[] {
     if (!isRelativePath(f)) throw hubError(ctx, "http", "the hub listed an unsafe file path", f);
   }
   if (ctx.opts.allowPatterns) return wanted;
+  const ggufs = [...repoFiles].filter((f) => /\.gguf$/i.test(f)).sort();
   if (!repoFiles.has("config.json")) {
     throw hubError(
       ctx,
       "not_found",
-      "not in the repo; a causal-LM checkpoint needs it",
+      ggufs.length > 0
+        ? `not in the repo, which holds GGUF files: choose one with ggufFile (--gguf-file): ${
+          ggufs.slice(0, 12).join(", ")
+        }${ggufs.length > 12 ? ", ..." : ""}`
+        : "not in the repo; a causal-LM checkpoint needs it",
       "config.json",
     );
   }
@@ -452,7 +457,9 @@ function select(ctx: Ctx, repoFiles: Set<string>): string[] {
       ctx,
       "not_found",
       "the repo has neither model.safetensors nor model.safetensors.index.json " +
-        "(only safetensors checkpoints are supported)",
+        (ggufs.length > 0
+          ? `(it holds GGUF files: choose one with ggufFile: ${ggufs.slice(0, 12).join(", ")})`
+          : "(safetensors checkpoints, or a GGUF file with ggufFile)"),
     );
   }
   return wanted;

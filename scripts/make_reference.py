@@ -1536,10 +1536,12 @@ def main() -> int:
         if not args.only:
             known = set(FIXTURE_NAMES)
             # stale fixtures: directories with a reference.json that this script no longer makes
-            # (other files in tests/fixtures, e.g. rope_tables.json, belong to other scripts)
+            # (other files in tests/fixtures, e.g. rope_tables.json, belong to other scripts, and
+            # so do the gguf_* directories: make_gguf_models.py, make_gguf_tokenizer_reference.py)
             extra = sorted(
                 p.name for p in args.out.iterdir()
                 if p.is_dir() and p.name not in known and (p / "reference.json").exists()
+                and not p.name.startswith("gguf_")
             )
             if extra:
                 log(f"FAIL unknown fixture directories in {args.out}: {extra}")

@@ -12,7 +12,7 @@
  *   `GET /api/models/{repo}/tree/{rev}` lists every file the same way (one page, no folders).
  * - `HEAD|GET /{repo}/resolve/{rev}/{path}`: a small file answers 200 with its bytes,
  *   `ETag: "<git sha1>"`, `Accept-Ranges` and Range → 206; an LFS file (`*.safetensors`, `*.bin`,
- *   `*.model`, as the hub's default .gitattributes) answers 302 to the CDN with
+ *   `*.model`, `*.gguf`, as the hub's default .gitattributes) answers 302 to the CDN with
  *   `X-Linked-Etag: "<sha256>"`, `X-Linked-Size` and the pointer's `ETag`. Every answer carries
  *   `X-Repo-Commit`.
  * - CDN `GET /lfs/{sha256}?X-Amz-Signature=…` with Range → 206 / `Content-Range`, 416 past the end.
@@ -65,7 +65,7 @@ interface Commit {
   files: Map<string, StoredFile>;
 }
 
-const LFS = /\.(safetensors|bin|model)$/;
+const LFS = /\.(safetensors|bin|model|gguf)$/;
 
 function gitOid(bytes: Uint8Array): string {
   return createHash("sha1").update(`blob ${bytes.length}\0`).update(bytes).digest("hex");

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { findCheckpoint } from "../lib/checkpoint.ts";
 import { HubError } from "../lib/errors.ts";
+import { openCheckpoint } from "../lib/auto_model.ts";
 import { snapshotDownload, type SnapshotDownloadOptions } from "../lib/hub.ts";
 import { FakeHub, type FakeRepo } from "./fake_hub.ts";
 
@@ -45,6 +46,8 @@ const TINY_FILES = [
 ];
 const SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
 
+const GGUF = Deno.readFileSync(new URL("./fixtures/gguf_llama_q8_0/model.gguf", import.meta.url));
+
 const REPOS: FakeRepo[] = [
   {
     id: "acme/tiny",
@@ -82,6 +85,12 @@ const REPOS: FakeRepo[] = [
     branches: { main: { "config.json": config(1), "model.safetensors": bytes(1000, 8) } },
   },
   { id: "acme/no-weights", branches: { main: { "config.json": config(1) } } },
+  {
+    id: "acme/tiny-GGUF",
+    branches: {
+      main: { "README.md": "# quants", "tiny-Q8_0.gguf": GGUF, "tiny-F16.gguf": bytes(300_000, 9) },
+    },
+  },
 ];
 
 const HUB_ENV = [
@@ -309,6 +318,23 @@ hubTest(
     assert.equal(findCheckpoint("acme/gated"), dir);
     const hub = t.hub.requests.filter((r) => r.server === "hub");
     assert.ok(hub.every((r) => r.authorization === `Bearer ${GRANTED}`), "token sent to the hub");
+  },
+);
+
+hubTest(
+  "a GGUF repo: ggufFile downloads that file only; without it the error lists the GGUF files",
+  async (t) => {
+    Deno.env.set("HF_HUB_CACHE", `${t.cache}/env-cache`);
+    const opts = { hubUrl: t.hub.url, quiet: true };
+    const err = await openCheckpoint("acme/tiny-GGUF", opts).then(() => null, (e) => e);
+    assert.ok(err instanceof HubError, String(err));
+    assert.match(err.message, /ggufFile.*tiny-F16\.gguf, tiny-Q8_0\.gguf/);
+    const ck = await openCheckpoint("acme/tiny-GGUF", { ...opts, ggufFile: "tiny-Q8_0.gguf" });
+    assert.equal(ck.config.architecture, "LlamaForCausalLM");
+    assert.ok(ck.gguf?.file.endsWith("/tiny-Q8_0.gguf"));
+    const fetched = fileRequests(t.hub).map((r) => r.path);
+    assert.ok(fetched.length > 0 && fetched.every((p) => !p.includes("F16")), fetched.join(" "));
+    assert.deepEqual(await listDir(ck.dir), ["tiny-Q8_0.gguf"]);
   },
 );
 
