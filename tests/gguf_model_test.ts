@@ -11,6 +11,8 @@ import assert from "node:assert/strict";
 import { CheckpointError, GgufError, InputError } from "../lib/errors.ts";
 import { openGguf, readGgufTensor } from "../lib/gguf_model.ts";
 import { openCheckpoint } from "../lib/auto_model.ts";
+import { SafetensorsFile } from "../lib/safetensors.ts";
+import { runParity } from "./parity_lib.ts";
 
 const tmp = new URL("./.tmp/gguf_model/", import.meta.url).pathname;
 await Deno.mkdir(tmp, { recursive: true });
@@ -355,4 +357,92 @@ Deno.test("gguf model: refusals name the type, architecture, tensor or files", a
   assert.ok(err instanceof CheckpointError && /a\.gguf, b\.gguf.*ggufFile/.test(err.message), err);
   const ck = await openCheckpoint(dir, { ggufFile: "b.gguf" });
   assert.ok(ck.gguf?.file.endsWith("/two/b.gguf"));
+});
+
+Deno.test("gguf model: Qwen2-MoE (dense layer, shared expert, stacked experts) equals its safetensors reference", async () => {
+  // transformers' GGUF loader ignores expert_feed_forward_length, so no tiny qwen2moe GGUF has a
+  // transformers reference; the qwen2_moe safetensors fixture's does: write its F32 weights as
+  // llama.cpp would (stacked experts, 1-D shared expert gate) and compare with its logits.
+  const src = new URL("./fixtures/qwen2_moe/", import.meta.url).pathname;
+  const cfg = JSON.parse(await Deno.readTextFile(`${src}config.json`));
+  const kv: Record<string, Val> = {
+    "general.architecture": { str: "qwen2moe" },
+    "qwen2moe.context_length": { u32: cfg.max_position_embeddings },
+    "qwen2moe.embedding_length": { u32: cfg.hidden_size },
+    "qwen2moe.block_count": { u32: cfg.num_hidden_layers },
+    "qwen2moe.feed_forward_length": { u32: cfg.intermediate_size },
+    "qwen2moe.expert_feed_forward_length": { u32: cfg.moe_intermediate_size },
+    "qwen2moe.expert_shared_feed_forward_length": { u32: cfg.shared_expert_intermediate_size },
+    "qwen2moe.expert_count": { u32: cfg.num_experts },
+    "qwen2moe.expert_used_count": { u32: cfg.num_experts_per_tok },
+    "qwen2moe.attention.head_count": { u32: cfg.num_attention_heads },
+    "qwen2moe.attention.head_count_kv": { u32: cfg.num_key_value_heads },
+    "qwen2moe.attention.layer_norm_rms_epsilon": { f32: cfg.rms_norm_eps },
+    "qwen2moe.rope.freq_base": { f32: cfg.rope_parameters?.rope_theta ?? cfg.rope_theta },
+  };
+  using st = await SafetensorsFile.open(`${src}model.safetensors`);
+  const names: Record<string, string> = {
+    input_layernorm: "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    post_attention_layernorm: "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "mlp.gate": "ffn_gate_inp",
+    "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+    "mlp.shared_expert.up_proj": "ffn_up_shexp",
+    "mlp.shared_expert.down_proj": "ffn_down_shexp",
+    "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
+  };
+  const tensors: T[] = [];
+  const stacked = new Map<string, { shape: number[]; parts: Uint8Array[] }>();
+  for (const [name, info] of st.tensors) {
+    assert.equal(info.dtype, "F32");
+    const data = await st.read(name);
+    if (name === "model.embed_tokens.weight") {
+      tensors.push({ name: "token_embd.weight", shape: info.shape, data });
+    } else if (name === "model.norm.weight") {
+      tensors.push({ name: "output_norm.weight", shape: info.shape, data });
+    } else if (name === "lm_head.weight") {
+      tensors.push({ name: "output.weight", shape: info.shape, data });
+    } else {
+      const m = /^model\.layers\.(\d+)\.(.+)\.(weight|bias)$/.exec(name)!;
+      const e = /^mlp\.experts\.(\d+)\.(gate|up|down)_proj$/.exec(m[2]);
+      if (e) {
+        const key = `blk.${m[1]}.ffn_${e[2]}_exps.weight`;
+        const s = stacked.get(key) ?? { shape: info.shape, parts: [] };
+        s.parts[Number(e[1])] = data;
+        stacked.set(key, s);
+        continue;
+      }
+      const shape = m[2] === "mlp.shared_expert_gate" ? [info.shape[1]] : info.shape; // GGUF: 1-D
+      tensors.push({ name: `blk.${m[1]}.${names[m[2]]}.${m[3]}`, shape, data });
+    }
+  }
+  for (const [name, s] of stacked) {
+    const all = new Uint8Array(s.parts.reduce((n, p) => n + p.length, 0));
+    let o = 0;
+    for (const p of s.parts) all.set(p, (o += p.length) - p.length);
+    tensors.push({ name, shape: [s.parts.length, ...s.shape], data: all });
+  }
+  const dir = `${tmp}qwen2moe/`;
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.rename(await writeGguf("qwen2moe", kv, tensors), `${dir}model.gguf`);
+  const g = await openGguf(`${dir}model.gguf`);
+  assert.deepEqual(g.config.mlp_only_layers, [1]);
+  const ref = JSON.parse(await Deno.readTextFile(`${src}reference.json`));
+  const logits = new Float32Array((await Deno.readFile(`${src}${ref.logits.file}`)).buffer);
+  for (const useCache of [false, true]) {
+    const r = await runParity(
+      { name: "gguf_qwen2moe_from_safetensors", dir, ref, logits },
+      { prefetching: true, useCache },
+    );
+    assert.ok(
+      r.ok,
+      `useCache ${useCache}: max|Δ| ${r.maxAbsDiff} (tolerance ${r.tolerance}), greedy ${r.greedyEqual}`,
+    );
+  }
 });
