@@ -10,6 +10,8 @@
  * - MoE (qwen2moe, qwen3moe): experts are stacked in one tensor per projection; each expert's rows
  *   are one contiguous byte range and become that expert's tensor.
  * - phi3: the fused `attn_qkv` / `ffn_up` are Phi-3's own fused qkv_proj / gate_up_proj.
+ * - Llama 3.x: the llama3 rope scaling is stored as per-pair divisors, `rope_freqs.weight`; they
+ *   become the config's rope (see {@link ropeFreqs}).
  *
  * Tensor blocks go into the split as they are. A tensor type the backend has no kernel for (IQ*,
  * TQ*, Q2_K, Q3_K, ...) is an error naming the type and the tensor, raised before anything is
@@ -232,6 +234,52 @@ function buildConfig(h: GgufHeader, arch: ArchInfo, a: string, names: Set<string
   return cfg;
 }
 
+/**
+ * Llama 3.x's rope as llama.cpp stores it: `rope_freqs.weight`, one divisor per rotated pair
+ * (theta_i = base^(-2i/d) / f_i), which convert_hf_to_gguf.py computes from the llama3
+ * rope_scaling. The same per-pair divisors are LongRoPE's factors (lib/rope.ts), with one set for
+ * every length and no attention scaling — so the model runs with the frequencies the original
+ * checkpoint had (transformers' GGUF loader ignores this tensor).
+ */
+async function ropeFreqs(
+  h: GgufHeader,
+  t: GgufTensor,
+  config: Record<string, unknown>,
+): Promise<Record<string, unknown>> {
+  const where = `tensor ${t.name}`;
+  const headDim = (config.head_dim as number | undefined) ??
+    (config.hidden_size as number) / (config.num_attention_heads as number);
+  if (t.type !== "F32" || t.shape.length !== 1 || t.shape[0] !== headDim / 2) {
+    throw new GgufError(h.file, where, `expected F32 [${headDim / 2}], got ${t.type} [${t.shape}]`);
+  }
+  if (config.rope_scaling !== undefined) {
+    throw new GgufError(
+      h.file,
+      where,
+      "rope_freqs together with rope.scaling.type is not supported",
+    );
+  }
+  using f = await Deno.open(h.file, { read: true });
+  const bytes = new Uint8Array(t.nbytes);
+  await f.seek(t.offset, Deno.SeekMode.Start);
+  for (let at = 0; at < bytes.length;) {
+    const n = await f.read(bytes.subarray(at));
+    if (n === null) throw new GgufError(h.file, where, "file ended inside its data");
+    at += n;
+  }
+  const factors = Array.from(new Float32Array(bytes.buffer));
+  if (!factors.every((x) => Number.isFinite(x) && x > 0)) {
+    throw new GgufError(h.file, where, "rope frequency factors must be finite and positive");
+  }
+  return {
+    rope_type: "longrope",
+    short_factor: factors,
+    long_factor: factors,
+    original_max_position_embeddings: config.max_position_embeddings,
+    attention_factor: 1,
+  };
+}
+
 /** GGUF layer tensor suffix → Hugging Face name inside `model.layers.N.`. */
 function layerName(arch: ArchInfo, t: string): string | undefined {
   const common: Record<string, string> = {
@@ -320,11 +368,7 @@ export async function openGguf(path: string): Promise<GgufCheckpoint> {
       whole(t, "model.norm.weight", arch.normPlusOne ? { transform: { kind: "minusOne" } } : {});
     } else if (t.name === "output.weight") whole(t, "lm_head.weight");
     else if (t.name === "rope_freqs.weight") {
-      throw new GgufError(
-        path,
-        where,
-        "per-dimension rope frequency factors (Llama 3.1-style rope_freqs) are not supported yet",
-      );
+      continue; // read into the config below
     } else {
       const m = LAYER.exec(t.name);
       if (!m) throw new GgufError(path, where, `unknown tensor for ${a}`);
@@ -369,6 +413,8 @@ export async function openGguf(path: string): Promise<GgufCheckpoint> {
       whole(t, `${prefix}${hf}.${kind}`, extra);
     }
   }
+  const freqs = h.tensors.find((t) => t.name === "rope_freqs.weight");
+  if (freqs) config.rope_scaling = await ropeFreqs(h, freqs, config);
   for (const t of tensors) {
     if (t.transform?.kind === "minusOne" && t.dtype !== "F32") {
       throw new GgufError(path, `tensor ${t.gguf}`, `a Gemma norm must be F32, got ${t.dtype}`);

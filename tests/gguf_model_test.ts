@@ -337,9 +337,9 @@ Deno.test("gguf model: refusals name the type, architecture, tensor or files", a
   await bad(
     "ropefreqs",
     llamaKv(),
-    [...llamaTensors(), rowIds("rope_freqs.weight", [2])],
+    [...llamaTensors(), rowIds("rope_freqs.weight", [3])],
     "tensor rope_freqs.weight",
-    /rope frequency factors/,
+    /expected F32 \[2\], got F32 \[3\]/,
   );
   await bad(
     "nohead",
@@ -359,49 +359,56 @@ Deno.test("gguf model: refusals name the type, architecture, tensor or files", a
   assert.ok(ck.gguf?.file.endsWith("/two/b.gguf"));
 });
 
-Deno.test("gguf model: Qwen2-MoE (dense layer, shared expert, stacked experts) equals its safetensors reference", async () => {
-  // transformers' GGUF loader ignores expert_feed_forward_length, so no tiny qwen2moe GGUF has a
-  // transformers reference; the qwen2_moe safetensors fixture's does: write its F32 weights as
-  // llama.cpp would (stacked experts, 1-D shared expert gate) and compare with its logits.
-  const src = new URL("./fixtures/qwen2_moe/", import.meta.url).pathname;
-  const cfg = JSON.parse(await Deno.readTextFile(`${src}config.json`));
-  const kv: Record<string, Val> = {
-    "general.architecture": { str: "qwen2moe" },
-    "qwen2moe.context_length": { u32: cfg.max_position_embeddings },
-    "qwen2moe.embedding_length": { u32: cfg.hidden_size },
-    "qwen2moe.block_count": { u32: cfg.num_hidden_layers },
-    "qwen2moe.feed_forward_length": { u32: cfg.intermediate_size },
-    "qwen2moe.expert_feed_forward_length": { u32: cfg.moe_intermediate_size },
-    "qwen2moe.expert_shared_feed_forward_length": { u32: cfg.shared_expert_intermediate_size },
-    "qwen2moe.expert_count": { u32: cfg.num_experts },
-    "qwen2moe.expert_used_count": { u32: cfg.num_experts_per_tok },
-    "qwen2moe.attention.head_count": { u32: cfg.num_attention_heads },
-    "qwen2moe.attention.head_count_kv": { u32: cfg.num_key_value_heads },
-    "qwen2moe.attention.layer_norm_rms_epsilon": { f32: cfg.rms_norm_eps },
-    "qwen2moe.rope.freq_base": { f32: cfg.rope_parameters?.rope_theta ?? cfg.rope_theta },
-  };
+/** HF layer tensor → llama.cpp's name (convert_hf_to_gguf.py's tensor map, the part used here). */
+const GGUF_NAMES: Record<string, string> = {
+  input_layernorm: "attn_norm",
+  "self_attn.q_proj": "attn_q",
+  "self_attn.k_proj": "attn_k",
+  "self_attn.v_proj": "attn_v",
+  "self_attn.o_proj": "attn_output",
+  post_attention_layernorm: "ffn_norm",
+  "mlp.gate_proj": "ffn_gate",
+  "mlp.up_proj": "ffn_up",
+  "mlp.down_proj": "ffn_down",
+  "mlp.gate": "ffn_gate_inp",
+  "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+  "mlp.shared_expert.up_proj": "ffn_up_shexp",
+  "mlp.shared_expert.down_proj": "ffn_down_shexp",
+  "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
+};
+
+/**
+ * A safetensors fixture (F32) written as llama.cpp's converter writes it: renamed, experts stacked,
+ * the shared expert gate 1-D, q/k rows permuted when `heads` is given ([q heads, kv heads]), plus
+ * `extra` tensors. Returns the directory holding model.gguf.
+ */
+async function ggufOfFixture(
+  fixture: string,
+  kv: Record<string, Val>,
+  heads: [number, number] | null,
+  extra: T[] = [],
+): Promise<string> {
+  const src = new URL(`./fixtures/${fixture}/`, import.meta.url).pathname;
   using st = await SafetensorsFile.open(`${src}model.safetensors`);
-  const names: Record<string, string> = {
-    input_layernorm: "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    post_attention_layernorm: "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "mlp.gate": "ffn_gate_inp",
-    "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
-    "mlp.shared_expert.up_proj": "ffn_up_shexp",
-    "mlp.shared_expert.down_proj": "ffn_down_shexp",
-    "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
-  };
-  const tensors: T[] = [];
+  const tensors: T[] = [...extra];
   const stacked = new Map<string, { shape: number[]; parts: Uint8Array[] }>();
+  const permute = (data: Uint8Array, shape: number[], n: number) => {
+    // llama.cpp's LlamaModel.permute: HF row j·half + i of each head becomes row 2i + j.
+    const rows = shape[0], rowBytes = data.length / rows, half = rows / n / 2;
+    const out = new Uint8Array(data.length);
+    for (let h = 0; h < n; h++) {
+      for (let j = 0; j < 2; j++) {
+        for (let i = 0; i < half; i++) {
+          const from = h * 2 * half + j * half + i, to = h * 2 * half + 2 * i + j;
+          out.set(data.subarray(from * rowBytes, (from + 1) * rowBytes), to * rowBytes);
+        }
+      }
+    }
+    return out;
+  };
   for (const [name, info] of st.tensors) {
     assert.equal(info.dtype, "F32");
-    const data = await st.read(name);
+    let data = await st.read(name);
     if (name === "model.embed_tokens.weight") {
       tensors.push({ name: "token_embd.weight", shape: info.shape, data });
     } else if (name === "model.norm.weight") {
@@ -418,8 +425,10 @@ Deno.test("gguf model: Qwen2-MoE (dense layer, shared expert, stacked experts) e
         stacked.set(key, s);
         continue;
       }
+      if (heads && m[2] === "self_attn.q_proj") data = permute(data, info.shape, heads[0]);
+      if (heads && m[2] === "self_attn.k_proj") data = permute(data, info.shape, heads[1]);
       const shape = m[2] === "mlp.shared_expert_gate" ? [info.shape[1]] : info.shape; // GGUF: 1-D
-      tensors.push({ name: `blk.${m[1]}.${names[m[2]]}.${m[3]}`, shape, data });
+      tensors.push({ name: `blk.${m[1]}.${GGUF_NAMES[m[2]]}.${m[3]}`, shape, data });
     }
   }
   for (const [name, s] of stacked) {
@@ -428,16 +437,20 @@ Deno.test("gguf model: Qwen2-MoE (dense layer, shared expert, stacked experts) e
     for (const p of s.parts) all.set(p, (o += p.length) - p.length);
     tensors.push({ name, shape: [s.parts.length, ...s.shape], data: all });
   }
-  const dir = `${tmp}qwen2moe/`;
+  const dir = `${tmp}${fixture}/`;
   await Deno.mkdir(dir, { recursive: true });
-  await Deno.rename(await writeGguf("qwen2moe", kv, tensors), `${dir}model.gguf`);
-  const g = await openGguf(`${dir}model.gguf`);
-  assert.deepEqual(g.config.mlp_only_layers, [1]);
+  await Deno.rename(await writeGguf(fixture, kv, tensors), `${dir}model.gguf`);
+  return dir;
+}
+
+/** Parity of the GGUF in `dir` against a safetensors fixture's transformers reference. */
+async function parityWith(fixture: string, dir: string) {
+  const src = new URL(`./fixtures/${fixture}/`, import.meta.url).pathname;
   const ref = JSON.parse(await Deno.readTextFile(`${src}reference.json`));
   const logits = new Float32Array((await Deno.readFile(`${src}${ref.logits.file}`)).buffer);
   for (const useCache of [false, true]) {
     const r = await runParity(
-      { name: "gguf_qwen2moe_from_safetensors", dir, ref, logits },
+      { name: `gguf_of_${fixture}`, dir, ref, logits },
       { prefetching: true, useCache },
     );
     assert.ok(
@@ -445,4 +458,80 @@ Deno.test("gguf model: Qwen2-MoE (dense layer, shared expert, stacked experts) e
       `useCache ${useCache}: max|Δ| ${r.maxAbsDiff} (tolerance ${r.tolerance}), greedy ${r.greedyEqual}`,
     );
   }
+}
+
+Deno.test("gguf model: Qwen2-MoE (dense layer, shared expert, stacked experts) equals its safetensors reference", async () => {
+  // transformers' GGUF loader ignores expert_feed_forward_length, so no tiny qwen2moe GGUF has a
+  // transformers reference; the qwen2_moe safetensors fixture's does: write its F32 weights as
+  // llama.cpp would (stacked experts, 1-D shared expert gate) and compare with its logits.
+  const cfg = JSON.parse(
+    await Deno.readTextFile(new URL("./fixtures/qwen2_moe/config.json", import.meta.url)),
+  );
+  const dir = await ggufOfFixture("qwen2_moe", {
+    "general.architecture": { str: "qwen2moe" },
+    "qwen2moe.context_length": { u32: cfg.max_position_embeddings },
+    "qwen2moe.embedding_length": { u32: cfg.hidden_size },
+    "qwen2moe.block_count": { u32: cfg.num_hidden_layers },
+    "qwen2moe.feed_forward_length": { u32: cfg.intermediate_size },
+    "qwen2moe.expert_feed_forward_length": { u32: cfg.moe_intermediate_size },
+    "qwen2moe.expert_shared_feed_forward_length": { u32: cfg.shared_expert_intermediate_size },
+    "qwen2moe.expert_count": { u32: cfg.num_experts },
+    "qwen2moe.expert_used_count": { u32: cfg.num_experts_per_tok },
+    "qwen2moe.attention.head_count": { u32: cfg.num_attention_heads },
+    "qwen2moe.attention.head_count_kv": { u32: cfg.num_key_value_heads },
+    "qwen2moe.attention.layer_norm_rms_epsilon": { f32: cfg.rms_norm_eps },
+    "qwen2moe.rope.freq_base": { f32: cfg.rope_parameters?.rope_theta ?? cfg.rope_theta },
+  }, null);
+  assert.deepEqual((await openGguf(`${dir}model.gguf`)).config.mlp_only_layers, [1]);
+  await parityWith("qwen2_moe", dir);
+});
+
+Deno.test("gguf model: Llama 3 rope from rope_freqs (as convert_hf_to_gguf.py writes it) equals the llama3-rope reference", async () => {
+  // The llama3_rope fixture: factor 8, low 1, high 4, original 32, theta 500000, head_dim 32, and
+  // sequences of 40 — its frequencies fall in all three bands. convert_hf_to_gguf.py stores the
+  // per-pair divisors as rope_freqs.weight (LlamaModel.generate_extra_tensors), computed here the
+  // same way from the fixture's config.
+  const cfg = JSON.parse(
+    await Deno.readTextFile(new URL("./fixtures/llama3_rope/config.json", import.meta.url)),
+  );
+  const sc = cfg.rope_scaling;
+  const theta = cfg.rope_theta, dim = cfg.hidden_size / cfg.num_attention_heads;
+  const low = sc.original_max_position_embeddings / sc.low_freq_factor;
+  const high = sc.original_max_position_embeddings / sc.high_freq_factor;
+  const factors: number[] = [];
+  for (let i = 0; i < dim; i += 2) {
+    const freq = 1 / Math.fround(Math.pow(theta, Math.fround(i / dim)));
+    const wavelen = 2 * Math.PI / freq;
+    if (wavelen < high) factors.push(1);
+    else if (wavelen > low) factors.push(sc.factor);
+    else {
+      const smooth = (sc.original_max_position_embeddings / wavelen - sc.low_freq_factor) /
+        (sc.high_freq_factor - sc.low_freq_factor);
+      factors.push(1 / ((1 - smooth) / sc.factor + smooth));
+    }
+  }
+  assert.ok(
+    factors.includes(1) && factors.includes(sc.factor) &&
+      factors.some((f) => f !== 1 && f !== sc.factor),
+    "all three bands",
+  );
+  const H = cfg.num_attention_heads, KV = cfg.num_key_value_heads ?? H;
+  const dir = await ggufOfFixture(
+    "llama3_rope",
+    {
+      "general.architecture": { str: "llama" },
+      "llama.context_length": { u32: cfg.max_position_embeddings },
+      "llama.embedding_length": { u32: cfg.hidden_size },
+      "llama.block_count": { u32: cfg.num_hidden_layers },
+      "llama.feed_forward_length": { u32: cfg.intermediate_size },
+      "llama.attention.head_count": { u32: H },
+      "llama.attention.head_count_kv": { u32: KV },
+      "llama.attention.layer_norm_rms_epsilon": { f32: cfg.rms_norm_eps },
+      "llama.rope.freq_base": { f32: theta },
+      "llama.rope.dimension_count": { u32: dim },
+    },
+    [H, KV],
+    [{ name: "rope_freqs.weight", shape: [dim / 2], data: f32(factors) }],
+  );
+  await parityWith("llama3_rope", dir);
 });
