@@ -10,6 +10,9 @@
 import assert from "node:assert/strict";
 import { CheckpointError, GgufError, InputError } from "../lib/errors.ts";
 import { openGguf, readGgufTensor } from "../lib/gguf_model.ts";
+import { readGgufHeader } from "../lib/gguf.ts";
+import { quantize } from "../lib/quant.ts";
+import { AutoModel } from "../mod.ts";
 import { openCheckpoint } from "../lib/auto_model.ts";
 import { SafetensorsFile } from "../lib/safetensors.ts";
 import { runParity } from "./parity_lib.ts";
@@ -18,7 +21,14 @@ const tmp = new URL("./.tmp/gguf_model/", import.meta.url).pathname;
 await Deno.mkdir(tmp, { recursive: true });
 
 const enc = new TextEncoder();
-type Val = { u32: number } | { f32: number } | { str: string } | { strs: string[] };
+type Val =
+  | { u32: number }
+  | { f32: number }
+  | { str: string }
+  | { strs: string[] }
+  | { bool: boolean }
+  | { i32s: number[] }
+  | { f32s: number[] };
 interface T {
   name: string;
   /** Row-major shape (GGUF dims are its reverse). */
@@ -50,6 +60,13 @@ function value(v: Val): Uint8Array[] {
     return [u32(6), b];
   }
   if ("str" in v) return [u32(8), ...str(v.str)];
+  if ("bool" in v) return [u32(7), new Uint8Array([v.bool ? 1 : 0])];
+  if ("i32s" in v) {
+    return [u32(9), u32(5), u64(v.i32s.length), new Uint8Array(new Int32Array(v.i32s).buffer)];
+  }
+  if ("f32s" in v) {
+    return [u32(9), u32(6), u64(v.f32s.length), new Uint8Array(new Float32Array(v.f32s).buffer)];
+  }
   return [u32(9), u32(8), u64(v.strs.length), ...v.strs.flatMap(str)];
 }
 
@@ -390,6 +407,22 @@ async function ggufOfFixture(
 ): Promise<string> {
   const src = new URL(`./fixtures/${fixture}/`, import.meta.url).pathname;
   using st = await SafetensorsFile.open(`${src}model.safetensors`);
+  return await ggufOfFixtureFrom(st, fixture, kv, heads, extra);
+}
+
+/** {@link ggufOfFixture} of an open file; `encode` may store a tensor in a block type instead. */
+async function ggufOfFixtureFrom(
+  st: SafetensorsFile,
+  fixture: string,
+  kv: Record<string, Val>,
+  heads: [number, number] | null,
+  extra: T[] = [],
+  encode: (
+    gguf: string,
+    shape: number[],
+    f32: Uint8Array,
+  ) => { type: number; data: Uint8Array } | null = () => null,
+): Promise<string> {
   const tensors: T[] = [...extra];
   const stacked = new Map<string, { shape: number[]; parts: Uint8Array[] }>();
   const permute = (data: Uint8Array, shape: number[], n: number) => {
@@ -436,6 +469,10 @@ async function ggufOfFixture(
     let o = 0;
     for (const p of s.parts) all.set(p, (o += p.length) - p.length);
     tensors.push({ name, shape: [s.parts.length, ...s.shape], data: all });
+  }
+  for (const t of tensors) {
+    const e = t.type === undefined ? encode(t.name, t.shape, t.data) : null;
+    if (e) Object.assign(t, e);
   }
   const dir = `${tmp}${fixture}/`;
   await Deno.mkdir(dir, { recursive: true });
@@ -534,4 +571,64 @@ Deno.test("gguf model: Llama 3 rope from rope_freqs (as convert_hf_to_gguf.py wr
     [{ name: "rope_freqs.weight", shape: [dim / 2], data: f32(factors) }],
   );
   await parityWith("llama3_rope", dir);
+});
+
+Deno.test("gguf model: stories260k as a Q8_0 GGUF with its tokenizer metadata writes the reference story", async () => {
+  // The real model: weights as convert_hf_to_gguf.py + Q8_0 would write them (q/k permuted, every
+  // matmul weight with whole 32-blocks in Q8_0 — quantized by lib/quant.ts, byte-equal to gguf-py;
+  // ffn_down's 172-value rows stay F32 — norms F32, the tied embedding Q8_0), and the tokenizer
+  // metadata tests/fixtures/gguf_tokenizers/stories260k.gguf carries (as convert_hf_to_gguf.py
+  // writes it from tok512.model). Greedy from BOS must give transformers' story, as text.
+  const tok = await readGgufHeader(
+    new URL("./fixtures/gguf_tokenizers/stories260k.gguf", import.meta.url).pathname,
+  );
+  const kv: Record<string, Val> = {
+    ...llamaKv(),
+    "general.name": { str: "stories260K" },
+    "llama.context_length": { u32: 512 },
+    "llama.embedding_length": { u32: 64 },
+    "llama.block_count": { u32: 5 },
+    "llama.feed_forward_length": { u32: 172 },
+    "llama.attention.head_count": { u32: 8 },
+    "llama.attention.head_count_kv": { u32: 4 },
+    "llama.rope.freq_base": { f32: 10000 },
+  };
+  for (const [key, v] of tok.metadata) {
+    if (!key.startsWith("tokenizer.")) continue;
+    if (key === "tokenizer.ggml.scores") kv[key] = { f32s: v as number[] };
+    else if (key === "tokenizer.ggml.token_type") kv[key] = { i32s: v as number[] };
+    else if (Array.isArray(v)) kv[key] = { strs: v as string[] };
+    else if (typeof v === "boolean") kv[key] = { bool: v };
+    else if (typeof v === "number") kv[key] = { u32: v };
+    else kv[key] = { str: String(v) };
+  }
+  const stories = new URL("../models/stories260k/", import.meta.url).pathname;
+  using st = await SafetensorsFile.open(`${stories}model.safetensors`);
+  const q8 = new Set(["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up"]);
+  const extra: T[] = [];
+  const dir = await ggufOfFixtureFrom(st, "stories260k", kv, [8, 4], extra, (gguf, shape, data) => {
+    const blk = /^blk\.\d+\.(\w+)\.weight$/.exec(gguf)?.[1];
+    if (gguf !== "token_embd.weight" && !(blk && q8.has(blk))) return null;
+    const x = new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4);
+    return { type: 8, data: quantize(x, "Q8_0", shape[shape.length - 1]) };
+  });
+  const g = await openGguf(`${dir}model.gguf`);
+  assert.equal(g.tensors.find((t) => t.name === "model.embed_tokens.weight")?.dtype, "Q8_0");
+  await using model = await AutoModel.fromPretrained(dir, {
+    layerShardsSavingPath: `${tmp}stories260k-split`,
+    quiet: true,
+  });
+  assert.ok(model.tokenizer, "the tokenizer comes from the metadata");
+  const ref = JSON.parse(
+    await Deno.readTextFile(new URL("./fixtures/stories260k/reference.json", import.meta.url)),
+  );
+  const [ids] = await model.generate([[1]], { maxNewTokens: 64, eosTokenId: [] });
+  assert.deepEqual(ids.slice(1), ref.greedy.new_tokens);
+  assert.equal(model.tokenizer.decode(ids.slice(1), { skipSpecialTokens: true }), ref.greedy_text);
+  // A string prompt goes through the GGUF tokenizer (with its BOS) like the HF one.
+  const [viaText] = await model.generate("Once upon a time", { maxNewTokens: 8 });
+  assert.deepEqual(viaText.slice(0, 1), [1]);
+  assert.ok(
+    model.tokenizer.decode(viaText, { skipSpecialTokens: true }).startsWith("Once upon a time"),
+  );
 });
