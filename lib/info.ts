@@ -28,6 +28,7 @@ const BYTES: Record<string, number> = { float32: 4, float16: 2, bfloat16: 2 };
 
 /** The summary `rabbit info` prints. */
 export interface ModelInfo {
+  /** The checkpoint directory, or the GGUF file. */
   dir: string;
   architecture: string;
   dtype: string;
@@ -151,7 +152,7 @@ export async function modelInfo(
   const act = workBytes(c, 1, 0, 1, 1);
   const slots = Math.min(c.numLayers, (opts.prefetchDepth ?? 2) + 1);
   return {
-    dir: ck.dir,
+    dir: ck.gguf?.file ?? ck.dir,
     architecture: c.architecture,
     dtype: ck.gguf
       ? `GGUF (${ggufTypes(ck)})`
