@@ -13,10 +13,13 @@
  *
  *  - quant: the block formats against f32/f16 at N=K=4096 and the SmolLM2 up/gate shape
  *    (N=1536, K=576): M = 1 cold (GB/s of weight bytes, ggml's block bytes for the quantized
- *    ones) and M = 64 hot.
+ *    ones) and M = 64 hot. Then Q8_0 and Q4_0 at M = 1 cold with the option int8_activations
+ *    off and on (+i8) at 4096^2 and the SmolLM2 decode shapes, the decode pass of the model in
+ *    Q8_0 / Q4_0 off and on, and the int8 path's error against the f32 path on random data.
  *
  * Build and run: sh cpu/bench.sh [n_threads] [sections], sections a comma list of
- * memory,gemv,gemm,decode,prefill,quant (default: all but quant).
+ * memory,gemv,gemm,decode,prefill,quant,int8 (default: all but quant and int8; quant includes
+ * int8, the int8 activations part alone).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <omp.h>
@@ -127,7 +130,13 @@ static void bench_memory(int n_threads) {
 
 static const char *dtype_name(int dt) { return rl_dtype_name(dt); }
 
-static size_t dtype_bytes(int dt) { return dt == RL_F32 ? 4 : 2; }
+/* The dtype's name, "+i8" appended while the option int8_activations is on. */
+static const char *dt_label(rl_ctx *ctx, int dt) {
+  static char buf[32];
+  snprintf(buf, sizeof buf, "%s%s", dtype_name(dt),
+           rl_get_option(ctx, (const uint8_t *)"int8_activations") == 1 ? "+i8" : "");
+  return buf;
+}
 
 static int cmp_double(const void *a, const void *b) {
   const double x = *(const double *)a, y = *(const double *)b;
@@ -170,7 +179,7 @@ static void bench_matmul(rl_ctx *ctx, int M, int N, int K, int dt, int cold) {
   double t, median;
   time_matmul(ctx, out, x, w, n_w, dt, M, N, K, &t, &median);
   printf("M=%-3d N=%-6d K=%-4d %-4s %-4s %9.1f us %7.1f GB/s %7.1f GFLOP/s  (median %.1f us)\n",
-         M, N, K, dtype_name(dt), cold ? "cold" : "hot", t * 1e6, (double)wbytes / t * 1e-9,
+         M, N, K, dt_label(ctx, dt), cold ? "cold" : "hot", t * 1e6, (double)wbytes / t * 1e-9,
          2.0 * M * N * K / t * 1e-9, median * 1e6);
   for (int i = 0; i < n_w; i++) free(w[i]);
   free(w);
@@ -193,11 +202,11 @@ static void bench_model(rl_ctx *ctx, int M, int dt) {
     for (int i = 0; i < 7; i++) {
       w[l][i] = half_values((size_t)layer_shapes[i][0] * layer_shapes[i][1], dt);
       flop += 2.0 * M * layer_shapes[i][0] * layer_shapes[i][1];
-      bytes += (double)layer_shapes[i][0] * layer_shapes[i][1] * (double)dtype_bytes(dt);
+      bytes += (double)layer_shapes[i][0] * (double)rl_row_bytes(dt, layer_shapes[i][1]);
     }
   void *head = half_values((size_t)head_shape[0] * head_shape[1], dt);
   flop += 2.0 * head_shape[0] * head_shape[1];
-  bytes += (double)head_shape[0] * head_shape[1] * (double)dtype_bytes(dt);
+  bytes += (double)head_shape[0] * (double)rl_row_bytes(dt, head_shape[1]);
   float *x = half_values((size_t)M * 1536, RL_F32);
   float *out = xmalloc(sizeof(float) * (size_t)M * head_shape[0]);
   static double t[MAX_CALLS];
@@ -215,13 +224,60 @@ static void bench_model(rl_ctx *ctx, int M, int dt) {
   double best, median;
   best_median(t, n, &best, &median);
   printf("%-7s M=%-3d %-4s %8.2f ms %7.1f GB/s %7.1f GFLOP/s  (median %.2f ms)\n",
-         M == 1 ? "decode" : "prefill", M, dtype_name(dt), best * 1e3, bytes / best * 1e-9,
+         M == 1 ? "decode" : "prefill", M, dt_label(ctx, dt), best * 1e3, bytes / best * 1e-9,
          flop / best * 1e-9, median * 1e3);
   for (int l = 0; l < N_LAYERS; l++)
     for (int i = 0; i < 7; i++) free(w[l][i]);
   free(head);
   free(x);
   free(out);
+}
+
+/* sqrt without libm (the bench links none): Newton's iteration. */
+static double sqrt_d(double v) {
+  double y = v > 1 ? v : 1;
+  for (int i = 0; i < 200 && v > 0; i++) y = 0.5 * (y + v / y);
+  return v > 0 ? y : 0;
+}
+
+/* The int8 path's error against the f32 one on random data: W of random quants and f16 scales
+ * in [2^-8, 2^-6), x uniform in (-1, 1) (outliers: every 50th value times 20). relRms is
+ * rms(on - off) / rms(off), max is max|on - off| / max|off|. */
+static void bench_i8_error(rl_ctx *ctx, int dt, int N, int K, int outliers) {
+  const size_t wbytes = (size_t)N * rl_row_bytes(dt, K), bb = (size_t)rl_block_bytes(dt);
+  uint8_t *w = xmalloc(wbytes);
+  float *x = xmalloc(sizeof(float) * (size_t)K), *out[2];
+  uint32_t r = 777;
+#define RND() (r = r * 1664525u + 1013904223u, r >> 8)
+  for (size_t i = 0; i < wbytes; i++) w[i] = (uint8_t)RND();
+  for (size_t b = 0; b < wbytes; b += bb) {
+    const uint32_t h = 0x1c00 + RND() % 0x0800;
+    w[b] = (uint8_t)h, w[b + 1] = (uint8_t)(h >> 8);
+  }
+  for (int k = 0; k < K; k++)
+    x[k] = ((float)RND() * 0x1p-24f * 2.0f - 1.0f) * (outliers && k % 50 == 7 ? 20.0f : 1.0f);
+#undef RND
+  for (int i = 0; i < 2; i++) {
+    out[i] = xmalloc(sizeof(float) * (size_t)N);
+    rl_set_option(ctx, (const uint8_t *)"int8_activations", i);
+    check(ctx, rl_matmul(ctx, out[i], x, w, dt, NULL, 0, 1, N, K));
+  }
+  rl_set_option(ctx, (const uint8_t *)"int8_activations", 0);
+  double se = 0, so = 0, me = 0, mo = 0;
+  for (int n = 0; n < N; n++) {
+    const double e = (double)out[1][n] - out[0][n];
+    se += e * e;
+    so += (double)out[0][n] * out[0][n];
+    me = e < 0 ? (-e > me ? -e : me) : (e > me ? e : me);
+    const double a = out[0][n] < 0 ? -(double)out[0][n] : out[0][n];
+    mo = a > mo ? a : mo;
+  }
+  printf("N=%-6d K=%-4d %-4s x %-12s relRms %.2e  max %.2e\n", N, K, dtype_name(dt),
+         outliers ? "with outliers" : "uniform", sqrt_d(se / so), me / mo);
+  free(w);
+  free(x);
+  free(out[0]);
+  free(out[1]);
 }
 
 int main(int argc, char **argv) {
@@ -269,6 +325,29 @@ int main(int argc, char **argv) {
       for (int i = 0; i < 7; i++) bench_matmul(ctx, 1, shapes[s][0], shapes[s][1], dts[i], 2);
     for (int s = 0; s < 2; s++)
       for (int i = 0; i < 7; i++) bench_matmul(ctx, 64, shapes[s][0], shapes[s][1], dts[i], 0);
+  }
+
+  if (strstr(sections, "quant") || strstr(sections, "int8")) {
+    printf("\nint8 activations (option int8_activations), M = 1 cold, off then on (+i8)\n");
+    static const int i8_shapes[][2] = {{4096, 4096}, {576, 576},  {192, 576},
+                                       {1536, 576},  {576, 1536}, {49152, 576}};
+    for (int d = 0; d < 2; d++)
+      for (int s = 0; s < 6; s++)
+        for (int on = 0; on < 2; on++) {
+          rl_set_option(ctx, (const uint8_t *)"int8_activations", on);
+          bench_matmul(ctx, 1, i8_shapes[s][0], i8_shapes[s][1], d ? RL_Q4_0 : RL_Q8_0, 2);
+        }
+    for (int d = 0; d < 2; d++)
+      for (int on = 0; on < 2; on++) {
+        rl_set_option(ctx, (const uint8_t *)"int8_activations", on);
+        bench_model(ctx, 1, d ? RL_Q4_0 : RL_Q8_0);
+      }
+    rl_set_option(ctx, (const uint8_t *)"int8_activations", 0);
+    printf("\nint8 activations: error against the f32 path (random W and x)\n");
+    for (int d = 0; d < 2; d++)
+      for (int s = 0; s < 6; s++)
+        for (int o = 0; o < 2; o++)
+          bench_i8_error(ctx, d ? RL_Q4_0 : RL_Q8_0, i8_shapes[s][0], i8_shapes[s][1], o);
   }
 
   if (strstr(sections, "decode") || strstr(sections, "prefill"))

@@ -270,7 +270,7 @@ RL_API int32_t rl_copy(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) 
  * Options and timing marks */
 
 static const char *const OPTION_KEYS[OPT_COUNT] = {"attn_impl", "pin_memory", "async_copy",
-                                                    "drop_behind"};
+                                                    "drop_behind", "int8_activations"};
 
 static int option_index(const uint8_t *key) {
   for (int i = 0; i < OPT_COUNT; i++)
@@ -289,7 +289,8 @@ RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value) {
                     "online softmax over key blocks), reported as eager");
   REQUIRE(value >= 0 && value <= (i == OPT_ATTN_IMPL ? 2 : 1), "%s: value %lld out of range", key,
           (long long)value);
-  /* pin_memory and async_copy concern GPU transfers; the CPU reads straight into place. */
+  /* pin_memory and async_copy concern GPU transfers; the CPU reads straight into place.
+   * int8_activations: rl_matmul's GEMV on q8_0 / q4_0 weights (matmul.c). */
   ctx->options[i] = value;
   return RL_OK;
 }

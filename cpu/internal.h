@@ -33,7 +33,14 @@ typedef struct cpu_loader cpu_loader; /* the I/O threads of loads and prefetches
 typedef struct cpu_mapping cpu_mapping; /* one rl_map (map.c) */
 
 /* Option slots, in the order of OPTION_KEYS (ctx.c). */
-enum { OPT_ATTN_IMPL, OPT_PIN_MEMORY, OPT_ASYNC_COPY, OPT_DROP_BEHIND, OPT_COUNT };
+enum {
+  OPT_ATTN_IMPL,
+  OPT_PIN_MEMORY,
+  OPT_ASYNC_COPY,
+  OPT_DROP_BEHIND,
+  OPT_INT8_ACTIVATIONS,
+  OPT_COUNT
+};
 
 struct rl_ctx {
   int n_threads;                 /* OpenMP team size for every parallel op */

@@ -225,4 +225,135 @@ QB_INLINE void qblock(int dt, int mode, const uint8_t *blk, const float *x, vf *
   }
 }
 
+/* ----------------------------------------------------------------------------------------------
+ * int8 activations (option "int8_activations", rl_matmul's GEMV on Q8_0 / Q4_0 weights): x is
+ * quantized once per call to int8 per 32 values (qx8_quantize), then every W block's dot
+ * product with x is an exact integer sum of int8 products (q8_isum), scaled by d_w * d_x. */
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define RL_I8_SIMD 1
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define RL_I8_VNNI(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#elif defined(__AVXVNNI__)
+#define RL_I8_VNNI(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
+#endif
+#endif
+
+/* The per-lane start value of a block's 8 int32 partial sums that q8_isum needs for a W block of
+ * dtype dt (a compile-time constant) against an x block whose int8 values sum to sx: with VNNI,
+ * Q8_0 weights enter vpdpbusd as the unsigned qw + 128 (qw ^ 0x80), which adds 128 * sx over the
+ * 8 lanes; Q4_0 weights enter as the nibble q in [0, 16), where the weight is q - 8, which adds
+ * 8 * sx. (AVX2 without VNNI multiplies |qw| by qx with qw's sign instead: nothing to remove.) */
+QB_INLINE int32_t qx8_lane_start(int dt, int32_t sx) {
+#ifdef RL_I8_SIMD
+  if (dt == RL_Q4_0) return -sx;
+#ifdef RL_I8_VNNI
+  return -16 * sx;
+#endif
+#endif
+  (void)dt;
+  (void)sx;
+  return 0;
+}
+
+/* Quantizes x[0:K] (K a multiple of 32) per block of 32 as ggml's quantize_row_q8_0 does on x86:
+ * amax = max|x|, d[b] = amax / 127, q = x * (127 / amax) rounded to nearest (ties to even), 0
+ * where amax is 0; d stays f32 (ggml rounds it to f16 to store it). A block holding inf or NaN
+ * gets d NaN (its dot products, and so the results, come out NaN). c[b] is qx8_lane_start of
+ * the block for W dtype dt. */
+QB_INLINE void qx8_quantize(int dt, const float *x, int64_t K, int8_t *q, float *d, int32_t *c) {
+  for (int64_t b = 0; b < K / 32; b++) {
+    const float *xb = x + 32 * b;
+    int8_t *qb = q + 32 * b;
+#ifdef RL_I8_SIMD
+    __m256 v[4];
+    for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(xb + 8 * i);
+    const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                             _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+    /* x * 0 is 0, or NaN for inf and NaN (which max would drop) */
+    __m256 z = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(v[0], zero), _mm256_mul_ps(v[1], zero)),
+                             _mm256_add_ps(_mm256_mul_ps(v[2], zero), _mm256_mul_ps(v[3], zero)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    __m128 z4 = _mm_add_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));
+    z4 = _mm_add_ps(z4, _mm_movehl_ps(z4, z4));
+    z4 = _mm_add_ss(z4, _mm_movehdup_ps(z4));
+    const float amax = _mm_cvtss_f32(m4), finite0 = _mm_cvtss_f32(z4);
+    const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+    __m256i i[4];
+    for (int j = 0; j < 4; j++)
+      i[j] = _mm256_cvtps_epi32(
+          _mm256_round_ps(_mm256_mul_ps(v[j], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    /* sum of the 32 values */
+    __m256i s8 = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    const int32_t sx = _mm_cvtsi128_si32(s4);
+    /* int32 -> int8 (all within [-127, 127]); the packs interleave 128-bit lanes: undo it */
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]),
+                                         _mm256_packs_epi32(i[2], i[3]));
+    _mm256_storeu_si256((__m256i *)qb, _mm256_permutevar8x32_epi32(
+                                           p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+#else
+    float amax = 0.0f, finite0 = 0.0f;
+    for (int j = 0; j < 32; j++) {
+      const float a = xb[j] < 0.0f ? -xb[j] : xb[j];
+      if (a > amax) amax = a;
+      finite0 += xb[j] * 0.0f;
+    }
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int32_t sx = 0;
+    for (int j = 0; j < 32; j++) {
+      const float r = nearbyintf(xb[j] * id);
+      qb[j] = (int8_t)(r != r ? 0 : r > 127.0f ? 127 : r < -127.0f ? -127 : r); /* NaN: 0 */
+      sx += qb[j];
+    }
+#endif
+    d[b] = finite0 == 0.0f ? amax / 127.0f : NAN;
+    c[b] = qx8_lane_start(dt, sx);
+  }
+}
+
+#ifdef RL_I8_SIMD
+/* The W block blk of dtype dt (Q8_0 or Q4_0, a compile-time constant) times the x block qx
+ * (qx8_quantize, c its lane start): 8 int32 lanes whose sum is exactly sum_i qw_i * qx_i (the
+ * weights' integers, Q4_0's q - 8). */
+QB_INLINE __m256i q8_isum(int dt, const uint8_t *blk, const int8_t *qx, int32_t c) {
+  __m256i x = _mm256_loadu_si256((const __m256i *)qx), w;
+  if (dt == RL_Q8_0) {
+    w = _mm256_loadu_si256((const __m256i *)(blk + 2));
+  } else { /* Q4_0: elements 0..15 are the low nibbles of qs, 16..31 the high ones */
+    const __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2));
+    w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
+  }
+#ifdef RL_I8_VNNI
+  if (dt == RL_Q8_0) w = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x80)); /* qw + 128 */
+  return RL_I8_VNNI(_mm256_set1_epi32(c), w, x);
+#else
+  if (dt == RL_Q8_0) { /* |qw| * (qx with qw's sign): pairs stay within int16 (2 * 128 * 127) */
+    x = _mm256_sign_epi8(x, w);
+    w = _mm256_abs_epi8(w);
+  }
+  const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+  return dt == RL_Q8_0 ? p : _mm256_add_epi32(p, _mm256_set1_epi32(c));
+#endif
+}
+#else
+/* Scalar: sum_i qw_i * qx_i of the block. */
+QB_INLINE int32_t q8_isum(int dt, const uint8_t *blk, const int8_t *qx, int32_t c) {
+  (void)c;
+  int32_t s = 0;
+  if (dt == RL_Q8_0)
+    for (int i = 0; i < 32; i++) s += (int8_t)blk[2 + i] * qx[i];
+  else
+    for (int i = 0; i < 16; i++)
+      s += ((blk[2 + i] & 15) - 8) * qx[i] + ((blk[2 + i] >> 4) - 8) * qx[i + 16];
+  return s;
+}
+#endif
+
 #endif /* RL_CPU_QUANT_H */

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "rabbitllm.h"
+#include "rl_shared.h" /* rl_row_bytes */
 
 #define TOL 1e-5 /* max abs error / max abs reference value, for fp32 results */
 
@@ -1715,6 +1716,230 @@ static void test_quant(rl_ctx *ctx) {
   }
 }
 
+
+/* ----------------------------------------------------------------------------------------------
+ * Option "int8_activations": the GEMV (M == 1) on q8_0 / q4_0 W with x quantized to int8 per
+ * 32 values. Checked against a scalar reference of the same int8 math (quantization as ggml's
+ * quantize_row_q8_0 on x86: d = amax/127, q = x * (127/amax) rounded to nearest even, d in f32;
+ * then sum_b d_w * d_x * exact integer dot), and against the f32 path within the bound of the
+ * activation quantization: |x - d q| <= d / 2 = amax_b / 254 per value, so a row differs by at
+ * most E_n = sum_b amax_b / 254 * sum_{k in b} |w_k| (plus f32 rounding). Option off (and every
+ * other dtype, and M > 1) is bit-identical to before the option was ever set. */
+
+#define I8_KEY ((const uint8_t *)"int8_activations")
+
+/* A random W of N rows of K in dt (q8_0 or q4_0): random quants, f16 scales of either sign with
+ * magnitudes in [2^-8, 2^-6); wq[n*K + k] its integer weights, ws[n*K/32 + b] its scales. */
+static uint8_t *rand_q_weights(int dt, int N, int K, int *wq, double *ws) {
+  const int bb = dt == RL_Q8_0 ? 34 : 18, nb = K / 32;
+  uint8_t *w = malloc((size_t)N * nb * bb);
+  for (int64_t j = 0; j < (int64_t)N * nb; j++) {
+    uint8_t *blk = w + j * bb;
+    const uint16_t h = (uint16_t)(0x1c00 + rand_u32() % 0x0800) | (rand_u32() & 1 ? 0x8000 : 0);
+    blk[0] = (uint8_t)h;
+    blk[1] = (uint8_t)(h >> 8);
+    ws[j] = ref_f16(h);
+    for (int i = 0; i < bb - 2; i++) blk[2 + i] = (uint8_t)rand_u32();
+    int *q = wq + j * 32;
+    for (int i = 0; i < 32; i++)
+      q[i] = dt == RL_Q8_0 ? (int8_t)blk[2 + i]
+             : i < 16      ? (blk[2 + i] & 15) - 8
+                           : (blk[2 + i - 16] >> 4) - 8;
+  }
+  return w;
+}
+
+/* The reference of the int8 path for one x row: res[n] (double) and the f32 bound err[n]. */
+static void ref_int8_gemv(const float *x, const int *wq, const double *ws, const double *bias,
+                          int N, int K, double *res, double *err) {
+  const int nb = K / 32;
+  int *qx = malloc(sizeof(int) * (size_t)K);
+  float *dx = malloc(sizeof(float) * (size_t)nb), *amax = malloc(sizeof(float) * (size_t)nb);
+  for (int b = 0; b < nb; b++) {
+    float a = 0.0f;
+    for (int i = 0; i < 32; i++) a = fmaxf(a, fabsf(x[32 * b + i]));
+    const float id = a != 0.0f ? 127.0f / a : 0.0f;
+    for (int i = 0; i < 32; i++) qx[32 * b + i] = (int)nearbyintf(x[32 * b + i] * id);
+    dx[b] = a / 127.0f;
+    amax[b] = a;
+  }
+  for (int n = 0; n < N; n++) {
+    double s = bias ? bias[n] : 0.0, e = 0.0;
+    for (int b = 0; b < nb; b++) {
+      int64_t is = 0, l1 = 0;
+      for (int i = 0; i < 32; i++) {
+        const int64_t k = (int64_t)n * K + 32 * b + i;
+        is += (int64_t)wq[k] * qx[32 * b + i];
+        l1 += wq[k] < 0 ? -wq[k] : wq[k];
+      }
+      const double dw = ws[(int64_t)n * nb + b];
+      s += dw * (double)dx[b] * (double)is;
+      e += (double)amax[b] / 254.0 * fabs(dw) * (double)l1;
+    }
+    res[n] = s;
+    err[n] = e;
+  }
+  free(qx);
+  free(dx);
+  free(amax);
+}
+
+/* rl_matmul of one x row with the option off, on and off again; *rel_rms, *rel_max: the on
+ * result's error against the off one (relative to the off results' rms and max). */
+static void check_int8_case(rl_ctx *ctx, int dt, int N, int K, int bias_dt, int x_kind,
+                            double *rel_rms, double *rel_max) {
+  const int nb = K / 32;
+  int *wq = malloc(sizeof(int) * (size_t)N * K);
+  double *ws = doubles((int64_t)N * nb);
+  uint8_t *w = rand_q_weights(dt, N, K, wq, ws);
+  float *x = rand_floats(K, -1.0f, 1.0f);
+  if (x_kind == 1) /* a zero block, an outlier, tiny values */
+    for (int k = 0; k < K; k++) {
+      if (k / 32 == 1 % nb) x[k] = 0.0f;
+      else if (k % 97 == 5) x[k] *= 300.0f;
+      else if (k / 32 == 2 % nb) x[k] *= 1e-30f;
+    }
+  tensor b = rand_tensor(bias_dt < 0 ? RL_F32 : bias_dt, N);
+  double *res = doubles(N), *err = doubles(N);
+  ref_int8_gemv(x, wq, ws, bias_dt < 0 ? NULL : b.val, N, K, res, err);
+  float *dx = to_device(ctx, x, (int64_t)K * 4);
+  void *dw = to_device(ctx, w, (int64_t)N * nb * (dt == RL_Q8_0 ? 34 : 18));
+  void *db = bias_dt < 0 ? NULL : to_device(ctx, b.data, N * dtype_size(bias_dt));
+  const int bdt = bias_dt < 0 ? 0 : bias_dt;
+  float *got[3];
+  int32_t st[3];
+  for (int i = 0; i < 3; i++) {
+    rl_set_option(ctx, I8_KEY, i == 1);
+    float *d = device_floats(ctx, N);
+    st[i] = rl_matmul(ctx, d, dx, dw, dt, db, bdt, 1, N, K);
+    got[i] = download_free(ctx, d, N);
+  }
+  rl_set_option(ctx, I8_KEY, 0);
+  const char *name = dt == RL_Q8_0 ? "q8_0" : "q4_0";
+  const char *bname = bias_dt < 0 ? "none" : dtype_name[bias_dt];
+  check(st[0] == RL_OK && st[1] == RL_OK && st[2] == RL_OK &&
+            memcmp(got[0], got[2], sizeof(float) * (size_t)N) == 0,
+        "int8_activations off, on, off: %s N=%d K=%d: off results change", name, N, K);
+  check_close(got[1], res, N, st[1] == RL_OK ? TOL : -1.0,
+              "int8_activations %s N=%d K=%d bias %s x %d: against the int8 reference", name, N,
+              K, bname, x_kind);
+  double max_off = 0.0, worst = 0.0, se = 0.0, so = 0.0, me = 0.0;
+  int64_t differ = 0;
+  for (int n = 0; n < N; n++) max_off = fmax(max_off, fabs(got[0][n]));
+  for (int n = 0; n < N; n++) {
+    const double e = fabs((double)got[1][n] - got[0][n]);
+    worst = fmax(worst, e / (err[n] * 1.001 + 2 * TOL * max_off));
+    se += e * e;
+    so += (double)got[0][n] * got[0][n];
+    me = fmax(me, e);
+    differ += got[1][n] != got[0][n];
+  }
+  check(worst <= 1.0 && (differ > 0 || nb < 3 /* x_kind 1: all zero */),
+        "int8_activations %s N=%d K=%d x %d: |on - off| %.3g of the bound (<= 1), %lld differ",
+        name, N, K, x_kind, worst, (long long)differ);
+  *rel_rms = sqrt(se / (so > 0 ? so : 1));
+  *rel_max = me / (max_off > 0 ? max_off : 1);
+  rl_free(ctx, dx);
+  rl_free(ctx, dw);
+  if (db) rl_free(ctx, db);
+  for (int i = 0; i < 3; i++) free(got[i]);
+  free(wq);
+  free(ws);
+  free(w);
+  free(x);
+  free(res);
+  free(err);
+  free_tensor(b);
+}
+
+static void test_int8_activations(rl_ctx *ctx) {
+  check(rl_get_option(ctx, I8_KEY) == 0, "int8_activations is 0 by default");
+  check(rl_set_option(ctx, I8_KEY, 1) == RL_OK && rl_get_option(ctx, I8_KEY) == 1,
+        "int8_activations can be set");
+  check_error(ctx, rl_set_option(ctx, I8_KEY, 2), RL_ERR_INVALID, "rl_set_option",
+              "int8_activations");
+  rl_set_option(ctx, I8_KEY, 0);
+
+  static const int shapes[][2] = {{1, 32}, {7, 64}, {33, 96}, {67, 1280}, {129, 576},
+                                  {5, 4096}, {3, 16416} /* x in a heap buffer */};
+  for (int dt = RL_Q8_0; dt <= RL_Q4_0; dt++) {
+    double rms_max = 0.0, max_max = 0.0;
+    for (int s = 0; s < 7; s++)
+      for (int v = 0; v < 2; v++) {
+        double rr, rm;
+        const int bias_dt = (s + v) % 4 == 0 ? -1 : (s + v) % 4 - 1;
+        check_int8_case(ctx, dt, shapes[s][0], shapes[s][1], bias_dt, v, &rr, &rm);
+        if (v == 0) {
+          rms_max = fmax(rms_max, rr);
+          max_max = fmax(max_max, rm);
+        }
+      }
+    /* uniform x: the quantization error of a value is about d / sqrt(12), d <= 1/127 */
+    check(rms_max < 0.02 && max_max < 0.05,
+          "int8_activations %s: relRms %.3g, rel max %.3g against f32 (random x)",
+          dt == RL_Q8_0 ? "q8_0" : "q4_0", rms_max, max_max);
+  }
+
+  /* a non-finite x makes the results NaN (the f32 path's are inf or NaN) */
+  {
+    int *wq = malloc(sizeof(int) * 4 * 64);
+    double *ws = doubles(8);
+    uint8_t *w = rand_q_weights(RL_Q8_0, 4, 64, wq, ws);
+    float *x = rand_floats(64, -1.0f, 1.0f);
+    x[40] = NAN;
+    float *dx = to_device(ctx, x, 64 * 4), *dout = device_floats(ctx, 4);
+    void *dw = to_device(ctx, w, 4 * 2 * 34);
+    rl_set_option(ctx, I8_KEY, 1);
+    const int32_t st = rl_matmul(ctx, dout, dx, dw, RL_Q8_0, NULL, 0, 1, 4, 64);
+    rl_set_option(ctx, I8_KEY, 0);
+    float *got = download_free(ctx, dout, 4);
+    check(st == RL_OK && isnan(got[0]) && isnan(got[3]), "int8_activations: NaN in x gives NaN");
+    rl_free(ctx, dx);
+    rl_free(ctx, dw);
+    free(got);
+    free(wq);
+    free(ws);
+    free(w);
+    free(x);
+  }
+
+  /* every other dtype, and M > 1 on q8_0 / q4_0: results with the option on equal those with it
+   * off, bit for bit */
+  const int N = 37, K = 256;
+  for (int dt = RL_F32; dt < RL_DTYPE_COUNT; dt++)
+    for (int M = 1; M <= 3; M += 2) {
+      if (M == 1 && (dt == RL_Q8_0 || dt == RL_Q4_0)) continue;
+      const int64_t wbytes = (int64_t)N * (int64_t)rl_row_bytes(dt, K);
+      uint8_t *w = malloc((size_t)wbytes);
+      for (int64_t i = 0; i < wbytes; i++) w[i] = (uint8_t)rand_u32();
+      if (dt <= RL_BF16) /* finite values (block formats: random bytes; the same NaNs either way) */
+        for (int64_t i = 0; i < (int64_t)N * K; i++) {
+          const float f = rand_float(-1.0f, 1.0f);
+          if (dt == RL_F32) memcpy(w + 4 * i, &f, 4);
+          else ((uint16_t *)w)[i] = dt == RL_F16 ? 0x3800 : 0x3f00;
+        }
+      float *x = rand_floats((int64_t)M * K, -1.0f, 1.0f);
+      float *dx = to_device(ctx, x, (int64_t)M * K * 4);
+      void *dw = to_device(ctx, w, wbytes);
+      float *got[2];
+      for (int i = 0; i < 2; i++) {
+        rl_set_option(ctx, I8_KEY, i);
+        float *d = device_floats(ctx, (int64_t)M * N);
+        rl_matmul(ctx, d, dx, dw, dt, NULL, 0, M, N, K);
+        got[i] = download_free(ctx, d, (int64_t)M * N);
+      }
+      rl_set_option(ctx, I8_KEY, 0);
+      check(memcmp(got[0], got[1], sizeof(float) * (size_t)M * N) == 0,
+            "int8_activations leaves dtype %d M=%d unchanged", dt, M);
+      rl_free(ctx, dx);
+      rl_free(ctx, dw);
+      free(got[0]);
+      free(got[1]);
+      free(w);
+      free(x);
+    }
+}
+
 int main(void) {
   test_library();
   test_memory();
@@ -1743,6 +1968,7 @@ int main(void) {
   test_copy_nd(ctx);
   /* ABI 6 */
   test_quant(ctx);
+  test_int8_activations(ctx);
   check(stat_of(ctx, RL_STAT_LIVE_ALLOCS) == 0 && stat_of(ctx, RL_STAT_LIVE_BYTES) == 0,
         "every test freed its device buffers (%llu live)",
         (unsigned long long)stat_of(ctx, RL_STAT_LIVE_ALLOCS));

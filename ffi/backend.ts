@@ -456,7 +456,10 @@ export class Backend {
     return null;
   }
 
-  /** Sets a backend option ("attn_impl", "pin_memory", "async_copy", "drop_behind"). */
+  /**
+   * Sets a backend option ("attn_impl", "pin_memory", "async_copy", "drop_behind",
+   * "int8_activations" (CPU: int8 x int8 decode GEMV on q8_0 / q4_0 weights, off by default)).
+   */
   setOption(key: string, value: number): void {
     this.#check(
       this.#lib.symbols.rl_set_option(this.#c, cstr(key), BigInt(value)),
