@@ -107,6 +107,13 @@ export interface FromPretrainedOptions {
    * transformers' "sdpa" and "flash_attention_2" are aliases of flash.
    */
   attnImplementation?: AttnImplementation;
+  /**
+   * CPU: decode matmuls on q8_0 / q4_0 weights quantize the activation row to int8 per 32 values
+   * (as llama.cpp does) and use integer dot products — faster, and approximate: each output is
+   * within Σ_blocks max|x_block|/254 · Σ|w_block| of the f32 math (default false: activations
+   * stay f32, results equal f32 math on the dequantized weights). Other devices: said once, off.
+   */
+  int8Activations?: boolean;
   /** Pinned host staging for layer loads (GPU; default true). */
   prefetchPinMemory?: boolean;
   /** Layer loads on a transfer stream overlapping compute (GPU; default true). */
@@ -214,6 +221,10 @@ function configureBackend(be: Backend, opts: FromPretrainedOptions): "flash" | "
   be.setOption("attn_impl", ATTN_IMPL[impl]);
   be.setOption("pin_memory", opts.prefetchPinMemory === false ? 0 : 1);
   be.setOption("async_copy", opts.asyncCopy === false ? 0 : 1);
+  if (opts.int8Activations) {
+    if (be.device === "cpu") be.setOption("int8_activations", 1);
+    else logOnce(`int8Activations: the ${be.device} backend has none; activations stay f32`);
+  }
   const code = ATTN_IMPL[impl] || (be.getOption("flash_available") === 1 ? 1 : 2);
   return code === 1 ? "flash" : "eager";
 }

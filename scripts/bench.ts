@@ -5,7 +5,7 @@
  *                   [--dtype F32|F16|BF16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k] [--layers N]
  *                   [--device cpu|cuda]
  *                   [--prompt 64] [--new 64] [--batches 1,4,16] [--memory-limit 0.75]
- *                   [--limit-basis own|fp16]
+ *                   [--limit-basis own|fp16] [--int8]
  *                   [--repeat 3] [--peers] [--no-hf] [--json FILE]
  *
  * CPU rows: ours with every layer resident; streamed from the page cache (maxResidentBytes 0);
@@ -19,6 +19,8 @@
  * sequential disk read GB/s (page cache dropped), measured by build/bench_io. Every row runs in
  * its own process. Memory limits need root and cgroups (v1 or v2); without them the table says
  * so and leaves those rows out.
+ *
+ * `--int8`: our rows run with `int8Activations` (q8_0 / q4_0 decode matmuls on int8 activations).
  *
  * A `.gguf` as `--model` runs as it is (its tensor types), and llama.cpp's peer rows read that
  * same file.
@@ -49,6 +51,7 @@ const { values: args } = parseArgs({
     batches: { type: "string", default: "1,4,16" },
     "memory-limit": { type: "string", default: "0.75" },
     "limit-basis": { type: "string", default: "own" },
+    int8: { type: "boolean", default: false },
     repeat: { type: "string", default: "3" },
     peers: { type: "boolean", default: false },
     "no-hf": { type: "boolean", default: false },
@@ -228,6 +231,7 @@ function ours(mode: string, batch: number): string[] {
     `--new=${newTokens}`,
     `--batch=${batch}`,
     `--repeat=${args.repeat}`,
+    ...(args.int8 ? ["--int8"] : []),
   ];
 }
 
@@ -516,7 +520,9 @@ const say = (s = "") => {
 };
 say();
 say(
-  `${label}, ${storage}: ${MB(modelBytes)} MB of weights, ${
+  `${label}, ${storage}${args.int8 ? " (int8 activations)" : ""}: ${
+    MB(modelBytes)
+  } MB of weights, ${
     MB(weightsPerToken)
   } MB read per decoded token; prompt ${promptLen}, ${newTokens} new tokens, greedy, best of ${args.repeat}`,
 );

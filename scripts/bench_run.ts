@@ -31,6 +31,8 @@ const { values: a } = parseArgs({
     depth: { type: "string" },
     /** The split's dtype as fromPretrained takes it (float32, q8_0, ...): the same split is reused. */
     dtype: { type: "string", default: "auto" },
+    /** int8 activations on q8_0 / q4_0 decode matmuls (CPU). */
+    int8: { type: "boolean", default: false },
   },
 });
 if (!a.model || !a.split) throw new Error("bench_run: --model and --split are required");
@@ -68,6 +70,7 @@ await using model = await AutoModel.fromPretrained(a.model, {
   dtype: a.dtype as "auto",
   maxSeqLen: P + N + 8,
   prefetchDepth: a.depth === undefined ? undefined : Number(a.depth),
+  int8Activations: a.int8,
   quiet: true,
 });
 // Different prompts per row (equal lengths): a batch is B sequences, not one repeated.
