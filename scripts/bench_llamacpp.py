@@ -2,7 +2,11 @@
 of `repeat`, with the same prompt ids as the engine's rows (batch 1, greedy, mmap as llama.cpp
 defaults to).
 
-    <venv>/bin/python scripts/bench_llamacpp.py <model.gguf> <prompt_len> <new_tokens> [repeat]
+    <venv>/bin/python scripts/bench_llamacpp.py <model.gguf> <prompt_len> <new_tokens> [repeat] [no-extra-bufts]
+
+`no-extra-bufts` loads the model with `use_extra_bufts = false`: no repacked / AMX weight
+layouts (llama.cpp's `--no-repack`). On the Sapphire Rapids VM of BENCHMARKS.md the default
+(with them) segfaults on every quantized file; without them it runs.
 
 Runs in the venv `deno task bench --peers` builds (llama-cpp-python from source, GGML_NATIVE).
 Prints one JSON line: {"prefill", "decode", "llama_cpp", "threads", "disk_per_step"}.
@@ -14,10 +18,21 @@ import sys
 import time
 
 import llama_cpp
-from llama_cpp import Llama
+import llama_cpp.llama
 
 path, n_prompt, n_new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 repeat = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+if len(sys.argv) > 5 and sys.argv[5] == "no-extra-bufts":
+    # Llama() takes its model params from llama_model_default_params(); it has no keyword for this.
+    _defaults = llama_cpp.llama_model_default_params
+
+    def _no_extra():
+        p = _defaults()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama.llama_cpp.llama_model_default_params = _no_extra
+from llama_cpp import Llama  # noqa: E402
 threads = os.cpu_count() or 1
 llm = Llama(model_path=path, n_ctx=n_prompt + n_new + 8, n_threads=threads, n_threads_batch=threads,
             n_batch=512, use_mmap=True, verbose=False)
