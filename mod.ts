@@ -28,7 +28,10 @@ export type {
   GenerateInput,
   GenerateOptions,
   GenerationDefaults,
+  TextCodec,
 } from "./lib/engine/generate.ts";
+export type { SamplingOptions } from "./lib/engine/sampling.ts";
+export type { BlockDType } from "./lib/quant.ts";
 export { type ProfileCategory, type ProfileEntry, Profiler } from "./lib/profiler.ts";
 export type { TraceEvent } from "./lib/engine/store.ts";
 export {
@@ -40,15 +43,22 @@ export {
   predictSecondsPerToken,
   type Tier,
 } from "./lib/engine/planner.ts";
-export { type MemoryLimits, readMemoryLimits } from "./lib/memory.ts";
-export type { ModelConfig, RopeConfig, StorageDType } from "./lib/config.ts";
+export {
+  type CgroupLevel,
+  type FileReader,
+  type MemoryLimits,
+  readMemoryLimits,
+} from "./lib/memory.ts";
+export type { CacheLayout, ModelConfig, RopeConfig, StorageDType } from "./lib/config.ts";
 export { SUPPORTED_ARCHITECTURES } from "./lib/models/registry.ts";
 export { Backend, type BackendStats } from "./ffi/backend.ts";
 export {
   BackendError,
   CheckpointError,
   ConfigError,
+  GgufError,
   HubError,
+  type HubErrorKind,
   InputError,
   InternalError,
   ModelClosedError,

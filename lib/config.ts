@@ -19,6 +19,7 @@ export type StorageDType = "float32" | "float16" | "bfloat16";
 export interface RopeConfig {
   /** "default" | "linear" | "dynamic" | "llama3" | "yarn" | "longrope" ... */
   type: string;
+  /** Base of the rotary frequencies (`rope_theta`). */
   theta: number;
   /** Fraction of head_dim that rotates (Phi uses < 1). */
   partialRotaryFactor: number;
@@ -30,11 +31,17 @@ export interface RopeConfig {
 export interface ModelConfig {
   /** `architectures[0]` of config.json. */
   architecture: string;
+  /** `model_type` of config.json. */
   modelType: string;
+  /** Width of the residual stream (`hidden_size`). */
   hiddenSize: number;
+  /** Width of the MLP (`intermediate_size`). */
   intermediateSize: number;
+  /** Decoder layers (`num_hidden_layers`). */
   numLayers: number;
+  /** Query heads (`num_attention_heads`). */
   numHeads: number;
+  /** Key/value heads (`num_key_value_heads`; numHeads when absent). */
   numKvHeads: number;
   /** From config.json when present; else hiddenSize / numHeads. Never forced. */
   headDim: number;
@@ -43,14 +50,19 @@ export interface ModelConfig {
    * only `qk_rope_head_dim` of each head); the rotated dims are this × partialRotaryFactor.
    */
   ropeHeadDim?: number;
+  /** Rows of the embedding and the head (`vocab_size`). */
   vocabSize: number;
+  /** Longest context the model was trained for (`max_position_embeddings`). */
   maxPositionEmbeddings: number;
+  /** Epsilon of the RMSNorms (`rms_norm_eps`, or the family's own key). */
   rmsNormEps: number;
+  /** The rotary embedding of the layers (see `layerRopes` for per-layer ones). */
   rope: RopeConfig;
   /** Per layer: its rope (Gemma 3 uses a local and a global one); default `rope` everywhere. */
   layerRopes: RopeConfig[];
   /** > 0: logits = cap · tanh(logits / cap) (Gemma 2); 0 = off. */
   finalLogitSoftcap: number;
+  /** The head is the embedding matrix (`tie_word_embeddings`). */
   tieWordEmbeddings: boolean;
   /** q/k/v projections carry a bias (Qwen2). */
   attentionBias: boolean;
@@ -60,7 +72,9 @@ export interface ModelConfig {
   hiddenAct: string;
   /** Storage dtype from `dtype`/`torch_dtype`; float16 when the config names none. */
   dtype: StorageDType;
+  /** `bos_token_id`, null when absent. */
   bosTokenId: number | null;
+  /** `eos_token_id` as a list (one or several). */
   eosTokenIds: number[];
   /**
    * MoE: experts each token routes to, as the family's config class resolves it (its class
@@ -86,9 +100,13 @@ export interface ModelConfig {
  * The attention output is numHeads × valueDim per token.
  */
 export interface CacheLayout {
+  /** Cached heads per token and layer. */
   kvHeads: number;
+  /** Floats of each cached key row. */
   keyDim: number;
+  /** Floats of each value. */
   valueDim: number;
+  /** Values are read from the key rows (no value rows of their own). */
   sharedKV: boolean;
 }
 

@@ -6,6 +6,7 @@
 
 /** Base class of every error thrown by rabbitllm. */
 export class RabbitError extends Error {
+  /** `name` is the subclass's name, so logs say which error it is. */
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = new.target.name;
@@ -34,6 +35,7 @@ export class SafetensorsError extends RabbitError {
 
 /** A GGUF file is malformed, or holds what we cannot use: names the metadata key or tensor. */
 export class GgufError extends RabbitError {
+  /** The GGUF file. */
   readonly file: string;
   /** The metadata key or tensor the problem is about (`key <name>` / `tensor <name>`), if any. */
   readonly where?: string;
@@ -48,7 +50,9 @@ export class GgufError extends RabbitError {
 
 /** config.json is missing a needed key or holds a value we cannot use. */
 export class ConfigError extends RabbitError {
+  /** The config file (or GGUF file) the value comes from. */
   readonly file: string;
+  /** The key at fault, null when the problem is the whole file. */
   readonly key: string | null;
 
   /** Message: `"<file>: <key>: <what>"`, or `"<file>: <what>"` without a key. */
@@ -61,6 +65,7 @@ export class ConfigError extends RabbitError {
 
 /** `config.architectures[0]` names a family we do not implement. */
 export class UnsupportedArchitectureError extends RabbitError {
+  /** Message: `"<file>: architecture <name> is not supported; supported: ..."`. */
   constructor(readonly architecture: string, readonly supported: readonly string[], file: string) {
     super(
       `${file}: architecture ${architecture} is not supported; supported: ${supported.join(", ")}`,
@@ -70,6 +75,7 @@ export class UnsupportedArchitectureError extends RabbitError {
 
 /** A checkpoint (directory, index, shard or split) is missing, incomplete or inconsistent. */
 export class CheckpointError extends RabbitError {
+  /** Message: `"<path>: <what>"`; `path` is the file or directory at fault. */
   constructor(readonly path: string, what: string, options?: { cause?: unknown }) {
     super(`${path}: ${what}`, options);
   }
@@ -77,6 +83,10 @@ export class CheckpointError extends RabbitError {
 
 /** The native backend failed to load, or an op returned a non-zero status. */
 export class BackendError extends RabbitError {
+  /**
+   * Message: `"<op>: <what>"`; `op` is the ABI function (or "load"), `status` its return code
+   * (ffi/rabbitllm.h `RL_ERR_*`) when there is one.
+   */
   constructor(
     readonly op: string,
     what: string,
@@ -93,6 +103,7 @@ export class InputError extends RabbitError {}
 
 /** A call on a model (or its weight store) after `close()`. */
 export class ModelClosedError extends InputError {
+  /** Message: `"<source>: the model was closed"`. */
   constructor(readonly source: string) {
     super(`${source}: the model was closed`);
   }
@@ -100,6 +111,7 @@ export class ModelClosedError extends InputError {
 
 /** A broken invariant inside rabbitllm (a bug, not bad input): please report it. */
 export class InternalError extends RabbitError {
+  /** Message: `"internal: <what>"`. */
   constructor(what: string) {
     super(`internal: ${what}`);
   }
@@ -107,6 +119,7 @@ export class InternalError extends RabbitError {
 
 /** A forward pass produced NaN or ±Inf; names the first stage whose output went non-finite. */
 export class NonFiniteError extends RabbitError {
+  /** Message: `"<source>: the output of <stage> is not finite ..."`. */
   constructor(
     /** "embedding", "layer N", "final norm" or "lm_head". */
     readonly stage: string,

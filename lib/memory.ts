@@ -16,6 +16,7 @@
 export interface CgroupLevel {
   /** The cgroup directory that holds the limit. */
   dir: string;
+  /** cgroup v1 (memory.limit_in_bytes) or v2 (memory.max). */
   version: 1 | 2;
   /** The limit, bytes. */
   limit: number;

@@ -16,8 +16,11 @@ export type ProfileCategory =
 
 /** One category's totals. */
 export interface ProfileEntry {
+  /** What the time was spent on. */
   category: ProfileCategory;
+  /** Milliseconds in all. */
   ms: number;
+  /** Spans recorded. */
   count: number;
 }
 
@@ -45,6 +48,7 @@ export class Profiler {
     this.#tokens += tokens;
   }
 
+  /** Forgets everything recorded so far. */
   reset(): void {
     this.#totals.clear();
     this.#layers.length = 0;

@@ -73,9 +73,13 @@ export interface CausalLMParts {
 
 /** A decoder-only causal LM whose layers stream through a backend. */
 export class CausalLM {
+  /** The normalized config the model runs with. */
   readonly config: ModelConfig;
-  readonly family: Family;
+  /** The family implementation (lib/models/) that computes its layers. */
+  readonly #family: Family;
+  /** The native backend the layers run on. */
   readonly backend: Backend;
+  /** Longest sequence (prompt + new tokens) the KV cache holds. */
   readonly maxSeqLen: number;
   /** The checkpoint's tokenizer (null when it ships none). */
   readonly tokenizer: TextCodec | null;
@@ -95,9 +99,10 @@ export class CausalLM {
   #busy: Promise<unknown> = Promise.resolve();
   #closed = false;
 
+  /** Built by `AutoModel.fromPretrained`; not meant to be called directly. */
   constructor(p: CausalLMParts) {
     this.config = p.config;
-    this.family = p.family;
+    this.#family = p.family;
     this.backend = p.backend;
     this.maxSeqLen = p.maxSeqLen;
     this.tokenizer = p.tokenizer;
@@ -243,7 +248,7 @@ export class CausalLM {
       // Feed: the padded prompt first, then one token per row (finished rows get the pad id). A
       // family may ask to recompute the cache (Phi-3 longrope crossing its original length).
       const recompute = o.useCache && step > 0 &&
-        (this.family.recomputeCache?.(this.config, this.#kv.length, this.#kv.length + 1) ?? false);
+        (this.#family.recomputeCache?.(this.config, this.#kv.length, this.#kv.length + 1) ?? false);
       if (recompute) this.resetCache();
       const full = !o.useCache || step === 0 || recompute;
       const { ids, mask } = reused > 0 && step === 0 && !recompute
@@ -325,10 +330,12 @@ export class CausalLM {
     if (leaked !== 0) throw new InternalError(`${leaked} device allocations leaked at close`);
   }
 
+  /** `using model = ...`: {@link CausalLM.close} at the end of the scope. */
   [Symbol.dispose](): void {
     this.close();
   }
 
+  /** `await using model = ...`: waits for the running call, then {@link CausalLM.close}. */
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.#closed) return;
     (await this.#lock())();

@@ -75,7 +75,9 @@ export function planLayers(
 
 /** What the planner plans from. */
 export interface PlanInput {
+  /** The device the layers compute on. */
   device: "cpu" | "cuda";
+  /** Each decoder layer's bytes and per-token reads ({@link planLayers}). */
   layers: PlanLayer[];
   /** Embedding, final norm and head: always resident. */
   smallBytes: number;
@@ -102,6 +104,7 @@ export type Tier = "resident" | "host" | "stream";
 
 /** The plan: a tier per layer and what a decode step then reads from where. */
 export interface Plan {
+  /** Where each decoder layer lives, by index. */
   tiers: Tier[];
   /** Streamed layers are dropped from memory after use (their bytes come from disk each step). */
   dropBehind: boolean;
