@@ -1,7 +1,10 @@
 /**
- * `rabbit` — generate, chat, split and inspect checkpoints from the command line.
+ * `rabbit` — pull, list, remove, run, benchmark, generate, chat, split and inspect checkpoints
+ * from the command line.
  *
  *   deno task rabbit generate --model models/stories260k --prompt "Once upon a time"
+ *   deno task rabbit pull HuggingFaceTB/SmolLM2-135M-Instruct && deno task rabbit list
+ *   deno task rabbit run HuggingFaceTB/SmolLM2-135M-Instruct "Why is the sky blue?"
  *   deno install -g -n rabbit --allow-read --allow-write --allow-net --allow-env --allow-sys \
  *     --allow-ffi jsr:@rabbitllm/rabbitllm/cli
  *
@@ -33,6 +36,16 @@ import { listShards } from "./lib/checkpoint.ts";
 import { plan as planFn } from "./lib/engine/planner.ts";
 import { parseBytes, readMemoryLimits } from "./lib/memory.ts";
 import { Backend } from "./ffi/backend.ts";
+import { snapshotDownload } from "./lib/hub.ts";
+import { hfHubCache } from "./lib/checkpoint.ts";
+import {
+  type CachedModel,
+  cachedModel,
+  describeModel,
+  listCachedModels,
+  removeCachedModel,
+} from "./lib/cache.ts";
+import { HubError, InputError } from "./lib/errors.ts";
 
 const DEFAULT_MODEL = new URL("./models/stories260k", import.meta.url).pathname;
 
@@ -67,10 +80,18 @@ const HELP: Record<string, string> = {
 usage: rabbit <command> [options]     (rabbit <command> --help for its options)
 
 commands:
+  run        run MODEL [PROMPT]: answer PROMPT, or chat when there is none
+  pull       download a hub model into the Hugging Face cache (progress, resumes)
+  list       the models in the Hugging Face cache: size, architecture, splits (alias: ls)
+  rm         remove models from the Hugging Face cache, their splits included
+  bench      a quick prefill and decode tok/s measurement of a model on this machine
   generate   continue a prompt (or one chat turn with --chat), streaming the text
   chat       an interactive chat using the model's chat template; keeps the KV cache across turns
   split      pre-split a checkpoint into per-layer files (with progress)
-  info       config summary, layer sizes, bytes streamed per token, estimated memory`,
+  info       config summary, layer sizes, bytes streamed per token, estimated memory
+
+MODEL is a checkpoint directory, a .gguf file or a hub id ORG/NAME (downloaded on first use into
+the Hugging Face cache, which Python's huggingface_hub shares).`,
   common: `model options:
   -m, --model PATH|ORG/NAME   checkpoint directory, a .gguf file or a hub repo id (default: the
                               embedded stories260k)
@@ -87,11 +108,42 @@ commands:
   -q, --quiet                 no progress bars`,
   sampling: `generation options:
   -n, --max-new-tokens N      (default: generation_config.json, else 20; 200 for generate)
-  -t, --temperature T         sampling temperature; setting it (or top-p/k, min-p) turns sampling on
+  -t, --temperature T         sampling temperature; setting it (or top-p/k, min-p) turns sampling
+                              on; 0 means greedy (as llama.cpp, ollama and the OpenAI API)
       --top-p P, --top-k K, --min-p P, --repetition-penalty R
       --seed N                reproducible sampling
       --stop TEXT             stop when the text contains TEXT (repeatable)
       --profile               print where the time went`,
+  run: `usage: rabbit run MODEL [PROMPT...] [options]
+  With PROMPT: streams the answer (through the model's chat template when it has one, else as a
+  continuation of the text) and exits. Without: an interactive chat (as rabbit chat).
+      --system TEXT           system message
+      --raw                   continue PROMPT as plain text, without the chat template`,
+  pull: `usage: rabbit pull ORG/NAME [options]
+  Downloads what the model needs (config, tokenizer, safetensors weights) into the Hugging Face
+  cache, with a progress bar on a terminal; an interrupted pull resumes where it stopped.
+      --gguf-file NAME        a GGUF repo: download only this file
+      --revision REV          branch, tag or commit (default main)
+      --token TOKEN           hub access token (default: $HF_TOKEN); never printed
+  -q, --quiet                 no progress bar
+  The hub is $HF_ENDPOINT (default https://huggingface.co); the cache $HF_HUB_CACHE, else
+  $HF_HOME/hub, else ~/.cache/huggingface/hub.`,
+  list: `usage: rabbit list [--json]     (alias: rabbit ls)
+  The models in the Hugging Face cache (Python's downloads too): size on disk (blobs, partial
+  downloads and splits), architecture from config.json (or the GGUF files), the rabbitllm splits
+  in the snapshots (incomplete: no manifest.json yet) and when they last changed.
+      --json                  one JSON array, every detail`,
+  rm: `usage: rabbit rm ORG/NAME... [-y]
+  Removes each model from the Hugging Face cache: blobs, snapshots, refs, locks and the splits
+  inside its snapshots. Asks first; only folders of the cache are ever removed.
+  -y, --yes                   do not ask`,
+  bench: `usage: rabbit bench [MODEL] [options]
+  Prefill and decode tokens per second of MODEL (default: the embedded stories260k) here: a
+  warm-up, then --repetitions runs of a synthetic prompt, greedy, without an EOS stop.
+  -p, --prompt-len N          prompt tokens (default 64)
+  -n, --max-new-tokens N      decoded tokens (default 32)
+  -r, --repetitions N         measured runs (default 3; the table shows mean ± sd)
+      --json                  the numbers as JSON`,
   generate: `usage: rabbit generate [options] [--prompt TEXT | --chat TEXT]
   -p, --prompt TEXT           text to continue (default: the BOS token only)
       --chat TEXT             one user turn through the chat template
@@ -112,8 +164,8 @@ commands:
 
 function help(cmd: string): string {
   const parts = [HELP[cmd] ?? HELP[""]];
-  if (cmd && cmd !== "") parts.push(HELP.common);
-  if (cmd === "generate" || cmd === "chat") parts.push(HELP.sampling);
+  if (["generate", "chat", "run", "bench", "split", "info"].includes(cmd)) parts.push(HELP.common);
+  if (["generate", "chat", "run"].includes(cmd)) parts.push(HELP.sampling);
   return parts.join("\n\n");
 }
 
@@ -152,7 +204,8 @@ function generateOptions(v: Values, fallbackNew?: number): GenerateOptions {
     stopStrings: v.stop as string[] | undefined,
   };
   const sampling = [o.temperature, o.topP, o.topK, o.minP].some((x) => x !== undefined);
-  if (sampling) o.doSample = true;
+  if (o.temperature === 0) o.doSample = false; // greedy, whatever else is set
+  else if (sampling) o.doSample = true;
   return Object.fromEntries(Object.entries(o).filter(([, x]) => x !== undefined));
 }
 
@@ -173,6 +226,74 @@ async function streamOut(
   return { text, tokens, seconds: (performance.now() - t0) / 1000 };
 }
 
+/** Options of each command besides --help; `positionals`: the operands it takes. */
+const COMMANDS: Record<
+  string,
+  { options: Record<string, unknown>; positionals?: { min: number; max: number; usage: string } }
+> = {
+  generate: {
+    options: {
+      ...COMMON,
+      ...SAMPLING,
+      prompt: { type: "string", short: "p" },
+      chat: { type: "string" },
+      system: { type: "string" },
+    },
+  },
+  chat: { options: { ...COMMON, ...SAMPLING, system: { type: "string" } } },
+  split: { options: COMMON },
+  info: {
+    options: {
+      ...COMMON,
+      json: { type: "boolean", default: false },
+      memory: { type: "string" },
+      "gpu-memory": { type: "string" },
+      "cpu-memory": { type: "string" },
+    },
+  },
+  run: {
+    options: {
+      ...COMMON,
+      ...SAMPLING,
+      system: { type: "string" },
+      raw: { type: "boolean", default: false },
+    },
+    positionals: { min: 1, max: Infinity, usage: "expected MODEL [PROMPT...]" },
+  },
+  pull: {
+    options: {
+      revision: COMMON.revision,
+      "gguf-file": COMMON["gguf-file"],
+      token: COMMON.token,
+      quiet: COMMON.quiet,
+      help: COMMON.help,
+    },
+    positionals: { min: 1, max: 1, usage: "expected one ORG/NAME" },
+  },
+  list: { options: { json: { type: "boolean", default: false }, help: COMMON.help } },
+  rm: {
+    options: { yes: { type: "boolean", short: "y", default: false }, help: COMMON.help },
+    positionals: { min: 1, max: Infinity, usage: "expected ORG/NAME..." },
+  },
+  bench: {
+    options: {
+      ...COMMON,
+      "prompt-len": { type: "string", short: "p", default: "64" },
+      "max-new-tokens": { type: "string", short: "n", default: "32" },
+      repetitions: { type: "string", short: "r", default: "3" },
+      json: { type: "boolean", default: false },
+    },
+    positionals: { min: 0, max: 1, usage: "expected at most one MODEL" },
+  },
+};
+const ALIASES: Record<string, string> = { ls: "list" };
+
+/** Whether the model's tokenizer has a chat template (a text model may have none). */
+function hasChatTemplate(lm: CausalLM): boolean {
+  const t = lm.tokenizer as { chatTemplates?: ReadonlyMap<string, string> } | null;
+  return (t?.chatTemplates?.size ?? 0) > 0;
+}
+
 /** Runs one CLI invocation; returns the exit code. Output goes through `io` (tests capture it). */
 export async function main(
   args: string[],
@@ -181,35 +302,25 @@ export async function main(
     err: (s) => Deno.stderr.writeSync(new TextEncoder().encode(s)),
   },
 ): Promise<number> {
-  const [cmd, ...rest] = args;
-  if (!cmd || cmd === "--help" || cmd === "-h" || cmd === "help") {
+  const [given, ...rest] = args;
+  if (!given || given === "--help" || given === "-h" || given === "help") {
     io.out(help("") + "\n");
-    return cmd ? 0 : 2;
+    return given ? 0 : 2;
   }
-  const extra: Record<string, Record<string, unknown>> = {
-    generate: {
-      ...SAMPLING,
-      prompt: { type: "string", short: "p" },
-      chat: { type: "string" },
-      system: { type: "string" },
-    },
-    chat: { ...SAMPLING, system: { type: "string" } },
-    split: {},
-    info: {
-      json: { type: "boolean", default: false },
-      memory: { type: "string" },
-      "gpu-memory": { type: "string" },
-      "cpu-memory": { type: "string" },
-    },
-  };
-  if (!(cmd in extra)) {
-    io.err(`rabbit: unknown command ${cmd}\n\n${help("")}\n`);
+  const cmd = ALIASES[given] ?? given;
+  const spec = COMMANDS[cmd];
+  if (!spec) {
+    io.err(`rabbit: unknown command ${given}\n\n${help("")}\n`);
     return 2;
   }
-  let v: Values;
+  let v: Values, positionals: string[];
   try {
-    v = parseArgs({ args: rest, options: { ...COMMON, ...extra[cmd] } as never, strict: true })
-      .values as Values;
+    ({ values: v, positionals } = parseArgs({
+      args: rest,
+      options: spec.options as never,
+      strict: true,
+      allowPositionals: spec.positionals !== undefined,
+    }) as { values: Values; positionals: string[] });
   } catch (e) {
     io.err(`rabbit ${cmd}: ${(e as Error).message}\n\n${help(cmd)}\n`);
     return 2;
@@ -218,7 +329,16 @@ export async function main(
     io.out(help(cmd) + "\n");
     return 0;
   }
+  const p = spec.positionals;
+  if (p && (positionals.length < p.min || positionals.length > p.max)) {
+    io.err(`rabbit ${cmd}: ${p.usage}\n\n${help(cmd)}\n`);
+    return 2;
+  }
   try {
+    if (cmd === "list") return await list(v, io);
+    if (cmd === "pull") return await pull(positionals[0], v, io);
+    if (cmd === "rm") return await rm(positionals, v, io);
+    if ((cmd === "run" || cmd === "bench") && positionals.length > 0) v.model = positionals[0];
     const model = v.model as string;
     if (cmd === "split") {
       const ck = await openCheckpoint(model, loadOptions(v));
@@ -241,8 +361,26 @@ export async function main(
       else io.out(formatInfo(i) + (memory ? `\n\nmemory plan\n${memory.text}` : "") + "\n");
       return 0;
     }
-    await using lm = await AutoModel.fromPretrained(model, loadOptions(v));
-    if (cmd === "generate") {
+    const load = loadOptions(v);
+    let benchShape: { promptLen: number; newTokens: number; runs: number } | undefined;
+    if (cmd === "bench") {
+      benchShape = {
+        promptLen: count(v, "prompt-len"),
+        newTokens: count(v, "max-new-tokens"),
+        runs: count(v, "repetitions"),
+      };
+      load.maxSeqLen ??= benchShape.promptLen + benchShape.newTokens + 1;
+    }
+    await using lm = await AutoModel.fromPretrained(model, load);
+    if (benchShape) return await bench(lm, model, benchShape, v, io);
+    let mode = cmd;
+    if (cmd === "run") {
+      const prompt = positionals.slice(1).join(" ");
+      mode = prompt === "" ? "chat" : "generate";
+      if (prompt !== "" && !v.raw && hasChatTemplate(lm)) v.chat = prompt;
+      else if (prompt !== "") v.prompt = prompt;
+    }
+    if (mode === "generate") {
       const o = generateOptions(v, 200);
       let input: Parameters<CausalLM["stream"]>[0];
       if (v.chat !== undefined) {
@@ -265,31 +403,272 @@ export async function main(
       if (v.profile) io.err(lm.profiler.summary() + "\n");
       return 0;
     }
-    // chat
-    const o = { ...generateOptions(v), reuseCache: true };
+    // chat: through the chat template; a model without one continues each line as plain text
+    const templated = hasChatTemplate(lm);
+    const o = templated ? { ...generateOptions(v), reuseCache: true } : generateOptions(v, 200);
     const messages: ChatMessage[] = v.system
       ? [{ role: "system", content: v.system as string }]
       : [];
     const lines = io.input ?? createInterface({ input: process.stdin });
-    io.err(`chatting with ${lm.config.architecture} (empty line to end)\n`);
+    io.err(
+      templated
+        ? `chatting with ${lm.config.architecture} (empty line to end)\n`
+        : `${lm.config.architecture} has no chat template: each line is continued as plain ` +
+          "text (empty line to end)\n",
+    );
     io.out("> ");
     for await (const line of lines) {
       if (line.trim() === "") break;
-      messages.push({ role: "user", content: line });
-      const r = await streamOut(lm, messages, o, io.out);
-      messages.push({ role: "assistant", content: r.text });
+      if (templated) {
+        messages.push({ role: "user", content: line });
+        const r = await streamOut(lm, messages, o, io.out);
+        messages.push({ role: "assistant", content: r.text });
+      } else {
+        io.out(line);
+        await streamOut(lm, line, o, io.out);
+      }
       io.out("\n> ");
     }
     io.out("\n");
     if (v.profile) io.err(lm.profiler.summary() + "\n");
     return 0;
   } catch (e) {
-    if (e instanceof RabbitError) {
+    if (
+      e instanceof RabbitError || e instanceof Deno.errors.NotCapable ||
+      e instanceof Deno.errors.PermissionDenied
+    ) {
       io.err(`rabbit ${cmd}: ${e.name}: ${e.message}\n`);
       return 1;
     }
     throw e;
   }
+}
+
+/** A positive integer option. */
+function count(v: Values, key: string): number {
+  const n = num(v, key);
+  if (n === undefined || !Number.isInteger(n) || n < 1) {
+    throw new InputError(`--${key}: expected a positive integer, got ${v[key]}`);
+  }
+  return n;
+}
+
+/** The cache directory, or the error saying how to name one. */
+function cacheDir(): string {
+  const dir = hfHubCache();
+  if (!dir) {
+    throw new InputError("no Hugging Face cache directory: set HF_HUB_CACHE or HF_HOME (or HOME)");
+  }
+  return dir;
+}
+
+/** Files (not the splits) of a snapshot, following its links: [path inside, bytes]. */
+async function snapshotFiles(dir: string, rel = ""): Promise<[string, number][]> {
+  const out: [string, number][] = [];
+  for await (const e of Deno.readDir(`${dir}/${rel}`)) {
+    const path = `${rel}${e.name}`;
+    if (e.name.startsWith("rabbitllm_split_")) continue;
+    const info = await Deno.stat(`${dir}/${path}`).catch(() => null);
+    if (info?.isDirectory) out.push(...await snapshotFiles(dir, `${path}/`));
+    else if (info?.isFile) out.push([path, info.size]);
+  }
+  return out.sort((a, b) => a[0] < b[0] ? -1 : 1);
+}
+
+/** `rabbit pull ORG/NAME`: snapshotDownload into the cache (a progress bar on a terminal). */
+async function pull(repo: string, v: Values, io: { out: (s: string) => void }): Promise<number> {
+  const gguf = v["gguf-file"] as string | undefined;
+  const revision = (v.revision as string | undefined) ?? "main";
+  if (
+    gguf !== undefined &&
+    (!/\.gguf$/i.test(gguf) || /[*?\\]/.test(gguf) || gguf.split("/").includes(".."))
+  ) {
+    throw new InputError(`--gguf-file: expected a .gguf file name inside the repo, got ${gguf}`);
+  }
+  const dir = await snapshotDownload(repo, {
+    revision,
+    token: v.token as string | undefined,
+    quiet: v.quiet as boolean,
+    allowPatterns: gguf === undefined ? undefined : [gguf],
+    cacheDir: cacheDir(),
+  });
+  let files = await snapshotFiles(dir);
+  if (gguf !== undefined) {
+    files = files.filter(([f]) => f === gguf);
+    if (files.length === 0) {
+      throw new HubError("not_found", repo, revision, "no such file in the repo", { file: gguf });
+    }
+  }
+  const commit = dir.slice(dir.lastIndexOf("/") + 1);
+  const bytes = files.reduce((n, [, b]) => n + b, 0);
+  const what = gguf ?? `${files.length} files`;
+  io.out(
+    `pulled ${repo} (${
+      revision === commit ? commit.slice(0, 7) : `${revision} → ${commit.slice(0, 7)}`
+    }): ${what}, ${formatBytes(bytes)} in ${dir}\n`,
+  );
+  return 0;
+}
+
+/** "3 minutes ago", as ollama list says it. */
+function ago(d: Date | null, now = Date.now()): string {
+  if (d === null) return "-";
+  const s = Math.max(0, (now - d.getTime()) / 1000);
+  const units: [number, string][] = [
+    [365 * 86400, "year"],
+    [30 * 86400, "month"],
+    [7 * 86400, "week"],
+    [86400, "day"],
+    [3600, "hour"],
+    [60, "minute"],
+  ];
+  for (const [size, unit] of units) {
+    const n = Math.floor(s / size);
+    if (n >= 1) return `${n} ${unit}${n > 1 ? "s" : ""} ago`;
+  }
+  return "just now";
+}
+
+function splitsOf(m: CachedModel): string {
+  if (m.splits.length === 0) return "-";
+  return m.splits.map((s) => s.complete ? s.name : `${s.name} (incomplete)`).join(", ");
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows.map((r) => r.map((x, c) => c === r.length - 1 ? x : x.padEnd(widths[c])).join("  "))
+    .join("\n");
+}
+
+/** `rabbit list`: the models of the Hugging Face cache. */
+async function list(v: Values, io: { out: (s: string) => void }): Promise<number> {
+  const cache = cacheDir();
+  const models = await listCachedModels(cache);
+  if (v.json) {
+    io.out(JSON.stringify(models, null, 2) + "\n");
+    return 0;
+  }
+  if (models.length === 0) {
+    io.out(`no models in the Hugging Face cache (${cache})\n`);
+    return 0;
+  }
+  const rows = [["NAME", "SIZE", "MODEL", "SPLITS", "MODIFIED"]];
+  for (const m of models) {
+    rows.push([
+      m.repoId,
+      formatBytes(m.bytes) + (m.incompleteBytes > 0 ? " (partial download)" : ""),
+      describeModel(m),
+      splitsOf(m),
+      ago(m.modified),
+    ]);
+  }
+  io.out(table(rows) + "\n");
+  return 0;
+}
+
+/** `rabbit rm ORG/NAME...`: checks every name first, then asks (unless -y) and removes. */
+async function rm(
+  names: string[],
+  v: Values,
+  io: { out: (s: string) => void; err: (s: string) => void; input?: AsyncIterable<string> },
+): Promise<number> {
+  const cache = cacheDir();
+  const models: CachedModel[] = [];
+  for (const name of names) models.push(await cachedModel(name, cache));
+  const input = v.yes ? null : (io.input ?? createInterface({ input: process.stdin }));
+  const lines = input?.[Symbol.asyncIterator]();
+  let code = 0;
+  try {
+    for (const m of models) {
+      if (lines) {
+        const splits = m.splits.length > 0 ? `, splits ${splitsOf(m)}` : "";
+        io.err(`remove ${m.repoId} (${formatBytes(m.bytes)}${splits}) from ${cache}? [y/N] `);
+        const answer = await lines.next();
+        if (answer.done) io.err("\n");
+        if (answer.done || !/^\s*y(es)?\s*$/i.test(answer.value)) {
+          io.err(`rabbit rm: ${m.repoId} not removed (answer y, or pass -y)\n`);
+          code = 1;
+          continue;
+        }
+      }
+      await removeCachedModel(m.dir, cache);
+      io.out(`removed ${m.repoId} (${formatBytes(m.bytes)})\n`);
+    }
+  } finally {
+    await lines?.return?.();
+  }
+  return code;
+}
+
+/** Mean and sample standard deviation. */
+function meanSd(xs: number[]): { mean: number; sd: number } {
+  const mean = xs.reduce((a, b) => a + b, 0) / xs.length;
+  const sd = xs.length < 2
+    ? 0
+    : Math.sqrt(xs.reduce((a, b) => a + (b - mean) ** 2, 0) / (xs.length - 1));
+  return { mean, sd };
+}
+
+/**
+ * `rabbit bench`: a warm-up, then `runs` greedy generations of `newTokens + 1` tokens after a
+ * synthetic prompt of `promptLen` ids, without an EOS stop. Prefill is the time to the first
+ * token; decode the `newTokens` steps after it.
+ */
+async function bench(
+  lm: CausalLM,
+  model: string,
+  shape: { promptLen: number; newTokens: number; runs: number },
+  v: Values,
+  io: { out: (s: string) => void; err: (s: string) => void },
+): Promise<number> {
+  const { promptLen: P, newTokens: N, runs: R } = shape;
+  const V = lm.config.vocabSize;
+  // Spread over the vocabulary, away from the usual special ids 0–2 (as scripts/bench_run.ts).
+  const ids = Array.from({ length: P }, (_, i) => V > 3 ? 3 + (i * 7919) % (V - 3) : i % V);
+  const o: GenerateOptions = { maxNewTokens: N + 1, doSample: false, eosTokenId: [] };
+  for await (const _ of lm.stream([ids], { ...o, maxNewTokens: Math.min(2, N + 1) })) { /* warm */ }
+  const prefill: number[] = [], decode: number[] = [];
+  for (let r = 0; r < R; r++) {
+    const t0 = performance.now();
+    let first = 0;
+    for await (const _ of lm.stream([ids], o)) first ||= performance.now();
+    const end = performance.now();
+    prefill.push(P / ((first - t0) / 1000));
+    decode.push(N / ((end - first) / 1000));
+  }
+  const pf = meanSd(prefill), dc = meanSd(decode);
+  const device = lm.backend.device, layers = lm.config.numLayers;
+  const gguf = v["gguf-file"] !== undefined || /\.gguf$/i.test(model);
+  const dtype = v.dtype !== "auto" ? v.dtype as string : gguf ? "gguf" : lm.config.dtype;
+  const about = {
+    model,
+    architecture: lm.config.architecture,
+    device,
+    dtype,
+    residentLayers: lm.residentLayers,
+    layers,
+    promptLen: P,
+    newTokens: N,
+    repetitions: R,
+    prefill: { tokPerS: pf.mean, sd: pf.sd, runs: prefill },
+    decode: { tokPerS: dc.mean, sd: dc.sd, runs: decode },
+  };
+  if (v.json) {
+    io.out(JSON.stringify(about, null, 2) + "\n");
+    return 0;
+  }
+  const rate = (x: { mean: number; sd: number }) =>
+    R > 1 ? `${x.mean.toFixed(1)} ± ${x.sd.toFixed(1)}` : x.mean.toFixed(1);
+  io.out(
+    `${model}: ${lm.config.architecture}, ${dtype}, ${device}, ${lm.residentLayers}/${layers} ` +
+      `layers resident; greedy, mean of ${R} run${R > 1 ? "s" : ""} after a warm-up\n` +
+      table([
+        ["test", "tokens", "tok/s", "ms/token"],
+        ["prefill", String(P), rate(pf), (1000 / pf.mean).toFixed(2)],
+        ["decode", String(N), rate(dc), (1000 / dc.mean).toFixed(2)],
+      ]) + "\n",
+  );
+  return 0;
 }
 
 function bytesOption(v: Values, key: string): number | undefined {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { main } from "../cli.ts";
-import { AutoModel } from "../mod.ts";
+import { AutoModel, InputError } from "../mod.ts";
 import { FakeHub } from "./fake_hub.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -36,14 +36,25 @@ async function chatModel(): Promise<string> {
 Deno.test("cli: --help lists the commands; each command has --help; bad usage exits 2", async () => {
   const h = await run(["--help"]);
   assert.equal(h.code, 0);
-  for (const c of ["generate", "chat", "split", "info"]) {
-    assert.match(h.out, new RegExp(`\\b${c}\\b`));
-  }
-  for (const c of ["generate", "chat", "split", "info"]) {
+  const all = ["run", "pull", "list", "rm", "bench", "generate", "chat", "split", "info"];
+  for (const c of all) assert.match(h.out, new RegExp(`^  ${c} +\\S`, "m"));
+  for (const c of ["generate", "chat", "split", "info", "run", "bench"]) {
     const r = await run([c, "--help"]);
     assert.equal(r.code, 0);
     assert.match(r.out, /--model/);
   }
+  for (const c of all) {
+    const r = await run([c, "-h"]);
+    assert.equal(r.code, 0);
+    assert.match(r.out, new RegExp(`^usage: rabbit ${c}\\b`));
+  }
+  assert.equal((await run(["ls", "--help"])).out, (await run(["list", "--help"])).out);
+  assert.match((await run(["pull", "--help"])).out, /--gguf-file NAME/);
+  assert.match((await run(["rm", "--help"])).out, /-y, --yes/);
+  assert.match((await run(["bench", "--help"])).out, /--prompt-len N[\s\S]*--max-new-tokens N/);
+  assert.equal((await run(["run"])).code, 2);
+  assert.equal((await run(["list", "extra"])).code, 2);
+  assert.equal((await run(["bench", "a", "b"])).code, 2);
   assert.equal((await run(["fly"])).code, 2);
   assert.equal((await run(["generate", "--no-such-flag"])).code, 2);
 });
@@ -220,4 +231,122 @@ Deno.test("cli and fromPretrained: an org/name id downloads from the hub into th
     if (old === undefined) Deno.env.delete("HF_HUB_CACHE");
     else Deno.env.set("HF_HUB_CACHE", old);
   }
+});
+
+Deno.test("temperature 0 is greedy: GenerateOptions and rabbit generate / run", async () => {
+  // stories260k with a generation_config.json that samples by default.
+  const dir = await Deno.makeTempDir({ prefix: "rabbit-t0-" });
+  try {
+    for (
+      const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    ) {
+      await Deno.copyFile(`${STORIES}/${f}`, `${dir}/${f}`);
+    }
+    await Deno.writeTextFile(
+      `${dir}/generation_config.json`,
+      JSON.stringify({ do_sample: true, temperature: 0.9, top_k: 40, max_new_tokens: 30 }),
+    );
+    await using model = await AutoModel.fromPretrained(dir, { quiet: true });
+    const prompt = "Once upon a time";
+    const [greedy] = await model.generate(prompt, { maxNewTokens: 30, doSample: false });
+    const [sampled] = await model.generate(prompt, { maxNewTokens: 30, seed: 3 });
+    assert.notDeepEqual(sampled, greedy, "the checkpoint's default samples");
+    for (const seed of [1, 2]) {
+      assert.deepEqual(
+        (await model.generate(prompt, { maxNewTokens: 30, temperature: 0, seed }))[0],
+        greedy,
+      );
+    }
+    await assert.rejects(
+      model.generate(prompt, { doSample: true, temperature: 0 }),
+      (e) =>
+        e instanceof InputError && /temperature must be > 0 when doSample is true/.test(e.message),
+    );
+    await assert.rejects(model.generate(prompt, { temperature: -1 }), /temperature must be > 0/);
+
+    const n = model.tokenizer!.encode(prompt).length;
+    const want = prompt + model.tokenizer!.decode(greedy.slice(n), { skipSpecialTokens: true }) +
+      "\n";
+    for (
+      const args of [
+        ["generate", "--prompt", prompt, "--temperature", "0", "--seed", "5"],
+        ["generate", "--prompt", prompt, "-t", "0", "--top-k", "5", "--top-p", "0.5"],
+        ["run", dir, prompt, "--temperature", "0"],
+      ]
+    ) {
+      const r = await run([...args, "--model", dir, "-n", "30", "-q"]);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out, want, args.join(" "));
+    }
+    const bad = await run(["generate", "--model", dir, "--temperature=-1", "-q"]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.err, /^rabbit generate: InputError: generate: temperature must be > 0 .*\n$/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli run: generates with a prompt, else chats (plain text without a template)", async () => {
+  const prompt = "Once upon a time";
+  const gen = await run(["generate", "--model", STORIES, "--prompt", prompt, "-n", "25", "-q"]);
+  const r = await run(["run", STORIES, "Once", "upon", "a", "time", "-n", "25", "-q"]);
+  assert.equal(r.code, 0, r.err);
+  assert.equal(r.out, gen.out);
+  assert.match(r.err, /25 tokens in [\d.]+ s/);
+  // No prompt: interactive; stories260k has no chat template, so each line is continued.
+  const chat = await run(["run", STORIES, "-n", "10", "-q"], ["Lily went", "Tom saw", ""]);
+  assert.equal(chat.code, 0, chat.err);
+  assert.match(chat.err, /has no chat template: each line is continued as plain text/);
+  const turns = chat.out.split("> ").map((t) => t.trim()).filter(Boolean);
+  assert.equal(turns.length, 2, chat.out);
+  await using model = await AutoModel.fromPretrained(STORIES);
+  for (const [i, line] of ["Lily went", "Tom saw"].entries()) {
+    const [ids] = await model.generate(line, { maxNewTokens: 10 });
+    const n = model.tokenizer!.encode(line).length;
+    assert.equal(
+      turns[i],
+      (line + model.tokenizer!.decode(ids.slice(n), { skipSpecialTokens: true })).trim(),
+    );
+  }
+  // With a chat template, a prompt is one chat turn (as rabbit generate --chat).
+  const dir = await chatModel();
+  try {
+    const a = await run(["run", dir, "Hello", "-n", "12", "-q"]);
+    const b = await run(["generate", "--model", dir, "--chat", "Hello", "-n", "12", "-q"]);
+    assert.equal(a.code, 0, a.err);
+    assert.equal(a.out, b.out);
+    const raw = await run(["run", dir, "Hello", "--raw", "-n", "12", "-q"]);
+    const plain = await run(["generate", "--model", dir, "--prompt", "Hello", "-n", "12", "-q"]);
+    assert.equal(raw.out, plain.out);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli bench: prefill and decode tok/s of stories260k, as a table or JSON", async () => {
+  const j = await run(["bench", STORIES, "--prompt-len", "16", "-n", "8", "-r", "2", "--json"]);
+  assert.equal(j.code, 0, j.err);
+  const b = JSON.parse(j.out);
+  assert.equal(b.promptLen, 16);
+  assert.equal(b.newTokens, 8);
+  assert.equal(b.prefill.runs.length, 2);
+  for (const x of [b.prefill, b.decode]) {
+    assert.ok(x.runs.every((t: number) => Number.isFinite(t) && t > 0), JSON.stringify(x));
+    assert.ok(x.tokPerS > 0 && x.sd >= 0);
+  }
+  assert.equal(b.layers, 5);
+  assert.equal(b.dtype, "float32");
+  const t = await run(["bench", "-p", "8", "-n", "4", "-r", "1"]); // default model
+  assert.equal(t.code, 0, t.err);
+  const lines = t.out.trimEnd().split("\n");
+  assert.match(lines[0], /stories260k: LlamaForCausalLM, float32, cpu, \d\/5 layers resident/);
+  assert.match(lines[1], /^test +tokens +tok\/s +ms\/token$/);
+  assert.match(lines[2], /^prefill +8 +[\d.]+ +[\d.]+$/);
+  assert.match(lines[3], /^decode +4 +[\d.]+ +[\d.]+$/);
+  const bad = await run(["bench", "-p", "0"]);
+  assert.equal(bad.code, 1);
+  assert.match(
+    bad.err,
+    /^rabbit bench: InputError: --prompt-len: expected a positive integer, got 0\n$/,
+  );
 });

@@ -111,9 +111,12 @@ export interface ResolvedGenerate extends SamplingOptions {
 
 /** Merges call options over the checkpoint's defaults and validates them. */
 export function resolveGenerate(o: GenerateOptions, d: GenerationDefaults): ResolvedGenerate {
+  const temperature = o.temperature ?? d.temperature;
   const r: ResolvedGenerate = {
-    doSample: o.doSample ?? d.doSample,
-    temperature: o.temperature ?? d.temperature,
+    // Temperature 0 is greedy (as in llama.cpp, ollama and the OpenAI API) unless doSample is
+    // asked for explicitly, which stays an error below.
+    doSample: o.doSample ?? (temperature === 0 ? false : d.doSample),
+    temperature,
     topK: o.topK ?? d.topK,
     topP: o.topP ?? d.topP,
     minP: o.minP ?? d.minP,
@@ -132,7 +135,13 @@ export function resolveGenerate(o: GenerateOptions, d: GenerationDefaults): Reso
     Number.isInteger(r.maxNewTokens) && r.maxNewTokens >= 1,
     `maxNewTokens must be ≥ 1, got ${r.maxNewTokens}`,
   );
-  check(r.temperature > 0, `temperature must be > 0, got ${r.temperature}`);
+  check(
+    r.temperature > 0 || (r.temperature === 0 && !r.doSample),
+    r.temperature === 0
+      ? "temperature must be > 0 when doSample is true (temperature 0 means greedy: leave " +
+        "doSample unset or false)"
+      : `temperature must be > 0 (or 0 for greedy), got ${r.temperature}`,
+  );
   check(Number.isInteger(r.topK) && r.topK >= 0, `topK must be an integer ≥ 0, got ${r.topK}`);
   check(r.topP > 0 && r.topP <= 1, `topP must be in (0, 1], got ${r.topP}`);
   check(r.minP >= 0 && r.minP <= 1, `minP must be in [0, 1], got ${r.minP}`);

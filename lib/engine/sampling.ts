@@ -10,7 +10,10 @@
 export interface SamplingOptions {
   /** false: greedy (argmax after the repetition penalty). */
   doSample: boolean;
-  /** Divides the logits; 1 = unchanged. */
+  /**
+   * Divides the logits; 1 = unchanged. 0 means greedy (as in llama.cpp, ollama and the OpenAI
+   * API): generate() then turns sampling off unless `doSample: true` is passed, which is an error.
+   */
   temperature: number;
   /** Keep the k most likely tokens; 0 = off. */
   topK: number;
