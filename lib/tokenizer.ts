@@ -63,6 +63,16 @@ export interface DecodeOptions {
   skipSpecialTokens?: boolean;
 }
 
+/** Options of {@link Tokenizer.decodeStream}. */
+export interface DecodeStreamOptions extends DecodeOptions {
+  /**
+   * Ids already shown (a prompt): the deltas are what the new ids add to their text, so a
+   * continuation keeps the space a SentencePiece decoder strips from a sequence's first token
+   * ("Lily went" + "▁to" streams " to"). Only the last few are kept.
+   */
+  context?: readonly number[];
+}
+
 /** Options of {@link Tokenizer.applyChatTemplate}. */
 export interface ChatTemplateOptions {
   /** End with the header of an assistant turn (`add_generation_prompt`); default false. */
@@ -277,7 +287,7 @@ export class Tokenizer {
    * @param opts `skipSpecialTokens` (default false)
    * @returns a fresh decoder
    */
-  decodeStream(opts: DecodeOptions = {}): IncrementalDecoder {
+  decodeStream(opts: DecodeStreamOptions = {}): IncrementalDecoder {
     return new IncrementalDecoder(this, opts);
   }
 
@@ -375,6 +385,9 @@ export class Tokenizer {
   }
 }
 
+/** Context ids an {@link IncrementalDecoder} keeps: enough for any token's leading-space rule. */
+const CONTEXT_IDS = 4;
+
 /**
  * Turns generated token ids into text deltas, one id at a time, the way transformers' TextStreamer
  * and text-generation-inference do: it decodes a short window of recent ids with and without the
@@ -410,11 +423,16 @@ export class IncrementalDecoder {
    * A decoder with nothing pushed yet ({@link Tokenizer.decodeStream} makes one too).
    *
    * @param tokenizer the tokenizer that decodes
-   * @param opts `skipSpecialTokens` (default false)
+   * @param opts `skipSpecialTokens` (default false), `context` (ids already shown)
    */
-  constructor(tokenizer: Tokenizer, opts: DecodeOptions = {}) {
+  constructor(tokenizer: Tokenizer, opts: DecodeStreamOptions = {}) {
     this.#tokenizer = tokenizer;
     this.#skipSpecial = opts.skipSpecialTokens ?? false;
+    const ctx = (opts.context ?? []).filter((id) =>
+      !(this.#skipSpecial && tokenizer.specialIds.has(id))
+    );
+    this.#ids = ctx.slice(-CONTEXT_IDS);
+    this.#read = this.#ids.length;
   }
 
   /**

@@ -194,6 +194,21 @@ Deno.test("IncrementalDecoder: flush emits an incomplete character as decode doe
   assert.equal(ids.map((id) => decoder.push(id)).join("") + decoder.flush(), "x🙂");
 });
 
+Deno.test("IncrementalDecoder: with the prompt as context a continuation keeps its leading space", async () => {
+  const { tok } = await load("stories260k");
+  const prompt = tok.encode("Lily went");
+  const whole = tok.encode("Lily went to the park");
+  assert.deepEqual(whole.slice(0, prompt.length), prompt);
+  const next = whole.slice(prompt.length);
+  // Alone, the first new piece "▁to" decodes without its space (the decoder strips a sequence's
+  // first "▁"); as a continuation of the prompt it is " to".
+  assert.equal(tok.decode(next), "to the park");
+  const alone = tok.decodeStream({ skipSpecialTokens: true });
+  assert.equal(next.map((id) => alone.push(id)).join("") + alone.flush(), "to the park");
+  const cont = tok.decodeStream({ skipSpecialTokens: true, context: prompt });
+  assert.equal(next.map((id) => cont.push(id)).join("") + cont.flush(), " to the park");
+});
+
 Deno.test("Tokenizer.decode: empty list, unknown ids dropped, invalid ids rejected", async () => {
   const { tok } = await load("chatml");
   assert.equal(tok.decode([]), "");

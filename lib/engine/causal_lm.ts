@@ -237,7 +237,10 @@ export class CausalLM {
     const rng = new Rng(o.seed);
     const seqs = rows.map((r) => [...r]);
     const generated: number[][] = rows.map(() => []);
-    const decoders = rows.map(() => this.tokenizer?.decodeStream({ skipSpecialTokens: true }));
+    // The prompt is context: a continuation's first token keeps its leading space.
+    const decoders = rows.map((r) =>
+      this.tokenizer?.decodeStream({ skipSpecialTokens: true, context: r })
+    );
     const emitted = rows.map(() => "");
     const finished = new Array<boolean>(B).fill(false);
     const host = new Float32Array(B * V);

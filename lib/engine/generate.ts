@@ -26,7 +26,7 @@ export interface TextCodec {
   decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean }): string;
   /** Text deltas of ids fed one at a time, never splitting a character. */
   decodeStream(
-    opts?: { skipSpecialTokens?: boolean },
+    opts?: { skipSpecialTokens?: boolean; context?: readonly number[] },
   ): { push(id: number): string; flush(): string };
   applyChatTemplate(
     messages: readonly ChatMessage[],
