@@ -22,21 +22,26 @@ export type GenerateInput =
 
 /** The part of the tokenizer generate() uses (lib/tokenizer.ts implements it). */
 export interface TextCodec {
+  /** Text → ids; special tokens (BOS) added unless `addSpecialTokens` is false. */
   encode(text: string, opts?: { addSpecialTokens?: boolean }): number[];
+  /** Ids → text, without special tokens when `skipSpecialTokens`. */
   decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean }): string;
   /** Text deltas of ids fed one at a time, never splitting a character. */
   decodeStream(
     opts?: { skipSpecialTokens?: boolean; context?: readonly number[] },
   ): { push(id: number): string; flush(): string };
+  /** A conversation rendered with the model's chat template (text, to be encoded). */
   applyChatTemplate(
     messages: readonly ChatMessage[],
     opts?: { addGenerationPrompt?: boolean },
   ): string;
+  /** Id of the padding token, null when there is none. */
   readonly padTokenId: number | null;
 }
 
 /** Options of generate() and stream(); unset ones come from generation_config.json. */
 export interface GenerateOptions extends Partial<SamplingOptions> {
+  /** Tokens to generate at most per row (default from generation_config.json, else 20). */
   maxNewTokens?: number;
   /** Makes sampling reproducible. Default: a random seed. */
   seed?: number;
@@ -55,7 +60,9 @@ export interface GenerateOptions extends Partial<SamplingOptions> {
 
 /** Defaults from generation_config.json, over transformers' GenerationConfig defaults. */
 export interface GenerationDefaults extends SamplingOptions {
+  /** `max_new_tokens` of generation_config.json, else 20. */
   maxNewTokens: number;
+  /** `eos_token_id` of generation_config.json, else config.json's. */
   eosTokenIds: number[];
 }
 
