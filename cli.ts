@@ -47,7 +47,9 @@ import {
 } from "./lib/cache.ts";
 import { HubError, InputError } from "./lib/errors.ts";
 
-const DEFAULT_MODEL = new URL("./models/stories260k", import.meta.url).pathname;
+/** The embedded demo model: in a checkout only (the published package leaves it out). */
+const DEMO = new URL("./models/stories260k", import.meta.url);
+const DEFAULT_MODEL = DEMO.protocol === "file:" ? DEMO.pathname : "";
 
 const COMMON = {
   model: { type: "string", short: "m", default: DEFAULT_MODEL },
@@ -340,6 +342,11 @@ export async function main(
     if (cmd === "rm") return await rm(positionals, v, io);
     if ((cmd === "run" || cmd === "bench") && positionals.length > 0) v.model = positionals[0];
     const model = v.model as string;
+    if (!model) {
+      throw new InputError(
+        "--model is required: the demo model (stories260k) comes with a checkout, not with the package installed from a URL; pass a directory, a .gguf file or a hub id",
+      );
+    }
     if (cmd === "split") {
       const ck = await openCheckpoint(model, loadOptions(v));
       const s = await splitWithProgress(ck, loadOptions(v));

@@ -51,7 +51,16 @@ export {
 } from "./lib/memory.ts";
 export type { CacheLayout, ModelConfig, RopeConfig, StorageDType } from "./lib/config.ts";
 export { SUPPORTED_ARCHITECTURES } from "./lib/models/registry.ts";
-export { Backend, type BackendStats } from "./ffi/backend.ts";
+export {
+  type Activation,
+  type AttentionArgs,
+  Backend,
+  type BackendStats,
+  type DeviceKind,
+  type DevPtr,
+  type TensorView,
+  type WeightDType,
+} from "./ffi/backend.ts";
 export {
   BackendError,
   CheckpointError,

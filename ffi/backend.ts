@@ -9,6 +9,7 @@
  * @module
  */
 import { BackendError } from "../lib/errors.ts";
+import { ensureLibrary, type EnsureOptions, findLibrary } from "./native.ts";
 
 /** The ABI version this binding speaks; must equal the library's `rl_abi_version()`. */
 export const ABI_VERSION = 6;
@@ -182,12 +183,19 @@ type Lib = Deno.DynamicLibrary<typeof SYMBOLS>;
 
 /** Backend statistics (rl_stats). */
 export interface BackendStats {
+  /** Device bytes allocated now. */
   liveBytes: number;
+  /** Most device bytes allocated at once. */
   peakBytes: number;
+  /** Allocations made. */
   allocs: number;
+  /** Allocations freed. */
   frees: number;
+  /** Bytes copied host → device. */
   h2dBytes: number;
+  /** Bytes copied device → host. */
   d2hBytes: number;
+  /** Allocations not freed yet. */
   liveAllocs: number;
   /** Bytes of files mapped by {@link Backend.map}. */
   mappedBytes: number;
@@ -198,55 +206,13 @@ export interface BackendStats {
 /** Which backend library to load. */
 export type DeviceKind = "cpu" | "cuda";
 
-const LIB_FILE: Record<DeviceKind, string> = {
-  cpu: "librabbitllm_cpu.so",
-  cuda: "librabbitllm_cuda.so",
-};
-const LIB_ENV: Record<DeviceKind, string> = { cpu: "RABBITLLM_LIB", cuda: "RABBITLLM_CUDA_LIB" };
 const BUILD_TASK: Record<DeviceKind, string> = {
   cpu: "deno task build",
   cuda: "deno task build:cuda",
 };
 
-function envVar(name: string): string | undefined {
-  if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") return;
-  return Deno.env.get(name) || undefined;
-}
-
-function exists(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Where the backend library for `kind` is: `$RABBITLLM_LIB` / `$RABBITLLM_CUDA_LIB`, else the
- * local build (`build/` beside this package). Returns an absolute path; throws a BackendError
- * saying how to build or point to it.
- */
-export function findLibrary(
-  kind: DeviceKind,
-  buildDir: URL = new URL("../build/", import.meta.url),
-): string {
-  const fromEnv = envVar(LIB_ENV[kind]);
-  if (fromEnv) {
-    const abs = fromEnv.startsWith("/") ? fromEnv : `${Deno.cwd()}/${fromEnv}`;
-    if (!exists(abs)) {
-      throw new BackendError("load", `${LIB_ENV[kind]}=${fromEnv}: no such file`);
-    }
-    return abs;
-  }
-  const local = new URL(LIB_FILE[kind], buildDir);
-  if (local.protocol === "file:" && exists(local.pathname)) return local.pathname;
-  throw new BackendError(
-    "load",
-    `the ${kind} backend library ${LIB_FILE[kind]} was not found; build it with \`${
-      BUILD_TASK[kind]
-    }\` or set ${LIB_ENV[kind]} to its path`,
-  );
-}
+export { cacheDir, ensureLibrary, findLibrary } from "./native.ts";
+export type { EnsureOptions, Prebuilt } from "./native.ts";
 
 /** Options of {@link Backend.open}. */
 export interface BackendOptions {
@@ -273,8 +239,11 @@ const decoder = new TextDecoder();
 
 /** One backend context: memory, copies and ops, each checked. */
 export class Backend {
+  /** The library's own description (device, SIMD level or GPU, compiler). */
   readonly info: string;
+  /** The native library file this context runs on. */
   readonly libraryPath: string;
+  /** "cpu" or "cuda". */
   readonly device: DeviceKind;
   #lib: Lib;
   #ctx: DevPtr | null;
@@ -289,7 +258,23 @@ export class Backend {
     this.info = decoder.decode(buf.subarray(0, Math.min(n, buf.length - 1)));
   }
 
-  /** Loads the library, checks its ABI version and creates a context. */
+  /**
+   * {@link Backend.open}, after building or downloading the library into the per-version cache
+   * when none is found (ffi/native.ts: a remote install's first run compiles the shipped sources).
+   */
+  static async openAsync(
+    opts: BackendOptions = {},
+    ensure: EnsureOptions = {},
+  ): Promise<Backend> {
+    const path = opts.libraryPath ?? await ensureLibrary(opts.device ?? "cpu", ensure);
+    return Backend.open({ ...opts, libraryPath: path });
+  }
+
+  /**
+   * Loads the library, checks its ABI version and creates a context. The library: `libraryPath`,
+   * `$RABBITLLM_LIB` / `$RABBITLLM_CUDA_LIB`, `build/` beside a local package, or a valid one in
+   * the cache; {@link Backend.openAsync} also builds or downloads it.
+   */
   static open(opts: BackendOptions = {}): Backend {
     const device = opts.device ?? "cpu";
     const path = opts.libraryPath ?? findLibrary(device);
@@ -328,6 +313,7 @@ export class Backend {
     return p;
   }
 
+  /** Frees what {@link Backend.alloc} returned. */
   free(p: DevPtr): void {
     this.#check(this.#lib.symbols.rl_free(this.#c, p), "rl_free");
   }
@@ -338,6 +324,7 @@ export class Backend {
     return this.#lib.symbols.rl_view(base, BigInt(byteOffset))!;
   }
 
+  /** Copies `src`'s bytes host → device at `dst`. */
   upload(dst: DevPtr, src: ArrayBufferView): void {
     this.#check(
       this.#lib.symbols.rl_upload(this.#c, dst, src as BufferSource, BigInt(src.byteLength)),
@@ -345,6 +332,7 @@ export class Backend {
     );
   }
 
+  /** Copies `dst.byteLength` bytes device → host from `src`. */
   download(dst: ArrayBufferView, src: DevPtr): void {
     this.#check(
       this.#lib.symbols.rl_download(this.#c, dst as BufferSource, src, BigInt(dst.byteLength)),
@@ -352,6 +340,7 @@ export class Backend {
     );
   }
 
+  /** Copies `bytes` device → device. */
   copy(dst: DevPtr, src: DevPtr, bytes: number): void {
     this.#check(this.#lib.symbols.rl_copy(this.#c, dst, src, BigInt(bytes)), "rl_copy");
   }
@@ -406,6 +395,7 @@ export class Backend {
     return p;
   }
 
+  /** Unmaps what {@link Backend.map} returned. */
   unmap(p: DevPtr): void {
     this.#check(this.#lib.symbols.rl_unmap(this.#c, p), "rl_unmap");
   }
@@ -429,6 +419,7 @@ export class Backend {
     return p;
   }
 
+  /** Frees a host-tier buffer (pinned on a GPU). */
   hostFree(p: DevPtr): void {
     this.#check(this.#lib.symbols.rl_host_free(this.#c, p), "rl_host_free");
   }
@@ -494,10 +485,12 @@ export class Backend {
     this.#check(this.#lib.symbols.rl_marks_reset(this.#c), "rl_marks_reset");
   }
 
+  /** Waits until every op issued so far has finished. */
   sync(): void {
     this.#check(this.#lib.symbols.rl_sync(this.#c), "rl_sync");
   }
 
+  /** The allocation and copy counters. */
   stats(): BackendStats {
     const out = new BigUint64Array(9);
     this.#check(this.#lib.symbols.rl_stats(this.#c, out, out.length), "rl_stats");
@@ -515,6 +508,7 @@ export class Backend {
     };
   }
 
+  /** out[i, :] = table[ids[i], :] as f32 (the table in `dtype`, block formats included). */
   embedding(
     out: DevPtr,
     table: DevPtr,
@@ -538,6 +532,7 @@ export class Backend {
     );
   }
 
+  /** RMSNorm of `rows` rows of `dim`: x / rms(x) · (w + weightOffset), in f32. */
   rmsnorm(
     out: DevPtr,
     x: DevPtr,
@@ -609,6 +604,7 @@ export class Backend {
     );
   }
 
+  /** Rotary embedding in place (rotate-half on the first `rotDim` dims of each head). */
   rope(
     x: DevPtr,
     nTokens: number,
@@ -637,6 +633,7 @@ export class Backend {
     );
   }
 
+  /** Causal GQA attention of new queries over the KV cache (see {@link AttentionArgs}). */
   attention(a: AttentionArgs): void {
     this.#check(
       this.#lib.symbols.rl_attention(
@@ -664,6 +661,7 @@ export class Backend {
     );
   }
 
+  /** out = act(gate) · up, row by row (gate and up rows `inStride` apart). */
   actMul(
     out: DevPtr,
     gate: DevPtr,
@@ -767,14 +765,17 @@ export class Backend {
     );
   }
 
+  /** out = a + b over `n` floats. */
   add(out: DevPtr, a: DevPtr, b: DevPtr, n: number): void {
     this.#check(this.#lib.symbols.rl_add(this.#c, out, a, b, BigInt(n)), "rl_add");
   }
 
+  /** out = s · x over `n` floats. */
   scale(out: DevPtr, x: DevPtr, s: number, n: number): void {
     this.#check(this.#lib.symbols.rl_scale(this.#c, out, x, s, BigInt(n)), "rl_scale");
   }
 
+  /** The index of each row's largest value (first on ties). */
   argmax(out: Int32Array, x: DevPtr, rows: number, cols: number): void {
     this.#check(this.#lib.symbols.rl_argmax(this.#c, out, x, rows, cols), "rl_argmax");
   }
@@ -786,6 +787,7 @@ export class Backend {
     this.#ctx = null;
   }
 
+  /** `using be = Backend.open(...)`: {@link Backend.close} at the end of the scope. */
   [Symbol.dispose](): void {
     this.close();
   }
@@ -793,9 +795,13 @@ export class Backend {
 
 /** Arguments of {@link Backend.attention}; see rl_attention in ffi/rabbitllm.h. */
 export interface AttentionArgs {
+  /** [nQ, nHeads · vHeadDim]; must not overlap q, k or v. */
   out: DevPtr;
+  /** [nQ, qStride]: head h at columns [h · headDim, (h + 1) · headDim). */
   q: DevPtr;
+  /** Floats between consecutive query rows. */
   qStride: number;
+  /** [kvLen, kStride] cache rows: kv head g at columns g · headDim. */
   k: DevPtr;
   /** Floats between consecutive key rows. */
   kStride: number;
@@ -803,17 +809,27 @@ export interface AttentionArgs {
   v: DevPtr;
   /** Floats between consecutive value rows (default kStride). */
   vStride?: number;
+  /** New queries. */
   nQ: number;
+  /** Cache index of the first query (its key is already in the cache). */
   qStart: number;
+  /** Cache rows to attend over (≥ qStart + nQ). */
   kvLen: number;
+  /** Query heads. */
   nHeads: number;
+  /** Key/value heads (nHeads a multiple of it). */
   nKvHeads: number;
+  /** Dims per query/key head. */
   headDim: number;
   /** Value dims per head (default headDim); the output is [nQ, nHeads * vHeadDim]. */
   vHeadDim?: number;
+  /** Multiplies q·k (usually headDim^-0.5). */
   scale: number;
+  /** Sliding window in tokens (query sees keys less than `window` behind it); 0/absent: none. */
   window?: number;
+  /** > 0: scores = softcap · tanh(scores / softcap) (Gemma 2); 0/absent: off. */
   softcap?: number;
+  /** kvLen bytes, 0 = a padding key no query sees; null/absent: every key valid. */
   kvValid?: Uint8Array | null;
 }
 
@@ -827,6 +843,7 @@ export interface TensorView {
   dtype?: WeightDType;
   /** In elements; default 0. */
   offset?: number;
+  /** Extent of each dim (1 to 4 dims). */
   shape: readonly number[];
   /** In elements, one per dim of `shape`. */
   strides: readonly number[];

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { Backend } from "../ffi/backend.ts";
+import { Backend, ensureLibrary } from "../ffi/backend.ts";
 import {
   findCheckpoint,
   type Manifest,
@@ -521,7 +521,12 @@ export class AutoModel {
       ? await Tokenizer.fromDir(dir)
       : null;
     const profiler = new Profiler();
-    const backend = openBackend(opts.device ?? "cpu", opts.threads);
+    // A remote install's first run builds (or downloads) the library into the cache (ffi/native.ts).
+    const device = opts.device ?? "cpu";
+    if (device === "cpu" || /^cuda(:\d+)?$/.test(device)) {
+      await ensureLibrary(device === "cpu" ? "cpu" : "cuda");
+    } else if (device === "auto") await ensureLibrary("cpu").catch(() => {});
+    const backend = openBackend(device, opts.threads);
     try {
       const attention = configureBackend(backend, opts);
       const base = planInputOf(split.manifest, family, config, backend, opts);

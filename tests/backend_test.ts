@@ -120,8 +120,11 @@ Deno.test("backend: ops give hand-derived results", () => {
 
 Deno.test("backend: library lookup names the env override and the build command", async () => {
   const old = Deno.env.get("RABBITLLM_CUDA_LIB");
+  const oldCache = Deno.env.get("XDG_CACHE_HOME");
   Deno.env.delete("RABBITLLM_CUDA_LIB");
   const empty = new URL(`file://${await Deno.makeTempDir()}/`);
+  // An empty per-version cache too: a library a remote install built there would be found.
+  Deno.env.set("XDG_CACHE_HOME", await Deno.makeTempDir());
   try {
     assert.throws(() => findLibrary("cuda", empty), /deno task build:cuda.*RABBITLLM_CUDA_LIB/);
     assert.throws(() => findLibrary("cpu", empty), /deno task build`.*RABBITLLM_LIB/);
@@ -130,6 +133,8 @@ Deno.test("backend: library lookup names the env override and the build command"
   } finally {
     Deno.env.delete("RABBITLLM_LIB");
     if (old !== undefined) Deno.env.set("RABBITLLM_CUDA_LIB", old);
+    if (oldCache === undefined) Deno.env.delete("XDG_CACHE_HOME");
+    else Deno.env.set("XDG_CACHE_HOME", oldCache);
   }
 });
 
