@@ -498,8 +498,27 @@ function ggufTokenizer(g: GgufCheckpoint): Tokenizer | null {
 /** Entry point: loads any supported checkpoint as a streaming {@link CausalLM}. */
 export class AutoModel {
   /**
-   * Opens a checkpoint directory (or an `org/name` already in the Hugging Face cache), splits it
-   * into per-layer files once, and returns a model ready for `forward` / `generate`.
+   * Opens a checkpoint — a directory, a hub `org/name` (downloaded into the Hugging Face cache), a
+   * `.gguf` file or one named by `ggufFile` — splits it into per-layer files once, and returns a
+   * model ready for `forward` / `generate` / `stream`.
+   *
+   * @example Generate text, then a chat turn
+   * ```ts ignore
+   * import { AutoModel } from "jsr:@rabbitllm/rabbitllm";
+   * await using model = await AutoModel.fromPretrained("Qwen/Qwen2.5-0.5B-Instruct", {
+   *   maxMemory: 2e9, // stream what does not fit in 2 GB
+   * });
+   * for await (const c of model.stream("Once upon a time", { maxNewTokens: 40 })) {
+   *   await Deno.stdout.write(new TextEncoder().encode(c.text));
+   * }
+   * ```
+   *
+   * @example A GGUF file as it is
+   * ```ts ignore
+   * const model = await AutoModel.fromPretrained("bartowski/Llama-3.2-1B-Instruct-GGUF", {
+   *   ggufFile: "Llama-3.2-1B-Instruct-Q4_K_M.gguf",
+   * });
+   * ```
    */
   static async fromPretrained(
     pathOrRepoId: string,

@@ -188,6 +188,14 @@ export class CausalLM {
    * Continues each prompt until EOS, a stop string or `maxNewTokens`; returns each row's prompt
    * followed by its new tokens. Prompts may differ in length (left-padded with an attention mask;
    * every row equals running it alone).
+   *
+   * @example Greedy ids, a text prompt, a chat
+   * ```ts ignore
+   * const [ids] = await model.generate([[1]], { maxNewTokens: 32 }); // BOS, greedy
+   * const [row] = await model.generate("Once upon a time", { temperature: 0.7, seed: 1 });
+   * console.log(model.tokenizer!.decode(row, { skipSpecialTokens: true }));
+   * await model.generate([{ role: "user", content: "Hi!" }], { maxNewTokens: 64 });
+   * ```
    */
   generate(input: GenerateInput, opts: GenerateOptions = {}): Promise<number[][]> {
     return this.#exclusive(async () => {
