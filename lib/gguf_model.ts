@@ -23,21 +23,10 @@
 import type { DType } from "./dtype.ts";
 import { GgufError } from "./errors.ts";
 import { type GgufHeader, type GgufTensor, type GgufValue, readGgufHeader } from "./gguf.ts";
+import { BLOCK } from "./quant.ts";
 
-/** The tensor types our backends compute with (ABI 6). */
-const SUPPORTED_TYPES: ReadonlySet<string> = new Set([
-  "F32",
-  "F16",
-  "BF16",
-  "Q8_0",
-  "Q4_0",
-  "Q4_1",
-  "Q5_0",
-  "Q5_1",
-  "Q4_K",
-  "Q5_K",
-  "Q6_K",
-]);
+/** The tensor types our backends compute with (ABI 6): floats and every block format. */
+const SUPPORTED_TYPES: ReadonlySet<string> = new Set(["F32", "F16", "BF16", ...Object.keys(BLOCK)]);
 
 /** GGUF `general.architecture` → what we load it as. */
 interface ArchInfo {

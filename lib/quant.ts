@@ -28,16 +28,7 @@ export const BLOCK: Readonly<Record<BlockDType, { elems: number; bytes: number }
 });
 
 /** The formats {@link quantize} writes. */
-export const QUANTIZABLE: readonly BlockDType[] = [
-  "Q8_0",
-  "Q4_0",
-  "Q4_1",
-  "Q5_0",
-  "Q5_1",
-  "Q4_K",
-  "Q5_K",
-  "Q6_K",
-];
+export const QUANTIZABLE: readonly BlockDType[] = Object.keys(BLOCK) as BlockDType[];
 
 export function isBlockDType(name: unknown): name is BlockDType {
   return typeof name === "string" && Object.hasOwn(BLOCK, name);

@@ -6,10 +6,10 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { main } from "../cli.ts";
+import { run } from "./_cli.ts";
 import { AutoModel } from "../mod.ts";
 import { type CachedModel, listCachedModels } from "../lib/cache.ts";
-import { FakeHub } from "./fake_hub.ts";
+import { FakeHub, HUB_ENV } from "./fake_hub.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const STORIES = `${ROOT}models/stories260k`;
@@ -19,31 +19,6 @@ const STORIES_FILES = [
   "model.safetensors",
   "tokenizer.json",
   "tokenizer_config.json",
-];
-
-async function run(args: string[], input?: string[]) {
-  let out = "", err = "";
-  const code = await main(args, {
-    out: (s) => out += s,
-    err: (s) => err += s,
-    input: input
-      ? (async function* () {
-        yield* input;
-      })()
-      : undefined,
-  });
-  return { code, out, err };
-}
-
-const HUB_ENV = [
-  "HF_HUB_CACHE",
-  "HF_HOME",
-  "HF_ENDPOINT",
-  "HF_TOKEN",
-  "HUGGING_FACE_HUB_TOKEN",
-  "HF_TOKEN_PATH",
-  "HF_HUB_OFFLINE",
-  "TRANSFORMERS_OFFLINE",
 ];
 
 interface Ctx {

@@ -1,24 +1,10 @@
 import assert from "node:assert/strict";
-import { main } from "../cli.ts";
+import { run } from "./_cli.ts";
 import { AutoModel, InputError } from "../mod.ts";
 import { FakeHub } from "./fake_hub.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const STORIES = `${ROOT}models/stories260k`;
-
-async function run(args: string[], input?: string[]) {
-  let out = "", err = "";
-  const code = await main(args, {
-    out: (s) => out += s,
-    err: (s) => err += s,
-    input: input
-      ? (async function* () {
-        yield* input;
-      })()
-      : undefined,
-  });
-  return { code, out, err };
-}
 
 /** stories260k weights with a tokenizer that has a chat template (Llama-2 [INST], same vocab). */
 async function chatModel(): Promise<string> {

@@ -30,6 +30,18 @@
  */
 import { createHash } from "node:crypto";
 
+/** The environment variables hub code reads: tests clear them so a developer's own never leak in. */
+export const HUB_ENV: readonly string[] = [
+  "HF_HUB_CACHE",
+  "HF_HOME",
+  "HF_ENDPOINT",
+  "HF_TOKEN",
+  "HUGGING_FACE_HUB_TOKEN",
+  "HF_TOKEN_PATH",
+  "HF_HUB_OFFLINE",
+  "TRANSFORMERS_OFFLINE",
+];
+
 /** A repo served by the fake hub. */
 export interface FakeRepo {
   /** `org/name`. */

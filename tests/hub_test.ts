@@ -4,7 +4,7 @@ import { findCheckpoint } from "../lib/checkpoint.ts";
 import { HubError } from "../lib/errors.ts";
 import { openCheckpoint } from "../lib/auto_model.ts";
 import { snapshotDownload, type SnapshotDownloadOptions } from "../lib/hub.ts";
-import { FakeHub, type FakeRepo } from "./fake_hub.ts";
+import { FakeHub, type FakeRepo, HUB_ENV } from "./fake_hub.ts";
 
 const GRANTED = "hf_granted_0123456789";
 const NO_ACCESS = "hf_no_access_0123456789";
@@ -91,17 +91,6 @@ const REPOS: FakeRepo[] = [
       main: { "README.md": "# quants", "tiny-Q8_0.gguf": GGUF, "tiny-F16.gguf": bytes(300_000, 9) },
     },
   },
-];
-
-const HUB_ENV = [
-  "HF_HUB_CACHE",
-  "HF_HOME",
-  "HF_ENDPOINT",
-  "HF_TOKEN",
-  "HUGGING_FACE_HUB_TOKEN",
-  "HF_TOKEN_PATH",
-  "HF_HUB_OFFLINE",
-  "TRANSFORMERS_OFFLINE",
 ];
 
 /** Parent of the cache of the one test that runs with --allow-write scoped to it. */
