@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { ConfigError } from "./errors.ts";
+import { ConfigError, jsonTooDeep, MAX_JSON_DEPTH } from "./errors.ts";
 
 /** Storage dtype of the weights as the engine keeps them. */
 export type StorageDType = "float32" | "float16" | "bfloat16";
@@ -164,6 +164,9 @@ export async function readConfigJson(dir: string): Promise<Raw> {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
     throw new ConfigError(path, null, "expected a JSON object");
   }
+  if (jsonTooDeep(raw)) {
+    throw new ConfigError(path, null, `nested deeper than ${MAX_JSON_DEPTH} levels`);
+  }
   return raw as Raw;
 }
 
@@ -295,7 +298,16 @@ function parseRope(
     throw new ConfigError(r.source, key, `expected an object, got ${JSON.stringify(params)}`);
   }
   const p = (params ?? {}) as Raw;
-  const named = (p.rope_type ?? p.type ?? "default") as string;
+  const named = p.rope_type ?? p.type ?? "default";
+  if (typeof named !== "string") {
+    const key = r.raw.rope_parameters !== undefined ? "rope_parameters" : "rope_scaling";
+    const field = p.rope_type !== undefined && p.rope_type !== null ? "rope_type" : "type";
+    throw new ConfigError(
+      r.source,
+      `${key}.${field}`,
+      `expected a rope type name, got ${JSON.stringify(named)}`,
+    );
+  }
   const type = Object.hasOwn(aliases, named) ? aliases[named] : named;
   const theta = typeof p.rope_theta === "number" ? p.rope_theta : r.num("rope_theta", defaultTheta);
   const partial = typeof p.partial_rotary_factor === "number"
@@ -303,6 +315,9 @@ function parseRope(
     : r.num("partial_rotary_factor", 1);
   return { type, theta, partialRotaryFactor: partial, params: ropeScalingParams(p) };
 }
+
+/** Most decoder layers a config may declare (per-layer tables are built from the count). */
+export const MAX_LAYERS = 65_536;
 
 /**
  * The keys every decoder-only family shares. `source` names the file in errors.
@@ -323,6 +338,13 @@ export function parseCommonConfig(
     ? numHeads
     : o.numKvHeads ?? r.int("num_key_value_heads", numHeads);
   const numLayers = r.int("num_hidden_layers");
+  if (numLayers > MAX_LAYERS) {
+    throw new ConfigError(
+      source,
+      "num_hidden_layers",
+      `${numLayers} is more than ${MAX_LAYERS} (model type ${modelType})`,
+    );
+  }
   if (numHeads % numKvHeads !== 0) {
     throw new ConfigError(
       source,

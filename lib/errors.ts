@@ -189,3 +189,25 @@ export class TokenizerError extends RabbitError {
     this.key = key;
   }
 }
+
+/**
+ * Deepest nesting of arrays and objects a JSON file we read may have (real config.json,
+ * tokenizer.json and safetensors headers nest a few levels). Deeper values are refused with a typed
+ * error when read, so no later step (an error message's JSON.stringify, a recursive walk) can run
+ * out of stack on them.
+ */
+export const MAX_JSON_DEPTH = 64;
+
+/** Whether a parsed JSON value nests arrays/objects deeper than `max` (iterative: any depth). */
+export function jsonTooDeep(value: unknown, max: number = MAX_JSON_DEPTH): boolean {
+  const stack: [unknown, number][] = [[value, 0]];
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop()!;
+    if (typeof v !== "object" || v === null) continue;
+    if (depth >= max) return true;
+    for (const child of Array.isArray(v) ? v : Object.values(v)) {
+      if (typeof child === "object" && child !== null) stack.push([child, depth + 1]);
+    }
+  }
+  return false;
+}

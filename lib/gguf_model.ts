@@ -24,6 +24,7 @@ import type { DType } from "./dtype.ts";
 import { GgufError } from "./errors.ts";
 import { type GgufHeader, type GgufTensor, type GgufValue, readGgufHeader } from "./gguf.ts";
 import { BLOCK } from "./quant.ts";
+import { MAX_LAYERS } from "./config.ts";
 
 /** The tensor types our backends compute with (ABI 6): floats and every block format. */
 const SUPPORTED_TYPES: ReadonlySet<string> = new Set(["F32", "F16", "BF16", ...Object.keys(BLOCK)]);
@@ -93,6 +94,16 @@ export interface GgufCheckpoint {
   tensors: GgufSourceTensor[];
 }
 
+/** A metadata value for an error message: bounded, bigints included (JSON.stringify throws). */
+function show(v: GgufValue): string {
+  if (typeof v === "bigint") return String(v);
+  if (typeof v === "string") return JSON.stringify(v.length > 64 ? `${v.slice(0, 64)}...` : v);
+  if (Array.isArray(v)) {
+    return `[${v.slice(0, 8).map(show).join(", ")}${v.length > 8 ? ", ..." : ""}]`;
+  }
+  return String(v);
+}
+
 function meta(h: GgufHeader, key: string): GgufValue | undefined {
   return h.metadata.get(key);
 }
@@ -105,7 +116,7 @@ function num(h: GgufHeader, key: string, fallback?: number): number {
     throw new GgufError(h.file, `key ${key}`, "missing (needed to build the model's config)");
   }
   if (typeof v !== "number" || !Number.isFinite(v)) {
-    throw new GgufError(h.file, `key ${key}`, `expected a number, got ${JSON.stringify(v)}`);
+    throw new GgufError(h.file, `key ${key}`, `expected a number, got ${show(v)}`);
   }
   return v;
 }
@@ -119,7 +130,7 @@ function uniform(h: GgufHeader, key: string, fallback?: number): number {
       throw new GgufError(
         h.file,
         `key ${key}`,
-        `per-layer values ${JSON.stringify(v.slice(0, 8))} differ; only uniform layers load`,
+        `per-layer values ${show(v)} differ; only uniform layers load`,
       );
     }
     return v[0];
@@ -214,7 +225,15 @@ function buildConfig(h: GgufHeader, arch: ArchInfo, a: string, names: Set<string
         : num(h, `${a}.expert_shared_feed_forward_length`);
     } else cfg.norm_topk_prob = true; // llama.cpp always renormalizes Qwen3-MoE's top-k
     const dense: number[] = [];
-    for (let i = 0; i < (cfg.num_hidden_layers as number); i++) {
+    const layers = cfg.num_hidden_layers as number;
+    if (!Number.isInteger(layers) || layers < 1 || layers > MAX_LAYERS) {
+      throw new GgufError(
+        h.file,
+        `key ${a}.block_count`,
+        `expected a layer count in 1..${MAX_LAYERS}, got ${layers}`,
+      );
+    }
+    for (let i = 0; i < layers; i++) {
       if (!names.has(`blk.${i}.ffn_gate_exps.weight`)) dense.push(i);
     }
     cfg.mlp_only_layers = dense;

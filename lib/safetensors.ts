@@ -26,7 +26,7 @@
 import { DTYPES, isDType, tensorByteSize } from "./dtype.ts";
 import { BLOCK } from "./quant.ts";
 import type { DType } from "./dtype.ts";
-import { SafetensorsError } from "./errors.ts";
+import { jsonTooDeep, MAX_JSON_DEPTH, SafetensorsError } from "./errors.ts";
 
 export type { DType } from "./dtype.ts";
 
@@ -286,6 +286,13 @@ export class SafetensorsFile {
           undefined,
           `header is not valid JSON (${(e as Error).message})`,
           { cause: e },
+        );
+      }
+      if (jsonTooDeep(json)) {
+        throw new SafetensorsError(
+          path,
+          undefined,
+          `header is nested deeper than ${MAX_JSON_DEPTH} levels`,
         );
       }
       const dataStart = 8 + headerBytes;

@@ -37,7 +37,7 @@ import {
   SequenceDecoder,
   Tokenizer as HfTokenizer,
 } from "@huggingface/tokenizers";
-import { TokenizerError } from "./errors.ts";
+import { jsonTooDeep, MAX_JSON_DEPTH, TokenizerError } from "./errors.ts";
 import type { GgufHeader } from "./gguf.ts";
 import { ggufTokenizerFiles } from "./gguf_tokenizer.ts";
 
@@ -169,7 +169,7 @@ export class Tokenizer {
     const json = tokenizerJson; // freshly parsed by fromDir: adjusted in place
     applyClassPipeline(json, config);
     const vocab = modelVocab(json, jsonFile);
-    const added = mergeAddedTokens(json, vocab, config, specialTokens, configFile);
+    const added = mergeAddedTokens(json, vocab, config, specialTokens, configFile, jsonFile);
     this.specialIds = new Set(added.filter((t) => t.special).map((t) => t.id));
     for (const t of added) vocab.set(t.content, t.id);
     this.vocabSize = vocab.size;
@@ -558,6 +558,9 @@ async function readJson(path: string, required: boolean): Promise<Json | null> {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new TokenizerError(path, null, "expected a JSON object");
   }
+  if (jsonTooDeep(value)) {
+    throw new TokenizerError(path, null, `nested deeper than ${MAX_JSON_DEPTH} levels`);
+  }
   return value as Json;
 }
 
@@ -649,10 +652,25 @@ function modelVocab(json: Json, file: string): Map<string, number> {
   const model = json.model;
   const vocab = typeof model === "object" && model !== null ? (model as Json).vocab : undefined;
   if (Array.isArray(vocab)) { // Unigram: [[piece, score], ...], id = index
-    return new Map(vocab.map((entry, id) => [String((entry as unknown[])[0]), id]));
+    return new Map(vocab.map((entry, id) => {
+      if (!Array.isArray(entry) || typeof entry[0] !== "string" || typeof entry[1] !== "number") {
+        throw new TokenizerError(file, `model.vocab[${id}]`, "expected [piece, score]");
+      }
+      return [entry[0], id];
+    }));
   }
   if (typeof vocab === "object" && vocab !== null) {
-    return new Map(Object.entries(vocab as Record<string, number>));
+    const entries = Object.entries(vocab as Record<string, unknown>);
+    for (const [token, id] of entries) {
+      if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 0) {
+        throw new TokenizerError(
+          file,
+          `model.vocab.${token}`,
+          `expected a token id (a non-negative integer), got ${JSON.stringify(id)}`,
+        );
+      }
+    }
+    return new Map(entries as [string, number][]);
   }
   throw new TokenizerError(file, "model.vocab", "expected an object or a list");
 }
@@ -670,8 +688,25 @@ function mergeAddedTokens(
   config: Json,
   specialTokens: Record<string, string>,
   configFile: string,
+  jsonFile: string,
 ): AddedTokenJson[] {
-  const added = ((json.added_tokens ?? []) as AddedTokenJson[]).map((t) => ({ ...t }));
+  const list = json.added_tokens ?? [];
+  if (!Array.isArray(list)) {
+    throw new TokenizerError(jsonFile, "added_tokens", "expected a list of {id, content, ...}");
+  }
+  const added = list.map((t, i): AddedTokenJson => {
+    if (
+      typeof t !== "object" || t === null || typeof t.content !== "string" ||
+      typeof t.id !== "number" || !Number.isSafeInteger(t.id) || t.id < 0
+    ) {
+      throw new TokenizerError(
+        jsonFile,
+        `added_tokens[${i}]`,
+        "expected {id: a non-negative integer, content: string, ...}",
+      );
+    }
+    return { ...t };
+  });
   const byContent = new Map(added.map((t) => [t.content, t]));
   let nextId = 0;
   for (const id of [...vocab.values(), ...added.map((t) => t.id)]) {

@@ -264,7 +264,7 @@ function parseDeepseek(
     throw new ConfigError(
       source,
       "routed_scaling_factor",
-      `expected a number, got ${routedScaling}`,
+      `expected a number, got ${JSON.stringify(routedScaling)}`,
     );
   }
   const moeIntermediate = int(raw, source, "moe_intermediate_size", d.moeIntermediate);

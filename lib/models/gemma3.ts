@@ -54,7 +54,11 @@ function ropeOf(
 ): RopeConfig {
   const theta = p.rope_theta;
   if (typeof theta !== "number" || !(theta > 0)) {
-    throw new ConfigError(source, `${key}.rope_theta`, `expected a positive number, got ${theta}`);
+    throw new ConfigError(
+      source,
+      `${key}.rope_theta`,
+      `expected a positive number, got ${JSON.stringify(theta)}`,
+    );
   }
   const partial = p.partial_rotary_factor ?? raw.partial_rotary_factor ?? 1;
   if (typeof partial !== "number") {

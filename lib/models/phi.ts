@@ -105,12 +105,16 @@ export const phi: Family<PhiConfig, PhiBuffers> = {
       throw new ConfigError(
         source,
         "qk_layernorm",
-        `expected true or false, got ${raw.qk_layernorm}`,
+        `expected true or false, got ${JSON.stringify(raw.qk_layernorm)}`,
       );
     }
     const eps = raw.layer_norm_eps ?? 1e-5;
     if (typeof eps !== "number" || !(eps > 0)) {
-      throw new ConfigError(source, "layer_norm_eps", `expected a positive number, got ${eps}`);
+      throw new ConfigError(
+        source,
+        "layer_norm_eps",
+        `expected a positive number, got ${JSON.stringify(eps)}`,
+      );
     }
     cfg.rmsNormEps = eps; // the LayerNorms' eps
     cfg.attentionBias = true;

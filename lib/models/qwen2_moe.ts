@@ -81,7 +81,11 @@ export function parseQwenMoe(
   }
   const norm = raw.norm_topk_prob ?? false;
   if (typeof norm !== "boolean") {
-    throw new ConfigError(source, "norm_topk_prob", `expected true or false, got ${norm}`);
+    throw new ConfigError(
+      source,
+      "norm_topk_prob",
+      `expected true or false, got ${JSON.stringify(norm)}`,
+    );
   }
   const moe: QwenMoe = {
     experts: E,
@@ -157,7 +161,11 @@ export const qwen2Moe: Family<QwenMoeConfig, QwenMoeBuffers> = {
     const cfg = parseLlamaLike(raw, source, { ...LLAMA_DEFAULTS, maxPositionEmbeddings: 32768 });
     const bias = raw.qkv_bias ?? true;
     if (typeof bias !== "boolean") {
-      throw new ConfigError(source, "qkv_bias", `expected true or false, got ${bias}`);
+      throw new ConfigError(
+        source,
+        "qkv_bias",
+        `expected true or false, got ${JSON.stringify(bias)}`,
+      );
     }
     cfg.attentionBias = bias;
     // Qwen2MoeConfig: a window only with use_sliding_window; layers per layer_types, else the

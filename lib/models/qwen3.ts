@@ -43,7 +43,11 @@ export const qwen3: Family = {
     });
     const bias = raw.attention_bias ?? false;
     if (typeof bias !== "boolean") {
-      throw new ConfigError(source, "attention_bias", `expected true or false, got ${bias}`);
+      throw new ConfigError(
+        source,
+        "attention_bias",
+        `expected true or false, got ${JSON.stringify(bias)}`,
+      );
     }
     cfg.attentionBias = bias;
     return cfg;

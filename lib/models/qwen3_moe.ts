@@ -34,7 +34,11 @@ export const qwen3Moe: Family<QwenMoeConfig, QwenMoeBuffers> = {
     );
     const bias = raw.attention_bias ?? false;
     if (typeof bias !== "boolean") {
-      throw new ConfigError(source, "attention_bias", `expected true or false, got ${bias}`);
+      throw new ConfigError(
+        source,
+        "attention_bias",
+        `expected true or false, got ${JSON.stringify(bias)}`,
+      );
     }
     cfg.attentionBias = bias;
     if (raw.use_sliding_window === true) {
