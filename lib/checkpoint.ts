@@ -7,11 +7,27 @@
  * (temp name → rename) and the manifest is written last, so a split whose manifest matches its
  * source is complete and is reused; anything else is redone. Peak extra memory is one tensor.
  *
+ * Under faults: one process at a time writes a split directory (an flock on `<split>/.lock`,
+ * released by the kernel when its holder dies, so a killed splitter never leaves a lock to
+ * recover); a killed split leaves no manifest and is resumed from `<split>/.partial.json` (the
+ * parts finished so far, keyed like the manifest) with its temp files removed; a full disk is a
+ * CheckpointError naming the file and the bytes the split needs; a source that changes (size,
+ * mtime, or sampled content — see {@link Manifest.source}) before or during a split is never
+ * mixed into one.
+ *
  * @module
  */
 import { createHash } from "node:crypto";
 import type { ModelConfig, StorageDType } from "./config.ts";
-import { bf16ToF32, type DType, f16ToF32, f32ToBf16, f32ToF16 } from "./dtype.ts";
+import {
+  bf16ToF32,
+  type DType,
+  f16ToF32,
+  f32ToBf16,
+  f32ToF16,
+  isDType,
+  tensorByteSize,
+} from "./dtype.ts";
 import { CheckpointError } from "./errors.ts";
 import type { Family, Part } from "./models/family.ts";
 import {
@@ -23,7 +39,7 @@ import {
   quantError,
   quantize,
 } from "./quant.ts";
-import { SafetensorsFile, SafetensorsWriter } from "./safetensors.ts";
+import { SafetensorsFile, SafetensorsWriter, tensorBytes } from "./safetensors.ts";
 import { type GgufCheckpoint, readGgufTensor } from "./gguf_model.ts";
 
 /** Format tag of manifest.json; a different tag means "redo the split". */
@@ -69,9 +85,34 @@ export interface Manifest {
   dtype: StorageDType;
   /** The block format matmul weights were quantized to at split time (absent: none). */
   quantize?: BlockDType;
-  /** Identity of the source files: a changed checkpoint invalidates the split. */
-  source: { file: string; size: number; mtimeMs: number }[];
+  /**
+   * Identity of the source files: a changed checkpoint invalidates the split. `sample` is the
+   * sha256 of sampled bytes (the first and last MiB and 8 × 64 KiB evenly between; the whole file
+   * when smaller), so a rewrite of the same size whose mtime was restored is caught too unless it
+   * changes only bytes outside the samples. Splits written before it existed match on size and
+   * mtime alone.
+   */
+  source: SourceFile[];
   parts: ManifestPart[];
+}
+
+/** One source file of a split: its name in the checkpoint directory and its identity. */
+export interface SourceFile {
+  file: string;
+  size: number;
+  mtimeMs: number;
+  /** sha256 of sampled bytes; see {@link Manifest.source}. */
+  sample?: string;
+}
+
+/** The parts of a model in order: embed, each layer, norm, and lm_head unless tied. */
+function partOrder(cfg: ModelConfig): Part[] {
+  return [
+    { kind: "embed" },
+    ...Array.from({ length: cfg.numLayers }, (_, index) => ({ kind: "layer" as const, index })),
+    { kind: "norm" },
+    ...(cfg.tieWordEmbeddings ? [] : [{ kind: "lm_head" as const }]),
+  ];
 }
 
 /** The part id used in manifests and file names. */
@@ -224,17 +265,273 @@ interface SourceTensor {
 /** A checkpoint tensor before placement. */
 type Unplaced = Omit<SourceTensor, "local">;
 
+/** A split's manifest.json if it is one — every field of the right type and in range — else null. */
 async function readManifest(path: string): Promise<Manifest | null> {
+  let text: string;
   try {
-    return JSON.parse(await Deno.readTextFile(path)) as Manifest;
+    text = await Deno.readTextFile(path);
   } catch {
     return null;
   }
+  return parseManifest(text);
+}
+
+const isCount = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
+const isName = (x: unknown): x is string =>
+  typeof x === "string" && x.length > 0 && x.length < 4096 && !/[/\\\0]|^\.\.?$/.test(x);
+
+/**
+ * manifest.json as text → the manifest, or null when anything is off (not JSON, a field missing or
+ * of the wrong type, a file name with a path in it, a tensor outside its part's data): the split is
+ * then redone, never used. A manifest that passes is safe for the loader to trust.
+ */
+export function parseManifest(text: string): Manifest | null {
+  let m: unknown;
+  try {
+    m = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  const obj = (x: unknown): x is Record<string, unknown> =>
+    typeof x === "object" && x !== null && !Array.isArray(x);
+  if (!obj(m) || m.format !== MANIFEST_FORMAT || typeof m.architecture !== "string") return null;
+  if (!["float32", "float16", "bfloat16"].includes(m.dtype as string)) return null;
+  if (m.quantize !== undefined && !isBlockDType(m.quantize)) return null;
+  if (!Array.isArray(m.source) || !Array.isArray(m.parts)) return null;
+  for (const s of m.source) {
+    if (!obj(s) || !isName(s.file) || !isCount(s.size) || typeof s.mtimeMs !== "number") {
+      return null;
+    }
+    if (s.sample !== undefined && typeof s.sample !== "string") return null;
+  }
+  const ids = new Set<string>();
+  for (const p of m.parts) {
+    if (!obj(p) || typeof p.id !== "string" || ids.has(p.id) || !isName(p.file)) return null;
+    ids.add(p.id);
+    if (!isCount(p.bytes) || !isCount(p.dataOffset) || !isCount(p.dataBytes)) return null;
+    if (p.dataOffset + p.dataBytes !== p.bytes || typeof p.sha256 !== "string") return null;
+    if (!Array.isArray(p.tensors)) return null;
+    for (const t of p.tensors) {
+      if (!obj(t) || typeof t.name !== "string" || !isDType(t.dtype)) return null;
+      if (!Array.isArray(t.shape) || t.shape.length > 8 || !t.shape.every(isCount)) return null;
+      if (!isCount(t.offset) || !isCount(t.nbytes) || t.offset + t.nbytes > p.dataBytes) {
+        return null;
+      }
+      let size: number;
+      try {
+        size = tensorByteSize(t.dtype, t.shape as number[]);
+      } catch {
+        return null; // a block format whose rows are not whole blocks
+      }
+      if (size !== t.nbytes) return null;
+    }
+  }
+  return m as unknown as Manifest;
 }
 
 function sameSource(a: Manifest["source"], b: Manifest["source"]): boolean {
-  return a.length === b.length &&
-    a.every((s, i) => s.file === b[i].file && s.size === b[i].size && s.mtimeMs === b[i].mtimeMs);
+  return Array.isArray(a) && a.length === b.length &&
+    a.every((s, i) =>
+      typeof s === "object" && s !== null && s.file === b[i].file && s.size === b[i].size &&
+      s.mtimeMs === b[i].mtimeMs &&
+      (s.sample === undefined || b[i].sample === undefined || s.sample === b[i].sample)
+    );
+}
+
+const SAMPLE_EDGE = 1 << 20;
+const SAMPLE_MID = 64 << 10;
+const SAMPLE_COUNT = 8;
+
+/** sha256 of the first and last MiB of a file and 8 × 64 KiB evenly between (all of a small one). */
+async function sampleHash(path: string, size: number): Promise<string> {
+  const ranges: [number, number][] = [];
+  if (size <= 2 * SAMPLE_EDGE + SAMPLE_COUNT * SAMPLE_MID) ranges.push([0, size]);
+  else {
+    ranges.push([0, SAMPLE_EDGE]);
+    const span = size - 2 * SAMPLE_EDGE - SAMPLE_MID;
+    for (let i = 1; i <= SAMPLE_COUNT; i++) {
+      ranges.push([SAMPLE_EDGE + Math.floor((span * i) / (SAMPLE_COUNT + 1)), SAMPLE_MID]);
+    }
+    ranges.push([size - SAMPLE_EDGE, SAMPLE_EDGE]);
+  }
+  const hash = createHash("sha256");
+  using f = await Deno.open(path, { read: true });
+  for (const [offset, length] of ranges) {
+    const buf = new Uint8Array(length);
+    await f.seek(offset, Deno.SeekMode.Start);
+    for (let got = 0; got < length;) {
+      const n = await f.read(buf.subarray(got));
+      if (n === null) {
+        throw new CheckpointError(path, `changed while being read (shorter than ${size} bytes)`);
+      }
+      got += n;
+    }
+    hash.update(buf);
+  }
+  return hash.digest("hex");
+}
+
+/** The identity of each source file (`dir/<file>`): size, mtime and sampled content. */
+async function sourceIdentity(dir: string, files: string[]): Promise<SourceFile[]> {
+  const out: SourceFile[] = [];
+  for (const file of files) {
+    const st = await Deno.stat(`${dir}/${file}`);
+    const sample = await sampleHash(`${dir}/${file}`, st.size);
+    out.push({ file, size: st.size, mtimeMs: st.mtime?.getTime() ?? 0, sample });
+  }
+  return out;
+}
+
+/** What a split is keyed on besides its source: a manifest (or journal) of another is redone. */
+interface SplitKey {
+  /** The part ids the model has, in order. */
+  parts: string[];
+  architecture: string;
+  dtype: StorageDType;
+  quantize?: BlockDType;
+}
+
+function sameKey(m: Partial<Manifest> | null, key: SplitKey, source: SourceFile[]): boolean {
+  return !!m && m.format === MANIFEST_FORMAT && m.dtype === key.dtype &&
+    m.quantize === key.quantize && m.architecture === key.architecture &&
+    Array.isArray(m.parts) && sameSource(m.source ?? [], source);
+}
+
+/**
+ * The split in `out` when it is complete and of this source and key: its parts exactly the ones
+ * the model has, and each part file's header saying what the manifest says (names, dtypes,
+ * shapes, offsets) — a manifest that disagrees with its files is redone, never loaded.
+ */
+async function reusable(
+  out: string,
+  key: SplitKey,
+  source: SourceFile[],
+): Promise<Manifest | null> {
+  const old = await readManifest(`${out}/manifest.json`);
+  if (!old || !sameKey(old, key, source) || !splitIsComplete(out, old)) return null;
+  if (old.parts.map((p) => p.id).join(",") !== key.parts.join(",")) return null;
+  for (const p of old.parts) if (!(await partAgrees(out, p))) return null;
+  return old;
+}
+
+/** Whether a part file's safetensors header holds exactly the manifest's tensors. */
+async function partAgrees(out: string, p: ManifestPart): Promise<boolean> {
+  let f: SafetensorsFile;
+  try {
+    f = await SafetensorsFile.open(`${out}/${p.file}`);
+  } catch {
+    return false;
+  }
+  try {
+    if (f.dataStart !== p.dataOffset || f.tensors.size !== p.tensors.length) return false;
+    return p.tensors.every((t) => {
+      const h = f.tensors.get(t.name);
+      return !!h && h.dtype === t.dtype && h.shape.join(",") === t.shape.join(",") &&
+        h.offset === p.dataOffset + t.offset && h.nbytes === t.nbytes;
+    });
+  } finally {
+    f.close();
+  }
+}
+
+const LOCK = ".lock";
+const JOURNAL = ".partial.json";
+/** Temp names of SafetensorsWriter (`.tmp-<base36>`) and of the manifest/journal (`.tmp-<uuid>`). */
+const TEMP = /\.(safetensors|json)\.tmp-[0-9a-z-]+$/;
+
+/**
+ * Takes the split directory's lock (an flock on `<out>/.lock`, held until the returned release;
+ * the kernel drops it when the holder dies, so a killed splitter leaves nothing to recover).
+ * Says so on stderr when it waits over a second for another process.
+ */
+async function lockSplit(out: string): Promise<() => void> {
+  const path = `${out}/${LOCK}`;
+  for (;;) {
+    const f = await Deno.open(path, { read: true, write: true, create: true });
+    const timer = setTimeout(() => {
+      let who = "another process";
+      try {
+        const pid = Deno.readTextFileSync(path).trim();
+        if (/^\d+$/.test(pid)) who = `process ${pid}`;
+      } catch { /* gone: about to be ours */ }
+      console.error(`rabbitllm: ${out}: waiting for ${who} splitting into it`);
+    }, 1000);
+    try {
+      await f.lock(true);
+    } catch (e) {
+      f.close();
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+    // A holder removes the file before releasing it: lock the file that is at the path now.
+    let current = false;
+    try {
+      current = (await Deno.stat(path)).ino === (await f.stat()).ino;
+    } catch { /* removed */ }
+    if (!current) {
+      f.close();
+      continue;
+    }
+    try {
+      await f.truncate(0);
+      await f.write(new TextEncoder().encode(`${Deno.pid}\n`));
+    } catch { /* the pid is for people; a full disk must not stop the split from saying so */ }
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      try {
+        Deno.removeSync(path);
+      } catch { /* already gone */ }
+      f.close();
+    };
+  }
+}
+
+/**
+ * Reuses the split in `out` when complete and of this source; else, holding its lock, checks
+ * again (another process may just have written it), removes temp files left by a killed split
+ * and writes it with `write`, resuming from the journal when it matches.
+ */
+async function splitOrReuse(
+  out: string,
+  key: SplitKey,
+  source: SourceFile[],
+  write: (resume: ManifestPart[]) => Promise<Manifest>,
+): Promise<Split> {
+  const done = await reusable(out, key, source);
+  if (done) {
+    // A splitter killed between its manifest and removing its journal left the journal: tidy.
+    await Deno.remove(`${out}/${JOURNAL}`).catch(() => {});
+    return { dir: out, manifest: done, reused: true };
+  }
+  const created = fileSize(out) < 0;
+  try {
+    await Deno.mkdir(out, { recursive: true });
+  } catch (e) {
+    throw new CheckpointError(out, `cannot create the split directory: ${(e as Error).message}`, {
+      cause: e,
+    });
+  }
+  const release = await lockSplit(out);
+  try {
+    const now = await reusable(out, key, source);
+    if (now) return { dir: out, manifest: now, reused: true };
+    for await (const e of Deno.readDir(out)) {
+      if (e.isFile && TEMP.test(e.name)) await Deno.remove(`${out}/${e.name}`).catch(() => {});
+    }
+    const journal = await readManifest(`${out}/${JOURNAL}`); // the manifest's format, checked alike
+    const resume = sameKey(journal, key, source) ? journal!.parts : [];
+    return { dir: out, manifest: await write(resume), reused: false };
+  } catch (e) {
+    release();
+    // An invalid checkpoint leaves no empty split directory behind.
+    if (created) await Deno.remove(out).catch(() => {});
+    throw e;
+  } finally {
+    release();
+  }
 }
 
 function splitIsComplete(dir: string, m: Manifest): boolean {
@@ -272,71 +569,153 @@ export async function splitCheckpoint(
   const suffix = opts.quantize ? `_${opts.quantize.toLowerCase()}` : "";
   const out = opts.layerShardsSavingPath ?? `${dir}/rabbitllm_split_${opts.dtype}${suffix}`;
   const { files, weightMap } = await listShards(dir);
-  const source = files.map((f) => {
-    const st = Deno.statSync(`${dir}/${f}`);
-    return { file: f, size: st.size, mtimeMs: st.mtime?.getTime() ?? 0 };
-  });
-  const manifestPath = `${out}/manifest.json`;
-  const old = await readManifest(manifestPath);
-  if (
-    old && old.format === MANIFEST_FORMAT && old.dtype === opts.dtype &&
-    old.quantize === opts.quantize &&
-    old.architecture === cfg.architecture && sameSource(old.source, source) &&
-    splitIsComplete(out, old)
-  ) {
-    return { dir: out, manifest: old, reused: true };
-  }
-
-  const shards: SafetensorsFile[] = [];
-  try {
-    for (const f of files) shards.push(await SafetensorsFile.open(`${dir}/${f}`));
-    const parts = assignTensors(dir, safetensorsSources(dir, shards, weightMap), family, cfg);
-    const target = STORAGE_TO_DTYPE[opts.dtype];
-    const manifest = await writeSplit(out, parts, cfg, source, opts, (id, tensors) => {
-      const blocks = opts.quantize ? quantizedLocals(family, cfg, id, opts.quantize) : new Map();
-      return tensors.map((t): DType => blocks.get(t.local) ?? target);
-    });
-    return { dir: out, manifest, reused: false };
-  } finally {
-    for (const s of shards) s.close();
-  }
-}
-
-/** Writes every part, then the manifest (last, atomically: a split without one is redone). */
-async function writeSplit(
-  out: string,
-  parts: Map<string, SourceTensor[]>,
-  cfg: ModelConfig,
-  source: Manifest["source"],
-  opts: SplitOptions,
-  targetsOf: (id: string, tensors: SourceTensor[]) => DType[],
-): Promise<Manifest> {
-  const manifestPath = `${out}/manifest.json`;
-  await Deno.mkdir(out, { recursive: true });
-  await Deno.remove(manifestPath).catch(() => {});
-  const total = [...parts.values()].flat().reduce((s, t) => s + t.nbytes, 0);
-  let done = 0;
-  const manifestParts: ManifestPart[] = [];
-  for (const [id, tensors] of parts) {
-    manifestParts.push(
-      await writePart(out, id, tensors, targetsOf(id, tensors), (n) => {
-        done += n;
-        opts.onProgress?.(done, total);
-      }),
-    );
-  }
-  const manifest: Manifest = {
-    format: MANIFEST_FORMAT,
+  const source = await sourceIdentity(dir, files);
+  const key: SplitKey = {
+    parts: partOrder(cfg).map(partId),
     architecture: cfg.architecture,
     dtype: opts.dtype,
     ...(opts.quantize ? { quantize: opts.quantize } : {}),
-    source,
-    parts: manifestParts,
   };
-  const tmp = `${manifestPath}.tmp-${crypto.randomUUID()}`;
-  await Deno.writeTextFile(tmp, JSON.stringify(manifest, null, 1));
-  await Deno.rename(tmp, manifestPath);
-  return manifest;
+  return await splitOrReuse(out, key, source, async (resume) => {
+    const shards: SafetensorsFile[] = [];
+    try {
+      for (const f of files) shards.push(await SafetensorsFile.open(`${dir}/${f}`));
+      const parts = assignTensors(dir, safetensorsSources(dir, shards, weightMap), family, cfg);
+      const target = STORAGE_TO_DTYPE[opts.dtype];
+      return await writeSplit(out, parts, key, source, resume, opts, (id, tensors) => {
+        const blocks = opts.quantize ? quantizedLocals(family, cfg, id, opts.quantize) : new Map();
+        return tensors.map((t): DType => blocks.get(t.local) ?? target);
+      }, () => checkSource(dir, files, source));
+    } finally {
+      for (const s of shards) s.close();
+    }
+  });
+}
+
+/** Throws when a source file changed since `source` was taken (before the manifest is written). */
+async function checkSource(dir: string, files: string[], source: SourceFile[]): Promise<void> {
+  let now: SourceFile[] | null = null;
+  try {
+    now = await sourceIdentity(dir, files);
+  } catch { /* removed or shrunk: changed */ }
+  const i = source.findIndex((s, i) =>
+    !now || s.size !== now[i].size || s.mtimeMs !== now[i].mtimeMs || s.sample !== now[i].sample
+  );
+  if (i >= 0) {
+    throw new CheckpointError(
+      `${dir}/${source[i].file}`,
+      "changed while it was being split; the split was not finished (run again to split the new file)",
+    );
+  }
+}
+
+function isNoSpace(e: unknown): boolean {
+  const code = (x: unknown) => (x as { code?: unknown } | null)?.code;
+  return code(e) === "ENOSPC" || code((e as { cause?: unknown } | null)?.cause) === "ENOSPC";
+}
+
+/**
+ * Writes every part not already finished (`resume`: the journal's parts, reused in order while
+ * their files have their sizes), journaling each, then checks the source is unchanged and writes
+ * the manifest (last, atomically: a split without one is redone or resumed). A full disk is a
+ * CheckpointError naming the file and the bytes the split needs.
+ */
+async function writeSplit(
+  out: string,
+  parts: Map<string, SourceTensor[]>,
+  key: SplitKey,
+  source: Manifest["source"],
+  resume: ManifestPart[],
+  opts: SplitOptions,
+  targetsOf: (id: string, tensors: SourceTensor[]) => DType[],
+  checkSource: () => Promise<void>,
+): Promise<Manifest> {
+  const manifestPath = `${out}/manifest.json`;
+  await Deno.remove(manifestPath).catch(() => {});
+  const total = [...parts.values()].flat().reduce((s, t) => s + t.nbytes, 0);
+  const targets = new Map([...parts].map(([id, ts]) => [id, targetsOf(id, ts)]));
+  // What the split takes on disk: the data, and a header page per part (at least).
+  const need = [...parts].reduce(
+    (s, [id, ts]) =>
+      s + SPLIT_DATA_ALIGN +
+      ts.reduce((n, t, i) => n + tensorBytes(targets.get(id)![i], t.shape), 0),
+    0,
+  );
+  const head = {
+    format: MANIFEST_FORMAT,
+    architecture: key.architecture,
+    dtype: key.dtype,
+    ...(key.quantize ? { quantize: key.quantize } : {}),
+    source,
+  };
+  let done = 0;
+  let written = 0;
+  let current = out;
+  const manifestParts: ManifestPart[] = [];
+  try {
+    for (const [id, tensors] of parts) {
+      const prev = resume[manifestParts.length];
+      if (
+        typeof prev === "object" && prev !== null && prev.id === id &&
+        prev.file === `${id}.safetensors` && typeof prev.sha256 === "string" &&
+        Array.isArray(prev.tensors) && fileSize(`${out}/${prev.file}`) === prev.bytes
+      ) {
+        manifestParts.push(prev);
+        done += tensors.reduce((s, t) => s + t.nbytes, 0);
+        written += prev.bytes;
+        opts.onProgress?.(done, total);
+        continue;
+      }
+      resume = []; // from the first part redone on, everything is
+      current = `${out}/${id}.safetensors`;
+      const part = await writePart(out, id, tensors, targets.get(id)!, (n) => {
+        done += n;
+        opts.onProgress?.(done, total);
+      });
+      manifestParts.push(part);
+      written += part.bytes;
+      current = `${out}/${JOURNAL}`;
+      await writeAtomic(current, JSON.stringify({ ...head, parts: manifestParts }));
+    }
+    await checkSource();
+    const manifest: Manifest = { ...head, parts: manifestParts };
+    current = manifestPath;
+    await writeAtomic(manifestPath, JSON.stringify(manifest, null, 1));
+    await Deno.remove(`${out}/${JOURNAL}`).catch(() => {});
+    return manifest;
+  } catch (e) {
+    if (!isNoSpace(e)) throw e;
+    throw new CheckpointError(
+      current,
+      `no space left on device: the split needs about ${need} bytes in ${out} ` +
+        `(${written} written in ${manifestParts.length} finished parts, kept to resume: ` +
+        `free space and run again, or remove ${out})`,
+      { cause: e },
+    );
+  }
+}
+
+function fileSize(path: string): number {
+  try {
+    return Deno.statSync(path).size;
+  } catch {
+    return -1;
+  }
+}
+
+/** Writes `text` to a temp name, flushes it and renames it to `path`; no temp is left on error. */
+async function writeAtomic(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp-${crypto.randomUUID()}`;
+  try {
+    using f = await Deno.open(tmp, { write: true, createNew: true });
+    const data = new TextEncoder().encode(text);
+    for (let off = 0; off < data.length;) off += await f.write(data.subarray(off));
+    await f.syncData();
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
 }
 
 /**
@@ -354,41 +733,38 @@ export async function splitGguf(
   const slash = g.file.lastIndexOf("/");
   const base = g.file.slice(slash + 1).replace(/\.gguf$/i, "");
   const out = opts.layerShardsSavingPath ?? `${g.file.slice(0, slash)}/rabbitllm_split_${base}`;
-  const st = Deno.statSync(g.file);
-  const source = [{
-    file: g.file.slice(slash + 1),
-    size: st.size,
-    mtimeMs: st.mtime?.getTime() ?? 0,
-  }];
-  const old = await readManifest(`${out}/manifest.json`);
-  if (
-    old && old.format === MANIFEST_FORMAT && old.dtype === opts.dtype && !old.quantize &&
-    old.architecture === cfg.architecture && sameSource(old.source, source) &&
-    splitIsComplete(out, old)
-  ) {
-    return { dir: out, manifest: old, reused: true };
-  }
-  using f = await Deno.open(g.file, { read: true });
-  const sources: Unplaced[] = g.tensors.map((t) => ({
-    path: g.file,
-    name: t.gguf === t.name ? t.name : `${t.name} (from ${t.gguf})`,
-    dtype: t.dtype,
-    shape: t.shape,
-    nbytes: t.nbytes,
-    read: () => readGgufTensor(f, t),
-  }));
-  // Placement is by the Hugging Face name; errors name the GGUF tensor too.
-  const byHf = sources.map((s, i) => ({ ...s, hf: g.tensors[i].name }));
-  const parts = assignTensors(g.file, byHf, family, cfg, "the GGUF metadata");
-  const manifest = await writeSplit(
-    out,
-    parts,
-    cfg,
-    source,
-    opts,
-    (_id, ts) => ts.map((t) => t.dtype),
-  );
-  return { dir: out, manifest, reused: false };
+  const srcDir = g.file.slice(0, slash);
+  const files = [g.file.slice(slash + 1)];
+  const source = await sourceIdentity(srcDir, files);
+  const key: SplitKey = {
+    parts: partOrder(cfg).map(partId),
+    architecture: cfg.architecture,
+    dtype: opts.dtype,
+  };
+  return await splitOrReuse(out, key, source, async (resume) => {
+    using f = await Deno.open(g.file, { read: true });
+    const sources: Unplaced[] = g.tensors.map((t) => ({
+      path: g.file,
+      name: t.gguf === t.name ? t.name : `${t.name} (from ${t.gguf})`,
+      dtype: t.dtype,
+      shape: t.shape,
+      nbytes: t.nbytes,
+      read: () => readGgufTensor(f, t),
+    }));
+    // Placement is by the Hugging Face name; errors name the GGUF tensor too.
+    const byHf = sources.map((s, i) => ({ ...s, hf: g.tensors[i].name }));
+    const parts = assignTensors(g.file, byHf, family, cfg, "the GGUF metadata");
+    return await writeSplit(
+      out,
+      parts,
+      key,
+      source,
+      resume,
+      opts,
+      (_id, ts) => ts.map((t) => t.dtype),
+      () => checkSource(srcDir, files, source),
+    );
+  });
 }
 
 /** The tensors of safetensors shards, checked against the index's weight map. */
@@ -440,12 +816,7 @@ function assignTensors(
   cfg: ModelConfig,
   configSource = "config.json",
 ): Map<string, SourceTensor[]> {
-  const order: Part[] = [
-    { kind: "embed" },
-    ...Array.from({ length: cfg.numLayers }, (_, index) => ({ kind: "layer" as const, index })),
-    { kind: "norm" },
-    ...(cfg.tieWordEmbeddings ? [] : [{ kind: "lm_head" as const }]),
-  ];
+  const order = partOrder(cfg);
   const parts = new Map<string, SourceTensor[]>(order.map((p) => [partId(p), []]));
   const seen = new Set<string>();
   for (const src of sources) {
