@@ -808,6 +808,24 @@ function safetensorsSources(
   return out;
 }
 
+/**
+ * The name a checkpoint gives the tensor `local` of `part` (the one a user greps for), when the
+ * family places the usual Hugging Face name there; else null.
+ */
+function checkpointName(family: Family, cfg: ModelConfig, part: Part, local: string) {
+  const candidates = part.kind === "layer"
+    ? [`model.layers.${part.index}.${local}`]
+    : part.kind === "embed"
+    ? [`model.embed_tokens.${local}`]
+    : part.kind === "norm"
+    ? [`model.norm.${local}`, `model.final_layernorm.${local}`]
+    : [`lm_head.${local}`];
+  return candidates.find((name) => {
+    const p = family.place(name, cfg);
+    return p?.part && partId(p.part) === partId(part) && p.local === local;
+  }) ?? null;
+}
+
 /** Places every tensor of the shards into parts (in model order) and validates names/shapes. */
 function assignTensors(
   dir: string,
@@ -841,7 +859,9 @@ function assignTensors(
       if (!t) {
         throw new CheckpointError(
           dir,
-          `missing tensor ${e.local} of part ${partId(part)} (${cfg.architecture})`,
+          `missing tensor ${
+            checkpointName(family, cfg, part, e.local) ?? `${e.local} of part ${partId(part)}`
+          } (${cfg.architecture})`,
         );
       }
       if (t.shape.join(",") !== e.shape.join(",")) {

@@ -146,6 +146,54 @@ Deno.test("cli: rabbit generate runs end to end in a subprocess", async () => {
   assert.match(err, /layers/);
 });
 
+Deno.test("cli: SIGINT during rabbit generate stops it mid-stream; the next run works", async () => {
+  const split = await Deno.makeTempDir({ prefix: "rabbit-sigint-" });
+  const child = (n: number) =>
+    new Deno.Command("deno", {
+      args: [
+        "run",
+        "--allow-read",
+        "--allow-write",
+        "--allow-env",
+        `--allow-ffi=${ROOT}build`,
+        "--allow-sys=systemMemoryInfo",
+        `${ROOT}cli.ts`,
+        "generate",
+        "--model",
+        STORIES,
+        "--split-dir",
+        split,
+        "--prompt",
+        "Once upon a time",
+        "-n",
+        String(n),
+        "-q",
+      ],
+      env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  const p = child(480);
+  // Interrupt once the story is streaming (the split is written by then).
+  const reader = p.stdout.getReader();
+  let seen = "";
+  while (seen.length < 40) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    seen += new TextDecoder().decode(value);
+  }
+  p.kill("SIGINT");
+  reader.releaseLock();
+  const [status] = await Promise.all([p.status, p.stdout.cancel(), p.stderr.cancel()]);
+  assert.ok(!status.success, "interrupted, not finished");
+  assert.ok(status.signal === "SIGINT" || status.code === 130, JSON.stringify(status));
+  // The split it left is complete (it was reused) and a new run generates as before.
+  const again = await child(12).output();
+  assert.equal(again.code, 0, new TextDecoder().decode(again.stderr));
+  assert.ok(new TextDecoder().decode(again.stdout).startsWith(seen.slice(0, 20)));
+  await Deno.remove(split, { recursive: true });
+});
+
 Deno.test("cli: chat keeps the KV cache across turns and answers like a fresh run", async () => {
   const dir = await chatModel();
   try {
