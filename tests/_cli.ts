@@ -21,3 +21,26 @@ export async function run(
   });
   return { code, out, err };
 }
+
+/**
+ * `rabbit <args>` as a child process (`deno run cli.ts`) with the permissions the CLI needs for a
+ * local model; stdout and stderr piped.
+ */
+export function cliProcess(args: string[]): Deno.Command {
+  const root = new URL("..", import.meta.url).pathname;
+  return new Deno.Command("deno", {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      `--allow-ffi=${root}build`,
+      "--allow-sys=systemMemoryInfo",
+      `${root}cli.ts`,
+      ...args,
+    ],
+    env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  });
+}

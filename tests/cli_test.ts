@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { run } from "./_cli.ts";
+import { cliProcess, run } from "./_cli.ts";
 import { AutoModel, InputError } from "../mod.ts";
 import { FakeHub } from "./fake_hub.ts";
 
@@ -113,26 +113,16 @@ Deno.test("cli: errors are one line naming the problem, exit 1", async () => {
 });
 
 Deno.test("cli: rabbit generate runs end to end in a subprocess", async () => {
-  const cmd = new Deno.Command("deno", {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      `--allow-ffi=${ROOT}build`,
-      "--allow-sys=systemMemoryInfo",
-      `${ROOT}cli.ts`,
-      "generate",
-      "--model",
-      STORIES,
-      "--prompt",
-      "Once upon a time",
-      "-n",
-      "30",
-      "--profile",
-    ],
-    env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
-  });
+  const cmd = cliProcess([
+    "generate",
+    "--model",
+    STORIES,
+    "--prompt",
+    "Once upon a time",
+    "-n",
+    "30",
+    "--profile",
+  ]);
   const r = await cmd.output();
   const out = new TextDecoder().decode(r.stdout), err = new TextDecoder().decode(r.stderr);
   assert.equal(r.code, 0, err);
@@ -148,31 +138,19 @@ Deno.test("cli: rabbit generate runs end to end in a subprocess", async () => {
 
 Deno.test("cli: SIGINT during rabbit generate stops it mid-stream; the next run works", async () => {
   const split = await Deno.makeTempDir({ prefix: "rabbit-sigint-" });
-  const child = (n: number) =>
-    new Deno.Command("deno", {
-      args: [
-        "run",
-        "--allow-read",
-        "--allow-write",
-        "--allow-env",
-        `--allow-ffi=${ROOT}build`,
-        "--allow-sys=systemMemoryInfo",
-        `${ROOT}cli.ts`,
-        "generate",
-        "--model",
-        STORIES,
-        "--split-dir",
-        split,
-        "--prompt",
-        "Once upon a time",
-        "-n",
-        String(n),
-        "-q",
-      ],
-      env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
+  const args = (n: number) => [
+    "generate",
+    "--model",
+    STORIES,
+    "--split-dir",
+    split,
+    "--prompt",
+    "Once upon a time",
+    "-n",
+    String(n),
+    "-q",
+  ];
+  const child = (n: number) => cliProcess(args(n)).spawn();
   const p = child(480);
   // Interrupt once the story is streaming (the split is written by then).
   const reader = p.stdout.getReader();
