@@ -72,7 +72,8 @@ export const GGUF_ARCHITECTURES: readonly string[] = Object.keys(ARCHES).sort();
 export interface GgufSourceTensor {
   /** The Hugging Face name. */
   name: string;
-  /** The GGUF tensor it comes from (named in errors). */
+  /** The GGUF file and tensor it comes from (named in errors). */
+  file: string;
   gguf: string;
   dtype: DType;
   shape: number[];
@@ -268,13 +269,7 @@ async function ropeFreqs(
     );
   }
   using f = await Deno.open(h.file, { read: true });
-  const bytes = new Uint8Array(t.nbytes);
-  await f.seek(t.offset, Deno.SeekMode.Start);
-  for (let at = 0; at < bytes.length;) {
-    const n = await f.read(bytes.subarray(at));
-    if (n === null) throw new GgufError(h.file, where, "file ended inside its data");
-    at += n;
-  }
+  const bytes = await readRange(f, h.file, where, t.offset, t.nbytes);
   const factors = Array.from(new Float32Array(bytes.buffer));
   if (!factors.every((x) => Number.isFinite(x) && x > 0)) {
     throw new GgufError(h.file, where, "rope frequency factors must be finite and positive");
@@ -361,6 +356,7 @@ export async function openGguf(path: string): Promise<GgufCheckpoint> {
   const whole = (t: GgufTensor, name: string, extra: Partial<GgufSourceTensor> = {}) =>
     tensors.push({
       name,
+      file: path,
       gguf: t.name,
       dtype: t.type as DType,
       shape: t.shape,
@@ -399,6 +395,7 @@ export async function openGguf(path: string): Promise<GgufCheckpoint> {
         for (let e = 0; e < experts; e++) {
           tensors.push({
             name: `${prefix}mlp.experts.${e}.${proj}.weight`,
+            file: path,
             gguf: t.name,
             dtype: t.type as DType,
             shape: t.shape.slice(1),
@@ -431,15 +428,27 @@ export async function openGguf(path: string): Promise<GgufCheckpoint> {
   return { file: path, architecture: arch.architecture, header: h, config, tensors };
 }
 
+/** `n` bytes of the open GGUF file `f` from `offset`; a GgufError naming `where` if it ends first. */
+async function readRange(
+  f: Deno.FsFile,
+  file: string,
+  where: string,
+  offset: number,
+  n: number,
+): Promise<Uint8Array> {
+  const buf = new Uint8Array(n);
+  await f.seek(offset, Deno.SeekMode.Start);
+  for (let at = 0; at < n;) {
+    const got = await f.read(buf.subarray(at));
+    if (got === null) throw new GgufError(file, where, "file ended inside its data");
+    at += got;
+  }
+  return buf;
+}
+
 /** The bytes of a source tensor, with the converter's changes undone. */
 export async function readGgufTensor(f: Deno.FsFile, t: GgufSourceTensor): Promise<Uint8Array> {
-  const buf = new Uint8Array(t.nbytes);
-  await f.seek(t.offset, Deno.SeekMode.Start);
-  for (let at = 0; at < buf.length;) {
-    const n = await f.read(buf.subarray(at));
-    if (n === null) throw new GgufError("", `tensor ${t.gguf}`, "file ended inside its data");
-    at += n;
-  }
+  const buf = await readRange(f, t.file, `tensor ${t.gguf}`, t.offset, t.nbytes);
   if (!t.transform) return buf;
   if (t.transform.kind === "minusOne") {
     const x = new Float32Array(buf.buffer);
