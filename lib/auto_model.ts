@@ -7,6 +7,8 @@ import { Backend, ensureLibrary } from "../ffi/backend.ts";
 import {
   findCheckpoint,
   type Manifest,
+  partId,
+  partOrder,
   type Split,
   splitCheckpoint,
   splitGguf,
@@ -271,14 +273,8 @@ function openBackend(device: string, threads: number | undefined): Backend {
 /** Checks a split's parts against what the family expects, so a stale split never loads. */
 function checkManifest(m: Manifest, family: Family, cfg: ModelConfig, dir: string): void {
   const byId = new Map(m.parts.map((p) => [p.id, p]));
-  const want = [
-    { kind: "embed" as const },
-    ...Array.from({ length: cfg.numLayers }, (_, index) => ({ kind: "layer" as const, index })),
-    { kind: "norm" as const },
-    ...(cfg.tieWordEmbeddings ? [] : [{ kind: "lm_head" as const }]),
-  ];
-  for (const part of want) {
-    const id = part.kind === "layer" ? `layer.${part.index}` : part.kind;
+  for (const part of partOrder(cfg)) {
+    const id = partId(part);
     const p = byId.get(id);
     if (!p) throw new CheckpointError(`${dir}/manifest.json`, `part ${id} is missing`);
     const have = new Map(p.tensors.map((t) => [t.name, t.shape.join(",")]));

@@ -106,7 +106,7 @@ export interface SourceFile {
 }
 
 /** The parts of a model in order: embed, each layer, norm, and lm_head unless tied. */
-function partOrder(cfg: ModelConfig): Part[] {
+export function partOrder(cfg: ModelConfig): Part[] {
   return [
     { kind: "embed" },
     ...Array.from({ length: cfg.numLayers }, (_, index) => ({ kind: "layer" as const, index })),
