@@ -354,6 +354,17 @@ async function accepts(cc: string, dir: string, flags: string[], code: string): 
 }
 
 /**
+ * Promise.all that waits for every promise before throwing the first failure, so no fetch or
+ * compiler is still writing into a folder its caller is about to remove.
+ */
+async function allSettled<T>(ps: Promise<T>[]): Promise<T[]> {
+  const rs = await Promise.allSettled(ps);
+  const bad = rs.find((r) => r.status === "rejected");
+  if (bad) throw (bad as PromiseRejectedResult).reason;
+  return rs.map((r) => (r as PromiseFulfilledResult<T>).value);
+}
+
+/**
  * Puts the sources into `work` (remote: fetched from `root` and checked against the manifest) and
  * returns the directory to compile in.
  */
@@ -362,7 +373,7 @@ async function stageSources(root: URL, work: string, kind: LibraryKind): Promise
   const wanted = NATIVE_SOURCES.filter(([p]) =>
     kind === "cuda" || p.startsWith("cpu/") || p.startsWith("ffi/")
   );
-  await Promise.all(wanted.map(async ([p, hash]) => {
+  await allSettled(wanted.map(async ([p, hash]) => {
     const url = new URL(p, root);
     let bytes: Uint8Array;
     try {
@@ -477,7 +488,7 @@ async function buildCuda(
     p.startsWith("cuda/") && p.endsWith(".cu")
   );
   log(`rabbitllm: building the cuda backend from source with ${nvcc} (${cus.length} files)`);
-  const objs = await Promise.all(cus.map(async (f) => {
+  const objs = await allSettled(cus.map(async (f) => {
     const o = `${work}/${f.slice(5, -3)}.o`;
     await run(nvcc, [
       "--threads",
