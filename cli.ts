@@ -217,15 +217,59 @@ async function streamOut(
   input: Parameters<CausalLM["stream"]>[0],
   o: GenerateOptions,
   out: (s: string) => void,
+  stop?: { readonly stopReply: boolean },
 ): Promise<{ text: string; tokens: number; seconds: number }> {
   let text = "", tokens = 0;
   const t0 = performance.now();
+  let yielded = t0;
   for await (const c of model.stream(input, o)) {
     tokens++;
     text += c.text;
     out(c.text);
+    if (stop && performance.now() - yielded > 20) {
+      // Steps on resident layers never wait on the event loop: give a Ctrl-C its turn.
+      await new Promise((r) => setTimeout(r, 0));
+      yielded = performance.now();
+    }
+    if (stop?.stopReply) break; // ends the stream: the model is free, its cache consistent
   }
   return { text, tokens, seconds: (performance.now() - t0) / 1000 };
+}
+
+/**
+ * SIGINT (Ctrl-C) in an interactive chat: while a reply is written it stops that reply (the chat
+ * goes on); at the prompt it ends the chat (exit status 130). Listens while in scope.
+ */
+class ChatInterrupts {
+  /** A reply is being written. */
+  replying = false;
+  /** Ctrl-C came while replying: stop the reply. */
+  stopReply = false;
+  /** Ctrl-C came at the prompt: end the chat. */
+  quit = false;
+  readonly #installed: boolean;
+
+  constructor(private readonly onQuit: () => void) {
+    try {
+      Deno.addSignalListener("SIGINT", this.interrupt);
+      this.#installed = true;
+    } catch {
+      this.#installed = false; // no signals here (Windows): Ctrl-C keeps its default
+    }
+  }
+
+  /** What Ctrl-C does now. */
+  readonly interrupt = (): void => {
+    if (this.replying) this.stopReply = true;
+    else {
+      this.quit = true;
+      this.onQuit();
+    }
+  };
+
+  [Symbol.dispose](): void {
+    if (this.#installed) Deno.removeSignalListener("SIGINT", this.interrupt);
+  }
 }
 
 /** Options of each command besides --help; `positionals`: the operands it takes. */
@@ -416,7 +460,11 @@ export async function main(
     const messages: ChatMessage[] = v.system
       ? [{ role: "system", content: v.system as string }]
       : [];
-    const lines = io.input ?? createInterface({ input: process.stdin });
+    const rl = io.input ? null : createInterface({ input: process.stdin });
+    const lines = io.input ?? rl!;
+    // Ctrl-C stops the reply being written (back to the prompt); at the prompt it ends the chat.
+    using ctrlC = new ChatInterrupts(() => rl?.close());
+    rl?.on("SIGINT", ctrlC.interrupt); // a terminal's ^C reaches readline, not the process
     io.err(
       templated
         ? `chatting with ${lm.config.architecture} (empty line to end)\n`
@@ -425,20 +473,24 @@ export async function main(
     );
     io.out("> ");
     for await (const line of lines) {
-      if (line.trim() === "") break;
+      if (line.trim() === "" || ctrlC.quit) break;
+      ctrlC.replying = true;
       if (templated) {
         messages.push({ role: "user", content: line });
-        const r = await streamOut(lm, messages, o, io.out);
+        const r = await streamOut(lm, messages, o, io.out, ctrlC);
         messages.push({ role: "assistant", content: r.text });
       } else {
         io.out(line);
-        await streamOut(lm, line, o, io.out);
+        await streamOut(lm, line, o, io.out, ctrlC);
       }
+      ctrlC.replying = false;
+      if (ctrlC.stopReply) io.err("\n[interrupted]");
+      ctrlC.stopReply = false;
       io.out("\n> ");
     }
     io.out("\n");
     if (v.profile) io.err(lm.profiler.summary() + "\n");
-    return 0;
+    return ctrlC.quit ? 130 : 0;
   } catch (e) {
     if (
       e instanceof RabbitError || e instanceof Deno.errors.NotCapable ||

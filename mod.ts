@@ -65,6 +65,7 @@ export {
   BackendError,
   CheckpointError,
   ConfigError,
+  DeviceMemoryError,
   GgufError,
   HubError,
   type HubErrorKind,

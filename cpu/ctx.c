@@ -184,6 +184,18 @@ static void *table_alloc(rl_ctx *ctx, alloc_table *t, size_t align, uint64_t byt
 }
 
 RL_API void *rl_alloc(rl_ctx *ctx, uint64_t bytes) {
+  if (ctx && bytes > 0 && ctx->options[OPT_DEVICE_MEMORY_LIMIT] > 0) {
+    const uint64_t limit = (uint64_t)ctx->options[OPT_DEVICE_MEMORY_LIMIT];
+    const uint64_t live = ctx->stats[RL_STAT_LIVE_BYTES];
+    if (bytes > limit - (live < limit ? live : limit)) {
+      cpu_fail(ctx, RL_ERR_OOM, __func__,
+               "out of memory allocating %llu bytes of device memory (%llu free, %llu live; "
+               "device_memory_limit %llu)",
+               (unsigned long long)bytes, (unsigned long long)(live < limit ? limit - live : 0),
+               (unsigned long long)live, (unsigned long long)limit);
+      return NULL;
+    }
+  }
   /* Big blocks (layer slots) are page aligned, so direct I/O can read a layer file into them. */
   void *p = table_alloc(ctx, ctx ? &ctx->allocs : NULL, bytes >= (64u << 10) ? 4096 : 64, bytes,
                         __func__, "device memory");
@@ -269,8 +281,9 @@ RL_API int32_t rl_copy(rl_ctx *ctx, void *dst, const void *src, uint64_t bytes) 
 /* ----------------------------------------------------------------------------------------------
  * Options and timing marks */
 
-static const char *const OPTION_KEYS[OPT_COUNT] = {"attn_impl", "pin_memory", "async_copy",
-                                                    "drop_behind", "int8_activations"};
+static const char *const OPTION_KEYS[OPT_COUNT] = {"attn_impl",   "pin_memory",
+                                                    "async_copy",  "drop_behind",
+                                                    "int8_activations", "device_memory_limit"};
 
 static int option_index(const uint8_t *key) {
   for (int i = 0; i < OPT_COUNT; i++)
@@ -287,7 +300,8 @@ RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value) {
     return cpu_fail(ctx, RL_ERR_UNSUPPORTED, __func__,
                     "attn_impl flash: the CPU backend has one attention (cpu/attention.c, an "
                     "online softmax over key blocks), reported as eager");
-  REQUIRE(value >= 0 && value <= (i == OPT_ATTN_IMPL ? 2 : 1), "%s: value %lld out of range", key,
+  REQUIRE(value >= 0 && (i == OPT_DEVICE_MEMORY_LIMIT || value <= (i == OPT_ATTN_IMPL ? 2 : 1)),
+          "%s: value %lld out of range", key,
           (long long)value);
   /* pin_memory and async_copy concern GPU transfers; the CPU reads straight into place.
    * int8_activations: rl_matmul's GEMV on q8_0 / q4_0 weights (matmul.c). */
@@ -303,7 +317,13 @@ RL_API int64_t rl_get_option(rl_ctx *ctx, const uint8_t *key) {
   if (strcmp((const char *)key, "device_memory") == 0)
     return (int64_t)sysconf(_SC_PHYS_PAGES) * (int64_t)sysconf(_SC_PAGESIZE);
   if (strcmp((const char *)key, "map_files") == 0) return 1;
-  /* "device_memory_free": -1, host memory is the engine's to budget (cgroups, page cache). */
+  /* "device_memory_free": the room left under device_memory_limit; without one -1, host memory
+   * is the engine's to budget (cgroups, page cache). */
+  if (strcmp((const char *)key, "device_memory_free") == 0) {
+    const uint64_t limit = (uint64_t)ctx->options[OPT_DEVICE_MEMORY_LIMIT];
+    const uint64_t live = ctx->stats[RL_STAT_LIVE_BYTES];
+    return limit == 0 ? -1 : (int64_t)(live < limit ? limit - live : 0);
+  }
   return -1;
 }
 

@@ -39,6 +39,7 @@ enum {
   OPT_ASYNC_COPY,
   OPT_DROP_BEHIND,
   OPT_INT8_ACTIVATIONS,
+  OPT_DEVICE_MEMORY_LIMIT, /* bytes rl_alloc may hold live in all; 0 = no limit */
   OPT_COUNT
 };
 

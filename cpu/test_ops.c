@@ -293,6 +293,25 @@ static void test_memory(void) {
   check(ok && stat_of(ctx, RL_STAT_LIVE_BYTES) == 400 &&
             stat_of(ctx, RL_STAT_ALLOCS) == stat_of(ctx, RL_STAT_FREES) + 2,
         "every remaining block frees");
+
+  /* device_memory_limit: allocations past it fail as out of memory (the engine's injected
+   * device-allocation fault); device_memory_free reports the room left under it. */
+  check(rl_get_option(ctx, (const uint8_t *)"device_memory_free") == -1,
+        "no limit: device_memory_free is -1 (the host budget is the engine's)");
+  check(rl_set_option(ctx, (const uint8_t *)"device_memory_limit", 1000) == RL_OK &&
+            rl_get_option(ctx, (const uint8_t *)"device_memory_free") == 600,
+        "limit 1000 with 400 live leaves 600 free");
+  check_alloc_fails(ctx, 601, "601 bytes of device memory (600 free, 400 live");
+  void *fits = rl_alloc(ctx, 600);
+  check(fits != NULL && rl_get_option(ctx, (const uint8_t *)"device_memory_free") == 0,
+        "an allocation of exactly the room left succeeds");
+  check_alloc_fails(ctx, 1, "out of memory");
+  rl_free(ctx, fits);
+  check_error(ctx, rl_set_option(ctx, (const uint8_t *)"device_memory_limit", -1), RL_ERR_INVALID,
+              "rl_set_option", "out of range");
+  check(rl_set_option(ctx, (const uint8_t *)"device_memory_limit", 0) == RL_OK &&
+            rl_get_option(ctx, (const uint8_t *)"device_memory_free") == -1,
+        "limit 0 removes it");
   rl_destroy(ctx); /* b and c are still live: rl_destroy releases them */
   rl_destroy(NULL);
 }

@@ -1604,6 +1604,31 @@ static void test_options_and_marks(void) {
             GPU.set_option(g, KEY("attn_impl"), 0) == RL_OK,
         "cuda: attn_impl set/get");
 
+  /* device_memory_limit: both backends refuse an allocation past it the same way (RL_ERR_OOM,
+   * bytes requested and free in the message), report the room left, and allocate within it. */
+  for (int which = 0; which < 2; which++) {
+    backend *b = which ? &GPU : &CPU;
+    const char *name = which ? "cuda" : "cpu";
+    uint64_t st[RL_STAT_COUNT];
+    b->stats(b->ctx, st, RL_STAT_COUNT);
+    const uint64_t live = st[RL_STAT_LIVE_BYTES], limit = live + (1u << 20);
+    check(b->set_option(b->ctx, KEY("device_memory_limit"), (int64_t)limit) == RL_OK &&
+              b->get_option(b->ctx, KEY("device_memory_limit")) == (int64_t)limit,
+          "%s: device_memory_limit set/get", name);
+    const int64_t room = b->get_option(b->ctx, KEY("device_memory_free"));
+    check(room == 1 << 20, "%s: device_memory_free under the limit is %lld (want %d)", name,
+          (long long)room, 1 << 20);
+    void *big = b->alloc(b->ctx, (1u << 20) + 64);
+    const char *msg = last_error(b, b->ctx);
+    check(big == NULL && strstr(msg, "rl_alloc: out of memory allocating 1048640 bytes") &&
+              strstr(msg, "1048576 free"),
+          "%s: an allocation past device_memory_limit fails naming the bytes: \"%s\"", name, msg);
+    void *fits = b->alloc(b->ctx, 1u << 19);
+    check(fits != NULL, "%s: an allocation within device_memory_limit succeeds", name);
+    if (fits) b->free(b->ctx, fits);
+    check(b->set_option(b->ctx, KEY("device_memory_limit"), 0) == RL_OK, "%s: limit off", name);
+  }
+
   enum { N = 4096, K = 4096 };
   float *x = rand_floats(K, -1, 1);
   void *w = rand_tensor(RL_BF16, (int64_t)N * K);

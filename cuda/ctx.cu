@@ -275,18 +275,28 @@ RL_API int32_t rl_sync(rl_ctx *ctx) {
 static int32_t alloc_block(rl_ctx *ctx, uint64_t bytes, void **out) {
   ENTER_AS("rl_alloc");
   REQUIRE(bytes > 0, "bytes must be > 0, got 0");
+  uint64_t live;
+  {
+    std::lock_guard<std::mutex> guard(ctx->stats_lock);
+    live = ctx->stats[RL_STAT_LIVE_BYTES];
+  }
+  const uint64_t limit = (uint64_t)ctx->memory_limit;
+  if (limit > 0 && bytes > limit - (live < limit ? live : limit))
+    return cu_fail(ctx, RL_ERR_OOM, op,
+                   "out of memory allocating %llu bytes of device memory (%llu free, %llu live; "
+                   "device_memory_limit %llu)",
+                   (unsigned long long)bytes, (unsigned long long)(live < limit ? limit - live : 0),
+                   (unsigned long long)live, (unsigned long long)limit);
   void *p = NULL;
   const cudaError_t e = cudaMalloc(&p, bytes); /* 256-byte aligned */
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
-    uint64_t live;
-    {
-      std::lock_guard<std::mutex> guard(ctx->stats_lock);
-      live = ctx->stats[RL_STAT_LIVE_BYTES];
-    }
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
     return cu_fail(ctx, e == cudaErrorMemoryAllocation ? RL_ERR_OOM : RL_ERR_DEVICE, op,
-                   "out of memory allocating %llu bytes (%llu live): %s",
-                   (unsigned long long)bytes, (unsigned long long)live, cudaGetErrorString(e));
+                   "out of memory allocating %llu bytes of device memory (%llu free, %llu live): %s",
+                   (unsigned long long)bytes, (unsigned long long)free_b, (unsigned long long)live,
+                   cudaGetErrorString(e));
   }
   try {
     ctx->allocs.emplace(p, bytes);
@@ -516,11 +526,11 @@ int32_t upload_params(rl_ctx *ctx, const char *op, int which, const void *host, 
 /* ----------------------------------------------------------------------------------------------
  * Options */
 
-static const char *const OPTION_KEYS[4] = {"attn_impl", "pin_memory", "async_copy",
-                                           "drop_behind"};
+static const char *const OPTION_KEYS[5] = {"attn_impl", "pin_memory", "async_copy",
+                                           "drop_behind", "device_memory_limit"};
 
 static int option_index(const uint8_t *key) {
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < 5; i++)
     if (strcmp((const char *)key, OPTION_KEYS[i]) == 0) return i;
   return -1;
 }
@@ -529,7 +539,8 @@ static int64_t *option_slot(rl_ctx *ctx, int i) {
   return i == 0 ? &ctx->attn_impl
          : i == 1 ? &ctx->pin_memory
          : i == 2 ? &ctx->async_copy
-                  : &ctx->drop_behind;
+         : i == 3 ? &ctx->drop_behind
+                  : &ctx->memory_limit;
 }
 
 RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value) {
@@ -538,7 +549,7 @@ RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value) {
   const int i = option_index(key);
   if (i < 0)
     return cu_fail(ctx, RL_ERR_UNSUPPORTED, op, "unknown option \"%s\"", (const char *)key);
-  REQUIRE(value >= 0 && value <= (i == 0 ? 2 : 1), "%s: value %lld out of range",
+  REQUIRE(value >= 0 && (i == 4 || value <= (i == 0 ? 2 : 1)), "%s: value %lld out of range",
           (const char *)key, (long long)value);
   if (i == 0 && value == 1 && ctx->cc_major < 8)
     return cu_fail(ctx, RL_ERR_UNSUPPORTED, op, "attn_impl flash needs sm_80 or newer (sm_%d%d)",
@@ -567,6 +578,16 @@ RL_API int64_t rl_get_option(rl_ctx *ctx, const uint8_t *key) {
         cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
       (void)cudaGetLastError();
       return -1; /* the runtime cannot tell now */
+    }
+    if (ctx->memory_limit > 0) {
+      uint64_t live;
+      {
+        std::lock_guard<std::mutex> guard(ctx->stats_lock);
+        live = ctx->stats[RL_STAT_LIVE_BYTES];
+      }
+      const uint64_t limit = (uint64_t)ctx->memory_limit;
+      const uint64_t room = live < limit ? limit - live : 0;
+      if (room < free_b) return (int64_t)room;
     }
     return (int64_t)free_b;
   }

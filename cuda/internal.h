@@ -143,6 +143,7 @@ struct rl_ctx {
   std::vector<cudaEvent_t> marks; /* timing events; the first marks_used are recorded */
   size_t marks_used = 0;
   int64_t attn_impl = 0, pin_memory = 1, async_copy = 1, drop_behind = 0; /* options */
+  int64_t memory_limit = 0; /* option device_memory_limit: bytes rl_alloc may hold; 0 = none */
   loader load;
   std::mutex err_lock;
   char err[512] = {}; /* last error message, NUL-terminated */

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { BackendError } from "../lib/errors.ts";
+import { BackendError, DeviceMemoryError } from "../lib/errors.ts";
 import { ensureLibrary, type EnsureOptions, findLibrary } from "./native.ts";
 
 /** The ABI version this binding speaks; must equal the library's `rl_abi_version()`. */
@@ -306,10 +306,20 @@ export class Backend {
     }
   }
 
-  /** Device memory of `bytes` (64-byte aligned). */
+  /**
+   * Device memory of `bytes` (64-byte aligned). Lack of memory is a {@link DeviceMemoryError}
+   * with the bytes requested and free.
+   */
   alloc(bytes: number): DevPtr {
     const p = this.#lib.symbols.rl_alloc(this.#c, BigInt(bytes));
-    if (p === null) throw new BackendError("rl_alloc", lastError(this.#lib, this.#ctx));
+    if (p === null) {
+      const msg = lastError(this.#lib, this.#ctx);
+      if (/: out of memory allocating/.test(msg)) {
+        const free = this.getOption("device_memory_free");
+        throw new DeviceMemoryError(bytes, free < 0 ? null : free, this.stats().liveBytes, msg);
+      }
+      throw new BackendError("rl_alloc", msg);
+    }
     return p;
   }
 
@@ -449,7 +459,9 @@ export class Backend {
 
   /**
    * Sets a backend option ("attn_impl", "pin_memory", "async_copy", "drop_behind",
-   * "int8_activations" (CPU: int8 x int8 decode GEMV on q8_0 / q4_0 weights, off by default)).
+   * "int8_activations" (CPU: int8 x int8 decode GEMV on q8_0 / q4_0 weights, off by default),
+   * "device_memory_limit" (bytes allocations may hold in all, 0 = none; also injects allocation
+   * failures in tests)).
    */
   setOption(key: string, value: number): void {
     this.#check(

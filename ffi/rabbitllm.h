@@ -122,7 +122,9 @@ RL_API int32_t rl_sync(rl_ctx *ctx);
 
 /* ---- memory ----------------------------------------------------------------------------- */
 
-/* Allocates `bytes` of device memory (64-byte aligned). NULL on failure (see rl_last_error). */
+/* Allocates `bytes` of device memory (64-byte aligned). NULL on failure (see rl_last_error); for
+ * lack of memory the message reads "rl_alloc: out of memory allocating <bytes> bytes of device
+ * memory (<free> free, <live> live...)". */
 RL_API void *rl_alloc(rl_ctx *ctx, uint64_t bytes);
 /* Frees a pointer returned by rl_alloc (not a view). */
 RL_API int32_t rl_free(rl_ctx *ctx, void *p);
@@ -220,12 +222,17 @@ RL_API int64_t rl_read_sysfile(const uint8_t *path, uint8_t *buf, int64_t cap);
  *                 max|x_block| / 254 * sum|w_block| (plus f32 rounding); any non-finite x in a
  *                 block makes the results NaN. Other dtypes, M > 1 and value 0 are unaffected
  *                 (f32 math on the dequantized weights). The CPU backend only.
+ *   "device_memory_limit" 0 (default: none) / bytes: rl_alloc fails (RL_ERR_OOM) once its live
+ *                 bytes would pass this; "device_memory_free" reports at most the room left
+ *                 under it. Shares a device with other work, and injects allocation failures
+ *                 in tests (on the CPU too).
  * An unknown key or a value the backend cannot honour is RL_ERR_UNSUPPORTED with the reason. */
 RL_API int32_t rl_set_option(rl_ctx *ctx, const uint8_t *key, int64_t value);
 /* Reads an option or a capability: the keys above, plus "flash_available" (1/0),
  * "device_memory" (bytes of device memory, total), "device_memory_free" (bytes of device memory
- * free now; CPU: -1, the host's budget is the engine's to compute) and "map_files" (1 when rl_map
- * works: ops can read host file pages). Returns -1 for an unknown key. */
+ * free now; CPU: the room under device_memory_limit, else -1: the host's budget is the engine's
+ * to compute) and "map_files" (1 when rl_map works: ops can read host file pages). Returns -1
+ * for an unknown key. */
 RL_API int64_t rl_get_option(rl_ctx *ctx, const uint8_t *key);
 /* Records a timing mark after the ops issued so far (a CUDA event on the compute stream; the
  * host clock on CPU). Returns a mark id >= 0, or -1 on failure. Marks are recycled by

@@ -98,6 +98,34 @@ export class BackendError extends RabbitError {
   }
 }
 
+/**
+ * The device could not hold an allocation: `requested` bytes were asked for while `free` bytes
+ * were free (null when the backend cannot tell) and `live` were held by this model's context.
+ * Nothing half-done is kept: the model stays usable with a setting that needs less (a smaller
+ * batch, `maxSeqLen`, `maxResidentBytes` or `maxGpuMemory`).
+ */
+export class DeviceMemoryError extends BackendError {
+  constructor(
+    readonly requested: number,
+    readonly free: number | null,
+    readonly live: number,
+    /** The backend's own message (rl_last_error), kept as `cause`. */
+    backendMessage: string,
+  ) {
+    super(
+      "rl_alloc",
+      `out of device memory: ${mib(requested)} requested, ${
+        free === null ? "free memory unknown" : `${mib(free)} free`
+      }, ${mib(live)} held by this model; a smaller batch, maxSeqLen or maxResidentBytes ` +
+        "needs less",
+      { cause: backendMessage },
+      2,
+    );
+  }
+}
+
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB (${b} bytes)`;
+
 /** A request the engine cannot serve: bad input ids, sequence past maxSeqLen, closed model. */
 export class InputError extends RabbitError {}
 

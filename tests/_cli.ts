@@ -26,7 +26,7 @@ export async function run(
  * `rabbit <args>` as a child process (`deno run cli.ts`) with the permissions the CLI needs for a
  * local model; stdout and stderr piped.
  */
-export function cliProcess(args: string[]): Deno.Command {
+export function cliProcess(args: string[], stdin: "piped" | "null" = "null"): Deno.Command {
   const root = new URL("..", import.meta.url).pathname;
   return new Deno.Command("deno", {
     args: [
@@ -40,6 +40,7 @@ export function cliProcess(args: string[]): Deno.Command {
       ...args,
     ],
     env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
+    stdin,
     stdout: "piped",
     stderr: "piped",
   });

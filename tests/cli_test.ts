@@ -172,6 +172,63 @@ Deno.test("cli: SIGINT during rabbit generate stops it mid-stream; the next run 
   await Deno.remove(split, { recursive: true });
 });
 
+Deno.test("cli: SIGINT during a chat reply stops the reply, the chat goes on; at the prompt it ends the chat", async () => {
+  const dir = await chatModel();
+  try {
+    // The reply must still be streaming when the signal lands: a long one, interrupted early. On a
+    // machine fast enough to finish it first, the attempt is repeated.
+    for (let attempt = 1;; attempt++) {
+      const p = cliProcess(["chat", "--model", dir, "-n", "300", "-q"], "piped").spawn();
+      const w = p.stdin.getWriter();
+      const reader = p.stdout.getReader();
+      let out = "";
+      const until = async (done: (s: string) => boolean) => {
+        while (!done(out)) {
+          const r = await reader.read();
+          if (r.done) break;
+          out += new TextDecoder().decode(r.value);
+        }
+      };
+      const say = (line: string) => w.write(new TextEncoder().encode(line + "\n"));
+      await until((s) => s.startsWith("> "));
+      await say("Tell me a story");
+      await until((s) => s.length > 40);
+      p.kill("SIGINT");
+      await until((s) => s.indexOf("\n> ") > 0);
+      const first = out.slice(2, out.indexOf("\n> "));
+      await say("Hello");
+      const mark = out.length;
+      await until((s) => s.slice(mark).includes("\n> "));
+      const second = out.slice(mark, out.indexOf("\n> ", mark));
+      p.kill("SIGINT"); // at the prompt: the chat ends
+      await until(() => false);
+      await w.close().catch(() => {});
+      const [status, err] = await Promise.all([p.status, new Response(p.stderr).text()]);
+      if (!err.includes("[interrupted]") && attempt < 3) continue; // the first reply had ended
+      assert.match(err, /\[interrupted\]/, "the first reply was cut short");
+      assert.equal(status.code, 130, err);
+      // The conversation goes on from the cut reply exactly as a fresh model continues that
+      // conversation (the KV cache kept from the cut reply was consistent).
+      assert.ok(first.length > 0);
+      await using m = await AutoModel.fromPretrained(dir, { quiet: true });
+      const messages = [
+        { role: "user" as const, content: "Tell me a story" },
+        { role: "assistant" as const, content: first },
+        { role: "user" as const, content: "Hello" },
+      ];
+      const t = m.tokenizer!;
+      const prompt = t.encode(t.applyChatTemplate(messages, { addGenerationPrompt: true }), {
+        addSpecialTokens: false,
+      });
+      const [ids] = await m.generate(messages, { maxNewTokens: 300 });
+      assert.equal(second, t.decode(ids.slice(prompt.length), { skipSpecialTokens: true }));
+      break;
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("cli: chat keeps the KV cache across turns and answers like a fresh run", async () => {
   const dir = await chatModel();
   try {

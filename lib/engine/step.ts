@@ -23,7 +23,10 @@ export class Scratch {
   get(name: string, floats: number): DevPtr {
     const b = this.#bufs.get(name);
     if (b && b.floats >= floats) return b.ptr;
-    if (b) this.be.free(b.ptr);
+    if (b) {
+      this.be.free(b.ptr);
+      this.#bufs.delete(name); // an allocation failing next must not leave it to be freed again
+    }
     const size = Math.max(floats, (b?.floats ?? 0) * 2);
     const ptr = this.be.alloc(size * 4);
     this.#bufs.set(name, { ptr, floats: size });
