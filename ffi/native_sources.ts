@@ -12,8 +12,8 @@ export const PACKAGE_VERSION = "0.1.0";
 /** [path relative to the package root, sha256 of its bytes], sorted by path. */
 export const NATIVE_SOURCES: readonly (readonly [string, string])[] = [
   ["cpu/attention.c", "c119cddf26ee4e5866d73c57018b2571eefb22f4a102b66013c7c8bf8860d268"],
-  ["cpu/ctx.c", "aa2b69a32d7eb39c0088d4ea7c04b9646311e2b48793c546e8e905c47ce88a58"],
-  ["cpu/internal.h", "af030bc9983f70df295f64299e2fe057378eea39ffbe370c561e0e14739ce6e7"],
+  ["cpu/ctx.c", "1d0b6a3e7572957d73058c31a0f7904137b3602389240d6a2a027fbd3775259c"],
+  ["cpu/internal.h", "63aa0f2a105ed42af079767eddd5f1227625fa6bbe21c3e26af631c019e81842"],
   ["cpu/load.c", "9f80e3d6f6c118c14243c525e8d146854b20b261c83d527e152edf55b9fe6521"],
   ["cpu/map.c", "7755ed5f336a1155e64a3fa17e7c65fe190c410d5eafa0fa31a7302e6e8f15a9"],
   ["cpu/matmul.c", "74c1a5233640b6ae1ff3d096207e83b9c709ed70138a5280333707d9ffc05163"],
@@ -23,13 +23,13 @@ export const NATIVE_SOURCES: readonly (readonly [string, string])[] = [
   ["cpu/simd.h", "ac1a0f410257f3a8ccd10914834ccf527648ab9e64f3887fdb6061b2d1322b00"],
   ["cpu/sysfile.c", "73b39f5ae79e11b4fa1849a8b77e3ea2a49f92059f22d5a53730ca4e07ebf0bb"],
   ["cuda/attention.cu", "a1b7d26696374f8477e388048322058834bb920c2e9f243f4f33d72485e6797b"],
-  ["cuda/ctx.cu", "6969434d7b52faf1ef2601ac3e550913d6a037573150b3260a6228b5faee283e"],
+  ["cuda/ctx.cu", "c79eb0b3b4b630ca7f2b5ac9fd46235ce8fa267d92d7e5e3c776b79f39fd7ee9"],
   ["cuda/exports.map", "e035d31f3fe892f1421d34d598222d90c93c85818d71e84225bb48bdf460f438"],
-  ["cuda/internal.h", "5647181bdf6abeaa6c65b5cf23e1ffb1caf6c8f6ab06ccbe2057cd23e1277f30"],
+  ["cuda/internal.h", "50469ffada3ea2bca888d165920f9ecc6e7f4f11b2e80db93c0c8285ba5de30e"],
   ["cuda/matmul.cu", "f4805d80dfc7957c9bb98541b0a4cde309713264aa618cfe155b6002f0ab6ff2"],
   ["cuda/nd.cu", "bd7c1d80757a7f4d04af954ad626567e4708472622becfa61a343c6fa09d9e6d"],
   ["cuda/ops.cu", "b9b424134547a3cf8481750d309546179d63dd32bd183a07784fd7dea140a744"],
   ["cuda/quant.cu", "15e727cb0649b132b54c1fe05b41798e67a072369b360a76d000d41d41398eb7"],
-  ["ffi/rabbitllm.h", "81b8878829c16bb416b93eb2e9d09ede1c79c1797b0f0760c0cd0beeece5dda4"],
+  ["ffi/rabbitllm.h", "374ae90041467a34f15a9e9a1d5b501d6b3332195fc60d01234bf4c6609e2f70"],
   ["ffi/rl_shared.h", "e82b19855ef5acf86048a2c4aa7f33245e7cca59f7f1afb7be76887ef5f3f340"],
 ];
