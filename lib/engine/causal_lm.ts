@@ -19,11 +19,12 @@ import {
   resolveGenerate,
   type TextCodec,
 } from "./generate.ts";
-import { workBytes } from "./kv_cache.ts";
+import { KVCache, workBytes } from "./kv_cache.ts";
 import type { Plan } from "./planner.ts";
 import { SessionCache } from "./prefix.ts";
 import { nextToken, Rng } from "./sampling.ts";
-import { StepLoop } from "./step.ts";
+import { type PackedSeq, StepLoop } from "./step.ts";
+import { ropeDependsOnLength } from "../rope.ts";
 import type { LayerStore, TraceEvent } from "./store.ts";
 
 /** Logits of a forward pass: [batch, seq, vocab] row-major, with their dims. */
@@ -71,6 +72,50 @@ export interface CausalLMParts {
   planFor?: (workBytes: number) => Plan;
 }
 
+/**
+ * The model held by the continuous-batching scheduler (lib/engine/batcher.ts) between
+ * {@link openBatch} and `release()`: no other call runs meanwhile (they wait, as calls wait for
+ * each other). Not part of the public API.
+ */
+export interface BatchAccess {
+  /** The batch's KV cache: `batch` rows of maxSeqLen slots; each row keeps its own length. */
+  readonly cache: KVCache;
+  /** One pass over the layers for every sequence (see StepLoop.stepPacked). */
+  step(seqs: readonly PackedSeq[]): Promise<Float32Array>;
+  /** Empties row `slot` of the cache for its next sequence. */
+  resetRow(slot: number): void;
+  /** Frees the batch's cache and lets other calls run. Idempotent. */
+  release(): void;
+}
+
+/** What batcher.ts may ask of a model besides its public API (by model, see constructor). */
+interface BatchHooks {
+  /** Whether packed steps give each row what it gets alone (see {@link packedStepsExact}). */
+  exact: boolean;
+  open(batch: number, stepRows: number): Promise<BatchAccess>;
+}
+const batchHooks = new WeakMap<CausalLM, BatchHooks>();
+
+/**
+ * Takes the model for a batch of up to `batch` sequences, stepping at most `stepRows` token rows
+ * at once: waits for the running call, plans memory for that work as a batched generate() does
+ * (the KV cache of every row at maxSeqLen, the activations and logits), then allocates the cache.
+ */
+export function openBatch(model: CausalLM, batch: number, stepRows: number): Promise<BatchAccess> {
+  const hooks = batchHooks.get(model);
+  if (!hooks) throw new InternalError("openBatch: not a CausalLM");
+  return hooks.open(batch, stepRows);
+}
+
+/**
+ * Whether sequences stepped together (and prompts fed in chunks) give exactly what each gives
+ * alone: false when the rope table depends on the sequence length ("dynamic", "longrope") or the
+ * family recomputes its cache past a length (Phi-3), since one table serves the whole step.
+ */
+export function packedStepsExact(model: CausalLM): boolean {
+  return batchHooks.get(model)?.exact ?? false;
+}
+
 /** A decoder-only causal LM whose layers stream through a backend. */
 export class CausalLM {
   /** The normalized config the model runs with. */
@@ -96,6 +141,8 @@ export class CausalLM {
   readonly #loop: StepLoop;
   /** The KV cache kept between calls and the ids it holds. */
   readonly #kv: SessionCache;
+  /** Caches of open batches (openBatch), freed by close() if still open. */
+  readonly #batchCaches = new Set<KVCache>();
   #busy: Promise<unknown> = Promise.resolve();
   #closed = false;
 
@@ -114,6 +161,44 @@ export class CausalLM {
     this.#planFor = p.planFor;
     this.#loop = new StepLoop(p);
     this.#kv = new SessionCache(p.backend, p.config, p.maxSeqLen, p.source);
+    batchHooks.set(this, {
+      exact: !p.family.recomputeCache && !p.config.layerRopes.some(ropeDependsOnLength),
+      open: (batch, stepRows) => this.#openBatch(batch, stepRows),
+    });
+  }
+
+  /** See {@link openBatch}: holds the call lock until the access is released. */
+  async #openBatch(batch: number, stepRows: number): Promise<BatchAccess> {
+    const release = await this.#lock();
+    let cache: KVCache;
+    try {
+      this.#kv.reset(); // the session cache's ids would no longer match after the batch
+      this.#planWork(batch, this.maxSeqLen, stepRows, batch);
+      cache = new KVCache(this.backend, this.config, batch, this.maxSeqLen);
+      this.#batchCaches.add(cache);
+    } catch (e) {
+      release();
+      throw e;
+    }
+    let open = true;
+    return {
+      cache,
+      step: (seqs) => {
+        if (!open) throw new InternalError("batch step after release");
+        return this.#loop.stepPacked(seqs, cache);
+      },
+      resetRow: (slot) => {
+        cache.valid[slot].fill(0);
+        cache.nextPosition[slot] = 0;
+      },
+      release: () => {
+        if (!open) return;
+        open = false;
+        this.#batchCaches.delete(cache);
+        cache.free();
+        release();
+      },
+    };
   }
 
   /** The memory plan in force: where each layer lives (see `rabbit info --memory`). */
@@ -334,6 +419,8 @@ export class CausalLM {
     if (this.#closed) return;
     this.#closed = true;
     this.#kv.free();
+    for (const c of this.#batchCaches) c.free();
+    this.#batchCaches.clear();
     this.#loop.free();
     this.#store.close();
     const leaked = this.backend.stats().liveAllocs;

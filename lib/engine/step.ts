@@ -51,6 +51,32 @@ export interface StepLoopParts {
   trace?: TraceEvent[];
 }
 
+/**
+ * One sequence of a packed step (see {@link StepLoop.stepPacked}): `ids` are fed to row `slot` of
+ * the cache at slots `start ..`, continuing that row's positions.
+ */
+export interface PackedSeq {
+  /** The cache row (batch index) of this sequence. */
+  slot: number;
+  /** Its new tokens this step (≥ 1). */
+  ids: number[];
+  /** Cache slots of the row already used (its keys and values before this step). */
+  start: number;
+}
+
+/**
+ * Where the sequences of one step sit: token rows `[offset, offset + n)` of the step's
+ * activations go to cache row `slot` at slots `[start, start + n)`; `mask` (n values, 1 = real
+ * token) marks left padding, absent when every token is real.
+ */
+interface SeqLayout {
+  slot: number;
+  offset: number;
+  n: number;
+  start: number;
+  mask?: number[];
+}
+
 /** Checks a stage's output on the host; used only to find where a non-finite value came from. */
 type Probe = (stage: string, layer: number | null, x: DevPtr, floats: number) => void;
 
@@ -97,22 +123,85 @@ export class StepLoop {
     cache: KVCache,
     lastOnly: boolean,
   ): Promise<Float32Array> {
-    const past = cache.length, pos = cache.nextPosition.slice();
-    const rows = lastOnly ? ids.length : ids.length * ids[0].length;
+    const S = ids[0].length, past = cache.length;
+    if (past + S > cache.capacity) {
+      throw new InputError(
+        `${this.#source}: ${past} cached + ${S} new tokens exceed maxSeqLen ${cache.capacity}`,
+      );
+    }
+    const seqs: SeqLayout[] = ids.map((_, b) => ({
+      slot: b,
+      offset: b * S,
+      n: S,
+      start: past,
+      mask: mask?.[b],
+    }));
+    return await this.#run(Int32Array.from(ids.flat()), seqs, cache, lastOnly, () => {
+      cache.length = past + S;
+    });
+  }
+
+  /**
+   * One step over sequences of different lengths packed one after another (no padding), each
+   * continuing its own row of `cache` from its own `start`: a decoding row feeds one token, a
+   * prefilling one a chunk of its prompt, and one pass over the weights serves them all. Returns
+   * the logits of each sequence's last token ([seqs, vocab], in the order given), checked like
+   * {@link StepLoop.step}. Leaves `cache.length` alone: the caller keeps each row's length.
+   */
+  async stepPacked(seqs: readonly PackedSeq[], cache: KVCache): Promise<Float32Array> {
+    if (seqs.length === 0) throw new InternalError("stepPacked: no sequences");
+    const layout: SeqLayout[] = [];
+    const slots = new Set<number>();
+    let offset = 0;
+    for (const s of seqs) {
+      if (!Number.isInteger(s.slot) || s.slot < 0 || s.slot >= cache.batch || slots.has(s.slot)) {
+        throw new InternalError(`stepPacked: bad or repeated cache row ${s.slot}`);
+      }
+      if (s.ids.length === 0) throw new InternalError(`stepPacked: row ${s.slot} feeds no tokens`);
+      if (s.start + s.ids.length > cache.capacity) {
+        throw new InputError(
+          `${this.#source}: ${s.start} cached + ${s.ids.length} new tokens exceed maxSeqLen ${cache.capacity}`,
+        );
+      }
+      slots.add(s.slot);
+      layout.push({ slot: s.slot, offset, n: s.ids.length, start: s.start });
+      offset += s.ids.length;
+    }
+    return await this.#run(
+      Int32Array.from(seqs.flatMap((s) => s.ids)),
+      layout,
+      cache,
+      true,
+      () => {},
+    );
+  }
+
+  /** A step over a layout; `done` records the cache's new length once the pass succeeded. */
+  async #run(
+    tokens: Int32Array,
+    seqs: SeqLayout[],
+    cache: KVCache,
+    lastOnly: boolean,
+    done: () => void,
+  ): Promise<Float32Array> {
+    const pos = cache.nextPosition.slice();
+    const rows = lastOnly ? seqs.length : tokens.length;
     this.#marks.length = 0; // a failed step may have left some
     this.#be.resetMarks();
-    const logits = await this.#pass(ids, mask, cache, lastOnly);
+    const logits = await this.#pass(tokens, seqs, cache, lastOnly);
     const t0 = performance.now();
     const host = new Float32Array(rows * this.#cfg.vocabSize);
     this.#be.download(host, logits);
     this.#profiler.add("logits download", performance.now() - t0);
     this.#resolveMarks();
-    this.#profiler.step(ids.length * ids[0].length);
-    if (host.every(Number.isFinite)) return host;
-    cache.length = past;
+    this.#profiler.step(tokens.length);
+    if (host.every(Number.isFinite)) {
+      done();
+      return host;
+    }
     cache.nextPosition.set(pos);
     let found: NonFiniteError | null = null;
-    await this.#pass(ids, mask, cache, lastOnly, (stage, layer, x, floats) => {
+    await this.#pass(tokens, seqs, cache, lastOnly, (stage, layer, x, floats) => {
       if (found) return;
       const v = new Float32Array(floats);
       this.#be.download(v, x);
@@ -140,27 +229,22 @@ export class StepLoop {
    * [batch, seq, vocab], or [batch, vocab] for the last position only.
    */
   async #pass(
-    ids: number[][],
-    mask: number[][] | null,
+    tokens: Int32Array,
+    seqs: SeqLayout[],
     cache: KVCache,
     lastOnly: boolean,
     probe?: Probe,
   ): Promise<DevPtr> {
     const be = this.#be, cfg = this.#cfg, store = this.#store, family = this.#family;
-    const B = ids.length, S = ids[0].length, T = B * S, D = cfg.hiddenSize, V = cfg.vocabSize;
-    const past = cache.length;
-    if (past + S > cache.capacity) {
-      throw new InputError(
-        `${this.#source}: ${past} cached + ${S} new tokens exceed maxSeqLen ${cache.capacity}`,
-      );
-    }
+    const B = seqs.length, T = tokens.length, D = cfg.hiddenSize, V = cfg.vocabSize;
     // Positions count real tokens only (left padding does not shift them), as transformers does.
     const positions = new Int32Array(T);
-    for (let b = 0; b < B; b++) {
-      for (let j = 0; j < S; j++) {
-        const real = mask ? mask[b][j] === 1 : true;
-        cache.valid[b][past + j] = real ? 1 : 0;
-        positions[b * S + j] = real ? cache.nextPosition[b]++ : 0;
+    for (const s of seqs) {
+      const valid = cache.valid[s.slot];
+      for (let j = 0; j < s.n; j++) {
+        const real = s.mask ? s.mask[j] === 1 : true;
+        valid[s.start + j] = real ? 1 : 0;
+        positions[s.offset + j] = real ? cache.nextPosition[s.slot]++ : 0;
       }
     }
     const seqLen = Math.max(...cache.nextPosition);
@@ -170,7 +254,7 @@ export class StepLoop {
     let m0 = be.mark();
     const x = this.#scratch.get("x", T * D);
     const embed = store.part("embed").get("weight");
-    be.embedding(x, embed.ptr, embed.dtype, Int32Array.from(ids.flat()), D, V);
+    be.embedding(x, embed.ptr, embed.dtype, tokens, D, V);
     const embedScale = family.embedScale?.(cfg);
     if (embedScale !== undefined) be.scale(x, x, embedScale, T * D);
     probe?.("embedding", null, x, T * D);
@@ -185,7 +269,7 @@ export class StepLoop {
       positions,
       rope: this.#ropeFor(cfg.layerRopes[0], seqLen),
       s: this.#layerScratch(T),
-      attention: (call) => this.#attend(ctx.layer, call, cache, B, S),
+      attention: (call) => this.#attend(ctx.layer, call, cache, seqs),
       onRoute: this.#trace &&
         ((experts) =>
           this.#trace!.push({ kind: "route", part: `layer.${ctx.layer}`, experts: [...experts] })),
@@ -222,15 +306,14 @@ export class StepLoop {
       this.#trace?.push({ kind: "compute-end", part: id });
       probe?.(`layer ${layer}`, layer, x, T * D);
     }
-    cache.length = past + S;
 
     m0 = be.mark();
     let rows = T, h = x;
-    if (lastOnly && S > 1) {
+    if (lastOnly && T > B) {
       rows = B;
       h = this.#scratch.get("last", B * D);
-      for (let b = 0; b < B; b++) {
-        be.copy(be.view(h, b * D * 4), be.view(x, ((b + 1) * S - 1) * D * 4), D * 4);
+      for (const [b, s] of seqs.entries()) {
+        be.copy(be.view(h, b * D * 4), be.view(x, (s.offset + s.n - 1) * D * 4), D * 4);
       }
     } else if (lastOnly) rows = B;
     const normed = this.#scratch.get("final_norm", rows * D);
@@ -277,7 +360,7 @@ export class StepLoop {
   }
 
   /** Appends this step's K/V to the cache and runs attention for each sequence. */
-  #attend(layer: number, c: AttentionCall, cache: KVCache, B: number, S: number): void {
+  #attend(layer: number, c: AttentionCall, cache: KVCache, seqs: SeqLayout[]): void {
     const be = this.#be, cfg = this.#cfg, L = cache.layout;
     const kF = cache.keyFloats, vF = cache.valueFloats, outDim = cfg.numHeads * L.valueDim;
     if (c.kvStride !== kF || (vF > 0 && c.kvStride !== vF)) {
@@ -295,18 +378,17 @@ export class StepLoop {
       );
     }
     const { k, v } = cache.layer(layer);
-    const past = cache.length;
-    for (let b = 0; b < B; b++) {
+    for (const { slot: b, offset: o, n: S, start: past } of seqs) {
       const rowK = be.view(k, cache.offset(b, 0, kF));
-      be.copy(be.view(k, cache.offset(b, past, kF)), be.view(c.k, b * S * kF * 4), S * kF * 4);
+      be.copy(be.view(k, cache.offset(b, past, kF)), be.view(c.k, o * kF * 4), S * kF * 4);
       let rowV = rowK;
       if (v && c.v) {
         rowV = be.view(v, cache.offset(b, 0, vF));
-        be.copy(be.view(v, cache.offset(b, past, vF)), be.view(c.v, b * S * vF * 4), S * vF * 4);
+        be.copy(be.view(v, cache.offset(b, past, vF)), be.view(c.v, o * vF * 4), S * vF * 4);
       }
       be.attention({
-        out: be.view(c.out, b * S * outDim * 4),
-        q: be.view(c.q, b * S * c.qStride * 4),
+        out: be.view(c.out, o * outDim * 4),
+        q: be.view(c.q, o * c.qStride * 4),
         qStride: c.qStride,
         k: rowK,
         kStride: kF,
