@@ -1,6 +1,6 @@
 /**
- * `rabbit` — pull, list, remove, run, benchmark, generate, chat, split and inspect checkpoints
- * from the command line.
+ * `rabbit` — pull, list, remove, run, benchmark, generate, chat, split, inspect and serve
+ * checkpoints from the command line.
  *
  *   deno task rabbit generate --model models/stories260k --prompt "Once upon a time"
  *   deno task rabbit pull HuggingFaceTB/SmolLM2-135M-Instruct && deno task rabbit list
@@ -46,6 +46,7 @@ import {
   removeCachedModel,
 } from "./lib/cache.ts";
 import { HubError, InputError } from "./lib/errors.ts";
+import { serve } from "./lib/serve.ts";
 
 /** The embedded demo model: in a checkout only (the published package leaves it out). */
 const DEMO = new URL("./models/stories260k", import.meta.url);
@@ -91,6 +92,7 @@ commands:
   chat       an interactive chat using the model's chat template; keeps the KV cache across turns
   split      pre-split a checkpoint into per-layer files (with progress)
   info       config summary, layer sizes, bytes streamed per token, estimated memory
+  serve      an OpenAI-compatible HTTP server; concurrent requests share each weight pass
 
 MODEL is a checkpoint directory, a .gguf file or a hub id ORG/NAME (downloaded on first use into
 the Hugging Face cache, which Python's huggingface_hub shares).`,
@@ -162,11 +164,26 @@ the Hugging Face cache, which Python's huggingface_hub shares).`,
       --cpu-memory SIZE       cap the pinned host tier of a GPU plan (maxCpuMemory)
   With any of these, prints the memory plan: which layers live where, the bytes each decoded token
   reads from each tier, and the time per token predicted from bandwidths measured here.`,
+  serve: `usage: rabbit serve [model options] [--host H] [--port N] [--api-key KEY] [--max-batch N]
+  An OpenAI-compatible server: POST /v1/chat/completions, POST /v1/completions, GET /v1/models
+  (stream: true as server-sent events). Requests that arrive while others decode join the batch
+  at the next step, so N clients share each pass over the weights. One log line per request on
+  stderr; Ctrl-C stops it.
+      --host HOST             interface to listen on (default 127.0.0.1: this machine only)
+      --port N                TCP port (default 8000; 0: any free port, printed)
+      --api-key KEY           require "Authorization: Bearer KEY" (never printed)
+      --model-id NAME         the model name clients send (default: the --model name, a
+                              directory's base name)
+      --max-batch N           requests decoding at once (default 16)
+      --max-queue N           requests waiting for a free row; more get 429 (default 64)
+      --prefill-chunk N       prompt tokens per step: longer prompts go in chunks (default 256)`,
 };
 
 function help(cmd: string): string {
   const parts = [HELP[cmd] ?? HELP[""]];
-  if (["generate", "chat", "run", "bench", "split", "info"].includes(cmd)) parts.push(HELP.common);
+  if (["generate", "chat", "run", "bench", "split", "info", "serve"].includes(cmd)) {
+    parts.push(HELP.common);
+  }
   if (["generate", "chat", "run"].includes(cmd)) parts.push(HELP.sampling);
   return parts.join("\n\n");
 }
@@ -331,6 +348,18 @@ const COMMANDS: Record<
     },
     positionals: { min: 0, max: 1, usage: "expected at most one MODEL" },
   },
+  serve: {
+    options: {
+      ...COMMON,
+      host: { type: "string", default: "127.0.0.1" },
+      port: { type: "string", default: "8000" },
+      "api-key": { type: "string" },
+      "model-id": { type: "string" },
+      "max-batch": { type: "string", default: "16" },
+      "max-queue": { type: "string", default: "64" },
+      "prefill-chunk": { type: "string", default: "256" },
+    },
+  },
 };
 const ALIASES: Record<string, string> = { ls: "list" };
 
@@ -412,6 +441,7 @@ export async function main(
       else io.out(formatInfo(i) + (memory ? `\n\nmemory plan\n${memory.text}` : "") + "\n");
       return 0;
     }
+    if (cmd === "serve") return await serveCommand(model, v, io);
     const load = loadOptions(v);
     let benchShape: { promptLen: number; newTokens: number; runs: number } | undefined;
     if (cmd === "bench") {
@@ -510,6 +540,61 @@ function count(v: Values, key: string): number {
     throw new InputError(`--${key}: expected a positive integer, got ${v[key]}`);
   }
   return n;
+}
+
+/**
+ * `rabbit serve`: listens at once (requests get 503 while the model loads), serves until SIGINT
+ * or SIGTERM, then closes the model.
+ */
+async function serveCommand(
+  model: string,
+  v: Values,
+  io: { out: (s: string) => void; err: (s: string) => void },
+): Promise<number> {
+  const port = num(v, "port");
+  if (port === undefined || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new InputError(`--port: expected a port number in [0, 65535], got ${v.port}`);
+  }
+  const local = await Deno.stat(model).then(() => true, () => false);
+  const modelId = (v["model-id"] as string | undefined) ??
+    (local ? model.replace(/\/+$/, "").split("/").at(-1)! : model);
+  const opts = {
+    hostname: v.host as string,
+    port,
+    apiKey: v["api-key"] as string | undefined,
+    modelId,
+    maxBatch: count(v, "max-batch"),
+    maxQueue: count(v, "max-queue"),
+    prefillChunk: count(v, "prefill-chunk"),
+    log: (line: string) => io.err(line + "\n"),
+  };
+  const loading = AutoModel.fromPretrained(model, loadOptions(v));
+  loading.catch(() => {}); // awaited below
+  const server = serve(loading, opts);
+  io.err(`rabbit serve: listening on ${server.url}/v1 (model "${modelId}" loading)\n`);
+  const stop = () => void server.shutdown();
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, stop);
+  try {
+    let lm: CausalLM;
+    try {
+      lm = await loading;
+    } catch (e) {
+      await server.shutdown();
+      throw e;
+    }
+    await using _ = lm;
+    io.err(
+      `rabbit serve: "${modelId}" ready: ${lm.config.architecture}, ${lm.residentLayers}/` +
+        `${lm.config.numLayers} layers resident, up to ${opts.maxBatch} requests per step, ` +
+        `context ${lm.maxSeqLen}\n`,
+    );
+    await server.finished;
+    io.err("rabbit serve: stopped\n");
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, stop);
+  }
+  return 0;
 }
 
 /** The cache directory, or the error saying how to name one. */

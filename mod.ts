@@ -31,6 +31,7 @@ export type {
   TextCodec,
 } from "./lib/engine/generate.ts";
 export type { SamplingOptions } from "./lib/engine/sampling.ts";
+export { type RabbitServer, serve, type ServeOptions, type ServeStats } from "./lib/serve.ts";
 export type { BlockDType } from "./lib/quant.ts";
 export { type ProfileCategory, type ProfileEntry, Profiler } from "./lib/profiler.ts";
 export type { TraceEvent } from "./lib/engine/store.ts";

@@ -1,6 +1,7 @@
 /**
  * Runs the `rabbit` CLI in-process for tests (tests/cli_test.ts, tests/cli_cache_test.ts): its
- * output, errors and exit code, with lines typed on stdin.
+ * output, errors and exit code, with lines typed on stdin. Also the chat model those tests and
+ * tests/serve_test.ts use.
  */
 import { main } from "../cli.ts";
 
@@ -44,4 +45,21 @@ export function cliProcess(args: string[], stdin: "piped" | "null" = "null"): De
     stdout: "piped",
     stderr: "piped",
   });
+}
+
+/**
+ * A temporary copy of the stories260k weights with a tokenizer that has a chat template (Llama-2
+ * [INST], same vocab); the caller removes the directory.
+ */
+export async function chatModel(): Promise<string> {
+  const root = new URL("..", import.meta.url).pathname;
+  const dir = await Deno.makeTempDir({ prefix: "rabbit-chat-" });
+  for (const f of ["config.json", "model.safetensors"]) {
+    await Deno.copyFile(`${root}models/stories260k/${f}`, `${dir}/${f}`);
+  }
+  const tok = `${root}tests/fixtures/tokenizers/llama_legacy`;
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
+    await Deno.copyFile(`${tok}/${f}`, `${dir}/${f}`);
+  }
+  return dir;
 }

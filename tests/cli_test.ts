@@ -1,23 +1,11 @@
 import assert from "node:assert/strict";
-import { cliProcess, run } from "./_cli.ts";
+import { chatModel, cliProcess, run } from "./_cli.ts";
 import { AutoModel, InputError } from "../mod.ts";
 import { FakeHub } from "./fake_hub.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const STORIES = `${ROOT}models/stories260k`;
 
-/** stories260k weights with a tokenizer that has a chat template (Llama-2 [INST], same vocab). */
-async function chatModel(): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "rabbit-chat-" });
-  for (const f of ["config.json", "model.safetensors"]) {
-    await Deno.copyFile(`${STORIES}/${f}`, `${dir}/${f}`);
-  }
-  const tok = `${ROOT}tests/fixtures/tokenizers/llama_legacy`;
-  for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
-    await Deno.copyFile(`${tok}/${f}`, `${dir}/${f}`);
-  }
-  return dir;
-}
 
 Deno.test("cli: --help lists the commands; each command has --help; bad usage exits 2", async () => {
   const h = await run(["--help"]);

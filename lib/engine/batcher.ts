@@ -78,6 +78,7 @@ export class BatchRequest implements AsyncIterable<StreamChunk> {
   #error: unknown = null;
   #wake: (() => void) | null = null;
   #onCancel: (() => void) | null = null;
+  #onEnd: (() => void) | null = null;
 
   /** @internal made by {@link Batcher.submit} */
   constructor(
@@ -100,9 +101,14 @@ export class BatchRequest implements AsyncIterable<StreamChunk> {
     this.#onCancel?.();
   }
 
-  /** @internal the batcher's side */
+  /** @internal the batcher's side: called on cancel() */
   set onCancel(f: () => void) {
     this.#onCancel = f;
+  }
+
+  /** @internal the batcher's side: called once it ended, however */
+  set onEnd(f: () => void) {
+    this.#onEnd = f;
   }
 
   /** @internal a chunk from the batcher */
@@ -127,6 +133,7 @@ export class BatchRequest implements AsyncIterable<StreamChunk> {
   #end(): void {
     this.#ended = true;
     this.#notify();
+    this.#onEnd?.();
   }
 
   #notify(): void {
@@ -245,7 +252,11 @@ export class Batcher {
     };
     if (signal?.aborted) req.cancel();
     else {
-      signal?.addEventListener("abort", () => req.cancel(), { once: true });
+      if (signal) {
+        const stop = () => req.cancel();
+        signal.addEventListener("abort", stop, { once: true });
+        req.onEnd = () => signal.removeEventListener("abort", stop);
+      }
       this.#queue.push(req);
       this.#running ??= this.#run().finally(() => this.#running = null);
     }
