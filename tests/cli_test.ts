@@ -6,7 +6,6 @@ import { FakeHub } from "./fake_hub.ts";
 const ROOT = new URL("..", import.meta.url).pathname;
 const STORIES = `${ROOT}models/stories260k`;
 
-
 Deno.test("cli: --help lists the commands; each command has --help; bad usage exits 2", async () => {
   const h = await run(["--help"]);
   assert.equal(h.code, 0);
