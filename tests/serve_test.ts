@@ -521,6 +521,61 @@ Deno.test("batcher: bad input is an InputError, a full queue a QueueFullError; c
   }
 });
 
+// Every family through packed steps: rows joining while others decode, prompts fed in chunks of
+// 4 (sliding windows of 4, MoE routing, MLA's latent cache, Phi-3 longrope served one at a time).
+for (
+  const name of [
+    "llama_tied",
+    "mistral",
+    "gemma2",
+    "qwen3_moe",
+    "deepseek_v2",
+    "phi2",
+    "phi3_longrope",
+  ]
+) {
+  Deno.test(`batcher: ${name}: rows that join mid-decode get what generate gives each alone`, async () => {
+    await using m = await AutoModel.fromPretrained(`${ROOT}tests/fixtures/${name}`, {
+      layerShardsSavingPath: `${ROOT}tests/.tmp/split/batcher-${name}`,
+      quiet: true,
+      threads: 1,
+    });
+    const rows = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [40, 41, 42], [
+      100,
+      3,
+      77,
+      201,
+      9,
+      4,
+      4,
+      8,
+      1,
+      2,
+    ]];
+    const opts = { maxNewTokens: 10, eosTokenId: [], doSample: false };
+    const want = [];
+    for (const r of rows) want.push((await m.generate([r], opts))[0].slice(r.length));
+    const b = new Batcher(m, { maxBatch: 3, prefillChunk: 4 });
+    try {
+      const collect = async (r: number[]) => {
+        const ids = [];
+        for await (const c of b.submit(r, opts)) ids.push(c.tokenId);
+        return ids;
+      };
+      const first = b.submit(rows[0], opts);
+      const got0: number[] = [];
+      const rest: Promise<number[]>[] = [];
+      for await (const c of first) {
+        got0.push(c.tokenId);
+        if (got0.length === 2) rest.push(collect(rows[1]), collect(rows[2]));
+      }
+      assert.deepEqual([got0, ...await Promise.all(rest)], want);
+    } finally {
+      await b.close();
+    }
+  });
+}
+
 Deno.test("serve: load test: 32 requests from 8 clients, bounded in time; aggregate tok/s vs one alone", async () => {
   const { server, client } = await start({ maxBatch: 8 });
   const ask = async (prompt: string) => {
