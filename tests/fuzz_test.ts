@@ -15,13 +15,12 @@
  * Inputs live in memory; parsers that only take a path read one temp file (or directory) under
  * tests/.tmp/fuzz/, rewritten per input.
  *
- * Longer mode: FUZZ_ITERATIONS inputs per parser (default 10000), e.g.
+ * Longer mode: FUZZ_ITERATIONS inputs per parser (default 10000; at least 10000), e.g.
+ * `deno task fuzz` (100000 per parser, with tests/split_faults_test.ts's longer mode) or
+ * `FUZZ_ITERATIONS=20000 deno task fuzz`. `deno task test` does not grant the variable, so it
+ * always runs the default 10000. FUZZ_SEED (same permission rule) changes the seed.
  *
- *   FUZZ_ITERATIONS=200000 deno test --allow-read --allow-write --allow-env=FUZZ_ITERATIONS \
- *     tests/fuzz_test.ts
- *
- * (`deno task test` does not grant that variable, so it always runs the default 10000.)
- * FUZZ_SEED (same permission rule) changes the seed.
+ * tests/fuzz_regressions_test.ts holds one minimized input per bug this fuzzer found.
  */
 import assert from "node:assert/strict";
 import { listShards, parseManifest, splitCheckpoint } from "../lib/checkpoint.ts";

@@ -3,6 +3,11 @@
  * two processes splitting or loading at once, a checkpoint changed after (or during) its split.
  * Children are `deno run tests/split_child.ts`; the disk is a small tmpfs (root only, else said
  * and skipped). Fixed seeds; the synthetic checkpoint is written once per run.
+ *
+ * Longer mode (`deno task fuzz`): SPLIT_KILL_POINTS random SIGKILLs (default 24) and
+ * SPLIT_CHOSEN_POINTS chosen tensors to kill at (default the 10 fixed ones; more adds seeded
+ * ones, up to every tensor but the last). `deno task test` does not grant these variables, so it
+ * always runs the defaults.
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -14,6 +19,23 @@ import { writeSafetensors } from "../lib/safetensors.ts";
 
 const CHILD = new URL("./split_child.ts", import.meta.url).pathname;
 const HIDDEN = 128, KV = 64, INTER = 384, LAYERS = 16, VOCAB = 1024;
+
+/** `name` as a non-negative integer when the variable is granted and set, else `fallback`. */
+function envInt(name: string, fallback: number): number {
+  if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") {
+    return fallback;
+  }
+  const v = Deno.env.get(name);
+  if (v === undefined || v === "") return fallback;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${name}=${v}: expected an integer`);
+  return n;
+}
+
+/** Random SIGKILLs the kill test aims for (it stops at that many, or after enough chains). */
+const RANDOM_KILLS = envInt("SPLIT_KILL_POINTS", 24);
+/** Tensors the child kills itself after (then again in the resumed run). */
+const CHOSEN_POINTS = envInt("SPLIT_CHOSEN_POINTS", 10);
 
 function rng(seed: number): () => number {
   let a = seed >>> 0;
@@ -220,6 +242,13 @@ const REF_DIR = `${root}/ref`;
 await inProcess(SRC, REF_DIR);
 const REF = await files(REF_DIR);
 const TENSORS = 1 + 9 * LAYERS + 2;
+/** The fixed chosen points, then seeded others (distinct, 1..TENSORS-1) up to CHOSEN_POINTS. */
+const CHOSEN = [1, 9, 20, 37, 55, 74, 90, 111, 130, 146].slice(0, CHOSEN_POINTS);
+const pick = rng(7);
+while (CHOSEN.length < Math.min(CHOSEN_POINTS, TENSORS - 1)) {
+  const n = 1 + Math.floor(pick() * (TENSORS - 1));
+  if (!CHOSEN.includes(n)) CHOSEN.push(n);
+}
 
 Deno.test("split killed (SIGKILL) at random and chosen points: never half-used, then identical", async () => {
   // Calibrate: how long the child's split takes here.
@@ -231,7 +260,8 @@ Deno.test("split killed (SIGKILL) at random and chosen points: never half-used, 
   let randomKills = 0, chosenKills = 0, withTemps = 0, staleLocks = 0, resumed = 0;
   // Random: SIGKILL from the parent after a random delay, up to 4 times into the same directory
   // (each later run resumes), then a run to the end that must match the reference.
-  for (let chain = 0; randomKills < 24 && chain < 12; chain++) {
+  const chains = Math.max(12, Math.ceil(RANDOM_KILLS / 2));
+  for (let chain = 0; randomKills < RANDOM_KILLS && chain < chains; chain++) {
     const out = `${root}/kill-random-${chain}`;
     for (let k = 0; k < 4; k++) {
       const run = await child(SRC, out, { killAfterMs: r() * ms * 0.9 });
@@ -252,7 +282,7 @@ Deno.test("split killed (SIGKILL) at random and chosen points: never half-used, 
   }
   // Chosen: the child kills itself after the Nth tensor, then again after M more in the resumed
   // run, then an in-process split finishes.
-  for (const [i, n] of [1, 9, 20, 37, 55, 74, 90, 111, 130, 146].entries()) {
+  for (const [i, n] of CHOSEN.entries()) {
     const out = `${root}/kill-at-${n}`;
     const first = await child(SRC, out, { killAt: n });
     assert.ok(first.killed, `kill at ${n}: ${first.stderr}`);
@@ -273,10 +303,12 @@ Deno.test("split killed (SIGKILL) at random and chosen points: never half-used, 
   }
   console.log(
     `split faults: child split ${ms.toFixed(0)} ms; ${randomKills} random SIGKILLs, ` +
-      `${chosenKills} at chosen tensors (of ${TENSORS}); ${withTemps} left temp files, ` +
-      `${staleLocks} chains left a dead process's lock file; ${resumed} runs resumed a journal`,
+      `${chosenKills} at ${CHOSEN.length} chosen tensors (of ${TENSORS}); ` +
+      `${withTemps} left temp files, ${staleLocks} chains left a dead process's lock file; ` +
+      `${resumed} runs resumed a journal`,
   );
-  assert.ok(randomKills >= 20, `only ${randomKills} random kills landed in a split`);
+  const enough = Math.floor(RANDOM_KILLS * 5 / 6);
+  assert.ok(randomKills >= enough, `only ${randomKills} random kills landed in a split`);
   assert.ok(withTemps > 0, "no kill landed inside a part");
 });
 
