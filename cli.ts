@@ -568,10 +568,21 @@ async function serveCommand(
     prefillChunk: count(v, "prefill-chunk"),
     log: (line: string) => io.err(line + "\n"),
   };
-  const loading = AutoModel.fromPretrained(model, loadOptions(v));
-  loading.catch(() => {}); // awaited below
-  const server = serve(loading, opts);
+  // Listen first (a taken port fails before any loading), then load: 503 until loaded.
+  const loaded = Promise.withResolvers<CausalLM>();
+  loaded.promise.catch(() => {}); // awaited below
+  let server: ReturnType<typeof serve>;
+  try {
+    server = serve(loaded.promise, opts);
+  } catch (e) {
+    if (e instanceof Deno.errors.AddrInUse) {
+      throw new InputError(`--host ${opts.hostname} --port ${port}: the address is in use`);
+    }
+    throw e;
+  }
   io.err(`rabbit serve: listening on ${server.url}/v1 (model "${modelId}" loading)\n`);
+  const loading = AutoModel.fromPretrained(model, loadOptions(v));
+  loading.then(loaded.resolve, loaded.reject);
   const stop = () => void server.shutdown();
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   for (const s of signals) Deno.addSignalListener(s, stop);

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import OpenAI from "npm:openai@7.60.0";
 import { AutoModel, type CausalLM, type ChatMessage, InputError, serve } from "../mod.ts";
 import { Batcher, QueueFullError } from "../lib/engine/batcher.ts";
-import { chatModel } from "./_cli.ts";
+import { chatModel, run } from "./_cli.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const KEY = "sk-test-0123456789";
@@ -614,6 +614,26 @@ Deno.test("serve: load test: 32 requests from 8 clients, bounded in time; aggreg
   } finally {
     await server.shutdown();
   }
+});
+
+Deno.test("cli: rabbit serve --help; bad options exit 1 before loading; a taken port is named", async () => {
+  const h = await run(["--help"]);
+  assert.match(h.out, /^ {2}serve +\S/m);
+  const r = await run(["serve", "--help"]);
+  assert.equal(r.code, 0);
+  assert.match(r.out, /^usage: rabbit serve\b/);
+  assert.match(r.out, /--api-key KEY[\s\S]*--max-batch N[\s\S]*--model/);
+  const badPort = await run(["serve", "--port", "http"]);
+  assert.equal(badPort.code, 1);
+  assert.match(badPort.err, /--port/);
+  const badBatch = await run(["serve", "--max-batch", "0"]);
+  assert.equal(badBatch.code, 1);
+  assert.match(badBatch.err, /--max-batch/);
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = String((taken.addr as Deno.NetAddr).port);
+  const busy = await run(["serve", "--port", port, "-q"]);
+  assert.equal(busy.code, 1);
+  assert.match(busy.err, new RegExp(`--port ${port}: the address is in use`));
 });
 
 Deno.test("cli: rabbit serve with its documented permissions answers, then stops on SIGINT", async () => {

@@ -392,7 +392,7 @@ export class Batcher {
    */
   async #yield(): Promise<void> {
     const now = performance.now();
-    if (now - this.#lastYield < 4 && this.#queue.length === 0) return;
+    if (now - this.#lastYield < 4) return;
     await new Promise((r) => setTimeout(r, 0));
     this.#lastYield = performance.now();
   }
