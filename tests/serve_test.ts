@@ -516,6 +516,14 @@ Deno.test("batcher: bad input is an InputError, a full queue a QueueFullError; c
     assert.deepEqual(ids, row.slice(1));
     assert.equal(r1.finishReason, "cancelled");
     assert.equal(r3.finishReason, "length");
+    // Requests submitted one right after another (the loop may be ending) are all served.
+    for (let i = 0; i < 30; i++) {
+      const got = [];
+      for await (const c of b.submit([1], { maxNewTokens: 1 + (i % 3), temperature: 0 })) {
+        got.push(c.tokenId);
+      }
+      assert.deepEqual(got, row.slice(1, 2 + (i % 3)));
+    }
   } finally {
     await b.close();
   }

@@ -187,7 +187,11 @@ export class Batcher {
   readonly #queue: BatchRequest[] = [];
   /** Active rows in order of admission. */
   readonly #rows: Row[] = [];
-  #running: Promise<void> | null = null;
+  /** The scheduling loop's promise (close() waits for it), and whether one runs. */
+  #running: Promise<void> = Promise.resolve();
+  #looping = false;
+  /** The request running alone (models whose steps cannot be shared). */
+  #serial: BatchRequest | null = null;
   #closed = false;
   #lastYield = 0;
   /** Steps run and token rows fed (for tests and stats). */
@@ -206,7 +210,7 @@ export class Batcher {
 
   /** Requests holding a row. */
   get active(): number {
-    return this.#rows.length;
+    return this.#rows.length + (this.#serial ? 1 : 0);
   }
 
   /** Requests waiting for a row. */
@@ -258,7 +262,10 @@ export class Batcher {
         req.onEnd = () => signal.removeEventListener("abort", stop);
       }
       this.#queue.push(req);
-      this.#running ??= this.#run().finally(() => this.#running = null);
+      if (!this.#looping) {
+        this.#looping = true;
+        this.#running = this.#run();
+      }
     }
     return req;
   }
@@ -267,13 +274,23 @@ export class Batcher {
   async close(): Promise<void> {
     this.#closed = true;
     for (const r of [...this.#queue, ...this.#rows.map((x) => x.req)]) r.cancel();
+    this.#serial?.cancel();
     await this.#running;
   }
 
-  /** The scheduling loop: runs while requests wait or decode. */
+  /**
+   * The scheduling loop: runs while requests wait or decode. Each loop clears `#looping` in the
+   * same tick as it finds no work (no await between), so a request submitted after that starts a
+   * new loop rather than waiting on one that is ending.
+   */
   async #run(): Promise<void> {
     await Promise.resolve(); // let submit() return first
-    if (!this.#exact) return await this.#runSerial();
+    if (this.#exact) await this.#runBatched();
+    else await this.#runSerial();
+  }
+
+  /** Packed steps over every active row. */
+  async #runBatched(): Promise<void> {
     let access: BatchAccess | null = null;
     try {
       while (this.#queue.length > 0 || this.#rows.length > 0) {
@@ -300,6 +317,7 @@ export class Batcher {
       }
     } finally {
       access?.release();
+      this.#looping = false;
     }
   }
 
@@ -399,32 +417,39 @@ export class Batcher {
 
   /** Models whose steps cannot be shared: one request at a time through model.stream. */
   async #runSerial(): Promise<void> {
-    while (this.#queue.length > 0) {
-      const req = this.#queue.shift()!;
-      if (req.ended) continue;
-      const o = req.options;
-      try {
-        for await (
-          const c of this.#model.stream([[...req.prompt]], {
-            maxNewTokens: o.maxNewTokens,
-            doSample: o.doSample,
-            temperature: o.temperature,
-            topK: o.topK,
-            topP: o.topP,
-            minP: o.minP,
-            repetitionPenalty: o.repetitionPenalty,
-            seed: o.seed,
-            stopStrings: o.stopStrings,
-            eosTokenId: [...o.eos],
-          })
-        ) {
-          req.push(c);
-          if (req.ended) break;
+    try {
+      while (this.#queue.length > 0) {
+        const req = this.#queue.shift()!;
+        if (req.ended) continue;
+        this.#serial = req;
+        const o = req.options;
+        try {
+          for await (
+            const c of this.#model.stream([[...req.prompt]], {
+              maxNewTokens: o.maxNewTokens,
+              doSample: o.doSample,
+              temperature: o.temperature,
+              topK: o.topK,
+              topP: o.topP,
+              minP: o.minP,
+              repetitionPenalty: o.repetitionPenalty,
+              seed: o.seed,
+              stopStrings: o.stopStrings,
+              eosTokenId: [...o.eos],
+            })
+          ) {
+            req.push(c);
+            if (req.ended) break;
+          }
+        } catch (e) {
+          req.fail(e);
+        } finally {
+          this.#serial = null;
         }
-      } catch (e) {
-        req.fail(e);
+        await this.#yield();
       }
-      await this.#yield();
+    } finally {
+      this.#looping = false;
     }
   }
 }
