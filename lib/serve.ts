@@ -43,7 +43,7 @@ export interface ServeOptions {
 
 /** What the server reports about its scheduler (see {@link RabbitServer.stats}). */
 export interface ServeStats {
-  /** The model is still loading (completion requests get 503). */
+  /** The model is still loading (completion requests get 503; 500 if loading failed). */
   loading: boolean;
   /** Requests decoding. */
   active: number;
@@ -691,7 +691,7 @@ export function serve(
     stats: () => {
       const bt = batcher as Batcher | null;
       return {
-        loading: lm === null,
+        loading: lm === null && loadError === null,
         active: bt?.active ?? 0,
         queued: bt?.queued ?? 0,
         steps: bt?.stats.steps ?? 0,

@@ -5,7 +5,8 @@
  */
 import assert from "node:assert/strict";
 import OpenAI from "npm:openai@7.60.0";
-import { AutoModel, type CausalLM, type ChatMessage, InputError, serve } from "../mod.ts";
+import { AutoModel, type CausalLM, type ChatMessage, InputError, plan, serve } from "../mod.ts";
+import { workBytes } from "../lib/engine/kv_cache.ts";
 import { Batcher, QueueFullError } from "../lib/engine/batcher.ts";
 import { chatModel, run } from "./_cli.ts";
 
@@ -524,6 +525,60 @@ Deno.test("batcher: bad input is an InputError, a full queue a QueueFullError; c
       }
       assert.deepEqual(got, row.slice(1, 2 + (i % 3)));
     }
+  } finally {
+    await b.close();
+  }
+});
+
+Deno.test("batcher: memory is planned for the batch (every row's KV cache at maxSeqLen, a step's rows) as a batched generate plans it", async () => {
+  const seen: number[] = [];
+  await using m = await AutoModel.fromPretrained(`${ROOT}models/stories260k`, {
+    quiet: true,
+    threads: 1,
+    maxSeqLen: 128,
+    planner: (input) => {
+      seen.push(input.workBytes);
+      return plan(input);
+    },
+  });
+  const b = new Batcher(m, { maxBatch: 4, prefillChunk: 32 });
+  try {
+    for await (const _ of b.submit([1, 2, 3], { maxNewTokens: 2 })) { /* run */ }
+  } finally {
+    await b.close();
+  }
+  assert.equal(seen.at(-1), workBytes(m.config, 4, 128, 4 + 32, 4));
+  await m.generate([[1, 2, 3], [4, 5]], { maxNewTokens: 2 }); // the model is free again
+  assert.equal(seen.at(-1), workBytes(m.config, 2, 3 + 2, 2 * 3, 2));
+});
+
+Deno.test("batcher: a long prompt joins in chunks; the decoding row gets a token at every step meanwhile", async () => {
+  const m = await model();
+  const b = new Batcher(m, { maxBatch: 2, prefillChunk: 16 });
+  try {
+    const long = Array.from({ length: 300 }, (_, i) => 3 + (i * 37) % 500);
+    const aSteps: number[] = [];
+    let bSubmitted = -1, bFirst = -1;
+    const a = (async () => {
+      for await (const _ of b.submit([1, 2, 3], { maxNewTokens: 60, eosTokenId: [] })) {
+        aSteps.push(b.stats.steps);
+        if (aSteps.length === 3) {
+          bSubmitted = b.stats.steps;
+          void (async () => {
+            for await (const _ of b.submit(long, { maxNewTokens: 2, temperature: 0 })) {
+              if (bFirst < 0) bFirst = b.stats.steps;
+            }
+          })();
+        }
+      }
+    })();
+    await a;
+    await until("the long prompt's answer", () => b.active === 0);
+    const prefill = bFirst - bSubmitted;
+    assert.ok(prefill >= Math.ceil(300 / 16), `prefilled in ${prefill} steps`);
+    const during = aSteps.filter((s) => s > bSubmitted && s <= bFirst).length;
+    assert.ok(during >= prefill - 1, `${during} tokens of the decoding row in ${prefill} steps`);
+    assert.ok(b.stats.maxRowsInStep === 2);
   } finally {
     await b.close();
   }
