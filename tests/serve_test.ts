@@ -425,6 +425,19 @@ Deno.test("serve: 503 while the model loads, then served", async () => {
   } finally {
     await server.shutdown();
   }
+  // A model that failed to load: 500, the error not shown to clients.
+  const failed = Promise.reject(new InputError("/secret/path: no such checkpoint"));
+  await using broken = serve(failed, { port: 0, modelId: MODEL_ID, log: null });
+  await failed.catch(() => {});
+  const res = await fetch(`${broken.url}/v1/completions`, {
+    method: "POST",
+    body: JSON.stringify({ model: MODEL_ID, prompt: "Hi" }),
+  });
+  assert.equal(res.status, 500);
+  const body = await res.text();
+  assert.match(body, /model_load_failed/);
+  assert.ok(!body.includes("secret"));
+  assert.equal(broken.stats().loading, false);
 });
 
 Deno.test("serve: stop strings are cut from the answer; seeded sampling repeats; defaults bind 127.0.0.1", async () => {
