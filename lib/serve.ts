@@ -300,9 +300,7 @@ export function serve(
       : null;
     if (!kind) throw new HttpError(404, `no route ${path}`, "invalid_request_error", "not_found");
     if (req.method !== "POST") throw methodNotAllowed("POST");
-    if (closing) {
-      throw new HttpError(503, "the server is shutting down", "server_error", "shutting_down");
-    }
+    if (closing) throw shuttingDown();
     const body = await readJson(req);
     if (loadError) {
       throw new HttpError(500, "the model failed to load", "server_error", "model_load_failed");
@@ -327,6 +325,9 @@ export function serve(
       ? streamResponse(kind, job, r, id, done)
       : await fullResponse(kind, job, r, id, done);
   }
+
+  const shuttingDown = () =>
+    new HttpError(503, "the server is shutting down", "server_error", "shutting_down");
 
   const methodNotAllowed = (allow: string) =>
     new HttpError(405, `use ${allow}`, "invalid_request_error", "method_not_allowed", null, {
@@ -561,7 +562,8 @@ export function serve(
     for await (const c of r) text += trim.push(c.text);
     text += trim.flush();
     if (r.finishReason === "cancelled") {
-      done(499, r);
+      if (closing) throw shuttingDown();
+      done(499, r); // the client went away
       return new Response(null, { status: 499 });
     }
     const usage = usageOf(r);
@@ -632,7 +634,11 @@ export function serve(
             if (text !== "") send(chunk(text, null));
           }
           if (r.finishReason === "cancelled") {
-            log1(499);
+            if (closing) {
+              const e = shuttingDown();
+              send({ error: { message: e.message, type: e.type, code: e.code, param: null } });
+              log1(503);
+            } else log1(499);
             controller.close();
             return;
           }

@@ -400,6 +400,36 @@ Deno.test("serve: a full queue is 429 with Retry-After; the queued request is th
   }
 });
 
+Deno.test("serve: shutdown ends running requests (503, or an error event in a stream) and stops listening", async () => {
+  const { server, client } = await start({ maxBatch: 2 });
+  const stream = await client.completions.create({
+    model: MODEL_ID,
+    prompt: "Once upon a time",
+    max_tokens: 400,
+    temperature: 0,
+    stream: true,
+  });
+  const it = stream[Symbol.asyncIterator]();
+  await it.next();
+  const plain = client.completions.create({
+    model: MODEL_ID,
+    prompt: "One day",
+    max_tokens: 400,
+    temperature: 0,
+  });
+  await until("both requests to run", () => server.stats().active === 2);
+  await server.shutdown();
+  await assert.rejects(
+    async () => {
+      while (!(await it.next()).done) { /* drain */ }
+    },
+    (e: unknown) => e instanceof OpenAI.APIError && /shutting down/.test(e.message),
+  );
+  await assert.rejects(plain, (e: unknown) => e instanceof OpenAI.APIError && e.status === 503);
+  await assert.rejects(fetch(`${server.url}/v1/models`));
+  assert.equal(server.stats().active, 0);
+});
+
 Deno.test("serve: 503 while the model loads, then served", async () => {
   const loading = Promise.withResolvers<CausalLM>();
   const lines: string[] = [];
