@@ -316,11 +316,18 @@ Deno.test("serve: errors are OpenAI error bodies: 401 bad key, 400 bad JSON / fi
         [{ messages: [{ role: "user", content: "Hi" }], n: 2 }, "n"],
         [{ messages: [{ role: "user", content: "Hi" }], max_tokens: 0 }, "max_tokens"],
         [{ messages: [{ role: "user", content: "Hi" }], stop: [""] }, "stop"],
+        // The chat template raises (roles must alternate): its message, without the file path.
+        [
+          { messages: [{ role: "user", content: "a" }, { role: "user", content: "b" }] },
+          "messages",
+        ],
       ] as const
     ) {
       const r = await post("/v1/chat/completions", JSON.stringify({ model: MODEL_ID, ...fields }));
       assert.equal(r.status, 400, JSON.stringify(fields));
-      assert.equal((await r.json()).error.param, param);
+      const e = (await r.json()).error;
+      assert.equal(e.param, param);
+      assert.ok(!e.message.includes("rabbit-chat-"), e.message); // no file paths
     }
 
     await assert.rejects(
