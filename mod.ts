@@ -74,6 +74,7 @@ export {
   InternalError,
   ModelClosedError,
   NonFiniteError,
+  QueueFullError,
   RabbitError,
   SafetensorsError,
   TokenizerError,

@@ -105,6 +105,10 @@ export class BackendError extends RabbitError {
  * batch, `maxSeqLen`, `maxResidentBytes` or `maxGpuMemory`).
  */
 export class DeviceMemoryError extends BackendError {
+  /**
+   * Message: `"rl_alloc: out of device memory: <requested> requested, <free> free, <live> held by
+   * this model; ..."`; the backend's own message is the `cause`.
+   */
   constructor(
     readonly requested: number,
     readonly free: number | null,
@@ -125,6 +129,14 @@ export class DeviceMemoryError extends BackendError {
 }
 
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB (${b} bytes)`;
+
+/** The server's queue (lib/engine/batcher.ts) is full: try again later (HTTP 429). */
+export class QueueFullError extends RabbitError {
+  /** Message: `"the queue is full: <n> requests waiting"`. */
+  constructor(readonly waiting: number) {
+    super(`the queue is full: ${waiting} requests waiting`);
+  }
+}
 
 /** A request the engine cannot serve: bad input ids, sequence past maxSeqLen, closed model. */
 export class InputError extends RabbitError {}

@@ -7,10 +7,10 @@
  *
  * @module
  */
-import { Batcher, batcherOptions, type BatchRequest, QueueFullError } from "./engine/batcher.ts";
+import { Batcher, batcherOptions, type BatchRequest } from "./engine/batcher.ts";
 import type { CausalLM } from "./engine/causal_lm.ts";
 import { type ChatMessage, type GenerateOptions, promptRows } from "./engine/generate.ts";
-import { InputError, TokenizerError } from "./errors.ts";
+import { InputError, QueueFullError, TokenizerError } from "./errors.ts";
 
 /** Options of {@link serve}. */
 export interface ServeOptions {

@@ -208,7 +208,9 @@ Deno.test("cli: SIGINT during a chat reply stops the reply, the chat goes on; at
         addSpecialTokens: false,
       });
       const [ids] = await m.generate(messages, { maxNewTokens: 300 });
-      assert.equal(second, t.decode(ids.slice(prompt.length), { skipSpecialTokens: true }));
+      // decode() drops a first token's leading space; the streamed reply keeps it.
+      const want = t.decode(ids.slice(prompt.length), { skipSpecialTokens: true });
+      assert.equal(second.trimStart(), want.trimStart());
       break;
     }
   } finally {

@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { InputError, RabbitError } from "../errors.ts";
+import { InputError, QueueFullError } from "../errors.ts";
 import {
   type BatchAccess,
   type CausalLM,
@@ -27,14 +27,6 @@ import {
 import { type GenerateOptions, type ResolvedGenerate, resolveGenerate } from "./generate.ts";
 import { nextToken, Rng } from "./sampling.ts";
 import type { PackedSeq } from "./step.ts";
-
-/** The batcher's queue is full: try again later. */
-export class QueueFullError extends RabbitError {
-  /** Message: `"the queue is full: <n> requests waiting"`. */
-  constructor(readonly waiting: number) {
-    super(`the queue is full: ${waiting} requests waiting`);
-  }
-}
 
 /** Options of a {@link Batcher}. */
 export interface BatcherOptions {
