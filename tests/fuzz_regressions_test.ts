@@ -147,6 +147,24 @@ Deno.test("fuzz regression: config.json nested 100 levels deep -> ConfigError", 
   assert.ok(await parseConfigText(`${JSON.stringify(LLAMA).slice(0, -1)},"x":${fine}}`));
 });
 
+// Guards the same check, on the shape the fuzzer found (its input nested rope_parameters.rope_type
+// ~50,000 deep). With neither this check nor parseRope's typeof check, the rope type was converted
+// to a string, recursing once per level: RangeError: Maximum call stack size exceeded (from about
+// 5,000 levels). With only the typeof check, the error named the key and printed the whole value.
+Deno.test("fuzz regression: config.json rope_type nested 5000 levels deep -> ConfigError", async () => {
+  const deep = "[".repeat(5000) + "]".repeat(5000);
+  await rejectsWith(
+    () =>
+      parseConfigText(
+        `${JSON.stringify(LLAMA).slice(0, -1)},"rope_parameters":{"rope_type":${deep}}}`,
+      ),
+    ConfigError,
+    CONFIG,
+    null,
+    new RegExp(`^nested deeper than ${MAX_JSON_DEPTH} levels$`),
+  );
+});
+
 // Guards the families' messages that printed a raw value with `${v}` ("raw objects in
 // messages"): lib/models/qwen2_moe.ts (qkv_bias; norm_topk_prob in parseQwenMoe), phi.ts
 // (qk_layernorm, layer_norm_eps), gemma3.ts (ropeOf's rope_theta) and deepseek.ts
@@ -290,6 +308,21 @@ Deno.test("fuzz regression: tokenizer.json nested 100 levels deep -> TokenizerEr
   const deep = "[".repeat(100) + "]".repeat(100);
   await rejectsWith(
     () => tokenizerFrom(`${JSON.stringify(BPE).slice(0, -1)},"x":${deep}}`),
+    TokenizerError,
+    TOKENIZER_JSON,
+    null,
+    new RegExp(`^nested deeper than ${MAX_JSON_DEPTH} levels$`),
+  );
+});
+
+// Guards the same check, on the shape the fuzzer found (its input had a vocab id nested ~50,000
+// deep). With neither this check nor modelVocab's id check, `id + 1` converted it to a string,
+// recursing once per level: RangeError: Maximum call stack size exceeded.
+Deno.test("fuzz regression: tokenizer.json vocab id nested 5000 levels deep -> TokenizerError", async () => {
+  const deep = "[".repeat(5000) + "]".repeat(5000);
+  const json = JSON.stringify({ ...BPE, model: { ...BPE.model, vocab: { a: 0, b: "DEEP" } } });
+  await rejectsWith(
+    () => tokenizerFrom(json.replace('"DEEP"', deep)),
     TokenizerError,
     TOKENIZER_JSON,
     null,
