@@ -58,11 +58,15 @@ export function ropeDependsOnLength(rope: RopeConfig): boolean {
 }
 
 /** Fails early (at load) for a rope type we do not implement, naming the key. */
-export function checkRopeType(rope: RopeConfig, source: string): void {
+export function checkRopeType(
+  rope: RopeConfig,
+  source: string,
+  key = "rope_scaling.rope_type",
+): void {
   if (!(ROPE_TYPES as readonly string[]).includes(rope.type)) {
     throw new ConfigError(
       source,
-      "rope_scaling.rope_type",
+      key,
       `unsupported rope type "${rope.type}"; supported: ${ROPE_TYPES.join(", ")}`,
     );
   }

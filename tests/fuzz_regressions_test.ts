@@ -198,6 +198,31 @@ const RAW_IN_MESSAGE: [fixture: string, key: string, change: Record<string, unkn
     },
     /^expected a positive number, got \{"toString":2\}$/,
   ],
+  // Guards gemma3.ts ropeOf's typeof check (found by `deno task fuzz` at 100,000 inputs, after
+  // 9994e16): String({"toString": 2}) threw TypeError: Cannot convert object to primitive value.
+  [
+    "gemma3_text",
+    "rope_parameters.full_attention.rope_type",
+    {
+      rope_parameters: {
+        full_attention: { rope_type: RAW, rope_theta: 10000 },
+        sliding_attention: { rope_type: "default", rope_theta: 10000 },
+      },
+    },
+    /^expected a rope type name, got \{"toString":2\}$/,
+  ],
+  // ...and a number there was named as rope_scaling.rope_type (a key the file does not have).
+  [
+    "gemma3_text",
+    "rope_parameters.full_attention.rope_type",
+    {
+      rope_parameters: {
+        full_attention: { rope_type: 5, rope_theta: 10000 },
+        sliding_attention: { rope_type: "default", rope_theta: 10000 },
+      },
+    },
+    /^expected a rope type name, got 5$/,
+  ],
   [
     "deepseek_v3",
     "routed_scaling_factor",
@@ -207,7 +232,8 @@ const RAW_IN_MESSAGE: [fixture: string, key: string, change: Record<string, unkn
 ];
 
 for (const [fixture, key, change, expected] of RAW_IN_MESSAGE) {
-  Deno.test(`fuzz regression: ${fixture} config.json ${key} {toString: 2} -> ConfigError`, async () => {
+  const value = expected.source.match(/got (.*)\$$/)?.[1].replaceAll("\\", "") ?? "";
+  Deno.test(`fuzz regression: ${fixture} config.json ${key} ${value} -> ConfigError`, async () => {
     assert.ok(await parseConfigText(await fixtureConfig(fixture, {})), `${fixture} parses`);
     await rejectsWith(
       async () => parseConfigText(await fixtureConfig(fixture, change)),

@@ -65,13 +65,20 @@ function ropeOf(
     throw new ConfigError(source, `${key}.partial_rotary_factor`, "expected a number");
   }
   const params = ropeScalingParams(p);
-  const type = String(p.rope_type ?? p.type ?? "default");
+  const named = p.rope_type ?? p.type ?? "default";
+  const field = `${key}.${
+    p.rope_type !== undefined && p.rope_type !== null ? "rope_type" : "type"
+  }`;
+  if (typeof named !== "string") {
+    throw new ConfigError(source, field, `expected a rope type name, got ${JSON.stringify(named)}`);
+  }
+  const type = named;
   // standardize_rope_params: scaled types default their pretraining length to the context.
   if (["llama3", "yarn", "longrope"].includes(type)) {
     params.original_max_position_embeddings ??= maxPositions;
   }
   const rope = { type, theta, partialRotaryFactor: partial, params };
-  checkRopeType(rope, source);
+  checkRopeType(rope, source, field);
   return rope;
 }
 
