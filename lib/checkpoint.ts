@@ -29,7 +29,7 @@ import {
   tensorByteSize,
 } from "./dtype.ts";
 import { CheckpointError } from "./errors.ts";
-import type { Family, Part } from "./models/family.ts";
+import { type Family, type Part, type Placement, rowRange } from "./models/family.ts";
 import {
   BLOCK,
   type BlockDType,
@@ -820,10 +820,77 @@ function checkpointName(family: Family, cfg: ModelConfig, part: Part, local: str
     : part.kind === "norm"
     ? [`model.norm.${local}`, `model.final_layernorm.${local}`]
     : [`lm_head.${local}`];
-  return candidates.find((name) => {
-    const p = family.place(name, cfg);
-    return p?.part && partId(p.part) === partId(part) && p.local === local;
-  }) ?? null;
+  return candidates.find((name) =>
+    placements(family, name, cfg)?.some((p) =>
+      p.part && partId(p.part) === partId(part) && p.local === local
+    )
+  ) ?? null;
+}
+
+/** Every place the family puts a checkpoint tensor (fused tensors have several), or undefined. */
+export function placements(
+  family: Family,
+  name: string,
+  cfg: ModelConfig,
+): readonly Placement[] | undefined {
+  const fused = family.placeFused?.(name, cfg);
+  if (fused) return fused;
+  const p = family.place(name, cfg);
+  return p === undefined ? undefined : [p];
+}
+
+/**
+ * `t` as the local tensor of placement `pl`: the whole tensor, or the rows it takes (fused
+ * tensors; the source is read once for all its placements), unit-normalized when asked.
+ */
+function placed(
+  t: Unplaced,
+  pl: Placement,
+  siblings: number,
+  shared: { data?: Promise<Uint8Array>; left: number },
+): SourceTensor {
+  if (!pl.rows && !pl.unitRows) return { ...t, local: pl.local };
+  const n = t.shape[0] ?? 0;
+  const rowBytes = n > 0 ? t.nbytes / n : 0;
+  const rows = pl.rows ?? rowRange(0, n);
+  for (const r of rows) {
+    if (!Number.isInteger(r) || r < 0 || r >= n || !Number.isInteger(rowBytes)) {
+      throw new CheckpointError(
+        t.path,
+        `tensor ${t.name} has shape [${t.shape}]: row ${r} (for ${pl.local}) does not exist`,
+      );
+    }
+  }
+  shared.left = siblings;
+  return {
+    ...t,
+    local: pl.local,
+    shape: [rows.length, ...t.shape.slice(1)],
+    nbytes: rows.length * rowBytes,
+    read: async () => {
+      shared.data ??= t.read();
+      const all = await shared.data;
+      if (--shared.left <= 0) shared.data = undefined; // the last sibling lets it go
+      const out = new Uint8Array(rows.length * rowBytes);
+      rows.forEach((r, i) => out.set(all.subarray(r * rowBytes, (r + 1) * rowBytes), i * rowBytes));
+      return pl.unitRows ? unitRows(out, t.dtype, rows.length, `${t.path}: ${t.name}`) : out;
+    },
+  };
+}
+
+/** Each of `n` rows scaled to unit L2 norm (torch's F.normalize, eps 1e-12), in `dtype`. */
+function unitRows(data: Uint8Array, dtype: DType, n: number, where: string): Uint8Array {
+  const f = convert(data, dtype, "F32", where).slice();
+  const x = new Float32Array(f.buffer, f.byteOffset, f.byteLength / 4);
+  const k = x.length / n;
+  for (let r = 0; r < n; r++) {
+    const row = x.subarray(r * k, (r + 1) * k);
+    let ss = 0;
+    for (const v of row) ss += v * v;
+    const norm = Math.max(Math.fround(Math.sqrt(ss)), 1e-12);
+    for (let i = 0; i < k; i++) row[i] = Math.fround(row[i] / norm);
+  }
+  return convert(new Uint8Array(x.buffer), "F32", dtype, where);
 }
 
 /** Places every tensor of the shards into parts (in model order) and validates names/shapes. */
@@ -841,14 +908,18 @@ function assignTensors(
     const { hf, ...t } = src;
     if (seen.has(hf)) throw new CheckpointError(t.path, `tensor ${t.name} appears twice`);
     seen.add(hf);
-    const placed = family.place(hf, cfg);
-    if (!placed) {
+    const where = placements(family, hf, cfg);
+    if (!where) {
       throw new CheckpointError(
         t.path,
         `unknown tensor ${t.name} for ${cfg.architecture} with ${cfg.numLayers} layers`,
       );
     }
-    if (placed.part) parts.get(partId(placed.part))!.push({ ...t, local: placed.local });
+    const used = where.filter((pl) => pl.part);
+    const shared = { left: 0 };
+    for (const pl of used) {
+      parts.get(partId(pl.part!))!.push(placed(t, pl, used.length, shared));
+    }
   }
   for (const part of order) {
     const have = parts.get(partId(part))!;

@@ -6,7 +6,7 @@
  */
 import { type Backend, cstr } from "../ffi/backend.ts";
 import type { Checkpoint } from "./auto_model.ts";
-import { listShards, partId, quantizedLocals } from "./checkpoint.ts";
+import { listShards, partId, placements, quantizedLocals } from "./checkpoint.ts";
 import { tensorByteSize } from "./dtype.ts";
 import type { BlockDType } from "./quant.ts";
 import type { ModelConfig } from "./config.ts";
@@ -103,25 +103,32 @@ export async function modelInfo(
   let parameters = 0;
   const quantized = new Map<string, Map<string, BlockDType>>();
   for await (const t of checkpointTensors(ck)) {
-    const placed = ck.family.place(t.name, c);
-    if (!placed?.part) continue;
-    const n = t.shape.reduce((a, b) => a * b, 1);
-    parameters += n;
-    const id = partId(placed.part);
-    // What the split stores: blocks for the tensors a quantized split quantizes; a GGUF tensor
-    // as it is.
-    let blocks = quantized.get(id);
-    if (!blocks) {
-      blocks = ck.quantize ? quantizedLocals(ck.family, c, id, ck.quantize) : new Map();
-      quantized.set(id, blocks);
-    }
-    const block = blocks.get(placed.local);
-    const nbytes = t.nbytes ?? (block ? tensorByteSize(block, t.shape) : n * size);
-    partBytes[id] = (partBytes[id] ?? 0) + nbytes;
-    if (placed.part.kind === "layer") {
-      const list = layerTensors.get(id) ?? [];
-      list.push({ name: placed.local, nbytes });
-      layerTensors.set(id, list);
+    const where = placements(ck.family, t.name, c) ?? [];
+    if (where.some((p) => p.part)) parameters += t.shape.reduce((a, b) => a * b, 1);
+    for (const placed of where) {
+      if (!placed.part) continue;
+      // A fused tensor's share: its rows.
+      const n = (placed.rows?.length ?? t.shape[0] ?? 1) *
+        t.shape.slice(1).reduce((a, b) => a * b, 1);
+      const id = partId(placed.part);
+      // What the split stores: blocks for the tensors a quantized split quantizes; a GGUF tensor
+      // as it is.
+      let blocks = quantized.get(id);
+      if (!blocks) {
+        blocks = ck.quantize ? quantizedLocals(ck.family, c, id, ck.quantize) : new Map();
+        quantized.set(id, blocks);
+      }
+      const block = blocks.get(placed.local);
+      const shape = [placed.rows?.length ?? t.shape[0], ...t.shape.slice(1)];
+      const nbytes = t.nbytes !== undefined && t.shape.length > 0
+        ? t.nbytes / t.shape[0] * shape[0]
+        : t.nbytes ?? (block ? tensorByteSize(block, shape) : n * size);
+      partBytes[id] = (partBytes[id] ?? 0) + nbytes;
+      if (placed.part.kind === "layer") {
+        const list = layerTensors.get(id) ?? [];
+        list.push({ name: placed.local, nbytes });
+        layerTensors.set(id, list);
+      }
     }
   }
   const ids = Array.from({ length: c.numLayers }, (_, i) => `layer.${i}`);

@@ -145,6 +145,11 @@ class Fixture:
     score_bias_std: float = 0.0
     # custom legacy-config rewrite (replaces rewrite_legacy_config)
     legacy_fn: Callable[[Path, Any], None] | None = None
+    # remote-code families (scripts/remote_families/): after the reference outputs are computed
+    # from the native model, rewrites out_dir in place into the original hub layout (remote-code
+    # config.json with auto_map, original tensor names, fused tensors) and returns the
+    # architecture name the hub config carries (reference.json "architecture").
+    hub_layout: Callable[[Path, Any], str] | None = None
 
 
 # newer families. Only what differs from the family defaults that matter is set; every config is
@@ -797,6 +802,24 @@ FIXTURES: list[Fixture] = [
         "topk_group 1, top-2, weights renormalized then x 2.5, 1 shared expert",
     ),
 ]
+
+
+def remote_fixtures() -> list[Fixture]:
+    """The fixtures of scripts/remote_families/*.py (in file order): each module defines
+    fixtures(ref) -> list[Fixture], where ref is this module (its Fixture, BASE, feature checks)."""
+    import importlib.util
+
+    out: list[Fixture] = []
+    for path in sorted((Path(__file__).resolve().parent / "remote_families").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"remote_families_{path.stem}", path)
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        out += mod.fixtures(sys.modules[__name__])
+    return out
+
+
+FIXTURES += remote_fixtures()
 FIXTURE_NAMES = [f.name for f in FIXTURES] + ["stories260k"]
 
 
@@ -1205,11 +1228,15 @@ def _build_fixture_seed(fx: Fixture, seed: int, out_dir: Path) -> dict[str, Any]
     feature = run_feature(fx.feature) if fx.feature is not None else None
     more_features = [f for f in (run_feature(feat) for feat in fx.more_features) if f is not None]
 
+    architecture = fx.model_cls.__name__
+    if fx.hub_layout is not None:
+        architecture = fx.hub_layout(out_dir, fx)
+        weight_files = sorted(p.name for p in out_dir.glob("*.safetensors"))
     write_logits(out_dir / "logits.bin", logits)
     storage_dtypes = sorted({str(v.dtype) for v in stored.values()})
     ref_json = {
         "name": fx.name,
-        "architecture": fx.model_cls.__name__,
+        "architecture": architecture,
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
         "storage_dtype": fx.storage_dtype,
@@ -1244,7 +1271,7 @@ def _build_fixture_seed(fx: Fixture, seed: int, out_dir: Path) -> dict[str, Any]
 
     return {
         "name": fx.name,
-        "arch": fx.model_cls.__name__,
+        "arch": architecture,
         "storage": fx.storage_dtype,
         "form": ref_json["config_form"],
         "seed": seed,

@@ -22,6 +22,21 @@ export interface Placement {
   part: Part | null;
   /** Name inside the part file (layer tensors drop the `model.layers.N.` prefix). */
   local: string;
+  /**
+   * The rows (first dimension) of the checkpoint tensor this local tensor takes, in this order:
+   * a tensor the checkpoint fuses (Baichuan's `W_pack` = q | k | v, InternLM2's `wqkv`
+   * interleaved by KV group) split into the ones the family computes with, or rows reordered for
+   * another rope layout. Row r of a block-format tensor is its r-th row of blocks. Default: every
+   * row, as stored.
+   */
+  rows?: readonly number[];
+  /** Each taken row scaled to unit L2 norm at split time (Baichuan 2's NormHead `lm_head`). */
+  unitRows?: boolean;
+}
+
+/** Rows `start .. start + count - 1`, for {@link Placement.rows}. */
+export function rowRange(start: number, count: number): number[] {
+  return Array.from({ length: count }, (_, i) => start + i);
 }
 
 /** A tensor a part must contain, with its shape. */
@@ -121,6 +136,12 @@ export interface Family<C extends ModelConfig = ModelConfig, S extends string = 
   parseConfig(raw: Readonly<Record<string, unknown>>, source: string): C;
   /** Where a checkpoint tensor goes; `undefined` when the name is unknown to the family. */
   place(name: string, cfg: C): Placement | undefined;
+  /**
+   * Where a fused checkpoint tensor goes (Baichuan's `W_pack`, InternLM2's `wqkv`): several
+   * places, each taking its {@link Placement.rows}. Asked before {@link place}; `undefined` for a
+   * tensor that is not fused. Families without fused tensors leave it out.
+   */
+  placeFused?(name: string, cfg: C): readonly Placement[] | undefined;
   /** Tensors a part must carry (used to validate at split and load time). */
   expected(part: Part, cfg: C): ExpectedTensor[];
   /**
