@@ -57,6 +57,22 @@ export function ropeDependsOnLength(rope: RopeConfig): boolean {
   return rope.type === "dynamic" || rope.type === "longrope";
 }
 
+/** The length a sticky dynamic rope was last scaled for (0: not yet), per rope object. */
+const stickyScaled = new WeakMap<RopeConfig, { seqLen: number }>();
+
+/**
+ * A copy of a "dynamic" rope whose scaling is sticky, as InternLM2's remote code does it: a
+ * forward whose length passes max_position_embeddings rescales the table for that length and the
+ * table stays, so a later forward within max_position_embeddings uses the last scaled one (plain
+ * "dynamic", like transformers' own reset below the original length, goes back to the base
+ * table). The state lives with the returned object: one per parsed config, i.e. per loaded model.
+ */
+export function stickyDynamic(rope: RopeConfig): RopeConfig {
+  const copy = { ...rope };
+  stickyScaled.set(copy, { seqLen: 0 });
+  return copy;
+}
+
 /** Fails early (at load) for a rope type we do not implement, naming the key. */
 export function checkRopeType(
   rope: RopeConfig,
@@ -94,7 +110,9 @@ export function ropeTable(
     case "dynamic": {
       const factor = num(rope, "factor", source);
       const maxPos = shape.maxPositionEmbeddings;
-      const len = Math.max(seqLen, maxPos);
+      const sticky = stickyScaled.get(rope);
+      if (sticky && seqLen > maxPos) sticky.seqLen = seqLen;
+      const len = Math.max(sticky ? sticky.seqLen : seqLen, maxPos);
       const scaled = base * Math.pow(factor * len / maxPos - (factor - 1), dim / (dim - 2));
       return { rotDim: dim, invFreq: baseInvFreq(scaled, dim), mscale: 1 };
     }

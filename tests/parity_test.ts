@@ -29,6 +29,10 @@ Deno.test("parity: the fixture set is complete", () => {
       "qwen3_moe",
       "deepseek_v2",
       "deepseek_v3",
+      "internlm",
+      "internlm2",
+      "internlm2_bf16",
+      "internlm3",
       "stories260k",
     ]
   ) assert.ok(names.includes(want), `fixture ${want} missing from tests/fixtures`);

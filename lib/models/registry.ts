@@ -8,6 +8,7 @@ import type { Family } from "./family.ts";
 import { deepseekV2, deepseekV3 } from "./deepseek.ts";
 import { gemma2 } from "./gemma2.ts";
 import { gemma3 } from "./gemma3.ts";
+import { internlm, internlm2, internlm3 } from "./internlm.ts";
 import { llama } from "./llama.ts";
 import { mistral } from "./mistral.ts";
 import { mixtral } from "./mixtral.ts";
@@ -32,6 +33,9 @@ const FAMILIES: readonly Family[] = [
   qwen3Moe,
   deepseekV2,
   deepseekV3,
+  internlm,
+  internlm2,
+  internlm3,
 ];
 
 const BY_ARCH = new Map(FAMILIES.flatMap((f) => f.architectures.map((a) => [a, f] as const)));
