@@ -33,6 +33,9 @@ Deno.test("parity: the fixture set is complete", () => {
       "internlm2",
       "internlm2_bf16",
       "internlm3",
+      "baichuan",
+      "baichuan2",
+      "baichuan2_bf16",
       "stories260k",
     ]
   ) assert.ok(names.includes(want), `fixture ${want} missing from tests/fixtures`);

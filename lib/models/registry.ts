@@ -5,6 +5,7 @@
  */
 import { UnsupportedArchitectureError } from "../errors.ts";
 import type { Family } from "./family.ts";
+import { baichuan } from "./baichuan.ts";
 import { deepseekV2, deepseekV3 } from "./deepseek.ts";
 import { gemma2 } from "./gemma2.ts";
 import { gemma3 } from "./gemma3.ts";
@@ -33,6 +34,7 @@ const FAMILIES: readonly Family[] = [
   qwen3Moe,
   deepseekV2,
   deepseekV3,
+  baichuan,
   internlm,
   internlm2,
   internlm3,

@@ -1,0 +1,213 @@
+"""Baichuan 1 / 2 (7B, and 13B when the attention op takes ALiBi slopes): tiny fixtures for
+scripts/make_reference.py.
+
+Reference route: the original checkpoints are Llama with three deltas, so the reference is a
+native transformers LlamaForCausalLM on the same weights, and `hub_layout` rewrites the directory
+into the original hub layout afterwards:
+
+- `model.layers.N.self_attn.W_pack.weight` [3·hidden, hidden] = q_proj | k_proj | v_proj rows
+  (contiguous thirds, no bias; `proj.unflatten(-1, (3, hidden_size))` in the remote code).
+- Baichuan-7B (`BaiChuanForCausalLM`, capital C) registers `rotary_emb.inv_freq` as a persistent
+  buffer, so its files carry one per layer; Baichuan 2 keeps it as a plain attribute (not saved).
+- Baichuan 2 (`BaichuanForCausalLM`) stores `lm_head.weight` un-normalized and computes with
+  normalize(W) per row (NormHead; in eval mode it normalizes `self.weight` in place on the first
+  forward). The native model here is `NormHeadLlamaForCausalLM`: LlamaForCausalLM whose lm_head
+  Linear is replaced by that normalization (F.linear(x, F.normalize(W))); nothing else differs.
+  The hub config has no flag for it: our rule (lib/models/baichuan.ts) is `BaichuanForCausalLM`
+  with `vocab_size` 125696 (vLLM's rule; Baichuan 2's tokenizer) or a `z_loss_weight` key
+  (written by Baichuan 2's configuration classes, absent from Baichuan-13B's), so the tiny
+  fixtures carry `z_loss_weight: 0` as the Baichuan2-7B hub config does.
+- Baichuan2-7B computes rope in float32 whatever the model dtype; the reference (and our engine)
+  computes everything in float32, so this changes nothing here (bf16 fixtures store bf16 weights,
+  compute stays float32).
+
+The remote code itself is never imported here (see cross_check() for the one-off comparison).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+# What the original configuration classes write next to the shape keys (remote config.json).
+REMOTE_COMMON = {
+    "hidden_act": "silu",
+    "initializer_range": 0.02,
+    "model_type": "baichuan",
+    "pad_token_id": 0,
+    "tie_word_embeddings": False,
+    "transformers_version": "4.29.2",
+    "use_cache": True,
+    "_from_model_config": True,
+}
+
+
+class NormHead(torch.nn.Module):
+    """Baichuan 2's lm_head: logits = x · normalize(W)ᵀ (rows of W scaled to unit L2 norm, in
+    float32). With `store` set, the normalized rows are rounded to that dtype once, as a model
+    stored in it holds them: the original NormHead normalizes `self.weight` in place, in the
+    weight's dtype, and our split (Placement.unitRows) stores the float32-normalized rows in the
+    checkpoint's dtype."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, store: torch.dtype | None = None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(vocab_size, hidden_size))
+        self.store = store
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.nn.functional.normalize(self.weight.float())
+        if self.store is not None:
+            w = w.to(self.store).float()
+        return torch.nn.functional.linear(x, w)
+
+
+class NormHeadLlamaForCausalLM(LlamaForCausalLM):
+    """LlamaForCausalLM with Baichuan 2's NormHead as lm_head (same tensor name lm_head.weight)."""
+
+    head_store = None  # dtype the normalized head is rounded to (None: kept float32)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.lm_head = NormHead(config.hidden_size, config.vocab_size, self.head_store)
+
+
+class NormHeadBf16LlamaForCausalLM(NormHeadLlamaForCausalLM):
+    """The same for bfloat16 storage: the normalized head rounded to bfloat16."""
+
+    head_store = torch.bfloat16
+
+
+def _hub_config(fx, arch: str, config_cls: str, extra: dict) -> dict:
+    c = fx.config
+    cfg = dict(REMOTE_COMMON)
+    cfg.update(
+        architectures=[arch],
+        auto_map={
+            "AutoConfig": f"configuration_baichuan.{config_cls}",
+            "AutoModelForCausalLM": f"modeling_baichuan.{arch}",
+        },
+        bos_token_id=c["bos_token_id"],
+        eos_token_id=c["eos_token_id"],
+        hidden_size=c["hidden_size"],
+        intermediate_size=c["intermediate_size"],
+        num_attention_heads=c["num_attention_heads"],
+        num_hidden_layers=c["num_hidden_layers"],
+        rms_norm_eps=c.get("rms_norm_eps", 1e-6),
+        torch_dtype=fx.storage_dtype,
+        vocab_size=c["vocab_size"],
+    )
+    cfg.update(extra)
+    return cfg
+
+
+def _fuse(out_dir: Path, fx, inv_freq: bool) -> None:
+    """Native Llama tensors -> Baichuan's: W_pack = q | k | v rows; optional rotary inv_freq."""
+    sd = load_file(str(out_dir / "model.safetensors"))
+    n = fx.config["num_hidden_layers"]
+    hd = fx.config["hidden_size"] // fx.config["num_attention_heads"]
+    out = {}
+    for k, v in sd.items():
+        if any(k.endswith(f"self_attn.{p}_proj.weight") for p in "qkv"):
+            continue
+        out[k] = v.contiguous()
+    for i in range(n):
+        p = f"model.layers.{i}.self_attn."
+        out[p + "W_pack.weight"] = torch.cat(
+            [sd[p + "q_proj.weight"], sd[p + "k_proj.weight"], sd[p + "v_proj.weight"]], dim=0
+        ).contiguous()
+        if inv_freq:  # Baichuan-7B's persistent buffer, float32 as registered
+            out[p + "rotary_emb.inv_freq"] = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
+    assert len(out) == len(sd) - 2 * n + (n if inv_freq else 0)
+    for p in out_dir.glob("*.safetensors"):
+        p.unlink()
+    (out_dir / "model.safetensors.index.json").unlink(missing_ok=True)
+    save_file(dict(sorted(out.items())), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _write_config(out_dir: Path, cfg: dict) -> None:
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def hub_baichuan7b(out_dir: Path, fx) -> str:
+    arch = "BaiChuanForCausalLM"
+    _fuse(out_dir, fx, inv_freq=True)
+    cfg = _hub_config(fx, arch, "BaiChuanConfig", {"max_position_embeddings": fx.config["max_position_embeddings"]})
+    _write_config(out_dir, cfg)
+    return arch
+
+
+def hub_baichuan2_7b(out_dir: Path, fx) -> str:
+    arch = "BaichuanForCausalLM"
+    _fuse(out_dir, fx, inv_freq=False)
+    m = fx.config["max_position_embeddings"]
+    cfg = _hub_config(
+        fx,
+        arch,
+        "BaichuanConfig",
+        {"max_position_embeddings": m, "model_max_length": m, "tokenizer_class": "BaichuanTokenizer", "z_loss_weight": 0},
+    )
+    _write_config(out_dir, cfg)
+    return arch
+
+
+# ---- feature checks
+
+
+def feat_plain_head(model_dir: Path, fx):
+    m = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    m.eval()
+    return ("lm_head used as stored (NormHead normalization skipped)", m)
+
+
+def fixtures(ref) -> list:
+    base = dict(
+        ref.BASE,
+        num_key_value_heads=4,  # W_pack: q, k and v all [hidden, hidden] (MHA)
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    return [
+        ref.Fixture(
+            name="baichuan",
+            model_cls=LlamaForCausalLM,
+            config_cls=LlamaConfig,
+            config=base,
+            seed=17103,
+            logits_len=16,
+            hub_layout=hub_baichuan7b,
+            notes="Baichuan-7B hub layout (BaiChuanForCausalLM, remote config with auto_map): fused "
+            "self_attn.W_pack (q | k | v rows), persistent rotary_emb.inv_freq per layer; reference = "
+            "LlamaForCausalLM on the split weights",
+        ),
+        ref.Fixture(
+            name="baichuan2",
+            model_cls=NormHeadLlamaForCausalLM,
+            config_cls=LlamaConfig,
+            config=base,
+            seed=17200,
+            logits_len=16,
+            hub_layout=hub_baichuan2_7b,
+            feature=feat_plain_head,
+            notes="Baichuan2-7B hub layout (BaichuanForCausalLM, max_position_embeddings + model_max_length, "
+            "z_loss_weight): fused W_pack, un-normalized lm_head used as normalize(W) per row (NormHead); "
+            "reference = LlamaForCausalLM with that head on the split weights",
+        ),
+        ref.Fixture(
+            name="baichuan2_bf16",
+            model_cls=NormHeadBf16LlamaForCausalLM,
+            config_cls=LlamaConfig,
+            config=base,
+            seed=17300,
+            storage_dtype="bfloat16",
+            logits_len=16,
+            hub_layout=hub_baichuan2_7b,
+            feature=feat_plain_head,
+            notes="baichuan2 with weights stored as bfloat16; reference = those weights upcast to float32, "
+            "float32 compute; the head is normalized in float32 and rounded to bfloat16 once (as the split "
+            "stores it, and as the original NormHead holds it in a bfloat16 model)",
+        ),
+    ]
