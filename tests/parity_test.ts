@@ -36,6 +36,11 @@ Deno.test("parity: the fixture set is complete", () => {
       "baichuan",
       "baichuan2",
       "baichuan2_bf16",
+      "glm",
+      "glm4",
+      "chatglm3",
+      "glm4_remote",
+      "chatglm2_32k",
       "stories260k",
     ]
   ) assert.ok(names.includes(want), `fixture ${want} missing from tests/fixtures`);

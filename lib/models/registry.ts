@@ -9,12 +9,14 @@ import { baichuan } from "./baichuan.ts";
 import { deepseekV2, deepseekV3 } from "./deepseek.ts";
 import { gemma2 } from "./gemma2.ts";
 import { gemma3 } from "./gemma3.ts";
+import { chatGlm, glm, glm4 } from "./glm.ts";
 import { internlm, internlm2, internlm3 } from "./internlm.ts";
 import { llama } from "./llama.ts";
 import { mistral } from "./mistral.ts";
 import { mixtral } from "./mixtral.ts";
 import { phi } from "./phi.ts";
 import { phi3 } from "./phi3.ts";
+import { qwen } from "./qwen.ts";
 import { qwen2 } from "./qwen2.ts";
 import { qwen3 } from "./qwen3.ts";
 import { qwen2Moe } from "./qwen2_moe.ts";
@@ -34,6 +36,9 @@ const FAMILIES: readonly Family[] = [
   qwen3Moe,
   deepseekV2,
   deepseekV3,
+  glm,
+  glm4,
+  chatGlm,
   baichuan,
   internlm,
   internlm2,
