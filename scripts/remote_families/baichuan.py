@@ -211,3 +211,59 @@ def fixtures(ref) -> list:
             "stores it, and as the original NormHead holds it in a bfloat16 model)",
         ),
     ]
+
+
+# ---- one-off cross-check against the original remote code (not run by make_reference.py)
+
+
+def cross_check(remote_dir: Path, fixtures_dir: Path) -> None:
+    """Runs the fixtures through the original modeling code and prints max|Δlogit| against
+    logits.bin. `remote_dir` holds Baichuan-7B's configuration_baichuan.py + modeling_baichuan.py,
+    e.g. from `pip install --no-deps --target /tmp/ipex ipex-llm==2.2.0`:
+    /tmp/ipex/ipex_llm/transformers/gguf/models/model_implement/baichuan. Baichuan 2's modeling
+    code is on no package index; its fixtures run through the same file with lm_head replaced by
+    Baichuan 2's NormHead (transcribed above), which is the only delta that matters in float32."""
+    import importlib
+    import sys
+    import types
+
+    import numpy as np
+
+    pkg = types.ModuleType("baichuan_remote")
+    pkg.__path__ = [str(remote_dir)]
+    sys.modules["baichuan_remote"] = pkg
+    conf = importlib.import_module("baichuan_remote.configuration_baichuan")
+    modeling = importlib.import_module("baichuan_remote.modeling_baichuan")
+    torch.set_num_threads(1)
+    for name in ("baichuan", "baichuan2", "baichuan2_bf16"):
+        d = fixtures_dir / name
+        if not d.exists():
+            continue
+        cfg_json = json.loads((d / "config.json").read_text())
+        ref = json.loads((d / "reference.json").read_text())
+        keep = {k: v for k, v in cfg_json.items() if k not in ("architectures", "auto_map", "torch_dtype", "model_type")}
+        config = conf.BaiChuanConfig(**keep)
+        with torch.device("cpu"):
+            model = modeling.BaiChuanForCausalLM(config).float().eval()
+        sd = {k: v.float() for k, v in load_file(str(d / "model.safetensors")).items()}
+        if cfg_json["architectures"][0] == "BaichuanForCausalLM":
+            model.lm_head = NormHead(config.hidden_size, config.vocab_size)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
+        assert not missing and not unexpected, (missing, unexpected)
+        ids = torch.tensor(ref["logits"]["input_ids"])
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        got = out.logits.float().numpy()
+        want = np.fromfile(d / ref["logits"]["file"], dtype="<f4").reshape(ref["logits"]["dims"])
+        diff = float(np.abs(got - want).max())
+        print(f"{name}: original remote code vs reference: max|Δlogit| {diff:.3g} (max|logit| {np.abs(want).max():.4g})")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="one-off cross-check against the original modeling code")
+    ap.add_argument("--cross-check", type=Path, required=True, help="dir with configuration_/modeling_baichuan.py")
+    args = ap.parse_args()
+    cross_check(args.cross_check, Path(__file__).resolve().parent.parent.parent / "tests" / "fixtures")
