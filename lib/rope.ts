@@ -47,14 +47,42 @@ function optNum(rope: RopeConfig, key: string): number | undefined {
 }
 
 /** The rope types {@link ropeTable} implements. */
-export const ROPE_TYPES = ["default", "linear", "dynamic", "llama3", "yarn", "longrope"] as const;
+export const ROPE_TYPES = [
+  "default",
+  "linear",
+  "dynamic",
+  "llama3",
+  "yarn",
+  "longrope",
+  "qwen_dynamic_ntk",
+] as const;
 
 /**
  * Whether the table depends on the forward's length (`seqLen` of {@link ropeTable}), so a cached
- * one must be rebuilt when the length changes: "dynamic" rescales, "longrope" switches factors.
+ * one must be rebuilt when the length changes: "dynamic" rescales, "longrope" switches factors,
+ * "qwen_dynamic_ntk" picks its NTK alpha.
  */
 export function ropeDependsOnLength(rope: RopeConfig): boolean {
-  return rope.type === "dynamic" || rope.type === "longrope";
+  return rope.type === "dynamic" || rope.type === "longrope" || rope.type === "qwen_dynamic_ntk";
+}
+
+/**
+ * QWen v1's dynamic-NTK alpha for a forward over `len` positions (modeling_qwen.py
+ * `get_ntk_alpha`): `max(2^ceil(log2(len / seq_length) + 1) - 1, 1)`, with the logarithm taken as
+ * Python's `math.log(x, 2)` (log x / log 2), so exact powers of two land where the original's do.
+ */
+export function qwenNtkAlpha(len: number, seqLength: number): number {
+  const context = Math.log(len / seqLength) / Math.log(2) + 1;
+  return Math.max(2 ** Math.ceil(context) - 1, 1);
+}
+
+/**
+ * QWen v1's rope for NTK alpha `alpha` (modeling_qwen.py RotaryEmbedding): base · α^(dim/(dim−2))
+ * over the rotary dims, the base rounded to float32 as torch's `base ** arange(...)` takes it.
+ */
+export function qwenNtkTable(theta: number, dim: number, alpha: number): RopeTable {
+  const base = alpha === 1 ? theta : f32(theta * Math.pow(alpha, dim / (dim - 2)));
+  return { rotDim: dim, invFreq: baseInvFreq(base, dim), mscale: 1 };
 }
 
 /** The length a sticky dynamic rope was last scaled for (0: not yet), per rope object. */
@@ -140,6 +168,10 @@ export function ropeTable(
       return yarn(rope, shape, dim, source);
     case "longrope":
       return longrope(rope, shape, dim, seqLen, source);
+    case "qwen_dynamic_ntk":
+      // QWen v1 (lib/models/qwen.ts): alpha from this forward's length; with a KV cache the family
+      // keeps the alpha of the forward that filled it (the original's _ntk_alpha_cached_list).
+      return qwenNtkTable(base, dim, qwenNtkAlpha(seqLen, num(rope, "seq_length", source)));
   }
   checkRopeType(rope, source);
   throw new InternalError("unreachable rope type");

@@ -43,6 +43,7 @@ const FAMILIES: readonly Family[] = [
   internlm,
   internlm2,
   internlm3,
+  qwen,
 ];
 
 const BY_ARCH = new Map(FAMILIES.flatMap((f) => f.architectures.map((a) => [a, f] as const)));
