@@ -163,7 +163,9 @@ function internlmRope(raw: Raw, source: string, parsed: RopeConfig): RopeConfig 
       `expected a positive number, got ${JSON.stringify(base)} (model type internlm)`,
     );
   }
-  if (type === "origin") return { type: "default", theta: base, partialRotaryFactor: 1, params: {} };
+  if (type === "origin") {
+    return { type: "default", theta: base, partialRotaryFactor: 1, params: {} };
+  }
   if (type === "dynamic") {
     const factor = (rotary as Raw).scaling_factor ?? 1;
     if (typeof factor !== "number" || !Number.isFinite(factor)) {
@@ -178,7 +180,9 @@ function internlmRope(raw: Raw, source: string, parsed: RopeConfig): RopeConfig 
   throw new ConfigError(
     source,
     "rotary.type",
-    `expected "origin" or "dynamic", got ${JSON.stringify((rotary as Raw).type)} (model type internlm)`,
+    `expected "origin" or "dynamic", got ${
+      JSON.stringify((rotary as Raw).type)
+    } (model type internlm)`,
   );
 }
 
