@@ -1,5 +1,6 @@
 /*
- * rl_attention: causal GQA attention of n_q new queries over one sequence's KV cache, fp32.
+ * rl_attention, rl_attention_alibi: causal GQA attention of n_q new queries over one sequence's
+ * KV cache, fp32.
  *
  * Flash-style: keys are visited in blocks of ATT_KB with an online softmax (running max and sum
  * per query; what was accumulated is rescaled when the max grows), so no kv_len-long score
@@ -25,6 +26,11 @@
  * v_stride, v_head_dim): scores use head_dim dims, outputs have v_head_dim, so an MLA latent
  * cache (v pointing into k's rows, v_head_dim < head_dim) runs through the same kernels. With
  * v == k's layout the operations, and so the results, are those of one shared kv_stride.
+ *
+ * ALiBi (rl_attention_alibi): after the scale and softcap, a score gains slope[h] * (j - pos), the
+ * (non-positive) distance of key j from the row's query at cache index pos, exact in f32; the
+ * prefill kernel keeps each row's slope beside its relative position, the decode kernel adds it
+ * per key. Without slopes nothing is added (the results are rl_attention's, bit for bit).
  *
  * Masking: scores of keys a row may not see become -inf (their exp is 0); running maxima start
  * at -FLT_MAX, not -inf, so a row that has seen no key yet never computes inf - inf. A row that
@@ -58,6 +64,7 @@ typedef struct {
   int32_t q_start, n_heads, group, head_dim, v_head_dim, window;
   float scale, softcap;
   const uint8_t *kv_valid;
+  const float *slopes; /* ALiBi slope per query head, or NULL */
 } att_args;
 
 /* ----------------------------------------------------------------------------------------------
@@ -124,13 +131,14 @@ static inline float clamped_f32(int64_t n) {
 }
 
 /* Rows [f0, f1) of kv head g (row f is query f / group, head g * group + f % group). ws holds
- * (head_dim + v_head_dim + ATT_KB + 3) * ATT_ROWS floats. */
+ * (head_dim + v_head_dim + ATT_KB + 4) * ATT_ROWS floats. */
 static void attend(const att_args *a, float *ws, int32_t g, int64_t f0, int64_t f1) {
   const int64_t D = a->head_dim, Dv = a->v_head_dim, R = f1 - f0, group = a->group;
   const int rv = (int)((R + VL - 1) / VL);
   const int64_t ld = rv * VL; /* floats per transposed row */
   float *qt = ws, *ot = qt + D * ld, *st = ot + Dv * ld, *mx = st + ATT_KB * ld, *sum = mx + ld;
   float *posf = sum + ld; /* each row's query's cache index - the first row's */
+  float *slope = posf + ld; /* each row's ALiBi slope (with a->slopes) */
   const float *k = a->k + g * D, *v = a->v + g * Dv; /* first cache row of this kv head */
 
   for (int64_t r = 0; r < ld; r++) {
@@ -138,6 +146,7 @@ static void attend(const att_args *a, float *ws, int32_t g, int64_t f0, int64_t 
     const float *qr = a->q + t * a->q_stride + h * D;
     for (int64_t d = 0; d < D; d++) qt[d * ld + r] = r < R ? qr[d] : 0.0f;
     posf[r] = (float)(t - f0 / group);
+    slope[r] = a->slopes ? a->slopes[h] : 0.0f;
     mx[r] = -FLT_MAX;
     sum[r] = 0.0f;
   }
@@ -154,6 +163,14 @@ static void attend(const att_args *a, float *ws, int32_t g, int64_t f0, int64_t 
       vf_store(st + i, vf_mul(vf_load(st + i), vf_set1(a->scale)));
     if (a->softcap > 0.0f)
       for (int64_t i = 0; i < kb * ld; i++) st[i] = a->softcap * tanhf(st[i] / a->softcap);
+    if (a->slopes) /* ALiBi: + slope * (key - pos), key - pos = (key - pos_first) - posf */
+      for (int64_t j = 0; j < kb; j++) {
+        const vf rel0 = vf_set1(clamped_f32(j0 + j - pos_first));
+        float *sj = st + j * ld;
+        for (int64_t r = 0; r < ld; r += VL)
+          vf_store(sj + r, vf_add(vf_load(sj + r),
+                                  vf_mul(vf_load(slope + r), vf_sub(rel0, vf_load(posf + r)))));
+      }
     /* masks: whole rows of S^T (keys) when every row sees the block's keys but for kv_valid */
     const int all_see = j0 + kb - 1 <= pos_first && (a->window <= 0 || hi - j0 < a->window);
     const vf neg_inf = vf_set1(-INFINITY);
@@ -272,6 +289,7 @@ static void attend_few(const att_args *a, float *ws, int32_t g, int64_t R, int64
   for (int64_t r = 0; r < R; r++) {
     const int64_t t = r / group, h = g * group + r % group, pos = a->q_start + t;
     const float *q = a->q + t * a->q_stride + h * D;
+    const float slope = a->slopes ? a->slopes[h] : 0.0f;
     const int64_t first = a->window > 0 && pos - a->window + 1 > j_begin ? pos - a->window + 1
                                                                           : j_begin;
     const int64_t last = pos < j_end - 1 ? pos : j_end - 1;
@@ -283,6 +301,7 @@ static void attend_few(const att_args *a, float *ws, int32_t g, int64_t R, int64
       for (int64_t j = 0; j < kb; j++) {
         s[j] *= a->scale;
         if (a->softcap > 0.0f) s[j] = a->softcap * tanhf(s[j] / a->softcap);
+        if (a->slopes) s[j] = s[j] + slope * (float)(j0 + j - pos); /* ALiBi */
         if (a->kv_valid && !a->kv_valid[j0 + j]) s[j] = -INFINITY;
       }
       for (int64_t j = kb; j < kv; j++) s[j] = -INFINITY; /* pad to whole vectors */
@@ -326,18 +345,17 @@ static void merge_parts(const att_args *a, const float *parts, int64_t n_parts, 
   for (int64_t d = 0; d < D; d++) o[d] *= inv;
 }
 
-RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
-                            const float *k, int32_t k_stride, const float *v, int32_t v_stride,
-                            int32_t n_q, int32_t q_start, int32_t kv_len, int32_t n_heads,
-                            int32_t n_kv_heads, int32_t head_dim, int32_t v_head_dim, float scale,
-                            int32_t window, float softcap, const uint8_t *kv_valid) {
-  CHECK_ARGS(rl_check_attention, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
-             n_heads, n_kv_heads, head_dim, v_head_dim);
-
+/* The work of both entries, their arguments checked; failures are reported as op. */
+static int32_t attention(rl_ctx *ctx, const char *op, float *out, const float *q,
+                         int32_t q_stride, const float *k, int32_t k_stride, const float *v,
+                         int32_t v_stride, int32_t n_q, int32_t q_start, int32_t n_heads,
+                         int32_t n_kv_heads, int32_t head_dim, int32_t v_head_dim, float scale,
+                         int32_t window, float softcap, const uint8_t *kv_valid,
+                         const float *slopes) {
   const att_args a = {out,        q,          k,       v,       q_stride,
                       k_stride,   v_stride,   q_start, n_heads, n_heads / n_kv_heads,
                       head_dim,   v_head_dim, window,  scale,   softcap,
-                      kv_valid};
+                      kv_valid,   slopes};
   const int64_t rows = (int64_t)n_q * a.group; /* per kv head */
   const int64_t work = (int64_t)n_q * n_heads * (q_start + n_q) * ((head_dim + v_head_dim) / 2);
   const int n_threads = work >= PAR_MIN_WORK ? ctx->n_threads : 1;
@@ -354,12 +372,12 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
   const int64_t part_floats = rows * (v_head_dim + 2); /* per kv head and split */
   /* work areas (multiples of 16 floats), then the parts */
   const size_t ws_floats = few ? (size_t)(ATT_KB + v_head_dim + VL + 15) / 16 * 16
-                               : (size_t)(head_dim + v_head_dim + ATT_KB + 3) * ATT_ROWS;
+                               : (size_t)(head_dim + v_head_dim + ATT_KB + 4) * ATT_ROWS;
   const size_t parts_floats = few ? (size_t)(tasks * part_floats) : 0;
   const size_t floats = ws_floats * (size_t)n_threads + parts_floats;
   float *ws = aligned_alloc(64, (sizeof(float) * floats + 63) / 64 * 64);
   if (!ws)
-    return cpu_fail(ctx, RL_ERR_OOM, __func__, "out of memory for a %zu-float work area", floats);
+    return cpu_fail(ctx, RL_ERR_OOM, op, "out of memory for a %zu-float work area", floats);
   float *parts = ws + ws_floats * (size_t)n_threads;
 #pragma omp parallel num_threads(n_threads)
   {
@@ -387,4 +405,30 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
   }
   free(ws);
   return RL_OK;
+}
+
+RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
+                            const float *k, int32_t k_stride, const float *v, int32_t v_stride,
+                            int32_t n_q, int32_t q_start, int32_t kv_len, int32_t n_heads,
+                            int32_t n_kv_heads, int32_t head_dim, int32_t v_head_dim, float scale,
+                            int32_t window, float softcap, const uint8_t *kv_valid) {
+  CHECK_ARGS(rl_check_attention, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
+             n_heads, n_kv_heads, head_dim, v_head_dim);
+  return attention(ctx, __func__, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start,
+                   n_heads, n_kv_heads, head_dim, v_head_dim, scale, window, softcap,
+                   kv_valid, NULL);
+}
+
+RL_API int32_t rl_attention_alibi(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
+                                  const float *k, int32_t k_stride, const float *v,
+                                  int32_t v_stride, int32_t n_q, int32_t q_start, int32_t kv_len,
+                                  int32_t n_heads, int32_t n_kv_heads, int32_t head_dim,
+                                  int32_t v_head_dim, float scale, int32_t window, float softcap,
+                                  const uint8_t *kv_valid, const float *alibi_slopes) {
+  CHECK_ARGS(rl_check_attention, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
+             n_heads, n_kv_heads, head_dim, v_head_dim);
+  CHECK_ARGS(rl_check_alibi_slopes, alibi_slopes, n_heads);
+  return attention(ctx, __func__, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start,
+                   n_heads, n_kv_heads, head_dim, v_head_dim, scale, window, softcap,
+                   kv_valid, alibi_slopes);
 }

@@ -202,7 +202,7 @@ static uint64_t stat_of(rl_ctx *ctx, int which) {
  * Library, context, memory */
 
 static void test_library(void) {
-  check(rl_abi_version() == RL_ABI_VERSION && RL_ABI_VERSION == 6, "rl_abi_version %u",
+  check(rl_abi_version() == RL_ABI_VERSION && RL_ABI_VERSION == 7, "rl_abi_version %u",
         rl_abi_version()); /* 5: tensor descriptors (rl_matmul_nd, rl_copy_nd), rl_attention's
                             * v_stride and v_head_dim; 6: ggml block formats (rl_matmul weights,
                             * rl_embedding tables) */
@@ -755,7 +755,19 @@ typedef struct {
   int v_head_dim; /* 0: head_dim, v in its own buffer with k's stride (as before ABI 5) */
   int mla;        /* 1: v = k, v_stride = k_stride (an MLA latent cache: the value is the first
                    * v_head_dim floats of each key row); else v in its own buffer */
+  int alibi;      /* ABI 7: rl_attention_alibi with 1: the standard slopes of n_heads
+                   * (test_slopes), 2: random slopes in [-0.25, 1.5) (negative ones favour
+                   * distant keys) */
 } attn_case;
+
+/* ALiBi's slopes for n heads (Press et al.; Baichuan's _get_interleave): for the power of two
+ * m <= n, 2^(-8k/m) for k = 1..m, then 2^(-4(2k-1)/m) for k = 1..n-m (the odd ones of 2m). */
+static void test_slopes(float *out, int n) {
+  int m = 1;
+  while (m * 2 <= n) m *= 2;
+  for (int k = 1; k <= n; k++)
+    out[k - 1] = k <= m ? (float)exp2(-8.0 * k / m) : (float)exp2(-4.0 * (2 * (k - m) - 1) / m);
+}
 
 static void test_attention_case(rl_ctx *ctx, attn_case c) {
   const int D = c.head_dim, H = c.n_heads, G = c.n_kv_heads;
@@ -768,9 +780,16 @@ static void test_attention_case(rl_ctx *ctx, attn_case c) {
   float *q = rand_floats((int64_t)c.n_q * q_stride, -3.0f, 3.0f);
   float *k = rand_floats((int64_t)kv_len * k_stride, -1.0f, 1.0f);
   float *v = c.mla ? k : rand_floats((int64_t)kv_len * v_stride, -1.0f, 1.0f);
-  uint8_t valid[128];
+  uint8_t *valid = malloc((size_t)kv_len);
   for (int j = 0; j < kv_len; j++) valid[j] = c.mask == 1 ? j % 3 != 1 : c.mask != 2 || j != 0;
   const uint8_t *kv_valid = c.mask ? valid : NULL;
+  float *slopes = NULL;
+  if (c.alibi) {
+    slopes = malloc(sizeof(float) * (size_t)H);
+    if (c.alibi == 1) test_slopes(slopes, H);
+    else
+      for (int h = 0; h < H; h++) slopes[h] = rand_float(-0.25f, 1.5f);
+  }
 
   const int64_t n_out = (int64_t)c.n_q * H * Dv;
   double *ref = doubles(n_out), *p = doubles(kv_len);
@@ -787,6 +806,7 @@ static void test_attention_case(rl_ctx *ctx, attn_case c) {
           s += (double)q[t * q_stride + h * D + d] * k[(int64_t)j * k_stride + g * D + d];
         s *= scale;
         if (c.softcap > 0) s = c.softcap * tanh(s / c.softcap);
+        if (slopes) s += (double)slopes[h] * (j - pos); /* ALiBi, relative form */
         p[j] = s;
         if (s > max) max = s;
       }
@@ -804,15 +824,19 @@ static void test_attention_case(rl_ctx *ctx, attn_case c) {
   float *dk = to_device(ctx, k, (int64_t)kv_len * k_stride * 4);
   float *dv = c.mla ? dk : to_device(ctx, v, (int64_t)kv_len * v_stride * 4);
   float *dout = device_floats(ctx, n_out);
-  const int32_t st = rl_attention(ctx, dout, dq, q_stride, dk, k_stride, dv, v_stride, c.n_q,
-                                  c.q_start, kv_len, H, G, D, Dv, scale, c.window, c.softcap,
-                                  kv_valid);
+  const int32_t st =
+      c.alibi ? rl_attention_alibi(ctx, dout, dq, q_stride, dk, k_stride, dv, v_stride, c.n_q,
+                                   c.q_start, kv_len, H, G, D, Dv, scale, c.window, c.softcap,
+                                   kv_valid, slopes)
+              : rl_attention(ctx, dout, dq, q_stride, dk, k_stride, dv, v_stride, c.n_q,
+                             c.q_start, kv_len, H, G, D, Dv, scale, c.window, c.softcap,
+                             kv_valid);
   float *got = download_free(ctx, dout, n_out);
   check_close(got, ref, n_out, st == RL_OK ? TOL : -1.0,
-              "rl_attention head_dim=%d v_head_dim=%d%s heads=%d/%d n_q=%d q_start=%d window=%d "
-              "softcap=%g mask=%d attn_impl=%lld",
-              D, Dv, c.mla ? " (v = k)" : "", H, G, c.n_q, c.q_start, c.window,
-              (double)c.softcap, c.mask,
+              "%s head_dim=%d v_head_dim=%d%s heads=%d/%d n_q=%d q_start=%d window=%d "
+              "softcap=%g mask=%d alibi=%d attn_impl=%lld",
+              c.alibi ? "rl_attention_alibi" : "rl_attention", D, Dv, c.mla ? " (v = k)" : "", H,
+              G, c.n_q, c.q_start, c.window, (double)c.softcap, c.mask, c.alibi,
               (long long)rl_get_option(ctx, (const uint8_t *)"attn_impl"));
   if (c.mask == 2 && c.q_start == 0) { /* query 0 sees only key 0, which is masked */
     int zeros = 1;
@@ -828,6 +852,8 @@ static void test_attention_case(rl_ctx *ctx, attn_case c) {
   free(got);
   free(ref);
   free(p);
+  free(valid);
+  free(slopes);
 }
 
 static void test_attention(rl_ctx *ctx) {
@@ -842,9 +868,10 @@ static void test_attention(rl_ctx *ctx) {
           for (int cap = 0; cap < 2; cap++)
             for (int mask = 0; mask < 3; mask++)
               test_attention_case(ctx, (attn_case){dims[di], 2 * gqa[gi], 2, qs[qi][0], qs[qi][1],
-                                                   windows[wi], cap ? 5.0f : 0.0f, mask, 0, 0});
+                                                   windows[wi], cap ? 5.0f : 0.0f, mask, 0, 0,
+                                                   0});
   /* one long prefill with many (query, head) pairs across threads */
-  test_attention_case(ctx, (attn_case){64, 9, 3, 40, 20, 0, 0.0f, 1, 0, 0});
+  test_attention_case(ctx, (attn_case){64, 9, 3, 40, 20, 0, 0.0f, 1, 0, 0, 0});
 }
 
 /* Run after the older tests, so that their random inputs stay what they were. */
@@ -856,25 +883,120 @@ static void test_attention_v(rl_ctx *ctx) {
   for (int impl = 0; impl <= 2; impl += 2) {
     check(rl_set_option(ctx, (const uint8_t *)"attn_impl", impl) == RL_OK, "attn_impl %d", impl);
     static const attn_case vd[] = {
-        /* head_dim, heads, kv heads, n_q, q_start, window, softcap, mask, v_head_dim, mla */
-        {32, 4, 1, 1, 70, 0, 0.0f, 0, 24, 1},   /* MLA decode: latent 24 | rope 8, v = k */
-        {32, 16, 1, 1, 70, 0, 0.0f, 1, 24, 1},  /* MLA decode, 16 heads */
-        {32, 16, 1, 7, 60, 0, 0.0f, 0, 24, 1},  /* MLA prefill */
-        {32, 16, 1, 9, 0, 5, 0.0f, 2, 24, 1},   /* MLA prefill, window, a query sees no key */
-        {32, 3, 1, 20, 50, 0, 4.0f, 1, 24, 1},  /* MLA, softcap, masked keys */
-        {20, 8, 2, 1, 80, 0, 0.0f, 0, 12, 0},   /* GQA, v_head_dim < head_dim, own v buffer */
-        {20, 8, 2, 6, 30, 7, 0.0f, 1, 12, 0},   /* GQA prefill, window, mask */
-        {12, 6, 3, 3, 10, 0, 0.0f, 0, 40, 0},   /* v_head_dim > head_dim */
-        {12, 6, 3, 30, 10, 0, 0.0f, 0, 40, 0},  /* v_head_dim > head_dim, prefill */
-        {576, 16, 1, 1, 69, 0, 0.0f, 0, 512, 1}, /* DeepSeek MLA sizes, decode */
-        {576, 2, 1, 1, 69, 0, 0.0f, 0, 512, 1},  /* few rows */
-        {576, 16, 1, 3, 66, 0, 0.0f, 1, 512, 1}, /* prefill */
-        {1024, 2, 1, 2, 70, 0, 0.0f, 0, 1024, 0}, /* the largest sizes, decode and prefill */
-        {1024, 4, 2, 20, 5, 0, 0.0f, 0, 768, 0},
+        /* head_dim, heads, kv heads, n_q, q_start, window, softcap, mask, v_head_dim, mla, alibi */
+        {32, 4, 1, 1, 70, 0, 0.0f, 0, 24, 1, 0},   /* MLA decode: latent 24 | rope 8, v = k */
+        {32, 16, 1, 1, 70, 0, 0.0f, 1, 24, 1, 0},  /* MLA decode, 16 heads */
+        {32, 16, 1, 7, 60, 0, 0.0f, 0, 24, 1, 0},  /* MLA prefill */
+        {32, 16, 1, 9, 0, 5, 0.0f, 2, 24, 1, 0},   /* MLA prefill, window, a query sees no key */
+        {32, 3, 1, 20, 50, 0, 4.0f, 1, 24, 1, 0},  /* MLA, softcap, masked keys */
+        {20, 8, 2, 1, 80, 0, 0.0f, 0, 12, 0, 0},   /* GQA, v_head_dim < head_dim, own v buffer */
+        {20, 8, 2, 6, 30, 7, 0.0f, 1, 12, 0, 0},   /* GQA prefill, window, mask */
+        {12, 6, 3, 3, 10, 0, 0.0f, 0, 40, 0, 0},   /* v_head_dim > head_dim */
+        {12, 6, 3, 30, 10, 0, 0.0f, 0, 40, 0, 0},  /* v_head_dim > head_dim, prefill */
+        {576, 16, 1, 1, 69, 0, 0.0f, 0, 512, 1, 0}, /* DeepSeek MLA sizes, decode */
+        {576, 2, 1, 1, 69, 0, 0.0f, 0, 512, 1, 0},  /* few rows */
+        {576, 16, 1, 3, 66, 0, 0.0f, 1, 512, 1, 0}, /* prefill */
+        {1024, 2, 1, 2, 70, 0, 0.0f, 0, 1024, 0, 0}, /* the largest sizes, decode and prefill */
+        {1024, 4, 2, 20, 5, 0, 0.0f, 0, 768, 0, 0},
     };
     for (size_t i = 0; i < sizeof vd / sizeof vd[0]; i++) test_attention_case(ctx, vd[i]);
   }
   rl_set_option(ctx, (const uint8_t *)"attn_impl", 0);
+}
+
+/* ABI 7: rl_attention_alibi against the double-precision reference with the bias (windows, GQA,
+ * padding masks, q_start > 0, both CPU kernels), NULL and zero slopes bit-identical to
+ * rl_attention, and its errors. */
+static void test_attention_alibi(rl_ctx *ctx) {
+  static const int dims[] = {8, 16, 64};
+  static const int gqa[] = {1, 2, 4};
+  static const int qs[][2] = {{1, 9}, {5, 0}, {4, 6}}; /* n_q, q_start */
+  static const int windows[] = {0, 3};
+  int n = 0;
+  for (int di = 0; di < 3; di++)
+    for (int gi = 0; gi < 3; gi++)
+      for (int qi = 0; qi < 3; qi++)
+        for (int wi = 0; wi < 2; wi++)
+          for (int cap = 0; cap < 2; cap++)
+            for (int mask = 0; mask < 3; mask++)
+              test_attention_case(ctx, (attn_case){dims[di], 2 * gqa[gi], 2, qs[qi][0], qs[qi][1],
+                                                   windows[wi], cap ? 5.0f : 0.0f, mask, 0, 0,
+                                                   1 + n++ % 2});
+  for (int impl = 0; impl <= 2; impl += 2) {
+    rl_set_option(ctx, (const uint8_t *)"attn_impl", impl);
+    static const attn_case big[] = {
+        /* head_dim, heads, kv heads, n_q, q_start, window, softcap, mask, v_head_dim, mla, alibi */
+        {64, 40, 40, 1, 300, 0, 0.0f, 1, 0, 0, 1},   /* Baichuan-13B's 40 heads, decode */
+        {64, 40, 40, 7, 60, 0, 0.0f, 1, 0, 0, 1},    /* 40 heads, prefill with padding */
+        {64, 9, 3, 40, 20, 0, 0.0f, 1, 0, 0, 2},     /* long prefill, many row tiles */
+        {32, 8, 2, 1, 3000, 0, 0.0f, 0, 0, 0, 1},    /* long decode: keys split among tasks */
+        {32, 8, 2, 3, 3000, 100, 0.0f, 1, 0, 0, 1},  /* window far from key 0 */
+        {32, 12, 4, 17, 700, 0, 3.0f, 2, 0, 0, 1},   /* 12 heads (8 + 4), softcap */
+        {20, 8, 2, 6, 30, 7, 0.0f, 1, 12, 0, 2},     /* v_head_dim < head_dim */
+        {32, 16, 1, 7, 60, 0, 0.0f, 0, 24, 1, 1},    /* v = k (latent cache) */
+        {16, 4, 4, 9, 0, 5, 0.0f, 2, 0, 0, 1},       /* a query that sees no key yields zeros */
+    };
+    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) test_attention_case(ctx, big[i]);
+  }
+  rl_set_option(ctx, (const uint8_t *)"attn_impl", 0);
+
+  /* NULL slopes and zero slopes are rl_attention, bit for bit (x + 0 * d == x), in both kernels */
+  static const int shapes[][4] = {{1, 200, 8, 2}, {30, 10, 8, 2}}; /* n_q, q_start, heads, kv */
+  for (int si = 0; si < 2; si++) {
+    const int nq = shapes[si][0], qstart = shapes[si][1], H = shapes[si][2], G = shapes[si][3];
+    const int D = 16, kv_len = qstart + nq;
+    float *q = rand_floats((int64_t)nq * H * D, -3.0f, 3.0f);
+    float *k = rand_floats((int64_t)kv_len * G * D, -1.0f, 1.0f);
+    float *v = rand_floats((int64_t)kv_len * G * D, -1.0f, 1.0f);
+    float zero[8] = {0};
+    float *dq = to_device(ctx, q, (int64_t)nq * H * D * 4);
+    float *dk = to_device(ctx, k, (int64_t)kv_len * G * D * 4);
+    float *dv = to_device(ctx, v, (int64_t)kv_len * G * D * 4);
+    float *outs[3];
+    for (int i = 0; i < 3; i++) {
+      float *d = device_floats(ctx, (int64_t)nq * H * D);
+      const int32_t st =
+          i == 0 ? rl_attention(ctx, d, dq, H * D, dk, G * D, dv, G * D, nq, qstart, kv_len, H, G,
+                                D, D, 0.25f, 0, 0.0f, NULL)
+                 : rl_attention_alibi(ctx, d, dq, H * D, dk, G * D, dv, G * D, nq, qstart, kv_len,
+                                      H, G, D, D, 0.25f, 0, 0.0f, NULL, i == 1 ? NULL : zero);
+      check(st == RL_OK, "rl_attention_alibi same-as case %d: status %d", i, st);
+      outs[i] = download_free(ctx, d, (int64_t)nq * H * D);
+    }
+    const size_t bytes = sizeof(float) * (size_t)nq * H * D;
+    check(memcmp(outs[0], outs[1], bytes) == 0 && memcmp(outs[0], outs[2], bytes) == 0,
+          "rl_attention_alibi n_q=%d with NULL and with zero slopes equals rl_attention", nq);
+    for (int i = 0; i < 3; i++) free(outs[i]);
+    rl_free(ctx, dq);
+    rl_free(ctx, dk);
+    rl_free(ctx, dv);
+    free(q);
+    free(k);
+    free(v);
+  }
+
+  /* errors: named as rl_attention_alibi; a slope that is not finite, by index */
+  float *f = device_floats(ctx, 4096);
+  float bad[4] = {0.5f, INFINITY, 0.25f, 0.125f};
+  check_error(ctx,
+              rl_attention_alibi(ctx, f, f + 512, 64, f + 1024, 64, f + 2048, 64, 1, 0, 4, 4, 2,
+                                 8, 8, 1.0f, 0, 0.0f, NULL, bad),
+              RL_ERR_INVALID, "rl_attention_alibi", "alibi_slopes[1] is inf");
+  bad[1] = 0.0f;
+  bad[3] = NAN;
+  check_error(ctx,
+              rl_attention_alibi(ctx, f, f + 512, 64, f + 1024, 64, f + 2048, 64, 1, 0, 4, 4, 2,
+                                 8, 8, 1.0f, 0, 0.0f, NULL, bad),
+              RL_ERR_INVALID, "rl_attention_alibi", "alibi_slopes[3]");
+  check_error(ctx,
+              rl_attention_alibi(ctx, f, f, 64, f, 64, f, 64, 1, 0, 4, 6, 4, 8, 8, 1.0f, 0, 0.0f,
+                                 NULL, bad),
+              RL_ERR_INVALID, "rl_attention_alibi", "n_kv_heads");
+  check_error(NULL,
+              rl_attention_alibi(NULL, f, f + 512, 64, f + 1024, 64, f + 2048, 64, 1, 0, 4, 4, 2,
+                                 8, 8, 1.0f, 0, 0.0f, NULL, NULL),
+              RL_ERR_INVALID, "rl_attention_alibi", "ctx");
+  rl_free(ctx, f);
 }
 
 static double ref_act(int act, double x) {
@@ -1988,6 +2110,8 @@ int main(void) {
   /* ABI 6 */
   test_quant(ctx);
   test_int8_activations(ctx);
+  /* ABI 7 */
+  test_attention_alibi(ctx);
   check(stat_of(ctx, RL_STAT_LIVE_ALLOCS) == 0 && stat_of(ctx, RL_STAT_LIVE_BYTES) == 0,
         "every test freed its device buffers (%llu live)",
         (unsigned long long)stat_of(ctx, RL_STAT_LIVE_ALLOCS));

@@ -462,3 +462,16 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
   }
   return impl == 1 ? attention_flash(ctx, op, a, n_kv_heads) : attention_eager(ctx, op, a);
 }
+
+RL_API int32_t rl_attention_alibi(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
+                                  const float *k, int32_t k_stride, const float *v,
+                                  int32_t v_stride, int32_t n_q, int32_t q_start, int32_t kv_len,
+                                  int32_t n_heads, int32_t n_kv_heads, int32_t head_dim,
+                                  int32_t v_head_dim, float scale, int32_t window, float softcap,
+                                  const uint8_t *kv_valid, const float *alibi_slopes) {
+  ENTER();
+  if (alibi_slopes)
+    return cu_fail(ctx, RL_ERR_UNSUPPORTED, op, "ALiBi slopes are not implemented on CUDA yet");
+  return rl_attention(ctx, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
+                      n_heads, n_kv_heads, head_dim, v_head_dim, scale, window, softcap, kv_valid);
+}

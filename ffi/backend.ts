@@ -12,7 +12,7 @@ import { BackendError, DeviceMemoryError } from "../lib/errors.ts";
 import { ensureLibrary, type EnsureOptions, findLibrary } from "./native.ts";
 
 /** The ABI version this binding speaks; must equal the library's `rl_abi_version()`. */
-export const ABI_VERSION = 6;
+export const ABI_VERSION = 7;
 
 /**
  * Weight dtypes the backend understands (rl_dtype): plain floats, and ggml's block formats (matmul
@@ -155,6 +155,34 @@ export const SYMBOLS = {
       "buffer", // kv_valid
     ],
     result: "i32",
+  },
+  // ABI 7. Optional, so that a library built before it is refused by its version (with how to
+  // rebuild) rather than by dlopen's missing symbol.
+  rl_attention_alibi: {
+    parameters: [
+      "pointer", // ctx
+      "pointer", // out
+      "pointer", // q
+      "i32", // q_stride
+      "pointer", // k
+      "i32", // k_stride
+      "pointer", // v
+      "i32", // v_stride
+      "i32", // n_q
+      "i32", // q_start
+      "i32", // kv_len
+      "i32", // n_heads
+      "i32", // n_kv_heads
+      "i32", // head_dim
+      "i32", // v_head_dim
+      "f32", // scale
+      "i32", // window
+      "f32", // softcap
+      "buffer", // kv_valid
+      "buffer", // alibi_slopes
+    ],
+    result: "i32",
+    optional: true,
   },
   rl_act_mul: {
     parameters: ["pointer", "pointer", "pointer", "pointer", "i32", "i32", "i32", "i32"],
@@ -645,8 +673,15 @@ export class Backend {
     );
   }
 
-  /** Causal GQA attention of new queries over the KV cache (see {@link AttentionArgs}). */
+  /**
+   * Causal GQA attention of new queries over the KV cache (see {@link AttentionArgs}); with
+   * `alibiSlopes`, ALiBi's linear bias (rl_attention_alibi).
+   */
   attention(a: AttentionArgs): void {
+    if (a.alibiSlopes) {
+      this.#attentionAlibi(a, a.alibiSlopes);
+      return;
+    }
     this.#check(
       this.#lib.symbols.rl_attention(
         this.#c,
@@ -670,6 +705,46 @@ export class Backend {
         a.kvValid ?? allValid(a.kvLen),
       ),
       "rl_attention",
+    );
+  }
+
+  #attentionAlibi(a: AttentionArgs, slopes: Float32Array): void {
+    const op = "rl_attention_alibi", fn = this.#lib.symbols.rl_attention_alibi;
+    if (slopes.length !== a.nHeads) {
+      throw new BackendError(
+        op,
+        `alibiSlopes has ${slopes.length} slopes, want one per query head (nHeads ${a.nHeads})`,
+        undefined,
+        1, // RL_ERR_INVALID
+      );
+    }
+    if (!fn) {
+      throw new BackendError(op, "the library lacks this entry (ABI 7)", undefined, 3); // UNSUPPORTED
+    }
+    this.#check(
+      fn(
+        this.#c,
+        a.out,
+        a.q,
+        a.qStride,
+        a.k,
+        a.kStride,
+        a.v,
+        a.vStride ?? a.kStride,
+        a.nQ,
+        a.qStart,
+        a.kvLen,
+        a.nHeads,
+        a.nKvHeads,
+        a.headDim,
+        a.vHeadDim ?? a.headDim,
+        a.scale,
+        a.window ?? 0,
+        a.softcap ?? 0,
+        a.kvValid ?? allValid(a.kvLen),
+        slopes,
+      ),
+      op,
     );
   }
 
@@ -843,6 +918,13 @@ export interface AttentionArgs {
   softcap?: number;
   /** kvLen bytes, 0 = a padding key no query sees; null/absent: every key valid. */
   kvValid?: Uint8Array | null;
+  /**
+   * ALiBi: one finite slope per query head (lib/models/alibi.ts `alibiSlopes`); every visible
+   * score of query position `pos` and key `j` gains `slope[h] · (j − pos)` after the scale and
+   * softcap: ALiBi's `slope[h] · j`, less a per-query constant the softmax cancels. null/absent:
+   * no bias (rl_attention).
+   */
+  alibiSlopes?: Float32Array | null;
 }
 
 /**

@@ -11,7 +11,7 @@ export const PACKAGE_VERSION = "0.1.0";
 
 /** [path relative to the package root, sha256 of its bytes], sorted by path. */
 export const NATIVE_SOURCES: readonly (readonly [string, string])[] = [
-  ["cpu/attention.c", "c119cddf26ee4e5866d73c57018b2571eefb22f4a102b66013c7c8bf8860d268"],
+  ["cpu/attention.c", "994ccb0a5f6e8f690b5cc44ef058d6e256761770600a4be5be63e2eb93d3cb42"],
   ["cpu/ctx.c", "1d0b6a3e7572957d73058c31a0f7904137b3602389240d6a2a027fbd3775259c"],
   ["cpu/internal.h", "63aa0f2a105ed42af079767eddd5f1227625fa6bbe21c3e26af631c019e81842"],
   ["cpu/load.c", "9f80e3d6f6c118c14243c525e8d146854b20b261c83d527e152edf55b9fe6521"],
@@ -22,7 +22,7 @@ export const NATIVE_SOURCES: readonly (readonly [string, string])[] = [
   ["cpu/quant.h", "fa2aeb6107cd990dfe2a225a2565c5270f6c4e7fb821d6f06118629bd4ef128c"],
   ["cpu/simd.h", "ac1a0f410257f3a8ccd10914834ccf527648ab9e64f3887fdb6061b2d1322b00"],
   ["cpu/sysfile.c", "73b39f5ae79e11b4fa1849a8b77e3ea2a49f92059f22d5a53730ca4e07ebf0bb"],
-  ["cuda/attention.cu", "a1b7d26696374f8477e388048322058834bb920c2e9f243f4f33d72485e6797b"],
+  ["cuda/attention.cu", "fcb4f5d11d804a8cabfa15621215f1fe0f78e72c7f29051af9f52cfc48b597c8"],
   ["cuda/ctx.cu", "c79eb0b3b4b630ca7f2b5ac9fd46235ce8fa267d92d7e5e3c776b79f39fd7ee9"],
   ["cuda/exports.map", "e035d31f3fe892f1421d34d598222d90c93c85818d71e84225bb48bdf460f438"],
   ["cuda/internal.h", "50469ffada3ea2bca888d165920f9ecc6e7f4f11b2e80db93c0c8285ba5de30e"],
@@ -30,6 +30,6 @@ export const NATIVE_SOURCES: readonly (readonly [string, string])[] = [
   ["cuda/nd.cu", "bd7c1d80757a7f4d04af954ad626567e4708472622becfa61a343c6fa09d9e6d"],
   ["cuda/ops.cu", "b9b424134547a3cf8481750d309546179d63dd32bd183a07784fd7dea140a744"],
   ["cuda/quant.cu", "15e727cb0649b132b54c1fe05b41798e67a072369b360a76d000d41d41398eb7"],
-  ["ffi/rabbitllm.h", "374ae90041467a34f15a9e9a1d5b501d6b3332195fc60d01234bf4c6609e2f70"],
-  ["ffi/rl_shared.h", "e82b19855ef5acf86048a2c4aa7f33245e7cca59f7f1afb7be76887ef5f3f340"],
+  ["ffi/rabbitllm.h", "6cda0f7310f3faad70875acc374e2262c2cefa7f05b25a20eb0317d1b597a858"],
+  ["ffi/rl_shared.h", "91ec63647b8cf670c52af8f62af1a38a01beb463f5b612017d8d29030424c438"],
 ];

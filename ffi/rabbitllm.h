@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define RL_ABI_VERSION 6
+#define RL_ABI_VERSION 7
 
 #if defined(_WIN32)
 #define RL_API __declspec(dllexport)
@@ -334,6 +334,29 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
                             int32_t n_q, int32_t q_start, int32_t kv_len, int32_t n_heads,
                             int32_t n_kv_heads, int32_t head_dim, int32_t v_head_dim, float scale,
                             int32_t window, float softcap, const uint8_t *kv_valid);
+
+/* rl_attention with ALiBi (ABI 7; the arguments before alibi_slopes are rl_attention's, and mean
+ * the same). alibi_slopes is a host buffer of n_heads floats (each finite, checked before anything
+ * runs), or NULL: then the call is exactly rl_attention. With slopes, every visible score of
+ * query t (cache index pos = q_start + t), head h and key j gains a linear bias:
+ *   score = (q.k) * scale;  if softcap > 0: score = softcap * tanh(score / softcap);
+ *   score = score + alibi_slopes[h] * (float)(j - pos)       (j - pos <= 0 for visible keys)
+ * computed in f32 as written: the distance (float)(j - pos) is exact (while |j - pos| <= 2^24),
+ * the product is rounded once, then added. Masking, windows, GQA and the
+ * output are rl_attention's.
+ * ALiBi as trained (Press et al.; Baichuan-13B's alibi mask) adds slope_h * j, the key's cache
+ * index, to (q.k) / sqrt(head_dim). Under the softmax of each query's row that is the same as
+ * slope_h * (j - pos): the rows differ by the constant slope_h * pos, which cancels. The relative
+ * form is used because it stays small near the query, where the weight is, instead of growing
+ * with the sequence (slope_h * j rounds to a step of ulp(slope_h * j)). Slopes: lib/models/alibi.ts.
+ * A backend without ALiBi returns RL_ERR_UNSUPPORTED naming rl_attention_alibi. (Until ABI 6
+ * there was no ALiBi; rl_attention itself is unchanged.) */
+RL_API int32_t rl_attention_alibi(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
+                                  const float *k, int32_t k_stride, const float *v,
+                                  int32_t v_stride, int32_t n_q, int32_t q_start, int32_t kv_len,
+                                  int32_t n_heads, int32_t n_kv_heads, int32_t head_dim,
+                                  int32_t v_head_dim, float scale, int32_t window, float softcap,
+                                  const uint8_t *kv_valid, const float *alibi_slopes);
 
 /* out[r, c] = act(gate[r*in_stride + c]) * up[r*in_stride + c] for r < rows, c < cols.
  * out is [rows, cols] contiguous. In place: out may equal gate or up when in_stride == cols;

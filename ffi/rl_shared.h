@@ -278,6 +278,16 @@ static inline int32_t rl_check_attention(char *msg, size_t msg_cap, const float 
   return RL_OK;
 }
 
+/* rl_attention_alibi's slopes: NULL (no bias) or n_heads finite floats (a host buffer). */
+static inline int32_t rl_check_alibi_slopes(char *msg, size_t msg_cap, const float *alibi_slopes,
+                                            int32_t n_heads) {
+  if (!alibi_slopes) return RL_OK;
+  for (int32_t h = 0; h < n_heads; h++)
+    RL_REQUIRE(alibi_slopes[h] - alibi_slopes[h] == 0.0f,
+               "alibi_slopes[%d] is %g, not a finite number", h, (double)alibi_slopes[h]);
+  return RL_OK;
+}
+
 static inline int32_t rl_check_act_mul(char *msg, size_t msg_cap, const float *out,
                                        const float *gate, const float *up, int32_t rows,
                                        int32_t cols, int32_t in_stride, int32_t act) {

@@ -405,6 +405,7 @@ export class StepLoop {
         window: cfg.layerWindows[layer],
         softcap: c.softcap,
         kvValid: cache.valid[b].subarray(0, past + S),
+        alibiSlopes: c.alibiSlopes,
       });
     }
   }

@@ -89,6 +89,12 @@ export interface AttentionCall {
   out: DevPtr;
   scale: number;
   softcap?: number;
+  /**
+   * ALiBi (Baichuan-13B, Baichuan2-13B): one slope per query head (alibi.ts `alibiSlopes`);
+   * scores gain `slope[h] · (key position − query position)` after the scale, in the cache's
+   * positions. Absent: no bias.
+   */
+  alibiSlopes?: Float32Array;
 }
 
 /**
