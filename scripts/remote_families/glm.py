@@ -289,3 +289,124 @@ def fixtures(ref) -> list:
             "multi_query_attention false: query_key_value rows q_h | k_h | v_h per head",
         ),
     ]
+
+
+# ---- one-off cross-check against the original remote code ---------------------------------------
+#
+#   pip download --no-deps -d /tmp/msdl modelscope==1.40.2   (or pip install --no-deps --target /tmp/ms)
+#   cd /tmp/ms && unzip -o /tmp/msdl/modelscope-1.40.2-py3-none-any.whl 'modelscope/models/nlp/chatglm2/*'
+#   python scripts/remote_families/glm.py /tmp/ms
+#
+# modelscope vendors ChatGLM2's modeling file (modelscope/models/nlp/chatglm2/text_generation.py,
+# the chatglm2-6b-32k version: seq_idx / rope_ratio). Its GLMTransformer, RotaryEmbedding and
+# Embedding run on each committed chatglm fixture's hub files (the few lines of ChatGLMModel.forward
+# that join them are repeated here); for rope_ratio without a chatglm2 _name_or_path the rope table
+# is the chatglm3 / glm-4 files' forward_impl (base = 10000 * rope_ratio), transcribed below.
+
+
+def _load_original(root: Path):
+    import importlib.util
+    import sys
+    import types
+
+    def stub(name: str, **attrs):
+        m = types.ModuleType(name)
+        m.__path__ = []  # a package
+        m.__dict__.update(attrs)
+        sys.modules[name] = m
+        return m
+
+    class _Any:
+        def __getattr__(self, _):
+            return "x"
+
+    class _Registry:
+        def register_module(self, *a, **k):
+            return lambda cls: cls
+
+    import logging
+
+    stub("modelscope", Model=type("Model", (), {}), TorchModel=type("TorchModel", (), {}))
+    stub("modelscope.metainfo", Models=_Any())
+    stub("modelscope.outputs", OutputKeys=_Any())
+    stub("modelscope.utils", logger=types.SimpleNamespace(get_logger=lambda *a: logging.getLogger("x")))
+    stub("modelscope.utils.constant", Tasks=_Any())
+    stub("modelscope.models", MODELS=_Registry())
+    stub("modelscope.models.nlp")
+    stub("modelscope.models.nlp.chatglm2")
+    d = root / "modelscope" / "models" / "nlp" / "chatglm2"
+    mods = {}
+    for name in ("configuration", "text_generation"):
+        full = f"modelscope.models.nlp.chatglm2.{name}"
+        spec = importlib.util.spec_from_file_location(full, d / f"{name}.py")
+        mods[name] = importlib.util.module_from_spec(spec)
+        sys.modules[full] = mods[name]
+        spec.loader.exec_module(mods[name])
+    return mods["configuration"], mods["text_generation"]
+
+
+def _glm4_forward_impl(self, seq_len, n_elem, dtype, device, base=10000):
+    """RotaryEmbedding.forward_impl of chatglm3-6b(-32k) / glm-4-9b modeling_chatglm.py."""
+    base = base * self.rope_ratio
+    theta = 1.0 / (base ** (torch.arange(0, n_elem, 2, dtype=torch.float, device=device) / n_elem))
+    seq_idx = torch.arange(seq_len, dtype=torch.float, device=device)
+    idx_theta = torch.outer(seq_idx, theta).float()
+    cache = torch.stack([torch.cos(idx_theta), torch.sin(idx_theta)], dim=-1)
+    if dtype in (torch.float16, torch.bfloat16, torch.int8):
+        cache = cache.bfloat16() if dtype == torch.bfloat16 else cache.half()
+    return cache
+
+
+@torch.no_grad()
+def original_logits(conf_mod, tg, model_dir: Path, ids: torch.Tensor) -> torch.Tensor:
+    raw = json.loads((model_dir / "config.json").read_text())
+    cfg = conf_mod.ChatGLM2Config(**{k: v for k, v in raw.items() if k not in ("auto_map", "architectures")})
+    cfg.torch_dtype = torch.float32
+    chatglm2 = any(n in raw["_name_or_path"].lower() for n in ("chatglm2", "codegeex2"))
+    emb = tg.Embedding(cfg)
+    rotary = tg.RotaryEmbedding(cfg.kv_channels // 2, rope_ratio=cfg.rope_ratio, original_impl=cfg.original_rope,
+                                dtype=torch.float32)
+    if not chatglm2:
+        rotary.forward_impl = types_method(_glm4_forward_impl, rotary)
+    enc = tg.GLMTransformer(cfg)
+    out = torch.nn.Linear(cfg.hidden_size, cfg.padded_vocab_size, bias=False)
+    sd = {k: v.float() for k, v in load_file(str(model_dir / "model.safetensors")).items()}
+    emb.load_state_dict({"word_embeddings.weight": sd.pop("transformer.embedding.word_embeddings.weight")})
+    out.load_state_dict({"weight": sd.pop("transformer.output_layer.weight")})
+    rotary.load_state_dict({"inv_freq": sd.pop("transformer.rotary_pos_emb.inv_freq")})
+    enc.load_state_dict({k.removeprefix("transformer.encoder."): v for k, v in sd.items()})
+    for m in (emb, rotary, enc, out):
+        m.eval()
+    # ChatGLMModel.forward / ChatGLMForConditionalGeneration.forward, no cache, no mask given
+    hidden = emb(ids)
+    rope = rotary(cfg.seq_length)[None, : ids.shape[1]].transpose(0, 1).contiguous()
+    hidden = enc(hidden, None, rotary_pos_emb=rope, kv_caches=None, use_cache=False)[0]
+    return out(hidden).transpose(0, 1).float()
+
+
+def types_method(fn, obj):
+    import types
+
+    return types.MethodType(fn, obj)
+
+
+def cross_check(root: Path) -> None:
+    import numpy as np
+
+    conf_mod, tg = _load_original(root)
+    fixtures = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+    for name in ("chatglm3", "glm4_remote", "chatglm2_32k"):
+        d = fixtures / name
+        ref = json.loads((d / "reference.json").read_text())
+        ids = torch.tensor(ref["logits"]["input_ids"])
+        want = torch.from_numpy(np.fromfile(d / "logits.bin", dtype="<f4").reshape(ref["logits"]["dims"]))
+        got = original_logits(conf_mod, tg, d, ids)
+        diff = float((got - want).abs().max())
+        print(f"{name}: original remote code vs fixture reference max|Δlogit| = {diff:.3g} "
+              f"(max|logit| {float(want.abs().max()):.3g})")
+
+
+if __name__ == "__main__":
+    import sys
+
+    cross_check(Path(sys.argv[1]))
