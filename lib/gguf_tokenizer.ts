@@ -82,7 +82,8 @@ const BYTE_LEVEL_REGEX: Json = {
   use_regex: true,
 };
 
-function splitThenBytes(regex: string): Json {
+/** A Split(regex, Isolated) + ByteLevel(no regex) pre-tokenizer (also used by lib/tiktoken.ts). */
+export function splitThenBytes(regex: string): Json {
   return {
     type: "Sequence",
     pretokenizers: [
@@ -456,8 +457,8 @@ export function generateMerges(tokens: readonly string[], scores: readonly numbe
   return merges.map((x) => [x.l, x.r]);
 }
 
-/** GPT-2's byte → printable character table (`bytes_to_unicode`). */
-const BYTE_CHARS: string[] = (() => {
+/** GPT-2's byte → printable character table (`bytes_to_unicode`; also used by lib/tiktoken.ts). */
+export const BYTE_CHARS: string[] = (() => {
   const keep = (b: number) =>
     (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
   const out: string[] = [];

@@ -40,6 +40,16 @@ import {
 import { jsonTooDeep, MAX_JSON_DEPTH, TokenizerError } from "./errors.ts";
 import type { GgufHeader } from "./gguf.ts";
 import { ggufTokenizerFiles } from "./gguf_tokenizer.ts";
+import { parseSpmModel, SPM_PIECE_TYPE, spmTokenizerJson } from "./spm_model.ts";
+import {
+  GLM4_PATTERN,
+  looksLikeTiktoken,
+  parseTiktokenRanks,
+  QWEN_PATTERN,
+  QWEN_SPECIAL_START_ID,
+  QWEN_SPECIAL_TOKENS,
+  tiktokenTokenizerJson,
+} from "./tiktoken.ts";
 
 /** One chat message. Keys other than role and content (tool_calls, reasoning_content...) reach the template. */
 export interface ChatMessage {
@@ -149,14 +159,18 @@ export class Tokenizer {
   readonly #specialTokens: Record<string, string>;
   readonly #templateFiles: ReadonlyMap<string, string>;
   readonly #compiled = new Map<string, Template>();
+  /** What a remote-code tokenizer class does beyond tokenizer.json (see {@link RemoteParts}). */
+  readonly #remote: RemoteParts | null;
 
   private constructor(
     dir: string,
     tokenizerJson: Json,
     config: Json,
     templates: Map<string, ChatTemplateSource>,
+    remote: RemoteParts | null = null,
   ) {
     this.#dir = dir;
+    this.#remote = remote;
     const configFile = `${dir}/tokenizer_config.json`;
     const specialTokens: Record<string, string> = {};
     for (const key of NAMED_SPECIAL_TOKENS) {
@@ -165,14 +179,16 @@ export class Tokenizer {
     }
     this.#specialTokens = specialTokens;
 
-    const jsonFile = `${dir}/tokenizer.json`;
+    const jsonFile = remote?.file ?? `${dir}/tokenizer.json`;
     const json = tokenizerJson; // freshly parsed by fromDir: adjusted in place
     applyClassPipeline(json, config);
     const vocab = modelVocab(json, jsonFile);
     const added = mergeAddedTokens(json, vocab, config, specialTokens, configFile, jsonFile);
     this.specialIds = new Set(added.filter((t) => t.special).map((t) => t.id));
     for (const t of added) vocab.set(t.content, t.id);
-    this.vocabSize = vocab.size;
+    for (const id of remote?.decodeOnly.keys() ?? []) this.specialIds.add(id);
+    for (const id of remote?.silent ?? []) this.specialIds.add(id);
+    this.vocabSize = vocab.size + (remote?.decodeOnly.size ?? 0);
     this.byteFallbackIds = new Set(
       JSON.stringify(json.decoder ?? null).includes('"ByteFallback"')
         ? [...vocab].filter(([token]) => /^<0x[0-9A-Fa-f]{2}>$/.test(token)).map(([, id]) => id)
@@ -202,7 +218,10 @@ export class Tokenizer {
         cause: e,
       });
     }
-    useRustByteFallback(this.#hf.decoder);
+    useByteFallbackText(
+      this.#hf.decoder,
+      remote?.segmentDecode ? () => new SpmByteFallbackText() : () => new RustByteFallbackText(),
+    );
 
     this.chatTemplates = new Map([...templates].map(([name, t]) => [name, t.template]));
     this.#templateFiles = new Map([...templates].map(([name, t]) => [name, t.file]));
@@ -217,10 +236,20 @@ export class Tokenizer {
    * @throws {TokenizerError} a file is missing, is not valid JSON, or holds an unusable value
    */
   static async fromDir(dir: string): Promise<Tokenizer> {
-    const tokenizerJson = await readJson(`${dir}/tokenizer.json`, true);
+    const tokenizerJson = await readJson(`${dir}/tokenizer.json`, false);
     const config = await readJson(`${dir}/tokenizer_config.json`, false) ?? {};
     const templates = await readChatTemplates(dir, config);
-    return new Tokenizer(dir, tokenizerJson!, config, templates);
+    if (tokenizerJson !== null) return new Tokenizer(dir, tokenizerJson, config, templates);
+    const remote = await remoteTokenizer(dir, config);
+    if (remote === null) {
+      await readJson(`${dir}/tokenizer.json`, true); // throws: tokenizer.json is missing
+    }
+    const { json, config: remoteConfig, parts } = remote!;
+    if (!saidConversion.has(dir)) {
+      saidConversion.add(dir);
+      console.error(`rabbitllm: ${dir}: no tokenizer.json; ${parts.what}`);
+    }
+    return new Tokenizer(dir, json, remoteConfig, templates, parts);
   }
 
   /**
@@ -253,7 +282,10 @@ export class Tokenizer {
    * @returns the token ids
    */
   encode(text: string, opts: EncodeOptions = {}): number[] {
-    return this.#hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
+    const add = opts.addSpecialTokens ?? true;
+    const ids = this.#hf.encode(text, { add_special_tokens: add }).ids;
+    const r = this.#remote;
+    return r === null || !add ? ids : [...r.encodePrefix, ...ids, ...r.encodeSuffix];
   }
 
   /**
@@ -272,10 +304,32 @@ export class Tokenizer {
         throw new TokenizerError(this.#dir, null, `decode: ids[${i}] = ${id} is not a token id`);
       }
       if (opts.skipSpecialTokens && this.specialIds.has(id)) continue;
-      if (this.#hf.id_to_token(id) !== undefined) kept.push(id);
+      if (this.#remote?.silent.has(id)) continue;
+      if (this.#hf.id_to_token(id) !== undefined || this.#remote?.decodeOnly.has(id)) kept.push(id);
     }
+    const r = this.#remote;
+    if (r === null || !r.segmentDecode) return this.#decodeRun(kept);
+    // sentencepiece families: each run between special tokens is decoded on its own (the remote
+    // classes call sp_model.decode per run), special tokens as their text.
+    let text = "";
+    let start = 0;
+    for (let i = 0; i <= kept.length; i++) {
+      if (i < kept.length && !this.specialIds.has(kept[i])) continue;
+      let run = this.#decodeRun(kept.slice(start, i));
+      if (
+        r.stripLeadingSpace && i > start && run.startsWith(" ") &&
+        this.#hf.id_to_token(kept[start])?.startsWith("▁")
+      ) run = run.slice(1);
+      text += run;
+      if (i < kept.length) text += r.decodeOnly.get(kept[i]) ?? this.#decodeRun([kept[i]]);
+      start = i + 1;
+    }
+    return text;
+  }
+
+  #decodeRun(ids: number[]): string {
     // The npm decoder rejects an empty list; transformers returns "".
-    return kept.length === 0 ? "" : this.#hf.decode(kept, {
+    return ids.length === 0 ? "" : this.#hf.decode(ids, {
       skip_special_tokens: false,
       clean_up_tokenization_spaces: this.#cleanUp,
     });
@@ -503,9 +557,59 @@ class RustByteFallbackText extends TextDecoder {
   }
 }
 
-function useRustByteFallback(decoder: unknown): void {
-  if (decoder instanceof ByteFallbackDecoder) decoder.text_decoder = new RustByteFallbackText();
-  if (decoder instanceof SequenceDecoder) decoder.decoders.forEach(useRustByteFallback);
+/**
+ * sentencepiece's own decode of a run of byte pieces (the remote-code SPM families call
+ * `sp_model.decode`): each valid UTF-8 character is kept, each byte of an invalid sequence becomes
+ * one U+FFFD, and a leading U+FEFF is kept.
+ */
+class SpmByteFallbackText extends TextDecoder {
+  readonly #strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+  override decode(input: Uint8Array): string {
+    let out = "";
+    let i = 0;
+    while (i < input.length) {
+      const n = utf8Length(input, i);
+      if (n === 0) {
+        out += "\uFFFD";
+        i++;
+      } else {
+        out += this.#strict.decode(input.subarray(i, i + n));
+        i += n;
+      }
+    }
+    return out;
+  }
+}
+
+/** Length of the valid UTF-8 character at `i` (1-4), or 0 when the bytes there are not one. */
+function utf8Length(b: Uint8Array, i: number): number {
+  const c = b[i];
+  if (c < 0x80) return 1;
+  let n: number, lo = 0x80, hi = 0xbf;
+  if (c >= 0xc2 && c <= 0xdf) n = 2;
+  else if (c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    if (c === 0xe0) lo = 0xa0;
+    if (c === 0xed) hi = 0x9f; // no surrogates
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    if (c === 0xf0) lo = 0x90;
+    if (c === 0xf4) hi = 0x8f;
+  } else return 0;
+  if (i + n > b.length) return 0;
+  for (let k = 1; k < n; k++) {
+    const x = b[i + k];
+    if (k === 1 ? x < lo || x > hi : x < 0x80 || x > 0xbf) return 0;
+  }
+  return n;
+}
+
+function useByteFallbackText(decoder: unknown, make: () => TextDecoder): void {
+  if (decoder instanceof ByteFallbackDecoder) decoder.text_decoder = make();
+  if (decoder instanceof SequenceDecoder) {
+    for (const d of decoder.decoders) useByteFallbackText(d, make);
+  }
 }
 
 /** Thrown by a template's `raise_exception(message)`. */
@@ -562,6 +666,241 @@ async function readJson(path: string, required: boolean): Promise<Json | null> {
     throw new TokenizerError(path, null, `nested deeper than ${MAX_JSON_DEPTH} levels`);
   }
   return value as Json;
+}
+
+/**
+ * What a remote-code tokenizer class (no tokenizer.json) does beyond the tokenizer.json built for
+ * it: the ids encode adds, ids it decodes to text that no text encodes to, ids it decodes to
+ * nothing, and whether special tokens split decoding into separately decoded runs.
+ */
+interface RemoteParts {
+  /** The file the tokenizer was built from (tokenizer.model, qwen.tiktoken), for errors. */
+  file: string;
+  /** What was converted, for the one log line. */
+  what: string;
+  /** Ids encode puts before the text with special tokens (BOS; ChatGLM's [gMASK] sop). */
+  encodePrefix: number[];
+  /** Ids encode puts after it (EOS when add_eos_token). */
+  encodeSuffix: number[];
+  /** Special ids decoded to this text but never matched in text (ChatGLM2/3's own tokens). */
+  decodeOnly: Map<number, string>;
+  /** Ids decoded to nothing (sentencepiece control pieces in ChatGLM2/3's decode). */
+  silent: Set<number>;
+  /** Decode each run between special tokens on its own (sentencepiece families). */
+  segmentDecode: boolean;
+  /**
+   * Drop the leading space of a run whose first piece starts with "▁" (sentencepiece's decode with
+   * add_dummy_prefix or remove_extra_whitespaces; a space from a byte piece <0x20> stays).
+   */
+  stripLeadingSpace: boolean;
+}
+
+const saidConversion = new Set<string>();
+
+/** ChatGLM2/3's SPTokenizer tokens, ids from the sentencepiece vocabulary size on. */
+const CHATGLM_SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"];
+const CHATGLM3_ROLES = ["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"];
+
+/** The remote class a tokenizer_config.json names (`tokenizer_class`, else `auto_map`), "Fast" dropped. */
+function remoteClass(config: Json): string | null {
+  let name: unknown = config.tokenizer_class;
+  if (typeof name !== "string") {
+    const auto = (config.auto_map as Json | undefined)?.AutoTokenizer;
+    name = Array.isArray(auto) ? auto[0] : auto;
+  }
+  if (typeof name !== "string") return null;
+  return name.slice(name.lastIndexOf(".") + 1).replace(/Fast$/, "");
+}
+
+async function readBytes(path: string): Promise<Uint8Array> {
+  try {
+    return await Deno.readFile(path);
+  } catch (e) {
+    throw new TokenizerError(path, null, `cannot read: ${errorText(e)}`, { cause: e });
+  }
+}
+
+/** Every token string tokenizer_config.json names (special tokens, added tokens). */
+function namedTokens(config: Json, file: string): Set<string> {
+  const out = new Set<string>();
+  for (const key of NAMED_SPECIAL_TOKENS) {
+    const t = tokenContent(config[key], file, key);
+    if (t !== null) out.add(t);
+  }
+  const decoder = config.added_tokens_decoder;
+  if (typeof decoder === "object" && decoder !== null) {
+    for (const [id, v] of Object.entries(decoder)) {
+      const t = tokenContent(v, file, `added_tokens_decoder.${id}`);
+      if (t !== null) out.add(t);
+    }
+  }
+  for (const key of ["additional_special_tokens", "extra_special_tokens"]) {
+    const list = config[key];
+    if (Array.isArray(list)) {
+      for (const [i, v] of list.entries()) {
+        const t = tokenContent(v, file, `${key}[${i}]`);
+        if (t !== null) out.add(t);
+      }
+    }
+  }
+  return out;
+}
+
+/** The id tokenizer_config.json's `added_tokens_decoder` gives a token, or null. */
+function addedTokenId(config: Json, token: string): number | null {
+  const decoder = config.added_tokens_decoder;
+  if (typeof decoder !== "object" || decoder === null) return null;
+  for (const [id, v] of Object.entries(decoder)) {
+    const content = typeof v === "string" ? v : (v as Json | null)?.content;
+    if (content === token && /^\d+$/.test(id)) return Number(id);
+  }
+  return null;
+}
+
+/**
+ * The tokenizer of a checkpoint whose tokenizer class is remote code and that ships no
+ * tokenizer.json: sentencepiece `tokenizer.model` (InternLM 1/2/3, Baichuan 1/2, ChatGLM2/3) or a
+ * tiktoken ranks file (QWen v1's `qwen.tiktoken`, GLM-4's `tokenizer.model`), converted by
+ * lib/spm_model.ts / lib/tiktoken.ts and completed with what the class's code does (BOS, ChatGLM's
+ * prefix, QWen's special tokens). Null when tokenizer_config.json names no class handled here.
+ */
+async function remoteTokenizer(
+  dir: string,
+  config: Json,
+): Promise<{ json: Json; config: Json; parts: RemoteParts } | null> {
+  const cls = remoteClass(config);
+  if (cls === null) return null;
+  const configFile = `${dir}/tokenizer_config.json`;
+  const outConfig: Json = { ...config };
+  delete outConfig.remove_space; // the remote classes ignore it; npm:@huggingface/tokenizers would not
+  const parts = (file: string, what: string): RemoteParts => ({
+    file,
+    what,
+    encodePrefix: [],
+    encodeSuffix: [],
+    decodeOnly: new Map(),
+    silent: new Set(),
+    segmentDecode: false,
+    stripLeadingSpace: false,
+  });
+
+  if (cls === "QWenTokenizer") {
+    const file = `${dir}/qwen.tiktoken`;
+    const ranks = parseTiktokenRanks(new TextDecoder().decode(await readBytes(file)), file);
+    const json = tiktokenTokenizerJson(ranks, {
+      pattern: QWEN_PATTERN,
+      nfc: true,
+      specialTokens: QWEN_SPECIAL_TOKENS.map((t, i) => [t, QWEN_SPECIAL_START_ID + i] as const),
+    });
+    return {
+      json,
+      config: outConfig,
+      parts: parts(file, `converted ${file} (tiktoken ranks) as QWenTokenizer`),
+    };
+  }
+
+  const isChatGlm = cls === "ChatGLMTokenizer" || cls === "ChatGLM4Tokenizer";
+  const spmClasses = ["InternLMTokenizer", "InternLM2Tokenizer", "InternLM3Tokenizer"];
+  spmClasses.push("BaichuanTokenizer", "BaiChuanTokenizer");
+  if (!isChatGlm && !spmClasses.includes(cls)) return null;
+  const file = `${dir}/tokenizer.model`;
+  const bytes = await readBytes(file);
+
+  if (isChatGlm && looksLikeTiktoken(bytes)) { // GLM-4
+    const ranks = parseTiktokenRanks(new TextDecoder().decode(bytes), file);
+    const json = tiktokenTokenizerJson(ranks, {
+      pattern: GLM4_PATTERN,
+      nfc: false,
+      specialTokens: [],
+    });
+    const p = parts(file, `converted ${file} (tiktoken ranks) as GLM-4's ${cls}`);
+    for (const token of ["[gMASK]", "<sop>"]) {
+      const id = addedTokenId(config, token);
+      if (id === null) {
+        throw new TokenizerError(
+          configFile,
+          "added_tokens_decoder",
+          `GLM-4's prefix token ${token} is not listed (encode starts with [gMASK] <sop>)`,
+        );
+      }
+      p.encodePrefix.push(id);
+    }
+    return { json, config: outConfig, parts: p };
+  }
+  if (cls === "ChatGLM4Tokenizer") {
+    throw new TokenizerError(file, null, "ChatGLM4Tokenizer expects a tiktoken ranks file");
+  }
+
+  const m = parseSpmModel(bytes, file);
+  const legacy = config.legacy !== false;
+  const json = spmTokenizerJson(m, {
+    prefix: cls === "InternLM3Tokenizer" && !legacy ? "first" : "always",
+  });
+  const kind = m.modelType === 2 ? "BPE" : "unigram";
+  const p = parts(file, `converted ${file} (sentencepiece ${kind}) as ${cls}`);
+  p.segmentDecode = true;
+  // The Strip decoder would also drop a space decoded from a byte piece: done per run instead.
+  const decoder = json.decoder as { decoders: Json[] };
+  const strips = decoder.decoders.filter((d) => d.type === "Strip").length;
+  decoder.decoders = decoder.decoders.filter((d) => d.type !== "Strip");
+  p.stripLeadingSpace = strips > 0;
+  const pieceId = new Map(m.pieces.map((piece, id) => [piece.piece, id]));
+  // The remote classes match in text only the tokens tokenizer_config.json names (and
+  // sentencepiece matches its user-defined pieces itself); a control piece they do not name is
+  // text to sentencepiece and decodes to nothing. ChatGLM's SPTokenizer.decode drops every one.
+  const named = namedTokens(config, configFile);
+  json.added_tokens = (json.added_tokens as Json[]).filter((t) => {
+    const control = m.pieces[t.id as number].type === SPM_PIECE_TYPE.control;
+    if (control && (isChatGlm || !named.has(t.content as string))) p.silent.add(t.id as number);
+    return !control || named.has(t.content as string);
+  });
+
+  if (isChatGlm) { // ChatGLM2/3: SPTokenizer
+    const n = m.pieces.length;
+    const chatglm3 = JSON.stringify(config).includes("<|user|>");
+    const specials = chatglm3 ? [...CHATGLM_SPECIALS, ...CHATGLM3_ROLES] : CHATGLM_SPECIALS;
+    const added = json.added_tokens as Json[];
+    for (const [k, token] of specials.entries()) {
+      if (named.has(token)) {
+        added.push({
+          id: n + k,
+          content: token,
+          single_word: false,
+          lstrip: false,
+          rstrip: false,
+          normalized: false,
+          special: true,
+        });
+      } else p.decodeOnly.set(n + k, token);
+    }
+    p.encodePrefix.push(n + 1, n + 3); // [gMASK] sop
+    return { json, config: outConfig, parts: p };
+  }
+
+  // InternLM 1/2/3, Baichuan 1/2: BOS (add_bos_token, default true) and EOS (add_eos_token).
+  for (
+    const [key, flag, dflt, fallback, list] of [
+      ["bos_token", "add_bos_token", true, m.bosId, p.encodePrefix],
+      ["eos_token", "add_eos_token", false, m.eosId, p.encodeSuffix],
+    ] as const
+  ) {
+    const add = config[flag] ?? dflt;
+    if (typeof add !== "boolean") throw new TokenizerError(configFile, flag, "expected a boolean");
+    if (!add) continue;
+    const token = tokenContent(config[key], configFile, key);
+    const id = token === null ? (fallback >= 0 ? fallback : null) : pieceId.get(token) ?? null;
+    if (id === null) {
+      throw new TokenizerError(
+        configFile,
+        key,
+        `${flag} is true but ${
+          token === null ? "no token is named" : `${token} is not a piece of ${file}`
+        }`,
+      );
+    }
+    list.push(id);
+  }
+  return { json, config: outConfig, parts: p };
 }
 
 async function readTextIfExists(path: string): Promise<string | null> {
