@@ -91,10 +91,14 @@ Deno.test("config: an unsupported architecture names it and lists the supported 
       SUPPORTED_ARCHITECTURES.every((a) => e.message.includes(a)),
   );
   assert.deepEqual([...SUPPORTED_ARCHITECTURES], [
+    "ChatGLMForConditionalGeneration",
+    "ChatGLMModel",
     "DeepseekV2ForCausalLM",
     "DeepseekV3ForCausalLM",
     "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
+    "Glm4ForCausalLM",
+    "GlmForCausalLM",
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "MixtralForCausalLM",
