@@ -36,6 +36,7 @@ Deno.test("parity: the fixture set is complete", () => {
       "baichuan",
       "baichuan2",
       "baichuan2_bf16",
+      "baichuan2_13b",
       "glm",
       "glm4",
       "chatglm3",

@@ -23,18 +23,22 @@
  *
  * @module
  */
+import type { DevPtr } from "../../ffi/backend.ts";
 import type { ModelConfig } from "../config.ts";
 import { ConfigReader } from "../config.ts";
 import { ConfigError } from "../errors.ts";
+import { alibiSlopes } from "./alibi.ts";
 import { rowRange } from "./family.ts";
-import type { Family, Placement } from "./family.ts";
-import { denseLayerScratch } from "./blocks.ts";
+import type { Family, LayerContext, PartWeights, Placement } from "./family.ts";
+import { type AttentionSpec, denseLayerScratch, linear, norm, residual } from "./blocks.ts";
 import {
   type DenseBuffers,
   expectedLlamaLike,
   LLAMA_DEFAULTS,
   llamaLayer,
+  type LlamaLayerSpec,
   llamaLayerSpec,
+  mlpBlock,
   parseLlamaLike,
   placeExpected,
 } from "./llama.ts";
@@ -44,29 +48,14 @@ export interface BaichuanConfig extends ModelConfig {
   /** `lm_head` rows are L2-normalized before use (Baichuan 2's NormHead). */
   normHead: boolean;
   /**
-   * Per-head ALiBi slopes (the 13B models: no rope, score + slope · key position), or null for
-   * the rotary 7B models.
+   * Per-head ALiBi slopes (the 13B models: no rope, score + slope · key position; alibi.ts), or
+   * null for the rotary 7B models.
    */
-  alibiSlopes: number[] | null;
+  alibiSlopes: Float32Array | null;
 }
 
 /** Baichuan 2's vocabulary size: vLLM's (and our) NormHead rule. */
 export const BAICHUAN2_VOCAB = 125696;
-
-/**
- * ALiBi slopes of `n` heads as the Baichuan 13B remote code computes them (`_get_interleave`):
- * for a power of two, start = 2^(-8/n), slopes start^1 .. start^n; otherwise those of the closest
- * lower power of two p, then every other slope of 2p heads for the n - p remaining.
- */
-export function alibiSlopes(n: number): number[] {
-  const pow2 = (m: number) => {
-    const start = 2 ** -(2 ** -(Math.log2(m) - 3));
-    return Array.from({ length: m }, (_, i) => start * start ** i);
-  };
-  if (Number.isInteger(Math.log2(n))) return pow2(n);
-  const p = 2 ** Math.floor(Math.log2(n));
-  return pow2(p).concat(alibiSlopes(2 * p).filter((_, i) => i % 2 === 0).slice(0, n - p));
-}
 
 const LAYER_W_PACK = /^model\.layers\.(\d+)\.self_attn\.W_pack\.weight$/;
 /** The split projections, which the original layout never carries (only W_pack). */
@@ -116,13 +105,6 @@ function parseBaichuan(raw: Readonly<Record<string, unknown>>, source: string): 
   cfg.attentionBias = false; // W_pack and o_proj carry no bias
   const v2Arch = cfg.architecture === "BaichuanForCausalLM";
   const rotary = !v2Arch || r.has("max_position_embeddings");
-  if (!rotary) {
-    throw new ConfigError(
-      source,
-      "max_position_embeddings",
-      "missing: a BaichuanForCausalLM config without it is a 13B model (ALiBi attention), not supported yet",
-    );
-  }
   return {
     ...cfg,
     normHead: v2Arch && (cfg.vocabSize === BAICHUAN2_VOCAB || r.has("z_loss_weight")),
@@ -146,6 +128,50 @@ function placeWPack(name: string, cfg: BaichuanConfig): Placement[] | undefined 
 
 const spec = (cfg: ModelConfig) => llamaLayerSpec(cfg); // no biases (attentionBias false)
 
+/**
+ * The 13B models' attention: q, k, v without rope; scores q·kᵀ / sqrt(head_dim) plus the ALiBi
+ * bias of each head (the backend's relative form, alibi.ts), causal; then o_proj.
+ */
+function alibiAttention(
+  ctx: LayerContext<BaichuanConfig, DenseBuffers>,
+  w: PartWeights,
+  a: AttentionSpec,
+  h: DevPtr,
+  out: DevPtr,
+  slopes: Float32Array,
+): void {
+  const { cfg, T } = ctx, { q, k, v, attn } = ctx.s;
+  const D = cfg.hiddenSize, dim = cfg.numHeads * cfg.headDim;
+  linear(ctx, w, a.q, q, h, T, dim, D);
+  linear(ctx, w, a.k, k, h, T, dim, D);
+  linear(ctx, w, a.v, v, h, T, dim, D);
+  ctx.attention({
+    q,
+    qStride: dim,
+    k,
+    v,
+    kvStride: dim,
+    out: attn,
+    scale: a.scale,
+    alibiSlopes: slopes,
+  });
+  linear(ctx, w, a.o, out, attn, T, D, dim);
+}
+
+/** Llama's pre-norm layer with {@link alibiAttention} in place of rotary attention. */
+function alibiLayer(
+  ctx: LayerContext<BaichuanConfig, DenseBuffers>,
+  w: PartWeights,
+  s: LlamaLayerSpec,
+  slopes: Float32Array,
+): void {
+  const { T, cfg } = ctx, { h, o } = ctx.s;
+  norm(ctx, w, s.inputNorm, h, ctx.x, T, cfg.hiddenSize);
+  alibiAttention(ctx, w, s.attn, h, o, slopes);
+  residual(ctx, o);
+  mlpBlock(ctx, w, s);
+}
+
 export const baichuan: Family<BaichuanConfig, DenseBuffers> = {
   architectures: ["BaiChuanForCausalLM", "BaichuanForCausalLM"],
   scratch: denseLayerScratch,
@@ -158,5 +184,9 @@ export const baichuan: Family<BaichuanConfig, DenseBuffers> = {
     return p;
   },
   expected: expectedLlamaLike,
-  forwardLayer: (ctx, w) => llamaLayer(ctx, w, spec(ctx.cfg)),
+  forwardLayer(ctx, w) {
+    const slopes = ctx.cfg.alibiSlopes;
+    if (slopes) alibiLayer(ctx, w, spec(ctx.cfg), slopes);
+    else llamaLayer(ctx, w, spec(ctx.cfg));
+  },
 };

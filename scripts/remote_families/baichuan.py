@@ -1,5 +1,4 @@
-"""Baichuan 1 / 2 (7B, and 13B when the attention op takes ALiBi slopes): tiny fixtures for
-scripts/make_reference.py.
+"""Baichuan 1 / 2 (7B and 13B): tiny fixtures for scripts/make_reference.py.
 
 Reference route: the original checkpoints are Llama with three deltas, so the reference is a
 native transformers LlamaForCausalLM on the same weights, and `hub_layout` rewrites the directory
@@ -20,6 +19,15 @@ into the original hub layout afterwards:
 - Baichuan2-7B computes rope in float32 whatever the model dtype; the reference (and our engine)
   computes everything in float32, so this changes nothing here (bf16 fixtures store bf16 weights,
   compute stays float32).
+- The 13B models (Baichuan-13B, Baichuan2-13B) have no rope: each head adds slope · j to the
+  score of key j (ALiBi, slopes by `_get_interleave`), the mask is cast to the model dtype and the
+  softmax runs in that dtype. No package index carries that code, so `Baichuan13BReference` is a
+  short torch transcription of its attention (`AlibiAttention`, mask by `_gen_alibi_mask`) on
+  LlamaForCausalLM's other modules + NormHead. Its mask equals, bit for bit, the one of the
+  Baichuan2-13B code that ipex-llm 2.2.0 carries (ipex_llm/transformers/models/baichuan.py,
+  `baichuan_13b_gen_alibi_mask`), checked for 5, 6, 12 and 40 heads. In float32 the dtype casts
+  are no-ops; in bfloat16 compute they are not (a bias of 0.84 · 3000 rounds in steps of 16), which
+  the float32 reference, like our engine (relative bias slope · (j − i), float32), does not follow.
 
 The remote code itself is never imported here (see cross_check() for the one-off comparison).
 """
@@ -27,11 +35,13 @@ The remote code itself is never imported here (see cross_check() for the one-off
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaAttention
 
 # What the original configuration classes write next to the shape keys (remote config.json).
 REMOTE_COMMON = {
@@ -79,6 +89,75 @@ class NormHeadBf16LlamaForCausalLM(NormHeadLlamaForCausalLM):
     """The same for bfloat16 storage: the normalized head rounded to bfloat16."""
 
     head_store = torch.bfloat16
+
+
+# ---- Baichuan 13B / Baichuan2-13B: ALiBi instead of rope (torch transcription of the remote code;
+# no package index carries it). Functions named as in modeling_baichuan.py of Baichuan-13B /
+# Baichuan2-13B.
+
+
+def _get_interleave(n: int) -> list[float]:
+    def _get_interleave_power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        ratio = start
+        return [start * ratio**i for i in range(n)]
+
+    if math.log2(n).is_integer():
+        return _get_interleave_power_of_2(n)
+    closest_power_of_2 = 2 ** math.floor(math.log2(n))
+    return (
+        _get_interleave_power_of_2(closest_power_of_2)
+        + _get_interleave(2 * closest_power_of_2)[0::2][: n - closest_power_of_2]
+    )
+
+
+def _fill_with_neg_inf(t: torch.Tensor) -> torch.Tensor:
+    return t.float().fill_(float("-inf")).type_as(t)
+
+
+def _gen_alibi_mask(slopes: torch.Tensor, n_head: int, max_pos: int) -> torch.Tensor:
+    """[n_head, max_pos, max_pos]: slope_h · j (j = key position), -inf above the diagonal."""
+    alibi = slopes.unsqueeze(1).unsqueeze(1) * torch.arange(max_pos).unsqueeze(0).unsqueeze(0).expand(n_head, -1, -1)
+    alibi = alibi.view(n_head, 1, max_pos)
+    alibi_mask = torch.triu(_fill_with_neg_inf(torch.zeros([max_pos, max_pos])), 1)
+    return alibi_mask.unsqueeze(0) + alibi
+
+
+class AlibiAttention(LlamaAttention):
+    """BaichuanAttention of the 13B models: W_pack (here q/k/v_proj), no rope; scores
+    q·kᵀ / sqrt(head_dim) + alibi mask (cast to the model dtype), clamped at finfo.min, softmax
+    in the model dtype (no float32 upcast), · v. The mask rows are the last q_len of the
+    kv_len × kv_len mask (the original takes the last row when decoding one token with a cache)."""
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        bsz, q_len, _ = hidden_states.shape
+        hd = self.head_dim
+        q = self.q_proj(hidden_states).view(bsz, q_len, -1, hd).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(bsz, q_len, -1, hd).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(bsz, q_len, -1, hd).transpose(1, 2)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        kv_len = k.shape[2]
+        n_head = q.shape[1]
+        mask = _gen_alibi_mask(self.alibi_slopes, n_head, kv_len).to(hidden_states.dtype)[:, -q_len:, :]
+        attn_weights = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(hd)
+        attn_weights = attn_weights + mask.unsqueeze(0)
+        attn_weights = torch.max(attn_weights, torch.tensor(torch.finfo(attn_weights.dtype).min))
+        attn_weights = torch.nn.functional.softmax(attn_weights, dim=-1)
+        out = torch.matmul(attn_weights, v).transpose(1, 2).reshape(bsz, q_len, -1)
+        return self.o_proj(out), None
+
+
+class Baichuan13BReference(NormHeadLlamaForCausalLM):
+    """Baichuan2-13B: LlamaForCausalLM's embedding, norms, MLP and NormHead with AlibiAttention
+    (the rotary embedding Llama computes is not used)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        slopes = torch.Tensor(_get_interleave(config.num_attention_heads))
+        for layer in self.model.layers:
+            layer.self_attn.__class__ = AlibiAttention
+            layer.self_attn.alibi_slopes = slopes
 
 
 def _hub_config(fx, arch: str, config_cls: str, extra: dict) -> dict:
@@ -154,13 +233,61 @@ def hub_baichuan2_7b(out_dir: Path, fx) -> str:
     return arch
 
 
+def hub_baichuan2_13b(out_dir: Path, fx) -> str:
+    arch = "BaichuanForCausalLM"
+    _fuse(out_dir, fx, inv_freq=False)
+    cfg = _hub_config(
+        fx,
+        arch,
+        "BaichuanConfig",
+        {
+            "model_max_length": fx.config["max_position_embeddings"],
+            "tokenizer_class": "BaichuanTokenizer",
+            "z_loss_weight": 0,
+        },
+    )
+    _write_config(out_dir, cfg)
+    return arch
+
+
 # ---- feature checks
 
 
+class PlainHead(torch.nn.Module):
+    def __init__(self, weight: torch.nn.Parameter):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight)
+
+
 def feat_plain_head(model_dir: Path, fx):
-    m = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    m = fx.model_cls.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
     m.eval()
+    m.lm_head = PlainHead(m.lm_head.weight)
     return ("lm_head used as stored (NormHead normalization skipped)", m)
+
+
+def _with_slopes(model_dir: Path, slopes: list[float]):
+    m = Baichuan13BReference.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    m.eval()
+    for layer in m.model.layers:
+        layer.self_attn.alibi_slopes = torch.Tensor(slopes)
+    return m
+
+
+def feat_no_alibi(model_dir: Path, fx):
+    n = fx.config["num_attention_heads"]
+    return ("ALiBi slopes -> 0 (no position information)", _with_slopes(model_dir, [0.0] * n))
+
+
+def feat_geometric_slopes(model_dir: Path, fx):
+    n = fx.config["num_attention_heads"]
+    return (
+        f"slopes -> 2^(-8i/{n}), i = 1..{n} (the power-of-two formula without the interleave)",
+        _with_slopes(model_dir, [2 ** (-8 * (i + 1) / n) for i in range(n)]),
+    )
 
 
 def fixtures(ref) -> list:
@@ -209,6 +336,24 @@ def fixtures(ref) -> list:
             notes="baichuan2 with weights stored as bfloat16; reference = those weights upcast to float32, "
             "float32 compute; the head is normalized in float32 and rounded to bfloat16 once (as the split "
             "stores it, and as the original NormHead holds it in a bfloat16 model)",
+        ),
+        ref.Fixture(
+            name="baichuan2_13b",
+            model_cls=Baichuan13BReference,
+            config_cls=LlamaConfig,
+            # 5 heads: the slopes of 4 (2^-2, 2^-4, 2^-6, 2^-8), then the first odd one of 8 (2^-1);
+            # head_dim 16, so / sqrt(head_dim) is exact
+            config=dict(base, hidden_size=80, num_attention_heads=5, num_key_value_heads=5, intermediate_size=64),
+            seed=17400,
+            logits_len=16,
+            greedy_prompt_len=12,
+            hub_layout=hub_baichuan2_13b,
+            feature=feat_no_alibi,
+            more_features=(feat_geometric_slopes, feat_plain_head),
+            notes="Baichuan2-13B hub layout (BaichuanForCausalLM with model_max_length only: ALiBi, no rope): fused "
+            "W_pack, ALiBi slopes of 5 heads by the interleave recipe, scores + slope * key position with a causal "
+            "-inf, NormHead lm_head; reference = a torch transcription of the 13B attention on LlamaForCausalLM's "
+            "other modules",
         ),
     ]
 

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { ConfigError } from "../../lib/errors.ts";
+import { alibiSlopes } from "../../lib/models/alibi.ts";
 import { baichuan, type BaichuanConfig } from "../../lib/models/baichuan.ts";
 import { base, parse } from "./_helpers.ts";
 
@@ -54,7 +55,23 @@ Deno.test("config: Baichuan 2's NormHead is read from vocab_size 125696 or z_los
 
 Deno.test("config: a BaichuanForCausalLM without max_position_embeddings is 13B (ALiBi)", () => {
   const { max_position_embeddings: _, ...v13 } = v2;
-  throwsConfig(v13, "max_position_embeddings", /13B model \(ALiBi/);
+  const c = bc({ ...v13, num_attention_heads: 40, hidden_size: 5120, model_max_length: 4096 });
+  assert.deepEqual(c.alibiSlopes, alibiSlopes(40));
+  // 40 heads: 2^(-k/4) for k = 1..32, then 2^(-(2k-1)/8) for k = 1..8
+  assert.equal(c.alibiSlopes![0], Math.fround(2 ** -0.25));
+  assert.equal(c.alibiSlopes![31], Math.fround(2 ** -8));
+  assert.equal(c.alibiSlopes![32], Math.fround(2 ** -0.125));
+  assert.equal(c.alibiSlopes![39], Math.fround(2 ** (-15 / 8)));
+  assert.equal(c.maxPositionEmbeddings, 4096);
+  assert.equal(c.normHead, true);
+  // Baichuan-13B (v1): vocab 64000, no z_loss_weight: ALiBi with a plain head
+  const { z_loss_weight: _z, ...b13 } = v13;
+  const c1 = bc({ ...b13, vocab_size: 64000 });
+  assert.equal(c1.normHead, false);
+  assert.deepEqual(c1.alibiSlopes, alibiSlopes(4));
+  // Baichuan-7B's architecture is rotary whatever its length keys say
+  const { max_position_embeddings: _m, ...v1NoLen } = v1;
+  assert.equal(bc(v1NoLen).alibiSlopes, null);
 });
 
 Deno.test("config: Baichuan keys the remote code cannot run are ConfigErrors naming them", () => {
