@@ -23,14 +23,14 @@
  *   is not checked against sentencepiece here (no family of this issue ships one).
  * - WORD / CHAR models and `treat_whitespace_as_suffix` are refused (TokenizerError).
  * - Normalizer: the normalizer spec as sentencepiece applies it, per segment: the precompiled
- *   charsmap when there is one (npm:@huggingface/tokenizers runs `Precompiled` as NMT-NFKC, not
- *   the charsmap itself: exact for `nmt_nfkc` models, an approximation for custom rule sets; the
- *   `identity` rule has an empty charsmap and needs nothing), then `remove_extra_whitespaces`
+ *   charsmap when there is one (npm:@huggingface/tokenizers does not run the charsmap: its
+ *   `Precompiled` is NFKC plus sentencepiece's NMT whitespace and control-character rules, which
+ *   agrees with sentencepiece's `nmt_nfkc` on the fixture's fullwidth, ligature, compatibility,
+ *   ideographic/no-break/zero-width space and tab texts; a custom rule set is approximated by
+ *   it; the `identity` rule has an empty charsmap and needs nothing), then `remove_extra_whitespaces`
  *   (leading/trailing spaces dropped, runs collapsed), the dummy prefix "▁" (`add_dummy_prefix`),
- *   spaces → "▁" (`escape_whitespaces`). With `prefix: "first"` (transformers' non-legacy
- *   LlamaTokenizer, InternLM3 with `legacy: false`) the dummy prefix goes only before the first
- *   segment: a Metaspace pre-tokenizer with prepend_scheme "first" instead of the normalizer's
- *   Prepend.
+ *   spaces → "▁" (`escape_whitespaces`). Every segment between special tokens is normalized on
+ *   its own, as `sp_model.encode(segment)` does it.
  * - Decoder: "▁" → " ", byte pieces → bytes, and the leading space of the text dropped when
  *   `add_dummy_prefix` or `remove_extra_whitespaces` is set (sentencepiece's decode rule).
  * - Added tokens: CONTROL pieces are special, USER_DEFINED pieces are plain added tokens (matched
@@ -383,27 +383,16 @@ function validate(m: SpmModel): void {
   }
 }
 
-/** Options of {@link spmTokenizerJson}. */
-export interface SpmJsonOptions {
-  /**
-   * Where the dummy prefix "▁" goes when the model adds one: "always" (before every segment between
-   * special tokens: `sp_model.encode` per segment, the remote classes and legacy LlamaTokenizer) or
-   * "first" (only at the start of the text: transformers' non-legacy LlamaTokenizer).
-   */
-  prefix: "always" | "first";
-}
-
 type Json = Record<string, unknown>;
 
 /**
  * The tokenizer.json equivalent of a sentencepiece model (see the module comment).
  *
  * @param m a model from {@link parseSpmModel}
- * @param opts dummy-prefix placement
  * @returns a tokenizer.json object for npm:@huggingface/tokenizers
  * @throws {TokenizerError} WORD/CHAR models, treat_whitespace_as_suffix
  */
-export function spmTokenizerJson(m: SpmModel, opts: SpmJsonOptions): Json {
+export function spmTokenizerJson(m: SpmModel): Json {
   if (m.treatWhitespaceAsSuffix) {
     throw new TokenizerError(m.file, "trainer_spec.treat_whitespace_as_suffix", "not supported");
   }
@@ -454,17 +443,13 @@ export function spmTokenizerJson(m: SpmModel, opts: SpmJsonOptions): Json {
       { type: "Replace", pattern: { Regex: " {2,}" }, content: " " },
     );
   }
-  const space = m.escapeWhitespaces ? "▁" : " ";
-  let preTokenizer: Json | null = null;
-  if (m.addDummyPrefix && opts.prefix === "always") {
+  if (m.addDummyPrefix) {
     // sentencepiece adds the prefix only to non-empty text; whitespace removal can empty a segment.
     normalizers.push(
       m.removeExtraWhitespaces
         ? { type: "Replace", pattern: { Regex: String.raw`\A(?=[\s\S])` }, content: " " }
         : { type: "Prepend", prepend: " " },
     );
-  } else if (m.addDummyPrefix) {
-    preTokenizer = { type: "Metaspace", replacement: space, prepend_scheme: "first", split: false };
   }
   if (m.escapeWhitespaces) {
     normalizers.push({ type: "Replace", pattern: { String: " " }, content: "▁" });
@@ -499,7 +484,7 @@ export function spmTokenizerJson(m: SpmModel, opts: SpmJsonOptions): Json {
     padding: null,
     added_tokens: added,
     normalizer: normalizers.length === 0 ? null : { type: "Sequence", normalizers },
-    pre_tokenizer: preTokenizer,
+    pre_tokenizer: null,
     post_processor: null, // what encode adds (BOS, ChatGLM's prefix) is added by lib/tokenizer.ts
     decoder: { type: "Sequence", decoders },
     model,

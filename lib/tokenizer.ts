@@ -832,10 +832,7 @@ async function remoteTokenizer(
   }
 
   const m = parseSpmModel(bytes, file);
-  const legacy = config.legacy !== false;
-  const json = spmTokenizerJson(m, {
-    prefix: cls === "InternLM3Tokenizer" && !legacy ? "first" : "always",
-  });
+  const json = spmTokenizerJson(m);
   const kind = m.modelType === 2 ? "BPE" : "unigram";
   const p = parts(file, `converted ${file} (sentencepiece ${kind}) as ${cls}`);
   p.segmentDecode = true;

@@ -8,6 +8,8 @@ Each fixture directory holds what the family's hub checkpoint holds for its toke
 file (sentencepiece `tokenizer.model`, or a tiktoken ranks file), a tokenizer_config.json in the
 family's form (class name, `auto_map`, special tokens; no remote code), plus `reference.json`.
 
+- internlm: sentencepiece BPE with byte fallback and sentencepiece's default normalizer (nmt_nfkc
+  charsmap, remove_extra_whitespaces), InternLMTokenizer.
 - internlm2: sentencepiece BPE with byte fallback (add_dummy_prefix, no whitespace removal, identity
   normalization, as llama's), InternLM2's special tokens as user-defined pieces, InternLM2Tokenizer.
 - baichuan2: the same without the dummy prefix (Baichuan's tokenizer.model), BaichuanTokenizer with
@@ -97,6 +99,10 @@ TEXTS = [
     "\n",
 ]
 
+# What sentencepiece's nmt_nfkc rule changes: fullwidth forms, ligatures, compatibility characters,
+# ideographic / no-break / zero-width spaces, tabs.
+NFKC_TEXTS = ["ｆｕｌｌ ｗｉｄｔｈ １２３", "ﬁne ① ™ ㎏ ｶﾀｶﾅ", "a\u3000b\u00a0c x\u200by", "tab\there\r\n"]
+
 # InternLM2 (tokenizer_config.json of internlm2-chat-7b, trimmed): ChatML tokens as user-defined pieces.
 INTERNLM2_SPECIALS = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>",
                       "<|im_start|>"]
@@ -122,13 +128,13 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}
 QWEN_SPECIAL_START_ID = 151643
 
 
-def train_spm(**opts) -> bytes:
+def train_spm(rule: str = "identity", **opts) -> bytes:
     def once() -> bytes:
         out = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(CORPUS * 8), model_writer=out, vocab_size=560, model_type="bpe",
             byte_fallback=True, num_threads=1, character_coverage=1.0, split_digits=True,
-            normalization_rule_name="identity", minloglevel=2, hard_vocab_limit=False, **opts)
+            normalization_rule_name=rule, minloglevel=2, hard_vocab_limit=False, **opts)
         return out.getvalue()
     a, b = once(), once()
     if a != b:
@@ -354,6 +360,14 @@ def build(out: Path) -> list[dict]:
                         chat_template=INTERNLM2_TEMPLATE, decode_with_prefix_space=False)
     record("internlm2", SpmFamily(d / "tokenizer.model", config, chatglm=False), config,
            ["<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", "<s>x</s>", "a<|im_end|>b"])
+
+    # internlm (v1): sentencepiece's default normalizer (nmt_nfkc charsmap, whitespace removal)
+    d = out / "internlm"
+    d.mkdir(parents=True)
+    (d / "tokenizer.model").write_bytes(train_spm("nmt_nfkc"))
+    config = spm_config("InternLMTokenizer", "tokenization_internlm", bos_token="<s>", eos_token="</s>",
+                        unk_token="<unk>", pad_token="</s>", add_bos_token=True, add_eos_token=False)
+    record("internlm", SpmFamily(d / "tokenizer.model", config, chatglm=False), config, NFKC_TEXTS)
 
     # baichuan2
     d = out / "baichuan2"
