@@ -42,6 +42,9 @@ Deno.test("parity: the fixture set is complete", () => {
       "chatglm3",
       "glm4_remote",
       "chatglm2_32k",
+      "qwen1",
+      "qwen1_bf16",
+      "qwen1_long",
       "stories260k",
     ]
   ) assert.ok(names.includes(want), `fixture ${want} missing from tests/fixtures`);

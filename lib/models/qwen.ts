@@ -28,7 +28,6 @@
  */
 import type { DevPtr } from "../../ffi/backend.ts";
 import { ConfigReader, type ModelConfig, type StorageDType } from "../config.ts";
-import { ConfigError } from "../errors.ts";
 import { qwenNtkAlpha, qwenNtkTable, type RopeTable } from "../rope.ts";
 import type { ExpectedTensor, Family, LayerContext, Part, Placement } from "./family.ts";
 import {
