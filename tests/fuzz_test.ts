@@ -1,8 +1,10 @@
 /**
  * Fuzzing the parsers of everything rabbitllm reads from disk: safetensors headers,
  * model.safetensors.index.json, config.json (+ each family's parseConfig), tokenizer.json /
- * tokenizer_config.json, a split's manifest.json (through splitCheckpoint's reuse check) and GGUF
- * headers (readGgufHeader, openGguf, ggufTokenizerFiles / Tokenizer.fromGguf).
+ * tokenizer_config.json, sentencepiece tokenizer.model and tiktoken ranks files (parseSpmModel /
+ * spmTokenizerJson, parseTiktokenRanks / tiktokenTokenizerJson), a split's manifest.json (through
+ * splitCheckpoint's reuse check) and GGUF headers (readGgufHeader, openGguf, ggufTokenizerFiles /
+ * Tokenizer.fromGguf).
  *
  * Each parser gets at least 10,000 inputs made from the real fixtures by seeded mutations (bit
  * flips, truncation, huge lengths and counts, deep JSON nesting, wrong types, NaN / negative / huge
@@ -31,6 +33,8 @@ import { openGguf } from "../lib/gguf_model.ts";
 import { ggufTokenizerFiles } from "../lib/gguf_tokenizer.ts";
 import { familyFor, SUPPORTED_ARCHITECTURES } from "../lib/models/registry.ts";
 import { SafetensorsFile, writeSafetensors } from "../lib/safetensors.ts";
+import { parseSpmModel, spmTokenizerJson } from "../lib/spm_model.ts";
+import { parseTiktokenRanks, tiktokenTokenizerJson } from "../lib/tiktoken.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
 
 function envInt(name: string, fallback: number): number {
@@ -622,6 +626,37 @@ Deno.test("fuzz: tokenizer.json and tokenizer_config.json", sanitize, async () =
       await Tokenizer.fromDir(dir);
     },
     ({ json, config }) => concat(json, enc.encode("\n\u0000tokenizer_config.json\u0000\n"), config),
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+// sentencepiece tokenizer.model and tiktoken ranks (the remote-code families' vocabularies)
+
+Deno.test("fuzz: sentencepiece tokenizer.model and tiktoken ranks", sanitize, async () => {
+  const spms = await Promise.all(
+    ["internlm2", "baichuan2", "chatglm3"].map((n) =>
+      Deno.readFile(fixture(`remote_tokenizers/${n}/tokenizer.model`))
+    ),
+  );
+  const ranks = [await Deno.readFile(fixture("remote_tokenizers/qwen/qwen.tiktoken"))];
+  await fuzz(
+    "tokenizer.model / tiktoken",
+    (rng) => {
+      const tiktoken = rng.chance(0.3);
+      const pool = tiktoken ? ranks : spms;
+      return { tiktoken, bytes: mutateBytes(rng, rng.pick(pool), pool) };
+    },
+    ({ tiktoken, bytes }) => {
+      if (tiktoken) {
+        tiktokenTokenizerJson(parseTiktokenRanks(dec.decode(bytes), "t.tiktoken"), {
+          pattern: "x",
+          nfc: false,
+          specialTokens: [["<|endoftext|>", 1_000_000]],
+        });
+      } else spmTokenizerJson(parseSpmModel(bytes, "tokenizer.model"));
+      return Promise.resolve();
+    },
+    ({ bytes }) => bytes,
   );
 });
 
