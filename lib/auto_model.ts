@@ -529,10 +529,11 @@ export class AutoModel {
     const split = await splitWithProgress(ck, opts);
     checkManifest(split.manifest, family, config, split.dir);
     const generationDefaults = await readGenerationDefaults(dir, config.eosTokenIds);
-    // A checkpoint without tokenizer.json still runs on token ids.
+    // A checkpoint without a tokenizer (tokenizer.json, or a remote class's tokenizer.model /
+    // qwen.tiktoken) still runs on token ids.
     const tokenizer = ck.gguf
       ? ggufTokenizer(ck.gguf)
-      : isFile(`${dir}/tokenizer.json`)
+      : await Tokenizer.hasFiles(dir)
       ? await Tokenizer.fromDir(dir)
       : null;
     const profiler = new Profiler();

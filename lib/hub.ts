@@ -39,6 +39,7 @@ export const CAUSAL_LM_FILES: readonly string[] = [
   "special_tokens_map.json",
   "chat_template.jinja",
   "tokenizer.model",
+  "qwen.tiktoken", // QWen v1's vocabulary (no tokenizer.json)
   "model.safetensors",
   "model.safetensors.index.json",
 ];

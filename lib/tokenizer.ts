@@ -253,6 +253,31 @@ export class Tokenizer {
   }
 
   /**
+   * Whether a model directory has a tokenizer {@link fromDir} can load: tokenizer.json, or (for the
+   * remote-code families) a tokenizer_config.json naming a class handled here with its vocabulary
+   * file (tokenizer.model, qwen.tiktoken). An unreadable tokenizer_config.json next to such a file
+   * counts as a tokenizer, so that {@link fromDir} reports what is wrong with it.
+   *
+   * @param dir a model directory
+   * @returns true when {@link fromDir} has files to load
+   */
+  static async hasFiles(dir: string): Promise<boolean> {
+    if (await isFile(`${dir}/tokenizer.json`)) return true;
+    const vocab = [`${dir}/tokenizer.model`, `${dir}/qwen.tiktoken`];
+    const found = await Promise.all(vocab.map(isFile));
+    if (!found.some((f) => f)) return false;
+    let config: Json | null;
+    try {
+      config = await readJson(`${dir}/tokenizer_config.json`, false);
+    } catch {
+      return true;
+    }
+    const cls = config === null ? null : remoteClass(config);
+    if (cls === null) return false;
+    return cls === "QWenTokenizer" ? found[1] : REMOTE_SPM_CLASSES.has(cls) && found[0];
+  }
+
+  /**
    * Builds the tokenizer a GGUF file's metadata describes (see lib/gguf_tokenizer.ts):
    * `tokenizer.chat_template` is the "default" template, `tokenizer.chat_template.<name>` the
    * named ones.
@@ -697,6 +722,25 @@ interface RemoteParts {
 
 const saidConversion = new Set<string>();
 
+/** The remote classes whose vocabulary is `tokenizer.model` (sentencepiece, or GLM-4's tiktoken). */
+const REMOTE_SPM_CLASSES = new Set([
+  "InternLMTokenizer",
+  "InternLM2Tokenizer",
+  "InternLM3Tokenizer",
+  "BaichuanTokenizer",
+  "BaiChuanTokenizer",
+  "ChatGLMTokenizer",
+  "ChatGLM4Tokenizer",
+]);
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch {
+    return false;
+  }
+}
+
 /** ChatGLM2/3's SPTokenizer tokens, ids from the sentencepiece vocabulary size on. */
 const CHATGLM_SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"];
 const CHATGLM3_ROLES = ["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"];
@@ -800,9 +844,7 @@ async function remoteTokenizer(
   }
 
   const isChatGlm = cls === "ChatGLMTokenizer" || cls === "ChatGLM4Tokenizer";
-  const spmClasses = ["InternLMTokenizer", "InternLM2Tokenizer", "InternLM3Tokenizer"];
-  spmClasses.push("BaichuanTokenizer", "BaiChuanTokenizer");
-  if (!isChatGlm && !spmClasses.includes(cls)) return null;
+  if (!REMOTE_SPM_CLASSES.has(cls)) return null;
   const file = `${dir}/tokenizer.model`;
   const bytes = await readBytes(file);
 

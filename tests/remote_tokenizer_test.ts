@@ -143,6 +143,33 @@ Deno.test("remote tokenizers: logs the conversion once per directory", async () 
   );
 });
 
+Deno.test("remote tokenizers: Tokenizer.hasFiles sees a remote class's vocabulary file", async () => {
+  for (const fx of reference.fixtures) assert.ok(await Tokenizer.hasFiles(`${DIR}${fx.name}`));
+  const dir = await Deno.makeTempDir();
+  try {
+    assert.equal(await Tokenizer.hasFiles(dir), false);
+    await Deno.copyFile(`${DIR}internlm2/tokenizer.model`, `${dir}/tokenizer.model`);
+    assert.equal(await Tokenizer.hasFiles(dir), false); // no tokenizer_config.json: which class?
+    await Deno.writeTextFile(`${dir}/tokenizer_config.json`, '{"tokenizer_class": "FooTokenizer"}');
+    assert.equal(await Tokenizer.hasFiles(dir), false);
+    await Deno.writeTextFile(
+      `${dir}/tokenizer_config.json`,
+      '{"tokenizer_class": "QWenTokenizer"}',
+    );
+    assert.equal(await Tokenizer.hasFiles(dir), false); // QWen's file is qwen.tiktoken
+    await Deno.writeTextFile(
+      `${dir}/tokenizer_config.json`,
+      '{"tokenizer_class": "BaichuanTokenizer"}',
+    );
+    assert.equal(await Tokenizer.hasFiles(dir), true);
+    await Deno.writeTextFile(`${dir}/tokenizer_config.json`, "{not json");
+    assert.equal(await Tokenizer.hasFiles(dir), true); // fromDir reports the broken file
+    await assert.rejects(() => Tokenizer.fromDir(dir), TokenizerError);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("remote tokenizers: no tokenizer.json and no known class is the missing-file error", async () => {
   const dir = await Deno.makeTempDir();
   try {
