@@ -405,10 +405,76 @@ def cross_check(remote_dir: Path, fixtures_dir: Path) -> None:
         print(f"{name}: original remote code vs reference: max|Δlogit| {diff:.3g} (max|logit| {np.abs(want).max():.4g})")
 
 
+def cross_check_13b(ipex_baichuan_py: Path, fixtures_dir: Path) -> None:
+    """baichuan2_13b through ipex-llm 2.2.0's copy of the Baichuan 13B attention
+    (ipex_llm/transformers/models/baichuan.py: `baichuan_attention_forward_13b`, its non-SDPA path,
+    on the fused W_pack, and `baichuan_13b_gen_alibi_mask`, Baichuan2-13B's mask), with the
+    fixture's hub tensors; only those functions are taken from the file (its imports are ipex's
+    own), the rest of the layer is written out here (RMSNorm, SiLU MLP, NormHead)."""
+    import ast
+    import typing
+    import warnings
+
+    import numpy as np
+
+    names = ("_get_interleave", "_fill_with_neg_inf", "baichuan_13b_gen_alibi_mask", "baichuan_attention_forward_13b")
+    tree = ast.parse(ipex_baichuan_py.read_text())
+    keep = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    assert len(keep) == len(names), [n.name for n in keep]
+
+    def update_past_key_value(past, k, v, kv_len, quantize, device):
+        return (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+
+    ns = dict(torch=torch, math=math, Optional=typing.Optional, Tuple=typing.Tuple, warnings=warnings,
+              use_quantize_kv_cache=lambda *a: False, update_past_key_value=update_past_key_value,
+              use_sdp=lambda *a: False)
+    exec(compile(ast.Module(body=keep, type_ignores=[]), str(ipex_baichuan_py), "exec"), ns)
+    d = fixtures_dir / "baichuan2_13b"
+    cfg = json.loads((d / "config.json").read_text())
+    ref = json.loads((d / "reference.json").read_text())
+    sd = load_file(str(d / "model.safetensors"))
+    H, D = cfg["num_attention_heads"], cfg["hidden_size"]
+
+    class Attn(torch.nn.Module):
+        def __init__(self, i):
+            super().__init__()
+            self.num_heads, self.head_dim, self.hidden_size = H, D // H, D
+            self.W_pack = torch.nn.Linear(D, 3 * D, bias=False)
+            self.W_pack.weight.data = sd[f"model.layers.{i}.self_attn.W_pack.weight"]
+            self.o_proj = torch.nn.Linear(D, D, bias=False)
+            self.o_proj.weight.data = sd[f"model.layers.{i}.self_attn.o_proj.weight"]
+
+    def rms(x, w):
+        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg["rms_norm_eps"]))
+
+    ids = torch.tensor(ref["logits"]["input_ids"])
+    S = ids.shape[1]
+    with torch.no_grad():
+        x = sd["model.embed_tokens.weight"][ids]
+        mask = ns["baichuan_13b_gen_alibi_mask"](x, H, S)[:, :S, :S]
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"model.layers.{i}."
+            a, _, _ = ns["baichuan_attention_forward_13b"](Attn(i).eval(), rms(x, sd[p + "input_layernorm.weight"]), attention_mask=mask)
+            x = x + a
+            h = rms(x, sd[p + "post_attention_layernorm.weight"])
+            g = torch.nn.functional.silu(h @ sd[p + "mlp.gate_proj.weight"].T) * (h @ sd[p + "mlp.up_proj.weight"].T)
+            x = x + g @ sd[p + "mlp.down_proj.weight"].T
+        logits = rms(x, sd["model.norm.weight"]) @ torch.nn.functional.normalize(sd["lm_head.weight"]).T
+    want = np.fromfile(d / ref["logits"]["file"], dtype="<f4").reshape(ref["logits"]["dims"])
+    diff = float(np.abs(logits.numpy() - want).max())
+    print(f"baichuan2_13b: ipex-llm's Baichuan 13B attention + ALiBi mask vs reference: max|Δlogit| {diff:.3g} "
+          f"(max|logit| {np.abs(want).max():.4g})")
+
+
 if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description="one-off cross-check against the original modeling code")
-    ap.add_argument("--cross-check", type=Path, required=True, help="dir with configuration_/modeling_baichuan.py")
+    ap.add_argument("--cross-check", type=Path, help="dir with Baichuan-7B's configuration_/modeling_baichuan.py")
+    ap.add_argument("--cross-check-13b", type=Path, help="ipex-llm 2.2.0's ipex_llm/transformers/models/baichuan.py")
     args = ap.parse_args()
-    cross_check(args.cross_check, Path(__file__).resolve().parent.parent.parent / "tests" / "fixtures")
+    fixtures_dir = Path(__file__).resolve().parent.parent.parent / "tests" / "fixtures"
+    if args.cross_check:
+        cross_check(args.cross_check, fixtures_dir)
+    if args.cross_check_13b:
+        cross_check_13b(args.cross_check_13b, fixtures_dir)
