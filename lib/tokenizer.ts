@@ -19,6 +19,25 @@
  * - decode drops ids the vocabulary does not have (the Rust tokenizer does the same), and a
  *   byte-fallback run that is not valid UTF-8 decodes to one U+FFFD per byte (as in Rust).
  *
+ * Checkpoints whose tokenizer class is remote code and that ship no tokenizer.json (the class from
+ * `tokenizer_class`, else `auto_map.AutoTokenizer`) are converted once per load, and the
+ * conversion is logged once per directory, following each class's original code:
+ * - InternLMTokenizer, InternLM2Tokenizer, InternLM3Tokenizer, BaichuanTokenizer (BaiChuanTokenizer):
+ *   sentencepiece `tokenizer.model` (lib/spm_model.ts); `sp_model.encode` per segment between the
+ *   tokens tokenizer_config.json names; BOS per `add_bos_token` (default true), EOS per
+ *   `add_eos_token`; decode = sentencepiece's decode of each run between special tokens, special
+ *   tokens as their text (a control piece the config does not name decodes to nothing, as in
+ *   sentencepiece), invalid UTF-8 in byte pieces one U+FFFD per byte.
+ * - ChatGLMTokenizer with a sentencepiece model (ChatGLM2/3): the same, no BOS, `[gMASK] sop` in
+ *   front; its own tokens [MASK] [gMASK] [sMASK] sop eop (and ChatGLM3's <|system|> <|user|>
+ *   <|assistant|> <|observation|>, when tokenizer_config.json mentions <|user|>) take the ids after
+ *   the sentencepiece vocabulary, are matched in text only when tokenizer_config.json names them,
+ *   and decode to their text; control pieces decode to nothing (SPTokenizer.decode).
+ * - ChatGLMTokenizer / ChatGLM4Tokenizer with a tiktoken `tokenizer.model` (GLM-4) and
+ *   QWenTokenizer (`qwen.tiktoken`): byte-level BPE (lib/tiktoken.ts); GLM-4 puts `[gMASK] <sop>`
+ *   (ids from `added_tokens_decoder`) in front; QWen adds nothing, NFC-normalizes, and has its
+ *   special tokens from id 151643.
+ *
  * @example
  * ```ts
  * import { Tokenizer } from "./tokenizer.ts";
@@ -228,7 +247,8 @@ export class Tokenizer {
   }
 
   /**
-   * Loads the tokenizer of a model directory: `tokenizer.json` (required), `tokenizer_config.json`,
+   * Loads the tokenizer of a model directory: `tokenizer.json` (or, for a remote-code tokenizer
+   * class, its `tokenizer.model` / `qwen.tiktoken`: see the module comment), `tokenizer_config.json`,
    * `chat_template.jinja` and `additional_chat_templates/*.jinja` (each optional).
    *
    * @param dir a model directory (a local checkpoint or a Hugging Face cache snapshot)
