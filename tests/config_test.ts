@@ -91,6 +91,8 @@ Deno.test("config: an unsupported architecture names it and lists the supported 
       SUPPORTED_ARCHITECTURES.every((a) => e.message.includes(a)),
   );
   assert.deepEqual([...SUPPORTED_ARCHITECTURES], [
+    "BaiChuanForCausalLM",
+    "BaichuanForCausalLM",
     "ChatGLMForConditionalGeneration",
     "ChatGLMModel",
     "DeepseekV2ForCausalLM",
