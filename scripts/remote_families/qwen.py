@@ -22,9 +22,11 @@ qwen_test.ts): the original's cache-on and cache-off greedy from a 12-token prom
 3 → 7 → 15), and logits of a 12-token sequence fed whole (alpha 3) and as 6 + 1 + 1 ... through
 the cache (alpha 1 kept from the 6-token prefill, logn from position 8).
 
-No PyPI package vendoring modeling_qwen.py was found (attention-sinks 0.4.0's wheel ships only its
-pos-shift patch), so the transcription follows the public original line by line instead of being
-checked against it by running it.
+Cross-checked once (`python scripts/remote_families/qwen.py --cross-check DIR`, below; not run by
+make_reference.py) against the original modeling code PyPI's modelscope==1.40.2 vendors
+(modelscope/models/nlp/qwen/backbone.py: the first Qwen-7B release, same NTK state and logn as the
+current hub code) on the committed hub tensors: max|Δlogit| 0 for qwen1, qwen1_bf16, qwen1_long and
+both ntk_logits.bin rows; every greedy list (cache on and off) identical.
 """
 
 from __future__ import annotations
@@ -382,3 +384,134 @@ def fixtures(ref) -> list:
             "modeling_qwen.py's rotary / NTK state / logn attention",
         ),
     ]
+
+
+# ---- one-off cross-check against the original remote code (not run by make_reference.py) ---------
+
+
+def cross_check(qwen_dir: Path) -> None:
+    """Runs the original QWen modeling code that PyPI's modelscope vendors (modelscope==1.40.2:
+    modelscope/models/nlp/qwen/backbone.py, the first Qwen-7B release's modeling_qwen.py with its
+    GPT-2 style QWenConfig) on the committed fixtures' hub tensors, and prints max|Δlogit| against
+    their references: logits.bin, the greedy tokens (with its own KV cache) and, for qwen1_long,
+    ntk_reference.json / ntk_logits.bin. Only modelscope's plumbing is stubbed (its Model base
+    class, registry, logger); the model code runs as published.
+    Usage: pip download --no-deps modelscope==1.40.2 && unzip the wheel, then
+      python scripts/remote_families/qwen.py --cross-check DIR/modelscope/models/nlp/qwen"""
+    import importlib.util
+    import sys
+
+    import numpy as np
+
+    def stub(name: str, **attrs):
+        m = types.ModuleType(name)
+        m.__path__ = []
+        for k, v in attrs.items():
+            setattr(m, k, v)
+        sys.modules[name] = m
+        return m
+
+    class Model:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    class TorchModel(Model):
+        pass
+
+    class Registry:
+        def register_module(self, *a, **k):
+            return lambda cls: cls
+
+    import logging
+
+    stub("modelscope", Model=Model, TorchModel=TorchModel)
+    stub("modelscope.metainfo", Models=types.SimpleNamespace(qwen_7b="qwen-7b"))
+    stub("modelscope.utils")
+    stub("modelscope.utils.constant", Tasks=types.SimpleNamespace(backbone="backbone"))
+    stub("modelscope.utils.logger", get_logger=lambda *a, **k: logging.getLogger("qwen"))
+    stub("modelscope.models", MODELS=Registry())
+    stub("modelscope.models.nlp")
+    stub("modelscope.models.nlp.qwen")
+    stub("transformers.utils.model_parallel_utils", assert_device_map=None, get_device_map=None)
+
+    def load(mod: str):
+        spec = importlib.util.spec_from_file_location(f"modelscope.models.nlp.qwen.{mod}", qwen_dir / f"{mod}.py")
+        m = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = m
+        spec.loader.exec_module(m)
+        return m
+
+    load("configuration")
+    load("qwen_generation_utils")
+    backbone = load("backbone")
+
+    fixtures = Path(__file__).resolve().parent.parent.parent / "tests" / "fixtures"
+    for name in ("qwen1", "qwen1_bf16", "qwen1_long"):
+        d = fixtures / name
+        hub = json.loads((d / "config.json").read_text())
+        ref = json.loads((d / "reference.json").read_text())
+        cfg = backbone.QWenConfig(
+            vocab_size=hub["vocab_size"], padded_vocab_size=hub["vocab_size"], n_embd=hub["hidden_size"],
+            n_layer=hub["num_hidden_layers"], n_head=hub["num_attention_heads"],
+            n_positions=hub["max_position_embeddings"], ffn_hidden_size=hub["intermediate_size"],
+            kv_channels=hub["kv_channels"], layer_norm_epsilon=hub["layer_norm_epsilon"],
+            rotary_emb_base=hub["rotary_emb_base"], rotary_pct=hub["rotary_pct"], seq_length=hub["seq_length"],
+            use_dynamic_ntk=hub["use_dynamic_ntk"], use_logn_attn=hub["use_logn_attn"], no_bias=True,
+            bf16=False, fp16=False, use_flash_attn=False, pos_emb="rotary", params_dtype="torch.float32",
+            embd_pdrop=0.0, attn_pdrop=0.0,
+        )
+        model = backbone.QWenModel(cfg).float().eval()
+        if not hasattr(model, "get_head_mask"):
+            model.get_head_mask = lambda hm, n: [None] * n
+        sd = load_file(str(d / "model.safetensors"))
+        head = sd.pop("lm_head.weight").float()
+        missing, unexpected = model.load_state_dict(
+            {k.removeprefix("transformer."): v.float() for k, v in sd.items()}, strict=False)
+        assert not unexpected and all("masked_bias" in k or k.endswith(".attn.bias") for k in missing), (missing, unexpected)
+
+        @torch.no_grad()
+        def logits(ids, past=None):
+            out = model(input_ids=torch.tensor(ids), past_key_values=past, use_cache=True, return_dict=True)
+            return out.last_hidden_state @ head.T, out.past_key_values
+
+        def greedy(prompt, n, cache):
+            seq, past, feed = list(prompt), None, list(prompt)
+            for _ in range(n):
+                lg, p = logits([feed if cache else seq], past if cache else None)
+                tok = int(torch.argmax(lg[0, -1]))
+                seq.append(tok)
+                past, feed = p, [tok]
+            return seq[len(prompt):]
+
+        want = torch.from_numpy(np.frombuffer((d / "logits.bin").read_bytes(), dtype="<f4").copy()).view(
+            *ref["logits"]["dims"])
+        got = torch.cat([logits([row])[0] for row in ref["logits"]["input_ids"]])
+        print(f"{name}: logits max|Δ| {float((got - want).abs().max()):.3g} (max|logit| {float(want.abs().max()):.3g});"
+              f" greedy (cache) {'=' if greedy(ref['greedy']['input_ids'][0], len(ref['greedy']['new_tokens']), True) == ref['greedy']['new_tokens'] else '!='}"
+              f" reference")
+        if (d / "ntk_reference.json").exists():
+            ntk = json.loads((d / "ntk_reference.json").read_text())
+            want = torch.from_numpy(np.frombuffer((d / ntk["logits_file"]).read_bytes(), dtype="<f4").copy()).view(
+                *ntk["logits_dims"])
+            ids, n = ntk["logits_ids"], ntk["logits_prefill"]
+            full = logits([ids])[0][0]
+            first, past = logits([ids[:n]])
+            rows = [first[0]]
+            for t in ids[n:]:
+                lg, past = logits([[t]], past)
+                rows.append(lg[0])
+            cached = torch.cat(rows)
+            on = greedy(ntk["greedy_prompt"], len(ntk["greedy_cache_on"]), True)
+            off = greedy(ntk["greedy_prompt"], len(ntk["greedy_cache_off"]), False)
+            print(f"{name} NTK by cache mode: whole-sequence logits max|Δ| {float((full - want[0]).abs().max()):.3g},"
+                  f" cached {float((cached - want[1]).abs().max()):.3g}; greedy cache on"
+                  f" {'=' if on == ntk['greedy_cache_on'] else '!='}, off {'=' if off == ntk['greedy_cache_off'] else '!='}")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cross-check", type=Path, required=True, metavar="DIR",
+                    help="modelscope/models/nlp/qwen of an unpacked modelscope==1.40.2 wheel")
+    cross_check(ap.parse_args().cross_check)
