@@ -18,12 +18,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import InternLM3Config
 
 HEADS, KV_HEADS, HIDDEN = 4, 2, 64
 HEAD_DIM = HIDDEN // HEADS
+# internlm / internlm2 carry dynamic NTK rope. Their logits batch and greedy run stay within
+# max_position_embeddings (256: the parity harness compares cached forwards with the uncached
+# reference, and past it the original code's cached and uncached forwards differ for InternLM2,
+# while only a full recompute is exact for InternLM). hub_layout adds beyond_max.json: a prompt of
+# BEYOND_PROMPT tokens and the greedy continuation of BEYOND_NEW tokens, which crosses
+# max_position_embeddings (tests/models/internlm_test.ts runs it with maxSeqLen raised).
+BEYOND_PROMPT, BEYOND_NEW, BEYOND_SEED = 250, 16, 1717
 
 
 def _write_config(out_dir: Path, cfg: dict) -> None:
@@ -49,13 +57,62 @@ def _dtype_of(src: dict) -> str:
     return str(src.get("dtype") or src.get("torch_dtype")).replace("torch.", "")
 
 
+@torch.no_grad()
+def _greedy_cached(model, prompt: torch.Tensor, n: int) -> tuple[list[int], torch.Tensor]:
+    """Argmax decoding through the KV cache: the prompt in one forward, then one token at a time
+    (each step's keys rotated with that step's table and kept so)."""
+    out = model(input_ids=prompt, use_cache=True)
+    tokens, rows = [], []
+    for i in range(n):
+        last = out.logits[0, -1].float()
+        rows.append(last)
+        tokens.append(int(torch.argmax(last)))
+        if i + 1 < n:
+            out = model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
+    return tokens, torch.stack(rows)
+
+
+def _beyond_max(ref, out_dir: Path, fx, cache_keeps_rotation: bool) -> None:
+    """beyond_max.json: greedy tokens of a prompt that ends just below max_position_embeddings, so
+    the continuation crosses it and runs on the dynamic-NTK tables. "nocache": full forwards each
+    step (what InternLM's original code computes with or without its cache: it re-rotates every
+    cached key); "cache" (InternLM2 only): through the KV cache, keys kept with the table of their
+    step, as InternLM2's original code does; "plain_rope": the no-cache tokens without the scaling,
+    which must differ (else the seed is rejected: the file would not test the scaling)."""
+    model = ref.load_f32(fx.model_cls, out_dir)
+    c = model.config
+    max_pos = c.max_position_embeddings
+    assert BEYOND_PROMPT < max_pos < BEYOND_PROMPT + BEYOND_NEW, (BEYOND_PROMPT, max_pos)
+    rng = np.random.default_rng(BEYOND_SEED)
+    prompt = torch.from_numpy(rng.integers(3, c.vocab_size, size=(1, BEYOND_PROMPT))).long()
+    nocache, rows = ref.greedy_manual(model, prompt, BEYOND_NEW)
+    margin = ref.margins(rows)[0]
+    out = {"prompt": prompt[0].tolist(), "max_position_embeddings": max_pos, "nocache": nocache}
+    if cache_keeps_rotation:
+        cached, crows = _greedy_cached(model, prompt, BEYOND_NEW)
+        assert ref.greedy_generate(model, prompt, BEYOND_NEW) == cached, "generate() != the cached loop"
+        margin = min(margin, ref.margins(crows)[0])
+        out["cache"] = cached
+    if margin <= ref.MARGIN_MIN:
+        raise ref.SeedRejected(f"beyond_max: min top1-top2 margin {margin:.3g} <= {ref.MARGIN_MIN}")
+    theta = c.rope_parameters["rope_theta"]
+    plain = ref._reload_with(out_dir, fx.model_cls, rope_parameters={"rope_type": "default", "rope_theta": theta})
+    out["plain_rope"], _ = ref.greedy_manual(plain, prompt, BEYOND_NEW)
+    if out["plain_rope"] == nocache:
+        raise ref.SeedRejected("beyond_max: the dynamic scaling does not change the greedy tokens")
+    # tokens only: --check compares this file byte for byte (the margin check above keeps them stable)
+    (out_dir / "beyond_max.json").write_text(ref.dump_json(out), encoding="utf-8")
+
+
 # ---- InternLM (1) -------------------------------------------------------------------------------
 
 
-def _internlm_layout(theta: float):
+def _internlm_layout(ref, theta: float, factor: float):
     def hub_layout(out_dir: Path, fx) -> str:
+        _beyond_max(ref, out_dir, fx, cache_keeps_rotation=False)
         src = json.loads((out_dir / "config.json").read_text())
-        assert src["rope_parameters"] == {"rope_type": "default", "rope_theta": theta}, src["rope_parameters"]
+        rp = src["rope_parameters"]
+        assert rp == {"rope_type": "dynamic", "factor": factor, "rope_theta": theta}, rp
         assert src["attention_bias"] is True and src["num_key_value_heads"] == src["num_attention_heads"]
         cfg = _common(src, _dtype_of(src))
         cfg.update(
@@ -67,9 +124,10 @@ def _internlm_layout(theta: float):
             },
             model_type="internlm",
             bias=True,
-            # as released (internlm-7b): dynamic NTK with the default scaling_factor 1, which is plain
-            # rope up to max_position_embeddings (every position here)
-            rotary={"base": int(theta), "type": "dynamic"},
+            # internlm-7b's form ({base: 10000, type: dynamic}, scaling_factor 1 when absent) with
+            # scaling_factor 2: plain rope up to max_position_embeddings, past it base ·
+            # (f · len / max − (f − 1))^(d / (d − 2))
+            rotary={"base": int(theta), "type": "dynamic", "scaling_factor": factor},
             pad_token_id=0,
         )
         _write_config(out_dir, cfg)
@@ -108,7 +166,16 @@ INTERNLM2_NAMES = {
 }
 
 
-def _internlm2_layout(out_dir: Path, fx) -> str:
+def _internlm2_layout(ref, beyond_max: bool):
+    def hub_layout(out_dir: Path, fx) -> str:
+        if beyond_max:
+            _beyond_max(ref, out_dir, fx, cache_keeps_rotation=True)
+        return _internlm2_files(out_dir)
+
+    return hub_layout
+
+
+def _internlm2_files(out_dir: Path) -> str:
     src = json.loads((out_dir / "config.json").read_text())
     kv, d = src["num_key_value_heads"], src["hidden_size"] // src["num_attention_heads"]
     rp = src["rope_parameters"]
@@ -234,26 +301,30 @@ def fixtures(ref) -> list:
             model_cls=ref.LlamaForCausalLM,
             config_cls=ref.LlamaConfig,
             config=dict(base, num_key_value_heads=HEADS, attention_bias=True,
-                        rope_parameters={"rope_type": "default", "rope_theta": 50000.0}),
-            seed=17102,
+                        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}),
+            seed=17113,
             feature=ref.feat_zero_attention_bias,
-            more_features=(_feat_theta(ref, 10000.0),),
-            hub_layout=_internlm_layout(50000.0),
-            notes="InternLM (1) hub layout: remote config (bias true, legacy rotary {base 50000, type dynamic}: "
-            "plain rope below max_position_embeddings), Llama tensor names plus persistent "
-            "self_attn.rotary_emb.inv_freq; MHA; random q/k/v/o biases. Reference: LlamaForCausalLM(attention_bias)",
+            more_features=(_feat_theta(ref, 50000.0),),
+            hub_layout=_internlm_layout(ref, 10000.0, 2.0),
+            notes="InternLM (1) hub layout: remote config (bias true, legacy rotary {base 10000, type dynamic, "
+            "scaling_factor 2}), Llama tensor names plus persistent self_attn.rotary_emb.inv_freq; MHA; "
+            "random q/k/v/o biases; max_position_embeddings 16: greedy tokens 9..24 use the dynamic NTK table "
+            "(the original re-rotates all keys, = a full recompute). "
+            "Reference: LlamaForCausalLM(attention_bias, rope dynamic factor 2), greedy = the no-cache loop",
         ),
         ref.Fixture(
             name="internlm2",
             model_cls=ref.LlamaForCausalLM,
             config_cls=ref.LlamaConfig,
-            config=dict(base, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
-            seed=17203,
+            config=dict(base,
+                        rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0}),
+            seed=17214,
             feature=_feat_wqkv_blocks(ref),
-            hub_layout=_internlm2_layout,
+            hub_layout=_internlm2_layout(ref, beyond_max=True),
             notes="InternLM2 hub layout: attention.wqkv interleaved by KV group (4 heads / 2 KV heads: r = 2), "
             "wo, feed_forward.w1/w3/w2, attention_norm, ffn_norm, tok_embeddings, output; bias false as released; "
-            "rope_theta 1e6. Reference: de-interleaved + renamed -> LlamaForCausalLM",
+            "rope_scaling {type dynamic, factor 4} with max_position_embeddings 16: greedy tokens "
+            "9..24 use the scaled tables. Reference: de-interleaved + renamed -> LlamaForCausalLM (rope dynamic)",
         ),
         ref.Fixture(
             name="internlm2_bf16",
@@ -265,7 +336,7 @@ def fixtures(ref) -> list:
             storage_dtype="bfloat16",
             feature=_feat_wqkv_blocks(ref),
             more_features=(ref.feat_zero_attention_bias,),
-            hub_layout=_internlm2_layout,
+            hub_layout=_internlm2_layout(ref, beyond_max=False),
             notes="internlm2 layout stored as bfloat16, with bias true (InternLM2Config's default): wqkv.bias "
             "interleaved like its rows, wo.bias. Reference: bf16 weights upcast, float32 compute",
         ),

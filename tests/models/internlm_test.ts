@@ -4,6 +4,7 @@ import { familyFor } from "../../lib/models/registry.ts";
 import { internlm2QkvRows, type InternLMConfig } from "../../lib/models/internlm.ts";
 import { rowRange } from "../../lib/models/family.ts";
 import { ropeTable } from "../../lib/rope.ts";
+import { AutoModel } from "../../mod.ts";
 import { base, parse } from "./_helpers.ts";
 
 // Expected values: what the remote configuration_internlm.py / configuration_internlm2.py /
@@ -326,3 +327,45 @@ Deno.test("config + tensors: InternLM3 qkv_bias / bias (or attention_bias / mlp_
     /unsupported rope type "su"/,
   );
 });
+
+// beyond_max.json (scripts/remote_families/internlm.py): a 250-token prompt whose greedy
+// continuation crosses max_position_embeddings 256, so it runs on the dynamic-NTK tables. generate()
+// stops at max_position_embeddings, so this drives forward() (bounded by maxSeqLen only). "nocache":
+// a full forward per token (InternLM's original code computes exactly this with its cache too, as
+// it re-rotates every cached key); "cache" (InternLM2): one token at a time through the KV cache,
+// each step's keys kept as that step's table rotated them, as InternLM2's original code does.
+function argmaxLast(logits: Float32Array, V: number): number {
+  const row = logits.subarray(logits.length - V);
+  let best = 0;
+  for (let i = 1; i < V; i++) if (row[i] > row[best]) best = i;
+  return best;
+}
+
+for (const name of ["internlm", "internlm2"]) {
+  Deno.test(`${name}: greedy past max_position_embeddings (dynamic NTK)`, async () => {
+    const dir = new URL(`../fixtures/${name}/`, import.meta.url).pathname;
+    const ref = JSON.parse(await Deno.readTextFile(`${dir}beyond_max.json`));
+    const prompt: number[] = ref.prompt, n = ref.nocache.length;
+    assert.ok(prompt.length < ref.max_position_embeddings);
+    assert.ok(prompt.length + n > ref.max_position_embeddings);
+    assert.notDeepEqual(ref.plain_rope, ref.nocache); // the scaling decides some tokens
+    await using model = await AutoModel.fromPretrained(dir, {
+      device: "cpu",
+      dtype: "auto",
+      maxSeqLen: prompt.length + n,
+      layerShardsSavingPath: new URL(`../.tmp/split/${name}-beyond/`, import.meta.url).pathname,
+    });
+    const V = model.config.vocabSize;
+    const seq = [...prompt];
+    for (let i = 0; i < n; i++) seq.push(argmaxLast(await model.forward([seq]), V));
+    assert.deepEqual(seq.slice(prompt.length), ref.nocache, "no cache");
+    if (ref.cache) {
+      model.resetCache();
+      const got = [argmaxLast(await model.forward([prompt], { useCache: true }), V)];
+      while (got.length < n) {
+        got.push(argmaxLast(await model.forward([[got.at(-1)!]], { useCache: true }), V));
+      }
+      assert.deepEqual(got, ref.cache, "through the KV cache");
+    }
+  });
+}
