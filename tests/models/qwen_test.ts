@@ -248,3 +248,46 @@ Deno.test("qwen1_long: dynamic NTK keeps the prefill's alpha with the cache, as 
     );
   }
 });
+
+// The first QWenConfig's keys (n_embd, n_head, n_layer, n_positions, ffn_hidden_size) on the same
+// tensors load to the same model: qwen1's reference logits.
+Deno.test("qwen1 with the GPT-2 style QWenConfig keys gives the fixture's logits", async () => {
+  const src = new URL("../fixtures/qwen1/", import.meta.url);
+  const hub = JSON.parse(await Deno.readTextFile(new URL("config.json", src)));
+  const ref = JSON.parse(await Deno.readTextFile(new URL("reference.json", src)));
+  const want = new Float32Array((await Deno.readFile(new URL("logits.bin", src))).buffer);
+  const dir = await Deno.makeTempDir({ prefix: "qwen1-gpt2-" });
+  try {
+    const {
+      hidden_size,
+      num_attention_heads,
+      num_hidden_layers,
+      max_position_embeddings,
+      ...rest
+    } = hub;
+    const { intermediate_size, ...keep } = rest;
+    await Deno.writeTextFile(
+      `${dir}/config.json`,
+      JSON.stringify({
+        ...keep,
+        n_embd: hidden_size,
+        n_head: num_attention_heads,
+        n_layer: num_hidden_layers,
+        n_positions: max_position_embeddings,
+        ffn_hidden_size: intermediate_size,
+      }),
+    );
+    await Deno.copyFile(new URL("model.safetensors", src), `${dir}/model.safetensors`);
+    await using model = await AutoModel.fromPretrained(dir, { dtype: "auto" });
+    assert.equal(model.config.intermediateSize, intermediate_size / 2);
+    const got = await model.forward(ref.logits.input_ids);
+    let diff = 0, max = 0;
+    want.forEach((x, i) => {
+      max = Math.max(max, Math.abs(x));
+      diff = Math.max(diff, Math.abs(got[i] - x));
+    });
+    assert.ok(diff <= 1e-4 * max, `max|Δ| ${diff}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
