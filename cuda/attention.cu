@@ -1,5 +1,6 @@
 /*
- * rl_attention: causal GQA attention of n_q new queries over one sequence's KV cache, fp32.
+ * rl_attention, rl_attention_alibi: causal GQA attention of n_q new queries over one sequence's
+ * KV cache, fp32.
  * Two implementations, chosen by the option attn_impl (0 auto = flash when it supports the head
  * dims: head_dim and v_head_dim both <= FA_MAX_HEAD_DIM, on sm_80+; else eager):
  *
@@ -22,6 +23,8 @@
  * Both compute, for query t at cache index pos = q_start + t and key j visible iff
  * j <= pos, (window <= 0 || pos - j < window), (kv_valid == NULL || kv_valid[j]):
  *   s_j = (q . k_j) * scale; s_j = softcap * tanh(s_j / softcap) if softcap > 0;
+ *   s_j = s_j + slope_h * (float)(j - pos) with ALiBi slopes (rl_attention_alibi; the slopes are
+ *   copied to the device like kv_valid; may be fused into one fma);
  *   out = sum_j exp(s_j - max) v_j * (1 / sum_j exp(s_j - max)); zeros when nothing is visible.
  * k_j of kv head g is k[j * k_stride + g * head_dim ..], v_j is v[j * v_stride + g * v_head_dim ..]
  * (ABI 5); k and v are only read, so v may point into k's rows.
@@ -43,6 +46,7 @@ struct attn_args {
   const float *k;      /* [kv_len, k_stride] */
   const float *v;      /* [kv_len, v_stride]; may point into k's rows */
   const uint8_t *kv_valid; /* device copy, or NULL */
+  const float *slopes;     /* ALiBi slope per query head (device copy), or NULL */
   int q_stride, k_stride, v_stride, n_q, q_start, kv_len, n_heads, group, head_dim, v_head_dim,
       window;
   float scale, softcap;
@@ -55,6 +59,12 @@ __device__ __forceinline__ bool visible(const attn_args &a, int pos, int j) {
 
 __device__ __forceinline__ float cap_score(float s, float softcap) {
   return softcap > 0.0f ? softcap * tanhf(s / softcap) : s;
+}
+
+/* The score of key j for the query at cache index pos in head h, after the scale and softcap:
+ * plus ALiBi's bias when there are slopes. */
+__device__ __forceinline__ float biased_score(const attn_args &a, float s, int h, int pos, int j) {
+  return a.slopes ? s + a.slopes[h] * (float)(j - pos) : s;
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -76,7 +86,7 @@ __global__ void __launch_bounds__(EAGER_THREADS)
       const float *kr = a.k + (int64_t)j * a.k_stride + (int64_t)(h / a.group) * a.head_dim;
       float dot = 0.0f;
       for (int d = 0; d < a.head_dim; d++) dot = fmaf(qr[d], kr[d], dot);
-      s = cap_score(dot * a.scale, a.softcap);
+      s = biased_score(a, cap_score(dot * a.scale, a.softcap), h, pos, j);
     }
     scores[idx] = s;
   }
@@ -200,7 +210,7 @@ __global__ void __launch_bounds__(FA_THREADS)
   if (split_hi < hi) hi = (int)split_hi;
 
   /* Per-slot state of this warp's slots. */
-  int pos[QW];
+  int pos[QW], head[QW];
   bool slot_ok[QW];
   float m[QW], l[QW], acc[QW][DPL];
 #pragma unroll
@@ -208,6 +218,7 @@ __global__ void __launch_bounds__(FA_THREADS)
     const int64_t p = p0 + warp * QW + qi;
     slot_ok[qi] = p < P;
     pos[qi] = a.q_start + (int)((slot_ok[qi] ? p : p0) / a.group);
+    head[qi] = g * a.group + (int)((slot_ok[qi] ? p : p0) % a.group);
     m[qi] = -INFINITY;
     l[qi] = 0.0f;
 #pragma unroll
@@ -249,7 +260,9 @@ __global__ void __launch_bounds__(FA_THREADS)
     for (int qi = 0; qi < QW; qi++) {
       const bool vis = slot_ok[qi] && key_ok && j <= pos[qi] &&
                        (a.window <= 0 || pos[qi] - j < a.window);
-      const float sc = vis ? cap_score(s[qi] * a.scale, a.softcap) : -INFINITY;
+      const float sc =
+          vis ? biased_score(a, cap_score(s[qi] * a.scale, a.softcap), head[qi], pos[qi], j)
+              : -INFINITY;
       const float m_new = fmaxf(m[qi], warp_max(sc)); /* the same in every lane */
       float corr = 1.0f;
       p[qi] = 0.0f;
@@ -411,14 +424,13 @@ static int32_t attention_flash(rl_ctx *ctx, const char *op, const attn_args &a, 
 /* ----------------------------------------------------------------------------------------------
  * Entry */
 
-RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
-                            const float *k, int32_t k_stride, const float *v, int32_t v_stride,
-                            int32_t n_q, int32_t q_start, int32_t kv_len, int32_t n_heads,
-                            int32_t n_kv_heads, int32_t head_dim, int32_t v_head_dim, float scale,
-                            int32_t window, float softcap, const uint8_t *kv_valid) {
-  ENTER();
-  CHECK_ARGS(rl_check_attention, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
-             n_heads, n_kv_heads, head_dim, v_head_dim);
+/* The work of both entries, ENTER()ed and their arguments checked; reports failures as op. */
+static int32_t attention(rl_ctx *ctx, const char *op, float *out, const float *q,
+                         int32_t q_stride, const float *k, int32_t k_stride, const float *v,
+                         int32_t v_stride, int32_t n_q, int32_t q_start, int32_t kv_len,
+                         int32_t n_heads, int32_t n_kv_heads, int32_t head_dim,
+                         int32_t v_head_dim, float scale, int32_t window, float softcap,
+                         const uint8_t *kv_valid, const float *alibi_slopes) {
   REQUIRE_ALIGNED(out, 4);
   REQUIRE_ALIGNED(q, 4);
   REQUIRE_ALIGNED(k, 4);
@@ -442,6 +454,7 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
   a.k = k;
   a.v = v;
   a.kv_valid = NULL;
+  a.slopes = NULL;
   a.q_stride = q_stride;
   a.k_stride = k_stride;
   a.v_stride = v_stride;
@@ -460,7 +473,25 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
     TRY(upload_params(ctx, op, SCR_KV_VALID, kv_valid, (uint64_t)kv_len, &d));
     a.kv_valid = static_cast<const uint8_t *>(d);
   }
+  if (alibi_slopes) {
+    void *d = NULL;
+    TRY(upload_params(ctx, op, SCR_ALIBI, alibi_slopes, sizeof(float) * (uint64_t)n_heads, &d));
+    a.slopes = static_cast<const float *>(d);
+  }
   return impl == 1 ? attention_flash(ctx, op, a, n_kv_heads) : attention_eager(ctx, op, a);
+}
+
+RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
+                            const float *k, int32_t k_stride, const float *v, int32_t v_stride,
+                            int32_t n_q, int32_t q_start, int32_t kv_len, int32_t n_heads,
+                            int32_t n_kv_heads, int32_t head_dim, int32_t v_head_dim, float scale,
+                            int32_t window, float softcap, const uint8_t *kv_valid) {
+  ENTER();
+  CHECK_ARGS(rl_check_attention, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
+             n_heads, n_kv_heads, head_dim, v_head_dim);
+  return attention(ctx, op, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
+                   n_heads, n_kv_heads, head_dim, v_head_dim, scale, window, softcap, kv_valid,
+                   NULL);
 }
 
 RL_API int32_t rl_attention_alibi(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
@@ -470,8 +501,10 @@ RL_API int32_t rl_attention_alibi(rl_ctx *ctx, float *out, const float *q, int32
                                   int32_t v_head_dim, float scale, int32_t window, float softcap,
                                   const uint8_t *kv_valid, const float *alibi_slopes) {
   ENTER();
-  if (alibi_slopes)
-    return cu_fail(ctx, RL_ERR_UNSUPPORTED, op, "ALiBi slopes are not implemented on CUDA yet");
-  return rl_attention(ctx, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
-                      n_heads, n_kv_heads, head_dim, v_head_dim, scale, window, softcap, kv_valid);
+  CHECK_ARGS(rl_check_attention, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
+             n_heads, n_kv_heads, head_dim, v_head_dim);
+  CHECK_ARGS(rl_check_alibi_slopes, alibi_slopes, n_heads);
+  return attention(ctx, op, out, q, q_stride, k, k_stride, v, v_stride, n_q, q_start, kv_len,
+                   n_heads, n_kv_heads, head_dim, v_head_dim, scale, window, softcap, kv_valid,
+                   alibi_slopes);
 }

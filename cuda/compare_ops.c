@@ -12,7 +12,9 @@
  * and v_head_dim (group "attention": v_head_dim != head_dim, an MLA latent cache with v == k);
  * ABI 6: the ggml block formats Q8_0 ... Q6_K as rl_matmul weights and rl_embedding tables (group
  * "quant": CUDA vs CPU and both vs a reference dequantization here, unaligned rows too; their
- * error statuses in "errors").
+ * error statuses in "errors"). ABI 7: rl_attention_alibi (group "alibi": flash and eager, decode
+ * and prefill, GQA, windows, padding masks, q_start > 0, Baichuan-13B's 40 heads; NULL and zero
+ * slopes equal rl_attention; its error statuses).
  *
  * Both libraries are dlopen'ed (RTLD_LOCAL) and resolved into two function tables, so this
  * program links nothing but libdl and libm:
@@ -111,6 +113,8 @@ static void compare(const float *ref, const float *got, int64_t n, double tol, c
 #define RL_ENTRIES_V4(X) X(act) X(gather_rows) X(scatter_add_rows)
 /* New in ABI 5: the groups that use them check b->v5 first. */
 #define RL_ENTRIES_V5(X) X(matmul_nd) X(copy_nd)
+/* New in ABI 7: the groups that use them check b->v7 first. */
+#define RL_ENTRIES_V7(X) X(attention_alibi)
 
 typedef struct {
   const char *name; /* "cpu" or "cuda" */
@@ -119,11 +123,13 @@ typedef struct {
   int v3; /* every entry of RL_ENTRIES_V3 resolved */
   int v4; /* every entry of RL_ENTRIES_V4 resolved */
   int v5; /* every entry of RL_ENTRIES_V5 resolved */
+  int v7; /* every entry of RL_ENTRIES_V7 resolved */
 #define FIELD(s) __typeof__(rl_##s) *s;
   RL_ENTRIES(FIELD)
   RL_ENTRIES_V3(FIELD)
   RL_ENTRIES_V4(FIELD)
   RL_ENTRIES_V5(FIELD)
+  RL_ENTRIES_V7(FIELD)
 #undef FIELD
 } backend;
 
@@ -131,7 +137,7 @@ static backend CPU = {.name = "cpu"}, GPU = {.name = "cuda"};
 
 /* dlopens path and resolves every entry; a missing one is a failed check (and stays NULL).
  * Returns whether the entries of RL_ENTRIES are complete (sets b->v3 for RL_ENTRIES_V3, b->v4
- * for RL_ENTRIES_V4, b->v5 for RL_ENTRIES_V5). */
+ * for RL_ENTRIES_V4, b->v5 for RL_ENTRIES_V5, b->v7 for RL_ENTRIES_V7). */
 static int open_backend(backend *b, const char *path) {
   b->handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (!b->handle) {
@@ -152,8 +158,11 @@ static int open_backend(backend *b, const char *path) {
   b->v4 = complete;
   complete = core;
   RL_ENTRIES_V5(RESOLVE)
-#undef RESOLVE
   b->v5 = complete;
+  complete = core;
+  RL_ENTRIES_V7(RESOLVE)
+#undef RESOLVE
+  b->v7 = complete;
   return core;
 }
 
@@ -178,6 +187,14 @@ static int has_v5(backend *b, const char *group) {
   check(b->v5, "%s: %s checks not run: the library lacks ABI 5 entries (see above)", b->name,
         group);
   return b->v5;
+}
+
+/* Whether b has the ABI 7 entry (rl_attention_alibi); if not, a failed check saying which group
+ * could not run. */
+static int has_v7(backend *b, const char *group) {
+  check(b->v7, "%s: %s checks not run: the library lacks ABI 7 entries (see above)", b->name,
+        group);
+  return b->v7;
 }
 
 static const char *last_error(backend *b, rl_ctx *ctx) {
@@ -1001,6 +1018,7 @@ typedef struct {
   float scale, softcap;
   const uint8_t *kv_valid;
   int v_head_dim, latent, impls;
+  const float *slopes; /* ABI 7: n_heads ALiBi slopes (rl_attention_alibi), or NULL */
 } attn_case;
 
 static int attn_vd(const attn_case *c) { return c->v_head_dim ? c->v_head_dim : c->head_dim; }
@@ -1024,10 +1042,17 @@ static int run_attention(backend *b, float *out, const float *q, const float *k,
   void *dv = c->latent ? dk : dev_upload(b, v, vb);
   void *dout = dev_poison(b, ob);
   int good = dq && dk && dv && dout &&
-             ok(b, b->attention(b->ctx, dout, dq, q_stride, dk, k_stride, dv, v_stride, c->n_q,
-                                c->q_start, c->kv_len, c->n_heads, c->n_kv_heads, c->head_dim, vd,
-                                c->scale, c->window, c->softcap, c->kv_valid),
-                "rl_attention") &&
+             ok(b,
+                c->slopes ? b->attention_alibi(b->ctx, dout, dq, q_stride, dk, k_stride, dv,
+                                               v_stride, c->n_q, c->q_start, c->kv_len,
+                                               c->n_heads, c->n_kv_heads, c->head_dim, vd,
+                                               c->scale, c->window, c->softcap, c->kv_valid,
+                                               c->slopes)
+                          : b->attention(b->ctx, dout, dq, q_stride, dk, k_stride, dv, v_stride,
+                                         c->n_q, c->q_start, c->kv_len, c->n_heads,
+                                         c->n_kv_heads, c->head_dim, vd, c->scale, c->window,
+                                         c->softcap, c->kv_valid),
+                c->slopes ? "rl_attention_alibi" : "rl_attention") &&
              dev_download(b, out, dout, ob);
   dev_free(b, dq);
   dev_free(b, dk);
@@ -1052,9 +1077,9 @@ static void attention_case(attn_case c) {
         continue;
       if (run_attention(&GPU, got, q, k, v, &c))
         compare(ref, got, n, TOL_F32,
-                "rl_attention %s n_q=%d q_start=%d kv_len=%d heads=%d/%d head_dim=%d "
+                "%s %s n_q=%d q_start=%d kv_len=%d heads=%d/%d head_dim=%d "
                 "v_head_dim=%d%s window=%d softcap=%g scale=%g mask=%s strides +%d/+%d",
-                impl_name[impl], c.n_q, c.q_start, c.kv_len, c.n_heads, c.n_kv_heads,
+                c.slopes ? "rl_attention_alibi" : "rl_attention", impl_name[impl], c.n_q, c.q_start, c.kv_len, c.n_heads, c.n_kv_heads,
                 c.head_dim, attn_vd(&c), c.latent ? " (latent, v == k)" : "", c.window,
                 (double)c.softcap, (double)c.scale, c.kv_valid ? "yes" : "no", c.q_extra,
                 c.kv_extra);
@@ -1203,6 +1228,115 @@ static void test_attention(void) {
     a.window = 3;
     attention_case(a);
   }
+  free(mask);
+}
+
+/* ALiBi's slopes for n heads (the standard recipe, as lib/models/alibi.ts): for the power of two
+ * m <= n, 2^(-8k/m), k = 1..m, then 2^(-4(2k-1)/m), k = 1..n-m. */
+static void alibi_slopes(float *out, int n) {
+  int m = 1;
+  while (m * 2 <= n) m *= 2;
+  for (int k = 1; k <= n; k++)
+    out[k - 1] = k <= m ? (float)exp2(-8.0 * k / m) : (float)exp2(-4.0 * (2 * (k - m) - 1) / m);
+}
+
+static void same_status(const char *op, int32_t cpu, int32_t cuda);
+
+/* ABI 7: rl_attention_alibi, CUDA (flash and eager) against the CPU. */
+static void test_attention_alibi(void) {
+  if (!has_v7(&CPU, "alibi") || !has_v7(&GPU, "alibi")) return;
+  static const int head_dims[] = {64, 40, 128};
+  static const int heads[][2] = {{4, 4}, {8, 2}};
+  static const int shapes[][3] = {/* n_q, q_start, kv_len */
+                                  {1, 999, 1000}, {7, 0, 7}, {5, 30, 35}, {70, 0, 70}};
+  enum { MAX_KV = 1000, MAX_HEADS = 40 };
+  uint8_t *mask = malloc(MAX_KV);
+  for (int j = 0; j < MAX_KV; j++) mask[j] = j < 3 ? 0 : rand_u32() % 10 != 0; /* left padding */
+  float standard[MAX_HEADS], random[MAX_HEADS], zero[MAX_HEADS] = {0};
+  for (int h = 0; h < MAX_HEADS; h++) random[h] = rand_float(0.01f, 1.0f);
+  int n = 0;
+  for (size_t d = 0; d < sizeof head_dims / sizeof *head_dims; d++)
+    for (size_t h = 0; h < sizeof heads / sizeof *heads; h++)
+      for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++, n++) {
+        attn_case c = {.n_q = shapes[s][0], .q_start = shapes[s][1], .kv_len = shapes[s][2],
+                       .n_heads = heads[h][0], .n_kv_heads = heads[h][1],
+                       .head_dim = head_dims[d], .scale = 1.0f / sqrtf((float)head_dims[d])};
+        alibi_slopes(standard, c.n_heads);
+        c.slopes = n % 2 ? random : standard;
+        switch (n % 4) {
+        case 1: c.window = 16; break;
+        case 2: /* capped; q/k/v rows with padding (a fused qkv layout) */
+          c.softcap = 5.0f;
+          c.q_extra = 2 * c.n_kv_heads * c.head_dim;
+          c.kv_extra = 8;
+          break;
+        case 3:
+          c.kv_valid = mask;
+          c.window = s % 2 ? 0 : 100;
+          break;
+        default: break;
+        }
+        attention_case(c);
+      }
+  /* Baichuan-13B's attention: 40 heads of 128, decode over a long cache and a prefill with left
+   * padding; auto (flash) too */
+  alibi_slopes(standard, 40);
+  attention_case((attn_case){.n_q = 1, .q_start = 600, .kv_len = 601, .n_heads = 40,
+                             .n_kv_heads = 40, .head_dim = 128, .scale = 1.0f / sqrtf(128.0f),
+                             .slopes = standard, .impls = 1 << 0 | 1 << 1 | 1 << 2});
+  attention_case((attn_case){.n_q = 20, .q_start = 0, .kv_len = 20, .n_heads = 40,
+                             .n_kv_heads = 40, .head_dim = 128, .scale = 1.0f / sqrtf(128.0f),
+                             .kv_valid = mask, .slopes = standard});
+  /* v_head_dim != head_dim, and an MLA latent cache (v == k) */
+  alibi_slopes(standard, 4);
+  attention_case((attn_case){.n_q = 5, .q_start = 30, .kv_len = 35, .n_heads = 4,
+                             .n_kv_heads = 2, .head_dim = 72, .v_head_dim = 32, .scale = 0.12f,
+                             .slopes = standard});
+  attention_case((attn_case){.n_q = 3, .q_start = 200, .kv_len = 203, .n_heads = 4,
+                             .n_kv_heads = 1, .head_dim = 80, .v_head_dim = 64, .latent = 1,
+                             .scale = 0.11f, .window = 16, .slopes = standard});
+  /* zero slopes: the same as no slopes (rl_attention), on CUDA, flash and eager */
+  for (int impl = 1; impl <= 2; impl++) {
+    const attn_case c = {.n_q = 5, .q_start = 60, .kv_len = 65, .n_heads = 8, .n_kv_heads = 2,
+                         .head_dim = 64, .scale = 0.125f, .kv_valid = mask};
+    attn_case z = c;
+    z.slopes = zero;
+    const int64_t n_out = 5 * 8 * 64;
+    float *q = rand_floats(5 * 8 * 64, -1, 1), *k = rand_floats(65 * 2 * 64, -1, 1);
+    float *v = rand_floats(65 * 2 * 64, -1, 1);
+    float *plain = malloc(sizeof(float) * n_out), *zeroed = malloc(sizeof(float) * n_out);
+    GPU.set_option(GPU.ctx, (const uint8_t *)"attn_impl", impl);
+    if (run_attention(&GPU, plain, q, k, v, &c) && run_attention(&GPU, zeroed, q, k, v, &z))
+      check(memcmp(plain, zeroed, sizeof(float) * n_out) == 0,
+            "cuda: rl_attention_alibi with zero slopes equals rl_attention (attn_impl %d)", impl);
+    GPU.set_option(GPU.ctx, (const uint8_t *)"attn_impl", 0);
+    free(q);
+    free(k);
+    free(v);
+    free(plain);
+    free(zeroed);
+  }
+  /* errors: the same statuses, named rl_attention_alibi */
+  float *cb = CPU.alloc(CPU.ctx, 4096), *gb = GPU.alloc(GPU.ctx, 4096);
+  if (cb && gb) {
+    const float bad[4] = {0.5f, 0.25f, NAN, 0.125f};
+    same_status("rl_attention_alibi",
+                CPU.attention_alibi(CPU.ctx, cb, cb + 512, 64, cb + 640, 64, cb + 768, 64, 1, 0,
+                                    4, 4, 2, 16, 16, 1, 0, 0, NULL, bad),
+                GPU.attention_alibi(GPU.ctx, gb, gb + 512, 64, gb + 640, 64, gb + 768, 64, 1, 0,
+                                    4, 4, 2, 16, 16, 1, 0, 0, NULL, bad));
+    const char *msg = last_error(&GPU, GPU.ctx);
+    check(strstr(msg, "alibi_slopes[2]") != NULL, "cuda: a NaN slope is named: \"%s\"", msg);
+    same_status("rl_attention_alibi",
+                CPU.attention_alibi(CPU.ctx, cb, cb, 96, cb, 64, cb, 64, 1, 0, 4, 3, 2, 32, 32, 1,
+                                    0, 0, NULL, standard),
+                GPU.attention_alibi(GPU.ctx, gb, gb, 96, gb, 64, gb, 64, 1, 0, 4, 3, 2, 32, 32, 1,
+                                    0, 0, NULL, standard));
+  } else {
+    check(0, "alibi error tests: scratch allocations");
+  }
+  if (cb) CPU.free(CPU.ctx, cb);
+  if (gb) GPU.free(GPU.ctx, gb);
   free(mask);
 }
 
@@ -2194,7 +2328,8 @@ int main(int argc, char **argv) {
                    {"rope", test_rope},           {"act_mul", test_act_mul},
                    {"act", test_act},             {"rows", test_rows},
                    {"elementwise", test_elementwise}, {"argmax", test_argmax},
-                   {"attention", test_attention}, {"bmm", test_matmul_nd},
+                   {"attention", test_attention}, {"alibi", test_attention_alibi},
+                   {"bmm", test_matmul_nd},
                    {"copy_nd", test_copy_nd}, {"copies and stats", test_copies_and_stats},
                    {"errors", test_errors},       {"options and marks", test_options_and_marks},
                    {"loads", test_loads},         {"host tier", test_host_tier},

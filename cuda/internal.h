@@ -45,6 +45,7 @@ enum scratch_id {
   SCR_PARTIAL,   /* rl_attention flash split-K: partial outputs + (max, sum) */
   SCR_ROWS,      /* rl_gather_rows, rl_scatter_add_rows: int32 row indices */
   SCR_ROW_WEIGHTS, /* rl_scatter_add_rows: float weights */
+  SCR_ALIBI,     /* rl_attention_alibi: float slope per query head */
   SCR_COUNT,
 };
 
