@@ -106,6 +106,7 @@ Deno.test("config: an unsupported architecture names it and lists the supported 
     "MixtralForCausalLM",
     "Phi3ForCausalLM",
     "PhiForCausalLM",
+    "QWenLMHeadModel",
     "Qwen2ForCausalLM",
     "Qwen2MoeForCausalLM",
     "Qwen3ForCausalLM",
