@@ -27,7 +27,11 @@
  *   tokens tokenizer_config.json names; BOS per `add_bos_token` (default true), EOS per
  *   `add_eos_token`; decode = sentencepiece's decode of each run between special tokens, special
  *   tokens as their text (a control piece the config does not name decodes to nothing, as in
- *   sentencepiece), invalid UTF-8 in byte pieces one U+FFFD per byte.
+ *   sentencepiece), invalid UTF-8 in byte pieces one U+FFFD per byte; InternLM 1/2 then apply
+ *   transformers' `clean_up_tokenization` (" ." → "." ...), as their `convert_tokens_to_string`
+ *   always does. Not reproduced: those classes' transformers-4 `convert_tokens_to_string` also
+ *   puts a " " before a special token that follows text (Baichuan, InternLM 1/2; InternLM 1/2
+ *   even before one at the start), which only shows when special tokens are decoded.
  * - ChatGLMTokenizer with a sentencepiece model (ChatGLM2/3): the same, no BOS, `[gMASK] sop` in
  *   front; its own tokens [MASK] [gMASK] [sMASK] sop eop (and ChatGLM3's <|system|> <|user|>
  *   <|assistant|> <|observation|>, when tokenizer_config.json mentions <|user|>) take the ids after
@@ -369,7 +373,8 @@ export class Tokenizer {
       if (i < kept.length) text += r.decodeOnly.get(kept[i]) ?? this.#decodeRun([kept[i]]);
       start = i + 1;
     }
-    return text;
+    // Not prefix-stable: streamed text keeps a space a later "." removes (as TextStreamer does).
+    return r.cleanUpAlways ? cleanUpTokenization(text) : text;
   }
 
   #decodeRun(ids: number[]): string {
@@ -657,6 +662,14 @@ function useByteFallbackText(decoder: unknown, make: () => TextDecoder): void {
   }
 }
 
+/** transformers' `clean_up_tokenization` (the same replacements, in the same order). */
+function cleanUpTokenization(text: string): string {
+  return text.replaceAll(" .", ".").replaceAll(" ?", "?").replaceAll(" !", "!")
+    .replaceAll(" ,", ",").replaceAll(" ' ", "'").replaceAll(" n't", "n't")
+    .replaceAll(" 'm", "'m").replaceAll(" 's", "'s").replaceAll(" 've", "'ve")
+    .replaceAll(" 're", "'re");
+}
+
 /** Thrown by a template's `raise_exception(message)`. */
 class TemplateRaised extends Error {}
 
@@ -738,6 +751,11 @@ interface RemoteParts {
    * add_dummy_prefix or remove_extra_whitespaces; a space from a byte piece <0x20> stays).
    */
   stripLeadingSpace: boolean;
+  /**
+   * Apply transformers' `clean_up_tokenization` (" ." → ".", " n't" → "n't", ...) to the decoded
+   * text: InternLM 1/2's `convert_tokens_to_string` always does, whatever the config says.
+   */
+  cleanUpAlways: boolean;
 }
 
 const saidConversion = new Set<string>();
@@ -846,6 +864,7 @@ async function remoteTokenizer(
     silent: new Set(),
     segmentDecode: false,
     stripLeadingSpace: false,
+    cleanUpAlways: false,
   });
 
   if (cls === "QWenTokenizer") {
@@ -903,6 +922,7 @@ async function remoteTokenizer(
   const strips = decoder.decoders.filter((d) => d.type === "Strip").length;
   decoder.decoders = decoder.decoders.filter((d) => d.type !== "Strip");
   p.stripLeadingSpace = strips > 0;
+  p.cleanUpAlways = cls === "InternLMTokenizer" || cls === "InternLM2Tokenizer";
   const pieceId = new Map(m.pieces.map((piece, id) => [piece.piece, id]));
   // The remote classes match in text only the tokens tokenizer_config.json names (and
   // sentencepiece matches its user-defined pieces itself); a control piece they do not name is

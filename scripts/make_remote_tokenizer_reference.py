@@ -30,9 +30,10 @@ the files named, on top of the same engines it uses:
 - InternLM/Baichuan (tokenization_internlm2.py, tokenization_baichuan.py): the text is split on the
   added tokens (PreTrainedTokenizer.tokenize), each other segment is `sp_model.encode(segment)`,
   BOS in front when add_bos_token (default true), EOS after when add_eos_token.
-  Decode: each run between special tokens is `sp_model.decode(run)`, special tokens are their text.
-  (The transformers-4-era `convert_tokens_to_string` of these files also puts a " " before a special
-  token that follows text; that quirk is not reproduced and not recorded.)
+  Decode: each run between special tokens is `sp_model.decode(run)`, special tokens are their text;
+  InternLM 1/2 then apply transformers' clean_up_tokenization, as their convert_tokens_to_string
+  does. (That transformers-4-era convert_tokens_to_string also puts a " " before a special token
+  that follows text, InternLM 1/2's even before one at the start; not reproduced, not recorded.)
 - ChatGLM2/3 (tokenization_chatglm.py, SPTokenizer): `sp_model.encode` per segment between the added
   tokens tokenizer_config.json names; [gMASK] sop in front; decode = SPTokenizer.decode
   (sentencepiece per run, its own special tokens [MASK] [gMASK] [sMASK] sop eop and ChatGLM3's role
@@ -102,6 +103,9 @@ TEXTS = [
 # What sentencepiece's nmt_nfkc rule changes: fullwidth forms, ligatures, compatibility characters,
 # ideographic / no-break / zero-width spaces, tabs.
 NFKC_TEXTS = ["ｆｕｌｌ ｗｉｄｔｈ １２３", "ﬁne ① ™ ㎏ ｶﾀｶﾅ", "a\u3000b\u00a0c x\u200by", "tab\there\r\n"]
+
+# What transformers' clean_up_tokenization changes (InternLM 1/2 decode through it).
+CLEAN_UP_TEXTS = ["Hello . What ? Yes ! a , b", "don 't I 'm it 's we 've you 're ' quoted ' x"]
 
 # InternLM2 (tokenizer_config.json of internlm2-chat-7b, trimmed): ChatML tokens as user-defined pieces.
 INTERNLM2_SPECIALS = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>",
@@ -211,12 +215,20 @@ def config_tokens(config: dict) -> tuple[dict[str, int | None], set[str]]:
     return names, special
 
 
+def clean_up_tokenization(out_string: str) -> str:
+    """transformers' PreTrainedTokenizerBase.clean_up_tokenization."""
+    return (out_string.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",")
+            .replace(" ' ", "'").replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s")
+            .replace(" 've", "'ve").replace(" 're", "'re"))
+
+
 class SpmFamily:
     """InternLM/Baichuan (chatglm=False) or ChatGLM2/3 (chatglm=True), as their remote code runs."""
 
-    def __init__(self, model_file: Path, config: dict, chatglm: bool):
+    def __init__(self, model_file: Path, config: dict, chatglm: bool, clean_up: bool = False):
         self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         self.chatglm = chatglm
+        self.clean_up = clean_up
         n = self.sp.get_piece_size()
         names, special = config_tokens(config)
         self.own: dict[str, int] = {}
@@ -259,7 +271,8 @@ class SpmFamily:
                 text += self.text_of.get(i) or self.sp.id_to_piece(i)
             else:
                 run.append(i)
-        return text + (self.sp.decode(run) if run else "")
+        text += self.sp.decode(run) if run else ""
+        return clean_up_tokenization(text) if self.clean_up else text
 
     def random_ids(self, rng: random.Random) -> list[int]:
         # <unk> is left out: sentencepiece decodes it to " ⁇ ", the converted tokenizer to "<unk>".
@@ -358,8 +371,9 @@ def build(out: Path) -> list[dict]:
                                                    "<|action_end|>", "<|interpreter|>", "<|plugin|>"],
                         bos_token="<s>", eos_token="</s>", pad_token="</s>", unk_token="<unk>",
                         chat_template=INTERNLM2_TEMPLATE, decode_with_prefix_space=False)
-    record("internlm2", SpmFamily(d / "tokenizer.model", config, chatglm=False), config,
-           ["<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", "<s>x</s>", "a<|im_end|>b"])
+    record("internlm2", SpmFamily(d / "tokenizer.model", config, chatglm=False, clean_up=True), config,
+           ["<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", "<s>x</s>", "a<|im_end|>b"]
+           + CLEAN_UP_TEXTS)
 
     # internlm (v1): sentencepiece's default normalizer (nmt_nfkc charsmap, whitespace removal)
     d = out / "internlm"
@@ -367,7 +381,8 @@ def build(out: Path) -> list[dict]:
     (d / "tokenizer.model").write_bytes(train_spm("nmt_nfkc"))
     config = spm_config("InternLMTokenizer", "tokenization_internlm", bos_token="<s>", eos_token="</s>",
                         unk_token="<unk>", pad_token="</s>", add_bos_token=True, add_eos_token=False)
-    record("internlm", SpmFamily(d / "tokenizer.model", config, chatglm=False), config, NFKC_TEXTS)
+    record("internlm", SpmFamily(d / "tokenizer.model", config, chatglm=False, clean_up=True), config,
+           NFKC_TEXTS + CLEAN_UP_TEXTS)
 
     # baichuan2
     d = out / "baichuan2"
@@ -380,7 +395,7 @@ def build(out: Path) -> list[dict]:
                                    "rstrip": False, "single_word": True},
                         pad_token="<unk>", unk_token="<unk>")
     record("baichuan2", SpmFamily(d / "tokenizer.model", {**config, "bos_token": "<s>", "eos_token": "</s>"},
-                                  chatglm=False), config, ["<s>x</s>"])
+                                  chatglm=False), config, ["<s>x</s>"] + CLEAN_UP_TEXTS)
 
     # chatglm3
     d = out / "chatglm3"
