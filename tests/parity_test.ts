@@ -42,6 +42,7 @@ Deno.test("parity: the fixture set is complete", () => {
       "chatglm3",
       "glm4_remote",
       "chatglm2_32k",
+      "chatglm_layernorm",
       "qwen1",
       "qwen1_bf16",
       "qwen1_long",

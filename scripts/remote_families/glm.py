@@ -17,9 +17,13 @@ transformer.rotary_pos_emb.inv_freq buffer the hub files carry.
 - glm4_remote: GLM-4-9B's layout: rope_ratio 500 (base 5e6), layernorm_epsilon 1.5625e-07, bf16.
 - chatglm2_32k: ChatGLM2-6B-32k's code (positions / rope_ratio 16; selected by _name_or_path),
   multi_query_attention false (per-head interleaved query_key_value rows), fp32.
+- chatglm_layernorm: the switches no native class has (rmsnorm false, add_bias_linear,
+  apply_residual_connection_post_layernorm) and one MQA group; reference ChatGlmVariantForCausalLM
+  (GlmForCausalLM with LayerNorms, the extra biases and the other residual, below).
 The original modeling code was checked once against these references (cross_check() below: the
-ChatGLM2 modeling file modelscope vendors, plus a transcription of the base * rope_ratio rope of
-the chatglm3 / glm-4 files); it is never committed nor imported by fixture generation.
+ChatGLM2 modeling file modelscope 1.40.2 vendors, plus a transcription of the base * rope_ratio rope
+of the chatglm3 / glm-4 files): max|Δlogit| 8.3e-7, 7.8e-7, 7.8e-7, 7.2e-7 (chatglm3, glm4_remote,
+chatglm2_32k, chatglm_layernorm). It is never committed nor imported by fixture generation.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import Glm4Config, Glm4ForCausalLM, GlmConfig, GlmForCausalLM
+from transformers.models.glm.modeling_glm import GlmDecoderLayer
 
 AUTO_MAP = {
     "AutoConfig": "configuration_chatglm.ChatGLMConfig",
@@ -89,9 +94,14 @@ def native_config(remote: dict) -> dict:
         rope = {"rope_type": "linear", "factor": float(ratio), "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
     else:  # chatglm3 / glm-4: base = 10000 * rope_ratio
         rope = {"rope_type": "default", "rope_theta": 10000.0 * ratio, "partial_rotary_factor": 0.5}
-    assert not remote["add_bias_linear"] and remote["rmsnorm"] and remote["post_layer_norm"]
-    assert not remote["apply_residual_connection_post_layernorm"]
+    assert remote["post_layer_norm"]
+    variant = dict(
+        chatglm_layernorm=not remote["rmsnorm"],
+        chatglm_bias_linear=remote["add_bias_linear"],
+        chatglm_residual_from_norm=remote["apply_residual_connection_post_layernorm"],
+    )
     return dict(
+        **{k: v for k, v in variant.items() if v},
         vocab_size=remote["padded_vocab_size"],
         hidden_size=remote["hidden_size"],
         intermediate_size=remote["ffn_hidden_size"],
@@ -101,7 +111,7 @@ def native_config(remote: dict) -> dict:
         head_dim=remote["kv_channels"],
         max_position_embeddings=remote["seq_length"],
         rms_norm_eps=remote["layernorm_epsilon"],
-        attention_bias=remote["add_qkv_bias"],
+        attention_bias=remote["add_qkv_bias"] or remote["add_bias_linear"],
         tie_word_embeddings=False,
         pad_token_id=None,
         bos_token_id=None,
@@ -121,27 +131,79 @@ def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, remote: dict) ->
 
 def to_remote(sd: dict[str, torch.Tensor], remote: dict) -> dict[str, torch.Tensor]:
     """GlmForCausalLM tensor names -> ChatGLMModel's (fused query_key_value and dense_h_to_4h)."""
+    norms = ("weight",) if remote["rmsnorm"] else ("weight", "bias")  # LayerNorm: weight and bias
+    linear = ("weight", "bias") if remote["add_bias_linear"] else ("weight",)
+    qkv = ("weight", "bias") if remote["add_qkv_bias"] or remote["add_bias_linear"] else ("weight",)
     out = {
         "transformer.embedding.word_embeddings.weight": sd["model.embed_tokens.weight"],
-        "transformer.encoder.final_layernorm.weight": sd["model.norm.weight"],
         "transformer.output_layer.weight": sd["lm_head.weight"],
     }
+    for kind in norms:
+        out[f"transformer.encoder.final_layernorm.{kind}"] = sd[f"model.norm.{kind}"]
     for i in range(remote["num_layers"]):
         p, r = f"model.layers.{i}.", f"transformer.encoder.layers.{i}."
-        out[r + "input_layernorm.weight"] = sd[p + "input_layernorm.weight"]
-        out[r + "post_attention_layernorm.weight"] = sd[p + "post_attention_layernorm.weight"]
-        for kind in ("weight", "bias") if remote["add_qkv_bias"] else ("weight",):
+        for kind in norms:
+            out[f"{r}input_layernorm.{kind}"] = sd[f"{p}input_layernorm.{kind}"]
+            out[f"{r}post_attention_layernorm.{kind}"] = sd[f"{p}post_attention_layernorm.{kind}"]
+        for kind in qkv:
             q, k, v = (sd[f"{p}self_attn.{n}_proj.{kind}"] for n in "qkv")
             out[f"{r}self_attention.query_key_value.{kind}"] = fuse_qkv(q, k, v, remote)
-        out[r + "self_attention.dense.weight"] = sd[p + "self_attn.o_proj.weight"]
-        out[r + "mlp.dense_h_to_4h.weight"] = sd[p + "mlp.gate_up_proj.weight"]  # [gate | up], SwiGLU
-        out[r + "mlp.dense_4h_to_h.weight"] = sd[p + "mlp.down_proj.weight"]
+        for kind in linear:
+            out[f"{r}self_attention.dense.{kind}"] = sd[f"{p}self_attn.o_proj.{kind}"]
+            out[f"{r}mlp.dense_h_to_4h.{kind}"] = sd[f"{p}mlp.gate_up_proj.{kind}"]  # [gate | up], SwiGLU
+            out[f"{r}mlp.dense_4h_to_h.{kind}"] = sd[f"{p}mlp.down_proj.{kind}"]
+    fused = len(qkv) * 3 * remote["num_layers"]  # q/k/v tensors that became query_key_value ones
+    assert len(sd) == len(out) - len(qkv) * remote["num_layers"] + fused, (sorted(sd), sorted(out))
     dtype = out["transformer.output_layer.weight"].dtype
     dim = remote["kv_channels"] // 2  # RotaryEmbedding(rotary_dim // 2)'s persistent buffer
     out["transformer.rotary_pos_emb.inv_freq"] = (
         1.0 / (10000 ** (torch.arange(0, dim, 2).to(dtype=dtype) / dim))
     ).to(dtype)
     return out
+
+
+class _ResidualFromNormLayer(GlmDecoderLayer):
+    """GLMBlock with apply_residual_connection_post_layernorm: residuals from the normed inputs."""
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=False, position_embeddings=None, **kwargs):
+        normed = self.input_layernorm(hidden_states)
+        attn, _ = self.self_attn(hidden_states=normed, attention_mask=attention_mask, position_ids=position_ids,
+                                 past_key_values=past_key_values, use_cache=use_cache,
+                                 position_embeddings=position_embeddings, **kwargs)
+        normed = self.post_attention_layernorm(normed + attn)
+        return normed + self.mlp(normed)
+
+
+class ChatGlmVariantForCausalLM(GlmForCausalLM):
+    """GlmForCausalLM with the ChatGLM switches no native class has (the chatglm_layernorm
+    reference), from config attributes: chatglm_layernorm (rmsnorm false: every norm a LayerNorm
+    with bias), chatglm_bias_linear (add_bias_linear: biases on o_proj, gate_up_proj, down_proj),
+    chatglm_residual_from_norm (apply_residual_connection_post_layernorm)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        D, I, eps = config.hidden_size, config.intermediate_size, config.rms_norm_eps
+        layernorm = getattr(config, "chatglm_layernorm", False)
+        if layernorm:
+            self.model.norm = torch.nn.LayerNorm(D, eps=eps)
+        for layer in self.model.layers:
+            if layernorm:
+                layer.input_layernorm = torch.nn.LayerNorm(D, eps=eps)
+                layer.post_attention_layernorm = torch.nn.LayerNorm(D, eps=eps)
+            if getattr(config, "chatglm_bias_linear", False):
+                a, m = layer.self_attn, layer.mlp
+                a.o_proj = torch.nn.Linear(a.o_proj.in_features, D, bias=True)
+                m.gate_up_proj = torch.nn.Linear(D, 2 * I, bias=True)
+                m.down_proj = torch.nn.Linear(I, D, bias=True)
+            if getattr(config, "chatglm_residual_from_norm", False):
+                layer.__class__ = _ResidualFromNormLayer
+        self.post_init()
+
+
+def _feat_residual_from_input(model_dir: Path, fx):
+    return ("apply_residual_connection_post_layernorm -> false",
+            _reload(model_dir, fx, chatglm_residual_from_norm=False))
 
 
 def _chatglm_layout(remote: dict):
@@ -224,6 +286,8 @@ def fixtures(ref) -> list:
     chatglm3 = remote_config("THUDM/chatglm3-6b", "float32")
     glm4_remote = remote_config("THUDM/glm-4-9b-chat", "bfloat16", rope_ratio=500, layernorm_epsilon=1.5625e-07,
                                 seq_length=1024, eos_token_id=[2, 3], transformers_version="4.44.0")
+    chatglm_ln = remote_config("THUDM/chatglm3-6b", "float32", rmsnorm=False, add_bias_linear=True, add_qkv_bias=False,
+                               apply_residual_connection_post_layernorm=True, multi_query_group_num=1)
     chatglm2 = remote_config("THUDM/chatglm2-6b-32k", "float32", rope_ratio=16, multi_query_attention=False,
                              multi_query_group_num=2, transformers_version="4.27.1")
     return [
@@ -287,6 +351,21 @@ def fixtures(ref) -> list:
             hub_layout=_chatglm_layout(chatglm2),
             notes="ChatGLM2-6B-32k code (selected by _name_or_path): positions / rope_ratio 16 (linear rope); "
             "multi_query_attention false: query_key_value rows q_h | k_h | v_h per head",
+        ),
+        ref.Fixture(
+            name="chatglm_layernorm",
+            model_cls=ChatGlmVariantForCausalLM,
+            config_cls=GlmConfig,
+            config=native_config(chatglm_ln),
+            seed=12501,
+            logits_len=16,
+            feature=_feat_residual_from_input,
+            more_features=(_feat_rotate_half,),
+            hub_layout=_chatglm_layout(chatglm_ln),
+            notes="ChatGLM switches no native class has: rmsnorm false (LayerNorms with bias, final one too), "
+            "add_bias_linear (biases on query_key_value, dense, dense_h_to_4h, dense_4h_to_h), "
+            "apply_residual_connection_post_layernorm (residuals from the normed inputs), one MQA group; "
+            "reference GlmForCausalLM with those three swaps (ChatGlmVariantForCausalLM)",
         ),
     ]
 
@@ -395,7 +474,7 @@ def cross_check(root: Path) -> None:
 
     conf_mod, tg = _load_original(root)
     fixtures = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
-    for name in ("chatglm3", "glm4_remote", "chatglm2_32k"):
+    for name in ("chatglm3", "glm4_remote", "chatglm2_32k", "chatglm_layernorm"):
         d = fixtures / name
         ref = json.loads((d / "reference.json").read_text())
         ids = torch.tensor(ref["logits"]["input_ids"])
