@@ -96,7 +96,7 @@ function bias(raw: Raw, source: string, key: string, fallback: boolean): boolean
 }
 
 /** The Llama layer spec of an InternLM config (Llama's local names; biases per family). */
-export const internlmSpec = perConfig((cfg: InternLMConfig): LlamaLayerSpec => {
+export const internlmSpec: (cfg: InternLMConfig) => LlamaLayerSpec = perConfig((cfg) => {
   const b = cfg.biases;
   return {
     inputNorm: { name: "input_layernorm", kind: "rms" },
