@@ -93,6 +93,12 @@ export interface Manifest {
    * mtime alone.
    */
   source: SourceFile[];
+  /**
+   * sha256 of how every stored tensor was made: its source tensor, the rows it took, and its
+   * stored dtype, per part. A split made by a version that placed or transformed tensors
+   * differently (or before recipes were recorded) is redone, never reused.
+   */
+  recipe?: string;
   parts: ManifestPart[];
 }
 
@@ -260,6 +266,8 @@ interface SourceTensor {
   shape: number[];
   nbytes: number;
   read(): Promise<Uint8Array>;
+  /** How it is derived from the checkpoint tensor (rows taken, normalized), for the recipe. */
+  derived?: { rows?: readonly number[]; unitRows?: boolean };
 }
 
 /** A checkpoint tensor before placement. */
@@ -298,6 +306,7 @@ export function parseManifest(text: string): Manifest | null {
   if (!["float32", "float16", "bfloat16"].includes(m.dtype as string)) return null;
   if (m.quantize !== undefined && !isBlockDType(m.quantize)) return null;
   if (!Array.isArray(m.source) || !Array.isArray(m.parts)) return null;
+  if (m.recipe !== undefined && typeof m.recipe !== "string") return null;
   for (const s of m.source) {
     if (!obj(s) || !isName(s.file) || !isCount(s.size) || typeof s.mtimeMs !== "number") {
       return null;
@@ -389,11 +398,14 @@ interface SplitKey {
   architecture: string;
   dtype: StorageDType;
   quantize?: BlockDType;
+  /** {@link Manifest.recipe} of the split this code writes. */
+  recipe: string;
 }
 
 function sameKey(m: Partial<Manifest> | null, key: SplitKey, source: SourceFile[]): boolean {
   return !!m && m.format === MANIFEST_FORMAT && m.dtype === key.dtype &&
     m.quantize === key.quantize && m.architecture === key.architecture &&
+    m.recipe === key.recipe &&
     Array.isArray(m.parts) && sameSource(m.source ?? [], source);
 }
 
@@ -570,26 +582,54 @@ export async function splitCheckpoint(
   const out = opts.layerShardsSavingPath ?? `${dir}/rabbitllm_split_${opts.dtype}${suffix}`;
   const { files, weightMap } = await listShards(dir);
   const source = await sourceIdentity(dir, files);
-  const key: SplitKey = {
-    parts: partOrder(cfg).map(partId),
-    architecture: cfg.architecture,
-    dtype: opts.dtype,
-    ...(opts.quantize ? { quantize: opts.quantize } : {}),
-  };
-  return await splitOrReuse(out, key, source, async (resume) => {
-    const shards: SafetensorsFile[] = [];
-    try {
-      for (const f of files) shards.push(await SafetensorsFile.open(`${dir}/${f}`));
-      const parts = assignTensors(dir, safetensorsSources(dir, shards, weightMap), family, cfg);
-      const target = STORAGE_TO_DTYPE[opts.dtype];
-      return await writeSplit(out, parts, key, source, resume, opts, (id, tensors) => {
-        const blocks = opts.quantize ? quantizedLocals(family, cfg, id, opts.quantize) : new Map();
-        return tensors.map((t): DType => blocks.get(t.local) ?? target);
-      }, () => checkSource(dir, files, source));
-    } finally {
-      for (const s of shards) s.close();
+  const shards: SafetensorsFile[] = [];
+  try {
+    // Headers only: what goes where (and so the recipe) is known before any data is read.
+    for (const f of files) shards.push(await SafetensorsFile.open(`${dir}/${f}`));
+    const parts = assignTensors(dir, safetensorsSources(dir, shards, weightMap), family, cfg);
+    const target = STORAGE_TO_DTYPE[opts.dtype];
+    const targets = new Map([...parts].map(([id, tensors]) => {
+      const blocks = opts.quantize ? quantizedLocals(family, cfg, id, opts.quantize) : new Map();
+      return [id, tensors.map((t): DType => blocks.get(t.local) ?? target)];
+    }));
+    const key: SplitKey = {
+      parts: partOrder(cfg).map(partId),
+      architecture: cfg.architecture,
+      dtype: opts.dtype,
+      ...(opts.quantize ? { quantize: opts.quantize } : {}),
+      recipe: recipeOf(parts, targets),
+    };
+    return await splitOrReuse(out, key, source, (resume) =>
+      writeSplit(
+        out,
+        parts,
+        key,
+        source,
+        resume,
+        opts,
+        (id) => targets.get(id)!,
+        () => checkSource(dir, files, source),
+      ));
+  } finally {
+    for (const s of shards) s.close();
+  }
+}
+
+/** {@link Manifest.recipe}: every stored tensor's source, derivation and stored dtype. */
+function recipeOf(parts: Map<string, SourceTensor[]>, targets: Map<string, DType[]>): string {
+  const hash = createHash("sha256");
+  hash.update(`recipe 1\n`);
+  for (const [id, tensors] of parts) {
+    hash.update(`part ${id}\n`);
+    for (const [i, t] of tensors.entries()) {
+      const d = t.derived;
+      hash.update(
+        `${t.local} <- ${t.name} ${t.dtype} [${t.shape}] -> ${targets.get(id)![i]}` +
+          (d?.rows ? ` rows ${d.rows.join(",")}` : "") + (d?.unitRows ? " unit rows" : "") + "\n",
+      );
     }
-  });
+  }
+  return hash.digest("hex");
 }
 
 /** Throws when a source file changed since `source` was taken (before the manifest is written). */
@@ -647,6 +687,7 @@ async function writeSplit(
     dtype: key.dtype,
     ...(key.quantize ? { quantize: key.quantize } : {}),
     source,
+    recipe: key.recipe,
   };
   let done = 0;
   let written = 0;
@@ -736,35 +777,36 @@ export async function splitGguf(
   const srcDir = g.file.slice(0, slash);
   const files = [g.file.slice(slash + 1)];
   const source = await sourceIdentity(srcDir, files);
+  using f = await Deno.open(g.file, { read: true });
+  const sources: Unplaced[] = g.tensors.map((t) => ({
+    path: g.file,
+    name: t.gguf === t.name ? t.name : `${t.name} (from ${t.gguf})`,
+    dtype: t.dtype,
+    shape: t.shape,
+    nbytes: t.nbytes,
+    read: () => readGgufTensor(f, t),
+  }));
+  // Placement is by the Hugging Face name; errors name the GGUF tensor too.
+  const byHf = sources.map((s, i) => ({ ...s, hf: g.tensors[i].name }));
+  const parts = assignTensors(g.file, byHf, family, cfg, "the GGUF metadata");
+  const targets = new Map([...parts].map(([id, ts]) => [id, ts.map((t) => t.dtype)]));
   const key: SplitKey = {
     parts: partOrder(cfg).map(partId),
     architecture: cfg.architecture,
     dtype: opts.dtype,
+    recipe: recipeOf(parts, targets),
   };
-  return await splitOrReuse(out, key, source, async (resume) => {
-    using f = await Deno.open(g.file, { read: true });
-    const sources: Unplaced[] = g.tensors.map((t) => ({
-      path: g.file,
-      name: t.gguf === t.name ? t.name : `${t.name} (from ${t.gguf})`,
-      dtype: t.dtype,
-      shape: t.shape,
-      nbytes: t.nbytes,
-      read: () => readGgufTensor(f, t),
-    }));
-    // Placement is by the Hugging Face name; errors name the GGUF tensor too.
-    const byHf = sources.map((s, i) => ({ ...s, hf: g.tensors[i].name }));
-    const parts = assignTensors(g.file, byHf, family, cfg, "the GGUF metadata");
-    return await writeSplit(
+  return await splitOrReuse(out, key, source, (resume) =>
+    writeSplit(
       out,
       parts,
       key,
       source,
       resume,
       opts,
-      (_id, ts) => ts.map((t) => t.dtype),
+      (id) => targets.get(id)!,
       () => checkSource(srcDir, files, source),
-    );
-  });
+    ));
 }
 
 /** The tensors of safetensors shards, checked against the index's weight map. */
@@ -867,6 +909,7 @@ function placed(
     local: pl.local,
     shape: [rows.length, ...t.shape.slice(1)],
     nbytes: rows.length * rowBytes,
+    derived: { rows: pl.rows, unitRows: pl.unitRows },
     read: async () => {
       shared.data ??= t.read();
       const all = await shared.data;

@@ -88,6 +88,55 @@ Deno.test("split: a complete split is reused; a changed source or a missing part
   assert.equal((await split(dir, `${dir}/split`, "float16")).reused, false);
 });
 
+Deno.test("split: a split made another way (older recipe, other rows) is redone, not reused", async () => {
+  const dir = await copyFixture("llama_tied");
+  try {
+    const first = await split(dir);
+    assert.match(first.manifest.recipe ?? "", /^[0-9a-f]{64}$/);
+    assert.equal((await split(dir)).reused, true);
+    // A manifest from before recipes were recorded (or of another recipe) is not trusted.
+    const path = `${dir}/split/manifest.json`;
+    const m = JSON.parse(await Deno.readTextFile(path));
+    delete m.recipe;
+    await Deno.writeTextFile(path, JSON.stringify(m));
+    const again = await split(dir);
+    assert.equal(again.reused, false);
+    assert.equal(again.manifest.recipe, first.manifest.recipe);
+    // The same checkpoint placed differently (a family taking q_proj's rows reversed) gets
+    // another recipe: the split is redone with the rows as now placed.
+    const { family, cfg } = await load(dir);
+    const q = "model.layers.0.self_attn.q_proj.weight";
+    const reversed = {
+      ...family,
+      placeFused: (name: string, c: typeof cfg) =>
+        name === q
+          ? [{
+            ...family.place(name, c)!,
+            rows: Array.from(
+              { length: cfg.numHeads * cfg.headDim },
+              (_, i) => cfg.numHeads * cfg.headDim - 1 - i,
+            ),
+          }]
+          : undefined,
+    };
+    const other = await splitCheckpoint(dir, reversed, cfg, {
+      dtype: "float32",
+      layerShardsSavingPath: `${dir}/split`,
+    });
+    assert.equal(other.reused, false);
+    assert.notEqual(other.manifest.recipe, first.manifest.recipe);
+    const src = (await SafetensorsFile.open(`${dir}/model.safetensors`)).read(q);
+    const got = (await SafetensorsFile.open(`${dir}/split/layer.0.safetensors`)).read(
+      "self_attn.q_proj.weight",
+    );
+    const [a, b] = [await src, await got];
+    const row = a.byteLength / (cfg.numHeads * cfg.headDim);
+    assert.deepEqual(b.subarray(0, row), a.subarray(a.byteLength - row));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("split: dtype conversion rounds like torch (float32 → float16)", async () => {
   const dir = await copyFixture("llama_tied");
   const s = await split(dir, `${dir}/f16`, "float16");
