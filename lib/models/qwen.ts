@@ -27,7 +27,7 @@
  * @module
  */
 import type { DevPtr } from "../../ffi/backend.ts";
-import { ConfigReader, type ModelConfig, type StorageDType } from "../config.ts";
+import { ConfigReader, MAX_LAYERS, type ModelConfig, type StorageDType } from "../config.ts";
 import { qwenNtkAlpha, qwenNtkTable, type RopeTable } from "../rope.ts";
 import type { ExpectedTensor, Family, LayerContext, Part, Placement } from "./family.ts";
 import {
@@ -96,7 +96,8 @@ const LOGN_POSITIONS = 32767;
 function storageDType(r: ConfigReader): StorageDType {
   const key = r.has("dtype") ? "dtype" : r.has("torch_dtype") ? "torch_dtype" : null;
   if (key !== null) {
-    const name = String(r.raw[key]).replace(/^torch\./, "");
+    const v = r.raw[key];
+    const name = typeof v === "string" ? v.replace(/^torch\./, "") : "";
     const known: Record<string, StorageDType> = {
       float32: "float32",
       float16: "float16",
@@ -128,6 +129,7 @@ export function parseQwenConfig(
   const hiddenSize = r.int(form.hidden);
   const numHeads = r.int(form.heads);
   const numLayers = r.int(form.layers);
+  if (numLayers > MAX_LAYERS) r.fail(form.layers, `${numLayers} is more than ${MAX_LAYERS}`);
   const ffn = r.int(form.ffn);
   const kvChannels = r.int("kv_channels", 128);
   if (kvChannels * numHeads !== hiddenSize) {
