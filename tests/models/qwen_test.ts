@@ -125,6 +125,8 @@ Deno.test("config: QWen v1 values the remote code cannot run are ConfigErrors na
     [{ seq_length_expansion: 2 }, /seq_length_expansion: 2 is not supported yet/],
     [{ use_logn_attn: "yes" }, /use_logn_attn: expected true or false/],
     [{ torch_dtype: "int8" }, /torch_dtype: unsupported dtype "int8"/],
+    [{ torch_dtype: { toString: 2 } }, /torch_dtype: unsupported dtype \{"toString":2\}/],
+    [{ num_hidden_layers: 70000 }, /num_hidden_layers: 70000 is more than 65536/],
   ];
   for (const [patch, msg] of bad) {
     assert.throws(
