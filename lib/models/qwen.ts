@@ -84,7 +84,7 @@ const FORMS = {
     ffn: "ffn_hidden_size",
     maxPos: "n_positions",
     eps: 1e-5,
-    maxPosDefault: 2048,
+    maxPosDefault: undefined, // not set by that class: QWenAttention's causal mask needs it
     ntk: false,
     logn: false,
   },

@@ -107,10 +107,15 @@ Deno.test("config: QWen v1's first, GPT-2 style QWenConfig (Aug 2023 Qwen-7B-Cha
     kv_channels: 16,
     seq_length: 8,
     vocab_size: 256,
+    n_positions: 2048,
   });
   assert.deepEqual(d.qwen, { seqLength: 8, dynamicNtk: false, lognAttn: false });
   assert.equal(d.rmsNormEps, 1e-5);
   assert.equal(d.maxPositionEmbeddings, 2048);
+  assert.throws(
+    () => parse({ ...d.raw, n_positions: undefined }),
+    /config.json: n_positions: required key is missing/,
+  );
 });
 
 Deno.test("config: QWen v1 values the remote code cannot run are ConfigErrors naming the key", () => {
