@@ -429,29 +429,145 @@ function vocabObject(tokens: readonly string[]): Record<string, number> {
 }
 
 /**
+ * A trie over the UTF-16 units of a list of strings, for finding which substrings of a token are
+ * themselves tokens without building the substrings (a real vocabulary has ~10^6 splits to test).
+ * Also used by lib/tiktoken.ts (byte strings: one unit per byte). The edges live in one
+ * open-addressing hash table (parent node, unit) → child node over typed arrays: a JS Map of ~10^6
+ * number keys is several times slower to fill and to probe.
+ */
+export class TokenTrie {
+  #parent = new Int32Array(1 << 10).fill(-1);
+  #unit = new Int32Array(1 << 10);
+  #childOf = new Int32Array(1 << 10);
+  #edges = 0;
+  /** node → the id of the token ending there, -1 for none. */
+  readonly #id: number[] = [-1];
+
+  #slot(parent: number, unit: number): number {
+    const mask = this.#parent.length - 1;
+    let h = (Math.imul(parent, 0x9e3779b1) ^ Math.imul(unit + 1, 0x85ebca6b)) & mask;
+    while (this.#parent[h] !== -1 && (this.#parent[h] !== parent || this.#unit[h] !== unit)) {
+      h = (h + 1) & mask;
+    }
+    return h;
+  }
+
+  #child(parent: number, unit: number): number {
+    const h = this.#slot(parent, unit);
+    return this.#parent[h] === -1 ? -1 : this.#childOf[h];
+  }
+
+  #grow(): void {
+    const [parent, unit, childOf] = [this.#parent, this.#unit, this.#childOf];
+    this.#parent = new Int32Array(parent.length * 2).fill(-1);
+    this.#unit = new Int32Array(parent.length * 2);
+    this.#childOf = new Int32Array(parent.length * 2);
+    for (let i = 0; i < parent.length; i++) {
+      if (parent[i] === -1) continue;
+      const h = this.#slot(parent[i], unit[i]);
+      this.#parent[h] = parent[i];
+      this.#unit[h] = unit[i];
+      this.#childOf[h] = childOf[i];
+    }
+  }
+
+  /** Adds a token; a token added twice keeps the last id (as a Python dict does). */
+  add(token: string, id: number): void {
+    let node = 0;
+    for (let i = 0; i < token.length; i++) {
+      const unit = token.charCodeAt(i);
+      let h = this.#slot(node, unit);
+      if (this.#parent[h] === -1) {
+        if (2 * (this.#edges + 1) > this.#parent.length) {
+          this.#grow();
+          h = this.#slot(node, unit);
+        }
+        this.#parent[h] = node;
+        this.#unit[h] = unit;
+        this.#childOf[h] = this.#id.length;
+        this.#id.push(-1);
+        this.#edges++;
+      }
+      node = this.#childOf[h];
+    }
+    this.#id[node] = id;
+  }
+
+  /** The id of `token.slice(from, to)`, -1 when it is not a token. */
+  find(token: string, from: number, to: number): number {
+    let node = 0;
+    for (let i = from; i < to; i++) {
+      node = this.#child(node, token.charCodeAt(i));
+      if (node < 0) return -1;
+    }
+    return this.#id[node];
+  }
+
+  /**
+   * Every split of `token` into two tokens: [split position (UTF-16 index), left id, right id],
+   * left to right. With `codePoints`, positions inside a surrogate pair are skipped.
+   */
+  splits(token: string, codePoints: boolean): [number, number, number][] {
+    const out: [number, number, number][] = [];
+    let node = 0;
+    for (let i = 1; i < token.length; i++) {
+      node = this.#child(node, token.charCodeAt(i - 1));
+      if (node < 0) break; // no longer prefix is a token either
+      const left = this.#id[node];
+      if (left < 0) continue;
+      if (
+        codePoints && isLowSurrogate(token.charCodeAt(i)) &&
+        isHighSurrogate(token.charCodeAt(i - 1))
+      ) continue;
+      const right = this.find(token, i, token.length);
+      if (right >= 0) out.push([i, left, right]);
+    }
+    return out;
+  }
+}
+
+function isHighSurrogate(u: number): boolean {
+  return u >= 0xd800 && u <= 0xdbff;
+}
+
+function isLowSurrogate(u: number): boolean {
+  return u >= 0xdc00 && u <= 0xdfff;
+}
+
+/** Number of code points of `s.slice(0, end)`. */
+function codePointsBefore(s: string, end: number): number {
+  let n = 0;
+  for (let i = 0; i < end; i++) {
+    if (!(isLowSurrogate(s.charCodeAt(i)) && i > 0 && isHighSurrogate(s.charCodeAt(i - 1)))) n++;
+  }
+  return n;
+}
+
+/**
  * transformers' `generate_merges(vocab, vocab_scores)`: every split of every token into two
  * tokens of the vocabulary, ordered by the token's score (high first), then by the lengths of the
- * left and right pieces (long first); ties keep vocabulary order (Python's sort is stable, also
- * with reverse=True).
+ * left and right pieces in code points (long first); ties keep vocabulary order (Python's sort is
+ * stable, also with reverse=True).
  */
 export function generateMerges(tokens: readonly string[], scores: readonly number[]): [
   string,
   string,
 ][] {
-  const vocab = new Map<string, number>();
-  for (const [id, token] of tokens.entries()) vocab.set(token, id);
+  const trie = new TokenTrie();
+  for (const [id, token] of tokens.entries()) trie.add(token, id); // dict: last id wins
   const byToken = new Map<string, number>(); // dict(zip(tokens, scores)): first position, last score
   for (const [i, token] of tokens.entries()) byToken.set(token, scores[i]);
   const merges: { l: string; r: string; score: number; ll: number; rl: number }[] = [];
   for (const [token, score] of byToken) {
-    const chars = [...token]; // Python indexes code points
-    const local: { l: string; r: string; score: number; ll: number; rl: number }[] = [];
-    for (let i = 1; i < chars.length; i++) {
-      const l = chars.slice(0, i).join(""), r = chars.slice(i).join("");
-      if (vocab.has(l) && vocab.has(r)) local.push({ l, r, score, ll: i, rl: chars.length - i });
+    const splits = trie.splits(token, true);
+    if (splits.length === 0) continue;
+    // Python's sort of the local list by (vocab[left], vocab[right]); stable.
+    splits.sort((a, b) => a[1] - b[1] || a[2] - b[2]);
+    const total = codePointsBefore(token, token.length);
+    for (const [i] of splits) {
+      const ll = codePointsBefore(token, i);
+      merges.push({ l: token.slice(0, i), r: token.slice(i), score, ll, rl: total - ll });
     }
-    local.sort((a, b) => vocab.get(a.l)! - vocab.get(b.l)! || vocab.get(a.r)! - vocab.get(b.r)!);
-    merges.push(...local);
   }
   merges.sort((a, b) => b.score - a.score || b.ll - a.ll || b.rl - a.rl);
   return merges.map((x) => [x.l, x.r]);

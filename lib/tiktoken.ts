@@ -25,7 +25,7 @@
  * @module
  */
 import { TokenizerError } from "./errors.ts";
-import { BYTE_CHARS, splitThenBytes } from "./gguf_tokenizer.ts";
+import { BYTE_CHARS, splitThenBytes, TokenTrie } from "./gguf_tokenizer.ts";
 
 /** QWen v1's pre-tokenizer regex (tokenization_qwen.py `PAT_STR`). */
 export const QWEN_PATTERN =
@@ -133,20 +133,25 @@ export function tiktokenVocabMerges(r: TiktokenRanks): {
 } {
   const { ranks } = r;
   const vocab: Record<string, number> = {};
-  const merges: { l: ByteString; r: ByteString; rank: number }[] = [];
+  const trie = new TokenTrie();
+  const spelled = new Map<number, string>(); // rank → spelling
   for (const [token, rank] of ranks) {
-    vocab[spell(token)] = rank;
-    if (token.length === 1) continue;
-    const local: { l: ByteString; r: ByteString; rank: number }[] = [];
-    for (let i = 1; i < token.length; i++) {
-      const l = token.slice(0, i), rr = token.slice(i);
-      if (ranks.has(l) && ranks.has(rr)) local.push({ l, r: rr, rank });
-    }
-    local.sort((a, b) => ranks.get(a.l)! - ranks.get(b.l)! || ranks.get(a.r)! - ranks.get(b.r)!);
-    merges.push(...local);
+    const s = spell(token);
+    vocab[s] = rank;
+    spelled.set(rank, s);
+    trie.add(token, rank);
   }
-  merges.sort((a, b) => a.rank - b.rank); // stable, as Python's sorted
-  return { vocab, merges: merges.map((m) => [spell(m.l), spell(m.r)]) };
+  // Python sorts all merges by the rank of the token they make (stably): the tokens in rank order,
+  // each token's splits ordered by the ranks of (left, right).
+  const byRank = [...ranks].sort((a, b) => a[1] - b[1]);
+  const merges: [string, string][] = [];
+  for (const [token] of byRank) {
+    if (token.length === 1) continue;
+    const splits = trie.splits(token, false);
+    splits.sort((a, b) => a[1] - b[1] || a[2] - b[2]);
+    for (const [, left, right] of splits) merges.push([spelled.get(left)!, spelled.get(right)!]);
+  }
+  return { vocab, merges };
 }
 
 /** Options of {@link tiktokenTokenizerJson}. */

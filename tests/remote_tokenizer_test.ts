@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { TokenizerError } from "../lib/errors.ts";
+import { generateMerges } from "../lib/gguf_tokenizer.ts";
 import { parseSpmModel, spmTokenizerJson } from "../lib/spm_model.ts";
 import { parseTiktokenRanks, tiktokenVocabMerges } from "../lib/tiktoken.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
@@ -317,6 +318,73 @@ Deno.test("spm model: malformed files are typed errors", () => {
   assert.throws(
     () => spmTokenizerJson(word),
     (e) => e instanceof TokenizerError && /model type 3 is not supported/.test(e.message),
+  );
+});
+
+/** transformers' generate_merges written the direct way (the library's uses a trie). */
+function naiveGenerateMerges(tokens: string[], scores: number[]): [string, string][] {
+  const vocab = new Map<string, number>();
+  for (const [id, token] of tokens.entries()) vocab.set(token, id);
+  const byToken = new Map<string, number>();
+  for (const [i, token] of tokens.entries()) byToken.set(token, scores[i]);
+  const merges: { l: string; r: string; score: number; ll: number; rl: number }[] = [];
+  for (const [token, score] of byToken) {
+    const chars = [...token];
+    const local: typeof merges = [];
+    for (let i = 1; i < chars.length; i++) {
+      const l = chars.slice(0, i).join(""), r = chars.slice(i).join("");
+      if (vocab.has(l) && vocab.has(r)) local.push({ l, r, score, ll: i, rl: chars.length - i });
+    }
+    local.sort((a, b) => vocab.get(a.l)! - vocab.get(b.l)! || vocab.get(a.r)! - vocab.get(b.r)!);
+    merges.push(...local);
+  }
+  merges.sort((a, b) => b.score - a.score || b.ll - a.ll || b.rl - a.rl);
+  return merges.map((x) => [x.l, x.r]);
+}
+
+Deno.test("merges: the trie derivation equals the direct one (sentencepiece and tiktoken)", async () => {
+  for (const name of ["internlm", "internlm2", "baichuan2", "chatglm3"]) {
+    const m = parseSpmModel(await Deno.readFile(`${DIR}${name}/tokenizer.model`), "t");
+    const tokens = m.pieces.map((p) => p.piece), scores = m.pieces.map((p) => p.score);
+    assert.deepEqual(generateMerges(tokens, scores), naiveGenerateMerges(tokens, scores), name);
+  }
+  // Surrogate pairs (splits only between code points), duplicates (last id, last score), ties.
+  const tokens = [
+    "a",
+    "🙂",
+    "a🙂",
+    "🙂a",
+    "\ud83d",
+    "\ude42",
+    "a",
+    "aa",
+    "aaa",
+    "b",
+    "ab",
+    "ba",
+    "aba",
+  ];
+  const scores = [0, 0, -1, -1, 0, 0, 5, -2, -2, 0, -3, -3, -3];
+  assert.deepEqual(generateMerges(tokens, scores), naiveGenerateMerges(tokens, scores));
+
+  const r = parseTiktokenRanks(await Deno.readTextFile(`${DIR}qwen/qwen.tiktoken`), "t");
+  const ranks = r.ranks;
+  const direct: { l: string; r: string; rank: number }[] = [];
+  for (const [token, rank] of ranks) {
+    const local: typeof direct = [];
+    for (let i = 1; i < token.length; i++) {
+      const l = token.slice(0, i), rr = token.slice(i);
+      if (ranks.has(l) && ranks.has(rr)) local.push({ l, r: rr, rank });
+    }
+    local.sort((a, b) => ranks.get(a.l)! - ranks.get(b.l)! || ranks.get(a.r)! - ranks.get(b.r)!);
+    direct.push(...local);
+  }
+  direct.sort((a, b) => a.rank - b.rank);
+  const { vocab, merges } = tiktokenVocabMerges(r);
+  const byRank = new Map(Object.entries(vocab).map(([s, rank]) => [rank, s]));
+  assert.deepEqual(
+    merges,
+    direct.map((m) => [byRank.get(ranks.get(m.l)!), byRank.get(ranks.get(m.r)!)]),
   );
 });
 
