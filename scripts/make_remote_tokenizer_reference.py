@@ -6,7 +6,9 @@ for tests/remote_tokenizer_test.ts.
 
 Each fixture directory holds what the family's hub checkpoint holds for its tokenizer: the vocabulary
 file (sentencepiece `tokenizer.model`, or a tiktoken ranks file), a tokenizer_config.json in the
-family's form (class name, `auto_map`, special tokens; no remote code), plus `reference.json`.
+family's form (class name, `auto_map`, special tokens; no remote code). The expected outputs of all
+fixtures are in remote_tokenizers/outputs.json (not reference.json: make_reference.py --check would
+take a directory holding one for a stale model fixture).
 
 - internlm: sentencepiece BPE with byte fallback and sentencepiece's default normalizer (nmt_nfkc
   charsmap, remove_extra_whitespaces), InternLMTokenizer.
@@ -23,7 +25,7 @@ The sentencepiece models are trained here (num_threads=1, fixed corpus; the scri
 trainings give the same bytes) and the ranks files are made from a `tokenizers` BPE trained on one
 thread, so --check regenerates every file and compares bytes.
 
-reference.json records, for each text, the ids with and without special tokens and the decodes, as
+outputs.json records, for each text, the ids with and without special tokens and the decodes, as
 the ORIGINAL remote tokenizer code computes them. That code is not committed and not importable
 here (it subclasses transformers 4's PreTrainedTokenizer); what it does is transcribed below from
 the files named, on top of the same engines it uses:
@@ -441,7 +443,7 @@ def write_all(out: Path) -> None:
     ref = {"versions": {"sentencepiece": spm.__version__, "tiktoken": tiktoken.__version__,
                         "tokenizers": tokenizers.__version__},
            "fixtures": fixtures}
-    (out / "reference.json").write_text(json.dumps(ref, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    (out / "outputs.json").write_text(json.dumps(ref, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 def differences(a: Path, b: Path) -> list[str]:

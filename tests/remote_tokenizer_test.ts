@@ -2,7 +2,7 @@
  * Tokenizers of the remote-code families built from their vocabulary files (lib/spm_model.ts,
  * lib/tiktoken.ts, Tokenizer.fromDir without tokenizer.json) against the original tokenizer code's
  * outputs, recorded by scripts/make_remote_tokenizer_reference.py in
- * tests/fixtures/remote_tokenizers/reference.json; and the typed errors of malformed files.
+ * tests/fixtures/remote_tokenizers/outputs.json; and the typed errors of malformed files.
  */
 import assert from "node:assert/strict";
 import { TokenizerError } from "../lib/errors.ts";
@@ -29,7 +29,7 @@ interface Fixture {
   random_decode: { ids: number[]; decoded: string; decoded_skip: string }[];
 }
 
-const reference = JSON.parse(await Deno.readTextFile(`${DIR}reference.json`)) as {
+const reference = JSON.parse(await Deno.readTextFile(`${DIR}outputs.json`)) as {
   fixtures: Fixture[];
 };
 
