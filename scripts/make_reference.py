@@ -1241,7 +1241,7 @@ def _build_fixture_seed(fx: Fixture, seed: int, out_dir: Path) -> dict[str, Any]
         "torch_version": torch.__version__,
         "storage_dtype": fx.storage_dtype,
         "compute_dtype": "float32",
-        "config_form": "legacy" if fx.legacy_config else "transformers5",
+        "config_form": "remote" if fx.hub_layout else "legacy" if fx.legacy_config else "transformers5",
         "seed": seed,
         "notes": fx.notes,
         "weights": weight_files,
