@@ -81,6 +81,24 @@ export class CheckpointError extends RabbitError {
   }
 }
 
+/**
+ * A PyTorch checkpoint (`pytorch_model.bin`, torch.save's zip format) is malformed, legacy, or its
+ * pickle asks for something we do not allow (any global outside the torch.save whitelist).
+ */
+export class TorchBinError extends CheckpointError {
+  /** The .bin file. */
+  readonly file: string;
+  /** The zip entry, pickle global or tensor the problem is about, when there is one. */
+  readonly where?: string;
+
+  /** Message: `"<file>: <where>: <what>"`, or `"<file>: <what>"`. */
+  constructor(file: string, where: string | undefined, what: string, options?: { cause?: unknown }) {
+    super(file, where === undefined ? what : `${where}: ${what}`, options);
+    this.file = file;
+    if (where !== undefined) this.where = where;
+  }
+}
+
 /** The native backend failed to load, or an op returned a non-zero status. */
 export class BackendError extends RabbitError {
   /**
