@@ -40,6 +40,7 @@ import {
   quantize,
 } from "./quant.ts";
 import { SafetensorsFile, SafetensorsWriter, tensorBytes } from "./safetensors.ts";
+import { isTorchBinName, TorchBinFile } from "./torch_bin.ts";
 import { type GgufCheckpoint, readGgufTensor } from "./gguf_model.ts";
 
 /** Format tag of manifest.json; a different tag means "redo the split". */
@@ -190,46 +191,69 @@ export function findCheckpoint(pathOrRepoId: string, revision = "main"): string 
   throw new CheckpointError(pathOrRepoId, "no such directory");
 }
 
-/** The safetensors files of a checkpoint directory, with the tensor → file map. */
+/** A weight shard: a safetensors file, or a torch.save `.bin` (lib/torch_bin.ts). */
+export type Shard = SafetensorsFile | TorchBinFile;
+
+/** Opens a shard by its name: `*.bin` / `*.pt` / `*.pth` as torch.save zips, else safetensors. */
+export function openShard(path: string): Promise<Shard> {
+  return isTorchBinName(path) ? TorchBinFile.open(path) : SafetensorsFile.open(path);
+}
+
+/** The weight map of a sharded checkpoint's index, its shards checked to exist. */
+async function readIndex(
+  dir: string,
+  index: string,
+): Promise<{ files: string[]; weightMap: Map<string, string> }> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(await Deno.readTextFile(index));
+  } catch (e) {
+    throw new CheckpointError(index, `invalid JSON: ${(e as Error).message}`, { cause: e });
+  }
+  const map = (parsed as { weight_map?: unknown })?.weight_map;
+  if (typeof map !== "object" || map === null || Array.isArray(map)) {
+    throw new CheckpointError(index, "weight_map: expected an object of tensor name → file");
+  }
+  const weightMap = new Map<string, string>();
+  for (const [name, file] of Object.entries(map)) {
+    if (typeof file !== "string" || file.includes("/") || file.includes("\\")) {
+      throw new CheckpointError(
+        index,
+        `weight_map.${name}: expected a file name, got ${JSON.stringify(file)}`,
+      );
+    }
+    weightMap.set(name, file);
+  }
+  const files = [...new Set(weightMap.values())].sort();
+  for (const f of files) {
+    if (!isFile(`${dir}/${f}`)) {
+      throw new CheckpointError(`${dir}/${f}`, `shard named by ${index} is missing`);
+    }
+  }
+  return { files, weightMap };
+}
+
+/**
+ * The weight files of a checkpoint directory, with the tensor → file map of a sharded one:
+ * safetensors (`model.safetensors.index.json`, `model.safetensors`) when there are any, else
+ * torch.save checkpoints (`pytorch_model.bin.index.json`, `pytorch_model.bin`).
+ */
 export async function listShards(
   dir: string,
 ): Promise<{ files: string[]; weightMap: Map<string, string> | null }> {
-  const index = `${dir}/model.safetensors.index.json`;
-  if (isFile(index)) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(await Deno.readTextFile(index));
-    } catch (e) {
-      throw new CheckpointError(index, `invalid JSON: ${(e as Error).message}`, { cause: e });
-    }
-    const map = (parsed as { weight_map?: unknown })?.weight_map;
-    if (typeof map !== "object" || map === null || Array.isArray(map)) {
-      throw new CheckpointError(index, "weight_map: expected an object of tensor name → file");
-    }
-    const weightMap = new Map<string, string>();
-    for (const [name, file] of Object.entries(map)) {
-      if (typeof file !== "string" || file.includes("/") || file.includes("\\")) {
-        throw new CheckpointError(
-          index,
-          `weight_map.${name}: expected a file name, got ${JSON.stringify(file)}`,
-        );
-      }
-      weightMap.set(name, file);
-    }
-    const files = [...new Set(weightMap.values())].sort();
-    for (const f of files) {
-      if (!isFile(`${dir}/${f}`)) {
-        throw new CheckpointError(`${dir}/${f}`, `shard named by ${index} is missing`);
-      }
-    }
-    return { files, weightMap };
+  for (const [index, single] of [SAFETENSORS_FILES, TORCH_BIN_FILES]) {
+    if (isFile(`${dir}/${index}`)) return await readIndex(dir, `${dir}/${index}`);
+    if (isFile(`${dir}/${single}`)) return { files: [single], weightMap: null };
   }
-  if (isFile(`${dir}/model.safetensors`)) return { files: ["model.safetensors"], weightMap: null };
   throw new CheckpointError(
     dir,
-    "no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)",
+    "no model.safetensors, model.safetensors.index.json, pytorch_model.bin or " +
+      "pytorch_model.bin.index.json",
   );
 }
+
+const SAFETENSORS_FILES = ["model.safetensors.index.json", "model.safetensors"] as const;
+const TORCH_BIN_FILES = ["pytorch_model.bin.index.json", "pytorch_model.bin"] as const;
 
 /** Options of {@link splitCheckpoint}. */
 export interface SplitOptions {
@@ -582,10 +606,10 @@ export async function splitCheckpoint(
   const out = opts.layerShardsSavingPath ?? `${dir}/rabbitllm_split_${opts.dtype}${suffix}`;
   const { files, weightMap } = await listShards(dir);
   const source = await sourceIdentity(dir, files);
-  const shards: SafetensorsFile[] = [];
+  const shards: Shard[] = [];
   try {
     // Headers only: what goes where (and so the recipe) is known before any data is read.
-    for (const f of files) shards.push(await SafetensorsFile.open(`${dir}/${f}`));
+    for (const f of files) shards.push(await openShard(`${dir}/${f}`));
     const parts = assignTensors(dir, safetensorsSources(dir, shards, weightMap), family, cfg);
     const target = STORAGE_TO_DTYPE[opts.dtype];
     const targets = new Map([...parts].map(([id, tensors]) => {
@@ -809,10 +833,10 @@ export async function splitGguf(
     ));
 }
 
-/** The tensors of safetensors shards, checked against the index's weight map. */
+/** The tensors of the shards (safetensors or torch .bin), checked against the index's weight map. */
 function safetensorsSources(
   dir: string,
-  shards: SafetensorsFile[],
+  shards: Shard[],
   weightMap: Map<string, string> | null,
 ): (Unplaced & { hf: string })[] {
   const out: (Unplaced & { hf: string })[] = [];
@@ -822,7 +846,9 @@ function safetensorsSources(
       if (weightMap && weightMap.get(name) !== shardName) {
         throw new CheckpointError(
           shard.path,
-          `tensor ${name} is not mapped to this shard by model.safetensors.index.json`,
+          `tensor ${name} is not mapped to this shard by ${
+            isTorchBinName(shardName) ? TORCH_BIN_FILES[0] : SAFETENSORS_FILES[0]
+          }`,
         );
       }
       out.push({

@@ -29,7 +29,8 @@ import { progress } from "./progress.ts";
 /**
  * What {@link snapshotDownload} fetches by default: the config, generation config, tokenizer
  * files and safetensors weights. Files the repo does not have are skipped; the shards that
- * model.safetensors.index.json names come on top.
+ * model.safetensors.index.json names come on top. A repo without safetensors weights gets its
+ * torch.save ones instead: pytorch_model.bin, or pytorch_model.bin.index.json and its shards.
  */
 export const CAUSAL_LM_FILES: readonly string[] = [
   "config.json",
@@ -86,6 +87,9 @@ export interface SnapshotDownloadOptions {
 }
 
 const INDEX = "model.safetensors.index.json";
+/** torch.save checkpoints (lib/torch_bin.ts), fetched only when the repo has no safetensors. */
+const BIN_INDEX = "pytorch_model.bin.index.json";
+const BIN = "pytorch_model.bin";
 const COMMIT_HASH = /^[0-9a-f]{40}$/;
 const BLOB_NAME = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
 /** Retries of one file after a cut connection, a stall or a 5xx; waits 0.5, 1, 2, 4, 8 s. */
@@ -181,16 +185,17 @@ export async function snapshotDownload(
 
   const repoFiles = new Set(info.filePaths);
   const wanted = select(ctx, repoFiles);
-  if (wanted.includes(INDEX)) {
-    await fetchFiles(ctx, commit, [INDEX], false);
-    for (const shard of await shardsOf(`${snapshotDir(ctx, commit)}/${INDEX}`)) {
+  for (const index of [INDEX, BIN_INDEX]) {
+    if (!wanted.includes(index)) continue;
+    await fetchFiles(ctx, commit, [index], false);
+    for (const shard of await shardsOf(`${snapshotDir(ctx, commit)}/${index}`)) {
       if (!repoFiles.has(shard)) {
-        throw hubError(ctx, "not_found", `names shard ${shard}, which is not in the repo`, INDEX);
+        throw hubError(ctx, "not_found", `names shard ${shard}, which is not in the repo`, index);
       }
       if (!wanted.includes(shard)) wanted.push(shard);
     }
   }
-  await fetchFiles(ctx, commit, wanted.filter((f) => f !== INDEX), true);
+  await fetchFiles(ctx, commit, wanted.filter((f) => f !== INDEX && f !== BIN_INDEX), true);
   return snapshotDir(ctx, commit);
 }
 
@@ -333,7 +338,9 @@ async function fromCache(ctx: Ctx): Promise<string> {
   if (!(await exists(`${snapshot}/model.safetensors`))) {
     if (await exists(`${snapshot}/${INDEX}`)) {
       needed.push(...await shardsOf(`${snapshot}/${INDEX}`));
-    } else needed.push("model.safetensors");
+    } else if (await exists(`${snapshot}/${BIN_INDEX}`)) {
+      needed.push(...await shardsOf(`${snapshot}/${BIN_INDEX}`));
+    } else if (!(await exists(`${snapshot}/${BIN}`))) needed.push("model.safetensors");
   }
   for (const file of needed) {
     if (!(await exists(`${snapshot}/${file}`))) {
@@ -454,10 +461,13 @@ function select(ctx: Ctx, repoFiles: Set<string>): string[] {
   }
   if (repoFiles.has("model.safetensors")) return wanted.filter((f) => f !== INDEX); // as transformers
   if (!repoFiles.has(INDEX)) {
+    // No safetensors: torch.save's pytorch_model.bin (sharded with an index, or one file).
+    if (repoFiles.has(BIN_INDEX)) return [...wanted, BIN_INDEX].sort();
+    if (repoFiles.has(BIN)) return [...wanted, BIN].sort();
     throw hubError(
       ctx,
       "not_found",
-      "the repo has neither model.safetensors nor model.safetensors.index.json " +
+      "the repo has neither model.safetensors(.index.json) nor pytorch_model.bin(.index.json) " +
         (ggufs.length > 0
           ? `(it holds GGUF files: choose one with ggufFile: ${ggufs.slice(0, 12).join(", ")})`
           : "(safetensors checkpoints, or a GGUF file with ggufFile)"),

@@ -6,7 +6,7 @@
  */
 import { type Backend, cstr } from "../ffi/backend.ts";
 import type { Checkpoint } from "./auto_model.ts";
-import { listShards, partId, placements, quantizedLocals } from "./checkpoint.ts";
+import { listShards, openShard, partId, placements, quantizedLocals } from "./checkpoint.ts";
 import { tensorByteSize } from "./dtype.ts";
 import type { BlockDType } from "./quant.ts";
 import type { ModelConfig } from "./config.ts";
@@ -20,7 +20,6 @@ import {
   predictSecondsPerToken,
 } from "./engine/planner.ts";
 import { formatBytes } from "./progress.ts";
-import { SafetensorsFile } from "./safetensors.ts";
 
 export { formatBytes } from "./progress.ts";
 
@@ -85,7 +84,7 @@ async function* checkpointTensors(
   }
   const { files } = await listShards(ck.dir);
   for (const f of files) {
-    using shard = await SafetensorsFile.open(`${ck.dir}/${f}`);
+    using shard = await openShard(`${ck.dir}/${f}`);
     for (const [name, t] of shard.tensors) yield { name, shape: t.shape };
   }
 }

@@ -86,6 +86,28 @@ const REPOS: FakeRepo[] = [
   },
   { id: "acme/no-weights", branches: { main: { "config.json": config(1) } } },
   {
+    id: "acme/bin-sharded",
+    branches: {
+      main: {
+        "config.json": config(2),
+        "pytorch_model.bin.index.json": JSON.stringify({
+          metadata: { total_size: 1 },
+          weight_map: {
+            "a.weight": "pytorch_model-00001-of-00002.bin",
+            "b.weight": "pytorch_model-00002-of-00002.bin",
+          },
+        }),
+        "pytorch_model-00001-of-00002.bin": bytes(2000, 10),
+        "pytorch_model-00002-of-00002.bin": bytes(1500, 11),
+        "training_args.bin": bytes(100, 12),
+      },
+    },
+  },
+  {
+    id: "acme/bin",
+    branches: { main: { "config.json": config(1), "pytorch_model.bin": bytes(1000, 13) } },
+  },
+  {
     id: "acme/tiny-GGUF",
     branches: {
       main: { "README.md": "# quants", "tiny-Q8_0.gguf": GGUF, "tiny-F16.gguf": bytes(300_000, 9) },
@@ -268,6 +290,27 @@ hubTest("sharded: the index and every shard it names, with tokenizer.model", asy
   );
 });
 
+hubTest(
+  "a repo with only torch.save weights: pytorch_model.bin, or its index and shards",
+  async (t) => {
+    const dir = await snapshotDownload("acme/bin-sharded", t.opts);
+    assert.deepEqual(await listDir(dir), [
+      "config.json",
+      "pytorch_model-00001-of-00002.bin",
+      "pytorch_model-00002-of-00002.bin",
+      "pytorch_model.bin.index.json",
+    ]);
+    assert.equal(await snapshotDownload("acme/bin-sharded", { ...t.opts, offline: true }), dir);
+    const one = await snapshotDownload("acme/bin", t.opts);
+    assert.deepEqual(await listDir(one), ["config.json", "pytorch_model.bin"]);
+    assert.equal(await snapshotDownload("acme/bin", { ...t.opts, offline: true }), one);
+    // A repo with safetensors too (acme/tiny has a pytorch_model.bin) gets only the safetensors.
+    assert.ok(
+      !(await listDir(await snapshotDownload("acme/tiny", t.opts))).includes("pytorch_model.bin"),
+    );
+  },
+);
+
 hubTest("revision by branch name writes refs/<branch>; by commit hash no ref", async (t) => {
   const repoDir = `${t.cache}/hub/models--acme--tiny`;
   const dev = t.hub.commit("acme/tiny", "dev");
@@ -401,7 +444,7 @@ hubTest(
   "a repo without config.json or safetensors weights is refused before downloading",
   async (t) => {
     const e = await hubError(snapshotDownload("acme/no-weights", t.opts), "not_found");
-    assert.match(e.message, /neither model.safetensors nor model.safetensors.index.json/);
+    assert.match(e.message, /neither model.safetensors\(.index.json\) nor pytorch_model.bin/);
     assert.deepEqual(fileRequests(t.hub), []);
   },
 );
