@@ -3,8 +3,9 @@
  * model.safetensors.index.json, config.json (+ each family's parseConfig), tokenizer.json /
  * tokenizer_config.json, sentencepiece tokenizer.model and tiktoken ranks files (parseSpmModel /
  * spmTokenizerJson, parseTiktokenRanks / tiktokenTokenizerJson), a split's manifest.json (through
- * splitCheckpoint's reuse check) and GGUF headers (readGgufHeader, openGguf, ggufTokenizerFiles /
- * Tokenizer.fromGguf).
+ * splitCheckpoint's reuse check), GGUF headers (readGgufHeader, openGguf, ggufTokenizerFiles /
+ * Tokenizer.fromGguf) and torch.save `.bin` checkpoints (TorchBinFile: zip directory, pickle
+ * opcodes, forbidden globals, huge sizes, deep nesting).
  *
  * Each parser gets at least 10,000 inputs made from the real fixtures by seeded mutations (bit
  * flips, truncation, huge lengths and counts, deep JSON nesting, wrong types, NaN / negative / huge
@@ -36,6 +37,16 @@ import { SafetensorsFile, writeSafetensors } from "../lib/safetensors.ts";
 import { parseSpmModel, spmTokenizerJson } from "../lib/spm_model.ts";
 import { parseTiktokenRanks, tiktokenTokenizerJson } from "../lib/tiktoken.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
+import { TorchBinFile } from "../lib/torch_bin.ts";
+import {
+  localEntries,
+  pglobal,
+  pickleStateDict,
+  pstr,
+  type PTensorSpec,
+  torchEntries,
+  zipBytes,
+} from "./torch_bin_zip.ts";
 
 function envInt(name: string, fallback: number): number {
   if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") {
@@ -1011,3 +1022,180 @@ Deno.test("fuzz: GGUF headers, openGguf and ggufTokenizerFiles", sanitize, async
     (x) => x.bytes,
   );
 });
+
+// ---------------------------------------------------------------------------------------------
+// torch.save .bin (zip directory + restricted pickle)
+
+/** Pickle snippets the structured generator strings together (forbidden globals included). */
+const PICKLE_TOKENS: number[][] = [
+  [0x28], // MARK
+  [0x74], // TUPLE
+  [0x29], // EMPTY_TUPLE
+  [0x85],
+  [0x86],
+  [0x87],
+  [0x5d], // EMPTY_LIST
+  [0x61], // APPEND
+  [0x65], // APPENDS
+  [0x7d], // EMPTY_DICT
+  [0x73], // SETITEM
+  [0x75], // SETITEMS
+  [0x64], // DICT
+  [0x52], // REDUCE
+  [0x62], // BUILD
+  [0x51], // BINPERSID
+  [0x32], // DUP
+  [0x30], // POP
+  [0x31], // POP_MARK
+  [0x4e], // NONE
+  [0x88],
+  [0x89],
+  [0x94], // MEMOIZE
+  [0x71, 0],
+  [0x68, 0],
+  [0x68, 1],
+  [0x93], // STACK_GLOBAL
+  [0x81], // NEWOBJ (refused)
+  [0x8f], // EMPTY_SET
+  [0x90], // ADDITEMS
+  [0x91], // FROZENSET
+  pstr("storage"),
+  pstr("0"),
+  pstr("cpu"),
+  pstr("w"),
+  pstr("os"),
+  pstr("system"),
+  pglobal("collections", "OrderedDict"),
+  pglobal("torch._utils", "_rebuild_tensor_v2"),
+  pglobal("torch._utils", "_rebuild_tensor_v3"),
+  pglobal("torch._utils", "_rebuild_parameter"),
+  pglobal("torch", "FloatStorage"),
+  pglobal("torch", "BFloat16Storage"),
+  pglobal("torch", "float16"),
+  pglobal("torch.storage", "UntypedStorage"),
+  pglobal("os", "system"),
+  pglobal("builtins", "eval"),
+  pglobal("subprocess", "Popen"),
+  pglobal("torch", "load"),
+  [0x4b, 6],
+  [0x4b, 0],
+  [0x4b, 1],
+  [0x4a, 0xff, 0xff, 0xff, 0xff],
+  [0x8a, 8, 0, 0, 0, 0, 0, 0, 0x20, 0], // 2^53
+  [0x8a, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], // 2^63 - 1
+  [0x8b, 0xff, 0xff, 0xff, 0x7f], // LONG4 of 2 GiB (truncated)
+  [0x58, 0xff, 0xff, 0xff, 0xff], // BINUNICODE of 4 GiB (truncated)
+  [0x8d, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], // BINUNICODE8 huge
+  [0x95, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], // FRAME huge
+  [0x6a, 0xff, 0xff, 0xff, 0xff], // LONG_BINGET huge
+];
+
+/** A random torch.save-like state dict: shapes, offsets and numels near the edges. */
+function randomTorchBin(rng: Rng): { pkl: Uint8Array; storages: Record<string, Uint8Array> } {
+  const specs: PTensorSpec[] = [];
+  const storages: Record<string, Uint8Array> = {};
+  const edge = () => rng.pick([0, 1, 2, 3, 4, 6, 7, 2 ** 31, 2 ** 32 + 1, 2 ** 53 - 1, -1]);
+  for (let n = rng.int(4); n > 0; n--) {
+    const shape = Array.from(
+      { length: rng.int(4) },
+      () => rng.chance(0.9) ? 1 + rng.int(3) : edge(),
+    );
+    const numel = shape.reduce((a, b) => a * b, 1);
+    const key = String(rng.int(3));
+    const storage = rng.pick([
+      "FloatStorage",
+      "HalfStorage",
+      "BFloat16Storage",
+      "LongStorage",
+      "DoubleStorage",
+    ]);
+    const total = rng.chance(0.9) ? Math.max(0, numel) + rng.int(3) : edge();
+    specs.push({
+      name: rng.pick(["a", "b", "c", "model.embed_tokens.weight"]),
+      storage,
+      key,
+      numel: total,
+      offset: rng.chance(0.9) ? rng.int(3) : edge(),
+      shape,
+      ...(rng.chance(0.2) ? { stride: shape.map(() => edge()) } : {}),
+    });
+    const bytes = rng.chance(0.9) ? Math.max(0, Math.min(total, 64)) * 4 : rng.int(16);
+    storages[key] ??= new Uint8Array(bytes).map((_, i) => i);
+  }
+  return { pkl: pickleStateDict(specs), storages };
+}
+
+Deno.test(
+  "fuzz: torch.save .bin (zip directory, pickle opcodes, forbidden globals)",
+  sanitize,
+  async () => {
+    const files = [
+      "tensors.bin",
+      "noncontiguous.bin",
+      "malicious.bin",
+      "legacy.bin",
+      "sharded/pytorch_model-00001-of-00002.bin",
+      "sharded/pytorch_model-00002-of-00002.bin",
+    ];
+    const archives = await Promise.all(files.map((f) => Deno.readFile(fixture(`torch_bin/${f}`))));
+    // The pickles of the valid archives, for pickle-level mutations inside a valid zip.
+    const pkls: { pkl: Uint8Array; storages: Record<string, Uint8Array> }[] = [];
+    for (const f of ["tensors.bin", "sharded/pytorch_model-00001-of-00002.bin"]) {
+      const entries = localEntries(await Deno.readFile(fixture(`torch_bin/${f}`)));
+      const storages: Record<string, Uint8Array> = {};
+      const pkl = [...entries.keys()].find((n) => n.endsWith("/data.pkl"))!;
+      const prefix = pkl.slice(0, -"data.pkl".length) + "data/";
+      for (const [name, data] of entries) {
+        if (name.startsWith(prefix)) storages[name.slice(prefix.length)] = data;
+      }
+      pkls.push({ pkl: entries.get(pkl)!, storages });
+      // Unmutated, it is the same state dict.
+      using t = await TorchBinFile.fromBytes(
+        f,
+        zipBytes(torchEntries(entries.get(pkl)!, storages)),
+      );
+      using orig = await TorchBinFile.open(fixture(`torch_bin/${f}`));
+      assert.deepEqual([...t.tensors.keys()], [...orig.tensors.keys()]);
+    }
+    const pklPool = pkls.map((p) => p.pkl);
+    await fuzz(
+      "torch_bin",
+      (rng): { bytes: Uint8Array } => {
+        const kind = rng.int(5);
+        if (kind === 0) { // byte mutations of a whole archive
+          return { bytes: mutateBytes(rng, rng.pick(archives), archives) };
+        }
+        if (kind === 1) { // mutations of the central directory and end records only
+          const a = rng.pick(archives);
+          const cut = Math.max(0, a.length - 22 - 46 * 8 - rng.int(200));
+          return { bytes: concat(a.subarray(0, cut), mutateBytes(rng, a.subarray(cut), archives)) };
+        }
+        if (kind === 2) { // a mutated pickle in a valid zip (ZIP64 sometimes)
+          const s = rng.pick(pkls);
+          const pkl = mutateBytes(rng, s.pkl, pklPool);
+          return { bytes: zipBytes(torchEntries(pkl, s.storages), rng.chance(0.3)) };
+        }
+        if (kind === 3) { // random opcode strings: deep nesting, huge lengths, forbidden globals
+          const ops: number[] = [0x80, rng.pick([2, 4, 5, 1, 9])];
+          const n = rng.chance(0.1) ? 20_000 : 1 + rng.int(64);
+          const deep = rng.chance(0.2) ? rng.pick(PICKLE_TOKENS) : null;
+          for (let i = 0; i < n; i++) ops.push(...(deep ?? rng.pick(PICKLE_TOKENS)));
+          ops.push(0x2e);
+          return {
+            bytes: zipBytes(torchEntries(new Uint8Array(ops), { "0": new Uint8Array(24) })),
+          };
+        }
+        const { pkl, storages } = randomTorchBin(rng); // valid pickles, edge sizes
+        return { bytes: zipBytes(torchEntries(pkl, storages), rng.chance(0.3)) };
+      },
+      async ({ bytes }) => {
+        using f = await TorchBinFile.fromBytes("fuzz.bin", bytes);
+        // Accepted: every tensor's range is inside the archive and reads back whole.
+        for (const t of [...f.tensors.values()].slice(0, 3)) {
+          assert.equal((await f.read(t.name)).length, t.nbytes);
+        }
+      },
+      (x) => x.bytes,
+    );
+  },
+);

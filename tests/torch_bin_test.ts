@@ -112,7 +112,7 @@ Deno.test("torch_bin: forbidden globals and calls are refused, whatever the opco
   await refused(run([0x80, 2, 0x5d, 0x2e]), /holds a list, expected a state dict/);
   await refused(
     run([0x80, 2, 0x7d, ...pstr("a"), ...pint(1), 0x73, 0x2e]),
-    /a: .*int.*not a tensor|a: state dict value is a number/,
+    /x\.bin: a: state dict value is a number, not a tensor/,
   );
   await refused(run([0x80, 2, 0x68, 7, 0x2e]), /BINGET 7 of an empty memo slot/);
   await refused(run([0x80, 2, 0x74, 0x2e]), /TUPLE without a MARK/);

@@ -190,3 +190,24 @@ export function torchEntries(pkl: Uint8Array, storages: Record<string, Uint8Arra
   entries.push({ name: "archive/version", data: enc.encode("3\n") });
   return entries;
 }
+
+/** The entries of a small stored zip, by its central directory (torch.save's local headers
+ * carry no sizes: it writes data descriptors). */
+export function localEntries(zip: Uint8Array): Map<string, Uint8Array> {
+  const dv = new DataView(zip.buffer, zip.byteOffset, zip.byteLength);
+  let eocd = zip.length - 22;
+  while (eocd > 0 && dv.getUint32(eocd, true) !== 0x06054b50) eocd--;
+  const count = dv.getUint16(eocd + 10, true);
+  let p = dv.getUint32(eocd + 16, true);
+  const out = new Map<string, Uint8Array>();
+  for (let i = 0; i < count; i++) {
+    const size = dv.getUint32(p + 24, true);
+    const nameLen = dv.getUint16(p + 28, true);
+    const name = new TextDecoder().decode(zip.subarray(p + 46, p + 46 + nameLen));
+    const local = dv.getUint32(p + 42, true);
+    const start = local + 30 + dv.getUint16(local + 26, true) + dv.getUint16(local + 28, true);
+    out.set(name, zip.subarray(start, start + size));
+    p += 46 + nameLen + dv.getUint16(p + 30, true) + dv.getUint16(p + 32, true);
+  }
+  return out;
+}
