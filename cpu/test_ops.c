@@ -205,7 +205,7 @@ static void test_library(void) {
   check(rl_abi_version() == RL_ABI_VERSION && RL_ABI_VERSION == 7, "rl_abi_version %u",
         rl_abi_version()); /* 5: tensor descriptors (rl_matmul_nd, rl_copy_nd), rl_attention's
                             * v_stride and v_head_dim; 6: ggml block formats (rl_matmul weights,
-                            * rl_embedding tables) */
+                            * rl_embedding tables); 7: rl_attention_alibi */
   char info[256], small[4];
   const int64_t len = rl_backend_info((uint8_t *)info, sizeof info);
   check(len > 3 && (size_t)len == strlen(info) && strncmp(info, "cpu ", 4) == 0,

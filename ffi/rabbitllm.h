@@ -341,16 +341,17 @@ RL_API int32_t rl_attention(rl_ctx *ctx, float *out, const float *q, int32_t q_s
  * query t (cache index pos = q_start + t), head h and key j gains a linear bias:
  *   score = (q.k) * scale;  if softcap > 0: score = softcap * tanh(score / softcap);
  *   score = score + alibi_slopes[h] * (float)(j - pos)       (j - pos <= 0 for visible keys)
- * computed in f32 as written: the distance (float)(j - pos) is exact (while |j - pos| <= 2^24),
- * the product is rounded once, then added. Masking, windows, GQA and the
- * output are rl_attention's.
+ * in f32: the distance (float)(j - pos) is exact (while |j - pos| <= 2^24), the product is
+ * rounded, then added (a backend may fuse the two into one fma: CUDA does). Masking, windows,
+ * GQA, softcap and the output are rl_attention's.
  * ALiBi as trained (Press et al.; Baichuan-13B's alibi mask) adds slope_h * j, the key's cache
  * index, to (q.k) / sqrt(head_dim). Under the softmax of each query's row that is the same as
  * slope_h * (j - pos): the rows differ by the constant slope_h * pos, which cancels. The relative
  * form is used because it stays small near the query, where the weight is, instead of growing
- * with the sequence (slope_h * j rounds to a step of ulp(slope_h * j)). Slopes: lib/models/alibi.ts.
- * A backend without ALiBi returns RL_ERR_UNSUPPORTED naming rl_attention_alibi. (Until ABI 6
- * there was no ALiBi; rl_attention itself is unchanged.) */
+ * with the sequence (slope_h * j is rounded to a step of ulp(slope_h * j)). Slopes:
+ * lib/models/alibi.ts. A backend without ALiBi returns RL_ERR_UNSUPPORTED naming
+ * rl_attention_alibi. (ABI 7 only adds this entry: rl_attention and everything else are those of
+ * ABI 6.) */
 RL_API int32_t rl_attention_alibi(rl_ctx *ctx, float *out, const float *q, int32_t q_stride,
                                   const float *k, int32_t k_stride, const float *v,
                                   int32_t v_stride, int32_t n_q, int32_t q_start, int32_t kv_len,
