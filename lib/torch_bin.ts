@@ -270,7 +270,7 @@ const STORAGES: Record<string, PlainDType | null> = {
   ByteStorage: "U8",
   DoubleStorage: null,
   ShortStorage: null,
-  BoolStorage: null,
+  BoolStorage: "U8", // one byte per element, 0 or 1
   ComplexFloatStorage: null,
   ComplexDoubleStorage: null,
   UntypedStorage: null, // bytes; the tensor's dtype comes from _rebuild_tensor_v3
@@ -290,7 +290,7 @@ const DTYPE_OBJECTS: Record<string, PlainDType | null> = {
   float64: null,
   double: null,
   int16: null,
-  bool: null,
+  bool: "U8",
 };
 const FUNCTIONS = new Set([
   "collections.OrderedDict",

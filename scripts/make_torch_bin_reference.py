@@ -8,7 +8,7 @@ across processes; `.data/serialization_id` is derived from the content), so --ch
 everything and compares bytes, .bin files included.
 
 - tensors.bin: an OrderedDict state dict (with `_metadata`, as nn.Module.state_dict has) of f32,
-  f16, bf16, i64, i32, i8, u8, scalar and empty tensors; views of one shared storage at offsets;
+  f16, bf16, i64, i32, i8, u8, bool, scalar and empty tensors; views of one shared storage at offsets;
   a tensor saved under two keys (tied weights); an nn.Parameter.
 - noncontiguous.bin: a transposed view (refused).
 - legacy.bin: the pre-1.6 non-zip format (refused).
@@ -63,6 +63,7 @@ def write(d: Path) -> None:
     sd["ids.i32"] = torch.tensor([[7, -8]], dtype=torch.int32)
     sd["q.i8"] = torch.tensor([-128, 0, 127], dtype=torch.int8)
     sd["q.u8"] = torch.tensor([255, 1], dtype=torch.uint8)
+    sd["mask.bool"] = torch.tensor([True, False, True])  # read as U8 (one byte each)
     sd["scalar"] = torch.tensor(2.5)
     sd["empty"] = torch.zeros(0, 3)
     sd["view.head"] = base[:12].view(3, 4)   # storage offset 0

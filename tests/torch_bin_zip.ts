@@ -211,3 +211,29 @@ export function localEntries(zip: Uint8Array): Map<string, Uint8Array> {
   }
   return out;
 }
+
+const STORAGE_OF: Record<string, string> = {
+  F32: "FloatStorage",
+  F16: "HalfStorage",
+  BF16: "BFloat16Storage",
+  I64: "LongStorage",
+  I32: "IntStorage",
+  I8: "CharStorage",
+  U8: "ByteStorage",
+};
+
+/** A torch.save-shaped archive of these tensors, one storage each (a test-side writer). */
+export function torchSave(
+  tensors: { name: string; dtype: string; shape: number[]; data: Uint8Array }[],
+): Uint8Array {
+  const specs: PTensorSpec[] = [];
+  const storages: Record<string, Uint8Array> = {};
+  tensors.forEach((t, i) => {
+    const storage = STORAGE_OF[t.dtype];
+    if (!storage) throw new Error(`${t.name}: no torch storage for ${t.dtype}`);
+    const numel = t.shape.reduce((a, b) => a * b, 1);
+    specs.push({ name: t.name, storage, key: String(i), numel, offset: 0, shape: t.shape });
+    storages[String(i)] = t.data;
+  });
+  return zipBytes(torchEntries(pickleStateDict(specs), storages));
+}
