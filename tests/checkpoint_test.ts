@@ -235,7 +235,10 @@ Deno.test("split: the index names the shards; a missing shard or tensor is an er
     /tensor model.layers.9.ghost.weight listed in the index is missing/,
   );
   const empty = await Deno.makeTempDir();
-  await assert.rejects(listShards(empty), /no model.safetensors or model.safetensors.index.json/);
+  await assert.rejects(
+    listShards(empty),
+    /no model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json/,
+  );
 });
 
 Deno.test("findCheckpoint: resolves org/name from the Hugging Face cache layout", async () => {
