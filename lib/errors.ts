@@ -92,7 +92,12 @@ export class TorchBinError extends CheckpointError {
   readonly where?: string;
 
   /** Message: `"<file>: <where>: <what>"`, or `"<file>: <what>"`. */
-  constructor(file: string, where: string | undefined, what: string, options?: { cause?: unknown }) {
+  constructor(
+    file: string,
+    where: string | undefined,
+    what: string,
+    options?: { cause?: unknown },
+  ) {
     super(file, where === undefined ? what : `${where}: ${what}`, options);
     this.file = file;
     if (where !== undefined) this.where = where;
