@@ -244,10 +244,14 @@ class PGlobal {
 class PStorage {
   constructor(
     readonly key: string,
-    readonly dtype: PlainDType | null,
+    /** The storage class, e.g. FloatStorage. */
+    readonly type: string,
     readonly numel: number,
     readonly location: string,
   ) {}
+  get bytes(): number {
+    return this.numel * STORAGE_BYTES[this.type];
+  }
 }
 class PTensor {
   constructor(
@@ -255,10 +259,28 @@ class PTensor {
     readonly offset: number,
     readonly shape: number[],
     readonly stride: number[],
-    readonly dtype: PlainDType,
+    /** null: a dtype we do not load (named by `dtypeName`). */
+    readonly dtype: PlainDType | null,
+    readonly dtypeName: string,
   ) {}
 }
 
+/** Bytes per element of each storage class. */
+const STORAGE_BYTES: Record<string, number> = {
+  FloatStorage: 4,
+  HalfStorage: 2,
+  BFloat16Storage: 2,
+  LongStorage: 8,
+  IntStorage: 4,
+  CharStorage: 1,
+  ByteStorage: 1,
+  DoubleStorage: 8,
+  ShortStorage: 2,
+  BoolStorage: 1,
+  ComplexFloatStorage: 8,
+  ComplexDoubleStorage: 16,
+  UntypedStorage: 1,
+};
 /** Storage classes torch.save names, by the dtype they hold (null: not one we load). */
 const STORAGES: Record<string, PlainDType | null> = {
   FloatStorage: "F32",
@@ -414,7 +436,8 @@ function unpickle(file: string, where: string, data: Uint8Array): unknown {
     if (!(storage instanceof PStorage)) {
       return fail(`tensor rebuilt from ${describe(storage)}, expected a storage`);
     }
-    let dtype = storage.dtype;
+    let dtype = STORAGES[storage.type];
+    let dtypeName = `torch.${storage.type}`;
     if (v3) {
       const d = args[6];
       if (
@@ -423,15 +446,17 @@ function unpickle(file: string, where: string, data: Uint8Array): unknown {
         return fail(`_rebuild_tensor_v3: dtype is ${describe(d)}, expected a torch dtype`);
       }
       dtype = DTYPE_OBJECTS[d.name];
-      if (dtype === null) fail(`tensor of torch.${d.name} is not supported (F32, F16, BF16, ints)`);
+      dtypeName = d.full;
+    } else if (storage.type === "UntypedStorage") {
+      return fail("_rebuild_tensor_v2 of an untyped storage: its dtype is unknown");
     }
-    if (dtype === null) fail(`tensor of an unsupported storage type (storage ${storage.key})`);
     return new PTensor(
       storage,
       int(offset, "storage offset"),
       ints(size, "tensor size"),
       ints(stride, "tensor stride"),
-      dtype!,
+      dtype,
+      dtypeName,
     );
   };
   const call = (fn: unknown, args: unknown): unknown => {
@@ -489,15 +514,14 @@ function unpickle(file: string, where: string, data: Uint8Array): unknown {
     }
     const n = int(numel, `storage ${key} numel`);
     if (n < 0) fail(`storage ${key} has ${n} elements`);
-    const dtype = type.name === "UntypedStorage" ? "U8" : STORAGES[type.name];
     const old = storages.get(key);
     if (old) {
-      if (old.dtype !== dtype || old.numel !== n) {
+      if (old.type !== type.name || old.numel !== n) {
         fail(`storage ${key} is loaded twice with different types or sizes`);
       }
       return old;
     }
-    const s = new PStorage(key, dtype, n, typeof location === "string" ? location : "");
+    const s = new PStorage(key, type.name, n, typeof location === "string" ? location : "");
     storages.set(key, s);
     return s;
   };
@@ -803,6 +827,14 @@ async function parse(file: string, src: Source): Promise<TorchTensorInfo[]> {
     if (!(t instanceof PTensor)) {
       throw new TorchBinError(file, name, `state dict value is a ${describe(t)}, not a tensor`);
     }
+    if (t.dtype === null) {
+      throw new TorchBinError(
+        file,
+        name,
+        `dtype ${t.dtypeName} is not supported; expected float32, float16, bfloat16, int64, ` +
+          "int32, int8, uint8 or bool",
+      );
+    }
     const size = DTYPE_SIZE[t.dtype];
     if (t.stride.length !== t.shape.length) {
       throw new TorchBinError(file, name, `size [${t.shape}] but stride [${t.stride}]`);
@@ -828,9 +860,9 @@ async function parse(file: string, src: Source): Promise<TorchTensorInfo[]> {
       }
     }
     const s = t.storage;
-    const elemSize = s.dtype === "U8" && t.dtype !== "U8" ? 1 : size; // untyped: bytes
-    const offsetBytes = t.offset * elemSize;
-    const storageBytes = s.numel * (s.dtype === null ? 1 : DTYPE_SIZE[s.dtype]);
+    // The offset counts elements of the tensor's dtype (torch's storage_offset).
+    const offsetBytes = t.offset * size;
+    const storageBytes = s.bytes;
     const nbytes = numel * size;
     if (t.offset < 0 || offsetBytes + nbytes > storageBytes) {
       throw new TorchBinError(
@@ -868,7 +900,7 @@ async function parse(file: string, src: Source): Promise<TorchTensorInfo[]> {
   return out;
 }
 
-/** Whether a file starts like a zip archive (torch.save ≥ 1.6) rather than a safetensors file. */
+/** Whether a weight file's name marks a torch.save checkpoint (`.bin`, `.pt`, `.pth`). */
 export function isTorchBinName(file: string): boolean {
   return /\.(bin|pt|pth)$/.test(file);
 }

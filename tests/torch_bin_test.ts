@@ -153,7 +153,7 @@ Deno.test("torch_bin: storages and views are checked against each other and the 
   await refused(open([t({ stride: [1, 2] })], { "0": f32(6) }), /w: tensor is not contiguous/);
   await refused(
     open([t({ storage: "DoubleStorage" })], { "0": f32(12) }),
-    /unsupported storage type/,
+    /s\.bin: w: dtype torch\.DoubleStorage is not supported; expected float32/,
   );
   await refused(
     open([t({ key: "../0" })], { "0": f32(6) }),
@@ -193,6 +193,46 @@ Deno.test("torch_bin: storages and views are checked against each other and the 
     TorchBinFile.fromBytes("e.bin", z.subarray(0, z.length - 30)),
     /end-of-central-directory|past/,
   );
+});
+
+Deno.test("torch_bin: _rebuild_tensor_v3 of an untyped storage takes its dtype, offset in elements", async () => {
+  const ops = [
+    0x80,
+    2,
+    0x7d,
+    ...pstr("w"),
+    ...pglobal("torch._utils", "_rebuild_tensor_v3"),
+    0x28,
+    0x28,
+    ...pstr("storage"),
+    ...pglobal("torch", "UntypedStorage"),
+    ...pstr("0"),
+    ...pstr("cpu"),
+    ...pint(8),
+    0x74,
+    0x51,
+    ...pint(1),
+    ...pint(1),
+    0x85,
+    ...pint(1),
+    0x85,
+    0x89,
+    ...pglobal("collections", "OrderedDict"),
+    0x29,
+    0x52,
+    ...pglobal("torch", "float32"),
+    0x74,
+    0x52,
+    0x73,
+    0x2e,
+  ];
+  const data = new Uint8Array(new Float32Array([1.5, -2.25]).buffer);
+  using f = await TorchBinFile.fromBytes(
+    "v3.bin",
+    zipBytes(torchEntries(new Uint8Array(ops), { "0": data })),
+  );
+  assert.equal(f.info("w").dtype, "F32");
+  assert.deepEqual(new Float32Array((await f.read("w")).buffer), new Float32Array([-2.25]));
 });
 
 Deno.test("torch_bin: a ZIP64 archive with a sparse 5 GB storage reads one view by its range", async () => {
