@@ -63,8 +63,8 @@ export interface SnapshotDownloadOptions {
   /**
    * Patterns (`*` matches any run of characters, `/` included; `?` one character) of the repo
    * files to fetch instead of {@link CAUSAL_LM_FILES}. The shards named by a selected
-   * model.safetensors.index.json are fetched too. Without it, a repo lacking config.json or
-   * safetensors weights is an error.
+   * model.safetensors.index.json (or pytorch_model.bin.index.json) are fetched too. Without it, a
+   * repo lacking config.json or weights (safetensors, else torch.save .bin) is an error.
    */
   allowPatterns?: string[];
   /**
