@@ -51,6 +51,29 @@ const ACT_CODE: Record<Activation, number> = { silu: 0, gelu_tanh: 1, gelu: 2 };
 /** A device pointer returned by the library (opaque). */
 export type DevPtr = Deno.PointerObject;
 
+/** rl_attention's parameters; rl_attention_alibi takes them and its slopes. */
+const ATTENTION_PARAMETERS = [
+  "pointer", // ctx
+  "pointer", // out
+  "pointer", // q
+  "i32", // q_stride
+  "pointer", // k
+  "i32", // k_stride
+  "pointer", // v
+  "i32", // v_stride
+  "i32", // n_q
+  "i32", // q_start
+  "i32", // kv_len
+  "i32", // n_heads
+  "i32", // n_kv_heads
+  "i32", // head_dim
+  "i32", // v_head_dim
+  "f32", // scale
+  "i32", // window
+  "f32", // softcap
+  "buffer", // kv_valid
+] as const;
+
 /** The symbol table; tests check it against ffi/rabbitllm.h. */
 export const SYMBOLS = {
   rl_abi_version: { parameters: [], result: "u32" },
@@ -132,55 +155,11 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  rl_attention: {
-    parameters: [
-      "pointer", // ctx
-      "pointer", // out
-      "pointer", // q
-      "i32", // q_stride
-      "pointer", // k
-      "i32", // k_stride
-      "pointer", // v
-      "i32", // v_stride
-      "i32", // n_q
-      "i32", // q_start
-      "i32", // kv_len
-      "i32", // n_heads
-      "i32", // n_kv_heads
-      "i32", // head_dim
-      "i32", // v_head_dim
-      "f32", // scale
-      "i32", // window
-      "f32", // softcap
-      "buffer", // kv_valid
-    ],
-    result: "i32",
-  },
+  rl_attention: { parameters: ATTENTION_PARAMETERS, result: "i32" },
   // ABI 7. Optional, so that a library built before it is refused by its version (with how to
   // rebuild) rather than by dlopen's missing symbol.
   rl_attention_alibi: {
-    parameters: [
-      "pointer", // ctx
-      "pointer", // out
-      "pointer", // q
-      "i32", // q_stride
-      "pointer", // k
-      "i32", // k_stride
-      "pointer", // v
-      "i32", // v_stride
-      "i32", // n_q
-      "i32", // q_start
-      "i32", // kv_len
-      "i32", // n_heads
-      "i32", // n_kv_heads
-      "i32", // head_dim
-      "i32", // v_head_dim
-      "f32", // scale
-      "i32", // window
-      "f32", // softcap
-      "buffer", // kv_valid
-      "buffer", // alibi_slopes
-    ],
+    parameters: [...ATTENTION_PARAMETERS, "buffer" /* alibi_slopes */],
     result: "i32",
     optional: true,
   },
