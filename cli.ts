@@ -124,8 +124,9 @@ the Hugging Face cache, which Python's huggingface_hub shares).`,
       --system TEXT           system message
       --raw                   continue PROMPT as plain text, without the chat template`,
   pull: `usage: rabbit pull ORG/NAME [options]
-  Downloads what the model needs (config, tokenizer, safetensors weights, else torch .bin shards) into the Hugging Face
-  cache, with a progress bar on a terminal; an interrupted pull resumes where it stopped.
+  Downloads what the model needs (config, tokenizer, safetensors weights, else torch .bin shards)
+  into the Hugging Face cache, with a progress bar on a terminal; an interrupted pull resumes where
+  it stopped.
       --gguf-file NAME        a GGUF repo: download only this file
       --revision REV          branch, tag or commit (default main)
       --token TOKEN           hub access token (default: $HF_TOKEN); never printed
