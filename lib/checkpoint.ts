@@ -616,24 +616,15 @@ export async function splitCheckpoint(
       const blocks = opts.quantize ? quantizedLocals(family, cfg, id, opts.quantize) : new Map();
       return [id, tensors.map((t): DType => blocks.get(t.local) ?? target)];
     }));
-    const key: SplitKey = {
-      parts: partOrder(cfg).map(partId),
-      architecture: cfg.architecture,
-      dtype: opts.dtype,
-      ...(opts.quantize ? { quantize: opts.quantize } : {}),
-      recipe: recipeOf(parts, targets),
-    };
-    return await splitOrReuse(out, key, source, (resume) =>
-      writeSplit(
-        out,
-        parts,
-        key,
-        source,
-        resume,
-        opts,
-        (id) => targets.get(id)!,
-        () => checkSource(dir, files, source),
-      ));
+    return await splitPlaced(
+      out,
+      cfg,
+      opts,
+      parts,
+      targets,
+      source,
+      () => checkSource(dir, files, source),
+    );
   } finally {
     for (const s of shards) s.close();
   }
@@ -814,23 +805,44 @@ export async function splitGguf(
   const byHf = sources.map((s, i) => ({ ...s, hf: g.tensors[i].name }));
   const parts = assignTensors(g.file, byHf, family, cfg, "the GGUF metadata");
   const targets = new Map([...parts].map(([id, ts]) => [id, ts.map((t) => t.dtype)]));
+  return await splitPlaced(
+    out,
+    cfg,
+    opts,
+    parts,
+    targets,
+    source,
+    () => checkSource(srcDir, files, source),
+  );
+}
+
+/**
+ * The split of placed tensors stored as `targets` says: reused when `out` holds a complete one
+ * of this source and recipe, else written (resuming a journal of the same key).
+ */
+function splitPlaced(
+  out: string,
+  cfg: ModelConfig,
+  opts: SplitOptions,
+  parts: Map<string, SourceTensor[]>,
+  targets: Map<string, DType[]>,
+  source: SourceFile[],
+  checkSource: () => Promise<void>,
+): Promise<Split> {
   const key: SplitKey = {
     parts: partOrder(cfg).map(partId),
     architecture: cfg.architecture,
     dtype: opts.dtype,
+    ...(opts.quantize ? { quantize: opts.quantize } : {}),
     recipe: recipeOf(parts, targets),
   };
-  return await splitOrReuse(out, key, source, (resume) =>
-    writeSplit(
-      out,
-      parts,
-      key,
-      source,
-      resume,
-      opts,
-      (id) => targets.get(id)!,
-      () => checkSource(srcDir, files, source),
-    ));
+  return splitOrReuse(
+    out,
+    key,
+    source,
+    (resume) =>
+      writeSplit(out, parts, key, source, resume, opts, (id) => targets.get(id)!, checkSource),
+  );
 }
 
 /** The tensors of the shards (safetensors or torch .bin), checked against the index's weight map. */
