@@ -661,30 +661,32 @@ export class Backend {
       this.#attentionAlibi(a, a.alibiSlopes);
       return;
     }
-    this.#check(
-      this.#lib.symbols.rl_attention(
-        this.#c,
-        a.out,
-        a.q,
-        a.qStride,
-        a.k,
-        a.kStride,
-        a.v,
-        a.vStride ?? a.kStride,
-        a.nQ,
-        a.qStart,
-        a.kvLen,
-        a.nHeads,
-        a.nKvHeads,
-        a.headDim,
-        a.vHeadDim ?? a.headDim,
-        a.scale,
-        a.window ?? 0,
-        a.softcap ?? 0,
-        a.kvValid ?? allValid(a.kvLen),
-      ),
-      "rl_attention",
-    );
+    this.#check(this.#lib.symbols.rl_attention(...this.#attentionArgs(a)), "rl_attention");
+  }
+
+  /** rl_attention's arguments (rl_attention_alibi takes them and its slopes). */
+  #attentionArgs(a: AttentionArgs) {
+    return [
+      this.#c,
+      a.out,
+      a.q,
+      a.qStride,
+      a.k,
+      a.kStride,
+      a.v,
+      a.vStride ?? a.kStride,
+      a.nQ,
+      a.qStart,
+      a.kvLen,
+      a.nHeads,
+      a.nKvHeads,
+      a.headDim,
+      a.vHeadDim ?? a.headDim,
+      a.scale,
+      a.window ?? 0,
+      a.softcap ?? 0,
+      a.kvValid ?? allValid(a.kvLen),
+    ] as const;
   }
 
   #attentionAlibi(a: AttentionArgs, slopes: Float32Array): void {
@@ -700,31 +702,7 @@ export class Backend {
     if (!fn) {
       throw new BackendError(op, "the library lacks this entry (ABI 7)", undefined, 3); // UNSUPPORTED
     }
-    this.#check(
-      fn(
-        this.#c,
-        a.out,
-        a.q,
-        a.qStride,
-        a.k,
-        a.kStride,
-        a.v,
-        a.vStride ?? a.kStride,
-        a.nQ,
-        a.qStart,
-        a.kvLen,
-        a.nHeads,
-        a.nKvHeads,
-        a.headDim,
-        a.vHeadDim ?? a.headDim,
-        a.scale,
-        a.window ?? 0,
-        a.softcap ?? 0,
-        a.kvValid ?? allValid(a.kvLen),
-        slopes,
-      ),
-      op,
-    );
+    this.#check(fn(...this.#attentionArgs(a), slopes), op);
   }
 
   /** out = act(gate) · up, row by row (gate and up rows `inStride` apart). */
