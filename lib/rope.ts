@@ -58,6 +58,20 @@ export const ROPE_TYPES = [
 ] as const;
 
 /**
+ * Longest sequence a model may generate: its context (max_position_embeddings), or `maxSeqLen`
+ * alone when every layer's rope is a dynamic NTK one, which exists to run past the context (as
+ * transformers' generate does; the default maxSeqLen never exceeds the context).
+ */
+export function sequenceLimit(
+  cfg: { maxPositionEmbeddings: number; layerRopes: readonly RopeConfig[] },
+  maxSeqLen: number,
+): number {
+  const dynamic = cfg.layerRopes.length > 0 &&
+    cfg.layerRopes.every((r) => r.type === "dynamic" || r.type === "qwen_dynamic_ntk");
+  return dynamic ? maxSeqLen : Math.min(maxSeqLen, cfg.maxPositionEmbeddings);
+}
+
+/**
  * Whether the table depends on the forward's length (`seqLen` of {@link ropeTable}), so a cached
  * one must be rebuilt when the length changes: "dynamic" rescales, "longrope" switches factors,
  * "qwen_dynamic_ntk" picks its NTK alpha.

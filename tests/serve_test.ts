@@ -204,8 +204,11 @@ Deno.test("serve: 8 concurrent streamed clients (staggered, long prompts chunked
   // prefillChunk 16: the two long prompts are fed in chunks beside rows already decoding.
   const { server, client } = await start({ maxBatch: 8, prefillChunk: 16 });
   try {
+    // Staggered by progress, not time: client i starts once client i - 1 has its first chunk, so
+    // it joins while the earlier ones decode (a timed stagger let fast runs finish alone).
+    const streaming = PROMPTS.map(() => Promise.withResolvers<void>());
     const texts = await Promise.all(PROMPTS.map(async (prompt, i) => {
-      await new Promise((r) => setTimeout(r, i * 15));
+      if (i > 0) await streaming[i - 1].promise;
       const stream = await client.completions.create({
         model: MODEL_ID,
         prompt,
@@ -214,7 +217,11 @@ Deno.test("serve: 8 concurrent streamed clients (staggered, long prompts chunked
         stream: true,
       });
       let text = "";
-      for await (const c of stream) text += c.choices[0]?.text ?? "";
+      for await (const c of stream) {
+        text += c.choices[0]?.text ?? "";
+        streaming[i].resolve();
+      }
+      streaming[i].resolve();
       return text;
     }));
     for (const [i, t] of texts.entries()) assert.equal(t, wants[i].text, `client ${i}`);

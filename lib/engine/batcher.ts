@@ -27,6 +27,7 @@ import {
 import { type GenerateOptions, type ResolvedGenerate, resolveGenerate } from "./generate.ts";
 import { nextToken, Rng } from "./sampling.ts";
 import type { PackedSeq } from "./step.ts";
+import { sequenceLimit } from "../rope.ts";
 
 /** Options of a {@link Batcher}. */
 export interface BatcherOptions {
@@ -196,7 +197,7 @@ export class Batcher {
       maxQueue: this.maxQueue,
       prefillChunk: this.prefillChunk,
     } = batcherOptions(opts));
-    this.limit = Math.min(model.maxSeqLen, model.config.maxPositionEmbeddings);
+    this.limit = sequenceLimit(model.config, model.maxSeqLen);
     this.#exact = packedStepsExact(model);
   }
 

@@ -24,7 +24,7 @@ import type { Plan } from "./planner.ts";
 import { SessionCache } from "./prefix.ts";
 import { nextToken, Rng } from "./sampling.ts";
 import { type PackedSeq, StepLoop } from "./step.ts";
-import { ropeDependsOnLength } from "../rope.ts";
+import { ropeDependsOnLength, sequenceLimit } from "../rope.ts";
 import type { LayerStore, TraceEvent } from "./store.ts";
 
 /** Logits of a forward pass: [batch, seq, vocab] row-major, with their dims. */
@@ -312,7 +312,7 @@ export class CausalLM {
   async *#decode(rows: number[][], o: ResolvedGenerate): AsyncGenerator<StreamChunk> {
     const B = rows.length, V = this.config.vocabSize;
     const longest = Math.max(...rows.map((r) => r.length));
-    const limit = Math.min(this.maxSeqLen, this.config.maxPositionEmbeddings);
+    const limit = sequenceLimit(this.config, this.maxSeqLen);
     if (longest + o.maxNewTokens > limit) {
       const which = limit === this.maxSeqLen
         ? "maxSeqLen"

@@ -329,8 +329,8 @@ Deno.test("config + tensors: InternLM3 qkv_bias / bias (or attention_bias / mlp_
 });
 
 // beyond_max.json (scripts/remote_families/internlm.py): a 250-token prompt whose greedy
-// continuation crosses max_position_embeddings 256, so it runs on the dynamic-NTK tables. generate()
-// stops at max_position_embeddings, so this drives forward() (bounded by maxSeqLen only). "nocache":
+// continuation crosses max_position_embeddings 256, so it runs on the dynamic-NTK tables, through
+// forward() and generate() (a dynamic rope is bounded by maxSeqLen only). "nocache":
 // a full forward per token (InternLM's original code computes exactly this with its cache too, as
 // it re-rotates every cached key); "cache" (InternLM2): one token at a time through the KV cache,
 // each step's keys kept as that step's table rotated them, as InternLM2's original code does.
@@ -367,5 +367,11 @@ for (const name of ["internlm", "internlm2"]) {
       }
       assert.deepEqual(got, ref.cache, "through the KV cache");
     }
+    // generate() runs past max_position_embeddings too (a dynamic rope, maxSeqLen set beyond
+    // the context): v1 recomputes the whole sequence each step past it, as its original re-rotates
+    // every cached key; InternLM2 continues its cache, as its original does.
+    model.resetCache();
+    const [ids] = await model.generate([prompt], { maxNewTokens: n, eosTokenId: [] });
+    assert.deepEqual(ids.slice(prompt.length), ref.cache ?? ref.nocache, "generate");
   });
 }
