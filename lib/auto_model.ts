@@ -50,7 +50,10 @@ export interface FromPretrainedOptions {
   prefetchDepth?: number;
   /** Where the per-layer split is written; default `<checkpoint>/rabbitllm_split_<dtype>`. */
   layerShardsSavingPath?: string;
-  /** Longest sequence (prompt + new tokens) the KV cache holds; default min(context, 4096). */
+  /**
+   * Longest sequence (prompt + new tokens) the KV cache holds; default min(context, 4096). A model
+   * whose rope is dynamic NTK may generate past its context up to an explicit maxSeqLen.
+   */
   maxSeqLen?: number;
   /**
    * Device bytes decoder layers may keep resident between steps (the rest stream each step).
