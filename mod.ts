@@ -72,6 +72,7 @@ export {
   type HubErrorKind,
   InputError,
   InternalError,
+  MemoryLimitError,
   ModelClosedError,
   NonFiniteError,
   QueueFullError,

@@ -151,6 +151,39 @@ export class DeviceMemoryError extends BackendError {
   }
 }
 
+/**
+ * The memory this process may use cannot hold even the smallest plan: the KV cache and
+ * activations of the call, the always-resident embedding/norm/head, and one streamed layer (the
+ * largest). Thrown by the memory planner before anything is allocated, at load or by a call whose
+ * batch or length needs more, instead of an out-of-memory kill later; the model stays usable with
+ * a setting that needs less.
+ */
+export class MemoryLimitError extends RabbitError {
+  /**
+   * Message: `"<host|device> memory: the model needs at least <needed> (...), <available> ..."`.
+   * `needed` and `available` are bytes; `parts` splits `needed`.
+   */
+  constructor(
+    /** Which memory is short: host RAM (the CPU backend, cgroup limits, `maxMemory`) or the GPU's. */
+    readonly memory: "host" | "device",
+    readonly needed: number,
+    readonly available: number,
+    /** What `needed` is made of: KV cache and activations, embedding/norm/head, one layer. */
+    readonly parts: { work: number; small: number; layer: number },
+  ) {
+    super(
+      `${memory} memory: the model needs at least ${mib(needed)} to run with every layer ` +
+        `streamed (KV cache and activations ${mib(parts.work)}, embedding/norm/head ${
+          mib(parts.small)
+        }, one streamed layer ${mib(parts.layer)}), but only ${mib(available)} ${
+          memory === "host"
+            ? "is left for this process (system, cgroup limit or maxMemory)"
+            : "is free on the device (or allowed by maxGpuMemory)"
+        }; a smaller maxSeqLen or batch, a compressed dtype (q8_0, q4_k) or more memory would fit`,
+    );
+  }
+}
+
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB (${b} bytes)`;
 
 /** The server's queue (lib/engine/batcher.ts) is full: try again later (HTTP 429). */

@@ -3,6 +3,7 @@ import {
   AutoModel,
   InputError,
   isFlashAttentionAvailable,
+  MemoryLimitError,
   ModelClosedError,
   type Plan,
   plan,
@@ -231,13 +232,17 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
   return max;
 }
 
-Deno.test("engine: bigger than memory (maxMemory 0), every layer streams from disk, drop-behind", async () => {
+Deno.test("engine: bigger than memory (maxMemory: current RSS + 16 MiB), every layer streams from disk, drop-behind", async () => {
   // 4 layers through a pool of 2 slots (prefetch depth 1): every layer is read every step.
   const ref = await stepUnder("gemma3_text", { prefetchDepth: 1 });
   assert.equal(ref.plan.dropBehind, false);
   assert.equal(ref.resident, ref.plan.tiers.length, "with room, every layer is resident");
   assert.equal(ref.read, 0, "resident layers are not read again");
-  const small = await stepUnder("gemma3_text", { maxMemory: 0, prefetchDepth: 1 });
+  // 16 MiB beyond what the process holds: the layers (KiB each) fit, the runtime margin does not.
+  const small = await stepUnder("gemma3_text", {
+    maxMemory: Deno.memoryUsage().rss + 16 * 2 ** 20,
+    prefetchDepth: 1,
+  });
   assert.equal(small.resident, 0);
   assert.equal(small.plan.dropBehind, true);
   const m = await manifestOf("gemma3_text");
@@ -248,6 +253,37 @@ Deno.test("engine: bigger than memory (maxMemory 0), every layer streams from di
     "every layer read per step",
   );
   assert.equal(maxDiff(small.logits, ref.logits), 0, "the same weights give the same logits");
+});
+
+Deno.test("engine: memory that cannot hold one streamed layer is refused at load, and by a call that needs more", async () => {
+  // No room beyond the current RSS: the KV cache, the embedding and one layer cannot fit.
+  await assert.rejects(open("gemma3_text", { maxMemory: 0 }), (e: unknown) => {
+    assert.ok(e instanceof MemoryLimitError, String(e));
+    assert.equal(e.memory, "host");
+    assert.equal(e.available, 0);
+    assert.ok(e.parts.work > 0 && e.parts.small > 0 && e.parts.layer > 0);
+    assert.equal(e.needed, e.parts.work + e.parts.small + e.parts.layer);
+    return true;
+  });
+  // A model that loads in a given room refuses a call whose KV cache cannot fit there, and stays
+  // usable: the next call that fits gives the same logits as before.
+  const m = await manifestOf("gemma3_text");
+  const small = m.parts.filter((p) => !p.id.startsWith("layer.")).reduce(
+    (s, p) => s + p.dataBytes,
+    0,
+  );
+  const layer = Math.max(
+    ...m.parts.filter((p) => p.id.startsWith("layer.")).map((p) => p.dataBytes),
+  );
+  await using model = await open("gemma3_text", {
+    maxMemory: Deno.memoryUsage().rss + small + layer + 32 * 2 ** 20,
+    maxSeqLen: 64,
+  });
+  const first = await model.forward(PROMPT);
+  // 256 rows of 64 tokens: their logits alone (2 × 4 × 16,384 × 256 bytes) are 32 MiB.
+  const big = Array.from({ length: 256 }, () => Array.from({ length: 64 }, (_, i) => i + 1));
+  await assert.rejects(model.forward(big), MemoryLimitError);
+  assert.equal(maxDiff(await model.forward(PROMPT), first), 0);
 });
 
 Deno.test("engine: a mixed plan keeps its resident layers and streams the rest each step", async () => {

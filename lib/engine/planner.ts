@@ -19,11 +19,16 @@
  * Layers are kept in order of bytes saved per token per byte held (a dense layer saves all its
  * bytes every token; a MoE layer only the experts a token routes to), then by index.
  *
+ * Memory that cannot hold even the smallest plan (the work bytes, the small parts and one
+ * streaming slot) is refused with a `MemoryLimitError` naming each part, instead of a plan that
+ * the out-of-memory killer would end mid-call.
+ *
  * Pure: no I/O, no timing; tests/engine/planner_test.ts covers it.
  *
  * @module
  */
 import type { ModelConfig } from "../config.ts";
+import { MemoryLimitError } from "../errors.ts";
 
 /** One decoder layer as the planner sees it. */
 export interface PlanLayer {
@@ -180,7 +185,16 @@ export function plan(input: PlanInput): Plan {
   let reserve = input.workBytes + input.smallBytes;
   let deviceBudget: number | null = null;
 
+  // The smallest plan: the call's work, the small parts and one streaming slot. Less than that
+  // cannot run at all (it would be killed for memory mid-call): refused before anything is held.
+  const parts = { work: input.workBytes, small: input.smallBytes, layer: maxLayer };
+  const need = parts.work + parts.small + parts.layer;
+  const refuse = (memory: "host" | "device", available: number) => {
+    if (available < need) throw new MemoryLimitError(memory, need, available, parts);
+  };
+
   if (input.device === "cpu") {
+    if (host !== null) refuse("host", host);
     // Host memory is device memory; resident layers are mapped pages kept in the page cache.
     reserve += host === null ? 0 : runtimeMargin(host);
     if (host === null) {
@@ -202,6 +216,7 @@ export function plan(input: PlanInput): Plan {
     }
   } else {
     const free = Math.min(input.deviceFree ?? Infinity, input.maxGpuMemory ?? Infinity);
+    if (free !== Infinity) refuse("device", free);
     const deviceReserve = reserve + (free === Infinity ? 0 : runtimeMargin(free));
     const room = free - deviceReserve;
     const fitsAll = total <= Math.min(cap, room);

@@ -9,6 +9,7 @@ import {
   predictSecondsPerToken,
   runtimeMargin,
 } from "../../lib/engine/planner.ts";
+import { MemoryLimitError } from "../../lib/errors.ts";
 
 const MiB = 2 ** 20;
 
@@ -64,10 +65,44 @@ Deno.test("planner: a model bigger than memory keeps a fixed set and drops the r
 });
 
 Deno.test("planner: memory below the reserve streams everything from disk", () => {
-  const p = plan(cpu({ hostAvailable: 30 * MiB }));
+  // 40 MiB: above the least a plan needs (5 work + 20 small + one 10 MiB slot = 35) but below the
+  // reserve with its runtime margin, so no layer can be kept.
+  const p = plan(cpu({ hostAvailable: 40 * MiB }));
   assert.deepEqual(p.tiers, Array(10).fill("stream"));
   assert.equal(p.dropBehind, true);
   assert.equal(p.perToken.disk, 100 * MiB);
+});
+
+Deno.test("planner: memory that cannot hold the work, the small parts and one layer is refused", () => {
+  // Least plan: 5 MiB work + 20 MiB small + one 10 MiB streaming slot = 35 MiB.
+  assert.equal(plan(cpu({ hostAvailable: 35 * MiB })).tiers.length, 10, "35 MiB is enough");
+  assert.throws(
+    () => plan(cpu({ hostAvailable: 35 * MiB - 1 })),
+    (e: unknown) => {
+      assert.ok(e instanceof MemoryLimitError);
+      assert.equal(e.memory, "host");
+      assert.equal(e.needed, 35 * MiB);
+      assert.equal(e.available, 35 * MiB - 1);
+      assert.deepEqual(e.parts, { work: 5 * MiB, small: 20 * MiB, layer: 10 * MiB });
+      assert.match(e.message, /^host memory: the model needs at least 35\.0 MiB/);
+      assert.match(e.message, /KV cache and activations 5\.0 MiB/);
+      assert.match(e.message, /one streamed layer 10\.0 MiB/);
+      assert.match(e.message, /maxSeqLen/);
+      return true;
+    },
+  );
+  // The GPU: device memory (free or maxGpuMemory) is what must hold them.
+  assert.throws(
+    () => plan(cpu({ device: "cuda", deviceFree: 30 * MiB })),
+    (e: unknown) =>
+      e instanceof MemoryLimitError && e.memory === "device" && e.available === 30 * MiB,
+  );
+  assert.throws(
+    () => plan(cpu({ device: "cuda", deviceFree: 1024 * MiB, maxGpuMemory: 20 * MiB })),
+    (e: unknown) => e instanceof MemoryLimitError && e.available === 20 * MiB,
+  );
+  // Unknown memory is not refused (nothing to compare with).
+  assert.equal(plan(cpu({ hostAvailable: null })).tiers.length, 10);
 });
 
 Deno.test("planner: unknown host memory streams through the page cache, no drop-behind", () => {
