@@ -20,7 +20,8 @@ import {
   splitWithProgress,
 } from "./lib/auto_model.ts";
 import type { CausalLM } from "./lib/engine/causal_lm.ts";
-import type { ChatMessage, GenerateOptions } from "./lib/engine/generate.ts";
+import { type ChatMessage, type GenerateOptions, promptRows } from "./lib/engine/generate.ts";
+import { sequenceLimit } from "./lib/rope.ts";
 import { RabbitError } from "./lib/errors.ts";
 import {
   formatBytes,
@@ -252,6 +253,41 @@ async function streamOut(
     if (stop?.stopReply) break; // ends the stream: the model is free, its cache consistent
   }
   return { text, tokens, seconds: (performance.now() - t0) / 1000 };
+}
+
+/**
+ * Keeps a chat inside the model's length, as llama.cpp's and ollama's chats do: while the
+ * conversation leaves no room for a reply of `minReply` tokens, the oldest exchange (a user turn and
+ * its answer) is dropped from `messages`; a system message and the newest user turn always stay.
+ * Returns how many messages were dropped and the reply's token cap (what is left, at most
+ * `maxNewTokens`). The newest turn alone too long for any reply is an InputError.
+ */
+export function fitChat(
+  lm: Pick<CausalLM, "config" | "maxSeqLen" | "tokenizer">,
+  messages: ChatMessage[],
+  maxNewTokens: number,
+  minReply = Math.min(64, maxNewTokens),
+): { dropped: number; maxNewTokens: number } {
+  const limit = sequenceLimit(lm.config, lm.maxSeqLen);
+  const length = () => promptRows(messages, lm.tokenizer)[0].length;
+  let dropped = 0, n = length();
+  while (n + minReply > limit) {
+    const first = messages.findIndex((m) => m.role !== "system");
+    if (first < 0 || first >= messages.length - 1) break; // only the newest turn is left
+    const cut = messages[first + 1]?.role === "assistant" && first + 1 < messages.length - 1
+      ? 2
+      : 1;
+    messages.splice(first, cut);
+    dropped += cut;
+    n = length();
+  }
+  if (n >= limit) {
+    throw new InputError(
+      `this message makes a prompt of ${n} tokens, and the model's length is ${limit} ` +
+        "(--max-seq-len): no room is left for a reply",
+    );
+  }
+  return { dropped, maxNewTokens: Math.min(maxNewTokens, limit - n) };
 }
 
 /**
@@ -508,8 +544,27 @@ export async function main(
       ctrlC.replying = true;
       if (templated) {
         messages.push({ role: "user", content: line });
-        const r = await streamOut(lm, messages, o, io.out, ctrlC);
-        messages.push({ role: "assistant", content: r.text });
+        let fit;
+        try {
+          fit = fitChat(lm, messages, o.maxNewTokens ?? lm.generationDefaults.maxNewTokens);
+        } catch (e) {
+          if (!(e instanceof InputError)) throw e;
+          messages.pop(); // the chat goes on without it
+          io.err(`[${e.message}]\n`);
+        }
+        if (fit) {
+          if (fit.dropped > 0) {
+            io.err(`[context full: the ${fit.dropped} oldest messages were dropped]\n`);
+          }
+          const r = await streamOut(
+            lm,
+            messages,
+            { ...o, maxNewTokens: fit.maxNewTokens },
+            io.out,
+            ctrlC,
+          );
+          messages.push({ role: "assistant", content: r.text });
+        }
       } else {
         io.out(line);
         await streamOut(lm, line, o, io.out, ctrlC);

@@ -38,26 +38,56 @@ import { modelInfo } from "../lib/info.ts";
 import { BENCH_LAYERS, makeBenchModel } from "./make_bench_model.ts";
 import type { RowResult } from "./bench_run.ts";
 
-const { values: args } = parseArgs({
-  args: Deno.args,
-  options: {
-    device: { type: "string", default: "cpu" },
-    model: { type: "string" },
-    shape: { type: "string" },
-    dtype: { type: "string" },
-    layers: { type: "string" },
-    prompt: { type: "string", default: "64" },
-    new: { type: "string", default: "64" },
-    batches: { type: "string", default: "1,4,16" },
-    "memory-limit": { type: "string", default: "0.75" },
-    "limit-basis": { type: "string", default: "own" },
-    int8: { type: "boolean", default: false },
-    repeat: { type: "string", default: "3" },
-    peers: { type: "boolean", default: false },
-    "no-hf": { type: "boolean", default: false },
-    json: { type: "string" },
-  },
-});
+const USAGE = `deno task bench [options]   (every row measured in this run; see BENCHMARKS.md)
+  --model DIR|FILE.gguf     a checkpoint (default: a synthetic one of --shape)
+  --shape NAME              smollm2-135m (CPU default), llama3-8b (GPU default), qwen3-30b-a3b
+  --dtype T                 F32|F16|BF16, or a block format our split quantizes to:
+                            q8_0|q4_0|q4_1|q5_0|q5_1|q4_k (llama.cpp peers: the same type)
+  --layers N                cut the synthetic model to N decoder layers
+  --device cpu|cuda         cuda: resident, streamed from disk and from pinned host memory
+  --prompt 64 --new 64      prompt tokens and decoded tokens per row
+  --batches 1,4,16          batch sizes
+  --memory-limit 0.75       the memory-limit rows' limit, × the basis below (needs root, cgroups)
+  --limit-basis own|fp16    own: the split's bytes; fp16: 2 bytes per parameter, whatever --dtype
+  --int8                    our rows with int8 activations (q8_0 / q4_0 decode)
+  --repeat 3                runs per row (best kept)
+  --peers                   llama.cpp rows (llama-cpp-python 0.3.36 built once, cached)
+  --no-hf                   no transformers row
+  --json FILE               the rows as JSON too`;
+
+const parse = () =>
+  parseArgs({
+    args: Deno.args,
+    options: {
+      help: { type: "boolean", short: "h", default: false },
+      device: { type: "string", default: "cpu" },
+      model: { type: "string" },
+      shape: { type: "string" },
+      dtype: { type: "string" },
+      layers: { type: "string" },
+      prompt: { type: "string", default: "64" },
+      new: { type: "string", default: "64" },
+      batches: { type: "string", default: "1,4,16" },
+      "memory-limit": { type: "string", default: "0.75" },
+      "limit-basis": { type: "string", default: "own" },
+      int8: { type: "boolean", default: false },
+      repeat: { type: "string", default: "3" },
+      peers: { type: "boolean", default: false },
+      "no-hf": { type: "boolean", default: false },
+      json: { type: "string" },
+    },
+  });
+let args: ReturnType<typeof parse>["values"];
+try {
+  args = parse().values;
+} catch (e) {
+  console.error(`bench: ${(e as Error).message}\n\n${USAGE}`);
+  Deno.exit(2);
+}
+if (args.help) {
+  console.log(USAGE);
+  Deno.exit(0);
+}
 const device = args.device as "cpu" | "cuda";
 const promptLen = Number(args.prompt), newTokens = Number(args.new);
 const batches = args.batches.split(",").map(Number);
@@ -206,6 +236,9 @@ async function child<T>(argv: string[], cg?: Cgroup): Promise<T | string> {
   if (cg && (r.signal === "SIGKILL" || r.code === 137 || await cg.oomKills() > 0)) {
     return "killed by the OOM killer";
   }
+  // The planner refuses memory that cannot hold the smallest plan (MemoryLimitError) up front.
+  const refused = /MemoryLimitError: (.*?); a smaller/.exec(r.stderr);
+  if (!r.ok && refused) return `refused by the planner: ${refused[1]}`;
   if (!r.ok) return `failed: ${r.stderr.trim().split("\n").slice(-3).join(" | ")}`;
   return lastJson<T>(r.stdout);
 }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { chatModel, cliProcess, run } from "./_cli.ts";
-import { AutoModel, InputError } from "../mod.ts";
+import { AutoModel, type ChatMessage, InputError } from "../mod.ts";
+import { fitChat } from "../cli.ts";
 import { FakeHub } from "./fake_hub.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -213,6 +214,53 @@ Deno.test("cli: SIGINT during a chat reply stops the reply, the chat goes on; at
       assert.equal(second.trimStart(), want.trimStart());
       break;
     }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: a chat past --max-seq-len drops its oldest exchanges and goes on", async () => {
+  const dir = await chatModel();
+  try {
+    const lines = Array.from({ length: 6 }, (_, i) => `Tell me story ${i} about a cat and a dog`);
+    const r = await run(
+      ["chat", "--model", dir, "-n", "40", "-q", "--max-seq-len", "128"],
+      [...lines, ""],
+    );
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.err, /\[context full: the \d+ oldest messages were dropped\]/);
+    assert.equal(r.out.split("> ").length - 1, lines.length + 1, "every line got its turn");
+
+    // fitChat itself, on the same tokenizer: exact lengths from the chat template.
+    await using model = await AutoModel.fromPretrained(dir);
+    const t = model.tokenizer!;
+    const len = (m: ChatMessage[]) =>
+      t.encode(t.applyChatTemplate(m, { addGenerationPrompt: true }), { addSpecialTokens: false })
+        .length;
+    const sys = { role: "system", content: "You tell short stories." };
+    const turn = (role: string, i: number) => ({ role, content: `${role} turn ${i} about a dog` });
+    const all = [
+      sys,
+      turn("user", 1),
+      turn("assistant", 1),
+      turn("user", 2),
+      turn("assistant", 2),
+      turn("user", 3),
+    ];
+    const kept = [sys, turn("user", 2), turn("assistant", 2), turn("user", 3)];
+    const lm = (maxSeqLen: number) => ({ config: model.config, tokenizer: t, maxSeqLen });
+    // Room for 10 new tokens once the first exchange is gone: exactly that one is dropped.
+    const m1 = structuredClone(all);
+    assert.deepEqual(fitChat(lm(len(kept) + 10), m1, 40, 10), { dropped: 2, maxNewTokens: 10 });
+    assert.deepEqual(m1, kept);
+    // Enough room: nothing dropped, the reply capped by what is left.
+    const m2 = structuredClone(all);
+    assert.deepEqual(fitChat(lm(len(all) + 30), m2, 40, 10), { dropped: 0, maxNewTokens: 30 });
+    assert.deepEqual(m2, all);
+    // The system message and the newest turn always stay; alone too long, they are refused.
+    const m3 = structuredClone(all);
+    assert.throws(() => fitChat(lm(len([sys, turn("user", 3)])), m3, 40, 10), InputError);
+    assert.deepEqual(m3, [sys, turn("user", 3)]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
