@@ -187,6 +187,7 @@ function planInputOf(
     ),
     smallBytes: small.reduce((s, p) => s + p.dataBytes, 0),
     smallPerToken: head?.dataBytes ?? 0,
+    smallMapped: be.canMap && opts.mapFiles !== false, // as LayerStore maps them
     prefetchDepth: opts.prefetching === false ? 0 : opts.prefetchDepth ?? 2,
     hostAvailable: opts.maxMemory === undefined
       ? hostMemory(be).available

@@ -153,8 +153,8 @@ export class DeviceMemoryError extends BackendError {
 
 /**
  * The memory this process may use cannot hold even the smallest plan: the KV cache and
- * activations of the call, the always-resident embedding/norm/head, and one streamed layer (the
- * largest). Thrown by the memory planner before anything is allocated, at load or by a call whose
+ * activations of the call, the always-resident embedding/norm/head (unless mapped from their file,
+ * as the CPU backend does), and one streamed layer (the largest). Thrown by the memory planner before anything is allocated, at load or by a call whose
  * batch or length needs more, instead of an out-of-memory kill later; the model stays usable with
  * a setting that needs less.
  */
@@ -168,14 +168,17 @@ export class MemoryLimitError extends RabbitError {
     readonly memory: "host" | "device",
     readonly needed: number,
     readonly available: number,
-    /** What `needed` is made of: KV cache and activations, embedding/norm/head, one layer. */
+    /**
+     * What `needed` is made of: KV cache and activations, embedding/norm/head (0 when they are
+     * mapped file pages, which the kernel can reclaim), one streamed layer.
+     */
     readonly parts: { work: number; small: number; layer: number },
   ) {
     super(
       `${memory} memory: the model needs at least ${mib(needed)} to run with every layer ` +
-        `streamed (KV cache and activations ${mib(parts.work)}, embedding/norm/head ${
-          mib(parts.small)
-        }, one streamed layer ${mib(parts.layer)}), but only ${mib(available)} ${
+        `streamed (KV cache and activations ${mib(parts.work)}, ${
+          parts.small > 0 ? `embedding/norm/head ${mib(parts.small)}, ` : ""
+        }one streamed layer ${mib(parts.layer)}), but only ${mib(available)} ${
           memory === "host"
             ? "is left for this process (system, cgroup limit or maxMemory)"
             : "is free on the device (or allowed by maxGpuMemory)"

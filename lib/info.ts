@@ -199,6 +199,7 @@ export function planInputFor(
     layers: i.planLayers,
     smallBytes: i.smallBytes,
     smallPerToken: i.headBytes,
+    smallMapped: o.device === "cpu", // the CPU backend maps them by default
     workBytes: workBytes(c, 1, i.maxSeqLen, 1, 1),
     prefetchDepth: 2,
   };

@@ -19,8 +19,8 @@
  * Layers are kept in order of bytes saved per token per byte held (a dense layer saves all its
  * bytes every token; a MoE layer only the experts a token routes to), then by index.
  *
- * Memory that cannot hold even the smallest plan (the work bytes, the small parts and one
- * streaming slot) is refused with a `MemoryLimitError` naming each part, instead of a plan that
+ * Memory that cannot hold even the smallest plan (the work bytes, the small parts unless they are
+ * mapped file pages, and one streaming slot) is refused with a `MemoryLimitError` naming each part, instead of a plan that
  * the out-of-memory killer would end mid-call.
  *
  * Pure: no I/O, no timing; tests/engine/planner_test.ts covers it.
@@ -90,6 +90,11 @@ export interface PlanInput {
   smallPerToken: number;
   /** KV cache and activations the engine will allocate. */
   workBytes: number;
+  /**
+   * CPU: the small parts are mapped file pages (page cache, reclaimable under pressure), so they
+   * are not part of the least memory a plan needs; false or absent: they are held buffers.
+   */
+  smallMapped?: boolean;
   /** Layers read ahead. */
   prefetchDepth: number;
   /** Host memory the process may still use (lib/memory.ts), null when unknown. */
@@ -185,9 +190,15 @@ export function plan(input: PlanInput): Plan {
   let reserve = input.workBytes + input.smallBytes;
   let deviceBudget: number | null = null;
 
-  // The smallest plan: the call's work, the small parts and one streaming slot. Less than that
-  // cannot run at all (it would be killed for memory mid-call): refused before anything is held.
-  const parts = { work: input.workBytes, small: input.smallBytes, layer: maxLayer };
+  // The smallest plan: the call's work, the small parts (unless mapped: page cache, which the
+  // kernel reclaims rather than kill) and one streaming slot. Less than that cannot run at all (it
+  // would be killed for memory mid-call): refused before anything is held.
+  const mappedSmall = input.device === "cpu" && input.smallMapped === true;
+  const parts = {
+    work: input.workBytes,
+    small: mappedSmall ? 0 : input.smallBytes,
+    layer: maxLayer,
+  };
   const need = parts.work + parts.small + parts.layer;
   const refuse = (memory: "host" | "device", available: number) => {
     if (available < need) throw new MemoryLimitError(memory, need, available, parts);

@@ -101,6 +101,19 @@ Deno.test("planner: memory that cannot hold the work, the small parts and one la
     () => plan(cpu({ device: "cuda", deviceFree: 1024 * MiB, maxGpuMemory: 20 * MiB })),
     (e: unknown) => e instanceof MemoryLimitError && e.available === 20 * MiB,
   );
+  // CPU small parts mapped from their file are page cache (reclaimable), not held: 15 MiB needed.
+  assert.equal(plan(cpu({ hostAvailable: 15 * MiB, smallMapped: true })).tiers.length, 10);
+  assert.throws(
+    () => plan(cpu({ hostAvailable: 15 * MiB - 1, smallMapped: true })),
+    (e: unknown) =>
+      e instanceof MemoryLimitError && e.needed === 15 * MiB && e.parts.small === 0 &&
+      !/embedding/.test(e.message),
+  );
+  // On a GPU they are device buffers whatever the flag says.
+  assert.throws(
+    () => plan(cpu({ device: "cuda", deviceFree: 30 * MiB, smallMapped: true })),
+    (e: unknown) => e instanceof MemoryLimitError && e.needed === 35 * MiB,
+  );
   // Unknown memory is not refused (nothing to compare with).
   assert.equal(plan(cpu({ hostAvailable: null })).tiers.length, 10);
 });
