@@ -87,16 +87,26 @@ function readBytes(): number | null {
 }
 
 // Warm: threads, the resident set, every streaming slot's pages.
-for (let i = 0; i < 2; i++) await model.generate(prompts, { maxNewTokens: 2 });
+for (let i = 0; i < 2; i++) {
+  await model.generate(prompts, { maxNewTokens: 2, doSample: false, eosTokenId: [] });
+}
 const results: RowResult[] = [];
 for (let r = 0; r < repeat; r++) {
-  let t = performance.now();
-  await model.generate(prompts, { maxNewTokens: 1 });
-  const prefillS = (performance.now() - t) / 1000;
+  // One run, timed from its own stream: the prefill step ends at the first token, the N decode
+  // steps at the last (no subtraction of two runs, which noise can drive to zero).
   const h2d0 = model.backend.stats().h2dBytes, io0 = readBytes();
-  t = performance.now();
-  await model.generate(prompts, { maxNewTokens: N + 1 });
-  const decodeS = (performance.now() - t) / 1000 - prefillS;
+  const t = performance.now();
+  let first = 0, last = 0, tokens = 0;
+  // Greedy, no EOS: every row runs its N + 1 tokens.
+  const o = { maxNewTokens: N + 1, doSample: false, eosTokenId: [] };
+  for await (const _ of model.stream(prompts, o)) {
+    last = performance.now();
+    if (tokens++ === 0) first = last;
+  }
+  if (tokens !== B * (N + 1)) {
+    throw new Error(`bench_run: ${tokens} tokens streamed, expected ${B * (N + 1)}`);
+  }
+  const prefillS = (first - t) / 1000, decodeS = (last - first) / 1000;
   const io1 = readBytes();
   // The run is a prefill step and N decode steps; reads are averaged over all N + 1.
   const h2d = model.backend.stats().h2dBytes - h2d0;
