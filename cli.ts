@@ -46,7 +46,7 @@ import {
   listCachedModels,
   removeCachedModel,
 } from "./lib/cache.ts";
-import { HubError, InputError } from "./lib/errors.ts";
+import { HubError, InputError, MemoryLimitError } from "./lib/errors.ts";
 import { serve } from "./lib/serve.ts";
 
 /** The embedded demo model: in a checkout only (the published package leaves it out). */
@@ -898,12 +898,24 @@ async function memoryPlan(ck: Checkpoint, i: ModelInfo, v: Values) {
   const hostAvailable = limit !== undefined
     ? Math.max(0, limit - Deno.memoryUsage().rss)
     : readMemoryLimits({ read: (p) => be.readSysfile(p) }).available;
-  const plan = planFn(planInputFor(i, ck.config, {
-    device,
-    hostAvailable,
-    deviceFree: gpu,
-    maxCpuMemory: bytesOption(v, "cpu-memory"),
-  }));
+  let plan;
+  try {
+    plan = planFn(planInputFor(i, ck.config, {
+      device,
+      hostAvailable,
+      deviceFree: gpu,
+      maxCpuMemory: bytesOption(v, "cpu-memory"),
+    }));
+  } catch (e) {
+    // The answer to "does it run in this limit" is no: said as the plan, not as a failure.
+    if (!(e instanceof MemoryLimitError)) throw e;
+    const { memory, needed, available, parts } = e;
+    return {
+      plan: null,
+      refused: { memory, needed, available, parts, message: e.message },
+      text: `  does not run in this limit: ${e.message}`,
+    };
+  }
   const files = ck.gguf
     ? [ck.gguf.file]
     : (await listShards(ck.dir)).files.map((f) => `${ck.dir}/${f}`);

@@ -58,8 +58,25 @@ Deno.test("cli: info of a MoE checkpoint counts only the routed experts per toke
 });
 
 Deno.test("cli: info --memory prints the plan for that limit, with a measured prediction", async () => {
-  // stories260k: 5 layers of 111 kB; a 1 MB limit leaves no room beside the runtime itself.
-  const tight = await run(["info", "--model", STORIES, "--memory", "1M"]);
+  // stories260k: 5 layers of 111 kB; a 1 MB limit leaves no room beside the runtime itself: the
+  // planner refuses (MemoryLimitError), and info says so as its answer.
+  const none = await run(["info", "--model", STORIES, "--memory", "1M"]);
+  assert.equal(none.code, 0, none.err);
+  assert.match(
+    none.out,
+    /memory plan\n {2}does not run in this limit: host memory: the model needs at least [\d.]+ MiB/,
+  );
+  const noneJson = await run(["info", "--model", STORIES, "--memory", "1M", "--json"]);
+  const refused = JSON.parse(noneJson.out).memory.refused;
+  assert.equal(refused.available, 0);
+  assert.equal(refused.needed, refused.parts.work + refused.parts.small + refused.parts.layer);
+  // 8 MiB beyond this command's own RSS (read from a roomy run's budget): above the least plan,
+  // below the runtime margin, so every layer streams from disk.
+  const probe = JSON.parse(
+    (await run(["info", "--model", STORIES, "--memory", "64G", "--json"])).out,
+  );
+  const rss = 64 * 2 ** 30 - probe.memory.plan.budget.host;
+  const tight = await run(["info", "--model", STORIES, "--memory", String(rss + 8 * 2 ** 20)]);
   assert.equal(tight.code, 0, tight.err);
   assert.match(
     tight.out,
