@@ -13,13 +13,15 @@
  *
  *  - quant: the block formats against f32/f16 at N=K=4096 and the SmolLM2 up/gate shape
  *    (N=1536, K=576): M = 1 cold (GB/s of weight bytes, ggml's block bytes for the quantized
- *    ones) and M = 64 hot. Then Q8_0 and Q4_0 at M = 1 cold with the option int8_activations
- *    off and on (+i8) at 4096^2 and the SmolLM2 decode shapes, the decode pass of the model in
- *    Q8_0 / Q4_0 off and on, and the int8 path's error against the f32 path on random data.
+ *    ones) and M = 64 hot. Then Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 at M = 1 cold with the option
+ *    int8_activations off and on (+i8) at 4096^2 and the SmolLM2 decode shapes, the decode pass
+ *    of the model in each off and on, and the int8 path's error against the f32 path on random
+ *    data.
  *
- * Build and run: sh cpu/bench.sh [n_threads] [sections], sections a comma list of
+ * Build and run: sh cpu/bench.sh [n_threads] [sections] [int8 dtypes], sections a comma list of
  * memory,gemv,gemm,decode,prefill,quant,int8 (default: all but quant and int8; quant includes
- * int8, the int8 activations part alone).
+ * int8, the int8 activations part alone); int8 dtypes, e.g. q4_1,q5_0, limits the int8 part to
+ * those (default: all five).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <omp.h>
@@ -253,6 +255,10 @@ static void bench_i8_error(rl_ctx *ctx, int dt, int N, int K, int outliers) {
   for (size_t b = 0; b < wbytes; b += bb) {
     const uint32_t h = 0x1c00 + RND() % 0x0800;
     w[b] = (uint8_t)h, w[b + 1] = (uint8_t)(h >> 8);
+    if (dt == RL_Q4_1 || dt == RL_Q5_1) { /* the min m: -(about 8 scales), as quantizers make */
+      const uint32_t m = 0x8000 | (0x2800 + RND() % 0x0800);
+      w[b + 2] = (uint8_t)m, w[b + 3] = (uint8_t)(m >> 8);
+    }
   }
   for (int k = 0; k < K; k++)
     x[k] = ((float)RND() * 0x1p-24f * 2.0f - 1.0f) * (outliers && k % 50 == 7 ? 20.0f : 1.0f);
@@ -280,9 +286,15 @@ static void bench_i8_error(rl_ctx *ctx, int dt, int N, int K, int outliers) {
   free(out[1]);
 }
 
+/* Whether the int8 part runs dtype dt: every one when only is NULL, else those named in it. */
+static int i8_dtype_on(int dt, const char *only) {
+  return !only || strstr(only, dtype_name(dt)) != NULL;
+}
+
 int main(int argc, char **argv) {
   const int n_threads = argc > 1 ? atoi(argv[1]) : 0;
   const char *sections = argc > 2 ? argv[2] : "memory,gemv,gemm,decode,prefill";
+  const char *i8_only = argc > 3 ? argv[3] : NULL; /* the int8 part's dtypes, e.g. q4_1,q5_0 */
   rl_ctx *ctx = rl_create(n_threads, 0);
   if (!ctx) {
     char msg[512];
@@ -331,23 +343,24 @@ int main(int argc, char **argv) {
     printf("\nint8 activations (option int8_activations), M = 1 cold, off then on (+i8)\n");
     static const int i8_shapes[][2] = {{4096, 4096}, {576, 576},  {192, 576},
                                        {1536, 576},  {576, 1536}, {49152, 576}};
-    for (int d = 0; d < 2; d++)
-      for (int s = 0; s < 6; s++)
+    static const int i8_dts[] = {RL_Q8_0, RL_Q4_0, RL_Q4_1, RL_Q5_0, RL_Q5_1};
+    for (int d = 0; d < 5; d++)
+      for (int s = 0; s < 6 && i8_dtype_on(i8_dts[d], i8_only); s++)
         for (int on = 0; on < 2; on++) {
           rl_set_option(ctx, (const uint8_t *)"int8_activations", on);
-          bench_matmul(ctx, 1, i8_shapes[s][0], i8_shapes[s][1], d ? RL_Q4_0 : RL_Q8_0, 2);
+          bench_matmul(ctx, 1, i8_shapes[s][0], i8_shapes[s][1], i8_dts[d], 2);
         }
-    for (int d = 0; d < 2; d++)
-      for (int on = 0; on < 2; on++) {
+    for (int d = 0; d < 5; d++)
+      for (int on = 0; on < 2 && i8_dtype_on(i8_dts[d], i8_only); on++) {
         rl_set_option(ctx, (const uint8_t *)"int8_activations", on);
-        bench_model(ctx, 1, d ? RL_Q4_0 : RL_Q8_0);
+        bench_model(ctx, 1, i8_dts[d]);
       }
     rl_set_option(ctx, (const uint8_t *)"int8_activations", 0);
     printf("\nint8 activations: error against the f32 path (random W and x)\n");
-    for (int d = 0; d < 2; d++)
-      for (int s = 0; s < 6; s++)
+    for (int d = 0; d < 5; d++)
+      for (int s = 0; s < 6 && i8_dtype_on(i8_dts[d], i8_only); s++)
         for (int o = 0; o < 2; o++)
-          bench_i8_error(ctx, d ? RL_Q4_0 : RL_Q8_0, i8_shapes[s][0], i8_shapes[s][1], o);
+          bench_i8_error(ctx, i8_dts[d], i8_shapes[s][0], i8_shapes[s][1], o);
   }
 
   if (strstr(sections, "decode") || strstr(sections, "prefill"))

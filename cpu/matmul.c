@@ -25,11 +25,13 @@
  * multiplies it into x at once (two accumulator chains per row), prefetching like the others;
  * the GEMM dequantizes its W tiles into the per-thread f32 buffer (as for f16/bf16), with K
  * chunks cut at block boundaries.
- * Option "int8_activations" (off by default): the GEMV on Q8_0 / Q4_0 W instead quantizes x to
- * int8 per 32 values once per call (as ggml's quantize_row_q8_0) and sums exact int8 x int8 block
- * dot products (vpdpbusd with AVX-512 VNNI or AVX-VNNI, maddubs + madd with AVX2, plain C
- * otherwise), each scaled by d_w * d_x in f32: llama.cpp's math, approximate (quant.h), and
- * fewer instructions per weight byte than dequantizing to f32. */
+ * Option "int8_activations" (off by default): the GEMV on Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 W
+ * instead quantizes x to int8 per 32 values once per call (as ggml's quantize_row_q8_0) and sums
+ * exact integer block dot products of the weights' integers with x's int8 (vpdpbusd with AVX-512
+ * VNNI or AVX-VNNI, maddubs + madd with AVX2, plain C otherwise), each scaled by d_w * d_x in
+ * f32, Q4_1 / Q5_1 adding m_w * d_x * (the exact sum of the block's int8 x): llama.cpp's math,
+ * approximate (quant.h), and fewer instructions per weight byte than dequantizing to f32. The
+ * K formats (Q4_K ... Q6_K) keep the f32 path. */
 #include <omp.h>
 #include <stdlib.h>
 
@@ -156,9 +158,10 @@ static gemv_fn *const gemvs[RL_DTYPE_COUNT] = {
     gemv_RL_F32,  gemv_RL_F16,  gemv_RL_BF16, gemv_RL_Q8_0, gemv_RL_Q4_0, gemv_RL_Q4_1,
     gemv_RL_Q5_0, gemv_RL_Q5_1, gemv_RL_Q4_K, gemv_RL_Q5_K, gemv_RL_Q6_K};
 
-/* The GEMV with int8 activations (option "int8_activations", quant.h) for Q8_0 and Q4_0 W: row
- * n's result is sum_b d_w[b] * (d_x[b] * isum_b), isum_b the exact int32 dot product of W block
- * b with x block b (qx8_quantize: qx, dx, cx). Two rows at a time (one accumulator chain each;
+/* The GEMV with int8 activations (option "int8_activations", quant.h) for W of a qx8_dtype: row
+ * n's result is sum_b d_w[b] * (d_x[b] * isum_b) (+ m_w[b] * (d_x[b] * sum(q_x of block b)) for
+ * Q4_1 / Q5_1, in a scalar chain of its own), isum_b the exact int32 dot product of W block b
+ * with x block b (qx8_quantize: qx, dx, cx). Two rows at a time (one accumulator chain each;
  * they share the loads of x, d_x and cx), a last odd row alone; the prefetch runs GEMV_PREFETCH
  * bytes ahead of the second row's block, over the thread's contiguous rows, as in gemv_q. (One
  * row at a time measured ~10% slower in the decode pass; two chains per row no faster.) */
@@ -166,6 +169,7 @@ ALWAYS_INLINE void gemv_i8(float *out, const int8_t *qx, const float *dx, const 
                            const void *w, int dt, const void *bias, int bdt, int64_t K,
                            int64_t n_begin, int64_t n_end) {
   const int64_t bb = rl_block_bytes(dt), nb = K / 32, rowb = nb * bb;
+  const int has_min = qx8_has_min(dt);
   const uint8_t *pf = (const uint8_t *)w + n_begin * rowb;
   int64_t n = n_begin;
 #ifdef RL_I8_SIMD
@@ -173,6 +177,7 @@ ALWAYS_INLINE void gemv_i8(float *out, const int8_t *qx, const float *dx, const 
   for (; n + 2 <= n_end; n += 2) {
     const uint8_t *r0 = (const uint8_t *)w + n * rowb, *r1 = r0 + rowb;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float m0 = 0.0f, m1 = 0.0f; /* the min terms */
     for (int64_t b = 0; b < nb; b++) {
       const uint8_t *b0 = r0 + b * bb, *b1 = r1 + b * bb;
       for (; pf < b1 + GEMV_PREFETCH; pf += 64) __builtin_prefetch(pf, 0, 2);
@@ -181,6 +186,11 @@ ALWAYS_INLINE void gemv_i8(float *out, const int8_t *qx, const float *dx, const 
       const __m256 p1 = _mm256_mul_ps(_mm256_cvtepi32_ps(q8_isum(dt, b1, qx + 32 * b, cx[b])), xd);
       acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&cpu_f16_table[b0[0] | b0[1] << 8]), p0, acc0);
       acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&cpu_f16_table[b1[0] | b1[1] << 8]), p1, acc1);
+      if (has_min) {
+        const float xs = dx[b] * (float)cx[b];
+        m0 = fmaf(cpu_f16_table[b0[2] | b0[3] << 8], xs, m0);
+        m1 = fmaf(cpu_f16_table[b1[2] | b1[3] << 8], xs, m1);
+      }
     }
     float s[2];
     for (int r = 0; r < 2; r++) {
@@ -189,8 +199,8 @@ ALWAYS_INLINE void gemv_i8(float *out, const int8_t *qx, const float *dx, const 
       h = _mm_add_ps(h, _mm_movehl_ps(h, h));
       s[r] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
     }
-    out[n] = s[0] + (bias ? load_f32(bias, bdt, n) : 0.0f);
-    out[n + 1] = s[1] + (bias ? load_f32(bias, bdt, n + 1) : 0.0f);
+    out[n] = s[0] + m0 + (bias ? load_f32(bias, bdt, n) : 0.0f);
+    out[n + 1] = s[1] + m1 + (bias ? load_f32(bias, bdt, n + 1) : 0.0f);
   }
 #endif
   for (; n < n_end; n++) {
@@ -209,6 +219,7 @@ ALWAYS_INLINE void gemv_i8(float *out, const int8_t *qx, const float *dx, const 
       const int32_t is = q8_isum(dt, blk, qx + 32 * b, cx[b]);
 #endif
       acc[b & 1] += qb_f16(blk) * ((float)is * dx[b]);
+      if (has_min) acc[b & 1] += qb_f16(blk + 2) * (dx[b] * (float)cx[b]);
     }
     out[n] = acc[0] + acc[1] + (bias ? load_f32(bias, bdt, n) : 0.0f);
   }
@@ -225,8 +236,16 @@ typedef void gemv_i8_fn(float *out, const int8_t *qx, const float *dx, const int
   }
 GEMV_I8_FN(RL_Q8_0)
 GEMV_I8_FN(RL_Q4_0)
+GEMV_I8_FN(RL_Q4_1)
+GEMV_I8_FN(RL_Q5_0)
+GEMV_I8_FN(RL_Q5_1)
 
-/* rl_matmul with M == 1 and the option int8_activations on, for Q8_0 / Q4_0 W. x is quantized
+/* Indexed by enum rl_dtype: the qx8_dtype ones. */
+static gemv_i8_fn *const gemv_i8s[RL_DTYPE_COUNT] = {
+    [RL_Q8_0] = gemv_i8_RL_Q8_0, [RL_Q4_0] = gemv_i8_RL_Q4_0, [RL_Q4_1] = gemv_i8_RL_Q4_1,
+    [RL_Q5_0] = gemv_i8_RL_Q5_0, [RL_Q5_1] = gemv_i8_RL_Q5_1};
+
+/* rl_matmul with M == 1 and the option int8_activations on, for W of a qx8_dtype. x is quantized
  * once, by the calling thread (K / 32 blocks: little next to the N rows that follow), into a
  * stack buffer up to I8_STACK_K values, else a heap one. */
 #define I8_STACK_K 16384
@@ -249,7 +268,7 @@ static int32_t matmul_i8(rl_ctx *ctx, float *out, const float *x, const void *w,
     q = (int8_t *)(c + K / 32);
   }
   qx8_quantize(dt, x, K, q, d, c);
-  gemv_i8_fn *const f = dt == RL_Q8_0 ? gemv_i8_RL_Q8_0 : gemv_i8_RL_Q4_0;
+  gemv_i8_fn *const f = gemv_i8s[dt];
 #pragma omp parallel num_threads(n_threads)
   {
     int64_t begin, end;
@@ -441,7 +460,7 @@ RL_API int32_t rl_matmul(rl_ctx *ctx, float *out, const float *x, const void *w,
   CHECK_ARGS(rl_check_matmul, out, x, w, wdtype, bias, bias_dtype, M, N, K);
 
   const int n_threads = (int64_t)M * N * K >= PAR_MIN_WORK ? ctx->n_threads : 1;
-  if (M == 1 && ctx->options[OPT_INT8_ACTIVATIONS] && (wdtype == RL_Q8_0 || wdtype == RL_Q4_0))
+  if (M == 1 && ctx->options[OPT_INT8_ACTIVATIONS] && qx8_dtype(wdtype))
     return matmul_i8(ctx, out, x, w, wdtype, bias, bias_dtype, N, K, n_threads);
   if (M == 1) {
     gemv_fn *const f = gemvs[wdtype];

@@ -226,9 +226,11 @@ QB_INLINE void qblock(int dt, int mode, const uint8_t *blk, const float *x, vf *
 }
 
 /* ----------------------------------------------------------------------------------------------
- * int8 activations (option "int8_activations", rl_matmul's GEMV on Q8_0 / Q4_0 weights): x is
- * quantized once per call to int8 per 32 values (qx8_quantize), then every W block's dot
- * product with x is an exact integer sum of int8 products (q8_isum), scaled by d_w * d_x. */
+ * int8 activations (option "int8_activations", rl_matmul's GEMV on Q8_0, Q4_0, Q4_1, Q5_0 and
+ * Q5_1 weights): x is quantized once per call to int8 per 32 values (qx8_quantize), then every W
+ * block's dot product with x is an exact integer sum of int8 products (q8_isum), scaled by
+ * d_w * d_x; the formats with a min m (Q4_1, Q5_1: w = d * q + m, q unsigned) add
+ * m_w * d_x * sum(q_x), sum(q_x) exact too (llama.cpp's vec_dot_q4_1_q8_1). */
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -240,16 +242,27 @@ QB_INLINE void qblock(int dt, int mode, const uint8_t *blk, const float *x, vf *
 #endif
 #endif
 
+/* Whether rl_matmul's int8 path takes W of dtype dt. */
+static inline int qx8_dtype(int dt) {
+  return dt == RL_Q8_0 || dt == RL_Q4_0 || dt == RL_Q4_1 || dt == RL_Q5_0 || dt == RL_Q5_1;
+}
+
+/* The formats with a min (w = d * q + m): their blocks add m_w * d_x * sum(q_x). */
+QB_INLINE int qx8_has_min(int dt) { return dt == RL_Q4_1 || dt == RL_Q5_1; }
+
 /* The per-lane start value of a block's 8 int32 partial sums that q8_isum needs for a W block of
  * dtype dt (a compile-time constant) against an x block whose int8 values sum to sx: with VNNI,
  * Q8_0 weights enter vpdpbusd as the unsigned qw + 128 (qw ^ 0x80), which adds 128 * sx over the
- * 8 lanes; Q4_0 weights enter as the nibble q in [0, 16), where the weight is q - 8, which adds
- * 8 * sx. (AVX2 without VNNI multiplies |qw| by qx with qw's sign instead: nothing to remove.) */
+ * 8 lanes; Q4_0 (Q5_0) weights enter as the unsigned q in [0, 16) ([0, 32)), where the weight is
+ * q - 8 (q - 16), which adds 8 * sx (16 * sx), with or without VNNI. (AVX2 without VNNI
+ * multiplies Q8_0's |qw| by qx with qw's sign instead: nothing to remove.) Q4_1 / Q5_1 weights
+ * are the unsigned q itself: nothing to remove either. */
 QB_INLINE int32_t qx8_lane_start(int dt, int32_t sx) {
 #ifdef RL_I8_SIMD
   if (dt == RL_Q4_0) return -sx;
+  if (dt == RL_Q5_0) return -2 * sx;
 #ifdef RL_I8_VNNI
-  return -16 * sx;
+  if (dt == RL_Q8_0) return -16 * sx;
 #endif
 #endif
   (void)dt;
@@ -261,7 +274,7 @@ QB_INLINE int32_t qx8_lane_start(int dt, int32_t sx) {
  * amax = max|x|, d[b] = amax / 127, q = x * (127 / amax) rounded to nearest (ties to even), 0
  * where amax is 0; d stays f32 (ggml rounds it to f16 to store it). A block holding inf or NaN
  * gets d NaN (its dot products, and so the results, come out NaN). c[b] is qx8_lane_start of
- * the block for W dtype dt. */
+ * the block for W dtype dt, or for the formats with a min the block's sum(q_x) (exact). */
 QB_INLINE void qx8_quantize(int dt, const float *x, int64_t K, int8_t *q, float *d, int32_t *c) {
   for (int64_t b = 0; b < K / 32; b++) {
     const float *xb = x + 32 * b;
@@ -314,44 +327,80 @@ QB_INLINE void qx8_quantize(int dt, const float *x, int64_t K, int8_t *q, float 
     }
 #endif
     d[b] = finite0 == 0.0f ? amax / 127.0f : NAN;
-    c[b] = qx8_lane_start(dt, sx);
+    c[b] = qx8_has_min(dt) ? sx : qx8_lane_start(dt, sx);
   }
 }
 
+/* Where a block of dt (Q4_0 ... Q5_1) keeps its 16 bytes of nibbles qs: element i < 16 of the
+ * block is the low nibble of qs[i], element 16 + i the high one (plus, for Q5_0 / Q5_1, bit i
+ * of the uint32 qh as 16). */
+QB_INLINE int qx8_qs(int dt) {
+  return dt == RL_Q4_0 ? 2 : dt == RL_Q4_1 ? 4 : dt == RL_Q5_0 ? 6 : 8;
+}
+
 #ifdef RL_I8_SIMD
-/* The W block blk of dtype dt (Q8_0 or Q4_0, a compile-time constant) times the x block qx
- * (qx8_quantize, c its lane start): 8 int32 lanes whose sum is exactly sum_i qw_i * qx_i (the
- * weights' integers, Q4_0's q - 8). */
+/* Byte i of the result: 16 where bit i of qh is set, else 0. */
+QB_INLINE __m256i qx8_bits16(uint32_t qh) {
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+  return _mm256_maskz_mov_epi8((__mmask32)qh, _mm256_set1_epi8(16));
+#else /* llama.cpp's bytes_from_bits_32: byte i gets byte i / 8 of qh, all ones iff bit i % 8 */
+  const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                         0x0101010101010101, 0x0000000000000000);
+  __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf);
+  b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(16));
+#endif
+}
+
+/* The W block blk of dtype dt (qx8_dtype, a compile-time constant) times the x block qx
+ * (qx8_quantize, c its lane start): 8 int32 lanes whose sum is exactly sum_i qw_i * qx_i, qw the
+ * weights' integers (Q4_0's q - 8, Q5_0's q - 16; Q4_1's and Q5_1's unsigned q, their min is the
+ * caller's). */
 QB_INLINE __m256i q8_isum(int dt, const uint8_t *blk, const int8_t *qx, int32_t c) {
   __m256i x = _mm256_loadu_si256((const __m256i *)qx), w;
   if (dt == RL_Q8_0) {
     w = _mm256_loadu_si256((const __m256i *)(blk + 2));
-  } else { /* Q4_0: elements 0..15 are the low nibbles of qs, 16..31 the high ones */
-    const __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2));
+  } else { /* elements 0..15 are the low nibbles of qs, 16..31 the high ones */
+    const __m128i v = _mm_loadu_si128((const __m128i *)(blk + qx8_qs(dt)));
     w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
+    if (dt == RL_Q5_0 || dt == RL_Q5_1) { /* the fifth bits */
+      uint32_t qh;
+      memcpy(&qh, blk + qx8_qs(dt) - 4, 4);
+      w = _mm256_or_si256(w, qx8_bits16(qh));
+    }
   }
+  const int no_start = dt == RL_Q4_1 || dt == RL_Q5_1;
 #ifdef RL_I8_VNNI
   if (dt == RL_Q8_0) w = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x80)); /* qw + 128 */
-  return RL_I8_VNNI(_mm256_set1_epi32(c), w, x);
+  return RL_I8_VNNI(no_start ? _mm256_setzero_si256() : _mm256_set1_epi32(c), w, x);
 #else
   if (dt == RL_Q8_0) { /* |qw| * (qx with qw's sign): pairs stay within int16 (2 * 128 * 127) */
     x = _mm256_sign_epi8(x, w);
     w = _mm256_abs_epi8(w);
-  }
+  } /* else unsigned q < 32: pairs within 2 * 31 * 127 */
   const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
-  return dt == RL_Q8_0 ? p : _mm256_add_epi32(p, _mm256_set1_epi32(c));
+  return dt == RL_Q8_0 || no_start ? p : _mm256_add_epi32(p, _mm256_set1_epi32(c));
 #endif
 }
 #else
-/* Scalar: sum_i qw_i * qx_i of the block. */
+/* Scalar: sum_i qw_i * qx_i of the block (qw as above). */
 QB_INLINE int32_t q8_isum(int dt, const uint8_t *blk, const int8_t *qx, int32_t c) {
   (void)c;
   int32_t s = 0;
-  if (dt == RL_Q8_0)
+  if (dt == RL_Q8_0) {
     for (int i = 0; i < 32; i++) s += (int8_t)blk[2 + i] * qx[i];
-  else
-    for (int i = 0; i < 16; i++)
-      s += ((blk[2 + i] & 15) - 8) * qx[i] + ((blk[2 + i] >> 4) - 8) * qx[i + 16];
+  } else {
+    const uint8_t *qs = blk + qx8_qs(dt);
+    const int five = dt == RL_Q5_0 || dt == RL_Q5_1;
+    const int32_t off = dt == RL_Q4_0 ? 8 : dt == RL_Q5_0 ? 16 : 0;
+    uint32_t qh = 0;
+    if (five) memcpy(&qh, qs - 4, 4);
+    for (int i = 0; i < 16; i++) {
+      const int32_t lo = (qs[i] & 15) | (int32_t)((qh >> i) & 1) << 4;
+      const int32_t hi = (qs[i] >> 4) | (int32_t)((qh >> (i + 16)) & 1) << 4;
+      s += (lo - off) * qx[i] + (hi - off) * qx[i + 16];
+    }
+  }
   return s;
 }
 #endif

@@ -1859,40 +1859,66 @@ static void test_quant(rl_ctx *ctx) {
 
 
 /* ----------------------------------------------------------------------------------------------
- * Option "int8_activations": the GEMV (M == 1) on q8_0 / q4_0 W with x quantized to int8 per
- * 32 values. Checked against a scalar reference of the same int8 math (quantization as ggml's
- * quantize_row_q8_0 on x86: d = amax/127, q = x * (127/amax) rounded to nearest even, d in f32;
- * then sum_b d_w * d_x * exact integer dot), and against the f32 path within the bound of the
- * activation quantization: |x - d q| <= d / 2 = amax_b / 254 per value, so a row differs by at
- * most E_n = sum_b amax_b / 254 * sum_{k in b} |w_k| (plus f32 rounding). Option off (and every
- * other dtype, and M > 1) is bit-identical to before the option was ever set. */
+ * Option "int8_activations": the GEMV (M == 1) on q8_0, q4_0, q4_1, q5_0 and q5_1 W with x
+ * quantized to int8 per 32 values. Checked against a scalar reference of the same int8 math
+ * (quantization as ggml's quantize_row_q8_0 on x86: d = amax/127, q = x * (127/amax) rounded to
+ * nearest even, d in f32; then sum_b d_w * d_x * exact integer dot (+ m_w * d_x * exact sum of
+ * the block's q_x for q4_1 / q5_1, whose weights are d_w * q + m_w with q unsigned), in double),
+ * and against the f32 path within the bound of the activation quantization: |x - d q| <= d / 2 =
+ * amax_b / 254 per value, so a row differs by at most E_n = sum_b amax_b / 254 * sum_{k in b}
+ * |w_k| (plus f32 rounding). Option off (and every other dtype, and M > 1) is bit-identical to
+ * before the option was ever set. */
 
 #define I8_KEY ((const uint8_t *)"int8_activations")
+#define I8_FIRST RL_Q8_0 /* the dtypes of the int8 path: RL_Q8_0 ... RL_Q5_1 */
+#define I8_LAST RL_Q5_1
 
-/* A random W of N rows of K in dt (q8_0 or q4_0): random quants, f16 scales of either sign with
- * magnitudes in [2^-8, 2^-6); wq[n*K + k] its integer weights, ws[n*K/32 + b] its scales. */
-static uint8_t *rand_q_weights(int dt, int N, int K, int *wq, double *ws) {
-  const int bb = dt == RL_Q8_0 ? 34 : 18, nb = K / 32;
+static int i8_dtype(int dt) { return dt >= I8_FIRST && dt <= I8_LAST; }
+
+/* A random f16 of magnitude in [2^e, 2^(e+2)) of either sign. */
+static uint16_t rand_f16_mag(int e) {
+  return (uint16_t)(((15 + e) << 10) + rand_u32() % 0x0800) | (rand_u32() & 1 ? 0x8000 : 0);
+}
+
+/* A random W of N rows of K in dt (i8_dtype): random quants, f16 scales d of either sign with
+ * magnitudes in [2^-8, 2^-6), for q4_1 / q5_1 f16 mins m of either sign in [2^-7, 2^-5); wq[n*K +
+ * k] its integer weights (q4_0: q - 8, q5_0: q - 16, q4_1 / q5_1: q), ws[n*K/32 + b] its scales,
+ * wm[n*K/32 + b] its mins (0 without). */
+static uint8_t *rand_q_weights(int dt, int N, int K, int *wq, double *ws, double *wm) {
+  const int bb = (int)rl_row_bytes(dt, 32), nb = K / 32;
+  const int has_min = dt == RL_Q4_1 || dt == RL_Q5_1, five = dt == RL_Q5_0 || dt == RL_Q5_1;
+  const int qs = dt == RL_Q8_0 ? 2 : 2 + 2 * has_min + 4 * five; /* offset of the quants */
+  const int off = dt == RL_Q4_0 ? 8 : dt == RL_Q5_0 ? 16 : 0;
   uint8_t *w = malloc((size_t)N * nb * bb);
   for (int64_t j = 0; j < (int64_t)N * nb; j++) {
     uint8_t *blk = w + j * bb;
-    const uint16_t h = (uint16_t)(0x1c00 + rand_u32() % 0x0800) | (rand_u32() & 1 ? 0x8000 : 0);
+    for (int i = 2; i < bb; i++) blk[i] = (uint8_t)rand_u32();
+    const uint16_t h = rand_f16_mag(-8);
     blk[0] = (uint8_t)h;
     blk[1] = (uint8_t)(h >> 8);
     ws[j] = ref_f16(h);
-    for (int i = 0; i < bb - 2; i++) blk[2 + i] = (uint8_t)rand_u32();
+    wm[j] = 0.0;
+    if (has_min) {
+      const uint16_t m = rand_f16_mag(-7);
+      blk[2] = (uint8_t)m;
+      blk[3] = (uint8_t)(m >> 8);
+      wm[j] = ref_f16(m);
+    }
+    uint32_t qh = 0;
+    if (five) memcpy(&qh, blk + qs - 4, 4);
     int *q = wq + j * 32;
     for (int i = 0; i < 32; i++)
       q[i] = dt == RL_Q8_0 ? (int8_t)blk[2 + i]
-             : i < 16      ? (blk[2 + i] & 15) - 8
-                           : (blk[2 + i - 16] >> 4) - 8;
+                           : ((i < 16 ? blk[qs + i] & 15 : blk[qs + i - 16] >> 4) |
+                              (five ? (int)(qh >> i & 1) << 4 : 0)) -
+                                 off;
   }
   return w;
 }
 
 /* The reference of the int8 path for one x row: res[n] (double) and the f32 bound err[n]. */
-static void ref_int8_gemv(const float *x, const int *wq, const double *ws, const double *bias,
-                          int N, int K, double *res, double *err) {
+static void ref_int8_gemv(const float *x, const int *wq, const double *ws, const double *wm,
+                          const double *bias, int N, int K, double *res, double *err) {
   const int nb = K / 32;
   int *qx = malloc(sizeof(int) * (size_t)K);
   float *dx = malloc(sizeof(float) * (size_t)nb), *amax = malloc(sizeof(float) * (size_t)nb);
@@ -1907,15 +1933,17 @@ static void ref_int8_gemv(const float *x, const int *wq, const double *ws, const
   for (int n = 0; n < N; n++) {
     double s = bias ? bias[n] : 0.0, e = 0.0;
     for (int b = 0; b < nb; b++) {
-      int64_t is = 0, l1 = 0;
+      const double dw = ws[(int64_t)n * nb + b], mw = wm[(int64_t)n * nb + b];
+      int64_t is = 0, sx = 0;
+      double l1 = 0.0; /* sum of |w_k| */
       for (int i = 0; i < 32; i++) {
         const int64_t k = (int64_t)n * K + 32 * b + i;
         is += (int64_t)wq[k] * qx[32 * b + i];
-        l1 += wq[k] < 0 ? -wq[k] : wq[k];
+        sx += qx[32 * b + i];
+        l1 += fabs(dw * wq[k] + mw);
       }
-      const double dw = ws[(int64_t)n * nb + b];
-      s += dw * (double)dx[b] * (double)is;
-      e += (double)amax[b] / 254.0 * fabs(dw) * (double)l1;
+      s += dw * (double)dx[b] * (double)is + mw * (double)dx[b] * (double)sx;
+      e += (double)amax[b] / 254.0 * l1;
     }
     res[n] = s;
     err[n] = e;
@@ -1931,8 +1959,8 @@ static void check_int8_case(rl_ctx *ctx, int dt, int N, int K, int bias_dt, int 
                             double *rel_rms, double *rel_max) {
   const int nb = K / 32;
   int *wq = malloc(sizeof(int) * (size_t)N * K);
-  double *ws = doubles((int64_t)N * nb);
-  uint8_t *w = rand_q_weights(dt, N, K, wq, ws);
+  double *ws = doubles((int64_t)N * nb), *wm = doubles((int64_t)N * nb);
+  uint8_t *w = rand_q_weights(dt, N, K, wq, ws, wm);
   float *x = rand_floats(K, -1.0f, 1.0f);
   if (x_kind == 1) /* a zero block, an outlier, tiny values */
     for (int k = 0; k < K; k++) {
@@ -1942,9 +1970,9 @@ static void check_int8_case(rl_ctx *ctx, int dt, int N, int K, int bias_dt, int 
     }
   tensor b = rand_tensor(bias_dt < 0 ? RL_F32 : bias_dt, N);
   double *res = doubles(N), *err = doubles(N);
-  ref_int8_gemv(x, wq, ws, bias_dt < 0 ? NULL : b.val, N, K, res, err);
+  ref_int8_gemv(x, wq, ws, wm, bias_dt < 0 ? NULL : b.val, N, K, res, err);
   float *dx = to_device(ctx, x, (int64_t)K * 4);
-  void *dw = to_device(ctx, w, (int64_t)N * nb * (dt == RL_Q8_0 ? 34 : 18));
+  void *dw = to_device(ctx, w, (int64_t)N * (int64_t)rl_row_bytes(dt, K));
   void *db = bias_dt < 0 ? NULL : to_device(ctx, b.data, N * dtype_size(bias_dt));
   const int bdt = bias_dt < 0 ? 0 : bias_dt;
   float *got[3];
@@ -1956,7 +1984,7 @@ static void check_int8_case(rl_ctx *ctx, int dt, int N, int K, int bias_dt, int 
     got[i] = download_free(ctx, d, N);
   }
   rl_set_option(ctx, I8_KEY, 0);
-  const char *name = dt == RL_Q8_0 ? "q8_0" : "q4_0";
+  const char *name = rl_dtype_name(dt);
   const char *bname = bias_dt < 0 ? "none" : dtype_name[bias_dt];
   check(st[0] == RL_OK && st[1] == RL_OK && st[2] == RL_OK &&
             memcmp(got[0], got[2], sizeof(float) * (size_t)N) == 0,
@@ -1986,6 +2014,7 @@ static void check_int8_case(rl_ctx *ctx, int dt, int N, int K, int bias_dt, int 
   for (int i = 0; i < 3; i++) free(got[i]);
   free(wq);
   free(ws);
+  free(wm);
   free(w);
   free(x);
   free(res);
@@ -2003,7 +2032,7 @@ static void test_int8_activations(rl_ctx *ctx) {
 
   static const int shapes[][2] = {{1, 32}, {7, 64}, {33, 96}, {67, 1280}, {129, 576},
                                   {5, 4096}, {3, 16416} /* x in a heap buffer */};
-  for (int dt = RL_Q8_0; dt <= RL_Q4_0; dt++) {
+  for (int dt = I8_FIRST; dt <= I8_LAST; dt++) {
     double rms_max = 0.0, max_max = 0.0;
     for (int s = 0; s < 7; s++)
       for (int v = 0; v < 2; v++) {
@@ -2018,14 +2047,14 @@ static void test_int8_activations(rl_ctx *ctx) {
     /* uniform x: the quantization error of a value is about d / sqrt(12), d <= 1/127 */
     check(rms_max < 0.02 && max_max < 0.05,
           "int8_activations %s: relRms %.3g, rel max %.3g against f32 (random x)",
-          dt == RL_Q8_0 ? "q8_0" : "q4_0", rms_max, max_max);
+          rl_dtype_name(dt), rms_max, max_max);
   }
 
   /* a non-finite x makes the results NaN (the f32 path's are inf or NaN) */
   {
     int *wq = malloc(sizeof(int) * 4 * 64);
-    double *ws = doubles(8);
-    uint8_t *w = rand_q_weights(RL_Q8_0, 4, 64, wq, ws);
+    double *ws = doubles(8), *wm = doubles(8);
+    uint8_t *w = rand_q_weights(RL_Q8_0, 4, 64, wq, ws, wm);
     float *x = rand_floats(64, -1.0f, 1.0f);
     x[40] = NAN;
     float *dx = to_device(ctx, x, 64 * 4), *dout = device_floats(ctx, 4);
@@ -2040,16 +2069,17 @@ static void test_int8_activations(rl_ctx *ctx) {
     free(got);
     free(wq);
     free(ws);
+    free(wm);
     free(w);
     free(x);
   }
 
-  /* every other dtype, and M > 1 on q8_0 / q4_0: results with the option on equal those with it
-   * off, bit for bit */
+  /* every other dtype, and M > 1 on the int8 path's: results with the option on equal those with
+   * it off, bit for bit */
   const int N = 37, K = 256;
   for (int dt = RL_F32; dt < RL_DTYPE_COUNT; dt++)
     for (int M = 1; M <= 3; M += 2) {
-      if (M == 1 && (dt == RL_Q8_0 || dt == RL_Q4_0)) continue;
+      if (M == 1 && i8_dtype(dt)) continue;
       const int64_t wbytes = (int64_t)N * (int64_t)rl_row_bytes(dt, K);
       uint8_t *w = malloc((size_t)wbytes);
       for (int64_t i = 0; i < wbytes; i++) w[i] = (uint8_t)rand_u32();
