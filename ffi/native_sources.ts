@@ -30,6 +30,6 @@ export const NATIVE_SOURCES: readonly (readonly [string, string])[] = [
   ["cuda/nd.cu", "bd7c1d80757a7f4d04af954ad626567e4708472622becfa61a343c6fa09d9e6d"],
   ["cuda/ops.cu", "b9b424134547a3cf8481750d309546179d63dd32bd183a07784fd7dea140a744"],
   ["cuda/quant.cu", "15e727cb0649b132b54c1fe05b41798e67a072369b360a76d000d41d41398eb7"],
-  ["ffi/rabbitllm.h", "551320cc93a8a970319ba3f53b65ac1771eddbd7846863f3e480fc7b9a284f09"],
+  ["ffi/rabbitllm.h", "14abad0727a8eb10828b196caa45edd0e16b2a8009386f58e2171bbc3d8e0477"],
   ["ffi/rl_shared.h", "91ec63647b8cf670c52af8f62af1a38a01beb463f5b612017d8d29030424c438"],
 ];

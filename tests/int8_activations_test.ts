@@ -1,7 +1,8 @@
 // The CPU backend's option "int8_activations" through the TS binding: rl_matmul with M = 1 on
-// Q8_0 / Q4_0 weights quantizes x to int8 per 32 values (ggml's quantize_row_q8_0 on x86: d =
-// amax/127, q = x·(127/amax) rounded to nearest even, d kept in f32) and sums exact integer block
-// dot products times d_w·d_x. Checked against a scalar reference of that math, against the f32
+// Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 weights quantizes x to int8 per 32 values (ggml's
+// quantize_row_q8_0 on x86: d = amax/127, q = x·(127/amax) rounded to nearest even, d kept in f32)
+// and sums exact integer block dot products times d_w·d_x (plus m_w·d_x·Σq_x for Q4_1 / Q5_1,
+// whose weights are d·q + m). Checked against a scalar reference of that math, against the f32
 // path within the activation quantization's bound (Σ_b amax_b/254 · Σ_{k∈b} |w_k| per row), and
 // the option off is bit-identical before and after it was on. cpu/test_ops.c has the full suite.
 import assert from "node:assert/strict";
@@ -30,33 +31,56 @@ function roundEven(v: number): number {
   return Math.abs(v - Math.trunc(v)) === 0.5 ? 2 * Math.round(v / 2) : r;
 }
 
-/** A random W[N,K] in dtype dt: its bytes, integer weights and per-block scales. */
-function randomWeights(dt: "Q8_0" | "Q4_0", N: number, K: number) {
-  const bb = dt === "Q8_0" ? 34 : 18, nb = K / 32;
+type I8DType = "Q8_0" | "Q4_0" | "Q4_1" | "Q5_0" | "Q5_1";
+const BLOCK_BYTES: Record<I8DType, number> = { Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24 };
+
+/** A random f16 (bits) of magnitude in [2^e, 2^(e+2)), either sign. */
+function randomF16(e: number): number {
+  return ((15 + e) * 1024 + (rnd() % 0x0800)) | (rnd() & 1 ? 0x8000 : 0);
+}
+
+/**
+ * A random W[N,K] in dtype dt: its bytes, integer weights (Q4_0: q - 8, Q5_0: q - 16, Q4_1 /
+ * Q5_1: the unsigned q), per-block scales and mins (0 but for Q4_1 / Q5_1).
+ */
+function randomWeights(dt: I8DType, N: number, K: number) {
+  const bb = BLOCK_BYTES[dt], nb = K / 32;
+  const hasMin = dt === "Q4_1" || dt === "Q5_1", five = dt === "Q5_0" || dt === "Q5_1";
+  const qs = dt === "Q8_0" ? 2 : 2 + (hasMin ? 2 : 0) + (five ? 4 : 0); // offset of the quants
+  const off = dt === "Q4_0" ? 8 : dt === "Q5_0" ? 16 : 0;
   const bytes = new Uint8Array(N * nb * bb), q = new Int32Array(N * K);
-  const scale = new Float64Array(N * nb);
+  const scale = new Float64Array(N * nb), min = new Float64Array(N * nb);
   for (let j = 0; j < N * nb; j++) {
     const o = j * bb;
-    const h = (0x1c00 + (rnd() % 0x0800)) | (rnd() & 1 ? 0x8000 : 0);
+    for (let i = 2; i < bb; i++) bytes[o + i] = rnd() & 0xff;
+    const h = randomF16(-8);
     bytes[o] = h & 0xff;
     bytes[o + 1] = h >> 8;
     scale[j] = f16(h);
-    for (let i = 2; i < bb; i++) bytes[o + i] = rnd() & 0xff;
+    if (hasMin) {
+      const m = randomF16(-7);
+      bytes[o + 2] = m & 0xff;
+      bytes[o + 3] = m >> 8;
+      min[j] = f16(m);
+    }
+    const qh = five
+      ? (bytes[o + qs - 4] | bytes[o + qs - 3] << 8 | bytes[o + qs - 2] << 16 |
+        bytes[o + qs - 1] << 24) >>> 0
+      : 0;
     for (let i = 0; i < 32; i++) {
       q[j * 32 + i] = dt === "Q8_0"
         ? (bytes[o + 2 + i] << 24) >> 24
-        : i < 16
-        ? (bytes[o + 2 + i] & 15) - 8
-        : (bytes[o + 2 + i - 16] >> 4) - 8;
+        : ((i < 16 ? bytes[o + qs + i] & 15 : bytes[o + qs + i - 16] >> 4) |
+          (((qh >>> i) & 1) << 4)) - off;
     }
   }
-  return { bytes, q, scale };
+  return { bytes, q, scale, min };
 }
 
 /** The int8 path's result per row (double) and the bound of its distance from the f32 math. */
 function reference(
   x: Float32Array,
-  w: { q: Int32Array; scale: Float64Array },
+  w: { q: Int32Array; scale: Float64Array; min: Float64Array },
   bias: Float32Array | null,
   N: number,
   K: number,
@@ -75,15 +99,16 @@ function reference(
   for (let n = 0; n < N; n++) {
     let s = bias ? bias[n] : 0, e = 0;
     for (let b = 0; b < nb; b++) {
-      let is = 0, l1 = 0;
+      const dw = w.scale[n * nb + b], mw = w.min[n * nb + b];
+      let is = 0, sx = 0, l1 = 0;
       for (let i = 0; i < 32; i++) {
         const wq = w.q[n * K + 32 * b + i];
         is += wq * qx[32 * b + i];
-        l1 += Math.abs(wq);
+        sx += qx[32 * b + i];
+        l1 += Math.abs(dw * wq + mw);
       }
-      const dw = w.scale[n * nb + b];
-      s += dw * dx[b] * is;
-      e += (amax[b] / 254) * Math.abs(dw) * l1;
+      s += dw * dx[b] * is + mw * dx[b] * sx;
+      e += (amax[b] / 254) * l1;
     }
     res[n] = s;
     bound[n] = e;
@@ -101,7 +126,7 @@ Deno.test("int8_activations: an option, off by default, 0 or 1", () => {
   assert.equal(be.getOption("int8_activations"), 0);
 });
 
-Deno.test("int8_activations: the GEMV on Q8_0 / Q4_0 equals the int8 reference", () => {
+Deno.test("int8_activations: the GEMV on Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 equals the int8 reference", () => {
   using be = Backend.open({ device: "cpu" });
   const put = (a: ArrayBufferView) => {
     const p = be.alloc(a.byteLength);
@@ -131,7 +156,7 @@ Deno.test("int8_activations: the GEMV on Q8_0 / Q4_0 equals the int8 reference",
     [33, 96, false],
     [17, 576, true],
   ];
-  for (const dt of ["Q8_0", "Q4_0"] as const) {
+  for (const dt of ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"] as const) {
     for (const [N, K, withBias] of shapes) {
       const w = randomWeights(dt, N, K);
       const x = new Float32Array(K).map(() => (rnd() / 2 ** 32) * 2 - 1);
