@@ -19,10 +19,15 @@ const splitDir = (q: string) => new URL(`./.tmp/split/stories260k-${q}`, import.
  */
 const BOUND: Record<string, number> = { q8_0: 3e-2, q5_1: 0.2, q4_0: 0.4 };
 /**
- * q8_0 with int8 activations (`int8Activations`), same measure, on decode (M = 1) logits; measured
- * here: 2.0e-2 against the f32 reference, 1.25e-2 against the same split with f32 activations.
+ * Splits with int8 activations (`int8Activations`), same measure, on decode (M = 1) logits:
+ * against the f32 reference (vsRef) and against the same split with f32 activations (vsF32).
+ * Measured here: q8_0 2.0e-2 / 1.25e-2 (its greedy tokens stay the reference's); q4_1 2.1e-1 /
+ * 1.45e-2 (its greedy tokens are not asserted: 4-bit weights alone may change them).
  */
-const INT8_BOUND = 3e-2;
+const INT8_BOUND: Record<string, { vsRef: number; vsF32: number; greedy: boolean }> = {
+  q8_0: { vsRef: 3e-2, vsF32: 3e-2, greedy: true },
+  q4_1: { vsRef: 0.4, vsF32: 3e-2, greedy: false },
+};
 
 for (const q of Object.keys(BOUND)) {
   Deno.test(`quantized split ${q}: matmul weights in blocks with their error, logits within ${BOUND[q]}`, async () => {
@@ -82,42 +87,49 @@ for (const q of Object.keys(BOUND)) {
   });
 }
 
-Deno.test("int8 activations (q8_0 split): decode logits within the documented bound, greedy unchanged", async () => {
-  // The int8 path runs on M == 1 matmuls: one sequence decoded a token at a time through the cache.
-  const ids = fixture.ref.logits.input_ids[0];
-  const [, S, V] = fixture.ref.logits.dims;
-  const decode = async (int8: boolean) => {
-    await using model = await AutoModel.fromPretrained(fixture.dir, {
-      dtype: "q8_0",
-      layerShardsSavingPath: splitDir("q8_0"),
-      int8Activations: int8,
-      quiet: true,
-    });
-    const out = new Float32Array(S * V);
-    for (let s = 0; s < S; s++) out.set(await model.forward([[ids[s]]], { useCache: true }), s * V);
-    const g = fixture.ref.greedy;
-    const gen = await model.generate(g.input_ids, {
-      maxNewTokens: g.new_tokens.length,
-      eosTokenId: [],
-    });
-    return { out, greedy: gen[0].slice(g.input_ids[0].length) };
-  };
-  const f32 = await decode(false), i8 = await decode(true);
-  let maxAbs = 0, vsRef = 0, vsF32 = 0;
-  for (let i = 0; i < S * V; i++) {
-    maxAbs = Math.max(maxAbs, Math.abs(fixture.logits[i]));
-    vsRef = Math.max(vsRef, Math.abs(i8.out[i] - fixture.logits[i]));
-    vsF32 = Math.max(vsF32, Math.abs(i8.out[i] - f32.out[i]));
-  }
-  console.log(
-    `q8_0 + int8 activations: max|Δlogit| ${(vsRef / maxAbs).toExponential(2)} × max|logit| vs ` +
-      `the f32 reference, ${(vsF32 / maxAbs).toExponential(2)} vs f32 activations`,
-  );
-  assert.ok(vsF32 > 0, "the int8 path ran (it changes the logits)");
-  assert.ok(vsRef <= INT8_BOUND * maxAbs, `${vsRef} > ${INT8_BOUND} × ${maxAbs}`);
-  assert.deepEqual(i8.greedy, fixture.ref.greedy.new_tokens, "greedy unchanged");
-  assert.deepEqual(f32.greedy, fixture.ref.greedy.new_tokens);
-});
+for (const [q, bound] of Object.entries(INT8_BOUND)) {
+  Deno.test(`int8 activations (${q} split): decode logits within the measured bound${bound.greedy ? ", greedy unchanged" : ""}`, async () => {
+    // The int8 path runs on M == 1 matmuls: one sequence decoded a token at a time through the cache.
+    const ids = fixture.ref.logits.input_ids[0];
+    const [, S, V] = fixture.ref.logits.dims;
+    const decode = async (int8: boolean) => {
+      await using model = await AutoModel.fromPretrained(fixture.dir, {
+        dtype: q as "q8_0",
+        layerShardsSavingPath: splitDir(q),
+        int8Activations: int8,
+        quiet: true,
+      });
+      const out = new Float32Array(S * V);
+      for (let s = 0; s < S; s++) {
+        out.set(await model.forward([[ids[s]]], { useCache: true }), s * V);
+      }
+      const g = fixture.ref.greedy;
+      const gen = await model.generate(g.input_ids, {
+        maxNewTokens: g.new_tokens.length,
+        eosTokenId: [],
+      });
+      return { out, greedy: gen[0].slice(g.input_ids[0].length) };
+    };
+    const f32 = await decode(false), i8 = await decode(true);
+    let maxAbs = 0, vsRef = 0, vsF32 = 0;
+    for (let i = 0; i < S * V; i++) {
+      maxAbs = Math.max(maxAbs, Math.abs(fixture.logits[i]));
+      vsRef = Math.max(vsRef, Math.abs(i8.out[i] - fixture.logits[i]));
+      vsF32 = Math.max(vsF32, Math.abs(i8.out[i] - f32.out[i]));
+    }
+    console.log(
+      `${q} + int8 activations: max|Δlogit| ${(vsRef / maxAbs).toExponential(2)} × max|logit| vs ` +
+        `the f32 reference, ${(vsF32 / maxAbs).toExponential(2)} vs f32 activations`,
+    );
+    assert.ok(vsF32 > 0, "the int8 path ran (it changes the logits)");
+    assert.ok(vsRef <= bound.vsRef * maxAbs, `${vsRef} > ${bound.vsRef} × ${maxAbs}`);
+    assert.ok(vsF32 <= bound.vsF32 * maxAbs, `${vsF32} > ${bound.vsF32} × ${maxAbs}`);
+    if (bound.greedy) {
+      assert.deepEqual(i8.greedy, fixture.ref.greedy.new_tokens, "greedy unchanged");
+      assert.deepEqual(f32.greedy, fixture.ref.greedy.new_tokens);
+    }
+  });
+}
 
 // q4_k: stories260K's rows (64 values) are not whole 256-blocks, so every quantized tensor takes
 // the q5_0 fallback; its reference is transformers on q5_0-dequantized weights.
