@@ -276,30 +276,60 @@ function cacheDir(): string {
   return `${xdg || `${Deno.env.get("HOME")}/.cache`}/rabbitllm/bench`;
 }
 
+/**
+ * GCC 12's amxtileintrin.h gives `ldtilecfg` an 8-byte memory operand, so at -O3 the stores that
+ * fill ggml's tile config (ggml-cpu/amx/mmq.cpp `ggml_tile_config_init`) are dropped as dead and
+ * the CPU faults on the garbage config: every quantized file segfaults on an AMX CPU (this VM's
+ * Sapphire Rapids). A compiler barrier before the load keeps the stores; nothing else changes.
+ */
+const AMX_FIX = {
+  file: "vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp",
+  before: "    _tile_loadconfig(&tc);",
+  insert: '    __asm__ volatile("" : : "r"(&tc) : "memory"); // rabbitllm bench: GCC 12 ldtilecfg',
+};
+
 /** The venv python with llama-cpp-python, and the GGUF of this checkpoint (built once). */
 async function llamaCpp(): Promise<{ python: string; gguf: string } | string> {
   const cache = cacheDir();
-  const venv = `${cache}/llama-cpp-python-${LLAMA_CPP}`;
+  const venv = `${cache}/llama-cpp-python-${LLAMA_CPP}-amxfix`;
   const python = `${venv}/bin/python`;
   const sdist = `${cache}/llama_cpp_python-${LLAMA_CPP}`;
-  if (!(await run("sh", ["-c", `"${python}" -c "import llama_cpp"`])).ok) {
-    console.log(
-      `building llama-cpp-python ${LLAMA_CPP} from source into ${venv} (GGML_NATIVE, about 10 minutes, once) ...`,
-    );
-    const r = await run("sh", [
-      "-c",
-      `mkdir -p "${cache}" && python3 -m venv "${venv}" && CMAKE_ARGS=-DGGML_NATIVE=ON "${venv}/bin/pip" install -q --no-binary llama-cpp-python llama-cpp-python==${LLAMA_CPP}`,
-    ]);
-    if (!r.ok) return `llama-cpp-python build failed: ${r.stderr.trim().split("\n").slice(-3)}`;
-  }
   if (
     (await Deno.stat(`${sdist}/vendor/llama.cpp/convert_hf_to_gguf.py`).catch(() => null)) === null
   ) {
     const r = await run("sh", [
       "-c",
-      `cd "${cache}" && "${venv}/bin/pip" download -q --no-binary :all: --no-deps llama-cpp-python==${LLAMA_CPP} -d . && tar xzf llama_cpp_python-${LLAMA_CPP}.tar.gz`,
+      `mkdir -p "${cache}" && cd "${cache}" && python3 -m pip download -q --no-binary :all: --no-deps llama-cpp-python==${LLAMA_CPP} -d . && tar xzf llama_cpp_python-${LLAMA_CPP}.tar.gz`,
     ]);
     if (!r.ok) return `llama-cpp-python sdist download failed: ${r.stderr.trim()}`;
+  }
+  if (!(await run("sh", ["-c", `"${python}" -c "import llama_cpp"`])).ok) {
+    console.log(
+      `building llama-cpp-python ${LLAMA_CPP} from source into ${venv} (GGML_NATIVE, the AMX ` +
+        "tile-config fix applied; about 10 minutes, once) ...",
+    );
+    // A patched copy of the sdist (the fix above, checked to apply once), built in place.
+    const src = `${cache}/src-${LLAMA_CPP}-amxfix`;
+    const patch = [
+      "import sys",
+      "p, before, insert = sys.argv[1:4]",
+      "t = open(p).read()",
+      "if t.count(before) != 1: sys.exit(f'the AMX fix does not apply: {before.strip()!r} is not once in {p}')",
+      "open(p, 'w').write(t.replace(before, insert + '\\n' + before))",
+    ].join("\n");
+    const r = await run("sh", [
+      "-c",
+      `rm -rf "$1" && mkdir -p "$1" && cp -r "$2/." "$1/" && python3 -c "$3" "$1/$4" "$5" "$6" && python3 -m venv "$7" && CMAKE_ARGS=-DGGML_NATIVE=ON "$7/bin/pip" install -q --no-cache-dir "$1"`,
+      "sh",
+      src,
+      sdist,
+      patch,
+      AMX_FIX.file,
+      AMX_FIX.before,
+      AMX_FIX.insert,
+      venv,
+    ]);
+    if (!r.ok) return `llama-cpp-python build failed: ${r.stderr.trim().split("\n").slice(-3)}`;
   }
   if (ck.gguf) return { python, gguf: ck.gguf.file }; // the very file ours runs
   const outtype = { float32: "f32", float16: "f16", bfloat16: "bf16" }[ck.dtype];
@@ -494,8 +524,8 @@ if (device === "cpu" && args.peers) {
       type Peer = { prefill: number; decode: number; disk_per_step: number | null };
       let r = await child<Peer>(argv, cg as Cgroup | undefined);
       if (typeof r === "string" && r.startsWith("failed") && (quantArg || ck.gguf)) {
-        // Its repacked / AMX layouts crash on some CPUs (a segfault on this VM's Sapphire Rapids
-        // for every quantized file): retry without them, and say so in the row.
+        // Its repacked / AMX layouts may crash (before AMX_FIX: every quantized file on this VM's
+        // Sapphire Rapids): retry without them, and say so in the row.
         if (cg) await benchIo("drop", peer.gguf);
         const again = await child<Peer>([...argv, "no-extra-bufts"], cg as Cgroup | undefined);
         r = typeof again === "string" ? `${r}; without extra buffer types: ${again}` : again;

@@ -5,10 +5,11 @@ defaults to).
     <venv>/bin/python scripts/bench_llamacpp.py <model.gguf> <prompt_len> <new_tokens> [repeat] [no-extra-bufts]
 
 `no-extra-bufts` loads the model with `use_extra_bufts = false`: no repacked / AMX weight
-layouts (llama.cpp's `--no-repack`). On the Sapphire Rapids VM of BENCHMARKS.md the default
-(with them) segfaults on every quantized file; without them it runs.
+layouts (llama.cpp's `--no-repack`). A build without the bench's AMX fix (scripts/bench.ts
+AMX_FIX) segfaults with them on every quantized file on an AMX CPU when GCC 12 compiled it.
 
-Runs in the venv `deno task bench --peers` builds (llama-cpp-python from source, GGML_NATIVE).
+Runs in the venv `deno task bench --peers` builds (llama-cpp-python from source, GGML_NATIVE, the
+AMX tile-config fix applied).
 Prints one JSON line: {"prefill", "decode", "llama_cpp", "threads", "disk_per_step"}.
 """
 import json
@@ -19,6 +20,7 @@ import time
 
 import llama_cpp
 import llama_cpp.llama
+import numpy as np
 
 path, n_prompt, n_new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 repeat = int(sys.argv[4]) if len(sys.argv) > 4 else 3
@@ -47,17 +49,27 @@ def read_bytes():
         return None
 
 
+n_vocab = llm.n_vocab()
+
+
+def greedy():
+    """The argmax of the last position's logits. (llama-cpp-python 0.3.36's eval no longer fills
+    `llm.scores` unless logits_all: read the context's logits directly.)"""
+    logits = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return int(np.ctypeslib.as_array(logits, shape=(n_vocab,)).argmax())
+
+
 def run():
     llm.reset()
     t = time.perf_counter()
     llm.eval(prompt)
     prefill = time.perf_counter() - t
-    tok = int(llm.scores[llm.n_tokens - 1].argmax())
+    tok = greedy()
     io0 = read_bytes()
     t = time.perf_counter()
     for _ in range(n_new):
         llm.eval([tok])
-        tok = int(llm.scores[llm.n_tokens - 1].argmax())
+        tok = greedy()
     decode = time.perf_counter() - t
     io1 = read_bytes()
     disk = None if io0 is None or io1 is None else (io1 - io0) / n_new
