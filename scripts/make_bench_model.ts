@@ -52,6 +52,25 @@ export const SHAPES: Record<string, Record<string, unknown>> = {
     bos_token_id: 128000,
     eos_token_id: 128001,
   },
+  // Tests only (tests/quant_split_test.ts): every row a whole number of 256-value K blocks.
+  "tiny-256": {
+    architectures: ["LlamaForCausalLM"],
+    model_type: "llama",
+    hidden_size: 256,
+    intermediate_size: 512,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    head_dim: 64,
+    vocab_size: 512,
+    max_position_embeddings: 512,
+    rms_norm_eps: 1e-5,
+    rope_parameters: { rope_type: "default", rope_theta: 10000 },
+    tie_word_embeddings: true,
+    hidden_act: "silu",
+    bos_token_id: 1,
+    eos_token_id: 2,
+  },
   // A MoE: 128 experts of which 8 run per token; bench with a few layers (BENCH_LAYERS).
   "qwen3-30b-a3b": {
     architectures: ["Qwen3MoeForCausalLM"],
