@@ -13,15 +13,16 @@
  *
  *  - quant: the block formats against f32/f16 at N=K=4096 and the SmolLM2 up/gate shape
  *    (N=1536, K=576): M = 1 cold (GB/s of weight bytes, ggml's block bytes for the quantized
- *    ones) and M = 64 hot. Then Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 at M = 1 cold with the option
+ *    ones) and M = 64 hot. Then Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K at M = 1 cold with the option
  *    int8_activations off and on (+i8) at 4096^2 and the SmolLM2 decode shapes, the decode pass
  *    of the model in each off and on, and the int8 path's error against the f32 path on random
- *    data.
+ *    data (Q4_K: only the shapes whose K is whole 256-blocks, 4096^2 and 576 x 1536; no decode
+ *    pass, the model's K = 576 is not).
  *
  * Build and run: sh cpu/bench.sh [n_threads] [sections] [int8 dtypes], sections a comma list of
  * memory,gemv,gemm,decode,prefill,quant,int8 (default: all but quant and int8; quant includes
  * int8, the int8 activations part alone); int8 dtypes, e.g. q4_1,q5_0, limits the int8 part to
- * those (default: all five).
+ * those (default: all six).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <omp.h>
@@ -258,6 +259,9 @@ static void bench_i8_error(rl_ctx *ctx, int dt, int N, int K, int outliers) {
     if (dt == RL_Q4_1 || dt == RL_Q5_1) { /* the min m: -(about 8 scales), as quantizers make */
       const uint32_t m = 0x8000 | (0x2800 + RND() % 0x0800);
       w[b + 2] = (uint8_t)m, w[b + 3] = (uint8_t)(m >> 8);
+    } else if (dt == RL_Q4_K) { /* dmin like d (the 6-bit scales and mins: random) */
+      const uint32_t m = 0x1c00 + RND() % 0x0800;
+      w[b + 2] = (uint8_t)m, w[b + 3] = (uint8_t)(m >> 8);
     }
   }
   for (int k = 0; k < K; k++)
@@ -343,23 +347,23 @@ int main(int argc, char **argv) {
     printf("\nint8 activations (option int8_activations), M = 1 cold, off then on (+i8)\n");
     static const int i8_shapes[][2] = {{4096, 4096}, {576, 576},  {192, 576},
                                        {1536, 576},  {576, 1536}, {49152, 576}};
-    static const int i8_dts[] = {RL_Q8_0, RL_Q4_0, RL_Q4_1, RL_Q5_0, RL_Q5_1};
-    for (int d = 0; d < 5; d++)
+    static const int i8_dts[] = {RL_Q8_0, RL_Q4_0, RL_Q4_1, RL_Q5_0, RL_Q5_1, RL_Q4_K};
+    for (int d = 0; d < 6; d++)
       for (int s = 0; s < 6 && i8_dtype_on(i8_dts[d], i8_only); s++)
-        for (int on = 0; on < 2; on++) {
+        for (int on = 0; on < 2 && i8_shapes[s][1] % rl_block_elems(i8_dts[d]) == 0; on++) {
           rl_set_option(ctx, (const uint8_t *)"int8_activations", on);
           bench_matmul(ctx, 1, i8_shapes[s][0], i8_shapes[s][1], i8_dts[d], 2);
         }
-    for (int d = 0; d < 5; d++)
-      for (int on = 0; on < 2 && i8_dtype_on(i8_dts[d], i8_only); on++) {
+    for (int d = 0; d < 6; d++)
+      for (int on = 0; on < 2 && i8_dtype_on(i8_dts[d], i8_only) && i8_dts[d] != RL_Q4_K; on++) {
         rl_set_option(ctx, (const uint8_t *)"int8_activations", on);
         bench_model(ctx, 1, i8_dts[d]);
       }
     rl_set_option(ctx, (const uint8_t *)"int8_activations", 0);
     printf("\nint8 activations: error against the f32 path (random W and x)\n");
-    for (int d = 0; d < 5; d++)
+    for (int d = 0; d < 6; d++)
       for (int s = 0; s < 6 && i8_dtype_on(i8_dts[d], i8_only); s++)
-        for (int o = 0; o < 2; o++)
+        for (int o = 0; o < 2 && i8_shapes[s][1] % rl_block_elems(i8_dts[d]) == 0; o++)
           bench_i8_error(ctx, i8_dts[d], i8_shapes[s][0], i8_shapes[s][1], o);
   }
 

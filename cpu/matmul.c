@@ -25,13 +25,14 @@
  * multiplies it into x at once (two accumulator chains per row), prefetching like the others;
  * the GEMM dequantizes its W tiles into the per-thread f32 buffer (as for f16/bf16), with K
  * chunks cut at block boundaries.
- * Option "int8_activations" (off by default): the GEMV on Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 W
- * instead quantizes x to int8 per 32 values once per call (as ggml's quantize_row_q8_0) and sums
- * exact integer block dot products of the weights' integers with x's int8 (vpdpbusd with AVX-512
- * VNNI or AVX-VNNI, maddubs + madd with AVX2, plain C otherwise), each scaled by d_w * d_x in
- * f32, Q4_1 / Q5_1 adding m_w * d_x * (the exact sum of the block's int8 x): llama.cpp's math,
- * approximate (quant.h), and fewer instructions per weight byte than dequantizing to f32. The
- * K formats (Q4_K ... Q6_K) keep the f32 path. */
+ * Option "int8_activations" (off by default): the GEMV on Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K
+ * W instead quantizes x to int8 per 32 values once per call (as ggml's quantize_row_q8_0) and
+ * sums exact integer dot products of the weights' integers with x's int8 per block of 32 (Q4_K:
+ * per sub-block) (vpdpbusd with AVX-512 VNNI or AVX-VNNI, maddubs + madd with AVX2, plain C
+ * otherwise), each scaled by d_w * d_x in f32 (Q4_K: d * sc_j * d_x), Q4_1 / Q5_1 adding
+ * m_w * d_x * (the exact sum of the block's int8 x), Q4_K -dmin * m_j * d_x * (that sum):
+ * llama.cpp's math, approximate (quant.h), and fewer instructions per weight byte than
+ * dequantizing to f32. Q5_K and Q6_K keep the f32 path. */
 #include <omp.h>
 #include <stdlib.h>
 
@@ -225,6 +226,60 @@ ALWAYS_INLINE void gemv_i8(float *out, const int8_t *qx, const float *dx, const 
   }
 }
 
+#ifdef RL_I8_SIMD
+/* gemv_i8_k's rows n .. n + rows - 1 (rows 1 or 2, a compile-time constant). */
+ALWAYS_INLINE void gemv_i8_k_rows(int rows, float *out, const int8_t *qx, const float *dx,
+                                  const int32_t *cx, const uint8_t *r0, int64_t rowb,
+                                  const void *bias, int bdt, int64_t nb, int64_t n,
+                                  const uint8_t **pf) {
+  const int64_t bb = rl_block_bytes(RL_Q4_K);
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t *blk[2] = {r0 + b * bb, r0 + (rows - 1) * rowb + b * bb};
+    for (; *pf < blk[1] + GEMV_PREFETCH; *pf += 64) __builtin_prefetch(*pf, 0, 2);
+    q4k_i8(rows, blk, qx + 256 * b, dx + 8 * b, cx + 8 * b, acc);
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < rows; r++) {
+    const __m256 a = _mm256_add_ps(acc[2 * r], acc[2 * r + 1]);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    out[n + r] =
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) + (bias ? load_f32(bias, bdt, n + r) : 0.0f);
+  }
+}
+#endif
+
+/* gemv_i8 for Q4_K W (quant.h q4k_i8): blocks of 256, each 8 sub-blocks of 32 with a scale and a
+ * min, against x as for the others (its scale per 32 values); two rows at a time with two
+ * accumulator chains each (the low and high nibbles' sub-blocks), a last odd row alone,
+ * prefetching as gemv_i8. */
+ALWAYS_INLINE void gemv_i8_k(float *out, const int8_t *qx, const float *dx, const int32_t *cx,
+                             const void *w, const void *bias, int bdt, int64_t K, int64_t n_begin,
+                             int64_t n_end) {
+  const int64_t bb = rl_block_bytes(RL_Q4_K), nb = K / 256, rowb = nb * bb;
+  const uint8_t *pf = (const uint8_t *)w + n_begin * rowb;
+  int64_t n = n_begin;
+#ifdef RL_I8_SIMD
+  for (; n + 2 <= n_end; n += 2)
+    gemv_i8_k_rows(2, out, qx, dx, cx, (const uint8_t *)w + n * rowb, rowb, bias, bdt, nb, n, &pf);
+  if (n < n_end)
+    gemv_i8_k_rows(1, out, qx, dx, cx, (const uint8_t *)w + n * rowb, rowb, bias, bdt, nb, n, &pf);
+#else
+  for (; n < n_end; n++) {
+    const uint8_t *row = (const uint8_t *)w + n * rowb;
+    float acc[2] = {0.0f, 0.0f};
+    for (int64_t b = 0; b < nb; b++) {
+      const uint8_t *blk = row + b * bb;
+      for (; pf < blk + GEMV_PREFETCH; pf += 64) __builtin_prefetch(pf, 0, 2);
+      q4k_i8_row(blk, qx + 256 * b, dx + 8 * b, cx + 8 * b, acc);
+    }
+    out[n] = acc[0] + acc[1] + (bias ? load_f32(bias, bdt, n) : 0.0f);
+  }
+#endif
+}
+
 typedef void gemv_i8_fn(float *out, const int8_t *qx, const float *dx, const int32_t *cx,
                         const void *w, const void *bias, int bdt, int64_t K, int64_t n_begin,
                         int64_t n_end);
@@ -239,11 +294,16 @@ GEMV_I8_FN(RL_Q4_0)
 GEMV_I8_FN(RL_Q4_1)
 GEMV_I8_FN(RL_Q5_0)
 GEMV_I8_FN(RL_Q5_1)
+static void gemv_i8_RL_Q4_K(float *out, const int8_t *qx, const float *dx, const int32_t *cx,
+                            const void *w, const void *bias, int bdt, int64_t K, int64_t n_begin,
+                            int64_t n_end) {
+  gemv_i8_k(out, qx, dx, cx, w, bias, bdt, K, n_begin, n_end);
+}
 
 /* Indexed by enum rl_dtype: the qx8_dtype ones. */
 static gemv_i8_fn *const gemv_i8s[RL_DTYPE_COUNT] = {
     [RL_Q8_0] = gemv_i8_RL_Q8_0, [RL_Q4_0] = gemv_i8_RL_Q4_0, [RL_Q4_1] = gemv_i8_RL_Q4_1,
-    [RL_Q5_0] = gemv_i8_RL_Q5_0, [RL_Q5_1] = gemv_i8_RL_Q5_1};
+    [RL_Q5_0] = gemv_i8_RL_Q5_0, [RL_Q5_1] = gemv_i8_RL_Q5_1, [RL_Q4_K] = gemv_i8_RL_Q4_K};
 
 /* rl_matmul with M == 1 and the option int8_activations on, for W of a qx8_dtype. x is quantized
  * once, by the calling thread (K / 32 blocks: little next to the N rows that follow), into a

@@ -226,11 +226,13 @@ QB_INLINE void qblock(int dt, int mode, const uint8_t *blk, const float *x, vf *
 }
 
 /* ----------------------------------------------------------------------------------------------
- * int8 activations (option "int8_activations", rl_matmul's GEMV on Q8_0, Q4_0, Q4_1, Q5_0 and
- * Q5_1 weights): x is quantized once per call to int8 per 32 values (qx8_quantize), then every W
- * block's dot product with x is an exact integer sum of int8 products (q8_isum), scaled by
- * d_w * d_x; the formats with a min m (Q4_1, Q5_1: w = d * q + m, q unsigned) add
- * m_w * d_x * sum(q_x), sum(q_x) exact too (llama.cpp's vec_dot_q4_1_q8_1). */
+ * int8 activations (option "int8_activations", rl_matmul's GEMV on Q8_0, Q4_0, Q4_1, Q5_0, Q5_1
+ * and Q4_K weights): x is quantized once per call to int8 per 32 values (qx8_quantize), then
+ * every W block's dot product with x is an exact integer sum of int8 products (q8_isum), scaled
+ * by d_w * d_x; the formats with a min m (Q4_1, Q5_1: w = d * q + m, q unsigned) add
+ * m_w * d_x * sum(q_x), sum(q_x) exact too (llama.cpp's vec_dot_q4_1_q8_1). Q4_K does the same
+ * per sub-block of 32 (q4k_i8: scale d * sc, min -dmin * m; x keeps its scale per 32, where
+ * llama.cpp's Q8_K has one per 256). */
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -244,11 +246,13 @@ QB_INLINE void qblock(int dt, int mode, const uint8_t *blk, const float *x, vf *
 
 /* Whether rl_matmul's int8 path takes W of dtype dt. */
 static inline int qx8_dtype(int dt) {
-  return dt == RL_Q8_0 || dt == RL_Q4_0 || dt == RL_Q4_1 || dt == RL_Q5_0 || dt == RL_Q5_1;
+  return dt == RL_Q8_0 || dt == RL_Q4_0 || dt == RL_Q4_1 || dt == RL_Q5_0 || dt == RL_Q5_1 ||
+         dt == RL_Q4_K;
 }
 
-/* The formats with a min (w = d * q + m): their blocks add m_w * d_x * sum(q_x). */
-QB_INLINE int qx8_has_min(int dt) { return dt == RL_Q4_1 || dt == RL_Q5_1; }
+/* The formats with a min (w = d * q + m; Q4_K: per sub-block of 32, d * sc * q - dmin * m):
+ * their blocks add m_w * d_x * sum(q_x). */
+QB_INLINE int qx8_has_min(int dt) { return dt == RL_Q4_1 || dt == RL_Q5_1 || dt == RL_Q4_K; }
 
 /* The per-lane start value of a block's 8 int32 partial sums that q8_isum needs for a W block of
  * dtype dt (a compile-time constant) against an x block whose int8 values sum to sx: with VNNI,
@@ -382,6 +386,57 @@ QB_INLINE __m256i q8_isum(int dt, const uint8_t *blk, const int8_t *qx, int32_t 
   return dt == RL_Q8_0 || no_start ? p : _mm256_add_epi32(p, _mm256_set1_epi32(c));
 #endif
 }
+
+/* Unsigned bytes w (< 128) times int8 x: 8 int32 lanes whose sum is the exact dot product. */
+QB_INLINE __m256i qx8_dot_u(__m256i w, __m256i x) {
+#ifdef RL_I8_VNNI
+  return RL_I8_VNNI(_mm256_setzero_si256(), w, x);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+#endif
+}
+
+/* The Q4_K blocks blk[r] of `rows` W rows (1 or 2, a compile-time constant; they share the loads
+ * of x) times x[0:256] as qx8_quantize left it (qx, and per 32 values dx[0:8] and the sums
+ * cx[0:8]): acc[2r] gains sum_j d * sc_j * (d_x_j * isum_j) over the sub-blocks j of low
+ * nibbles and -sum_j dmin * m_j * (d_x_j * sum(q_x_j)) over all 8, acc[2r + 1] the first sum
+ * over the sub-blocks of high nibbles; isum_j exact (q in [0, 16) unsigned times q_x). */
+QB_INLINE void q4k_i8(int rows, const uint8_t *const *blk, const int8_t *qx, const float *dx,
+                      const int32_t *cx, __m256 *acc) {
+  const __m256 vdx = _mm256_loadu_ps(dx);
+  const __m256 xs = _mm256_mul_ps(vdx, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)cx)));
+  float f[2][8]; /* d * sc_j * d_x_j */
+#pragma GCC unroll 2
+  for (int r = 0; r < rows; r++) {
+    uint32_t u[4]; /* the 8 scales, then the 8 mins, as bytes */
+    qb_scale_min_k4(blk[r] + 4, u);
+    /* from registers: bytes stored as words and loaded as one 8-byte value do not forward */
+    const __m128i su = _mm_cvtsi64_si128((long long)(u[0] | (uint64_t)u[1] << 32));
+    const __m128i mu = _mm_cvtsi64_si128((long long)(u[2] | (uint64_t)u[3] << 32));
+    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(su));
+    const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mu));
+    const __m256 d = _mm256_broadcast_ss(&cpu_f16_table[blk[r][0] | blk[r][1] << 8]);
+    const __m256 dmin = _mm256_broadcast_ss(&cpu_f16_table[blk[r][2] | blk[r][3] << 8]);
+    _mm256_storeu_ps(f[r], _mm256_mul_ps(_mm256_mul_ps(d, sc), vdx));
+    acc[2 * r] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, mn), xs, acc[2 * r]);
+  }
+  QB_TABLES_IN_MEMORY();
+  const __m256i m15 = _mm256_set1_epi8(15);
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; c++) { /* 32 bytes of qs: sub-blocks 2c (low nibbles), 2c + 1 */
+    const __m256i xl = _mm256_loadu_si256((const __m256i *)(qx + 64 * c));
+    const __m256i xh = _mm256_loadu_si256((const __m256i *)(qx + 64 * c + 32));
+#pragma GCC unroll 2
+    for (int r = 0; r < rows; r++) {
+      const __m256i v = _mm256_loadu_si256((const __m256i *)(blk[r] + 16 + 32 * c));
+      const __m256i lo = _mm256_and_si256(v, m15), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
+      acc[2 * r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qx8_dot_u(lo, xl)),
+                                   _mm256_broadcast_ss(&f[r][2 * c]), acc[2 * r]);
+      acc[2 * r + 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qx8_dot_u(hi, xh)),
+                                       _mm256_broadcast_ss(&f[r][2 * c + 1]), acc[2 * r + 1]);
+    }
+  }
+}
 #else
 /* Scalar: sum_i qw_i * qx_i of the block (qw as above). */
 QB_INLINE int32_t q8_isum(int dt, const uint8_t *blk, const int8_t *qx, int32_t c) {
@@ -402,6 +457,22 @@ QB_INLINE int32_t q8_isum(int dt, const uint8_t *blk, const int8_t *qx, int32_t 
     }
   }
   return s;
+}
+
+/* Scalar q4k_i8 for one row: acc[0] (+ acc[1]) gains the Q4_K block blk's sum over its 8
+ * sub-blocks of d * sc_j * (d_x_j * isum_j) - dmin * m_j * (d_x_j * sum(q_x_j)). */
+QB_INLINE void q4k_i8_row(const uint8_t *blk, const int8_t *qx, const float *dx, const int32_t *cx,
+                          float *acc) {
+  uint32_t u[4];
+  qb_scale_min_k4(blk + 4, u);
+  const uint8_t *sc = (const uint8_t *)u, *mn = (const uint8_t *)(u + 2);
+  const float d = qb_f16(blk), dmin = qb_f16(blk + 2);
+  for (int j = 0; j < 8; j++) {
+    const uint8_t *qs = blk + 16 + 32 * (j / 2);
+    int32_t is = 0;
+    for (int i = 0; i < 32; i++) is += (j & 1 ? qs[i] >> 4 : qs[i] & 15) * qx[32 * j + i];
+    acc[j & 1] += d * (float)sc[j] * ((float)is * dx[j]) - dmin * (float)mn[j] * (dx[j] * (float)cx[j]);
+  }
 }
 #endif
 

@@ -1859,19 +1859,20 @@ static void test_quant(rl_ctx *ctx) {
 
 
 /* ----------------------------------------------------------------------------------------------
- * Option "int8_activations": the GEMV (M == 1) on q8_0, q4_0, q4_1, q5_0 and q5_1 W with x
- * quantized to int8 per 32 values. Checked against a scalar reference of the same int8 math
+ * Option "int8_activations": the GEMV (M == 1) on q8_0, q4_0, q4_1, q5_0, q5_1 and q4_k W with
+ * x quantized to int8 per 32 values. Checked against a scalar reference of the same int8 math
  * (quantization as ggml's quantize_row_q8_0 on x86: d = amax/127, q = x * (127/amax) rounded to
  * nearest even, d in f32; then sum_b d_w * d_x * exact integer dot (+ m_w * d_x * exact sum of
- * the block's q_x for q4_1 / q5_1, whose weights are d_w * q + m_w with q unsigned), in double),
+ * the block's q_x for q4_1 / q5_1, whose weights are d_w * q + m_w with q unsigned; q4_k so per
+ * sub-block of 32, d_w = d * sc, m_w = -dmin * m), in double),
  * and against the f32 path within the bound of the activation quantization: |x - d q| <= d / 2 =
  * amax_b / 254 per value, so a row differs by at most E_n = sum_b amax_b / 254 * sum_{k in b}
  * |w_k| (plus f32 rounding). Option off (and every other dtype, and M > 1) is bit-identical to
  * before the option was ever set. */
 
 #define I8_KEY ((const uint8_t *)"int8_activations")
-#define I8_FIRST RL_Q8_0 /* the dtypes of the int8 path: RL_Q8_0 ... RL_Q5_1 */
-#define I8_LAST RL_Q5_1
+#define I8_FIRST RL_Q8_0 /* the dtypes of the int8 path: RL_Q8_0 ... RL_Q4_K */
+#define I8_LAST RL_Q4_K
 
 static int i8_dtype(int dt) { return dt >= I8_FIRST && dt <= I8_LAST; }
 
@@ -1880,12 +1881,24 @@ static uint16_t rand_f16_mag(int e) {
   return (uint16_t)(((15 + e) << 10) + rand_u32() % 0x0800) | (rand_u32() & 1 ? 0x8000 : 0);
 }
 
+/* Q4_K's 6-bit scale and min of sub-block j from its 12 bytes s (ggml's get_scale_min_k4). */
+static void ref_scale_min_k4(const uint8_t *s, int j, int *sc, int *m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 15) | (s[j - 4] >> 6) << 4;
+    *m = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+  }
+}
+
 /* A random W of N rows of K in dt (i8_dtype): random quants, f16 scales d of either sign with
- * magnitudes in [2^-8, 2^-6), for q4_1 / q5_1 f16 mins m of either sign in [2^-7, 2^-5); wq[n*K +
- * k] its integer weights (q4_0: q - 8, q5_0: q - 16, q4_1 / q5_1: q), ws[n*K/32 + b] its scales,
- * wm[n*K/32 + b] its mins (0 without). */
+ * magnitudes in [2^-8, 2^-6), for q4_1 / q5_1 f16 mins m of either sign in [2^-7, 2^-5) (q4_k:
+ * d and dmin so, random 6-bit sub-block scales and mins); wq[n*K + k] its integer weights (q4_0:
+ * q - 8, q5_0: q - 16, q4_1 / q5_1 / q4_k: q), per 32 values ws[n*K/32 + b] their scale, wm[...]
+ * their min (0 without; q4_k: d * sc and -dmin * m of the sub-block). */
 static uint8_t *rand_q_weights(int dt, int N, int K, int *wq, double *ws, double *wm) {
-  const int bb = (int)rl_row_bytes(dt, 32), nb = K / 32;
+  const int qk = dt == RL_Q4_K ? 256 : 32, bb = (int)rl_row_bytes(dt, qk), nb = K / qk;
   const int has_min = dt == RL_Q4_1 || dt == RL_Q5_1, five = dt == RL_Q5_0 || dt == RL_Q5_1;
   const int qs = dt == RL_Q8_0 ? 2 : 2 + 2 * has_min + 4 * five; /* offset of the quants */
   const int off = dt == RL_Q4_0 ? 8 : dt == RL_Q5_0 ? 16 : 0;
@@ -1896,6 +1909,22 @@ static uint8_t *rand_q_weights(int dt, int N, int K, int *wq, double *ws, double
     const uint16_t h = rand_f16_mag(-8);
     blk[0] = (uint8_t)h;
     blk[1] = (uint8_t)(h >> 8);
+    if (dt == RL_Q4_K) {
+      const uint16_t hm = rand_f16_mag(-8);
+      blk[2] = (uint8_t)hm;
+      blk[3] = (uint8_t)(hm >> 8);
+      for (int sub = 0; sub < 8; sub++) {
+        int sc, m;
+        ref_scale_min_k4(blk + 4, sub, &sc, &m);
+        ws[8 * j + sub] = ref_f16(h) * sc;
+        wm[8 * j + sub] = -ref_f16(hm) * m;
+        for (int i = 0; i < 32; i++) {
+          const uint8_t v = blk[16 + 32 * (sub / 2) + i];
+          wq[256 * j + 32 * sub + i] = sub & 1 ? v >> 4 : v & 15;
+        }
+      }
+      continue;
+    }
     ws[j] = ref_f16(h);
     wm[j] = 0.0;
     if (has_min) {
@@ -2032,13 +2061,16 @@ static void test_int8_activations(rl_ctx *ctx) {
 
   static const int shapes[][2] = {{1, 32}, {7, 64}, {33, 96}, {67, 1280}, {129, 576},
                                   {5, 4096}, {3, 16416} /* x in a heap buffer */};
+  static const int shapes_k[][2] = {{1, 256}, {7, 512}, {33, 768}, {67, 1280}, {129, 2304},
+                                    {5, 4096}, {3, 16640} /* x in a heap buffer */};
   for (int dt = I8_FIRST; dt <= I8_LAST; dt++) {
     double rms_max = 0.0, max_max = 0.0;
+    const int(*sh)[2] = dt == RL_Q4_K ? shapes_k : shapes;
     for (int s = 0; s < 7; s++)
       for (int v = 0; v < 2; v++) {
         double rr, rm;
         const int bias_dt = (s + v) % 4 == 0 ? -1 : (s + v) % 4 - 1;
-        check_int8_case(ctx, dt, shapes[s][0], shapes[s][1], bias_dt, v, &rr, &rm);
+        check_int8_case(ctx, dt, sh[s][0], sh[s][1], bias_dt, v, &rr, &rm);
         if (v == 0) {
           rms_max = fmax(rms_max, rr);
           max_max = fmax(max_max, rm);

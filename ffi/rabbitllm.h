@@ -213,13 +213,16 @@ RL_API int64_t rl_read_sysfile(const uint8_t *path, uint8_t *buf, int64_t cap);
  *                 (direct I/O where the file offset and dst line up on 4096-byte blocks, else
  *                 dropped after reading): streamed layers that will not be reused before they
  *                 would be evicted must not evict what stays resident
- *   "int8_activations" 0 (default) / 1: rl_matmul with M == 1 on q8_0, q4_0, q4_1, q5_0 or
- *                 q5_1 weights quantizes x to int8 per 32 values as ggml's quantize_row_q8_0
- *                 does (d = max|x|/127, q = x * (127/max|x|) rounded to nearest even; d kept in
- *                 f32, not f16) and sums exact integer block dot products of the weights'
- *                 integers with x's, each times d_w * d_x, q4_1 / q5_1 adding m_w * d_x * (the
- *                 exact sum of the block's int8 x) (llama.cpp's vec_dot_q8_0_q8_0 / q4_0_q8_0 /
- *                 q4_1_q8_1 / q5_0_q8_0 / q5_1_q8_1). Faster, and approximate: a W row's result
+ *   "int8_activations" 0 (default) / 1: rl_matmul with M == 1 on q8_0, q4_0, q4_1, q5_0,
+ *                 q5_1 or q4_k weights quantizes x to int8 per 32 values as ggml's
+ *                 quantize_row_q8_0 does (d = max|x|/127, q = x * (127/max|x|) rounded to
+ *                 nearest even; d kept in f32, not f16) and sums exact integer dot products of
+ *                 the weights' integers with x's per block of 32 (q4_k: per sub-block), each
+ *                 times d_w * d_x (q4_k: d * sc * d_x), q4_1 / q5_1 adding m_w * d_x * (the
+ *                 exact sum of the block's int8 x), q4_k -dmin * m * d_x * (that sum)
+ *                 (llama.cpp's vec_dot_q8_0_q8_0 / q4_0_q8_0 / q4_1_q8_1 / q5_0_q8_0 /
+ *                 q5_1_q8_1; for q4_k x keeps a scale per 32 values where llama.cpp's q8_K has
+ *                 one per 256). Faster, and approximate: a W row's result
  *                 differs from the f32 math by at most sum over blocks of
  *                 max|x_block| / 254 * sum|w_block| (plus f32 rounding); any non-finite x in a
  *                 block makes the results NaN. Other dtypes, M > 1 and value 0 are unaffected
