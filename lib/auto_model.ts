@@ -113,11 +113,11 @@ export interface FromPretrainedOptions {
    */
   attnImplementation?: AttnImplementation;
   /**
-   * CPU: decode matmuls on q8_0 / q4_0 / q4_1 / q5_0 / q5_1 weights (not the K formats) quantize
-   * the activation row to int8 per 32 values (as llama.cpp does) and use integer dot products —
-   * faster, and approximate: each output is within Σ_blocks max|x_block|/254 · Σ|w_block| of the
-   * f32 math (default false: activations stay f32, results equal f32 math on the dequantized
-   * weights). Other devices: said once, off.
+   * CPU: decode matmuls on q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q4_k weights (not q5_k, q6_k)
+   * quantize the activation row to int8 per 32 values (as llama.cpp does) and use integer dot
+   * products — faster, and approximate: each output is within Σ_blocks max|x_block|/254 ·
+   * Σ|w_block| of the f32 math (default false: activations stay f32, results equal f32 math on
+   * the dequantized weights). Other devices: said once, off.
    */
   int8Activations?: boolean;
   /** Pinned host staging for layer loads (GPU; default true). */

@@ -1,8 +1,8 @@
 // The CPU backend's option "int8_activations" through the TS binding: rl_matmul with M = 1 on
-// Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 weights quantizes x to int8 per 32 values (ggml's
+// Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q4_K weights quantizes x to int8 per 32 values (ggml's
 // quantize_row_q8_0 on x86: d = amax/127, q = x·(127/amax) rounded to nearest even, d kept in f32)
 // and sums exact integer block dot products times d_w·d_x (plus m_w·d_x·Σq_x for Q4_1 / Q5_1,
-// whose weights are d·q + m). Checked against a scalar reference of that math, against the f32
+// whose weights are d·q + m; Q4_K so per sub-block of 32 with d_w = d·sc, m_w = -dmin·m). Checked against a scalar reference of that math, against the f32
 // path within the activation quantization's bound (Σ_b amax_b/254 · Σ_{k∈b} |w_k| per row), and
 // the option off is bit-identical before and after it was on. cpu/test_ops.c has the full suite.
 import assert from "node:assert/strict";
@@ -31,8 +31,23 @@ function roundEven(v: number): number {
   return Math.abs(v - Math.trunc(v)) === 0.5 ? 2 * Math.round(v / 2) : r;
 }
 
-type I8DType = "Q8_0" | "Q4_0" | "Q4_1" | "Q5_0" | "Q5_1";
-const BLOCK_BYTES: Record<I8DType, number> = { Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24 };
+type I8DType = "Q8_0" | "Q4_0" | "Q4_1" | "Q5_0" | "Q5_1" | "Q4_K";
+const BLOCK_BYTES: Record<I8DType, number> = {
+  Q8_0: 34,
+  Q4_0: 18,
+  Q4_1: 20,
+  Q5_0: 22,
+  Q5_1: 24,
+  Q4_K: 144,
+};
+
+/** Q4_K's 6-bit scale and min of sub-block j from its 12 bytes at o (ggml's get_scale_min_k4). */
+function scaleMinK4(b: Uint8Array, o: number, j: number): [number, number] {
+  return j < 4 ? [b[o + j] & 63, b[o + j + 4] & 63] : [
+    (b[o + j + 4] & 15) | ((b[o + j - 4] >> 6) << 4),
+    (b[o + j + 4] >> 4) | ((b[o + j] >> 6) << 4),
+  ];
+}
 
 /** A random f16 (bits) of magnitude in [2^e, 2^(e+2)), either sign. */
 function randomF16(e: number): number {
@@ -41,9 +56,11 @@ function randomF16(e: number): number {
 
 /**
  * A random W[N,K] in dtype dt: its bytes, integer weights (Q4_0: q - 8, Q5_0: q - 16, Q4_1 /
- * Q5_1: the unsigned q), per-block scales and mins (0 but for Q4_1 / Q5_1).
+ * Q5_1 / Q4_K: the unsigned q), per 32 values their scale and min (0 but for Q4_1 / Q5_1; Q4_K:
+ * d·sc and -dmin·m of the sub-block).
  */
 function randomWeights(dt: I8DType, N: number, K: number) {
+  if (dt === "Q4_K") return randomQ4K(N, K);
   const bb = BLOCK_BYTES[dt], nb = K / 32;
   const hasMin = dt === "Q4_1" || dt === "Q5_1", five = dt === "Q5_0" || dt === "Q5_1";
   const qs = dt === "Q8_0" ? 2 : 2 + (hasMin ? 2 : 0) + (five ? 4 : 0); // offset of the quants
@@ -72,6 +89,28 @@ function randomWeights(dt: I8DType, N: number, K: number) {
         ? (bytes[o + 2 + i] << 24) >> 24
         : ((i < 16 ? bytes[o + qs + i] & 15 : bytes[o + qs + i - 16] >> 4) |
           (((qh >>> i) & 1) << 4)) - off;
+    }
+  }
+  return { bytes, q, scale, min };
+}
+
+/** randomWeights for Q4_K: blocks of 256, 8 sub-blocks of 32 with random 6-bit scales and mins. */
+function randomQ4K(N: number, K: number) {
+  const nb = K / 256, bytes = new Uint8Array(N * nb * 144), q = new Int32Array(N * K);
+  const scale = new Float64Array(N * K / 32), min = new Float64Array(N * K / 32);
+  for (let j = 0; j < N * nb; j++) {
+    const o = j * 144;
+    for (let i = 4; i < 144; i++) bytes[o + i] = rnd() & 0xff;
+    const h = randomF16(-8), hm = randomF16(-8);
+    bytes.set([h & 0xff, h >> 8, hm & 0xff, hm >> 8], o);
+    for (let sub = 0; sub < 8; sub++) {
+      const [sc, m] = scaleMinK4(bytes, o + 4, sub);
+      scale[8 * j + sub] = f16(h) * sc;
+      min[8 * j + sub] = -f16(hm) * m;
+      for (let i = 0; i < 32; i++) {
+        const v = bytes[o + 16 + 32 * (sub >> 1) + i];
+        q[256 * j + 32 * sub + i] = sub & 1 ? v >> 4 : v & 15;
+      }
     }
   }
   return { bytes, q, scale, min };
@@ -126,7 +165,7 @@ Deno.test("int8_activations: an option, off by default, 0 or 1", () => {
   assert.equal(be.getOption("int8_activations"), 0);
 });
 
-Deno.test("int8_activations: the GEMV on Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 equals the int8 reference", () => {
+Deno.test("int8_activations: the GEMV on Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q4_K equals the int8 reference", () => {
   using be = Backend.open({ device: "cpu" });
   const put = (a: ArrayBufferView) => {
     const p = be.alloc(a.byteLength);
@@ -156,8 +195,15 @@ Deno.test("int8_activations: the GEMV on Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 equals
     [33, 96, false],
     [17, 576, true],
   ];
-  for (const dt of ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"] as const) {
-    for (const [N, K, withBias] of shapes) {
+  // Q4_K: K in whole 256-blocks
+  const shapesK: [number, number, boolean][] = [
+    [1, 256, false],
+    [5, 512, true],
+    [33, 768, false],
+    [17, 1280, true],
+  ];
+  for (const dt of ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K"] as const) {
+    for (const [N, K, withBias] of dt === "Q4_K" ? shapesK : shapes) {
       const w = randomWeights(dt, N, K);
       const x = new Float32Array(K).map(() => (rnd() / 2 ** 32) * 2 - 1);
       const bias = withBias ? new Float32Array(N).map(() => (rnd() / 2 ** 32) * 2 - 1) : null;
