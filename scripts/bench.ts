@@ -20,7 +20,8 @@
  * its own process. Memory limits need root and cgroups (v1 or v2); without them the table says
  * so and leaves those rows out.
  *
- * `--int8`: our rows run with `int8Activations` (q8_0 / q4_0 decode matmuls on int8 activations).
+ * `--int8`: our rows run with `int8Activations` (decode matmuls on q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q4_k
+ * weights with int8 activations).
  *
  * A `.gguf` as `--model` runs as it is (its tensor types), and llama.cpp's peer rows read that
  * same file.
@@ -49,7 +50,7 @@ const USAGE = `deno task bench [options]   (every row measured in this run; see 
   --batches 1,4,16          batch sizes
   --memory-limit 0.75       the memory-limit rows' limit, × the basis below (needs root, cgroups)
   --limit-basis own|fp16    own: the split's bytes; fp16: 2 bytes per parameter, whatever --dtype
-  --int8                    our rows with int8 activations (q8_0 / q4_0 decode)
+  --int8                    our rows with int8 activations (decode on q8_0 q4_0 q4_1 q5_0 q5_1 q4_k)
   --repeat 3                runs per row (best kept)
   --peers                   llama.cpp rows (llama-cpp-python 0.3.36 built once, cached)
   --no-hf                   no transformers row

@@ -31,7 +31,7 @@ const { values: a } = parseArgs({
     depth: { type: "string" },
     /** The split's dtype as fromPretrained takes it (float32, q8_0, ...): the same split is reused. */
     dtype: { type: "string", default: "auto" },
-    /** int8 activations on q8_0 / q4_0 decode matmuls (CPU). */
+    /** int8 activations on q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q4_k decode matmuls (CPU). */
     int8: { type: "boolean", default: false },
   },
 });
