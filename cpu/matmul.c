@@ -29,7 +29,9 @@
  * W instead quantizes x to int8 per 32 values once per call (as ggml's quantize_row_q8_0) and
  * sums exact integer dot products of the weights' integers with x's int8 per block of 32 (Q4_K:
  * per sub-block) (vpdpbusd with AVX-512 VNNI or AVX-VNNI, maddubs + madd with AVX2, plain C
- * otherwise), each scaled by d_w * d_x in f32 (Q4_K: d * sc_j * d_x), Q4_1 / Q5_1 adding
+ * otherwise; with VNNI the 4- and 5-bit formats two blocks per 256-bit vector, x reordered to
+ * match once per call, quant.h qx8_pairs; two W rows at a time sharing the loads of x),
+ * each scaled by d_w * d_x in f32 (Q4_K: d * sc_j * d_x), Q4_1 / Q5_1 adding
  * m_w * d_x * (the exact sum of the block's int8 x), Q4_K -dmin * m_j * d_x * (that sum):
  * llama.cpp's math, approximate (quant.h), and fewer instructions per weight byte than
  * dequantizing to f32. Q5_K and Q6_K keep the f32 path. */
@@ -159,71 +161,115 @@ static gemv_fn *const gemvs[RL_DTYPE_COUNT] = {
     gemv_RL_F32,  gemv_RL_F16,  gemv_RL_BF16, gemv_RL_Q8_0, gemv_RL_Q4_0, gemv_RL_Q4_1,
     gemv_RL_Q5_0, gemv_RL_Q5_1, gemv_RL_Q4_K, gemv_RL_Q5_K, gemv_RL_Q6_K};
 
-/* The GEMV with int8 activations (option "int8_activations", quant.h) for W of a qx8_dtype: row
- * n's result is sum_b d_w[b] * (d_x[b] * isum_b) (+ m_w[b] * (d_x[b] * sum(q_x of block b)) for
- * Q4_1 / Q5_1, in a scalar chain of its own), isum_b the exact int32 dot product of W block b
- * with x block b (qx8_quantize: qx, dx, cx). Two rows at a time (one accumulator chain each;
- * they share the loads of x, d_x and cx), a last odd row alone; the prefetch runs GEMV_PREFETCH
- * bytes ahead of the second row's block, over the thread's contiguous rows, as in gemv_q. (One
- * row at a time measured ~10% slower in the decode pass; two chains per row no faster.) */
-ALWAYS_INLINE void gemv_i8(float *out, const int8_t *qx, const float *dx, const int32_t *cx,
-                           const void *w, int dt, const void *bias, int bdt, int64_t K,
-                           int64_t n_begin, int64_t n_end) {
-  const int64_t bb = rl_block_bytes(dt), nb = K / 32, rowb = nb * bb;
+/* x in pairs of blocks for the nibble formats with VNNI (quant.h qx8_pairs), else unused. */
+typedef struct {
+  const int8_t *qp;
+  const float *dp;
+  const int32_t *cp;
+} qx8_px;
+
+#ifdef RL_I8_SIMD
+/* gemv_i8's rows n .. n + rows - 1 (rows 1 or 2, a compile-time constant; W row n at
+ * w + n * rowb), one accumulator chain per row, the rows sharing the loads of x and its scales.
+ * Q8_0 (and every format without VNNI) a block at a time: 8 int32 lanes (q8_isum) to f32, times
+ * d_x, then an fma with d_w. The nibble formats with VNNI two blocks at a time (qx8_isum_pair:
+ * both blocks' low nibbles in one 256-bit vector, the high ones in another, two vpdpbusd into 8
+ * lanes, 4 per block): one conversion, one multiply by d_x (per lane, dp) and one fma with
+ * [d_w of the first block x4 | of the second x4] (a blend of two broadcasts) per pair, where a
+ * block at a time takes two of each plus twice the unpacking (13% less time for Q4_1's decode
+ * pass, 5-6% for Q4_0, Q5_0, Q5_1). */
+ALWAYS_INLINE void gemv_i8_rows(int rows, int dt, float *out, const int8_t *qx, const float *dx,
+                                const int32_t *cx, const float *xs, const qx8_px *x2,
+                                const uint8_t *w, int64_t rowb, int64_t nb, const void *bias,
+                                int bdt, int64_t n, const uint8_t **pf) {
+  const int64_t bb = rl_block_bytes(dt);
   const int has_min = qx8_has_min(dt);
+  const uint8_t *row = w + n * rowb;
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  float mn[2] = {0.0f, 0.0f}; /* the min terms */
+  int64_t b = 0;
+#ifdef RL_I8_VNNI
+  if (dt != RL_Q8_0)
+    for (; b + 2 <= nb; b += 2) {
+      const uint8_t *last = row + (rows - 1) * rowb + (b + 1) * bb;
+      for (; *pf < last + GEMV_PREFETCH; *pf += 64) __builtin_prefetch(*pf, 0, 2);
+      const __m256 xd = _mm256_loadu_ps(x2->dp + 4 * b);
+#pragma GCC unroll 2
+      for (int r = 0; r < rows; r++) {
+        const uint8_t *b0 = row + r * rowb + b * bb, *b1 = b0 + bb;
+        const __m256i is = qx8_isum_pair(dt, b0, b1, x2->qp + 32 * b, x2->cp + 4 * b);
+        const __m256 d = _mm256_blend_ps(_mm256_broadcast_ss(&cpu_f16_table[b0[0] | b0[1] << 8]),
+                                         _mm256_broadcast_ss(&cpu_f16_table[b1[0] | b1[1] << 8]),
+                                         0xf0);
+        acc[r] = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(is), xd), acc[r]);
+        if (has_min) {
+          mn[r] = fmaf(cpu_f16_table[b0[2] | b0[3] << 8], xs[b], mn[r]);
+          mn[r] = fmaf(cpu_f16_table[b1[2] | b1[3] << 8], xs[b + 1], mn[r]);
+        }
+      }
+    }
+#else
+  (void)x2;
+#endif
+  for (; b < nb; b++) {
+    const uint8_t *last = row + (rows - 1) * rowb + b * bb;
+    for (; *pf < last + GEMV_PREFETCH; *pf += 64) __builtin_prefetch(*pf, 0, 2);
+    const __m256 xd = _mm256_broadcast_ss(dx + b);
+#pragma GCC unroll 2
+    for (int r = 0; r < rows; r++) {
+      const uint8_t *blk = row + r * rowb + b * bb;
+      const __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(q8_isum(dt, blk, qx + 32 * b, cx[b])), xd);
+      acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&cpu_f16_table[blk[0] | blk[1] << 8]), p,
+                               acc[r]);
+      if (has_min) mn[r] = fmaf(cpu_f16_table[blk[2] | blk[3] << 8], xs[b], mn[r]);
+    }
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < rows; r++) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    out[n + r] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) + mn[r] +
+                 (bias ? load_f32(bias, bdt, n + r) : 0.0f);
+  }
+}
+#endif
+
+/* The GEMV with int8 activations (option "int8_activations", quant.h) for W of a qx8_dtype: row
+ * n's result is sum_b d_w[b] * (d_x[b] * isum_b) (+ m_w[b] * xs[b] for Q4_1 / Q5_1, xs[b] =
+ * d_x[b] * sum(q_x of block b), in a scalar chain of its own), isum_b the exact int32 dot product
+ * of W block b with x block b (qx8_quantize: qx, dx, cx). Two rows at a time (gemv_i8_rows), a
+ * last odd row alone; the prefetch runs GEMV_PREFETCH bytes ahead of the second row's block, over
+ * the thread's contiguous rows, as in gemv_q. (One row at a time measured ~10% slower in the
+ * decode pass; two chains per row no faster; four rows sharing x slower (Q8_0 ~8%, Q4_1 ~4%),
+ * as was a 512-bit kernel taking two blocks per vpdpbusd with masked fmas of d_w (Q8_0 ~15%
+ * slower, Q4_1 no faster).) */
+ALWAYS_INLINE void gemv_i8(float *out, const int8_t *qx, const float *dx, const int32_t *cx,
+                           const float *xs, const qx8_px *x2, const void *w, int dt,
+                           const void *bias, int bdt, int64_t K, int64_t n_begin, int64_t n_end) {
+  const int64_t bb = rl_block_bytes(dt), nb = K / 32, rowb = nb * bb;
   const uint8_t *pf = (const uint8_t *)w + n_begin * rowb;
   int64_t n = n_begin;
 #ifdef RL_I8_SIMD
-  /* two rows at a time (sharing the loads of x), the rows' next blocks prefetched alike */
-  for (; n + 2 <= n_end; n += 2) {
-    const uint8_t *r0 = (const uint8_t *)w + n * rowb, *r1 = r0 + rowb;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float m0 = 0.0f, m1 = 0.0f; /* the min terms */
-    for (int64_t b = 0; b < nb; b++) {
-      const uint8_t *b0 = r0 + b * bb, *b1 = r1 + b * bb;
-      for (; pf < b1 + GEMV_PREFETCH; pf += 64) __builtin_prefetch(pf, 0, 2);
-      const __m256 xd = _mm256_broadcast_ss(dx + b);
-      const __m256 p0 = _mm256_mul_ps(_mm256_cvtepi32_ps(q8_isum(dt, b0, qx + 32 * b, cx[b])), xd);
-      const __m256 p1 = _mm256_mul_ps(_mm256_cvtepi32_ps(q8_isum(dt, b1, qx + 32 * b, cx[b])), xd);
-      acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&cpu_f16_table[b0[0] | b0[1] << 8]), p0, acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&cpu_f16_table[b1[0] | b1[1] << 8]), p1, acc1);
-      if (has_min) {
-        const float xs = dx[b] * (float)cx[b];
-        m0 = fmaf(cpu_f16_table[b0[2] | b0[3] << 8], xs, m0);
-        m1 = fmaf(cpu_f16_table[b1[2] | b1[3] << 8], xs, m1);
-      }
-    }
-    float s[2];
-    for (int r = 0; r < 2; r++) {
-      const __m256 a = r ? acc1 : acc0;
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      s[r] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-    }
-    out[n] = s[0] + m0 + (bias ? load_f32(bias, bdt, n) : 0.0f);
-    out[n + 1] = s[1] + m1 + (bias ? load_f32(bias, bdt, n + 1) : 0.0f);
-  }
-#endif
+  for (; n + 2 <= n_end; n += 2)
+    gemv_i8_rows(2, dt, out, qx, dx, cx, xs, x2, (const uint8_t *)w, rowb, nb, bias, bdt, n, &pf);
+  if (n < n_end)
+    gemv_i8_rows(1, dt, out, qx, dx, cx, xs, x2, (const uint8_t *)w, rowb, nb, bias, bdt, n, &pf);
+#else
+  (void)x2;
+  const int has_min = qx8_has_min(dt);
   for (; n < n_end; n++) {
     const uint8_t *row = (const uint8_t *)w + n * rowb;
     float acc[2] = {0.0f, 0.0f};
     for (int64_t b = 0; b < nb; b++) {
       const uint8_t *blk = row + b * bb;
       for (; pf < blk + GEMV_PREFETCH; pf += 64) __builtin_prefetch(pf, 0, 2);
-#ifdef RL_I8_SIMD
-      const __m256i v = q8_isum(dt, blk, qx + 32 * b, cx[b]);
-      __m128i t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-      t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
-      t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
-      const int32_t is = _mm_cvtsi128_si32(t);
-#else
       const int32_t is = q8_isum(dt, blk, qx + 32 * b, cx[b]);
-#endif
       acc[b & 1] += qb_f16(blk) * ((float)is * dx[b]);
-      if (has_min) acc[b & 1] += qb_f16(blk + 2) * (dx[b] * (float)cx[b]);
+      if (has_min) acc[b & 1] += qb_f16(blk + 2) * xs[b];
     }
     out[n] = acc[0] + acc[1] + (bias ? load_f32(bias, bdt, n) : 0.0f);
   }
+#endif
 }
 
 #ifdef RL_I8_SIMD
@@ -281,13 +327,13 @@ ALWAYS_INLINE void gemv_i8_k(float *out, const int8_t *qx, const float *dx, cons
 }
 
 typedef void gemv_i8_fn(float *out, const int8_t *qx, const float *dx, const int32_t *cx,
-                        const void *w, const void *bias, int bdt, int64_t K, int64_t n_begin,
-                        int64_t n_end);
+                        const float *xs, const qx8_px *x2, const void *w, const void *bias,
+                        int bdt, int64_t K, int64_t n_begin, int64_t n_end);
 #define GEMV_I8_FN(dt)                                                                            \
   static void gemv_i8_##dt(float *out, const int8_t *qx, const float *dx, const int32_t *cx,      \
-                           const void *w, const void *bias, int bdt, int64_t K, int64_t n_begin,  \
-                           int64_t n_end) {                                                       \
-    gemv_i8(out, qx, dx, cx, w, dt, bias, bdt, K, n_begin, n_end);                                \
+                           const float *xs, const qx8_px *x2, const void *w, const void *bias,    \
+                           int bdt, int64_t K, int64_t n_begin, int64_t n_end) {                  \
+    gemv_i8(out, qx, dx, cx, xs, x2, w, dt, bias, bdt, K, n_begin, n_end);                        \
   }
 GEMV_I8_FN(RL_Q8_0)
 GEMV_I8_FN(RL_Q4_0)
@@ -295,8 +341,10 @@ GEMV_I8_FN(RL_Q4_1)
 GEMV_I8_FN(RL_Q5_0)
 GEMV_I8_FN(RL_Q5_1)
 static void gemv_i8_RL_Q4_K(float *out, const int8_t *qx, const float *dx, const int32_t *cx,
-                            const void *w, const void *bias, int bdt, int64_t K, int64_t n_begin,
-                            int64_t n_end) {
+                            const float *xs, const qx8_px *x2, const void *w, const void *bias,
+                            int bdt, int64_t K, int64_t n_begin, int64_t n_end) {
+  (void)xs;
+  (void)x2;
   gemv_i8_k(out, qx, dx, cx, w, bias, bdt, K, n_begin, n_end);
 }
 
@@ -306,34 +354,60 @@ static gemv_i8_fn *const gemv_i8s[RL_DTYPE_COUNT] = {
     [RL_Q5_0] = gemv_i8_RL_Q5_0, [RL_Q5_1] = gemv_i8_RL_Q5_1, [RL_Q4_K] = gemv_i8_RL_Q4_K};
 
 /* rl_matmul with M == 1 and the option int8_activations on, for W of a qx8_dtype. x is quantized
- * once, by the calling thread (K / 32 blocks: little next to the N rows that follow), into a
- * stack buffer up to I8_STACK_K values, else a heap one. */
+ * once, by the calling thread (K / 32 blocks: little next to the N rows that follow), with xs
+ * (the formats with a min) and for the nibble formats with VNNI its pair order (qx8_pairs), into
+ * stack buffers up to I8_STACK_K values, else a heap one. */
 #define I8_STACK_K 16384
 static int32_t matmul_i8(rl_ctx *ctx, float *out, const float *x, const void *w, int dt,
                          const void *bias, int bdt, int64_t N, int64_t K, int n_threads) {
   _Alignas(64) int8_t stack_q[I8_STACK_K];
-  float stack_d[I8_STACK_K / 32];
+  float stack_d[I8_STACK_K / 32], stack_xs[I8_STACK_K / 32];
   int32_t stack_c[I8_STACK_K / 32];
   int8_t *q = stack_q;
-  float *d = stack_d;
+  float *d = stack_d, *xs = stack_xs;
   int32_t *c = stack_c;
+#ifdef RL_I8_VNNI
+  _Alignas(64) int8_t stack_qp[I8_STACK_K];
+  float stack_dp[I8_STACK_K / 8];
+  int32_t stack_cp[I8_STACK_K / 8];
+  int8_t *qp = stack_qp;
+  float *dp = stack_dp;
+  int32_t *cp = stack_cp;
+#endif
   void *heap = NULL;
   if (K > I8_STACK_K) {
-    heap = malloc((size_t)K + (size_t)(K / 32) * 8);
+    heap = malloc((size_t)K * 2 + (size_t)(K / 32) * 12 + (size_t)(K / 8) * 8);
     if (!heap)
       return cpu_fail(ctx, RL_ERR_OOM, "rl_matmul", "out of memory for x as int8 (K %lld)",
                       (long long)K);
     d = heap;
-    c = (int32_t *)(d + K / 32);
+    xs = d + K / 32;
+    c = (int32_t *)(xs + K / 32);
+#ifdef RL_I8_VNNI
+    dp = (float *)(c + K / 32);
+    cp = (int32_t *)(dp + K / 8);
+    qp = (int8_t *)(cp + K / 8);
+    q = qp + K;
+#else
     q = (int8_t *)(c + K / 32);
+#endif
   }
   qx8_quantize(dt, x, K, q, d, c);
+  if (qx8_has_min(dt)) /* d_x * sum(q_x) per block: the min terms' factor */
+    for (int64_t b = 0; b < K / 32; b++) xs[b] = d[b] * (float)c[b];
+  qx8_px x2 = {NULL, NULL, NULL};
+#ifdef RL_I8_VNNI
+  if (dt != RL_Q8_0 && dt != RL_Q4_K) {
+    qx8_pairs(dt, q, d, c, K / 32, qp, dp, cp);
+    x2 = (qx8_px){qp, dp, cp};
+  }
+#endif
   gemv_i8_fn *const f = gemv_i8s[dt];
 #pragma omp parallel num_threads(n_threads)
   {
     int64_t begin, end;
     split(N, 1, omp_get_num_threads(), omp_get_thread_num(), &begin, &end);
-    if (begin < end) f(out, q, d, c, w, bias, bdt, K, begin, end);
+    if (begin < end) f(out, q, d, c, xs, &x2, w, bias, bdt, K, begin, end);
   }
   free(heap);
   return RL_OK;

@@ -335,6 +335,31 @@ QB_INLINE void qx8_quantize(int dt, const float *x, int64_t K, int8_t *q, float 
   }
 }
 
+#ifdef RL_I8_VNNI
+/* x as matmul.c's gemv_i8_rows reads it for the nibble formats (Q4_0 ... Q5_1, RL_I8_VNNI), per
+ * pair of blocks p (2p, 2p + 1; nb / 2 pairs): qp[64p:] holds 2p's first 16 values, 2p + 1's
+ * first 16 (against both blocks' low nibbles), 2p's last 16, 2p + 1's last 16 (the high ones);
+ * per int32 lane l < 8 of the pair's sums (lanes 0..3 block 2p, 4..7 block 2p + 1)
+ * dp[8p + l] the block's d_x and cp[8p + l] its lane start (each lane takes two vpdpbusd: twice
+ * qx8_lane_start; 0 for the formats with a min). q, d, c as qx8_quantize left them. */
+QB_INLINE void qx8_pairs(int dt, const int8_t *q, const float *d, const int32_t *c, int64_t nb,
+                         int8_t *qp, float *dp, int32_t *cp) {
+  const int has_min = qx8_has_min(dt);
+  for (int64_t p = 0; p < nb / 2; p++) {
+    const int8_t *a = q + 64 * p;
+    int8_t *o = qp + 64 * p;
+    memcpy(o, a, 16);
+    memcpy(o + 16, a + 32, 16);
+    memcpy(o + 32, a + 16, 16);
+    memcpy(o + 48, a + 48, 16);
+    for (int l = 0; l < 8; l++) {
+      dp[8 * p + l] = d[2 * p + l / 4];
+      cp[8 * p + l] = has_min ? 0 : 2 * c[2 * p + l / 4];
+    }
+  }
+}
+#endif
+
 /* Where a block of dt (Q4_0 ... Q5_1) keeps its 16 bytes of nibbles qs: element i < 16 of the
  * block is the low nibble of qs[i], element 16 + i the high one (plus, for Q5_0 / Q5_1, bit i
  * of the uint32 qh as 16). */
@@ -386,6 +411,32 @@ QB_INLINE __m256i q8_isum(int dt, const uint8_t *blk, const int8_t *qx, int32_t 
   return dt == RL_Q8_0 || no_start ? p : _mm256_add_epi32(p, _mm256_set1_epi32(c));
 #endif
 }
+
+#ifdef RL_I8_VNNI
+/* Two consecutive W blocks b0, b1 (b1 = b0 + one block) of a nibble format dt (Q4_0 ... Q5_1, a
+ * compile-time constant) times x's pair qp (qx8_pairs; cp its lane starts): 8 int32 lanes, the
+ * first 4 summing exactly to block b0's dot product, the last 4 to b1's (as q8_isum's). */
+QB_INLINE __m256i qx8_isum_pair(int dt, const uint8_t *b0, const uint8_t *b1, const int8_t *qp,
+                                const int32_t *cp) {
+  const int qs = qx8_qs(dt);
+  const __m256i v = _mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + qs))),
+      _mm_loadu_si128((const __m128i *)(b1 + qs)), 1);
+  const __m256i m15 = _mm256_set1_epi8(15);
+  __m256i lo = _mm256_and_si256(v, m15), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
+  if (dt == RL_Q5_0 || dt == RL_Q5_1) { /* the fifth bits */
+    uint32_t h0, h1;
+    memcpy(&h0, b0 + qs - 4, 4);
+    memcpy(&h1, b1 + qs - 4, 4);
+    lo = _mm256_or_si256(lo, qx8_bits16((h0 & 0xffffu) | h1 << 16));
+    hi = _mm256_or_si256(hi, qx8_bits16(h0 >> 16 | (h1 & 0xffff0000u)));
+  }
+  const __m256i st = qx8_has_min(dt) ? _mm256_setzero_si256()
+                                     : _mm256_loadu_si256((const __m256i *)cp);
+  const __m256i a = RL_I8_VNNI(st, lo, _mm256_loadu_si256((const __m256i *)qp));
+  return RL_I8_VNNI(a, hi, _mm256_loadu_si256((const __m256i *)(qp + 32)));
+}
+#endif
 
 /* Unsigned bytes w (< 128) times int8 x: 8 int32 lanes whose sum is the exact dot product. */
 QB_INLINE __m256i qx8_dot_u(__m256i w, __m256i x) {
