@@ -20,8 +20,8 @@
  * bytes every token; a MoE layer only the experts a token routes to), then by index.
  *
  * Memory that cannot hold even the smallest plan (the work bytes, the small parts unless they are
- * mapped file pages, and one streaming slot) is refused with a `MemoryLimitError` naming each part, instead of a plan that
- * the out-of-memory killer would end mid-call.
+ * mapped file pages, and one streaming slot) is refused with a `MemoryLimitError` naming each
+ * part, instead of a plan that the out-of-memory killer would end mid-call.
  *
  * Pure: no I/O, no timing; tests/engine/planner_test.ts covers it.
  *
