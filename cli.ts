@@ -266,7 +266,7 @@ export function fitChat(
   lm: Pick<CausalLM, "config" | "maxSeqLen" | "tokenizer">,
   messages: ChatMessage[],
   maxNewTokens: number,
-  minReply = Math.min(64, maxNewTokens),
+  minReply: number = Math.min(64, maxNewTokens),
 ): { dropped: number; maxNewTokens: number } {
   const limit = sequenceLimit(lm.config, lm.maxSeqLen);
   const length = () => promptRows(messages, lm.tokenizer)[0].length;
