@@ -169,6 +169,13 @@ typedef struct {
 } qx8_px;
 
 #ifdef RL_I8_SIMD
+/* The sum of a 256-bit vector's 8 floats (the int8 GEMVs' row results). */
+ALWAYS_INLINE float hsum256(__m256 a) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
 /* gemv_i8's rows n .. n + rows - 1 (rows 1 or 2, a compile-time constant; W row n at
  * w + n * rowb), one accumulator chain per row, the rows sharing the loads of x and its scales.
  * Q8_0 (and every format without VNNI) a block at a time: 8 int32 lanes (q8_isum) to f32, times
@@ -225,12 +232,8 @@ ALWAYS_INLINE void gemv_i8_rows(int rows, int dt, float *out, const int8_t *qx, 
     }
   }
 #pragma GCC unroll 2
-  for (int r = 0; r < rows; r++) {
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    out[n + r] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) + mn[r] +
-                 (bias ? load_f32(bias, bdt, n + r) : 0.0f);
-  }
+  for (int r = 0; r < rows; r++)
+    out[n + r] = hsum256(acc[r]) + mn[r] + (bias ? load_f32(bias, bdt, n + r) : 0.0f);
 }
 #endif
 
@@ -287,13 +290,9 @@ ALWAYS_INLINE void gemv_i8_k_rows(int rows, float *out, const int8_t *qx, const 
     q4k_i8(rows, blk, qx + 256 * b, dx + 8 * b, cx + 8 * b, acc);
   }
 #pragma GCC unroll 2
-  for (int r = 0; r < rows; r++) {
-    const __m256 a = _mm256_add_ps(acc[2 * r], acc[2 * r + 1]);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    out[n + r] =
-        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) + (bias ? load_f32(bias, bdt, n + r) : 0.0f);
-  }
+  for (int r = 0; r < rows; r++)
+    out[n + r] = hsum256(_mm256_add_ps(acc[2 * r], acc[2 * r + 1])) +
+                 (bias ? load_f32(bias, bdt, n + r) : 0.0f);
 }
 #endif
 

@@ -16,7 +16,7 @@ export const NATIVE_SOURCES: readonly (readonly [string, string])[] = [
   ["cpu/internal.h", "63aa0f2a105ed42af079767eddd5f1227625fa6bbe21c3e26af631c019e81842"],
   ["cpu/load.c", "9f80e3d6f6c118c14243c525e8d146854b20b261c83d527e152edf55b9fe6521"],
   ["cpu/map.c", "7755ed5f336a1155e64a3fa17e7c65fe190c410d5eafa0fa31a7302e6e8f15a9"],
-  ["cpu/matmul.c", "4e198c2f411a003522880293c905d1d9cfd1a92dab887575a0bfc8d4e344dd89"],
+  ["cpu/matmul.c", "3707ae015b200d3b2762a0d9fef4e5d13140969e2832d23cb9703b322f722d78"],
   ["cpu/nd.c", "1d8dc3e3b178ba2468f4d795710e97c7917b145ed6fba036617300c3a8c9346b"],
   ["cpu/ops.c", "9f040585f09a09664aaee6c56f650b3be13eb728b6041e63d5c3e04173d960e0"],
   ["cpu/quant.h", "f881e5eb4c8129389c44177ab236b68747b142a0c846aa8028afa5e582e01bc4"],
