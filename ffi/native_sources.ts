@@ -12,7 +12,7 @@ export const PACKAGE_VERSION = "0.1.0";
 /** [path relative to the package root, sha256 of its bytes], sorted by path. */
 export const NATIVE_SOURCES: readonly (readonly [string, string])[] = [
   ["cpu/attention.c", "994ccb0a5f6e8f690b5cc44ef058d6e256761770600a4be5be63e2eb93d3cb42"],
-  ["cpu/ctx.c", "1d0b6a3e7572957d73058c31a0f7904137b3602389240d6a2a027fbd3775259c"],
+  ["cpu/ctx.c", "16372aa7ff9018f2eb6aeb319637348733f042814178cca36859fb15c23a62af"],
   ["cpu/internal.h", "63aa0f2a105ed42af079767eddd5f1227625fa6bbe21c3e26af631c019e81842"],
   ["cpu/load.c", "9f80e3d6f6c118c14243c525e8d146854b20b261c83d527e152edf55b9fe6521"],
   ["cpu/map.c", "7755ed5f336a1155e64a3fa17e7c65fe190c410d5eafa0fa31a7302e6e8f15a9"],

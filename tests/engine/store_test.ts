@@ -125,21 +125,34 @@ Deno.test("store: resident layers are read once, streamed ones again unless thei
   }
 });
 
-Deno.test("store: mapped files are computed on in place, nothing is allocated for layers", async () => {
+Deno.test("store: mapped files: streamed layers in place; resident ones and small parts in buffers", async () => {
   const be0 = Backend.open({ device: "cpu" });
   const canMap = be0.canMap;
   be0.close();
   if (!canMap) return; // a backend that cannot map (none on the CPU today)
+  const sum = (ps: ManifestPart[]) => ps.reduce((a, p) => a + p.dataBytes, 0);
+  {
+    // Nothing resident (memory is tight): every part is mapped page cache, nothing allocated.
+    using s = await openStore("llama_tied", "store", { plan: planOf(["stream", "stream"]) });
+    const st = s.be.stats();
+    assert.equal(st.mappedBytes, sum(s.split.manifest.parts));
+    assert.equal(st.liveAllocs, 0);
+  }
   using s = await openStore("llama_tied", "store", { plan: planOf(["stream", "resident"]) });
   const m = s.split.manifest;
+  const [l0, l1] = layerParts(m.parts);
+  const small = m.parts.filter((p) => !p.id.startsWith("layer."));
   const st = s.be.stats();
-  assert.equal(st.mappedBytes, m.parts.reduce((sum, p) => sum + p.dataBytes, 0));
-  assert.equal(st.liveAllocs, 0);
-  const [l0] = layerParts(m.parts);
-  const w = await s.store.acquire(0);
-  const d0 = await fromFile(s.split.dir, l0, NORM);
-  assert.deepEqual(download(s.be, w.get(NORM).ptr, d0.length), d0);
-  s.store.release(0);
+  // Layer 0 streams from its mapping; layer 1 and the small parts live in their own buffers.
+  assert.equal(st.mappedBytes, l0.dataBytes);
+  assert.equal(st.liveBytes, l1.dataBytes + sum(small));
+  assert.equal(st.liveAllocs, 1 + small.length);
+  for (const [layer, part] of [[0, l0], [1, l1]] as const) {
+    const want = await fromFile(s.split.dir, part, NORM);
+    const w = await s.store.acquire(layer);
+    assert.deepEqual(download(s.be, w.get(NORM).ptr, want.length), want, `layer ${layer}`);
+    s.store.release(layer);
+  }
 });
 
 Deno.test("store: prefetchAfter reads the next streamed layers ahead, skipping resident ones, wrapping", async () => {
@@ -352,6 +365,20 @@ Deno.test("store: replan moves tiers on mapped files; unmapped buffers keep thei
   }
   assert.equal(reads(trace, "layer.0"), 2, "streamed again: read on each use");
   assert.equal(reads(trace, "layer.1"), 0, "still resident: not read again");
+  // Layer 0 went back from its buffer to its mapping; layer 1 kept its buffer. Both still give
+  // their file's bytes.
+  const [l0, l1] = layerParts(s.split.manifest.parts);
+  const small = s.split.manifest.parts.filter((p) => !p.id.startsWith("layer."));
+  const st = s.be.stats();
+  // The small parts stay as they were opened (mapped: nothing was resident).
+  assert.equal(st.mappedBytes, l0.dataBytes + small.reduce((a, p) => a + p.dataBytes, 0));
+  assert.equal(st.liveBytes, l1.dataBytes, "one resident buffer");
+  for (const [layer, part] of [[0, l0], [1, l1]] as const) {
+    const want = await fromFile(s.split.dir, part, NORM);
+    const w = await s.store.acquire(layer);
+    assert.deepEqual(download(s.be, w.get(NORM).ptr, want.length), want, `layer ${layer}`);
+    s.store.release(layer);
+  }
 });
 
 Deno.test("store: a layer index the split does not have is an InternalError", async () => {
