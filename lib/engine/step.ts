@@ -195,7 +195,7 @@ export class StepLoop {
     this.#profiler.add("logits download", performance.now() - t0);
     this.#resolveMarks();
     this.#profiler.step(tokens.length);
-    if (host.every(Number.isFinite)) {
+    if (allFinite(host)) {
       done();
       return host;
     }
@@ -205,7 +205,7 @@ export class StepLoop {
       if (found) return;
       const v = new Float32Array(floats);
       this.#be.download(v, x);
-      if (!v.every(Number.isFinite)) found = new NonFiniteError(stage, layer, this.#source);
+      if (!allFinite(v)) found = new NonFiniteError(stage, layer, this.#source);
     });
     throw found ?? new NonFiniteError("lm_head", null, this.#source);
   }
@@ -269,6 +269,7 @@ export class StepLoop {
       positions,
       rope: this.#ropeFor(cfg.layerRopes[0], seqLen),
       s: this.#layerScratch(T),
+      joinedScratch: true,
       attention: (call) => this.#attend(ctx.layer, call, cache, seqs),
       onRoute: this.#trace &&
         ((experts) =>
@@ -276,7 +277,7 @@ export class StepLoop {
     };
     const n = store.numLayers;
     for (let layer = 0; layer < n; layer++) {
-      const stored = await store.acquire(layer);
+      const stored = store.acquireLoaded(layer) ?? await store.acquire(layer);
       store.prefetchAfter(layer);
       const id = `layer.${layer}`;
       this.#trace?.push({ kind: "compute-start", part: id });
@@ -333,12 +334,26 @@ export class StepLoop {
     return logits;
   }
 
-  /** The family's scratch struct for T token rows (grown buffers are reallocated). */
+  /**
+   * The family's scratch struct for T token rows (grown buffers are reallocated). q, k, v and
+   * gate, up, where the family has them, are each one buffer in that order
+   * (LayerContext.joinedScratch): at T = 1 a fused matmul fills them in one call.
+   */
   #layerScratch(T: number): Record<string, DevPtr> {
     const s: Record<string, DevPtr> = {};
-    for (const [name, floats] of this.#scratchSizes) {
-      s[name] = this.#scratch.get(`layer.${name}`, T * floats);
+    const sizes = new Map(this.#scratchSizes);
+    for (const group of JOINED_SCRATCH) {
+      if (!group.every((n) => sizes.has(n))) continue;
+      const floats = group.reduce((a, n) => a + sizes.get(n)!, 0);
+      const base = this.#scratch.get(`layer.${group.join("+")}`, T * floats);
+      let at = 0;
+      for (const n of group) {
+        s[n] = this.#be.view(base, at * 4);
+        at += T * sizes.get(n)!;
+        sizes.delete(n);
+      }
     }
+    for (const [name, floats] of sizes) s[name] = this.#scratch.get(`layer.${name}`, T * floats);
     return s;
   }
 
@@ -410,3 +425,15 @@ export class StepLoop {
     }
   }
 }
+
+/**
+ * Whether every value is finite. A plain loop: `every(Number.isFinite)` took 0.6 ms on a 49k
+ * logits row, 7% of a decode step of a small model.
+ */
+function allFinite(a: Float32Array): boolean {
+  for (let i = 0; i < a.length; i++) if (a[i] - a[i] !== 0) return false; // NaN and ±Inf
+  return true;
+}
+
+/** Scratch buffers laid out back to back, in this order (#layerScratch). */
+const JOINED_SCRATCH = [["q", "k", "v"], ["gate", "up"]] as const;

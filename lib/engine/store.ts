@@ -380,6 +380,8 @@ export class LayerStore {
         ptr: be.view(base, t.offset),
         dtype: t.dtype as WeightDType,
         shape: t.shape,
+        offset: t.offset,
+        nbytes: t.nbytes,
       });
     }
     const check = (local: string) => {
@@ -532,6 +534,18 @@ export class LayerStore {
     const whole = this.#tier(layer) === "resident";
     if (whole) slot.groups = new Set(layout.groups.keys());
     slot.tickets = this.#read(slot, whole ? layout.whole : layout.eager);
+  }
+
+  /**
+   * {@link acquire} without waiting: the weights of `layer` when they are already loaded (a
+   * resident layer after its first use, a layer read ahead in time), else null and nothing done.
+   */
+  acquireLoaded(layer: number): PartWeights | null {
+    if (this.#closed) return null;
+    const slot = this.#slotHolding(layer);
+    if (!slot?.loaded || !slot.weights) return null;
+    slot.inUse = true;
+    return slot.weights;
   }
 
   /** The weights of `layer` on the device, waiting for its load when needed. */

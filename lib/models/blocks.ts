@@ -185,6 +185,36 @@ export function linear(
 }
 
 /**
+ * At T = 1, the linears `ls` (no bias, one dtype and input width `K`) as one matmul of `N` output
+ * rows into `out`, when their weights lie back to back in the part and the engine laid the
+ * outputs out back to back (LayerContext.joinedScratch, `out` the first buffer). One call reads
+ * one contiguous stream of weights (the q, k, v and gate, up projections of a decode step).
+ * Returns false, having done nothing, when that does not hold.
+ */
+export function linearJoined(
+  ctx: LayerContext,
+  w: PartWeights,
+  ls: readonly LinearSpec[],
+  out: DevPtr,
+  x: DevPtr,
+  N: number,
+  K: number,
+): boolean {
+  if (ctx.T !== 1 || !ctx.joinedScratch || ls.some((l) => l.bias)) return false;
+  const ws = ls.map((l) => w.get(`${l.name}.weight`));
+  for (let i = 1; i < ws.length; i++) {
+    const a = ws[i - 1], b = ws[i];
+    if (
+      b.dtype !== a.dtype || b.shape[1] !== K || a.shape[1] !== K || a.offset === undefined ||
+      a.nbytes === undefined || b.offset !== a.offset + a.nbytes
+    ) return false;
+  }
+  if (ws.reduce((n, t) => n + t.shape[0], 0) !== N) return false;
+  ctx.be.matmul(out, x, ws[0].ptr, ws[0].dtype, null, 1, N, K);
+  return true;
+}
+
+/**
  * out [T, D] = o_proj(attention(rope(q), rope(k), v)) of the normed input h [T, D]; the new keys
  * and values go into the KV cache (ctx.attention).
  */
@@ -198,9 +228,11 @@ export function attention(
   const { be, cfg, T } = ctx, { q, k, v, attn } = ctx.s;
   const D = cfg.hiddenSize, hd = cfg.headDim, H = cfg.numHeads, KV = cfg.numKvHeads;
   const qDim = H * hd, kvDim = KV * hd;
-  linear(ctx, w, a.q, q, h, T, qDim, D);
-  linear(ctx, w, a.k, k, h, T, kvDim, D);
-  linear(ctx, w, a.v, v, h, T, kvDim, D);
+  if (!linearJoined(ctx, w, [a.q, a.k, a.v], q, h, qDim + 2 * kvDim, D)) {
+    linear(ctx, w, a.q, q, h, T, qDim, D);
+    linear(ctx, w, a.k, k, h, T, kvDim, D);
+    linear(ctx, w, a.v, v, h, T, kvDim, D);
+  }
   if (a.qkNorm) {
     // [T, heads · hd] is T · heads rows of hd: one norm row per head.
     norm(ctx, w, a.qkNorm.q, q, q, T * H, hd);
@@ -237,8 +269,12 @@ export function gatedMlp(
   { gate, up }: { gate: DevPtr; up: DevPtr },
 ): void {
   const { be, cfg } = ctx, D = cfg.hiddenSize;
-  linear(ctx, w, m.gate, gate, x, rows, inter, D);
-  linear(ctx, w, m.up, up, x, rows, inter, D);
+  const own = gate === (ctx.s as Record<string, DevPtr>).gate &&
+    up === (ctx.s as Record<string, DevPtr>).up;
+  if (!own || rows !== ctx.T || !linearJoined(ctx, w, [m.gate, m.up], gate, x, 2 * inter, D)) {
+    linear(ctx, w, m.gate, gate, x, rows, inter, D);
+    linear(ctx, w, m.up, up, x, rows, inter, D);
+  }
   be.actMul(gate, gate, up, rows, inter, inter, ACTIVATIONS[cfg.hiddenAct]);
   linear(ctx, w, m.down, out, gate, rows, D, inter);
 }

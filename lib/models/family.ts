@@ -55,6 +55,13 @@ export interface Weight {
   ptr: DevPtr;
   dtype: WeightDType;
   shape: readonly number[];
+  /**
+   * Where the tensor lies in its part's data (bytes), when the store knows it: tensors of one
+   * part with `offset + nbytes` of one equal to the other's `offset` are back to back in memory.
+   */
+  offset?: number;
+  /** The tensor's bytes (with {@link offset}). */
+  nbytes?: number;
 }
 
 /** The tensors of one loaded part, by local name. */
@@ -122,6 +129,12 @@ export interface LayerContext<C extends ModelConfig = ModelConfig, S extends str
   rope: RopeTable;
   /** The family's scratch buffers ({@link Family.scratch}), each T × its floats per row. */
   s: Readonly<Record<S, DevPtr>>;
+  /**
+   * The scratch buffers named q, k, v (and gate, up) are laid out back to back in that order, so
+   * at T = 1 they are one row that a single matmul over weights stored back to back can fill
+   * (blocks.ts). Set by the engine; absent means nothing is known about the layout.
+   */
+  joinedScratch?: boolean;
   /** Appends k/v of this step to the layer's cache and writes attention output. */
   attention(call: AttentionCall): void;
   /** Records a MoE layer's routing (every token's chosen experts, token-major) when tracing. */
