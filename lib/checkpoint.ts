@@ -1033,6 +1033,13 @@ function assignTensors(
       }
     }
   }
+  // Each part's tensors in the family's expected order (attention q, k, v, ..., MLP gate, up, down):
+  // projections of the same input lie back to back, and a decode step reads them as one matmul
+  // (blocks.ts linearJoined). The order is part of the recipe: older splits are redone.
+  for (const part of order) {
+    const rank = new Map(family.expected(part, cfg).map((e, i) => [e.local, i]));
+    parts.get(partId(part))!.sort((a, b) => rank.get(a.local)! - rank.get(b.local)!);
+  }
   // On-demand groups (MoE experts) go after the tensors every step needs, each group contiguous:
   // a streamed layer reads its always-needed bytes in one range and each group in one more.
   if (family.lazyGroup) {
