@@ -70,9 +70,9 @@ export interface FromPretrainedOptions {
    */
   maxMemory?: number;
   /**
-   * Compute layers straight from their files' mapped pages where the backend can (the CPU;
-   * default true). false reads them into buffers instead (network file systems where mapping is
-   * slow).
+   * Compute streamed layers straight from their files' mapped pages where the backend can (the
+   * CPU; default true). false reads them into buffers instead (network file systems where mapping
+   * is slow). Resident layers are read into buffers either way (huge pages: faster GEMVs).
    */
   mapFiles?: boolean;
   /**

@@ -294,7 +294,7 @@ export function formatPlan(
           : "streamed from disk each step (page cache dropped behind)"
         : "streamed through the page cache"
       : t === "resident" && device === "cpu"
-      ? "resident (mapped, kept in memory)"
+      ? "resident (read into memory once, kept)"
       : TIER_TEXT[t];
     out.push(
       `  layers ${start}${n > 1 ? `–${end - 1}` : ""} (${n}, ${formatBytes(bytes)}): ${where}`,

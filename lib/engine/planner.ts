@@ -4,7 +4,7 @@
  * nothing).
  *
  * Tiers, fastest first:
- *  - `resident`: kept in device memory between steps (on the CPU: the layer file's mapped pages,
+ *  - `resident`: kept in device memory between steps (on the CPU: a buffer backed by huge pages,
  *    read once and never dropped);
  *  - `host`: GPU only, a copy in pinned host memory, copied to the device each step;
  *  - `stream`: read from its file each step, through the page cache. When the page cache cannot
@@ -91,8 +91,9 @@ export interface PlanInput {
   /** KV cache and activations the engine will allocate. */
   workBytes: number;
   /**
-   * CPU: the small parts are mapped file pages (page cache, reclaimable under pressure), so they
-   * are not part of the least memory a plan needs; false or absent: they are held buffers.
+   * CPU: the small parts are mapped file pages while no layer is resident (page cache, reclaimable
+   * under pressure), so they are not part of the least memory a plan needs; false or absent: they
+   * are held buffers. (With a layer resident they are buffers, inside the reserve.)
    */
   smallMapped?: boolean;
   /** Layers read ahead. */
@@ -206,7 +207,7 @@ export function plan(input: PlanInput): Plan {
 
   if (input.device === "cpu") {
     if (host !== null) refuse("host", host);
-    // Host memory is device memory; resident layers are mapped pages kept in the page cache.
+    // Host memory is device memory; resident layers are buffers the store reads them into.
     reserve += host === null ? 0 : runtimeMargin(host);
     if (host === null) {
       notes.push("host memory unknown: every layer streams through the page cache");
