@@ -32,12 +32,20 @@ export async function plot(spec: Record<string, unknown>, alt = "chart"): Promis
 /**
  * Prints the notebook's key numbers as one line, `NOTEBOOK_SUMMARY {...}`. Sections:
  * `exact` (numbers within 1e-6 relative or absolute, everything else equal), `timings` (within 5×:
- * machines differ), `info` (shown, not compared).
+ * machines differ), `info` (shown, not compared). In the kernel the line is sent as the cell's
+ * stdout before the cell ends: console.log output can reach a headless client after the cell's
+ * idle status, and is then lost (one run in six here).
  */
-export function summary(s: {
+export async function summary(s: {
   exact: Record<string, unknown>;
   timings?: Record<string, unknown>;
   info?: Record<string, unknown>;
-}): void {
-  console.log(`NOTEBOOK_SUMMARY ${JSON.stringify(s)}`);
+}): Promise<void> {
+  const line = `NOTEBOOK_SUMMARY ${JSON.stringify(s)}`;
+  let inKernel = false;
+  try {
+    inKernel = typeof Deno.jupyter.broadcast === "function";
+  } catch { /* Deno.jupyter throws outside the kernel */ }
+  if (!inKernel) return console.log(line);
+  await Deno.jupyter.broadcast("stream", { name: "stdout", text: `${line}\n` });
 }
