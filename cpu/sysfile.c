@@ -1,6 +1,7 @@
 /*
  * rl_read_sysfile: the few kernel files the memory planner reads (memory cgroup limits and usage,
- * MemAvailable, this process's I/O counters), which Deno only lets a program read with
+ * MemAvailable, this process's I/O counters, whether transparent huge pages are on), which Deno
+ * only lets a program read with
  * --allow-all. Shared by both backends (cuda/build.sh compiles this file too): the whitelist is
  * the whole security argument, so there is exactly one.
  */
@@ -13,7 +14,8 @@
 
 static int allowed(const char *p) {
   static const char *const files[] = {"/proc/meminfo", "/proc/self/cgroup", "/proc/self/mountinfo",
-                                      "/proc/self/io"};
+                                      "/proc/self/io",
+                                      "/sys/kernel/mm/transparent_hugepage/enabled"};
   for (size_t i = 0; i < sizeof files / sizeof *files; i++)
     if (strcmp(p, files[i]) == 0) return 1;
   static const char prefix[] = "/sys/fs/cgroup/";

@@ -450,7 +450,8 @@ export class Backend {
 
   /**
    * The text of a kernel file the memory planner reads (/proc/meminfo, /proc/self/cgroup,
-   * /proc/self/mountinfo, /proc/self/io, /sys/fs/cgroup/...), or null. Deno reads those only with
+   * /proc/self/mountinfo, /proc/self/io, /sys/fs/cgroup/..., and
+   * /sys/kernel/mm/transparent_hugepage/enabled), or null. Deno reads those only with
    * --allow-all; the backend reads them with --allow-ffi.
    */
   readSysfile(path: string): string | null {

@@ -21,7 +21,7 @@ export const NATIVE_SOURCES: readonly (readonly [string, string])[] = [
   ["cpu/ops.c", "9f040585f09a09664aaee6c56f650b3be13eb728b6041e63d5c3e04173d960e0"],
   ["cpu/quant.h", "f881e5eb4c8129389c44177ab236b68747b142a0c846aa8028afa5e582e01bc4"],
   ["cpu/simd.h", "ac1a0f410257f3a8ccd10914834ccf527648ab9e64f3887fdb6061b2d1322b00"],
-  ["cpu/sysfile.c", "73b39f5ae79e11b4fa1849a8b77e3ea2a49f92059f22d5a53730ca4e07ebf0bb"],
+  ["cpu/sysfile.c", "1542d35f9ad36adea1dae9a46005550aa7172911abe2b1c037eba458200629e9"],
   ["cuda/attention.cu", "20eee4e4dc45f0dff608e311917d83c876b9af36e34a9b133aa26928baf23362"],
   ["cuda/ctx.cu", "c79eb0b3b4b630ca7f2b5ac9fd46235ce8fa267d92d7e5e3c776b79f39fd7ee9"],
   ["cuda/exports.map", "e035d31f3fe892f1421d34d598222d90c93c85818d71e84225bb48bdf460f438"],
