@@ -336,6 +336,7 @@ export class LayerStore {
     }
     const before = this.#plan;
     // Buffers for the layers that become resident first: if memory says no, nothing changed.
+    // (Mapped, every layer has an own slot, so each of these replaces one below.)
     const fresh = new Map<number, Slot>();
     try {
       for (const i of this.#layers.keys()) {
@@ -365,7 +366,7 @@ export class LayerStore {
         // A layer leaving its mapping for the pool lets go of its pages.
         this.#empty(own);
         if (plan.dropBehind) this.#be.evict(own.dev, this.#layers[i].dataBytes);
-      } else if (!own && is) this.#own[i] = fresh.get(i)!;
+      }
     }
     this.#sizePool();
     return true;
