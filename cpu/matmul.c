@@ -278,7 +278,7 @@ ALWAYS_INLINE void gemv_i8(float *out, const int8_t *qx, const float *dx, const 
 #ifdef RL_I8_SIMD
 /* gemv_i8_k's rows n .. n + rows - 1 (rows 1 or 2, a compile-time constant). */
 ALWAYS_INLINE void gemv_i8_k_rows(int rows, float *out, const int8_t *qx, const float *dx,
-                                  const int32_t *cx, const uint8_t *r0, int64_t rowb,
+                                  const float *xs, const uint8_t *r0, int64_t rowb,
                                   const void *bias, int bdt, int64_t nb, int64_t n,
                                   const uint8_t **pf) {
   const int64_t bb = rl_block_bytes(RL_Q4_K);
@@ -287,7 +287,7 @@ ALWAYS_INLINE void gemv_i8_k_rows(int rows, float *out, const int8_t *qx, const 
   for (int64_t b = 0; b < nb; b++) {
     const uint8_t *blk[2] = {r0 + b * bb, r0 + (rows - 1) * rowb + b * bb};
     for (; *pf < blk[1] + GEMV_PREFETCH; *pf += 64) __builtin_prefetch(*pf, 0, 2);
-    q4k_i8(rows, blk, qx + 256 * b, dx + 8 * b, cx + 8 * b, acc);
+    q4k_i8(rows, blk, qx + 256 * b, dx + 8 * b, xs + 8 * b, acc);
   }
 #pragma GCC unroll 2
   for (int r = 0; r < rows; r++)
@@ -300,7 +300,7 @@ ALWAYS_INLINE void gemv_i8_k_rows(int rows, float *out, const int8_t *qx, const 
  * min, against x as for the others (its scale per 32 values); two rows at a time with two
  * accumulator chains each (the low and high nibbles' sub-blocks), a last odd row alone,
  * prefetching as gemv_i8. */
-ALWAYS_INLINE void gemv_i8_k(float *out, const int8_t *qx, const float *dx, const int32_t *cx,
+ALWAYS_INLINE void gemv_i8_k(float *out, const int8_t *qx, const float *dx, const float *xs,
                              const void *w, const void *bias, int bdt, int64_t K, int64_t n_begin,
                              int64_t n_end) {
   const int64_t bb = rl_block_bytes(RL_Q4_K), nb = K / 256, rowb = nb * bb;
@@ -308,9 +308,9 @@ ALWAYS_INLINE void gemv_i8_k(float *out, const int8_t *qx, const float *dx, cons
   int64_t n = n_begin;
 #ifdef RL_I8_SIMD
   for (; n + 2 <= n_end; n += 2)
-    gemv_i8_k_rows(2, out, qx, dx, cx, (const uint8_t *)w + n * rowb, rowb, bias, bdt, nb, n, &pf);
+    gemv_i8_k_rows(2, out, qx, dx, xs, (const uint8_t *)w + n * rowb, rowb, bias, bdt, nb, n, &pf);
   if (n < n_end)
-    gemv_i8_k_rows(1, out, qx, dx, cx, (const uint8_t *)w + n * rowb, rowb, bias, bdt, nb, n, &pf);
+    gemv_i8_k_rows(1, out, qx, dx, xs, (const uint8_t *)w + n * rowb, rowb, bias, bdt, nb, n, &pf);
 #else
   for (; n < n_end; n++) {
     const uint8_t *row = (const uint8_t *)w + n * rowb;
@@ -318,7 +318,7 @@ ALWAYS_INLINE void gemv_i8_k(float *out, const int8_t *qx, const float *dx, cons
     for (int64_t b = 0; b < nb; b++) {
       const uint8_t *blk = row + b * bb;
       for (; pf < blk + GEMV_PREFETCH; pf += 64) __builtin_prefetch(pf, 0, 2);
-      q4k_i8_row(blk, qx + 256 * b, dx + 8 * b, cx + 8 * b, acc);
+      q4k_i8_row(blk, qx + 256 * b, dx + 8 * b, xs + 8 * b, acc);
     }
     out[n] = acc[0] + acc[1] + (bias ? load_f32(bias, bdt, n) : 0.0f);
   }
@@ -342,9 +342,9 @@ GEMV_I8_FN(RL_Q5_1)
 static void gemv_i8_RL_Q4_K(float *out, const int8_t *qx, const float *dx, const int32_t *cx,
                             const float *xs, const qx8_px *x2, const void *w, const void *bias,
                             int bdt, int64_t K, int64_t n_begin, int64_t n_end) {
-  (void)xs;
+  (void)cx;
   (void)x2;
-  gemv_i8_k(out, qx, dx, cx, w, bias, bdt, K, n_begin, n_end);
+  gemv_i8_k(out, qx, dx, xs, w, bias, bdt, K, n_begin, n_end);
 }
 
 /* Indexed by enum rl_dtype: the qx8_dtype ones. */

@@ -448,14 +448,13 @@ QB_INLINE __m256i qx8_dot_u(__m256i w, __m256i x) {
 }
 
 /* The Q4_K blocks blk[r] of `rows` W rows (1 or 2, a compile-time constant; they share the loads
- * of x) times x[0:256] as qx8_quantize left it (qx, and per 32 values dx[0:8] and the sums
- * cx[0:8]): acc[2r] gains sum_j d * sc_j * (d_x_j * isum_j) over the sub-blocks j of low
+ * of x) times x[0:256] as qx8_quantize left it (qx, and per 32 values dx[0:8]; xs[0:8] = d_x *
+ * the sum of q_x, matmul_i8's): acc[2r] gains sum_j d * sc_j * (d_x_j * isum_j) over the sub-blocks j of low
  * nibbles and -sum_j dmin * m_j * (d_x_j * sum(q_x_j)) over all 8, acc[2r + 1] the first sum
  * over the sub-blocks of high nibbles; isum_j exact (q in [0, 16) unsigned times q_x). */
 QB_INLINE void q4k_i8(int rows, const uint8_t *const *blk, const int8_t *qx, const float *dx,
-                      const int32_t *cx, __m256 *acc) {
-  const __m256 vdx = _mm256_loadu_ps(dx);
-  const __m256 xs = _mm256_mul_ps(vdx, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)cx)));
+                      const float *xsum, __m256 *acc) {
+  const __m256 vdx = _mm256_loadu_ps(dx), xs = _mm256_loadu_ps(xsum);
   float f[2][8]; /* d * sc_j * d_x_j */
 #pragma GCC unroll 2
   for (int r = 0; r < rows; r++) {
@@ -512,7 +511,7 @@ QB_INLINE int32_t q8_isum(int dt, const uint8_t *blk, const int8_t *qx, int32_t 
 
 /* Scalar q4k_i8 for one row: acc[0] (+ acc[1]) gains the Q4_K block blk's sum over its 8
  * sub-blocks of d * sc_j * (d_x_j * isum_j) - dmin * m_j * (d_x_j * sum(q_x_j)). */
-QB_INLINE void q4k_i8_row(const uint8_t *blk, const int8_t *qx, const float *dx, const int32_t *cx,
+QB_INLINE void q4k_i8_row(const uint8_t *blk, const int8_t *qx, const float *dx, const float *xs,
                           float *acc) {
   uint32_t u[4];
   qb_scale_min_k4(blk + 4, u);
@@ -522,7 +521,7 @@ QB_INLINE void q4k_i8_row(const uint8_t *blk, const int8_t *qx, const float *dx,
     const uint8_t *qs = blk + 16 + 32 * (j / 2);
     int32_t is = 0;
     for (int i = 0; i < 32; i++) is += (j & 1 ? qs[i] >> 4 : qs[i] & 15) * qx[32 * j + i];
-    acc[j & 1] += d * (float)sc[j] * ((float)is * dx[j]) - dmin * (float)mn[j] * (dx[j] * (float)cx[j]);
+    acc[j & 1] += d * (float)sc[j] * ((float)is * dx[j]) - dmin * (float)mn[j] * xs[j];
   }
 }
 #endif
