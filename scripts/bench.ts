@@ -20,8 +20,8 @@
  * its own process. Memory limits need root and cgroups (v1 or v2); without them the table says
  * so and leaves those rows out.
  *
- * `--int8`: our rows run with `int8Activations` (decode matmuls on q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q4_k
- * weights with int8 activations).
+ * `--int8`: our rows run with `int8Activations` (decode matmuls on q8_0 / q4_0 / q4_1 / q5_0 /
+ * q5_1 / q4_k weights with int8 activations).
  *
  * A `.gguf` as `--model` runs as it is (its tensor types), and llama.cpp's peer rows read that
  * same file.
