@@ -1,8 +1,8 @@
 /*
  * rl_read_sysfile: the few kernel files the memory planner reads (memory cgroup limits and usage,
  * MemAvailable, this process's I/O counters, whether transparent huge pages are on), which Deno
- * only lets a program read with --allow-all. Shared by both backends (cuda/build.sh compiles this file too): the whitelist is
- * the whole security argument, so there is exactly one.
+ * only lets a program read with --allow-all. Shared by both backends (cuda/build.sh compiles this
+ * file too): the whitelist is the whole security argument, so there is exactly one.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <fcntl.h>

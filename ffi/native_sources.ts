@@ -21,7 +21,7 @@ export const NATIVE_SOURCES: readonly (readonly [string, string])[] = [
   ["cpu/ops.c", "9f040585f09a09664aaee6c56f650b3be13eb728b6041e63d5c3e04173d960e0"],
   ["cpu/quant.h", "c5e5d2cf62c7d7f02fc603c9257521cf68301341b15aed65ed6f6f2e86f1223f"],
   ["cpu/simd.h", "ac1a0f410257f3a8ccd10914834ccf527648ab9e64f3887fdb6061b2d1322b00"],
-  ["cpu/sysfile.c", "61c7601b97bda5b043047dd07cb1fd7b6b55e902dc65cba36a5108cfcf6f7353"],
+  ["cpu/sysfile.c", "f921d629196857cf949a2b74489b298afc31608e0ed8b86fb53e219e74622781"],
   ["cuda/attention.cu", "20eee4e4dc45f0dff608e311917d83c876b9af36e34a9b133aa26928baf23362"],
   ["cuda/ctx.cu", "c79eb0b3b4b630ca7f2b5ac9fd46235ce8fa267d92d7e5e3c776b79f39fd7ee9"],
   ["cuda/exports.map", "e035d31f3fe892f1421d34d598222d90c93c85818d71e84225bb48bdf460f438"],
